@@ -1,0 +1,446 @@
+"""The ``antidistill`` command line (typer + rich). Human output by default, ``--json`` for machines.
+
+Every error reaches the user as one line on stderr and a non-zero exit status, never as a traceback:
+exit 2 for bad input or usage, 1 for a failed check (e.g. the demo's), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from antidistill.errors import AntidistillError, InputError
+
+app = typer.Typer(
+    name="antidistill",
+    help="Mark, watch and prove the unauthorized distillation of a served language model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Watermark key versions: list and rotate.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+
+# ---- shared options ---------------------------------------------------------------------------------
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="A local transformers model directory or GGUF file (default: embedded model)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+GammaOpt = Annotated[float | None, typer.Option("--gamma", help="Green-list fraction (default 0.25).")]
+DeltaOpt = Annotated[float | None, typer.Option("--delta", help="Green logit bias (default 3.0).")]
+WidthOpt = Annotated[int | None, typer.Option("--context-width", help="Context tokens seeding the list, 1-4.")]
+SchemeOpt = Annotated[
+    str | None,
+    typer.Option("--scheme", help="Green-list scheme: antidistill-v1 (default) or hf-lefthash (transformers)."),
+]
+HashKeyOpt = Annotated[
+    int | None,
+    typer.Option("--hashing-key", help="An explicit integer key (e.g. transformers' hashing_key) instead of "
+                                       "the derived account and provider keys."),
+]
+ProviderFracOpt = Annotated[
+    float | None, typer.Option("--provider-fraction", help="Share of positions marked with the provider key.")
+]
+
+
+def _settings():
+    from antidistill.settings import get_settings
+
+    return get_settings()
+
+
+def _watermark_config(scheme: str | None, gamma: float | None, delta: float | None, width: int | None,
+                      provider_fraction: float | None, hashing_key: int | None):
+    from antidistill.watermark.config import WatermarkConfig
+
+    params: dict[str, Any] = {}
+    if scheme is not None:
+        params["scheme"] = scheme
+    if gamma is not None:
+        params["gamma"] = gamma
+    if delta is not None:
+        params["delta"] = delta
+    if width is not None:
+        params["context_width"] = width
+    if provider_fraction is not None:
+        params["provider_fraction"] = provider_fraction
+    elif hashing_key is not None or params.get("scheme") == "hf-lefthash":
+        params["provider_fraction"] = 0.0  # one explicit key: a plain single-key watermark
+    try:
+        return WatermarkConfig(**params)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+
+
+def _fmt_p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
+# ---- generate ---------------------------------------------------------------------------------------
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    account: Annotated[str, typer.Option("--account", help="Account whose key marks the completion.")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=4096)] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=5.0)] = 0.7,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    no_watermark: Annotated[bool, typer.Option("--no-watermark", help="Serve an unmarked completion.")] = False,
+    model: ModelOpt = None,
+    gamma: GammaOpt = None,
+    delta: DeltaOpt = None,
+    context_width: WidthOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A watermarked completion from the model, marked with ACCOUNT's key."""
+    from antidistill.keys import KeyRing
+    from antidistill.models.local import LocalModel
+    from antidistill.watermark.marker import MarkKeys
+
+    if not prompt.strip():
+        raise InputError("prompt is empty")
+    config = _watermark_config(None, gamma, delta, context_width, None, None)
+    settings = _settings()
+    ring = KeyRing.open(settings)
+    try:
+        mark = None if no_watermark else MarkKeys(ring.account_key(account), ring.provider_key())
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    with err.status("Loading the model…"):
+        lm = LocalModel.load(model or settings.model, settings.cache_dir, config)
+    with err.status("Generating…"):
+        (c,) = lm.generate([prompt], [mark], max_new_tokens=max_tokens, temperature=temperature, seed=seed)
+    if as_json:
+        _print_json({"text": c.text, "account": account, "key_id": c.key_id, "completion_tokens": len(c.token_ids),
+                     "prompt_tokens": c.prompt_tokens, "finish_reason": c.finish_reason,
+                     "watermark": None if no_watermark else config.to_dict()})
+    else:
+        out.print(c.text, markup=False, highlight=False)
+
+
+# ---- detect -----------------------------------------------------------------------------------------
+def _read_input(source: str) -> str:
+    if source == "-":
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        name = "standard input"
+    else:
+        p = Path(source)
+        if not p.exists():
+            raise InputError(f"file not found: {source}")
+        if p.is_dir():
+            raise InputError(f"{source} is a directory, not a text file")
+        try:
+            with p.open("rb") as f:
+                data = f.read(MAX_INPUT_BYTES + 1)
+        except OSError as exc:
+            raise InputError(f"cannot read {source}: {exc.strerror}") from None
+        name = source
+    if len(data) > MAX_INPUT_BYTES:
+        raise InputError(f"{name} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name} is not valid UTF-8 (byte {exc.start})") from None
+
+
+def _read_accounts_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise InputError(f"accounts file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read accounts file {path}: {type(exc).__name__}") from None
+    return [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
+
+
+def _build_text_detector(model, accounts, accounts_file, alpha, scheme, gamma, delta, context_width,
+                         provider_fraction, hashing_key, vocab_size):
+    from antidistill.detection.detector import Detector
+    from antidistill.detection.text import TextDetector
+    from antidistill.keys import KeyRing, WatermarkKey
+    from antidistill.models.embedded import load_tokenizer, resolve_model
+
+    if not 0.0 < alpha < 1.0:
+        raise InputError(f"alpha must be in (0, 1), got {alpha}")
+    config = _watermark_config(scheme, gamma, delta, context_width, provider_fraction, hashing_key)
+    names = list(accounts or [])
+    if accounts_file is not None:
+        names += _read_accounts_file(accounts_file)
+    names = list(dict.fromkeys(names))
+    settings = _settings()
+    if hashing_key is not None:
+        try:
+            candidates, provider_keys = [WatermarkKey.explicit(hashing_key)], []
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if names:
+            raise InputError("--hashing-key and --account are exclusive: an explicit key names no account")
+    else:
+        ring = KeyRing.open(settings)
+        try:
+            candidates = [k for a in names for k in ring.account_keys(a)]
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        provider_keys = ring.provider_keys() if config.provider_fraction > 0 else []
+        if not provider_keys and not candidates:
+            raise InputError("nothing to test against: give --account, --accounts-file or --hashing-key")
+    tokenizer = load_tokenizer(resolve_model(model or settings.model), settings.cache_dir)
+    if vocab_size is None:
+        vocab_size = len(tokenizer)
+    try:
+        detector = Detector(config, vocab_size=vocab_size)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return TextDetector(tokenizer, detector, provider_keys, candidates, alpha)
+
+
+def _report_dict(report) -> dict[str, Any]:
+    d = report.to_dict()
+    # the ranking is long and mostly noise for readers of one line per text; keep the top 3
+    if d.get("attribution"):
+        d["attribution"]["ranking"] = d["attribution"]["ranking"][:3]
+    return d
+
+
+def _print_report(report, text: str) -> None:
+    verdict = "[bold red]WATERMARKED[/]" if report.watermarked else "[bold green]not watermarked[/]"
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_row("verdict", f"{verdict} at alpha {report.alpha:g}")
+    t.add_row("p-value", _fmt_p(report.p_value))
+    t.add_row("tokens scored", f"{report.tokens_scored} distinct pairs of {report.total_tokens} tokens")
+    t.add_row("green", f"{report.green} ({report.green_fraction:.1%}, z = {report.z:.2f})")
+    if report.attribution is not None:
+        a = report.attribution
+        who = report.account or "no account (best: " + (a.key_id or "-") + ")"
+        t.add_row("account", f"{who}, corrected p = {_fmt_p(a.p_value_corrected)} over {a.keys_tested} keys")
+    if report.span is not None and report.span.watermarked:
+        s = report.span
+        where = f"tokens {s.start_token}-{s.end_token}"
+        if s.start_char is not None:
+            snippet = text[s.start_char : s.end_char].replace("\n", " ")
+            snippet = snippet if len(snippet) <= 80 else snippet[:38] + " … " + snippet[-38:]
+            where += f", chars {s.start_char}-{s.end_char}: “{snippet}”"
+        t.add_row("marked span", f"{where} (corrected p = {_fmt_p(s.p_value_corrected)})")
+    out.print(t)
+
+
+@app.command()
+def detect(
+    source: Annotated[str | None, typer.Argument(help="Text file to test, or - for standard input.")] = None,
+    jsonl: Annotated[Path | None, typer.Option("--jsonl", help="Scan a corpus: one JSON object per line.")] = None,
+    field: Annotated[str, typer.Option("--field", help="The text field of --jsonl records.")] = "text",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write --jsonl results here.")] = None,
+    account: Annotated[list[str] | None, typer.Option("--account", help="Candidate account (repeatable).")] = None,
+    accounts_file: Annotated[Path | None, typer.Option("--accounts-file", help="Candidate accounts, one a line.")
+                             ] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 1e-3,
+    model: ModelOpt = None,
+    scheme: SchemeOpt = None,
+    gamma: GammaOpt = None,
+    delta: DeltaOpt = None,
+    context_width: WidthOpt = None,
+    provider_fraction: ProviderFracOpt = None,
+    hashing_key: HashKeyOpt = None,
+    vocab_size: Annotated[int | None, typer.Option("--vocab-size", min=1, help="Vocabulary size for hf-lefthash "
+                                                                                "(default: the tokenizer's).")
+                          ] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=100_000, help="Texts tokenized at once (--jsonl).")
+                     ] = 256,
+    as_json: JsonOpt = False,
+) -> None:
+    """Is a text watermarked by us, and by which account? Also scans a JSONL corpus (--jsonl)."""
+    if jsonl is not None and source is not None:
+        raise InputError("give either a text file or --jsonl, not both")
+    if jsonl is None and source is None:
+        raise InputError("give a text file, - for standard input, or --jsonl FILE")
+    text = _read_input(source) if source is not None else None
+    if text is not None and not text.strip():
+        raise InputError("text is empty")
+    if jsonl is not None and not jsonl.is_file():
+        raise InputError(f"file not found: {jsonl}")
+    td = _build_text_detector(model, account, accounts_file, alpha, scheme, gamma, delta, context_width,
+                              provider_fraction, hashing_key, vocab_size)
+    if text is not None:
+        report = td.detect(text)
+        if as_json:
+            _print_json(_report_dict(report))
+        else:
+            _print_report(report, text)
+        return
+    _scan_jsonl(td, jsonl, field, output, batch)
+
+
+def _scan_jsonl(td, path: Path, field: str, output: Path | None, batch: int) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    try:
+        total = sum(1 for _ in path.open("rb"))
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    sink = output.open("w", encoding="utf-8") if output else sys.stdout
+    counts = {"records": 0, "watermarked": 0, "errors": 0}
+
+    def flush(items: list[tuple[int, str | None, str | None]]) -> None:
+        texts = [t if t is not None else "" for _, t, _ in items]
+        results = td.detect_many(texts)
+        for (lineno, _, problem), res in zip(items, results, strict=True):
+            counts["records"] += 1
+            if problem is not None or isinstance(res, Exception):
+                counts["errors"] += 1
+                rec = {"line": lineno, "error": problem or str(res)}
+            else:
+                counts["watermarked"] += int(res.watermarked)
+                d = _report_dict(res)
+                d.pop("config", None)
+                rec = {"line": lineno, **d}
+            sink.write(json.dumps(rec, default=str) + "\n")
+
+    try:
+        with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err, transient=True, disable=not err.is_terminal) as progress:
+            task = progress.add_task("scan", total=total)
+            pending: list[tuple[int, str | None, str | None]] = []
+            with path.open("rb") as f:
+                for lineno, raw in enumerate(f, start=1):
+                    try:
+                        line = raw.decode("utf-8")
+                        if not line.strip():
+                            progress.advance(task)
+                            continue
+                        obj = json.loads(line)
+                        value = obj.get(field) if isinstance(obj, dict) else None
+                        if not isinstance(value, str):
+                            pending.append((lineno, None, f"no string field {field!r}"))
+                        else:
+                            pending.append((lineno, value, None))
+                    except UnicodeDecodeError:
+                        pending.append((lineno, None, "line is not valid UTF-8"))
+                    except json.JSONDecodeError as exc:
+                        pending.append((lineno, None, f"invalid JSON: {exc.msg}"))
+                    if len(pending) >= batch:
+                        flush(pending)
+                        progress.advance(task, len(pending))
+                        pending = []
+                if pending:
+                    flush(pending)
+                    progress.advance(task, len(pending))
+    finally:
+        if output:
+            sink.close()
+    err.print(f"{counts['records']} records, {counts['watermarked']} watermarked, {counts['errors']} errors",
+              highlight=False)
+
+
+# ---- keys -------------------------------------------------------------------------------------------
+@keys_app.command("list")
+def keys_list(as_json: JsonOpt = False) -> None:
+    """Current key versions (key ids only; key material is never printed)."""
+    from antidistill.keys import KeyRing
+
+    ring = KeyRing.open(_settings())
+    data = {"provider": ring.provider_key().key_id,
+            "accounts": {a: ring.account_key(a).key_id for a in ring.known_accounts()}}
+    if as_json:
+        _print_json(data)
+        return
+    out.print(f"provider: {data['provider']}")
+    for a, k in data["accounts"].items():
+        out.print(f"{a}: {k}", markup=False)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    account: Annotated[str | None, typer.Option("--account", help="Rotate this account's key.")] = None,
+    provider: Annotated[bool, typer.Option("--provider", help="Rotate the provider-wide key.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a new key version for new traffic; older versions stay detectable."""
+    from antidistill.keys import KeyRing
+
+    if (account is None) == (not provider):
+        raise InputError("give exactly one of --account ID or --provider")
+    ring = KeyRing.open(_settings())
+    try:
+        key = ring.rotate_provider() if provider else ring.rotate_account(account)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if as_json:
+        _print_json({"key_id": key.key_id, "version": key.version})
+    else:
+        out.print(f"new key: {key.key_id}", markup=False)
+
+
+# ---- demo -------------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    model: ModelOpt = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=16, max=1024)] = 120,
+    seed: Annotated[int, typer.Option("--seed")] = 7,
+) -> None:
+    """The main job, end to end: mark completions for two accounts, then detect and attribute them."""
+    from antidistill.demo import run_demo
+
+    ok = run_demo(out, model=model, max_tokens=max_tokens, seed=seed)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    from antidistill import __version__
+
+    out.print(__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line on stderr and a non-zero exit for every error."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
+    except AntidistillError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except click.exceptions.NoArgsIsHelpError:  # `antidistill` alone: the help was printed
+        sys.exit(0)
+    except click.exceptions.UsageError as exc:
+        err.print(f"error: {exc.format_message()}", markup=False, highlight=False)
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        err.print(f"error: {exc.format_message()}", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted", highlight=False)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        sys.exit(130)
+    except MemoryError:
+        err.print("error: out of memory", highlight=False)
+        sys.exit(2)
+    except Exception as exc:  # a bug of ours: still one line, with enough to report it
+        err.print(f"error: unexpected {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""``antidistill demo``: the main job end to end on the embedded model.
+
+Stages: load the model; serve watermarked completions for two accounts (one batch, each row with its own
+account key); detect and attribute every completion among 1,000 accounts; check the controls (the model's
+unwatermarked output and human-written text are not flagged); find a marked passage inside human text.
+Later parts of the product add their stages here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+DEMO_ALPHA = 1e-3
+DECOY_ACCOUNTS = 998
+
+PROMPTS = {
+    "alice": [
+        "Explain in detail how a refrigerator keeps food cold.",
+        "Write a long story about a lighthouse keeper who finds a message in a bottle.",
+        "Describe the water cycle step by step for a school report.",
+    ],
+    "bob": [
+        "Explain why the sky is blue, with examples.",
+        "Write a detailed guide to starting a vegetable garden.",
+        "Describe the history of the bicycle and how it changed cities.",
+    ],
+}
+
+
+@dataclass
+class Check:
+    label: str
+    ok: bool
+
+
+def _verdict(ok: bool) -> str:
+    return "[green]ok[/]" if ok else "[bold red]FAILED[/]"
+
+
+def run_demo(console: Console, model: str | None = None, max_tokens: int = 120, seed: int = 7) -> bool:
+    """Run every stage, print what happens, and return whether every check passed."""
+    from antidistill.detection.detector import Detector
+    from antidistill.detection.text import TextDetector
+    from antidistill.keys import KeyRing
+    from antidistill.models.local import LocalModel
+    from antidistill.settings import get_settings
+    from antidistill.watermark.marker import MarkKeys
+
+    settings = get_settings()
+    checks: list[Check] = []
+    console.rule("[bold]antidistill demo")
+
+    # 1. model
+    with console.status("Stage 1: loading the embedded model (the first load converts the GGUF file)…"):
+        lm = LocalModel.load(model or settings.model, settings.cache_dir)
+    st = lm.load_stats
+    how = "from the cache" if st and st.from_cache else "converted from GGUF and cached"
+    console.print(f"[bold]1. Model[/] {lm.name}, {how} in {st.seconds:.1f} s" if st else f"[bold]1. Model[/] {lm.name}")
+    cfg = lm.watermark.config
+    console.print(f"   watermark: scheme {cfg.scheme}, gamma {cfg.gamma}, delta {cfg.delta}, "
+                  f"context width {cfg.context_width}, provider share {cfg.provider_fraction}")
+
+    # 2. serve
+    ring = KeyRing.open(settings)
+    rows: list[tuple[str, str | None, str]] = []  # (label, account, prompt)
+    for acct, prompts in PROMPTS.items():
+        rows += [(acct, acct, p) for p in prompts]
+    rows += [("unwatermarked", None, p) for p in PROMPTS["alice"][:2] + PROMPTS["bob"][:1]]
+    marks = [MarkKeys(ring.account_key(a), ring.provider_key()) if a else None for _, a, _ in rows]
+    t0 = time.perf_counter()
+    with console.status(f"Stage 2: generating {len(rows)} completions in one batch…"):
+        completions = lm.generate([p for _, _, p in rows], marks, max_new_tokens=max_tokens,
+                                  min_new_tokens=min(48, max_tokens), seed=seed)
+    dt = time.perf_counter() - t0
+    n_tok = sum(len(c.token_ids) for c in completions)
+    console.print(f"[bold]2. Serve[/] {len(rows)} completions ({len(rows) - 3} marked for alice and bob, "
+                  f"3 unmarked), {n_tok} tokens in {dt:.1f} s ({n_tok / dt:.0f} tokens/s, one batch)")
+
+    # 3. detect and attribute
+    candidates = [k for a in PROMPTS for k in ring.account_keys(a)]
+    candidates += [ring.account_key(f"customer-{i:04d}") for i in range(DECOY_ACCOUNTS)]
+    detector = Detector(cfg, vocab_size=lm.vocab_size)
+    td = TextDetector(lm.tokenizer, detector, ring.provider_keys(), candidates, DEMO_ALPHA)
+    table = Table(title=f"3. Detect and attribute (alpha {DEMO_ALPHA:g}, {len(candidates)} candidate accounts)")
+    for col in ("served to", "tokens", "p-value", "verdict", "attributed to", "corrected p", "check"):
+        table.add_column(col)
+    for (label, acct, _), c in zip(rows, completions, strict=True):
+        r = td.detect(c.text)
+        ok = (r.watermarked and r.account == acct) if acct else (not r.watermarked and r.account is None)
+        checks.append(Check(f"{label}: {c.text[:30]!r}", ok))
+        table.add_row(label, str(r.total_tokens), f"{r.p_value:.2g}", "marked" if r.watermarked else "clean",
+                      r.account or "-", f"{r.p_value_corrected:.2g}", _verdict(ok))
+    console.print(table)
+    sample = completions[0].text.strip().replace("\n", " ")
+    console.print(f"   e.g. alice's first completion: [italic]{sample[:160]}…[/]", highlight=False)
+
+    # 4. human-written controls
+    try:
+        from antidistill.detection.corpus import human_samples
+
+        humans = human_samples(8, seed=seed)
+    except Exception as exc:  # the corpus is built from text on this machine; say so if there is none
+        console.print(f"[yellow]4. Human text: skipped ({exc})[/]")
+        humans = []
+    if humans:
+        results = td.detect_many(humans)
+        flagged = sum(1 for r in results if not isinstance(r, Exception) and r.watermarked)
+        tested = sum(1 for r in results if not isinstance(r, Exception))
+        ok = flagged == 0 and tested > 0
+        checks.append(Check("human text", ok))
+        console.print(f"[bold]4. Controls[/] {tested} human-written passages (manual pages, licences): "
+                      f"{flagged} flagged {_verdict(ok)}")
+        repeated = "\n\n".join([humans[0]] * 20)
+        rep = td.detect(repeated)
+        ok = not rep.watermarked
+        checks.append(Check("repeated human text", ok))
+        console.print(f"   one human paragraph repeated 20 times: p = {rep.p_value:.2g}, "
+                      f"{'flagged' if rep.watermarked else 'not flagged'} {_verdict(ok)}")
+
+        # 5. a marked passage hidden in human text
+        marked = completions[0].text.strip()
+        before, after = humans[1], humans[2]
+        mixed = f"{before}\n\n{marked}\n\n{after}"
+        start = len(before) + 2
+        end = start + len(marked)
+        r = td.detect(mixed)
+        span = r.span
+        found = bool(span and span.watermarked and span.start_char is not None
+                     and span.start_char < end and span.end_char > start)
+        checks.append(Check("marked span in human text", found))
+        where = (f"chars {span.start_char}-{span.end_char} (true passage {start}-{end}), corrected p = "
+                 f"{span.p_value_corrected:.2g}") if span else "no span"
+        console.print(f"[bold]5. Mixed text[/] alice's completion inside {len(mixed)} characters of human text: "
+                      f"{where} {_verdict(found)}")
+
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        console.print(f"[bold red]{len(failed)} of {len(checks)} checks failed:[/] "
+                      + "; ".join(c.label for c in failed), highlight=False)
+        return False
+    console.print(f"[bold green]All {len(checks)} checks passed.[/]")
+    return True

@@ -1,0 +1,265 @@
+"""Scoring token sequences against watermark keys: single key, attribution across many keys, windowed scan.
+
+Every distinct (context, token) pair is scored once. Repeated n-grams are not independent draws: without this
+rule a paragraph repeated twenty times would count each of its green pairs twenty times and look marked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from antidistill.detection.results import AttributionResult, DetectionReport, ScoreResult, SpanResult
+from antidistill.detection.stats import binomial_sf, bonferroni, fisher_combine, z_score
+from antidistill.keys import WatermarkKey
+from antidistill.watermark.config import WatermarkConfig
+from antidistill.watermark.core import U64
+from antidistill.watermark.marker import Watermark
+
+DEFAULT_ALPHA = 1e-3
+MIN_SCAN_WINDOW = 32
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """The distinct (context, token) pairs of a sequence, in order of first occurrence.
+
+    Args:
+        contexts: (n, h) token ids preceding each pair's token.
+        tokens: (n,) the scored tokens.
+        positions: (n,) index of the token in the sequence.
+        length: length of the whole sequence.
+    """
+
+    contexts: np.ndarray
+    tokens: np.ndarray
+    positions: np.ndarray
+    length: int
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def subset(self, mask: np.ndarray) -> Pairs:
+        return Pairs(self.contexts[mask], self.tokens[mask], self.positions[mask], self.length)
+
+
+def distinct_pairs(token_ids: Sequence[int] | np.ndarray, context_width: int,
+                   exclude: Iterable[tuple[int, ...]] | None = None) -> Pairs:
+    """Distinct (context, token) pairs of ``token_ids``, first occurrences only.
+
+    Args:
+        token_ids: the sequence.
+        context_width: h, the number of context tokens.
+        exclude: (h+1)-tuples not to score (e.g. windows that occur in the prompt of a closed-model scan).
+    """
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    h = context_width
+    if len(ids) <= h:
+        return Pairs(np.zeros((0, h), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), len(ids))
+    windows = np.lib.stride_tricks.sliding_window_view(ids, h + 1)
+    _, first = np.unique(windows, axis=0, return_index=True)
+    first.sort()
+    if exclude is not None:
+        ex = {tuple(int(t) for t in w) for w in exclude}
+        if ex:
+            keep = np.array([tuple(windows[i].tolist()) not in ex for i in first], dtype=bool)
+            first = first[keep]
+    w = windows[first]
+    return Pairs(np.ascontiguousarray(w[:, :h]), np.ascontiguousarray(w[:, h]), first + h, len(ids))
+
+
+class Detector:
+    """Scores token ids for one watermark configuration.
+
+    Args:
+        config: the watermark parameters the text was (or may have been) generated with.
+        vocab_size: the model's vocabulary size (needed by the ``hf-lefthash`` scheme only).
+
+    Example:
+        >>> from antidistill.keys import MasterKey
+        >>> d = Detector(WatermarkConfig())
+        >>> r = d.score(list(range(100)), MasterKey(b"k" * 32).account_key("alice"))
+        >>> r.tokens_scored, r.p_value > 1e-3
+        (99, True)
+    """
+
+    def __init__(self, config: WatermarkConfig | None = None, vocab_size: int | None = None) -> None:
+        self.watermark = Watermark(config)
+        self.config = self.watermark.config
+        self.scheme = self.watermark.scheme
+        self.vocab_size = vocab_size
+        self.gamma = self.scheme.null_probability(vocab_size)
+
+    # ---- single tests -------------------------------------------------------------------------------
+    def pairs(self, token_ids, exclude=None) -> Pairs:
+        return distinct_pairs(token_ids, self.config.context_width, exclude)
+
+    def _result(self, key_id: str, n: int, g: int) -> ScoreResult:
+        p = binomial_sf(g, n, self.gamma) if n > 0 else 1.0
+        return ScoreResult(key_id, int(n), int(g), g / n if n else 0.0, z_score(g, n, self.gamma), float(p),
+                           self.gamma)
+
+    def split(self, pairs: Pairs, provider: WatermarkKey | None) -> tuple[Pairs, Pairs]:
+        """(provider positions, account positions) of ``pairs`` under this provider key."""
+        kinds = self.watermark.position_kinds(pairs.contexts, provider.value if provider else None)
+        return pairs.subset(kinds), pairs.subset(~kinds)
+
+    def green_flags(self, pairs: Pairs, key: WatermarkKey) -> np.ndarray:
+        """(n,) bool: which pairs are green under ``key``."""
+        if len(pairs) == 0:
+            return np.zeros(0, dtype=bool)
+        return self.scheme.is_green(np.array([key.value], dtype=U64), pairs.contexts, pairs.tokens,
+                                    self.vocab_size)[0]
+
+    def score_pairs(self, pairs: Pairs, key: WatermarkKey) -> ScoreResult:
+        return self._result(key.key_id, len(pairs), int(self.green_flags(pairs, key).sum()))
+
+    def score(self, token_ids, key: WatermarkKey, provider: WatermarkKey | None = None, exclude=None
+              ) -> ScoreResult:
+        """Test one key on a text: every pair under the key that marks its position.
+
+        With ``provider`` given (and a provider component in the config), provider positions are scored under
+        the provider key and the rest under ``key``; otherwise every pair is scored under ``key``.
+        """
+        pairs = self.pairs(token_ids, exclude)
+        if provider is None or self.config.provider_fraction == 0.0:
+            return self.score_pairs(pairs, key)
+        prov, acct = self.split(pairs, provider)
+        g = int(self.green_flags(prov, provider).sum()) + int(self.green_flags(acct, key).sum())
+        return self._result(f"{key.key_id}+{provider.key_id}", len(pairs), g)
+
+    # ---- many keys ----------------------------------------------------------------------------------
+    def attribute_pairs(self, pairs: Pairs, candidates: Sequence[WatermarkKey], alpha: float,
+                        extra_tests: int = 1, top: int = 5) -> AttributionResult:
+        """The best of ``candidates`` on ``pairs``, Bonferroni-corrected for every key tried."""
+        tests = len(candidates) * extra_tests
+        if not candidates or len(pairs) == 0:
+            return AttributionResult(None, None, None, 1.0, tests, [])
+        values = np.array([k.value for k in candidates], dtype=U64)
+        greens = self.scheme.count_green(values, pairs.contexts, pairs.tokens, self.vocab_size)
+        n = len(pairs)
+        order = np.argsort(-greens, kind="stable")[:top]
+        ranking = [self._result(candidates[i].key_id, n, int(greens[i])) for i in order]
+        best_i = int(order[0])
+        best = ranking[0]
+        p_corr = bonferroni(best.p_value, tests)
+        account = candidates[best_i].account if p_corr <= alpha else None
+        return AttributionResult(account, candidates[best_i].key_id, best, p_corr, tests, ranking)
+
+    def attribute(self, token_ids, candidates: Sequence[WatermarkKey], provider: WatermarkKey | None = None,
+                  alpha: float = DEFAULT_ALPHA, exclude=None) -> AttributionResult:
+        """Which of many account keys marked this text (account positions only, so that the shared provider
+        component can never make an innocent account look guilty)."""
+        pairs = self.pairs(token_ids, exclude)
+        if provider is not None and self.config.provider_fraction > 0.0:
+            _, pairs = self.split(pairs, provider)
+        return self.attribute_pairs(pairs, candidates, alpha)
+
+    # ---- windowed scan ------------------------------------------------------------------------------
+    def scan_pairs(self, pairs: Pairs, flags: np.ndarray, alpha: float, min_window: int = MIN_SCAN_WINDOW
+                   ) -> SpanResult | None:
+        """Most significant window of the sequence: windows of 2^k tokens (k >= 5) at quarter strides.
+
+        Counts come from prefix sums over the pairs' first occurrences, so a window counts each distinct pair
+        once. The p-value is corrected for the number of windows tried.
+        """
+        length = pairs.length
+        if len(pairs) == 0 or length < 2 * min_window:
+            return None
+        scored = np.zeros(length + 1, dtype=np.int64)
+        green = np.zeros(length + 1, dtype=np.int64)
+        np.add.at(scored, pairs.positions + 1, 1)
+        np.add.at(green, pairs.positions + 1, flags.astype(np.int64))
+        c_s, c_g = np.cumsum(scored), np.cumsum(green)
+        starts_l, ends_l = [], []
+        w = min_window
+        while w <= length:
+            stride = max(1, w // 4)
+            s = np.arange(0, length - w + 1, stride)
+            starts_l.append(s)
+            ends_l.append(s + w)
+            w *= 2
+        starts, ends = np.concatenate(starts_l), np.concatenate(ends_l)
+        n = c_s[ends] - c_s[starts]
+        g = c_g[ends] - c_g[starts]
+        p = np.where(n > 0, binomial_sf(g, n, self.gamma), 1.0)
+        i = int(np.argmin(p))
+        p_corr = bonferroni(float(p[i]), len(p))
+        return SpanResult(int(starts[i]), int(ends[i]), int(n[i]), int(g[i]), float(p[i]), p_corr, len(p),
+                          p_corr <= alpha)
+
+    # ---- the whole verdict --------------------------------------------------------------------------
+    def detect(self, token_ids, provider_keys: Sequence[WatermarkKey] = (),
+               candidates: Sequence[WatermarkKey] = (), alpha: float = DEFAULT_ALPHA, scan: bool = True,
+               exclude=None) -> DetectionReport:
+        """Is this text ours, whose is it, and where.
+
+        Args:
+            token_ids: the text's tokens.
+            provider_keys: every version of the provider key (each is tried; corrected for their number).
+            candidates: account keys to attribute among (every version of every account).
+            alpha: significance level of the verdicts.
+            scan: also look for a marked span inside longer text.
+            exclude: (h+1)-tuples not to score.
+        """
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        pairs = self.pairs(token_ids, exclude)
+        use_provider = self.config.provider_fraction > 0.0 and len(provider_keys) > 0
+        if not use_provider and not candidates:
+            raise ValueError("nothing to test: give the provider key or at least one candidate key")
+
+        provider_res: ScoreResult | None = None
+        best_split: tuple[Pairs, Pairs, np.ndarray] | None = None
+        if use_provider:
+            best_p = 2.0
+            for pk in provider_keys:
+                prov, acct = self.split(pairs, pk)
+                flags = self.green_flags(prov, pk)
+                res = self._result(pk.key_id, len(prov), int(flags.sum()))
+                if res.p_value < best_p:
+                    best_p, provider_res, best_split = res.p_value, res, (prov, acct, flags)
+            p_provider = bonferroni(provider_res.p_value, len(provider_keys))
+        attribution = None
+        if candidates:
+            if use_provider:
+                # Every provider version splits the positions differently: test candidates under each.
+                results = [self.attribute_pairs(self.split(pairs, pk)[1], candidates, alpha, len(provider_keys))
+                           for pk in provider_keys]
+                attribution = min(results, key=lambda r: r.p_value_corrected)
+            else:
+                attribution = self.attribute_pairs(pairs, candidates, alpha)
+
+        if use_provider and attribution is not None:
+            p_value = fisher_combine([p_provider, attribution.p_value_corrected])
+        elif use_provider:
+            p_value = p_provider
+        else:
+            p_value = attribution.p_value_corrected
+        primary = provider_res if use_provider else attribution.best
+        if primary is None:
+            primary = self._result("none", 0, 0)
+
+        span = None
+        if scan:
+            if use_provider:
+                prov, _, flags = best_split
+                span = self.scan_pairs(prov, flags, alpha)
+            elif attribution is not None and attribution.key_id is not None:
+                key = next(k for k in candidates if k.key_id == attribution.key_id)
+                # the best key was chosen among many: its scan p-value is corrected for those keys too
+                span = self.scan_pairs(pairs, self.green_flags(pairs, key), alpha)
+                if span is not None and len(candidates) > 1:
+                    pc = bonferroni(span.p_value_corrected, len(candidates))
+                    span = SpanResult(span.start_token, span.end_token, span.tokens_scored, span.green,
+                                      span.p_value, pc, span.windows_tested * len(candidates), pc <= alpha)
+        return DetectionReport(
+            tokens_scored=primary.tokens_scored, green=primary.green, green_fraction=primary.green_fraction,
+            z=primary.z, p_value=float(p_value), watermarked=bool(p_value <= alpha and len(pairs) > 0),
+            alpha=alpha, account=attribution.account if attribution else None,
+            p_value_corrected=attribution.p_value_corrected if attribution else None,
+            provider=provider_res, attribution=attribution, span=span, config=self.config.to_dict(),
+            total_tokens=pairs.length,
+        )

@@ -1,0 +1,246 @@
+"""Key material: one master secret, and every watermark key derived from it.
+
+Design
+------
+The master secret (32 random bytes) never leaves this module. Every watermark key is derived from it with
+HMAC-SHA256 over a domain-separated label, so keys need no storage, only a version number:
+
+* **account key** ``HMAC(master, "antidistill/v1/account" || account_id || version)``: one per account and
+  key version. It marks what that account received and attributes leaked text or a distilled model to it.
+* **provider key** ``HMAC(master, "antidistill/v1/provider" || version)``: one for the whole service. It answers
+  "was this trained on our outputs at all?" without knowing, or trying, any account.
+
+Every generated token is biased by exactly one of the two keys. Which one is decided by a keyed hash of the
+context under a sub-key of the provider key (see :mod:`antidistill.watermark.core`), so a detector that holds
+only the provider key can tell the two kinds of positions apart:
+
+* provider positions carry the same green lists in every account's traffic, so a campaign spread over hundreds
+  of accounts still trains one consistent bias into the student (a single, strong "is it ours" test);
+* account positions carry per-account green lists, so a text or model can be attributed, and a cluster of
+  accounts can be tested as a pool by summing their green counts on the account positions (the counts are
+  independent binomials under the null, so the pooled test stays exact).
+
+Rotation gives an account (or the provider) a new version for new traffic; older versions stay derivable, so
+text served under them stays detectable: detection simply tries every version and corrects for it.
+
+Only the first 64 bits of each HMAC output are used as the watermark key: the green-list hash is a 64-bit
+mixer, and 64 bits of key are far beyond what green-list stealing attacks recover (they estimate green lists,
+not keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from antidistill.errors import ConfigError
+from antidistill.settings import Settings, is_placeholder
+
+MASTER_KEY_FILE = "master.key"
+KEYRING_FILE = "keyring.json"
+_ACCOUNT_LABEL = b"antidistill/v1/account"
+_PROVIDER_LABEL = b"antidistill/v1/provider"
+
+
+@dataclass(frozen=True)
+class WatermarkKey:
+    """A derived watermark key. ``value`` is secret and kept out of ``repr``.
+
+    Args:
+        key_id: public name, e.g. ``acct:alice:v1`` or ``provider:v1``; safe to log and to put in reports.
+        account: the account id, or ``None`` for the provider key and for explicit integer keys.
+        version: the key version (starts at 1).
+        value: the 64-bit key used by the green-list hash (secret).
+    """
+
+    key_id: str
+    account: str | None
+    version: int
+    value: int = field(repr=False)
+
+    def __str__(self) -> str:
+        return self.key_id
+
+    @classmethod
+    def explicit(cls, value: int) -> WatermarkKey:
+        """A key given on the command line (``--hashing-key``), e.g. to read another implementation's marks."""
+        if not 0 <= value < 2**64:
+            raise ValueError(f"hashing key must be in [0, 2**64), got {value}")
+        return cls(key_id="explicit", account=None, version=0, value=value)
+
+
+def _validate_account_id(account_id: str) -> str:
+    if not isinstance(account_id, str) or not account_id or len(account_id) > 200:
+        raise ValueError("account id must be a non-empty string of at most 200 characters")
+    if any(ord(c) < 32 for c in account_id):
+        raise ValueError("account id must not contain control characters")
+    return account_id
+
+
+def _validate_version(version: int) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"key version must be an integer >= 1, got {version!r}")
+    return version
+
+
+class MasterKey:
+    """The master secret and the HMAC derivations. ``repr`` and ``str`` never show the secret."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ConfigError("master key must be at least 16 bytes")
+        self._secret = bytes(secret)
+
+    def __repr__(self) -> str:
+        return "MasterKey(<hidden>)"
+
+    @classmethod
+    def from_text(cls, text: str) -> MasterKey:
+        """Hex text (64 hex digits) is decoded; anything else is used as UTF-8 bytes."""
+        t = text.strip()
+        try:
+            raw = bytes.fromhex(t) if len(t) >= 32 and len(t) % 2 == 0 else t.encode()
+        except ValueError:
+            raw = t.encode()
+        return cls(raw)
+
+    @classmethod
+    def load(cls, settings: Settings) -> MasterKey:
+        """From ``ANTIDISTILL_MASTER_KEY`` or the key file, creating the file (mode 0600) on first use."""
+        if settings.master_key is not None:
+            value = settings.master_key.get_secret_value()
+            if settings.env == "prod" and is_placeholder(value):  # settings refuse this too; belt and braces
+                raise ConfigError("ANTIDISTILL_MASTER_KEY is a placeholder")
+            return cls.from_text(value)
+        path = settings.data_dir / MASTER_KEY_FILE
+        if not path.exists():
+            return cls._create_file(path)
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the master key file {path}: {type(exc).__name__}") from None
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"master key file {path} is readable by others; run: chmod 600 {path}")
+        return cls.from_text(text)
+
+    @classmethod
+    def _create_file(cls, path: Path) -> MasterKey:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_bytes(32)
+        try:
+            # O_EXCL: two processes starting at once must not each write a different key.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return cls.from_text(path.read_text(encoding="ascii"))
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secret.hex() + "\n")
+        return cls(secret)
+
+    def _derive(self, label: bytes, *parts: bytes) -> int:
+        msg = label + b"".join(b"\x00" + len(p).to_bytes(4, "big") + p for p in parts)
+        digest = hmac.new(self._secret, msg, hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "little")
+
+    def account_key(self, account_id: str, version: int = 1) -> WatermarkKey:
+        """The watermark key of one account at one version."""
+        _validate_account_id(account_id)
+        _validate_version(version)
+        value = self._derive(_ACCOUNT_LABEL, account_id.encode(), str(version).encode())
+        return WatermarkKey(f"acct:{account_id}:v{version}", account_id, version, value)
+
+    def provider_key(self, version: int = 1) -> WatermarkKey:
+        """The provider-wide watermark key at one version."""
+        _validate_version(version)
+        value = self._derive(_PROVIDER_LABEL, str(version).encode())
+        return WatermarkKey(f"provider:v{version}", None, version, value)
+
+
+class KeyRing:
+    """Current key versions of the provider and of each account, persisted as a small JSON file.
+
+    Keys are derived, so the ring stores only version numbers: rotation bumps a number, and every older
+    version stays derivable (and so detectable). An account never seen is at version 1.
+
+    Args:
+        master: the master key.
+        path: the JSON file (``None`` keeps the ring in memory, for tests).
+
+    Example:
+        >>> ring = KeyRing(MasterKey(b"0" * 32))
+        >>> ring.account_key("alice").key_id
+        'acct:alice:v1'
+        >>> ring.rotate_account("alice").key_id
+        'acct:alice:v2'
+        >>> [k.key_id for k in ring.account_keys("alice")]
+        ['acct:alice:v1', 'acct:alice:v2']
+    """
+
+    def __init__(self, master: MasterKey, path: Path | None = None) -> None:
+        self._master = master
+        self._path = path
+        self._lock = threading.Lock()
+        self._state: dict = {"provider": 1, "accounts": {}}
+        if path is not None and path.exists():
+            try:
+                state = json.loads(path.read_text(encoding="utf-8"))
+                self._state = {"provider": int(state["provider"]), "accounts": dict(state["accounts"])}
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"key ring file {path} is unreadable: {type(exc).__name__}") from None
+
+    @classmethod
+    def open(cls, settings: Settings) -> KeyRing:
+        """The ring of this installation (master key from the settings, versions in the data directory)."""
+        return cls(MasterKey.load(settings), settings.data_dir / KEYRING_FILE)
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._state, sort_keys=True, indent=1), encoding="utf-8")
+        os.replace(tmp, self._path)
+
+    def account_version(self, account_id: str) -> int:
+        return int(self._state["accounts"].get(_validate_account_id(account_id), 1))
+
+    @property
+    def provider_version(self) -> int:
+        return int(self._state["provider"])
+
+    def account_key(self, account_id: str) -> WatermarkKey:
+        """The key new traffic of this account is marked with."""
+        return self._master.account_key(account_id, self.account_version(account_id))
+
+    def account_keys(self, account_id: str) -> list[WatermarkKey]:
+        """Every version of this account's key, oldest first (all must be tried when detecting)."""
+        return [self._master.account_key(account_id, v) for v in range(1, self.account_version(account_id) + 1)]
+
+    def provider_key(self) -> WatermarkKey:
+        return self._master.provider_key(self.provider_version)
+
+    def provider_keys(self) -> list[WatermarkKey]:
+        return [self._master.provider_key(v) for v in range(1, self.provider_version + 1)]
+
+    def rotate_account(self, account_id: str) -> WatermarkKey:
+        with self._lock:
+            self._state["accounts"][account_id] = self.account_version(account_id) + 1
+            self._save()
+        return self.account_key(account_id)
+
+    def rotate_provider(self) -> WatermarkKey:
+        with self._lock:
+            self._state["provider"] = self.provider_version + 1
+            self._save()
+        return self.provider_key()
+
+    def known_accounts(self) -> list[str]:
+        """Accounts whose key was ever rotated (others are implicit at version 1)."""
+        return sorted(self._state["accounts"])

@@ -1,0 +1,259 @@
+"""The green-list core: which tokens are green for a (key, context). Used by generation and by detection.
+
+KGW watermark (Kirchenbauer et al. 2023, "A Watermark for Large Language Models",
+https://arxiv.org/abs/2301.10226): before each token is sampled, a keyed hash of the preceding ``h`` tokens
+splits the vocabulary into a green fraction ``gamma`` and a red rest, and green logits get ``+delta``.
+A detector that knows the key counts green tokens; without the watermark the count is Binomial(n, gamma).
+
+Two members of one family sit behind :class:`GreenListScheme`:
+
+* ``antidistill-v1`` (default): token ``t`` is green after context ``c`` under key ``k`` iff
+  ``fmix64(k ^ H(c) ^ T(t)) < gamma * 2**64``, where ``H`` and ``T`` are fixed 64-bit hashes of the context
+  tokens and of the token, and ``fmix64`` is MurmurHash3's 64-bit finaliser (a bijective mixer with full
+  avalanche). Membership of one (context, token) costs O(1), so scoring needs no vocabulary-sized work and a
+  text can be tried against 100,000 keys in a fraction of a second. Under the null (text independent of the
+  key) each distinct (context, token) is green with probability exactly ``gamma`` (to 2**-64).
+* ``hf-lefthash``: transformers' ``WatermarkLogitsProcessor`` lists (``randperm`` of the vocabulary seeded with
+  ``key * last_token``), so marks made by either implementation are read by the other. O(vocabulary) per
+  context: for interoperability, not for speed.
+
+Pure functions on numpy arrays: no tokenizer, model, file or network here.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from functools import lru_cache
+
+import numpy as np
+
+U64 = np.uint64
+_M1 = U64(0xFF51AFD7ED558CCD)
+_M2 = U64(0xC4CEB9FE1A85EC53)
+_S33 = U64(33)
+_GOLDEN = U64(0x9E3779B97F4A7C15)
+_TOKEN_SALT = U64(0x243F6A8885A308D3)  # digits of pi: nothing up our sleeve
+_CONTEXT_SALT = U64(0x13198A2E03707344)
+_SLOT_SALT = U64(0xA4093822299F31D0)
+TWO64 = 2**64
+
+
+def fmix64(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser on a uint64 array (wrapping arithmetic). Writes into ``out`` if given."""
+    if out is None:
+        out = np.array(x, dtype=U64, copy=True)
+    elif out is not x:
+        np.copyto(out, x)
+    out ^= out >> _S33
+    out *= _M1
+    out ^= out >> _S33
+    out *= _M2
+    out ^= out >> _S33
+    return out
+
+
+def threshold(fraction: float) -> np.uint64:
+    """The uint64 below which a uniform 64-bit hash falls with probability ``fraction``."""
+    return U64(min(int(fraction * TWO64), TWO64 - 1))
+
+
+def token_hash(tokens: np.ndarray) -> np.ndarray:
+    """T(t): a fixed 64-bit hash of each token id."""
+    t = np.asarray(tokens, dtype=np.int64).astype(U64)
+    return fmix64(t * _GOLDEN + _TOKEN_SALT, out=None)
+
+
+@lru_cache(maxsize=8)
+def token_hash_table(vocab_size: int) -> np.ndarray:
+    """T(t) for every id below ``vocab_size`` (read-only, cached)."""
+    table = token_hash(np.arange(vocab_size, dtype=np.int64))
+    table.setflags(write=False)
+    return table
+
+
+def context_hash(contexts: np.ndarray) -> np.ndarray:
+    """H(c) for each row of an (n, h) array of token ids: order-sensitive, width-sensitive."""
+    ctx = np.asarray(contexts, dtype=np.int64)
+    if ctx.ndim != 2:
+        raise ValueError(f"contexts must be a 2-D (n, h) array, got shape {ctx.shape}")
+    h = ctx.shape[1]
+    x = np.full(ctx.shape[0], _CONTEXT_SALT + U64(h), dtype=U64)
+    for j in range(h):  # h <= 4: a loop over context positions, not over tokens
+        x ^= ctx[:, j].astype(U64) * _GOLDEN + U64(j + 1)
+        fmix64(x, out=x)
+    return x
+
+
+def provider_positions(provider_key: int, ctx_hash: np.ndarray, provider_fraction: float) -> np.ndarray:
+    """Which contexts are marked with the provider key (True) rather than the account key.
+
+    Decided by the context alone (it must be known before the token is drawn), under a sub-key of the provider
+    key, so whoever holds the provider key can split a text's positions into the two kinds.
+    """
+    if provider_fraction <= 0.0:
+        return np.zeros(ctx_hash.shape, dtype=bool)
+    slot_key = fmix64(np.array([U64(provider_key) ^ _SLOT_SALT]))[0]
+    return fmix64(ctx_hash ^ slot_key) < threshold(provider_fraction)
+
+
+class GreenListScheme(ABC):
+    """One way of drawing green lists. Every member answers the same two questions.
+
+    Args:
+        gamma: the green fraction.
+        context_width: how many preceding tokens seed the list.
+    """
+
+    name: str = ""
+
+    def __init__(self, gamma: float, context_width: int) -> None:
+        self.gamma = gamma
+        self.context_width = context_width
+
+    def null_probability(self, vocab_size: int | None) -> float:
+        """P(a fixed token is green) when the text does not depend on the key: the binomial null."""
+        return self.gamma
+
+    @abstractmethod
+    def green_mask(self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int) -> np.ndarray:
+        """(B, V) bool: the green lists for B rows, each with its own key (uint64, (B,)) and context (B, h)."""
+
+    @abstractmethod
+    def is_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None
+                 ) -> np.ndarray:
+        """(K, N) bool: whether token ``tokens[n]`` after ``contexts[n]`` is green under ``keys[k]``."""
+
+    def count_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None,
+                    chunk_elems: int = 1 << 20) -> np.ndarray:
+        """(K,) green counts over the N (context, token) pairs, for K keys, in cache-sized chunks."""
+        keys = np.asarray(keys, dtype=U64).reshape(-1)
+        n = max(1, len(tokens))
+        step = max(1, chunk_elems // n)
+        out = np.empty(len(keys), dtype=np.int64)
+        for i in range(0, len(keys), step):
+            out[i : i + step] = self.is_green(keys[i : i + step], contexts, tokens, vocab_size).sum(axis=1)
+        return out
+
+
+class HashScheme(GreenListScheme):
+    """``antidistill-v1``: O(1) keyed-hash membership (see the module docstring)."""
+
+    name = "antidistill-v1"
+
+    def __init__(self, gamma: float, context_width: int) -> None:
+        super().__init__(gamma, context_width)
+        self._thr = threshold(gamma)
+
+    def null_probability(self, vocab_size: int | None) -> float:
+        return int(self._thr) / TWO64
+
+    def green_mask(self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int) -> np.ndarray:
+        row = np.asarray(keys, dtype=U64) ^ context_hash(contexts)
+        x = row[:, None] ^ token_hash_table(vocab_size)[None, :]
+        return fmix64(x, out=x) < self._thr
+
+    def pair_hash(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """The key-independent part ``H(c) ^ T(t)`` of each pair (computed once, reused for every key)."""
+        return context_hash(contexts) ^ token_hash(tokens)
+
+    def is_green(self, keys, contexts, tokens, vocab_size=None) -> np.ndarray:
+        pairs = self.pair_hash(contexts, tokens)
+        x = np.asarray(keys, dtype=U64).reshape(-1, 1) ^ pairs[None, :]
+        return fmix64(x, out=x) < self._thr
+
+    def count_green(self, keys, contexts, tokens, vocab_size=None, chunk_elems: int = 1 << 18) -> np.ndarray:
+        keys = np.asarray(keys, dtype=U64).reshape(-1)
+        pairs = self.pair_hash(contexts, tokens)
+        n = max(1, len(pairs))
+        step = max(1, chunk_elems // n)
+        out = np.empty(len(keys), dtype=np.int64)
+        buf = np.empty((min(step, len(keys)), len(pairs)), dtype=U64)
+        for i in range(0, len(keys), step):
+            k = keys[i : i + step]
+            b = buf[: len(k)]
+            np.bitwise_xor(k[:, None], pairs[None, :], out=b)
+            fmix64(b, out=b)
+            out[i : i + len(k)] = np.count_nonzero(b < self._thr, axis=1)
+        return out
+
+
+class HFLefthashScheme(GreenListScheme):
+    """``hf-lefthash``: the green lists of transformers' ``WatermarkLogitsProcessor`` (seeding "lefthash").
+
+    transformers seeds a ``torch.Generator`` with ``hashing_key * last_token`` and takes the first
+    ``int(V * gamma)`` entries of ``randperm(V)``: only the last context token seeds the list, whatever the
+    context width. Lists are cached per (key, token) because each costs a vocabulary-sized permutation.
+    """
+
+    name = "hf-lefthash"
+
+    def __init__(self, gamma: float, context_width: int, cache_size: int = 4096) -> None:
+        super().__init__(gamma, context_width)
+        self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def null_probability(self, vocab_size: int | None) -> float:
+        if vocab_size is None:
+            raise ValueError("the hf-lefthash scheme needs the model's vocabulary size")
+        return int(vocab_size * self.gamma) / vocab_size
+
+    def _list(self, key: int, last_token: int, vocab_size: int) -> np.ndarray:
+        ck = (key, last_token, vocab_size)
+        with self._lock:
+            hit = self._cache.get(ck)
+            if hit is not None:
+                self._cache.move_to_end(ck)
+                return hit
+        import torch  # heavy, and only this interoperability scheme needs it
+
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed((key * last_token) % (2**64 - 1))
+        perm = torch.randperm(vocab_size, generator=gen)
+        mask = np.zeros(vocab_size, dtype=bool)
+        mask[perm[: int(vocab_size * self.gamma)].numpy()] = True
+        with self._lock:
+            self._cache[ck] = mask
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return mask
+
+    def green_mask(self, keys, contexts, vocab_size):
+        ctx = np.asarray(contexts, dtype=np.int64)
+        return np.stack([self._list(int(k), int(c[-1]), vocab_size) for k, c in zip(keys, ctx, strict=True)])
+
+    def is_green(self, keys, contexts, tokens, vocab_size=None):
+        if vocab_size is None:
+            raise ValueError("the hf-lefthash scheme needs the model's vocabulary size")
+        ctx = np.asarray(contexts, dtype=np.int64)
+        toks = np.asarray(tokens, dtype=np.int64)
+        out = np.zeros((len(keys), len(toks)), dtype=bool)
+        for i, k in enumerate(np.asarray(keys, dtype=U64).reshape(-1)):
+            for j in range(len(toks)):
+                out[i, j] = self._list(int(k), int(ctx[j, -1]), vocab_size)[toks[j]]
+        return out
+
+
+_SCHEMES: dict[str, type[GreenListScheme]] = {cls.name: cls for cls in (HashScheme, HFLefthashScheme)}
+
+
+def scheme_names() -> list[str]:
+    return list(_SCHEMES)
+
+
+_instances: dict[tuple[str, float, int], GreenListScheme] = {}
+
+
+def get_scheme(name: str, gamma: float, context_width: int) -> GreenListScheme:
+    """The (shared, cached) scheme object for these parameters."""
+    key = (name, gamma, context_width)
+    inst = _instances.get(key)
+    if inst is None:
+        try:
+            cls = _SCHEMES[name]
+        except KeyError:
+            raise ValueError(f"scheme must be one of {', '.join(_SCHEMES)}, got {name!r}") from None
+        inst = _instances[key] = cls(gamma, context_width)
+    return inst

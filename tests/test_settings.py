@@ -1,0 +1,101 @@
+"""Settings: read from ANTIDISTILL_* once, secrets hidden, placeholder master keys refused in prod."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from antidistill.errors import ConfigError
+from antidistill.settings import MIN_SECRET_CHARS, Settings, get_settings, is_placeholder
+
+REAL_SECRET = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+def test_reads_the_environment(isolated_env):
+    s = get_settings()
+    assert s.env == "test"
+    assert s.data_dir == isolated_env / "data"
+    assert s.cache_dir == isolated_env / "cache"
+    assert s.master_key is None
+    assert s.model is None
+
+
+def test_default_environment_is_prod(monkeypatch):
+    monkeypatch.delenv("ANTIDISTILL_ENV")
+    assert Settings().env == "prod"
+
+
+def test_get_settings_is_read_once(monkeypatch):
+    first = get_settings()
+    monkeypatch.setenv("ANTIDISTILL_ENV", "dev")
+    assert get_settings() is first
+    get_settings.cache_clear()
+    assert get_settings().env == "dev"
+
+
+def test_directories_expand_the_home_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s = Settings(data_dir="~/antidistill-data")
+    assert s.data_dir == tmp_path / "antidistill-data"
+    assert "~" not in str(s.data_dir)
+
+
+def test_master_key_is_hidden_from_repr():
+    s = Settings(env="prod", master_key=REAL_SECRET)
+    assert s.master_key.get_secret_value() == REAL_SECRET
+    assert REAL_SECRET not in repr(s)
+    assert REAL_SECRET not in str(s)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["changeme", "CHANGEME", "secret", "  test  ", "", "x" * (MIN_SECRET_CHARS - 1), "a" * 64, "ab" * 32],
+)
+def test_placeholders(value):
+    assert is_placeholder(value)
+
+
+@pytest.mark.parametrize("value", [REAL_SECRET, "correct horse battery staple, but much longer"])
+def test_real_secrets_are_not_placeholders(value):
+    assert not is_placeholder(value)
+
+
+@pytest.mark.parametrize("value", ["changeme", "a" * 40, "short-but-real-7Qx"])
+def test_placeholder_master_key_refused_in_prod(value):
+    with pytest.raises(ValueError, match="ANTIDISTILL_MASTER_KEY") as exc:
+        Settings(env="prod", master_key=value)
+    # the refused value, which may be a real (if too short) secret, is not echoed back
+    assert value not in str(exc.value)
+
+
+@pytest.mark.parametrize("env", ["test", "dev"])
+def test_placeholder_master_key_allowed_outside_prod(env):
+    s = Settings(env=env, master_key="changeme")
+    assert s.master_key.get_secret_value() == "changeme"
+
+
+def test_real_master_key_accepted_in_prod():
+    assert Settings(env="prod", master_key=REAL_SECRET).master_key.get_secret_value() == REAL_SECRET
+
+
+def test_get_settings_turns_a_refusal_into_one_config_error(monkeypatch):
+    monkeypatch.setenv("ANTIDISTILL_ENV", "prod")
+    monkeypatch.setenv("ANTIDISTILL_MASTER_KEY", "changeme")
+    with pytest.raises(ConfigError) as exc:
+        get_settings()
+    msg = str(exc.value)
+    assert msg.startswith("ANTIDISTILL_MASTER_KEY is a placeholder")
+    assert "changeme" not in msg
+    assert exc.value.__cause__ is None and exc.value.__suppress_context__
+
+
+def test_get_settings_reports_a_bad_environment_name(monkeypatch):
+    monkeypatch.setenv("ANTIDISTILL_ENV", "staging")
+    with pytest.raises(ConfigError, match="prod"):
+        get_settings()
+
+
+def test_model_setting(monkeypatch, tmp_path):
+    monkeypatch.setenv("ANTIDISTILL_MODEL", str(tmp_path / "m.gguf"))
+    assert Path(get_settings().model) == tmp_path / "m.gguf"
