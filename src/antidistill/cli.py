@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -29,7 +28,7 @@ keys_app = typer.Typer(help="Watermark key versions: list and rotate.", no_args_
 app.add_typer(keys_app, name="keys")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 
@@ -131,7 +130,7 @@ def generate(
                      "prompt_tokens": c.prompt_tokens, "finish_reason": c.finish_reason,
                      "watermark": None if no_watermark else config.to_dict()})
     else:
-        out.print(c.text, markup=False, highlight=False)
+        sys.stdout.write(c.text + "\n")  # raw: rich would re-wrap the text
 
 
 # ---- detect -----------------------------------------------------------------------------------------
@@ -409,6 +408,15 @@ def version() -> None:
     out.print(__version__)
 
 
+def _click_kind(exc: BaseException) -> str | None:
+    """The click exception family of ``exc`` by class name: typer >= 0.2x carries its own copy of click."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    for kind in ("NoArgsIsHelpError", "UsageError", "ClickException", "Abort", "Exit"):
+        if kind in names:
+            return kind
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and a non-zero exit for every error."""
     try:
@@ -418,26 +426,25 @@ def main(argv: list[str] | None = None) -> None:
     except AntidistillError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(2)
-    except click.exceptions.NoArgsIsHelpError:  # `antidistill` alone: the help was printed
-        sys.exit(0)
-    except click.exceptions.UsageError as exc:
-        err.print(f"error: {exc.format_message()}", markup=False, highlight=False)
-        sys.exit(2)
-    except click.exceptions.ClickException as exc:
-        err.print(f"error: {exc.format_message()}", markup=False, highlight=False)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted", highlight=False)
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
         sys.exit(130)
     except MemoryError:
         err.print("error: out of memory", highlight=False)
         sys.exit(2)
-    except Exception as exc:  # a bug of ours: still one line, with enough to report it
+    except Exception as exc:
+        kind = _click_kind(exc)
+        if kind == "NoArgsIsHelpError":  # `antidistill` alone: the help was printed
+            sys.exit(0)
+        if kind in ("UsageError", "ClickException"):
+            err.print(f"error: {exc.format_message()}", markup=False, highlight=False)
+            sys.exit(getattr(exc, "exit_code", 2) or 2)
+        if kind == "Abort":
+            err.print("aborted", highlight=False)
+            sys.exit(130)
+        if kind == "Exit":
+            sys.exit(getattr(exc, "exit_code", 0))
+        # a bug of ours: still one line, with enough to report it
         err.print(f"error: unexpected {type(exc).__name__}: {exc}", markup=False, highlight=False)
         sys.exit(3)
 

@@ -8,12 +8,16 @@ import math
 import pytest
 
 from antidistill.watermark import WatermarkConfig, scheme_names
+from antidistill.watermark import config as config_module
 
 
-def test_defaults():
+def test_defaults_are_valid_and_documented():
     c = WatermarkConfig()
-    assert c.to_dict() == {"scheme": "antidistill-v1", "gamma": 0.25, "delta": 2.0, "context_width": 1,
-                           "provider_fraction": 0.5}
+    assert c.scheme == "antidistill-v1"
+    assert 0.0 < c.gamma < 1.0 and c.delta > 0.0 and c.context_width >= 1 and 0.0 < c.provider_fraction < 1.0
+    # the module docstring explains every default ("``gamma = 0.25``: ..."): the two must not drift apart
+    for name in ("gamma", "delta", "context_width", "provider_fraction"):
+        assert f"``{name} = {getattr(c, name)}``" in config_module.__doc__
 
 
 def test_is_frozen_and_hashable():

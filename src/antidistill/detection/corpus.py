@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ast
 import fnmatch
+import functools
 import gzip
 import hashlib
 import os
@@ -40,7 +41,7 @@ import re
 import sys
 import sysconfig
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -334,15 +335,26 @@ def info_to_documents(source: str) -> list[list[str]]:
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "_bundled"}
 
 
+def _definitions(body: list[ast.stmt]) -> Iterator[ast.AST]:
+    """Classes and functions in source order, nested ones included (statements only: no expression walk)."""
+    for node in body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            yield node
+            yield from _definitions(node.body)
+        elif isinstance(node, ast.If | ast.Try | ast.With | ast.For | ast.While):
+            for name in ("body", "orelse", "finalbody"):
+                yield from _definitions(getattr(node, name, []))
+            for handler in getattr(node, "handlers", []):
+                yield from _definitions(handler.body)
+
+
 def docstring_paragraphs(source: str) -> list[str]:
     """Prose paragraphs of every docstring in a Python module, in source order (doctests and code dropped)."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return []
-    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef |
-                                                                ast.AsyncFunctionDef))]
-    nodes.sort(key=lambda n: getattr(n, "lineno", 0))
+    nodes = [tree, *_definitions(tree.body)]
     paras: list[str] = []
     for node in nodes:
         doc = ast.get_docstring(node, clean=True)
@@ -439,8 +451,9 @@ def _files(directory: Path, pattern: str = "*", recursive: bool = False) -> list
     return sorted(out, key=str)
 
 
-def default_sources(share: Path = Path("/usr/share"), stdlib: Path | None = None) -> list[_Source]:
-    """The text sources of this machine (any that is missing is simply empty)."""
+@functools.lru_cache(maxsize=4)
+def default_sources(share: Path = Path("/usr/share"), stdlib: Path | None = None) -> tuple[_Source, ...]:
+    """The text sources of this machine (any that is missing is simply empty). Listed once per process."""
     stdlib = stdlib if stdlib is not None else Path(sysconfig.get_paths()["stdlib"])
     sources = []
 
@@ -479,10 +492,10 @@ def default_sources(share: Path = Path("/usr/share"), stdlib: Path | None = None
             if p.is_file() and not p.is_symlink():
                 fam.setdefault(pkg, []).append(p)
     sources.append(_Source("licenses", _plain_loader, fam))
-    return sources
+    return tuple(sources)
 
 
-def _documents(sources: list[_Source], rng: random.Random
+def _documents(sources: Iterable[_Source], rng: random.Random
                ) -> Iterator[tuple[str, str, Callable[[], list[list[str]]]]]:
     """(source, family, loader), round-robin over every (source, family); every list seeded-shuffled."""
     queues = []
@@ -524,11 +537,13 @@ def _split_long(paragraph: str, max_chars: int) -> list[str]:
     return out
 
 
-def _shingles(words: list[str]) -> set[int]:
-    words = [w.lower() for w in words]
-    if len(words) < SHINGLE:
-        return {zlib.crc32(" ".join(words).encode())} if words else set()
-    return {zlib.crc32(" ".join(words[i : i + SHINGLE]).encode()) for i in range(len(words) - SHINGLE + 1)}
+def _shingles(words: list[str], vocab: dict[str, int]) -> set[int]:
+    """Hashes of the word 5-grams (words numbered in order of first sight: int tuples hash deterministically,
+    unlike strings, whose hashes are salted per process)."""
+    ids = [vocab.setdefault(w.lower(), len(vocab)) for w in words]
+    if len(ids) < SHINGLE:
+        return {hash(tuple(ids))} if ids else set()
+    return {hash(t) for t in zip(*(ids[i:] for i in range(SHINGLE)), strict=False)}
 
 
 def _fingerprint(text: str) -> bytes:
@@ -538,12 +553,13 @@ def _fingerprint(text: str) -> bytes:
 
 def iter_human_samples(min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFAULT_MAX_CHARS, seed: int = 0,
                        max_per_document: int = MAX_PER_DOCUMENT, max_per_family: int = MAX_PER_FAMILY,
-                       sources: list[_Source] | None = None) -> Iterator[Sample]:
+                       sources: Iterable[_Source] | None = None) -> Iterator[Sample]:
     """Distinct human-written samples, lazily, in a deterministic order for this machine and ``seed``."""
     if not 0 < min_chars <= max_chars:
         raise ValueError(f"need 0 < min_chars <= max_chars, got {min_chars}, {max_chars}")
     rng = random.Random(seed)
     seen_shingles: set[int] = set()
+    vocab: dict[str, int] = {}
     seen_samples: set[bytes] = set()
     per_family: dict[tuple[str, str], int] = {}
     for source, family, load in _documents(sources if sources is not None else default_sources(), rng):
@@ -562,7 +578,7 @@ def iter_human_samples(min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFA
                     continue
                 if len(para) > 80 and not looks_like_prose(para, 0.1, 0.6, words):
                     continue
-                sh = _shingles(words)
+                sh = _shingles(words, vocab)
                 if not sh or len(sh & seen_shingles) >= NEAR_DUP_CONTAINMENT * len(sh):
                     continue  # boilerplate seen before (or a paragraph without words)
                 seen_shingles |= sh

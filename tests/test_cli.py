@@ -1,0 +1,168 @@
+"""The command line: outputs, JSON fields and one-line errors with non-zero exits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from antidistill.cli import main
+
+HUMAN = (
+    "Permission is hereby granted, free of charge, to any person obtaining a copy of this software and "
+    "associated documentation files, to deal in the Software without restriction, including without "
+    "limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies "
+    "of the Software, and to permit persons to whom the Software is furnished to do so, subject to the "
+    "following conditions: the above copyright notice and this permission notice shall be included in all "
+    "copies or substantial portions of the Software."
+)
+
+
+def run(capsys, *argv, stdin=None, monkeypatch=None):
+    if stdin is not None:
+        import io
+        import sys
+
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, needle):
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and needle in lines[0], err
+
+
+@pytest.fixture
+def human_file(tmp_path):
+    p = tmp_path / "human.txt"
+    p.write_text(HUMAN, encoding="utf-8")
+    return p
+
+
+def test_detect_human_text_json(capsys, human_file, shared_cache_env):
+    code, out, _ = run(capsys, "detect", str(human_file), "--account", "alice", "--account", "bob", "--json")
+    assert code == 0
+    d = json.loads(out)
+    for field in ("tokens_scored", "green", "z", "p_value", "watermarked", "account", "p_value_corrected"):
+        assert field in d
+    assert d["watermarked"] is False and d["account"] is None
+    assert d["attribution"]["keys_tested"] == 2
+    assert d["config"]["gamma"] == 0.25
+
+
+def test_detect_human_output_and_stdin(capsys, monkeypatch, shared_cache_env):
+    code, out, _ = run(capsys, "detect", "-", stdin=HUMAN.encode(), monkeypatch=monkeypatch)
+    assert code == 0 and "not watermarked" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["detect", "/nonexistent/file.txt"], "file not found"),
+        (["detect", "--gamma", "1.5", "HUMAN"], "gamma must be in (0, 1)"),
+        (["detect", "--alpha", "0", "HUMAN"], "alpha must be in (0, 1)"),
+        (["detect", "--context-width", "7", "HUMAN"], "context_width must be in 1..4"),
+        (["detect", "--model", "/nonexistent/model", "HUMAN"], "model path not found"),
+        (["detect", "--provider-fraction", "0", "HUMAN"], "nothing to test against"),
+        (["detect", "--hashing-key", "-3", "HUMAN"], "hashing key must be in"),
+        (["detect", "--hashing-key", "3", "--account", "a", "HUMAN"], "exclusive"),
+        (["detect"], "give a text file"),
+        (["detect", "--no-such-option", "HUMAN"], "No such option"),
+        (["generate"], "Missing"),
+        (["generate", "--account", "a", "--max-tokens", "-5", "hi"], "max-tokens"),
+        (["keys", "rotate"], "exactly one of"),
+        (["detect", "--accounts-file", "/nonexistent/accts", "HUMAN"], "accounts file not found"),
+    ],
+)
+def test_errors_are_one_line(capsys, human_file, shared_cache_env, argv, needle):
+    argv = [str(human_file) if a == "HUMAN" else a for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, needle)
+
+
+def test_bad_text_inputs(capsys, tmp_path, shared_cache_env):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"caf\xe9 au lait " * 20)
+    code, _, err = run(capsys, "detect", str(bad))
+    assert_one_line_error(code, err, "not valid UTF-8 (byte 3)")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    code, _, err = run(capsys, "detect", str(empty))
+    assert_one_line_error(code, err, "empty")
+    short = tmp_path / "short.txt"
+    short.write_text("Hello there.")
+    code, _, err = run(capsys, "detect", str(short))
+    assert_one_line_error(code, err, "too short")
+    code, _, err = run(capsys, "detect", str(tmp_path))
+    assert_one_line_error(code, err, "is a directory")
+
+
+def test_jsonl_scan_reports_every_line(capsys, tmp_path, shared_cache_env):
+    corpus = tmp_path / "corpus.jsonl"
+    lines = [
+        json.dumps({"text": HUMAN}),
+        "{not json",
+        json.dumps({"other": "x"}),
+        "",
+        json.dumps({"text": "too short"}),
+        json.dumps({"text": HUMAN.upper()}),
+    ]
+    corpus.write_bytes(("\n".join(lines) + "\n").encode() + b'{"text": "\xff"}\n')
+    out_file = tmp_path / "out.jsonl"
+    code, _, err = run(capsys, "detect", "--jsonl", str(corpus), "-o", str(out_file), "--account", "alice")
+    assert code == 0
+    recs = [json.loads(x) for x in out_file.read_text().splitlines()]
+    assert [r["line"] for r in recs] == [1, 2, 3, 5, 6, 7]
+    assert recs[0]["watermarked"] is False and "p_value" in recs[0]
+    assert "invalid JSON" in recs[1]["error"]
+    assert "no string field" in recs[2]["error"]
+    assert "too short" in recs[3]["error"]
+    assert recs[4]["watermarked"] is False
+    assert "UTF-8" in recs[5]["error"]
+    assert "6 records, 0 watermarked, 4 errors" in err
+
+
+def test_keys_rotate_and_list(capsys):
+    code, out, _ = run(capsys, "keys", "rotate", "--account", "alice", "--json")
+    assert code == 0 and json.loads(out) == {"key_id": "acct:alice:v2", "version": 2}
+    code, out, _ = run(capsys, "keys", "list", "--json")
+    data = json.loads(out)
+    assert data["accounts"] == {"alice": "acct:alice:v2"} and data["provider"] == "provider:v1"
+
+
+def test_secrets_never_printed(capsys, tmp_path, shared_cache_env, human_file):
+    from antidistill.settings import get_settings
+
+    run(capsys, "keys", "rotate", "--provider")
+    secret = (get_settings().data_dir / "master.key").read_text().strip()
+    code, out, err = run(capsys, "detect", str(human_file), "--account", "alice", "--json")
+    assert secret not in out + err
+    from antidistill.keys import KeyRing
+
+    ring = KeyRing.open(get_settings())
+    for k in [ring.provider_key(), ring.account_key("alice")]:
+        assert str(k.value) not in out + err and hex(k.value)[2:] not in out + err
+
+
+@pytest.mark.slow
+def test_generate_then_detect_attributes(capsys, tmp_path, shared_cache_env, local_model):
+    code, out, _ = run(capsys, "generate", "--account", "alice", "--max-tokens", "120", "--seed", "3", "--json",
+                       "Write a long story about a dragon who learns to bake bread.")
+    assert code == 0
+    gen = json.loads(out)
+    assert gen["key_id"] == "acct:alice:v1" and gen["completion_tokens"] > 0
+    f = tmp_path / "answer.txt"
+    f.write_text(gen["text"], encoding="utf-8")
+    code, out, _ = run(capsys, "detect", str(f), "--account", "alice", "--account", "bob", "--account", "carol",
+                       "--json")
+    d = json.loads(out)
+    assert d["watermarked"] is True and d["account"] == "alice", d
