@@ -1,11 +1,11 @@
-"""Generation overhead of the watermark: the embedded model with and without marks, ours against transformers'.
+"""Generation overhead of the watermark: the embedded model with and without marks, ours and transformers'.
 
 Configurations, all run in one process on the same prompts:
 
 * ``none``: no watermark (the baseline of each batch size);
 * ``ours-h1`` .. ``ours-h4``: antidistill's ``WatermarkLogitsProcessor``, ``WatermarkConfig(context_width=h)``
-  (default scheme, gamma 0.25, delta 2, provider_fraction 0.5), one account key per row plus the provider key;
-* ``hf-lefthash`` / ``hf-selfhash``: transformers' built-in ``WatermarkingConfig`` (same gamma and bias),
+  (default scheme, gamma, delta and provider_fraction), one account key per row plus the provider key;
+* ``hf-lefthash`` / ``hf-selfhash``: transformers' built-in ``WatermarkingConfig`` (the same gamma and bias),
   passed as ``watermarking_config=`` to ``generate``.
 
 Every configuration generates exactly ``--new-tokens`` tokens per row (``min_new_tokens = max_new_tokens``),
@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import median, table, write_json
 from transformers import LogitsProcessorList, WatermarkingConfig
 from transformers.generation import logits_process as hf_lp
 
+from _common import median, table, write_json
 from antidistill.keys import MasterKey
 from antidistill.models.local import LocalModel
 from antidistill.watermark.config import WatermarkConfig
@@ -67,7 +67,7 @@ PROMPTS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes")
+    ap.add_argument("--batch-sizes", help="comma-separated batch sizes (default 1,16; --quick: 1,4)")
     ap.add_argument("--widths", default="1,2,3,4", help="comma-separated context widths of our scheme")
     ap.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row (forced)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
@@ -76,11 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 8 new tokens, 2 rounds, 1 with selfhash")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 8 new tokens, 1 round, batch sizes 1,4")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/generation_overhead-<time>.json)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.new_tokens, args.rounds, args.selfhash_rounds = 8, 2, 1
+        args.new_tokens, args.rounds, args.selfhash_rounds = 8, 1, 1
+    if args.batch_sizes is None:
+        args.batch_sizes = "1,4" if args.quick else "1,16"
     try:
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
         args.widths = [int(h) for h in args.widths.split(",")]
@@ -241,11 +243,12 @@ def configurations(args: argparse.Namespace, mk: MasterKey) -> list[dict[str, An
     for h in args.widths:
         confs.append({"name": f"ours-h{h}", "kind": "ours", "marks": marks,
                       "watermark": Watermark(WatermarkConfig(context_width=h))})
-    confs.append({"name": "hf-lefthash", "kind": "hf",
-                  "wcfg": WatermarkingConfig(greenlist_ratio=0.25, bias=2.0, seeding_scheme="lefthash")})
-    if args.selfhash_rounds > 0:
-        confs.append({"name": "hf-selfhash", "kind": "hf",
-                      "wcfg": WatermarkingConfig(greenlist_ratio=0.25, bias=2.0, seeding_scheme="selfhash")})
+    ours = WatermarkConfig()  # transformers' configurations get the same gamma and bias
+    for seeding in ("lefthash", "selfhash"):
+        if seeding == "selfhash" and args.selfhash_rounds == 0:
+            continue
+        confs.append({"name": f"hf-{seeding}", "kind": "hf", "wcfg": WatermarkingConfig(
+            greenlist_ratio=ours.gamma, bias=ours.delta, seeding_scheme=seeding, context_width=1)})
     return confs
 
 
@@ -261,15 +264,17 @@ def summarise(confs: list[dict[str, Any]], runs: dict[tuple[int, str], list[dict
             med_s = median([r["seconds"] for r in rs])
             fracs = [r["proc_seconds"] / r["seconds"] for r in rs]
             calls = [r["proc_calls"] for r in rs]
-            proc_frac = median(fracs) if conf["kind"] != "none" else None
+            marked = conf["kind"] != "none"
+            proc_frac = median(fracs) if marked else None
+            per_step = [r["proc_seconds"] / max(1, r["proc_calls"]) for r in rs]
+            step_ms = median(per_step) * 1e3 if marked else None
             rows.append({
                 "batch": b, "config": conf["name"], "rounds": len(rs), "seconds": [r["seconds"] for r in rs],
                 "median_s": med_s, "tokens_per_s": b * new_tokens / med_s,
                 "overhead_pct": (median(ratios) - 1.0) * 100.0,
-                "processor_share_pct": proc_frac * 100.0 if proc_frac is not None else None,
-                "processor_overhead_pct": proc_frac / (1.0 - proc_frac) * 100.0 if proc_frac is not None else None,
-                "processor_ms_per_step": (median([r["proc_seconds"] / max(1, r["proc_calls"]) for r in rs]) * 1e3
-                                          if conf["kind"] != "none" else None),
+                "processor_share_pct": proc_frac * 100.0 if marked else None,
+                "processor_overhead_pct": proc_frac / (1.0 - proc_frac) * 100.0 if marked else None,
+                "processor_ms_per_step": step_ms,
                 "processor_calls": calls[0] if calls else 0,
             })
     return rows
@@ -281,10 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     mk = MasterKey(b"benchmark-master-key-0123456789ab")
     lm = LocalModel.load()
-    print(f"model: {lm.name}, vocab {lm.vocab_size}, torch threads {torch.get_num_threads()}", file=sys.stderr)
+    threads = torch.get_num_threads()
+    print(f"model: {lm.name}, vocab {lm.vocab_size}, torch threads {threads}", file=sys.stderr)
 
+    t0 = time.perf_counter()
     check = check_bit_identical(mk, lm.vocab_size, args.seed)
-    print(f"bit-identical check: {check}", file=sys.stderr)
+    print(f"bit-identical check: {check} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
     timer = ProcessorTimer()
     timer.install(WatermarkLogitsProcessor)
@@ -292,9 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     confs = configurations(args, mk)
     inputs = {b: batch_inputs(lm, b) for b in args.batch_sizes}
 
+    t0 = time.perf_counter()
     for b in args.batch_sizes:  # warm-up: first-call costs of every path, untimed
         for conf in confs:
             run_once(lm, conf, *inputs[b], 2, args, timer)
+    print(f"warm-up done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
     runs: dict[tuple[int, str], list[dict[str, float]]] = {(b, c["name"]): [] for b in args.batch_sizes
                                                               for c in confs}
@@ -309,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = summarise(confs, runs, args.batch_sizes, args.new_tokens)
     print(f"\ngeneration: {lm.name}, {args.new_tokens} new tokens per row, {args.rounds} interleaved rounds "
-          f"(hf-selfhash: {args.selfhash_rounds}), torch threads {torch.get_num_threads()}")
-    print(table(["batch", "config", "rounds", "tokens/s", "overhead %", "in processor %", "processor ms/step"],
+          f"(hf-selfhash: {args.selfhash_rounds}), torch threads {threads}")
+    print(table(["batch", "config", "rounds", "tokens/s", "overhead %", "in processor %", "proc ms/step"],
                 [[r["batch"], r["config"], r["rounds"], r["tokens_per_s"], r["overhead_pct"],
                   r["processor_share_pct"], r["processor_ms_per_step"]] for r in rows]))
     ours = [r for r in rows if r["config"].startswith("ours-")]
@@ -324,9 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args), "model": lm.name, "vocab_size": lm.vocab_size, "check": check, "rows": rows,
         "worst_ours_overhead_pct_wall": worst_wall, "worst_ours_overhead_pct_processor": worst_proc,
         "target_overhead_pct": TARGET_OVERHEAD_PCT, "meets_target": met,
-        "notes": ("overhead_pct: median over rounds of (config time / unwatermarked time of the same round and "
-                  "batch) - 1. processor_overhead_pct: processor time / (generation time - processor time), "
-                  "the more precise figure on a noisy machine."),
+        "meets_target_wall_clock": worst_wall <= TARGET_OVERHEAD_PCT,
+        "notes": ("overhead_pct: median over rounds of (config time / unwatermarked time of the same round "
+                  "and batch) - 1. processor_overhead_pct: processor time / (generation time - processor "
+                  "time), the more precise figure on a noisy machine."),
     }, args.out)
     print(f"\nwrote {path}")
     return 0 if check["bit_identical"] else 1

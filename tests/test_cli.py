@@ -145,6 +145,7 @@ def test_secrets_never_printed(capsys, tmp_path, shared_cache_env, human_file):
     run(capsys, "keys", "rotate", "--provider")
     secret = (get_settings().data_dir / "master.key").read_text().strip()
     code, out, err = run(capsys, "detect", str(human_file), "--account", "alice", "--json")
+    assert code == 0
     assert secret not in out + err
     from antidistill.keys import KeyRing
 

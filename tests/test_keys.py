@@ -18,18 +18,19 @@ SECRET = bytes(range(32))
 
 
 def reference_derive(secret: bytes, label: bytes, *parts: bytes) -> int:
-    """The documented derivation, written out independently: HMAC-SHA256, length-prefixed parts, first 8 bytes."""
+    """The documented derivation, written out: HMAC-SHA256, length-prefixed parts, first 8 bytes."""
     msg = label
     for p in parts:
         msg += b"\x00" + len(p).to_bytes(4, "big") + p
     return int.from_bytes(hmac.new(secret, msg, hashlib.sha256).digest()[:8], "little")
 
 
-# ---- derivation ----------------------------------------------------------------------------------------------
+# ---- derivation --------------------------------------------------------------------------------------------
 def test_derivation_matches_the_documented_hmac():
     m = MasterKey(SECRET)
     for account, version in [("alice", 1), ("alice", 2), ("bob", 1), ("ünïcode", 7)]:
-        expected = reference_derive(SECRET, b"antidistill/v1/account", account.encode(), str(version).encode())
+        parts = (account.encode(), str(version).encode())
+        expected = reference_derive(SECRET, b"antidistill/v1/account", *parts)
         assert m.account_key(account, version).value == expected
     assert m.provider_key(3).value == reference_derive(SECRET, b"antidistill/v1/provider", b"3")
 
@@ -98,7 +99,7 @@ def test_from_text_decodes_hex_and_falls_back_to_utf8():
     assert MasterKey.from_text(phrase).account_key("a") == MasterKey(phrase.encode()).account_key("a")
 
 
-# ---- secrecy -------------------------------------------------------------------------------------------------
+# ---- secrecy -----------------------------------------------------------------------------------------------
 def test_key_value_never_in_repr_or_str():
     m = MasterKey(SECRET)
     for k in [m.account_key("alice"), m.provider_key(), WatermarkKey.explicit(15485863)]:
@@ -124,7 +125,7 @@ def test_explicit_key_range():
             WatermarkKey.explicit(bad)
 
 
-# ---- the key file --------------------------------------------------------------------------------------------
+# ---- the key file ------------------------------------------------------------------------------------------
 def test_key_file_created_with_mode_0600_and_reused(tmp_path):
     settings = Settings(env="test", data_dir=tmp_path / "d")
     first = MasterKey.load(settings)
@@ -168,7 +169,7 @@ def test_load_refuses_a_placeholder_in_prod_even_past_the_settings(tmp_path):
         MasterKey.load(prod)
 
 
-# ---- the key ring --------------------------------------------------------------------------------------------
+# ---- the key ring ------------------------------------------------------------------------------------------
 def test_keyring_rotation_persists_and_keeps_old_versions(tmp_path):
     m = MasterKey(SECRET)
     path = tmp_path / KEYRING_FILE

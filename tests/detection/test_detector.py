@@ -1,21 +1,21 @@
-"""The detector: calibration under the null, power on simulated marked text, attribution, windowed scan, dedup.
+"""The detector: calibration under the null, power on simulated marked text, attribution, scan, dedup.
 
-Statistical tests use fixed seeds, so they are deterministic; their bounds are exact (Clopper-Pearson) intervals
-around the exact size of the discrete test, so a wrong p-value, a missing correction or a correlated hash
-moves the observed rate out of the interval.
+Statistical tests use fixed seeds, so they are deterministic; their bounds are exact (Clopper-Pearson)
+intervals around the exact size of the discrete test, so a wrong p-value, a missing correction or a
+correlated hash moves the observed rate out of the interval.
 """
 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
 
 from antidistill.detection import Detector
 from antidistill.detection.detector import MIN_SCAN_WINDOW, distinct_pairs
-from antidistill.detection.stats import binomial_sf, bonferroni, clopper_pearson, min_green_for
+from antidistill.detection.stats import binomial_sf, bonferroni, clopper_pearson
 from antidistill.keys import WatermarkKey
 from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.core import U64
@@ -31,16 +31,16 @@ ACCOUNTS = [f"acct{i:03d}" for i in range(100)]
 CANDIDATES = [TEST_MASTER.account_key(a) for a in ACCOUNTS]
 
 
-@lru_cache(maxsize=None)
+@cache
 def critical_green(n: int, gamma: float, alpha: float, tests: int = 1) -> int | None:
-    """Smallest green count of n pairs that the detector would call significant (after ``tests`` corrections)."""
+    """Smallest green count of n pairs the detector calls significant (after ``tests`` corrections)."""
     g = np.arange(n + 1)
     ok = np.array([bonferroni(float(binomial_sf(int(x), n, gamma)), tests) <= alpha for x in g])
     return int(g[ok][0]) if ok.any() else None
 
 
 def exact_size(n: int, gamma: float, alpha: float, tests: int = 1) -> float:
-    """P(the detector flags n null pairs) when ``tests`` independent keys are tried: the discrete test's size."""
+    """P(the detector flags n null pairs) when ``tests`` independent keys are tried: the exact size."""
     g = critical_green(n, gamma, alpha, tests)
     if g is None:
         return 0.0
@@ -61,7 +61,7 @@ def windows_of(seq, h: int) -> list[tuple[int, ...]]:
     return [tuple(int(t) for t in seq[i : i + h + 1]) for i in range(len(seq) - h)]
 
 
-# ---- calibration under the null ------------------------------------------------------------------------------
+# ---- calibration under the null ----------------------------------------------------------------------------
 @pytest.mark.parametrize("alpha", [0.05, 0.01])
 @pytest.mark.parametrize("config", [SINGLE, MARKED], ids=["single-key", "provider-split"])
 def test_single_key_p_values_are_calibrated(alpha, config):
@@ -131,7 +131,7 @@ def test_scan_on_innocent_text_is_calibrated():
     assert clopper_pearson(flagged, n_seq, 0.99)[0] <= alpha
 
 
-# ---- power ---------------------------------------------------------------------------------------------------
+# ---- power -------------------------------------------------------------------------------------------------
 def test_marked_text_is_flagged_and_attributed_among_100_accounts():
     rng = np.random.default_rng(54)
     det = Detector(MARKED)
@@ -215,7 +215,7 @@ def test_hf_lefthash_power():
     assert det.gamma == int(VOCAB * 0.25) / VOCAB
 
 
-# ---- windowed scan -------------------------------------------------------------------------------------------
+# ---- windowed scan -----------------------------------------------------------------------------------------
 def test_scan_finds_a_marked_span_inside_long_unmarked_text():
     rng = np.random.default_rng(60)
     vocab = 1000
@@ -272,6 +272,24 @@ def test_scan_with_provider_keys_uses_provider_positions():
     assert s.windows_tested == n_windows(len(seq))
 
 
+def test_scan_is_corrected_for_the_provider_versions_tried():
+    # the provider version scanned is the best of several, so its span is corrected for all of them
+    rng = np.random.default_rng(68)
+    vocab = 1000
+    cfg = WatermarkConfig(gamma=0.25, delta=2.0, context_width=1, provider_fraction=0.5)
+    det = Detector(cfg)
+    versions = [TEST_MASTER.provider_key(v) for v in (1, 2, 3)]
+    before = uniform_tokens(rng, 600, vocab)
+    span = sample(rng, Watermark(cfg), CANDIDATES[0], versions[2], 200, vocab, prefix=before)[0][1:]
+    seq = np.concatenate([before, span, uniform_tokens(rng, 600, vocab)])
+    one = det.detect(seq, provider_keys=versions[2:]).span
+    three = det.detect(seq, provider_keys=versions).span
+    assert (three.start_token, three.end_token) == (one.start_token, one.end_token)
+    assert three.p_value == one.p_value
+    assert three.windows_tested == 3 * one.windows_tested == 3 * n_windows(len(seq))
+    assert three.p_value_corrected == pytest.approx(min(1.0, 3 * one.p_value_corrected), rel=1e-12)
+
+
 def test_scan_skips_short_text_and_can_be_disabled():
     det = Detector(SINGLE)
     key = CANDIDATES[0]
@@ -280,7 +298,7 @@ def test_scan_skips_short_text_and_can_be_disabled():
     assert det.detect(np.arange(200) % VOCAB, candidates=[key], scan=False).span is None
 
 
-# ---- repeated text -------------------------------------------------------------------------------------------
+# ---- repeated text -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("width", [1, 2, 3])
 def test_repeating_a_text_20_times_scores_exactly_its_distinct_pairs(width):
     rng = np.random.default_rng(62)
@@ -292,9 +310,9 @@ def test_repeating_a_text_20_times_scores_exactly_its_distinct_pairs(width):
     many = det.score(np.tile(seq, 20), key)
     # independently: the pairs of seq*k (k >= 2) are those of seq plus at most `width` across the join
     expected = set(windows_of(np.concatenate([seq, seq[:width]]), width))
-    flags = [bool(det.scheme.is_green(np.array([key.value], U64), np.array([w[:-1]]), np.array([w[-1]]))[0, 0])
-             for w in expected]
-    assert (many.tokens_scored, many.green) == (len(expected), sum(flags))
+    ctx, toks = np.array([w[:-1] for w in expected]), np.array([w[-1] for w in expected])
+    green = int(det.scheme.is_green(np.array([key.value], U64), ctx, toks).sum())
+    assert (many.tokens_scored, many.green) == (len(expected), green)
     assert many.p_value == binomial_sf(many.green, many.tokens_scored, det.gamma)
     assert many == det.score(np.tile(seq, 2), key)
     assert 0 <= many.tokens_scored - once.tokens_scored <= width
@@ -319,7 +337,7 @@ def test_repeated_innocent_text_is_not_flagged():
     assert binomial_sf(20 * once.green, 20 * once.tokens_scored, det.gamma) < 1e-6
 
 
-# ---- pairs, exclusion, plumbing ------------------------------------------------------------------------------
+# ---- pairs, exclusion, plumbing ----------------------------------------------------------------------------
 def test_distinct_pairs_first_occurrences():
     p = distinct_pairs([5, 6, 5, 6, 7, 5, 6], 1)
     assert p.contexts.tolist() == [[5], [6], [6], [7]]
@@ -327,7 +345,7 @@ def test_distinct_pairs_first_occurrences():
     assert p.positions.tolist() == [1, 2, 4, 5]
     assert p.length == 7 and len(p) == 4
     p2 = distinct_pairs([1, 2, 3, 1, 2, 3, 1, 2, 4], 2)
-    assert [tuple(c) + (t,) for c, t in zip(p2.contexts.tolist(), p2.tokens.tolist(), strict=True)] == [
+    assert [(*c, t) for c, t in zip(p2.contexts.tolist(), p2.tokens.tolist(), strict=True)] == [
         (1, 2, 3), (2, 3, 1), (3, 1, 2), (1, 2, 4)]
     assert p2.positions.tolist() == [2, 3, 4, 8]
 
@@ -363,14 +381,15 @@ def test_score_with_provider_splits_positions():
     pairs = det.pairs(seq)
     kinds = det.watermark.position_kinds(pairs.contexts, PROVIDER.value)
     keys = np.where(kinds, U64(PROVIDER.value), U64(key.value)).astype(U64)
-    green = sum(bool(det.scheme.is_green(keys[i : i + 1], pairs.contexts[i : i + 1], pairs.tokens[i : i + 1])[0, 0])
+    green = sum(bool(det.scheme.is_green(keys[i : i + 1], pairs.contexts[i : i + 1], pairs.tokens[i : i + 1]))
                 for i in range(len(pairs)))
     assert (res.tokens_scored, res.green) == (len(pairs), green)
     assert res.key_id == f"{key.key_id}+{PROVIDER.key_id}"
     assert 0 < kinds.sum() < len(kinds)
     # without the provider key every pair is scored under the account key
     plain = det.score(seq, key)
-    assert plain.green == int(det.scheme.is_green(np.array([key.value], U64), pairs.contexts, pairs.tokens).sum())
+    flags = det.scheme.is_green(np.array([key.value], U64), pairs.contexts, pairs.tokens)
+    assert plain.green == int(flags.sum())
 
 
 def test_attribution_ignores_provider_positions():

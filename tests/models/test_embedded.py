@@ -25,7 +25,7 @@ def test_resolve_model_default_and_errors(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(ModelError, match=r"not a \.gguf"):
         resolve_model(tmp_path / "weights.bin")
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         resolve_model(tmp_path)
 
 

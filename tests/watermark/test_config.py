@@ -50,7 +50,8 @@ def test_from_dict_fills_defaults_and_rejects_unknown_fields():
 
 def test_interop_preset():
     c = WatermarkConfig.interop(gamma=0.4, delta=3.0, context_width=2)
-    assert (c.scheme, c.gamma, c.delta, c.context_width, c.provider_fraction) == ("hf-lefthash", 0.4, 3.0, 2, 0.0)
+    got = (c.scheme, c.gamma, c.delta, c.context_width, c.provider_fraction)
+    assert got == ("hf-lefthash", 0.4, 3.0, 2, 0.0)
 
 
 def test_schemes():

@@ -44,7 +44,7 @@ def scheme_name(request) -> str:
     return request.param
 
 
-# ---- the 64-bit mixer ----------------------------------------------------------------------------------------
+# ---- the 64-bit mixer --------------------------------------------------------------------------------------
 def test_fmix64_matches_the_reference():
     rng = np.random.default_rng(1)
     xs = [0, 1, 2, 2**63, MASK64, *(int(v) for v in random_keys(rng, 50))]
@@ -54,7 +54,8 @@ def test_fmix64_matches_the_reference():
 
 def test_fmix64_has_no_collisions_on_1e5_inputs():
     rng = np.random.default_rng(2)
-    for xs in (np.arange(100_000, dtype=U64), random_keys(rng, 100_000), np.arange(100_000, dtype=U64) << U64(40)):
+    counting = np.arange(100_000, dtype=U64)
+    for xs in (counting, random_keys(rng, 100_000), counting << U64(40)):
         assert len(np.unique(fmix64(xs))) == len(xs)
 
 
@@ -95,7 +96,7 @@ def test_token_hash_table_is_cached_and_read_only():
         table[0] = 0
 
 
-# ---- context hashing -----------------------------------------------------------------------------------------
+# ---- context hashing ---------------------------------------------------------------------------------------
 def test_context_hash_is_order_sensitive():
     rng = np.random.default_rng(4)
     ctx = rng.integers(0, VOCAB, size=(500, 2))
@@ -124,7 +125,7 @@ def test_context_hash_needs_2d_contexts():
         context_hash(np.array([1, 2, 3]))
 
 
-# ---- the contract of every scheme ----------------------------------------------------------------------------
+# ---- the contract of every scheme --------------------------------------------------------------------------
 @pytest.mark.parametrize("gamma", [0.1, 0.25, 0.5])
 def test_green_fraction_is_gamma(scheme_name, gamma):
     rng = np.random.default_rng(5)
@@ -156,7 +157,8 @@ def test_is_green_agrees_with_green_mask(scheme_name, width):
     ctx = rng.integers(0, VOCAB, size=(30, width))
     mask = scheme.green_mask(keys, ctx, VOCAB)
     for b in range(len(keys)):
-        flags = scheme.is_green(keys[b : b + 1], np.repeat(ctx[b : b + 1], VOCAB, axis=0), np.arange(VOCAB), VOCAB)
+        same_ctx = np.repeat(ctx[b : b + 1], VOCAB, axis=0)
+        flags = scheme.is_green(keys[b : b + 1], same_ctx, np.arange(VOCAB), VOCAB)
         assert flags.shape == (1, VOCAB)
         assert np.array_equal(flags[0], mask[b])
 
@@ -187,8 +189,8 @@ def test_count_green_equals_is_green_sum(scheme_name, chunk_elems):
 
 def test_count_green_with_no_pairs(scheme_name):
     scheme = get_scheme(scheme_name, 0.25, 1)
-    got = scheme.count_green(np.array([1, 2, 3], dtype=U64), np.zeros((0, 1), np.int64), np.zeros(0, np.int64),
-                             VOCAB)
+    no_ctx, no_tok = np.zeros((0, 1), np.int64), np.zeros(0, np.int64)
+    got = scheme.count_green(np.array([1, 2, 3], dtype=U64), no_ctx, no_tok, VOCAB)
     assert np.array_equal(got, [0, 0, 0])
 
 
@@ -219,7 +221,8 @@ def test_green_lists_are_deterministic(scheme_name):
     scheme = get_scheme(scheme_name, 0.25, 2)
     keys = np.array([123, 2**63 + 5], dtype=U64)
     ctx = np.array([[3, 4], [5, 6]])
-    assert np.array_equal(scheme.green_mask(keys, ctx, VOCAB), scheme.green_mask(keys.copy(), ctx.copy(), VOCAB))
+    first = scheme.green_mask(keys, ctx, VOCAB).copy()
+    assert np.array_equal(first, scheme.green_mask(keys.copy(), ctx.copy(), VOCAB))
 
 
 def test_null_probability():
@@ -233,12 +236,73 @@ def test_null_probability():
         hf.is_green(np.array([1], U64), np.array([[1]]), np.array([2]), None)
 
 
-def test_hash_scheme_formula():
-    # green iff fmix64(k ^ H(c) ^ T(t)) < gamma * 2^64, written out for one pair
-    scheme = HashScheme(0.5, 1)
-    key, ctx, tok = 0xDEADBEEF, np.array([[11]]), np.array([29])
-    x = key ^ int(context_hash(ctx)[0]) ^ int(token_hash(tok)[0])
-    assert bool(scheme.is_green(np.array([key], U64), ctx, tok)[0, 0]) == (fmix64_reference(x) < 2**63)
+# The hash scheme written out in plain Python integers, with its constants spelled out: these are frozen,
+# since changing any of them would silently change every green list and orphan every mark already served.
+GOLDEN, TOKEN_SALT, CONTEXT_SALT, SLOT_SALT = (0x9E3779B97F4A7C15, 0x243F6A8885A308D3, 0x13198A2E03707344,
+                                                0xA4093822299F31D0)
+
+
+def reference_token_hash(t: int) -> int:
+    return fmix64_reference((t * GOLDEN + TOKEN_SALT) & MASK64)
+
+
+def reference_context_hash(ctx: list[int]) -> int:
+    x = (CONTEXT_SALT + len(ctx)) & MASK64
+    for j, c in enumerate(ctx):
+        x = fmix64_reference(x ^ ((c * GOLDEN + j + 1) & MASK64))
+    return x
+
+
+def reference_is_green(key: int, ctx: list[int], tok: int, gamma: float) -> bool:
+    thr = min(int(gamma * 2**64), MASK64)
+    return fmix64_reference(key ^ reference_context_hash(ctx) ^ reference_token_hash(tok)) < thr
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+@pytest.mark.parametrize("gamma", [0.1, 0.25, 0.3, 0.5])  # thresholds on and off a multiple of 2**31
+def test_hash_scheme_matches_the_reference(gamma, width):
+    rng = np.random.default_rng(13)
+    scheme = HashScheme(gamma, width)
+    keys = [int(k) for k in random_keys(rng, 5)]
+    ctx = rng.integers(0, VOCAB, size=(60, width))
+    toks = rng.integers(0, VOCAB, size=60)
+    expected = np.array([[reference_is_green(k, c.tolist(), int(t), gamma)
+                          for c, t in zip(ctx, toks, strict=True)] for k in keys])
+    assert np.array_equal(scheme.is_green(np.array(keys, U64), ctx, toks), expected)
+    counts = scheme.count_green(np.array(keys, U64), ctx, toks, chunk_elems=100)
+    assert np.array_equal(counts, expected.sum(axis=1))
+    masks = scheme.green_mask(np.array(keys[:1] * 60, U64), ctx, VOCAB)
+    for i in range(0, 60, 7):
+        ref = [reference_is_green(keys[0], ctx[i].tolist(), t, gamma) for t in range(VOCAB)]
+        assert masks[i].tolist() == ref
+    assert [int(v) for v in context_hash(ctx[:5])] == [reference_context_hash(c.tolist()) for c in ctx[:5]]
+    assert [int(v) for v in token_hash(toks[:5])] == [reference_token_hash(int(t)) for t in toks[:5]]
+
+
+def test_provider_positions_match_the_reference():
+    rng = np.random.default_rng(14)
+    ctx = rng.integers(0, VOCAB, size=(200, 1))
+    pkey = int(random_keys(rng, 1)[0])
+    slot = fmix64_reference(pkey ^ SLOT_SALT)
+    for fraction in (0.3, 0.5):
+        thr = int(fraction * 2**64)
+        expected = [fmix64_reference(reference_context_hash(c.tolist()) ^ slot) < thr for c in ctx]
+        assert provider_positions(pkey, context_hash(ctx), fraction).tolist() == expected
+
+
+def test_green_mask_with_a_reused_workspace_is_bit_identical():
+    # generation reuses one workspace across steps and batch shapes: every call must equal a fresh computation
+    from antidistill.watermark.core import Workspace
+
+    rng = np.random.default_rng(15)
+    ws = Workspace()
+    for gamma in (0.25, 0.3):
+        scheme = HashScheme(gamma, 2)
+        for batch, vocab in [(8, VOCAB), (3, VOCAB), (8, 2 * VOCAB), (1, 7), (16, VOCAB)]:
+            keys, ctx = random_keys(rng, batch), rng.integers(0, vocab, size=(batch, 2))
+            fresh = scheme.green_mask(keys, ctx, vocab)
+            reused = scheme.green_mask(keys, ctx, vocab, ws)
+            assert reused.shape == (batch, vocab) and np.array_equal(reused, fresh)
 
 
 def test_hf_lefthash_uses_only_the_last_context_token():
@@ -256,7 +320,7 @@ def test_get_scheme_caches_and_validates():
         get_scheme("nope", 0.25, 1)
 
 
-# ---- provider positions --------------------------------------------------------------------------------------
+# ---- provider positions ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
 def test_provider_positions_fraction(fraction):
     rng = np.random.default_rng(11)

@@ -64,8 +64,8 @@ def generate(model, seed: int, **kwargs) -> torch.Tensor:
 
 
 def hf_detector(model, key: int = KEY, width: int = 1) -> WatermarkDetector:
-    return WatermarkDetector(model_config=model.config, device="cpu", watermarking_config=hf_config(key, width),
-                             ignore_repeated_ngrams=True)
+    return WatermarkDetector(model_config=model.config, device="cpu",
+                             watermarking_config=hf_config(key, width), ignore_repeated_ngrams=True)
 
 
 def our_detector(width: int = 1) -> Detector:
@@ -95,7 +95,7 @@ def test_the_tiny_model_samples_with_high_entropy(unmarked):
         assert len(set(row.tolist())) > 0.8 * len(row)
 
 
-# ---- (a) transformers marks, antidistill detects -------------------------------------------------------------
+# ---- (a) transformers marks, antidistill detects -----------------------------------------------------------
 def test_antidistill_detects_transformers_watermark(hf_marked, unmarked):
     det = our_detector()
     key = WatermarkKey.explicit(KEY)
@@ -111,7 +111,7 @@ def test_antidistill_detects_transformers_watermark(hf_marked, unmarked):
         assert not det.detect(row.numpy(), candidates=[WatermarkKey.explicit(KEY + 2)]).watermarked
 
 
-# ---- (b) antidistill marks, transformers detects -------------------------------------------------------------
+# ---- (b) antidistill marks, transformers detects -----------------------------------------------------------
 def test_transformers_detects_antidistill_watermark(model, our_marked, unmarked):
     out = hf_detector(model)(our_marked, return_dict=True)
     assert out.prediction.all()
@@ -120,7 +120,7 @@ def test_transformers_detects_antidistill_watermark(model, our_marked, unmarked)
     assert not hf_detector(model, key=KEY + 2)(our_marked, return_dict=True).prediction.any()
 
 
-# ---- (c) the same green lists, n-gram by n-gram --------------------------------------------------------------
+# ---- (c) the same green lists, n-gram by n-gram ------------------------------------------------------------
 @pytest.mark.parametrize("width", [1, 2])
 @pytest.mark.parametrize("key", [KEY, BIG_KEY])
 def test_every_ngram_scores_the_same(model, hf_marked, our_marked, unmarked, width, key):
@@ -134,8 +134,8 @@ def test_every_ngram_scores_the_same(model, hf_marked, our_marked, unmarked, wid
         for i in range(len(ids) - width):
             prefix, target = ids[i : i + width], ids[i + width]
             theirs = bool(hf._get_ngram_score(torch.tensor(prefix), target))
-            mine = bool(ours.scheme.is_green(np.array([key], dtype=U64), np.array([prefix]), np.array([target]),
-                                             VOCAB)[0, 0])
+            mine = bool(ours.scheme.is_green(np.array([key], dtype=U64), np.array([prefix]),
+                                             np.array([target]), VOCAB)[0, 0])
             assert theirs == mine, (prefix, target)
             greens += mine
     assert 0 < greens < batch.numel()
@@ -151,8 +151,8 @@ def test_detector_counts_agree_on_text_with_repeats(model):
     # repeated n-grams: both count each distinct n-gram once (ignore_repeated_ngrams=True)
     rng = np.random.default_rng(70)
     unit = rng.integers(3, VOCAB, size=40)
-    batch = torch.from_numpy(np.stack([np.tile(unit, 5), np.concatenate([unit, unit[::-1], unit, unit[:1]] * 2)
-                                       [:200]]))
+    mixed = np.concatenate([unit, unit[::-1], unit, unit[:1]] * 2)[:200]
+    batch = torch.from_numpy(np.stack([np.tile(unit, 5), mixed]))
     out = hf_detector(model)(batch, return_dict=True)
     for r, row in enumerate(batch):
         res = our_detector().score(row.numpy(), WatermarkKey.explicit(KEY))
@@ -161,11 +161,12 @@ def test_detector_counts_agree_on_text_with_repeats(model):
 
 
 @pytest.mark.parametrize("width", [1, 3])
-def test_processors_produce_identical_logits(width):
+@pytest.mark.parametrize("gamma", [GAMMA, 0.3])  # 512 * 0.3 = 153.6: the list size is truncated, not rounded
+def test_processors_produce_identical_logits(width, gamma):
     torch.manual_seed(71)
-    hf = HFWatermarkLogitsProcessor(vocab_size=VOCAB, device="cpu", greenlist_ratio=GAMMA, bias=DELTA,
+    hf = HFWatermarkLogitsProcessor(vocab_size=VOCAB, device="cpu", greenlist_ratio=gamma, bias=DELTA,
                                     hashing_key=BIG_KEY, seeding_scheme="lefthash", context_width=width)
-    ours = WatermarkLogitsProcessor(Watermark(WatermarkConfig.interop(GAMMA, DELTA, width)),
+    ours = WatermarkLogitsProcessor(Watermark(WatermarkConfig.interop(gamma, DELTA, width)),
                                     [MarkKeys(WatermarkKey.explicit(BIG_KEY))] * 6)
     for _ in range(5):
         input_ids = torch.randint(0, VOCAB, (6, 7))

@@ -28,8 +28,8 @@ def expected_scores(wm: Watermark, row_keys, input_ids: torch.Tensor, scores: to
         key = keys.account.value
         if keys.provider is not None and wm.position_kinds(ctx, keys.provider.value)[0]:
             key = keys.provider.value
-        green = wm.scheme.is_green(np.array([key], dtype=U64), np.repeat(ctx, VOCAB, axis=0), np.arange(VOCAB),
-                                   VOCAB)[0]
+        same_ctx = np.repeat(ctx, VOCAB, axis=0)
+        green = wm.scheme.is_green(np.array([key], dtype=U64), same_ctx, np.arange(VOCAB), VOCAB)[0]
         out[r, torch.from_numpy(green)] += wm.config.delta
     return out
 

@@ -384,9 +384,9 @@ def plain_paragraphs(source: str) -> list[str]:
             out_lines.append("")
             continue
         m = re.match(r"^([A-Z][A-Za-z-]*):(\s|$)", ln)
-        if m:  # a field: its value starts a new paragraph
-            out_lines.append("")
-            ln = ln[m.end():]
+        if m:  # a field: its one-line value is a paragraph of its own, continuation lines the next one
+            out_lines += ["", ln[m.end():], ""]
+            continue
         out_lines.append(ln)
     return _split_paragraphs("\n".join(out_lines))
 
@@ -582,22 +582,28 @@ def iter_human_samples(min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFA
                 if not sh or len(sh & seen_shingles) >= NEAR_DUP_CONTAINMENT * len(sh):
                     continue  # boilerplate seen before (or a paragraph without words)
                 seen_shingles |= sh
+                ready: list[str] = []
                 for piece in _split_long(para, max_chars):
                     if size and size + 2 + len(piece) > max_chars:
-                        cur, size = [], 0  # cannot reach the target without overshooting: start afresh
+                        # the target cannot be reached without overshooting: close the sample here
+                        if size >= min_chars:
+                            ready.append("\n\n".join(cur))
+                        cur, size = [], 0
+                        target = rng.randint(min_chars, max_chars)
                     cur.append(piece)
                     size += len(piece) + (2 if size else 0)
                     if size >= target:
-                        text = "\n\n".join(cur)
+                        ready.append("\n\n".join(cur))
                         cur, size = [], 0
                         target = rng.randint(min_chars, max_chars)
-                        fp = _fingerprint(text)
-                        if fp in seen_samples or not looks_like_prose(text):
-                            continue
-                        seen_samples.add(fp)
-                        made += 1
-                        per_family[(source, family)] = per_family.get((source, family), 0) + 1
-                        yield Sample(text, source, family)
+                for text in ready:
+                    fp = _fingerprint(text)
+                    if fp in seen_samples or not looks_like_prose(text):
+                        continue
+                    seen_samples.add(fp)
+                    made += 1
+                    per_family[(source, family)] = per_family.get((source, family), 0) + 1
+                    yield Sample(text, source, family)
 
 
 def human_sample_records(n: int, min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFAULT_MAX_CHARS,

@@ -243,18 +243,21 @@ class Detector:
             primary = self._result("none", 0, 0)
 
         span = None
+        keys_tried = 1
         if scan:
             if use_provider:
                 prov, _, flags = best_split
                 span = self.scan_pairs(prov, flags, alpha)
+                keys_tried = len(provider_keys)
             elif attribution is not None and attribution.key_id is not None:
                 key = next(k for k in candidates if k.key_id == attribution.key_id)
-                # the best key was chosen among many: its scan p-value is corrected for those keys too
                 span = self.scan_pairs(pairs, self.green_flags(pairs, key), alpha)
-                if span is not None and len(candidates) > 1:
-                    pc = bonferroni(span.p_value_corrected, len(candidates))
-                    span = SpanResult(span.start_token, span.end_token, span.tokens_scored, span.green,
-                                      span.p_value, pc, span.windows_tested * len(candidates), pc <= alpha)
+                keys_tried = len(candidates)
+            # the scanned key was the best of several: its scan p-value is corrected for those keys too
+            if span is not None and keys_tried > 1:
+                pc = bonferroni(span.p_value_corrected, keys_tried)
+                span = SpanResult(span.start_token, span.end_token, span.tokens_scored, span.green,
+                                  span.p_value, pc, span.windows_tested * keys_tried, pc <= alpha)
         return DetectionReport(
             tokens_scored=primary.tokens_scored, green=primary.green, green_fraction=primary.green_fraction,
             z=primary.z, p_value=float(p_value), watermarked=bool(p_value <= alpha and len(pairs) > 0),

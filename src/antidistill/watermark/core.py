@@ -22,6 +22,7 @@ Pure functions on numpy arrays: no tokenizer, model, file or network here.
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -38,6 +39,7 @@ _TOKEN_SALT = U64(0x243F6A8885A308D3)  # digits of pi: nothing up our sleeve
 _CONTEXT_SALT = U64(0x13198A2E03707344)
 _SLOT_SALT = U64(0xA4093822299F31D0)
 TWO64 = 2**64
+_LOW31 = (1 << 31) - 1
 
 
 def fmix64(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -71,6 +73,67 @@ def token_hash_table(vocab_size: int) -> np.ndarray:
     table = token_hash(np.arange(vocab_size, dtype=np.int64))
     table.setflags(write=False)
     return table
+
+
+@lru_cache(maxsize=8)
+def premixed_token_table(vocab_size: int) -> np.ndarray:
+    """``T(t) ^ (T(t) >> 33)`` for every id: fmix64's first xor-shift, folded into the token table.
+
+    Exact, because a right shift distributes over xor: ``(a ^ b) >> s == (a >> s) ^ (b >> s)``, so the first
+    step of ``fmix64(row ^ T)`` is ``premix(row) ^ premix(T)``; only the (B,) row part is left per call.
+    """
+    table = token_hash_table(vocab_size)
+    table = table ^ (table >> _S33)
+    table.setflags(write=False)
+    return table
+
+
+def _premix(x: np.ndarray) -> np.ndarray:
+    """fmix64's first xor-shift, ``x ^ (x >> 33)`` (a new array)."""
+    return x ^ (x >> _S33)
+
+
+def _premixed_below(x: np.ndarray, thr: np.uint64, tmp: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``fmix64(x0) < thr`` into ``out``, for ``x = premix(x0)``; ``x`` is overwritten, ``tmp`` is scratch.
+
+    The last xor-shift of fmix64 leaves the top 33 bits unchanged, and whether a value is below a multiple of
+    2**31 depends on its top 33 bits only: for such thresholds (gamma 1/4, 1/2, 1/8, ...) the step is skipped.
+    """
+    np.multiply(x, _M1, out=x)
+    np.right_shift(x, _S33, out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+    np.multiply(x, _M2, out=x)
+    if int(thr) & _LOW31:
+        np.right_shift(x, _S33, out=tmp)
+        np.bitwise_xor(x, tmp, out=x)
+    return np.less(x, thr, out=out)
+
+
+class Workspace:
+    """Scratch arrays reused across calls of :meth:`GreenListScheme.green_mask`, e.g. one per generation loop.
+
+    A (batch, vocabulary) array of 64-bit hashes is megabytes; allocating it, and a temporary for each
+    operation, at every generation step costs more than the hashing itself (fresh pages are faulted in and
+    zeroed). Arrays grow as needed and are reused for smaller shapes. Not thread-safe: one per caller.
+
+    Example:
+        >>> ws = Workspace()
+        >>> a = ws.array("hash", (16, 100), np.uint64)
+        >>> b = ws.array("hash", (4, 100), np.uint64)  # a smaller batch reuses the same memory
+        >>> b.shape, np.shares_memory(a, b)
+        ((4, 100), True)
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """An uninitialised array of this shape and dtype, valid until the next request for ``name``."""
+        n = math.prod(shape)
+        a = self._arrays.get(name)
+        if a is None or a.dtype != np.dtype(dtype) or a.size < n:
+            a = self._arrays[name] = np.empty(n, dtype=dtype)
+        return a[:n].reshape(shape)
 
 
 def context_hash(contexts: np.ndarray) -> np.ndarray:
@@ -117,8 +180,12 @@ class GreenListScheme(ABC):
         return self.gamma
 
     @abstractmethod
-    def green_mask(self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int) -> np.ndarray:
-        """(B, V) bool: the green lists for B rows, each with its own key (uint64, (B,)) and context (B, h)."""
+    def green_mask(self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int,
+                   workspace: Workspace | None = None) -> np.ndarray:
+        """(B, V) bool: the green lists for B rows, each with its own key (uint64, (B,)) and context (B, h).
+
+        With a ``workspace`` the result may live in it (valid until its next use); without, it is a new array.
+        """
 
     @abstractmethod
     def is_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None
@@ -149,33 +216,41 @@ class HashScheme(GreenListScheme):
     def null_probability(self, vocab_size: int | None) -> float:
         return int(self._thr) / TWO64
 
-    def green_mask(self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int) -> np.ndarray:
-        row = np.asarray(keys, dtype=U64) ^ context_hash(contexts)
-        x = row[:, None] ^ token_hash_table(vocab_size)[None, :]
-        return fmix64(x, out=x) < self._thr
+    def green_mask(self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int,
+                   workspace: Workspace | None = None) -> np.ndarray:
+        # fmix64(k ^ H(c) ^ T(t)) < thr over (B, V), with fmix64's first step folded into the row and token
+        # parts and every (B, V) array reused from the workspace: bit-identical to the plain formula.
+        row = _premix(np.asarray(keys, dtype=U64) ^ context_hash(contexts))
+        ws = workspace if workspace is not None else Workspace()
+        shape = (len(row), vocab_size)
+        x = ws.array("hash", shape, U64)
+        np.bitwise_xor(row[:, None], premixed_token_table(vocab_size)[None, :], out=x)
+        return _premixed_below(x, self._thr, ws.array("tmp", shape, U64), ws.array("mask", shape, np.bool_))
 
     def pair_hash(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """The key-independent part ``H(c) ^ T(t)`` of each pair (computed once, reused for every key)."""
         return context_hash(contexts) ^ token_hash(tokens)
 
     def is_green(self, keys, contexts, tokens, vocab_size=None) -> np.ndarray:
-        pairs = self.pair_hash(contexts, tokens)
-        x = np.asarray(keys, dtype=U64).reshape(-1, 1) ^ pairs[None, :]
-        return fmix64(x, out=x) < self._thr
+        pairs = _premix(self.pair_hash(contexts, tokens))
+        x = _premix(np.asarray(keys, dtype=U64).reshape(-1, 1)) ^ pairs[None, :]
+        return _premixed_below(x, self._thr, np.empty_like(x), np.empty(x.shape, dtype=np.bool_))
 
     def count_green(self, keys, contexts, tokens, vocab_size=None, chunk_elems: int = 1 << 18) -> np.ndarray:
-        keys = np.asarray(keys, dtype=U64).reshape(-1)
-        pairs = self.pair_hash(contexts, tokens)
+        keys = _premix(np.asarray(keys, dtype=U64).reshape(-1))
+        pairs = _premix(self.pair_hash(contexts, tokens))
         n = max(1, len(pairs))
         step = max(1, chunk_elems // n)
         out = np.empty(len(keys), dtype=np.int64)
-        buf = np.empty((min(step, len(keys)), len(pairs)), dtype=U64)
+        shape = (min(step, len(keys)), len(pairs))
+        buf, tmp = np.empty(shape, dtype=U64), np.empty(shape, dtype=U64)
+        green = np.empty(shape, dtype=np.bool_)
         for i in range(0, len(keys), step):
             k = keys[i : i + step]
-            b = buf[: len(k)]
-            np.bitwise_xor(k[:, None], pairs[None, :], out=b)
-            fmix64(b, out=b)
-            out[i : i + len(k)] = np.count_nonzero(b < self._thr, axis=1)
+            m = len(k)
+            np.bitwise_xor(k[:, None], pairs[None, :], out=buf[:m])
+            below = _premixed_below(buf[:m], self._thr, tmp[:m], green[:m])
+            out[i : i + m] = np.count_nonzero(below, axis=1)
         return out
 
 
@@ -220,7 +295,7 @@ class HFLefthashScheme(GreenListScheme):
                 self._cache.popitem(last=False)
         return mask
 
-    def green_mask(self, keys, contexts, vocab_size):
+    def green_mask(self, keys, contexts, vocab_size, workspace=None):
         ctx = np.asarray(contexts, dtype=np.int64)
         return np.stack([self._list(int(k), int(c[-1]), vocab_size) for k, c in zip(keys, ctx, strict=True)])
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from antidistill.keys import WatermarkKey
 from antidistill.watermark.config import WatermarkConfig
-from antidistill.watermark.core import U64, context_hash, get_scheme, provider_positions
+from antidistill.watermark.core import U64, Workspace, context_hash, get_scheme, provider_positions
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Watermark:
         return keys
 
     def green_mask(self, contexts: np.ndarray, account_keys: np.ndarray, provider_keys: np.ndarray | None,
-                   vocab_size: int) -> np.ndarray:
-        """(B, V) bool: the green list of each row's next token."""
-        return self.scheme.green_mask(self.row_keys(contexts, account_keys, provider_keys), contexts, vocab_size)
+                   vocab_size: int, workspace: Workspace | None = None) -> np.ndarray:
+        """(B, V) bool: the green list of each row's next token (in ``workspace`` if given)."""
+        keys = self.row_keys(contexts, account_keys, provider_keys)
+        return self.scheme.green_mask(keys, contexts, vocab_size, workspace)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from antidistill.watermark.core import U64
+from antidistill.watermark.core import U64, Workspace
 from antidistill.watermark.marker import MarkKeys, Watermark
 
 
@@ -37,6 +37,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
 
     def __init__(self, watermark: Watermark, row_keys: Sequence[MarkKeys | None]) -> None:
         self.watermark = watermark
+        self._workspace = Workspace()  # (B, V) scratch reused at every step: one processor per generate call
         self.set_row_keys(row_keys)
 
     def set_row_keys(self, row_keys: Sequence[MarkKeys | None]) -> None:
@@ -70,13 +71,19 @@ class WatermarkLogitsProcessor(LogitsProcessor):
                 account_only = ~self._provider_rows[rows]
                 keys = self.watermark.row_keys(ctx, account, provider)
                 keys[account_only] = account[account_only]
-                mask = self.watermark.scheme.green_mask(keys, ctx, scores.shape[-1])
+                mask = self.watermark.scheme.green_mask(keys, ctx, scores.shape[-1], self._workspace)
                 return self._apply(scores, rows, mask)
-        mask = self.watermark.green_mask(ctx, account, provider, scores.shape[-1])
+        mask = self.watermark.green_mask(ctx, account, provider, scores.shape[-1], self._workspace)
         return self._apply(scores, rows, mask)
 
     def _apply(self, scores: torch.FloatTensor, rows: np.ndarray, mask: np.ndarray) -> torch.FloatTensor:
-        bias = torch.from_numpy(mask).to(scores.dtype).mul_(self.watermark.config.delta)
+        if scores.dtype == torch.float32:
+            # the same float32 values as the torch conversion below, into a reused buffer
+            bias_np = self._workspace.array("bias", mask.shape, np.float32)
+            np.multiply(mask, np.float32(self.watermark.config.delta), out=bias_np)
+            bias = torch.from_numpy(bias_np)
+        else:
+            bias = torch.from_numpy(mask).to(scores.dtype).mul_(self.watermark.config.delta)
         if len(rows) == scores.shape[0]:
             return scores + bias
         out = scores.clone()
