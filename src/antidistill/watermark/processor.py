@@ -30,9 +30,9 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         >>> mk = MasterKey(b"k" * 32)
         >>> proc = WatermarkLogitsProcessor(Watermark(WatermarkConfig()),
         ...                                 [MarkKeys(mk.account_key("alice"), mk.provider_key())])
-        >>> out = proc(torch.tensor([[1, 2, 3]]), torch.zeros(1, 50))
-        >>> round(float((out > 0).float().mean()), 1)  # about gamma of the vocabulary is green
-        0.2
+        >>> out = proc(torch.tensor([[1, 2, 3]]), torch.zeros(1, 5000))
+        >>> abs(float((out > 0).float().mean()) - 0.25) < 0.03  # about gamma of the vocabulary is green
+        True
     """
 
     def __init__(self, watermark: Watermark, row_keys: Sequence[MarkKeys | None]) -> None:
@@ -61,7 +61,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         if input_ids.shape[0] != len(self.row_keys):
             raise ValueError(f"batch has {input_ids.shape[0]} rows but {len(self.row_keys)} row keys were given")
         rows = np.flatnonzero(self._active)
-        ctx = input_ids[:, -h:].numpy()[rows]
+        ctx = input_ids[:, -h:].cpu().numpy()[rows]
         provider = None
         account = self._account[rows]
         if self._provider is not None:
@@ -77,16 +77,17 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         return self._apply(scores, rows, mask)
 
     def _apply(self, scores: torch.FloatTensor, rows: np.ndarray, mask: np.ndarray) -> torch.FloatTensor:
-        if scores.dtype == torch.float32:
+        if scores.dtype == torch.float32 and scores.device.type == "cpu":
             # the same float32 values as the torch conversion below, into a reused buffer
             bias_np = self._workspace.array("bias", mask.shape, np.float32)
             np.multiply(mask, np.float32(self.watermark.config.delta), out=bias_np)
             bias = torch.from_numpy(bias_np)
         else:
-            bias = torch.from_numpy(mask).to(scores.dtype).mul_(self.watermark.config.delta)
+            bias = torch.from_numpy(mask).to(device=scores.device, dtype=scores.dtype)
+            bias.mul_(self.watermark.config.delta)
         if len(rows) == scores.shape[0]:
             return scores + bias
         out = scores.clone()
-        idx = torch.from_numpy(rows)
+        idx = torch.from_numpy(rows).to(scores.device)
         out[idx] += bias
         return out
