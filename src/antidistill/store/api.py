@@ -1,0 +1,91 @@
+"""The storage interface the gateway, the CLI and (later) the monitor use. Implemented in :mod:`.sql`.
+
+Plain dataclasses cross this boundary, never ORM objects, so nothing secret (key hashes) can leak into a
+response by accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Account:
+    """A customer account.
+
+    Args:
+        id: stable id (``acct_…``), also the watermark key's account id.
+        name: display name.
+        enabled: disabled accounts get 403.
+        rpm, tpm, tokens_per_day: limits (``None``: unlimited).
+        metadata: what the monitor links accounts on: ``organisation``, ``payment_fingerprint``,
+            ``signup_source``, … (free-form JSON object).
+    """
+
+    id: str
+    name: str
+    enabled: bool
+    rpm: int | None
+    tpm: int | None
+    tokens_per_day: int | None
+    metadata: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """An API key's public facts; the key itself is shown once at creation and stored only as a hash."""
+
+    id: str
+    account_id: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One exchange, as the gateway hands it to the audit log.
+
+    ``watermark`` is ``{"key_id": …, "config": {…}}`` or ``{"status": "unwatermarked", "reason": …}``.
+    ``completion`` holds the text of every choice.
+    """
+
+    response_id: str
+    account_id: str
+    api_key_id: str
+    created_at: datetime
+    endpoint: str
+    client_addr: str | None
+    user_agent: str | None
+    request: dict[str, Any]
+    completion: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    latency_ms: float
+    watermark: dict[str, Any]
+    status: int = 200
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of ``audit verify``.
+
+    Args:
+        ok: the whole history verifies.
+        records, checkpoints: how many were checked.
+        first_bad_seq / first_bad_response_id: the first record where the history was edited, deleted,
+            inserted or reordered.
+        problem: what is wrong there, in words.
+    """
+
+    ok: bool
+    records: int
+    checkpoints: int
+    first_bad_seq: int | None = None
+    first_bad_response_id: str | None = None
+    problem: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
