@@ -41,6 +41,13 @@ def assert_one_line_error(code, err, needle):
     assert lines[0].startswith("error: ") and needle in lines[0], err
 
 
+@pytest.fixture(autouse=True)
+def master_key(capsys):
+    """Detection needs an existing master key: create it the way an operator would."""
+    code, _, _ = run(capsys, "keys", "init")
+    assert code == 0
+
+
 @pytest.fixture
 def human_file(tmp_path):
     p = tmp_path / "human.txt"
@@ -129,6 +136,16 @@ def test_jsonl_scan_reports_every_line(capsys, tmp_path, shared_cache_env):
     assert recs[4]["watermarked"] is False
     assert "UTF-8" in recs[5]["error"]
     assert "6 records, 0 watermarked, 4 errors" in err
+
+
+def test_detect_without_a_master_key_is_refused(capsys, tmp_path, human_file, monkeypatch, shared_cache_env):
+    from antidistill.settings import get_settings
+
+    monkeypatch.setenv("ANTIDISTILL_DATA_DIR", str(tmp_path / "empty-data"))
+    get_settings.cache_clear()
+    code, _, err = run(capsys, "detect", str(human_file))
+    assert_one_line_error(code, err, "no master key")
+    assert not (tmp_path / "empty-data" / "master.key").exists()
 
 
 def test_keys_rotate_and_list(capsys):

@@ -191,7 +191,7 @@ def _build_text_detector(model, accounts, accounts_file, alpha, scheme, gamma, d
         if names:
             raise InputError("--hashing-key and --account are exclusive: an explicit key names no account")
     else:
-        ring = KeyRing.open(settings)
+        ring = KeyRing.open(settings, create=False)
         try:
             candidates = [k for a in names for k in ring.account_keys(a)]
         except ValueError as exc:
@@ -235,7 +235,7 @@ def _print_report(report, text: str) -> None:
             snippet = text[s.start_char : s.end_char].replace("\n", " ")
             snippet = snippet if len(snippet) <= 80 else snippet[:38] + " … " + snippet[-38:]
             where += f", chars {s.start_char}-{s.end_char}: “{snippet}”"
-        t.add_row("marked span", f"{where} (corrected p = {_fmt_p(s.p_value_corrected)})")
+        t.add_row("marked span", f"{where} (windowed test, corrected p = {_fmt_p(s.p_value_corrected)})")
     out.print(t)
 
 
@@ -347,12 +347,25 @@ def _scan_jsonl(td, path: Path, field: str, output: Path | None, batch: int) -> 
 
 
 # ---- keys -------------------------------------------------------------------------------------------
+@keys_app.command("init")
+def keys_init() -> None:
+    """Create the master key file (mode 0600) in the data directory, unless a master key exists."""
+    from antidistill.keys import MASTER_KEY_FILE, MasterKey
+
+    settings = _settings()
+    path = settings.data_dir / MASTER_KEY_FILE
+    existed = settings.master_key is not None or path.exists()
+    MasterKey.load(settings, create=True)
+    where = "ANTIDISTILL_MASTER_KEY" if settings.master_key is not None else str(path)
+    out.print(f"master key {'already present' if existed else 'created'}: {where}", markup=False, highlight=False)
+
+
 @keys_app.command("list")
 def keys_list(as_json: JsonOpt = False) -> None:
     """Current key versions (key ids only; key material is never printed)."""
     from antidistill.keys import KeyRing
 
-    ring = KeyRing.open(_settings())
+    ring = KeyRing.open(_settings(), create=False)
     data = {"provider": ring.provider_key().key_id,
             "accounts": {a: ring.account_key(a).key_id for a in ring.known_accounts()}}
     if as_json:
@@ -374,7 +387,7 @@ def keys_rotate(
 
     if (account is None) == (not provider):
         raise InputError("give exactly one of --account ID or --provider")
-    ring = KeyRing.open(_settings())
+    ring = KeyRing.open(_settings(), create=False)
     try:
         key = ring.rotate_provider() if provider else ring.rotate_account(account)
     except ValueError as exc:

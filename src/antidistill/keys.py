@@ -113,8 +113,12 @@ class MasterKey:
         return cls(raw)
 
     @classmethod
-    def load(cls, settings: Settings) -> MasterKey:
-        """From ``ANTIDISTILL_MASTER_KEY`` or the key file, creating the file (mode 0600) on first use."""
+    def load(cls, settings: Settings, create: bool = True) -> MasterKey:
+        """From ``ANTIDISTILL_MASTER_KEY`` or the key file, creating the file (mode 0600) on first use.
+
+        With ``create=False`` a missing key is an error: a detector that made up a fresh key would test text
+        against a key that never marked anything.
+        """
         if settings.master_key is not None:
             value = settings.master_key.get_secret_value()
             if settings.env == "prod" and is_placeholder(value):  # settings refuse this too; belt and braces
@@ -122,6 +126,11 @@ class MasterKey:
             return cls.from_text(value)
         path = settings.data_dir / MASTER_KEY_FILE
         if not path.exists():
+            if not create:
+                raise ConfigError(
+                    f"no master key: {path} does not exist and ANTIDISTILL_MASTER_KEY is not set "
+                    "(detection needs the key the gateway marks with)"
+                )
             return cls._create_file(path)
         try:
             text = path.read_text(encoding="ascii")
@@ -196,9 +205,9 @@ class KeyRing:
                 raise ConfigError(f"key ring file {path} is unreadable: {type(exc).__name__}") from None
 
     @classmethod
-    def open(cls, settings: Settings) -> KeyRing:
+    def open(cls, settings: Settings, create: bool = True) -> KeyRing:
         """The ring of this installation (master key from the settings, versions in the data directory)."""
-        return cls(MasterKey.load(settings), settings.data_dir / KEYRING_FILE)
+        return cls(MasterKey.load(settings, create), settings.data_dir / KEYRING_FILE)
 
     def _save(self) -> None:
         if self._path is None:
