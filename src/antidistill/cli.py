@@ -27,6 +27,19 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Watermark key versions: list and rotate.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
+
+def _register_subcommands() -> None:
+    # the sub-apps import their heavy dependencies (SQLAlchemy, FastAPI, uvicorn) only when a command runs
+    from antidistill.gateway.cli import serve
+    from antidistill.store.cli import accounts_app, audit_app
+
+    app.command("serve")(serve)
+    app.add_typer(accounts_app, name="accounts")
+    app.add_typer(audit_app, name="audit")
+
+
+_register_subcommands()
+
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 

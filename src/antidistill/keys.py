@@ -9,6 +9,8 @@ HMAC-SHA256 over a domain-separated label, so keys need no storage, only a versi
   key version. It marks what that account received and attributes leaked text or a distilled model to it.
 * **provider key** ``HMAC(master, "antidistill/v1/provider" || version)``: one for the whole service. It answers
   "was this trained on our outputs at all?" without knowing, or trying, any account.
+* **audit signing key** ``HMAC(master, "antidistill/v1/audit-signing")``: the 32-byte seed of the Ed25519 key
+  that signs the audit log's checkpoints. Only signatures and the public key leave this module.
 
 Every generated token is biased by exactly one of the two keys. Which one is decided by a keyed hash of the
 context under a sub-key of the provider key (see :mod:`antidistill.watermark.core`), so a detector that holds
@@ -46,6 +48,7 @@ MASTER_KEY_FILE = "master.key"
 KEYRING_FILE = "keyring.json"
 _ACCOUNT_LABEL = b"antidistill/v1/account"
 _PROVIDER_LABEL = b"antidistill/v1/provider"
+_AUDIT_SIGNING_LABEL = b"antidistill/v1/audit-signing"
 
 
 @dataclass(frozen=True)
@@ -153,10 +156,37 @@ class MasterKey:
             f.write(secret.hex() + "\n")
         return cls(secret)
 
-    def _derive(self, label: bytes, *parts: bytes) -> int:
+    def _derive_bytes(self, label: bytes, *parts: bytes) -> bytes:
         msg = label + b"".join(b"\x00" + len(p).to_bytes(4, "big") + p for p in parts)
-        digest = hmac.new(self._secret, msg, hashlib.sha256).digest()
-        return int.from_bytes(digest[:8], "little")
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()
+
+    def _derive(self, label: bytes, *parts: bytes) -> int:
+        return int.from_bytes(self._derive_bytes(label, *parts)[:8], "little")
+
+    def _audit_signing_key(self):
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        return Ed25519PrivateKey.from_private_bytes(self._derive_bytes(_AUDIT_SIGNING_LABEL))
+
+    def audit_sign(self, message: bytes) -> bytes:
+        """An Ed25519 signature of ``message`` under the audit signing key (the private key never leaves)."""
+        return self._audit_signing_key().sign(message)
+
+    def audit_public_key(self) -> bytes:
+        """The raw 32-byte Ed25519 public key that verifies :meth:`audit_sign` signatures.
+
+        Example:
+            >>> from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+            >>> m = MasterKey(b"0" * 32)
+            >>> Ed25519PublicKey.from_public_bytes(m.audit_public_key()).verify(m.audit_sign(b"hi"), b"hi")
+            >>> len(m.audit_public_key())
+            32
+        """
+        from cryptography.hazmat.primitives import serialization
+
+        return self._audit_signing_key().public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
 
     def account_key(self, account_id: str, version: int = 1) -> WatermarkKey:
         """The watermark key of one account at one version."""

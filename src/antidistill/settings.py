@@ -60,6 +60,20 @@ class Settings(BaseSettings):
         cache_dir: where converted model weights are cached.
         master_key: the master secret; if unset, a random key file is created in ``data_dir``.
         model: a local transformers model directory or GGUF file used instead of the embedded model.
+        database_url: SQLAlchemy URL of the database (``postgresql://…`` or ``sqlite:///…``); ``None`` means the
+            SQLite file ``antidistill.db`` in ``data_dir``.
+        audit_checkpoint_every: audit records between two signed checkpoints.
+        admin_token: bearer token of the admin API (``ANTIDISTILL_ADMIN_TOKEN``); no default: unset, the admin
+            API answers 401 to everyone. Placeholders are refused in ``prod``.
+        redis_url: share rate-limit counters between gateway replicas through Redis (default: in process).
+        rate_limit_prefix: namespace of the rate-limit keys in Redis.
+        backend: what the gateway serves from: ``local`` model, ``upstream`` OpenAI-compatible server, ``fake``.
+        upstream_url, upstream_api_key, upstream_model, upstream_timeout: the upstream server (``backend=upstream``),
+            its key, a model name to send instead of the client's, and its timeout in seconds.
+        request_timeout: seconds a backend may take for one request before the gateway answers 504.
+        max_body_bytes: larger request bodies are refused with 413 before they are read.
+        max_tokens_cap: the largest ``max_tokens`` a request may ask for; ``default_max_tokens`` when it asks none.
+        trust_forwarded_for: take the client address from ``X-Forwarded-For`` (only behind a trusted proxy).
 
     Example:
         >>> s = Settings(env="test", data_dir="/tmp/x")
@@ -76,6 +90,23 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_cache_dir("antidistill")))
     master_key: SecretStr | None = None
     model: str | None = None
+    database_url: str | None = None
+    audit_checkpoint_every: int = Field(default=100, ge=1, le=1_000_000)
+
+    # gateway
+    admin_token: SecretStr | None = None
+    redis_url: str | None = None
+    rate_limit_prefix: str = Field(default="antidistill", min_length=1, max_length=100)
+    backend: Literal["local", "upstream", "fake"] = "local"
+    upstream_url: str | None = None
+    upstream_api_key: SecretStr | None = None
+    upstream_model: str | None = None
+    upstream_timeout: float = Field(default=120.0, gt=0)
+    request_timeout: float = Field(default=300.0, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_tokens_cap: int = Field(default=4096, ge=1)
+    default_max_tokens: int = Field(default=256, ge=1)
+    trust_forwarded_for: bool = False
 
     @field_validator("data_dir", "cache_dir", mode="after")
     @classmethod
@@ -93,6 +124,12 @@ class Settings(BaseSettings):
                 "ANTIDISTILL_MASTER_KEY is a placeholder or shorter than "
                 f"{MIN_SECRET_CHARS} characters; set a random secret (e.g. `openssl rand -hex 32`) "
                 "or unset it to have one created in the data directory"
+            )
+        if self.admin_token is not None and self.env == "prod" and is_placeholder(self.admin_token.get_secret_value()):
+            raise ValueError(
+                "ANTIDISTILL_ADMIN_TOKEN is a placeholder or shorter than "
+                f"{MIN_SECRET_CHARS} characters; set a random token (e.g. `openssl rand -hex 32`) "
+                "or unset it to disable the admin API"
             )
         return self
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from antidistill.errors import AntidistillError
+
 
 @dataclass(frozen=True)
 class Account:
@@ -89,3 +91,7 @@ class VerifyResult:
     first_bad_response_id: str | None = None
     problem: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+class NotFoundError(AntidistillError, LookupError):
+    """An account or API key id that does not exist (the CLI shows the message; an API answers 404)."""

@@ -1,0 +1,115 @@
+"""``antidistill serve``: the gateway under uvicorn.
+
+Registered in :mod:`antidistill.cli` as ``app.command()(serve)``; also runnable alone as
+``python -m antidistill.gateway``. Secrets (admin token, master key, upstream key) are read from the environment
+only, never from options, so they stay out of shell histories and process listings.
+
+uvicorn's own proxy-header handling is off (by default it believes ``X-Forwarded-For`` from 127.0.0.1, so any
+local process could choose the client address written to the audit log); the app reads that header itself, and
+only when ``ANTIDISTILL_TRUST_FORWARDED_FOR`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from antidistill.errors import AntidistillError, ConfigError
+
+
+class BackendChoice(StrEnum):
+    local = "local"
+    upstream = "upstream"
+    fake = "fake"
+
+
+def _settings(overrides: dict[str, Any]):
+    from antidistill.settings import Settings
+
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:  # pydantic's ValidationError
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            e = errors()[0]
+            field = ".".join(str(x) for x in e.get("loc", ()))
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            raise ConfigError(f"{field}: {msg}" if field else msg) from None
+        raise ConfigError(str(exc)) from None
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
+    backend: Annotated[BackendChoice | None, typer.Option("--backend", help="Serve from the local model, an "
+                                                                             "upstream server, or the fake backend.",
+                                                          case_sensitive=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Local model directory or GGUF file "
+                                                             "(default: the embedded model).")] = None,
+    upstream_url: Annotated[str | None, typer.Option("--upstream-url", help="OpenAI-compatible server to proxy "
+                                                                           "(backend upstream).")] = None,
+    database_url: Annotated[str | None, typer.Option("--database-url", help="postgresql://… or sqlite:///… "
+                                                                           "(default: SQLite in the data dir).")
+                            ] = None,
+    redis_url: Annotated[str | None, typer.Option("--redis-url", help="Share rate limits between replicas "
+                                                                     "through Redis.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes (more than one "
+                                                                         "needs --redis-url).")] = 1,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the OpenAI-compatible gateway: watermarked completions, limits, audit log, admin API, metrics."""
+    import logging
+
+    import uvicorn
+
+    overrides: dict[str, Any] = {
+        "backend": backend.value if backend else None, "model": model, "upstream_url": upstream_url,
+        "database_url": database_url, "redis_url": redis_url,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    settings = _settings(overrides)
+    if settings.backend == "upstream" and not settings.upstream_url:
+        raise ConfigError("--backend upstream needs --upstream-url (or ANTIDISTILL_UPSTREAM_URL)")
+    if workers > 1 and not settings.redis_url:
+        raise ConfigError("--workers > 1 needs --redis-url: each worker would otherwise keep its own rate limits")
+    if settings.admin_token is None:
+        typer.echo("note: ANTIDISTILL_ADMIN_TOKEN is not set; the admin API is disabled", err=True)
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if workers == 1:
+        from antidistill.gateway.app import create_app, make_backend, open_store
+
+        # Built here rather than in the app's startup, so a configuration error is one line, not a traceback.
+        store = open_store(settings)
+        try:
+            app = create_app(settings, backend=make_backend(settings), store=store)
+            uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=10,
+                        proxy_headers=False)
+        finally:
+            store.close()
+        return
+    # Worker processes build their own app from the environment: pass the options on through it.
+    for key, value in overrides.items():
+        os.environ[f"ANTIDISTILL_{key.upper()}"] = str(value)
+    uvicorn.run("antidistill.gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, lifespan="on", timeout_graceful_shutdown=10, proxy_headers=False)
+
+
+def main() -> None:
+    """``python -m antidistill.gateway``: the serve command alone, with the CLI's one-line errors."""
+    import sys
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(serve)
+    try:
+        app(standalone_mode=False)
+    except AntidistillError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        if type(exc).__name__ in ("UsageError", "BadParameter", "NoSuchOption", "MissingParameter"):
+            typer.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        raise

@@ -1,0 +1,124 @@
+"""What every route gets injected, as ``Annotated`` aliases: the gateway's parts, the caller's account, the admin.
+
+``AccountDep`` resolves the bearer API key to its account: 401 for a missing, unknown or revoked key, 403 for a
+disabled account. ``AdminDep`` checks the admin token in constant time; without a configured token the admin API
+is off and answers 401 to everyone.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from antidistill.gateway.errors import APIError
+from antidistill.gateway.limits import RateLimiter
+from antidistill.gateway.metrics import GatewayMetrics
+from antidistill.keys import KeyRing
+from antidistill.models.base import Backend
+from antidistill.settings import Settings
+from antidistill.store.api import Account, ApiKeyInfo
+
+#: longest bearer token looked up in the store (real keys are far shorter; longer ones are not hashed at all)
+MAX_KEY_CHARS = 512
+
+
+@dataclass
+class Gateway:
+    """The parts of one gateway app. ``backend``, ``store``, ``limiter`` and ``keyring`` are set by the lifespan
+    when not given to :func:`~antidistill.gateway.app.create_app`."""
+
+    settings: Settings
+    metrics: GatewayMetrics
+    backend: Backend | None = None
+    store: Any = None
+    limiter: RateLimiter | None = None
+    keyring: KeyRing | None = None
+    started: int = 0
+    #: tasks that must outlive the request that started them (audit records of abandoned streams)
+    background: set[Any] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: an enabled account and the (unrevoked) API key it used."""
+
+    account: Account
+    key: ApiKeyInfo
+
+
+def get_gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def get_settings(gw: GatewayDep) -> Settings:
+    return gw.settings
+
+
+def get_store(gw: GatewayDep) -> Any:
+    return gw.store
+
+
+def get_backend(gw: GatewayDep) -> Backend:
+    return gw.backend
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Any, Depends(get_store)]
+BackendDep = Annotated[Backend, Depends(get_backend)]
+
+_api_key_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="An antidistill API key.")
+_admin_scheme = HTTPBearer(auto_error=False, scheme_name="AdminToken",
+                           description="The admin token (ANTIDISTILL_ADMIN_TOKEN).")
+
+
+async def authenticate(gw: GatewayDep,
+                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_api_key_scheme)]
+                       ) -> Principal:
+    if credentials is None or not credentials.credentials:
+        raise APIError(401, "You didn't provide an API key. Send it in the Authorization header: "
+                            "'Authorization: Bearer YOUR_KEY'.", code="missing_api_key")
+    key = credentials.credentials
+    found = None
+    if len(key) <= MAX_KEY_CHARS and key.isascii() and key.isprintable():
+        found = await run_in_threadpool(gw.store.authenticate, key)
+    if found is None:
+        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+    account, info = found
+    if info.revoked_at is not None:
+        raise APIError(401, "This API key has been revoked.", code="invalid_api_key")
+    if not account.enabled:
+        raise APIError(403, "This account is disabled.", code="account_disabled")
+    return Principal(account, info)
+
+
+AuthDep = Annotated[Principal, Depends(authenticate)]
+
+
+def current_account(principal: AuthDep) -> Account:
+    return principal.account
+
+
+AccountDep = Annotated[Account, Depends(current_account)]
+
+
+async def require_admin(gw: GatewayDep,
+                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_scheme)]) -> None:
+    token = gw.settings.admin_token
+    if token is None:
+        raise APIError(401, "The admin API is disabled: set ANTIDISTILL_ADMIN_TOKEN to enable it.",
+                       code="admin_disabled")
+    given = credentials.credentials if credentials is not None else ""
+    # compare_digest on bytes: constant time in the length of the expected token, whatever was sent
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.get_secret_value().encode()):
+        raise APIError(401, "Incorrect admin token provided.", code="invalid_admin_token")
+
+
+AdminDep = Annotated[None, Depends(require_admin)]
