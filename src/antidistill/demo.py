@@ -2,8 +2,10 @@
 
 Stages: load the model; serve watermarked completions for two accounts (one batch, each row with its own
 account key); detect and attribute every completion among 1,000 accounts; check the controls (the model's
-unwatermarked output and human-written text are not flagged); find a marked passage inside human text.
-Later parts of the product add their stages here.
+unwatermarked output and human-written text are not flagged); find a marked passage inside human text; then the
+gateway: start it on a free port with the same model, create accounts, let several `openai` SDK clients talk to
+it at once, detect and attribute their answers, and verify the audit chain. Later parts of the product add their
+stages here.
 """
 
 from __future__ import annotations
@@ -137,6 +139,8 @@ def run_demo(console: Console, model: str | None = None, max_tokens: int = 120, 
         console.print(f"[bold]5. Mixed text[/] alice's completion inside {len(mixed)} characters of human text: "
                       f"{where} {_verdict(found)}")
 
+    checks += _gateway_stage(console, lm, ring, seed)
+
     failed = [c for c in checks if not c.ok]
     if failed:
         console.print(f"[bold red]{len(failed)} of {len(checks)} checks failed:[/] "
@@ -144,3 +148,85 @@ def run_demo(console: Console, model: str | None = None, max_tokens: int = 120, 
         return False
     console.print(f"[bold green]All {len(checks)} checks passed.[/]")
     return True
+
+
+GATEWAY_PROMPTS = [
+    "Explain in detail how airplanes stay in the air.",
+    "Write a long story about a fox who opens a bakery.",
+    "Describe how a city water supply works, step by step.",
+    "Write a detailed guide to learning to play the guitar.",
+]
+
+
+def _gateway_stage(console: Console, lm, ring, seed: int) -> list[Check]:
+    """Stage 6: the gateway with the same model, four concurrent SDK clients, attribution, audit verification."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from openai import OpenAI
+
+    from antidistill.detection.detector import Detector
+    from antidistill.detection.text import TextDetector
+    from antidistill.gateway import create_app
+    from antidistill.gateway.server import BackgroundServer
+    from antidistill.models.local_backend import LocalBackend
+    from antidistill.settings import get_settings
+    from antidistill.store.sql import Store
+
+    checks: list[Check] = []
+    with tempfile.TemporaryDirectory(prefix="antidistill-demo-") as tmp:
+        settings = get_settings().model_copy(update={"backend": "local"})
+        store = Store.open(f"sqlite:///{Path(tmp) / 'gateway.db'}", settings=settings)
+        try:
+            accounts = [store.create_account(name, rpm=60, metadata={"organisation": org})
+                        for name, org in (("alice-corp", "Alice Corp"), ("bob-labs", "Bob Labs"))]
+            app = create_app(settings, backend=LocalBackend(lm), store=store, keyring=ring)
+            with console.status("Stage 6: gateway up, four SDK clients asking at once…"), \
+                    BackgroundServer(app) as srv:
+
+                def ask(i: int) -> tuple[str, str, str]:
+                    account, api_key, _ = accounts[i % 2]
+                    client = OpenAI(base_url=srv.url + "/v1", api_key=api_key, max_retries=0, timeout=600)
+                    if i == 3:  # one streaming client
+                        parts = client.chat.completions.create(
+                            model=lm.name, messages=[{"role": "user", "content": GATEWAY_PROMPTS[i]}],
+                            max_tokens=160, temperature=0.7, seed=seed + i, stream=True)
+                        text = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+                        return account.id, "(stream)", text
+                    r = client.chat.completions.create(
+                        model=lm.name, messages=[{"role": "user", "content": GATEWAY_PROMPTS[i]}],
+                        max_tokens=160, temperature=0.7, seed=seed + i)
+                    return account.id, r.id, r.choices[0].message.content or ""
+
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(4) as pool:
+                    answers = list(pool.map(ask, range(4)))
+                dt = time.perf_counter() - t0
+            console.print(f"[bold]6. Gateway[/] {len(answers)} concurrent openai-SDK clients (one streaming) "
+                          f"served in {dt:.1f} s through {srv.url}/v1")
+            ids = [a.id for a, _, _ in accounts]
+            candidates = [k for i in ids for k in ring.account_keys(i)]
+            candidates += [ring.account_key(f"customer-{i:04d}") for i in range(98)]
+            td = TextDetector(lm.tokenizer, Detector(lm.watermark.config, lm.vocab_size), ring.provider_keys(),
+                              candidates, DEMO_ALPHA)
+            names = {a.id: a.name for a, _, _ in accounts}
+            for acct_id, rid, text in answers:
+                try:
+                    r = td.detect(text)
+                    ok = r.watermarked and r.account == acct_id
+                    got = names.get(r.account, r.account or "-")
+                    console.print(f"   {names[acct_id]:<10} {rid[:22]:<22} p = {r.p_value:.2g}, attributed to "
+                                  f"{got} (corrected p = {r.p_value_corrected:.2g}) {_verdict(ok)}", highlight=False)
+                except Exception as exc:  # too short to test, say: a failed check, not a crash
+                    ok = False
+                    console.print(f"   {names[acct_id]:<10} {rid[:22]:<22} {exc} {_verdict(ok)}", highlight=False)
+                checks.append(Check(f"gateway answer for {names[acct_id]}", ok))
+            v = store.verify_audit()
+            ok = v.ok and v.records == len(answers)
+            checks.append(Check("audit chain", ok))
+            console.print(f"   audit log: {v.records} records, {v.checkpoints} signed checkpoints, chain "
+                          f"{'verifies' if v.ok else 'BROKEN: ' + str(v.problem)} {_verdict(ok)}", highlight=False)
+        finally:
+            store.close()
+    return checks
