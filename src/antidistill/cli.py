@@ -416,7 +416,7 @@ def keys_rotate(
 @app.command()
 def demo(
     model: ModelOpt = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=16, max=1024)] = 120,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=16, max=1024)] = 160,
     seed: Annotated[int, typer.Option("--seed")] = 7,
 ) -> None:
     """The main job, end to end: mark completions for two accounts, then detect and attribute them."""
