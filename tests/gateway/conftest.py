@@ -217,3 +217,19 @@ def postgres_or_skip(url: str = POSTGRES_URL):
         return psycopg.connect(libpq, autocommit=True, connect_timeout=2)
     except psycopg.Error as exc:
         _unavailable("PostgreSQL", make_url(url).render_as_string(), exc)
+
+
+@pytest.fixture
+def pg_schema():
+    """The URL of a fresh PostgreSQL schema (search_path set through libpq options), dropped afterwards."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    conn = postgres_or_skip()
+    schema = f"gw_{uuid.uuid4().hex[:12]}"
+    conn.execute(f'CREATE SCHEMA "{schema}"')
+    yield make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False)
+    conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    conn.close()

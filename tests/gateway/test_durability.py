@@ -9,13 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
-from .conftest import ADMIN_TOKEN, CHAT, MASTER_KEY, POSTGRES_URL, auth, free_port, postgres_or_skip
+from .conftest import ADMIN_TOKEN, CHAT, MASTER_KEY, auth, free_port
 
 CLIENTS = 16
 LOAD_SECONDS = 2.0
@@ -24,15 +22,8 @@ LOAD_SECONDS = 2.0
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'durable.db'}"
-        return
-    conn = postgres_or_skip()
-    schema = f"dur_{uuid.uuid4().hex[:12]}"
-    conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False)
-    conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    conn.close()
+        return f"sqlite:///{tmp_path / 'durable.db'}"
+    return request.getfixturevalue("pg_schema")
 
 
 def _env(tmp_path) -> dict[str, str]:

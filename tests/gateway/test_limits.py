@@ -12,7 +12,6 @@ import uuid
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from antidistill.gateway.limits import InMemoryLimiter, Limits, RateLimited, RedisLimiter
 
@@ -20,11 +19,9 @@ from .conftest import (
     ADMIN_TOKEN,
     CHAT,
     MASTER_KEY,
-    POSTGRES_URL,
     REDIS_URL,
     auth,
     free_port,
-    postgres_or_skip,
     redis_or_skip,
 )
 
@@ -179,16 +176,6 @@ def test_tpm_holds_under_50_concurrent_clients(gateway):
 
 
 # ---- two gateway processes sharing Redis and PostgreSQL -----------------------------------------------------
-@pytest.fixture
-def pg_schema():
-    conn = postgres_or_skip()
-    schema = f"gw_{uuid.uuid4().hex[:12]}"
-    conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False)
-    conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    conn.close()
-
 
 def _start(port: int, env: dict[str, str], db_url: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "antidistill.gateway", "--backend", "fake", "--host", "127.0.0.1", "--port",
