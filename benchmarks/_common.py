@@ -128,3 +128,24 @@ def _fmt(x: Any) -> str:
             return f"{x:.1f}"
         return f"{x:.3g}"
     return "-" if x is None else str(x)
+
+
+#: Varied chat prompts for generation benchmarks (the same list everywhere, so runs are comparable).
+PROMPTS = [
+    "Explain how a bicycle gear system works.",
+    "Write a short poem about the sea at night.",
+    "What are the main causes of inflation?",
+    "Describe the water cycle for a ten-year-old.",
+    "Give three tips for writing clear emails.",
+    "Summarise the plot of a heist movie you invent.",
+    "How does public-key cryptography work?",
+    "List some good habits for learning a language.",
+    "What is the difference between weather and climate?",
+    "Write a recipe for a simple vegetable soup.",
+    "Why is the sky blue?",
+    "Describe a day in the life of a lighthouse keeper.",
+    "What should I consider when adopting a dog?",
+    "Explain recursion with an everyday example.",
+    "Tell me about the history of the printing press.",
+    "How do vaccines train the immune system?",
+]

@@ -37,7 +37,7 @@ import torch
 from transformers import LogitsProcessorList, WatermarkingConfig
 from transformers.generation import logits_process as hf_lp
 
-from _common import median, table, write_json
+from _common import PROMPTS, median, table, write_json
 from antidistill.keys import MasterKey
 from antidistill.models.local import LocalModel
 from antidistill.watermark.config import WatermarkConfig
@@ -45,24 +45,6 @@ from antidistill.watermark.marker import MarkKeys, Watermark
 from antidistill.watermark.processor import WatermarkLogitsProcessor
 
 TARGET_OVERHEAD_PCT = 3.0
-PROMPTS = [
-    "Explain how a bicycle gear system works.",
-    "Write a short poem about the sea at night.",
-    "What are the main causes of inflation?",
-    "Describe the water cycle for a ten-year-old.",
-    "Give three tips for writing clear emails.",
-    "Summarise the plot of a heist movie you invent.",
-    "How does public-key cryptography work?",
-    "List some good habits for learning a language.",
-    "What is the difference between weather and climate?",
-    "Write a recipe for a simple vegetable soup.",
-    "Why is the sky blue?",
-    "Describe a day in the life of a lighthouse keeper.",
-    "What should I consider when adopting a dog?",
-    "Explain recursion with an everyday example.",
-    "Tell me about the history of the printing press.",
-    "How do vaccines train the immune system?",
-]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

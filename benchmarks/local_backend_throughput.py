@@ -32,7 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from _common import table, write_json
+from _common import PROMPTS, table, write_json
 from antidistill.keys import MasterKey
 from antidistill.models.base import GenerationRequest, GenerationResult
 from antidistill.models.local import LocalModel
@@ -40,24 +40,6 @@ from antidistill.models.local_backend import LocalBackend
 from antidistill.watermark.marker import MarkKeys
 
 TARGET_SPEEDUP_16 = 6.0
-PROMPTS = [
-    "Explain how a bicycle gear system works.",
-    "Write a short poem about the sea at night.",
-    "What are the main causes of inflation?",
-    "Describe the water cycle for a ten-year-old.",
-    "Give three tips for writing clear emails.",
-    "Summarise the plot of a heist movie you invent.",
-    "How does public-key cryptography work?",
-    "List some good habits for learning a language.",
-    "What is the difference between weather and climate?",
-    "Write a recipe for a simple vegetable soup.",
-    "Why is the sky blue?",
-    "Describe a day in the life of a lighthouse keeper.",
-    "What should I consider when adopting a dog?",
-    "Explain recursion with an everyday example.",
-    "Tell me about the history of the printing press.",
-    "How do vaccines train the immune system?",
-]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
