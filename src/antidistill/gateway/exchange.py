@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -251,17 +251,8 @@ async def run_exchange(gw: Gateway, request: Request, principal: Principal, ex: 
         return await _start_stream(run)
     try:
         result = await asyncio.wait_for(gw.backend.generate(ex.generation), gw.settings.request_timeout)
-    except ValueError as exc:  # the backend's word for a request it cannot serve (e.g. longer than the context)
-        await run.settle(0)
-        raise APIError(400, str(exc), code="invalid_value") from None
-    except (BackendError, TimeoutError) as exc:
-        await run.settle(0)
-        err = run.backend_failed(exc)
-        await run.audit_quietly(run.entry(None, err.status))
-        raise err from None
-    except BaseException:
-        await run.settle(0)
-        raise
+    except BaseException as exc:
+        await _backend_failed(run, exc)
     await run.settle(result.prompt_tokens + result.completion_tokens)
     run.count_tokens(result)
     try:
@@ -272,6 +263,22 @@ async def run_exchange(gw: Gateway, request: Request, principal: Principal, ex: 
     return JSONResponse(run.body(result))
 
 
+async def _backend_failed(run: _Run, exc: BaseException) -> NoReturn:
+    """Release the reservation and turn a failure before any output into the right answer (always raises).
+
+    ``ValueError`` is the backend's word for a request it cannot serve (e.g. longer than the context): 400.
+    Backend errors and timeouts are 502/504 and are audited as failed exchanges. Anything else propagates.
+    """
+    await run.settle(0)
+    if isinstance(exc, ValueError):
+        raise APIError(400, str(exc), code="invalid_value") from None
+    if isinstance(exc, (BackendError, TimeoutError)):
+        err = run.backend_failed(exc)
+        await run.audit_quietly(run.entry(None, err.status))
+        raise err from None
+    raise exc
+
+
 async def _start_stream(run: _Run) -> StreamingResponse:
     # The first item is awaited before the response starts, so a backend that fails at once (unreachable
     # upstream, timeout) still gets a real 502/504 status instead of an error inside a 200 stream.
@@ -279,20 +286,11 @@ async def _start_stream(run: _Run) -> StreamingResponse:
     try:
         it = run.gw.backend.stream(run.ex.generation).__aiter__()
         first = await _next_item(it, run.deadline)
-    except ValueError as exc:
-        await run.settle(0)
-        raise APIError(400, str(exc), code="invalid_value") from None
-    except (BackendError, TimeoutError) as exc:
-        await run.settle(0)
-        if it is not None:
+    except BaseException as exc:
+        if it is not None and isinstance(exc, (BackendError, TimeoutError)):
             with suppress(Exception):
                 await it.aclose()
-        err = run.backend_failed(exc)
-        await run.audit_quietly(run.entry(None, err.status))
-        raise err from None
-    except BaseException:
-        await run.settle(0)
-        raise
+        await _backend_failed(run, exc)
     return StreamingResponse(_sse(run, it, first), media_type="text/event-stream", headers=SSE_HEADERS)
 
 

@@ -449,17 +449,22 @@ class Store:
             return int(conn.execute(select(func.count()).select_from(audit_records)).scalar_one())
 
     @staticmethod
-    def _record_batches(conn: Connection, batch_size: int) -> Iterator[list[Any]]:
+    def _seq_batches(conn: Connection, table: Any, batch_size: int) -> Iterator[list[Any]]:
+        """Rows of ``table`` in ``seq`` order, ``batch_size`` at a time (keyset pagination: no OFFSET scans)."""
         last = None
         while True:
-            q = select(audit_records).order_by(audit_records.c.seq).limit(batch_size)
+            q = select(table).order_by(table.c.seq).limit(batch_size)
             if last is not None:
-                q = q.where(audit_records.c.seq > last)
+                q = q.where(table.c.seq > last)
             rows = conn.execute(q).all()
             if not rows:
                 return
             yield rows
             last = rows[-1].seq
+
+    @classmethod
+    def _record_batches(cls, conn: Connection, batch_size: int) -> Iterator[list[Any]]:
+        return cls._seq_batches(conn, audit_records, batch_size)
 
     def _chain_records(self, conn: Connection, batch_size: int) -> Iterator[ChainRecord]:
         for rows in self._record_batches(conn, batch_size):
@@ -467,20 +472,12 @@ class Store:
                 m = r._mapping
                 yield ChainRecord(r.seq, r.prev_hash, r.hash, {f: m[f] for f in RECORD_FIELDS})
 
-    @staticmethod
-    def _checkpoints(conn: Connection, batch_size: int) -> Iterator[Checkpoint]:
-        last = None
-        while True:
-            q = select(audit_checkpoints).order_by(audit_checkpoints.c.seq).limit(batch_size)
-            if last is not None:
-                q = q.where(audit_checkpoints.c.seq > last)
-            rows = conn.execute(q).all()
-            if not rows:
-                return
+    @classmethod
+    def _checkpoints(cls, conn: Connection, batch_size: int) -> Iterator[Checkpoint]:
+        for rows in cls._seq_batches(conn, audit_checkpoints, batch_size):
             for r in rows:
                 yield Checkpoint(r.seq, r.hash, r.prev_checkpoint_seq, to_utc(r.created_at), r.public_key,
                                  r.signature)
-            last = rows[-1].seq
 
     def iter_audit(self, batch_size: int = 1000) -> Iterator[dict[str, Any]]:
         """Every record in seq order as the exported dict (payload + ``prev_hash`` + ``hash``), streamed in
