@@ -20,7 +20,7 @@ from antidistill.keys import WatermarkKey
 from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.core import U64
 from antidistill.watermark.marker import Watermark
-from tests.simulate import TEST_MASTER, sample, uniform_tokens
+from tests.synthetic import TEST_MASTER, sample, uniform_tokens
 
 VOCAB = 50
 #: Explicit parameters, so that these tests do not move when the product's defaults are tuned.

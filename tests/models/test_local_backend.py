@@ -19,7 +19,7 @@ from antidistill.models.local import LocalModel
 from antidistill.models.local_backend import IncrementalDetokenizer, LocalBackend, LocalResult, StopFilter
 from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.marker import MarkKeys, Watermark
-from tests.simulate import TEST_MASTER
+from tests.synthetic import TEST_MASTER
 
 ALICE, BOB = TEST_MASTER.account_key("alice"), TEST_MASTER.account_key("bob")
 PROVIDER = TEST_MASTER.provider_key()

@@ -9,7 +9,7 @@ from antidistill.detection.stats import clopper_pearson
 from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.core import U64
 from antidistill.watermark.marker import Watermark
-from tests.simulate import TEST_MASTER
+from tests.synthetic import TEST_MASTER
 
 VOCAB = 40
 

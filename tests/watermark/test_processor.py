@@ -10,7 +10,7 @@ from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.core import U64
 from antidistill.watermark.marker import MarkKeys, Watermark
 from antidistill.watermark.processor import WatermarkLogitsProcessor
-from tests.simulate import TEST_MASTER
+from tests.synthetic import TEST_MASTER
 
 VOCAB = 40
 ALICE, BOB, CAROL = (TEST_MASTER.account_key(a) for a in ("alice", "bob", "carol"))
