@@ -74,6 +74,19 @@ class Settings(BaseSettings):
         max_body_bytes: larger request bodies are refused with 413 before they are read.
         max_tokens_cap: the largest ``max_tokens`` a request may ask for; ``default_max_tokens`` when it asks none.
         trust_forwarded_for: take the client address from ``X-Forwarded-For`` (only behind a trusted proxy).
+        monitor: score the traffic inside the gateway as it passes (a background worker; default off).
+        policy_file: the policy (terms of service as YAML, see :mod:`antidistill.monitor.policy`); ``None``: the
+            shipped default policy.
+        enforcement: apply the stored enforcement state (flag, throttle, review, block) to every exchange, whether
+            the gateway's monitor or a batch ``antidistill monitor scan`` set it.
+        enforcement_ttl: seconds the gateway trusts its cached enforcement state before reading it again (replicas
+            sharing one database agree within this time).
+        monitor_queue_size: exchanges waiting for the monitor worker; beyond it they are dropped and counted.
+        watermark: mark completions with the account's and the provider's keys (off only to host a model as
+            someone else would, e.g. the red team serving a distilled student for a closed-model scan).
+        accept_client_clock: take each exchange's time from the ``X-Antidistill-Clock`` request header (unix
+            seconds), so the traffic simulator can replay a virtual week in minutes; refused in ``prod``, where a
+            client must never write the audit log's timestamps.
 
     Example:
         >>> s = Settings(env="test", data_dir="/tmp/x")
@@ -107,6 +120,15 @@ class Settings(BaseSettings):
     max_tokens_cap: int = Field(default=4096, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
     trust_forwarded_for: bool = False
+    accept_client_clock: bool = False
+    watermark: bool = True
+
+    # monitor and policy
+    monitor: bool = False
+    policy_file: Path | None = None
+    enforcement: bool = True
+    enforcement_ttl: float = Field(default=2.0, ge=0.0, le=3600.0)
+    monitor_queue_size: int = Field(default=10_000, ge=1, le=10_000_000)
 
     @field_validator("data_dir", "cache_dir", mode="after")
     @classmethod
@@ -130,6 +152,11 @@ class Settings(BaseSettings):
                 "ANTIDISTILL_ADMIN_TOKEN is a placeholder or shorter than "
                 f"{MIN_SECRET_CHARS} characters; set a random token (e.g. `openssl rand -hex 32`) "
                 "or unset it to disable the admin API"
+            )
+        if self.accept_client_clock and self.env == "prod":
+            raise ValueError(
+                "ANTIDISTILL_ACCEPT_CLIENT_CLOCK lets clients set the audit log's timestamps; it is for simulations "
+                "only and refused when ANTIDISTILL_ENV is prod (use dev or test)"
             )
         return self
 

@@ -62,6 +62,16 @@ def test_client_address_from_x_forwarded_for_only_when_trusted(gateway_dir, stor
             assert gw.audit(r.json()["id"])[0]["client_addr"] == expected
 
 
+def test_watermark_off_sends_no_keys_to_the_backend(gateway_dir, store, client):
+    """``watermark=False`` (hosting a model unmarked, as the red team does with a student) passes no keys."""
+    for on in (True, False):
+        backend = FakeBackend()
+        with start_gateway(gateway_dir, store, backend=backend, watermark=on) as gw:
+            _, key, _ = gw.account(f"marks-{on}")
+            assert client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)).status_code == 200
+        assert (backend.requests[-1].mark is not None) is on
+
+
 def test_unreachable_redis_answers_503_not_unlimited(gateway_dir, store, client):
     async def check():
         lim = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0")

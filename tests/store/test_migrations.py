@@ -14,14 +14,15 @@ from antidistill.store.schema import Base, audit_head
 from antidistill.store.sql import HEAD_REVISION, MIGRATIONS_DIR, Store
 from tests.store.entries import make_entry
 
-TABLES = {"accounts", "api_keys", "audit_records", "audit_checkpoints", "audit_head", "alembic_version"}
+TABLES = {"accounts", "api_keys", "audit_records", "audit_checkpoints", "audit_head", "alembic_version",
+          "monitor_alerts", "monitor_enforcement"}
 
 
 def test_migrates_an_empty_database_and_reopens(db_url, settings, master):
     with Store.open(db_url, settings, master=master) as store:
         with store.engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == TABLES
-            assert MigrationContext.configure(conn).get_current_revision() == "0001"
+            assert MigrationContext.configure(conn).get_current_revision() == HEAD_REVISION
             assert conn.execute(select(audit_head)).one()._tuple() == (1, 0, "0" * 64, 0)
         account, api_key, _ = store.create_account("alice")
         store.append_audit(make_entry(1))

@@ -25,6 +25,7 @@ from antidistill.gateway.errors import BodyLimitMiddleware, install_exception_ha
 from antidistill.gateway.limits import RateLimiter, make_limiter
 from antidistill.gateway.metrics import GatewayMetrics, MetricsMiddleware
 from antidistill.gateway.routes import admin, openai, service
+from antidistill.gateway.routes import monitor as monitor_routes
 from antidistill.keys import KeyRing
 from antidistill.models.base import Backend
 from antidistill.settings import Settings, get_settings
@@ -61,7 +62,7 @@ def open_store(settings: Settings) -> Any:
 
 
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None, store: Any = None,
-               limiter: RateLimiter | None = None, keyring: KeyRing | None = None) -> FastAPI:
+               limiter: RateLimiter | None = None, keyring: KeyRing | None = None, monitor: Any = None) -> FastAPI:
     """The gateway as an ASGI app.
 
     Args:
@@ -70,6 +71,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         store: default: :func:`open_store`, opened and closed by the lifespan; a given store is left open.
         limiter: default: Redis if ``settings.redis_url``, else in process.
         keyring: default: :meth:`KeyRing.open` (master key from the settings).
+        monitor: the monitor the gateway feeds (:class:`~antidistill.monitor.actions.MonitorLike`); default: with
+            ``settings.monitor`` on, :func:`~antidistill.gateway.monitoring.load_monitor`, else none. The policy
+            (``settings.policy_file``) is enforced whenever ``settings.enforcement`` is on or a monitor runs.
     """
     settings = settings or get_settings()
     gw = Gateway(settings=settings, metrics=GatewayMetrics(), backend=backend, store=store, limiter=limiter,
@@ -86,6 +90,14 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             gw.store = await run_in_threadpool(open_store, settings)
         if gw.limiter is None:
             gw.limiter = make_limiter(settings)
+        if monitor is not None or settings.monitor or settings.enforcement:
+            from antidistill.gateway.monitoring import Monitoring, load_monitor
+
+            feed = monitor
+            if feed is None and settings.monitor:
+                feed = await run_in_threadpool(load_monitor, settings)
+            gw.monitoring = Monitoring.from_settings(settings, gw.store, gw.metrics.registry, monitor=feed)
+            gw.monitoring.start()
         await gw.backend.start()
         gw.started = int(time.time())
         log.info("gateway ready: backend=%s model=%s watermark=%s limits=%s", gw.backend.name, gw.backend.model_id,
@@ -97,6 +109,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             for task in list(gw.background):  # audit records of abandoned streams
                 with suppress(Exception):  # each task logs its own failure
                     await task
+            if gw.monitoring is not None:
+                await gw.monitoring.aclose()
             await gw.backend.aclose()
             if own_limiter:
                 await gw.limiter.aclose()
@@ -111,6 +125,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     install_exception_handlers(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(monitor_routes.router)
     app.include_router(service.router)
     # Added last is outermost: metrics see every response, including the body limit's 413.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

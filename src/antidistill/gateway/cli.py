@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -59,6 +60,14 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes (more than one "
                                                                          "needs --redis-url).")] = 1,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    monitor: Annotated[bool | None, typer.Option("--monitor/--no-monitor", help="Score the traffic as it passes "
+                                                                             "and enforce the policy on it.",
+                                                 show_default=False)] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="Policy file (default: the shipped terms of "
+                                                                 "service policy).", dir_okay=False)] = None,
+    watermark: Annotated[bool | None, typer.Option("--watermark/--no-watermark", help="Mark completions (off only "
+                                                   "to host a model unmarked, e.g. a red-team student).",
+                                                   show_default=False)] = None,
 ) -> None:
     """Serve the OpenAI-compatible gateway: watermarked completions, limits, audit log, admin API, metrics."""
     import logging
@@ -67,7 +76,8 @@ def serve(
 
     overrides: dict[str, Any] = {
         "backend": backend.value if backend else None, "model": model, "upstream_url": upstream_url,
-        "database_url": database_url, "redis_url": redis_url,
+        "database_url": database_url, "redis_url": redis_url, "monitor": monitor, "policy_file": policy,
+        "watermark": watermark,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     settings = _settings(overrides)
@@ -77,6 +87,15 @@ def serve(
         raise ConfigError("--workers > 1 needs --redis-url: each worker would otherwise keep its own rate limits")
     if settings.admin_token is None:
         typer.echo("note: ANTIDISTILL_ADMIN_TOKEN is not set; the admin API is disabled", err=True)
+    if settings.monitor or settings.enforcement:
+        from antidistill.monitor.policy import Policy
+
+        Policy.load(settings.policy_file)  # a bad policy file is one line here, not a traceback at startup
+    if not settings.watermark:
+        typer.echo("note: watermarking is off: completions carry no mark and cannot be traced to an account")
+    if settings.monitor and workers > 1:
+        typer.echo("note: with --workers > 1 each worker's monitor sees only its share of the traffic; run "
+                   "`antidistill monitor scan` for the whole picture", err=True)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if workers == 1:
         from antidistill.gateway.app import create_app, make_backend, open_store

@@ -41,6 +41,9 @@ class Gateway:
     started: int = 0
     #: tasks that must outlive the request that started them (audit records of abandoned streams)
     background: set[Any] = field(default_factory=set)
+    #: enforcement of the policy and the monitor worker (:class:`~antidistill.gateway.monitoring.Monitoring`);
+    #: ``None`` when both are off
+    monitoring: Any = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -81,6 +82,25 @@ def client_address(request: Request, trust_forwarded_for: bool) -> str | None:
     return request.client.host if request.client else None
 
 
+#: header carrying the client's clock (unix seconds), honoured only with ``accept_client_clock``
+CLOCK_HEADER = "X-Antidistill-Clock"
+
+
+def client_clock(request: Request) -> datetime | None:
+    """The time in the ``X-Antidistill-Clock`` header (unix seconds), ``None`` without one; 400 if malformed."""
+    raw = request.headers.get(CLOCK_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+        if not math.isfinite(value) or not 0 <= value < 253402300800:  # up to the year 9999
+            raise ValueError(raw)
+        return datetime.fromtimestamp(value, UTC)
+    except (ValueError, OverflowError, OSError):
+        raise APIError(400, f"{CLOCK_HEADER} must be unix seconds (a number), got {raw[:40]!r}",
+                       param=CLOCK_HEADER, code="invalid_clock") from None
+
+
 def _new_id(kind: str) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
 
@@ -98,13 +118,17 @@ class _Run:
         self.principal = principal
         self.ex = ex
         self.t0 = time.perf_counter()
-        self.created = int(time.time())
         self.created_at = datetime.now(UTC)
+        if gw.settings.accept_client_clock:  # the simulator's virtual clock (refused in prod by the settings)
+            self.created_at = client_clock(request) or self.created_at
+        self.created = int(self.created_at.timestamp())
         self.id = _new_id(ex.kind)
         self.client_addr = client_address(request, gw.settings.trust_forwarded_for)
         ua = request.headers.get("user-agent")
         self.user_agent = ua[:512] if ua else None
         self.reservation: Reservation | None = None
+        #: the reservation under a policy throttle (see antidistill.gateway.monitoring)
+        self.throttle: Reservation | None = None
         self.deadline = 0.0
 
     # ---- limits ------------------------------------------------------------------------------------
@@ -130,6 +154,9 @@ class _Run:
                 from exc
 
     async def settle(self, used_tokens: int) -> None:
+        if self.throttle is not None:
+            await self.gw.monitoring.settle(self.throttle, used_tokens)
+            self.throttle = None
         if self.reservation is not None:
             try:
                 await self.gw.limiter.commit(self.reservation, used_tokens)
@@ -168,6 +195,8 @@ class _Run:
             self.gw.metrics.audit_failures.inc()
             log.error("audit append failed for %s (%s)", self.id, self.ex.endpoint, exc_info=True)
             raise
+        if self.gw.monitoring is not None:  # scored off the request path, from what the log recorded
+            self.gw.monitoring.observe(entry, self.principal.account)
 
     async def audit_quietly(self, entry: AuditEntry) -> None:
         with suppress(Exception):
@@ -243,9 +272,17 @@ async def _next_item(it: AsyncIterator[Any], deadline: float) -> Any:
 async def run_exchange(gw: Gateway, request: Request, principal: Principal, ex: Exchange):
     """Serve one exchange: a JSON response, or a server-sent event stream."""
     run = _Run(gw, request, principal, ex)
-    await run.reserve()
+    if gw.monitoring is not None:  # the policy's enforcement (403 block/review, 429 throttle) before the limits
+        run.throttle = await gw.monitoring.admit(principal.account.id,
+                                                 ex.prompt_estimate + ex.generation.max_tokens * ex.generation.n)
+    try:
+        await run.reserve()
+    except APIError:
+        await run.settle(0)  # release the throttle's reservation
+        raise
     keyring = gw.keyring
-    ex.generation.mark = MarkKeys(keyring.account_key(principal.account.id), keyring.provider_key())
+    if gw.settings.watermark:
+        ex.generation.mark = MarkKeys(keyring.account_key(principal.account.id), keyring.provider_key())
     run.deadline = asyncio.get_running_loop().time() + gw.settings.request_timeout
     if ex.stream:
         return await _start_stream(run)

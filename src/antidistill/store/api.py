@@ -93,5 +93,74 @@ class VerifyResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+#: what the policy can do to an account, mildest first (``none``: nothing, or cleared by an admin)
+ENFORCEMENT_ACTIONS: tuple[str, ...] = ("none", "flag", "throttle", "review", "block")
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A monitor assessment that reached the policy, and the action taken on it.
+
+    Args:
+        id: ``alert_…``.
+        account_id, cluster_id: whom it is about (``cluster_id`` ``None``: the account on its own).
+        risk, level: the monitor's risk score in [0, 1] and its level (``watch``, ``alert``, ``severe``).
+        reasons: the monitor's reasons, most important first.
+        scores: the parts the risk was combined from.
+        at: the (event) time of the assessment.
+        action: the action taken (one of :data:`ENFORCEMENT_ACTIONS`; ``none`` when the account's enforcement
+            was already as strict).
+        clause: the terms-of-service clause the action was taken under.
+        created_at: when the alert was recorded.
+        audit_seq: the audit record of the action (``None`` when no action was taken).
+    """
+
+    id: str
+    account_id: str
+    cluster_id: str | None
+    risk: float
+    level: str
+    reasons: tuple[str, ...]
+    scores: dict[str, float]
+    at: datetime
+    action: str
+    clause: str | None
+    created_at: datetime
+    audit_seq: int | None = None
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """What the gateway does to an account's next requests.
+
+    Args:
+        account_id: the account.
+        action: one of :data:`ENFORCEMENT_ACTIONS`.
+        level: the risk level it was set at.
+        clause: the terms-of-service clause it is taken under.
+        since: when it was set; ``until``: when it lapses (``None``: until an admin clears it).
+        rpm, tpm: the reduced limits of a ``throttle``.
+        reason: in words, for the admin (never shown with a secret).
+        set_by: ``monitor`` (the gateway or a scan) or ``admin``.
+        alert_id: the alert that caused it.
+    """
+
+    account_id: str
+    action: str
+    level: str
+    clause: str | None
+    since: datetime
+    until: datetime | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    reason: str = ""
+    set_by: str = "monitor"
+    alert_id: str | None = None
+
+    def active(self, now: datetime) -> bool:
+        """Whether it still restricts the account at ``now``."""
+        return self.action != "none" and (self.until is None or now < self.until)
+
+
 class NotFoundError(AntidistillError, LookupError):
     """An account or API key id that does not exist (the CLI shows the message; an API answers 404)."""

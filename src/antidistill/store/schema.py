@@ -132,3 +132,47 @@ api_keys = ApiKeyRow.__table__
 audit_records = AuditRecordRow.__table__
 audit_checkpoints = AuditCheckpointRow.__table__
 audit_head = AuditHeadRow.__table__
+
+
+class MonitorAlertRow(Base):
+    """An alert: a monitor assessment that reached the policy, and the action taken. No foreign keys, like the
+    audit log: alerts are evidence and outlive the accounts they name."""
+
+    __tablename__ = "monitor_alerts"
+    __table_args__ = (Index("ix_monitor_alerts_account_time", "account_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(TextType)
+    cluster_id: Mapped[str | None] = mapped_column(TextType)
+    risk: Mapped[float] = mapped_column(Double)
+    level: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[list[str]] = mapped_column(JSONType)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    action: Mapped[str] = mapped_column(String(16))
+    clause: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    audit_seq: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class MonitorEnforcementRow(Base):
+    """The enforcement state of one account (one row per account that was ever acted on)."""
+
+    __tablename__ = "monitor_enforcement"
+
+    account_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    action: Mapped[str] = mapped_column(String(16))
+    level: Mapped[str] = mapped_column(String(16))
+    clause: Mapped[str | None] = mapped_column(String(64))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(TextType)
+    set_by: Mapped[str] = mapped_column(String(16))
+    alert_id: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+monitor_alerts = MonitorAlertRow.__table__
+monitor_enforcement = MonitorEnforcementRow.__table__

@@ -24,10 +24,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,16 @@ from sqlalchemy.exc import OperationalError
 from antidistill.errors import ConfigError
 from antidistill.keys import MASTER_KEY_FILE, MasterKey
 from antidistill.settings import Settings, get_settings
-from antidistill.store.api import Account, ApiKeyInfo, AuditEntry, NotFoundError, VerifyResult
+from antidistill.store.api import (
+    ENFORCEMENT_ACTIONS,
+    Account,
+    Alert,
+    ApiKeyInfo,
+    AuditEntry,
+    Enforcement,
+    NotFoundError,
+    VerifyResult,
+)
 from antidistill.store.chain import (
     RECORD_FIELDS,
     ChainRecord,
@@ -53,7 +63,15 @@ from antidistill.store.chain import (
     verify_chain,
 )
 from antidistill.store.db import WRITE_OPTION, create_store_engine, default_url, normalize_url, safe_url
-from antidistill.store.schema import accounts, api_keys, audit_checkpoints, audit_head, audit_records
+from antidistill.store.schema import (
+    accounts,
+    api_keys,
+    audit_checkpoints,
+    audit_head,
+    audit_records,
+    monitor_alerts,
+    monitor_enforcement,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +82,7 @@ MAX_API_KEY_CHARS = 256
 MAX_METADATA_BYTES = 64 * 1024
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: The newest migration (a test keeps it equal to the scripts' head); lets an up-to-date open skip alembic.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 #: pg_advisory_xact_lock key serialising migrations of replicas that start together.
 _MIGRATION_LOCK_KEY = 0x616E7469_64697374  # "antidist"
 ExportFormat = Literal["jsonl", "parquet"]
@@ -157,6 +175,45 @@ def _account(row: Any) -> Account:
 def _key_info(row: Any) -> ApiKeyInfo:
     return ApiKeyInfo(id=row.id, account_id=row.account_id, prefix=row.prefix, created_at=to_utc(row.created_at),
                       revoked_at=_utc_or_none(row.revoked_at))
+
+
+def _alert(row: Any) -> Alert:
+    return Alert(id=row.id, account_id=row.account_id, cluster_id=row.cluster_id, risk=float(row.risk),
+                 level=row.level, reasons=tuple(row.reasons or ()), scores=dict(row.scores or {}),
+                 at=to_utc(row.at), action=row.action, clause=row.clause, created_at=to_utc(row.created_at),
+                 audit_seq=row.audit_seq)
+
+
+def _alert_values(a: Alert) -> dict[str, Any]:
+    if a.action not in ENFORCEMENT_ACTIONS:
+        raise ValueError(f"alert action must be one of {', '.join(ENFORCEMENT_ACTIONS)}, got {a.action!r}")
+    risk = float(a.risk)
+    if not math.isfinite(risk):
+        raise ValueError(f"alert risk must be a finite number, got {a.risk!r}")
+    reasons = [str(r) for r in a.reasons]
+    # a score the monitor could not compute (NaN) is left out rather than lose the alert
+    scores = {str(k): float(v) for k, v in (a.scores or {}).items() if math.isfinite(float(v))}
+    return {"id": a.id, "account_id": a.account_id, "cluster_id": a.cluster_id, "risk": risk,
+            "level": a.level, "reasons": _check_metadata({"r": reasons})["r"],
+            "scores": _check_metadata(scores), "at": to_utc(a.at), "action": a.action, "clause": a.clause,
+            "created_at": to_utc(a.created_at), "audit_seq": a.audit_seq}
+
+
+def _enforcement(row: Any) -> Enforcement:
+    return Enforcement(account_id=row.account_id, action=row.action, level=row.level, clause=row.clause,
+                       since=to_utc(row.since), until=_utc_or_none(row.until), rpm=row.rpm, tpm=row.tpm,
+                       reason=row.reason, set_by=row.set_by, alert_id=row.alert_id)
+
+
+def _enforcement_values(e: Enforcement) -> dict[str, Any]:
+    if e.action not in ENFORCEMENT_ACTIONS:
+        raise ValueError(f"enforcement action must be one of {', '.join(ENFORCEMENT_ACTIONS)}, got {e.action!r}")
+    if e.set_by not in ("monitor", "admin"):
+        raise ValueError(f"set_by must be 'monitor' or 'admin', got {e.set_by!r}")
+    return {"account_id": e.account_id, "action": e.action, "level": e.level, "clause": e.clause,
+            "since": to_utc(e.since), "until": _utc_or_none(e.until), "rpm": _check_limit("rpm", e.rpm),
+            "tpm": _check_limit("tpm", e.tpm), "reason": str(e.reason), "set_by": e.set_by,
+            "alert_id": e.alert_id, "updated_at": _now()}
 
 
 def _check_name(name: Any) -> str:
@@ -406,6 +463,101 @@ class Store:
         key = _key_info(_Row({c.name: m[f"key_{c.name}"] for c in api_keys.c}))
         return _account(row), key
 
+    # ---- monitor: alerts and enforcement ------------------------------------------------------------------
+    def record_alert(self, alert: Alert) -> Alert:
+        """Store an alert (its ``id`` is kept; give ``_new_alert_id()``-style ids, ``alert_…``)."""
+        values = _alert_values(alert)
+        with self._write() as conn:
+            conn.execute(insert(monitor_alerts).values(**values))
+        return _alert(_Row(values))
+
+    def list_alerts(self, account_id: str | None = None, since: datetime | None = None,
+                    limit: int | None = None) -> list[Alert]:
+        """Alerts, oldest first; ``limit`` keeps the newest ``limit`` of them."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        q = select(monitor_alerts)
+        if account_id is not None:
+            q = q.where(monitor_alerts.c.account_id == account_id)
+        if since is not None:
+            q = q.where(monitor_alerts.c.created_at >= to_utc(since))
+        q = q.order_by(monitor_alerts.c.created_at.desc(), monitor_alerts.c.id.desc())
+        if limit is not None:
+            q = q.limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        return [_alert(r) for r in reversed(rows)]
+
+    def get_enforcement(self, account_id: str) -> Enforcement | None:
+        """The account's enforcement state (``None``: never acted on). Check :meth:`Enforcement.active`."""
+        with self._read() as conn:
+            row = conn.execute(select(monitor_enforcement).where(monitor_enforcement.c.account_id == account_id)
+                               ).one_or_none()
+        return None if row is None else _enforcement(row)
+
+    def list_enforcements(self, active_only: bool = True) -> list[Enforcement]:
+        """Enforcement states, oldest first (``active_only``: those that still restrict their account)."""
+        with self._read() as conn:
+            rows = conn.execute(select(monitor_enforcement).order_by(monitor_enforcement.c.since,
+                                                                     monitor_enforcement.c.account_id)).all()
+        items = [_enforcement(r) for r in rows]
+        now = _now()
+        return [e for e in items if e.active(now)] if active_only else items
+
+    def set_enforcement(self, enforcement: Enforcement, *, audit: AuditEntry | None = None,
+                        alert: Alert | None = None,
+                        only_if: Callable[[Enforcement | None], bool] | None = None) -> int | None:
+        """Set an account's enforcement, with its audit record and its alert, in one transaction.
+
+        Args:
+            enforcement: the new state (replaces the account's previous one).
+            audit: the action's audit record, appended to the chain in the same transaction (so an action is
+                never in force without its record, nor recorded without being in force).
+            alert: the alert that caused it, stored with ``audit_seq`` set to the record's seq.
+            only_if: decides on the current state (read under the lock) whether to apply at all; this is how
+                "actions only escalate" holds when two gateway replicas act on one account at once.
+
+        Returns:
+            the audit record's seq (0 without one), or ``None`` if ``only_if`` refused (nothing was written).
+        """
+        values = _enforcement_values(enforcement)
+        cols = entry_columns(audit) if audit is not None else None
+        master = self._signing_master() if audit is not None else None
+        with self._write() as conn:
+            # Every action takes the chain head's lock first: actions are rare, and one lock order (head, then
+            # enforcement row) means two writers can never deadlock, nor both insert a first row for an account.
+            conn.execute(_LOCK_HEAD).one()
+            row = conn.execute(select(monitor_enforcement).where(
+                monitor_enforcement.c.account_id == enforcement.account_id)).one_or_none()
+            current = None if row is None else _enforcement(row)
+            if only_if is not None and not only_if(current):
+                return None
+            seq = self._append(conn, cols, master) if cols is not None else 0
+            if row is None:
+                conn.execute(insert(monitor_enforcement).values(**values))
+            else:
+                conn.execute(update(monitor_enforcement).where(
+                    monitor_enforcement.c.account_id == enforcement.account_id).values(**values))
+            if alert is not None:
+                conn.execute(insert(monitor_alerts).values(**_alert_values(
+                    dataclasses.replace(alert, audit_seq=seq or None))))
+        log.info("account %s: %s (%s, by %s)", enforcement.account_id, enforcement.action, enforcement.level,
+                 enforcement.set_by)
+        return seq
+
+    def clear_enforcement(self, account_id: str, by: str = "admin", *, reason: str = "cleared",
+                          audit: AuditEntry | None = None) -> Enforcement | None:
+        """Lift whatever restricts the account (the state is kept, as ``action="none"``, so the monitor knows an
+        admin judged it at that level). Returns the state that was lifted, or ``None`` if there was none."""
+        current = self.get_enforcement(account_id)
+        if current is None or current.action == "none":
+            return None
+        cleared = Enforcement(account_id=account_id, action="none", level=current.level, clause=current.clause,
+                              since=_now(), until=None, reason=reason, set_by=by, alert_id=current.alert_id)
+        applied = self.set_enforcement(cleared, audit=audit,
+                                       only_if=lambda cur: cur is not None and cur.action != "none")
+        return None if applied is None else current
+
     # ---- audit: append ----------------------------------------------------------------------------------
     def _signing_master(self) -> MasterKey:
         if self._master is None:
@@ -420,21 +572,25 @@ class Store:
         """
         cols = entry_columns(entry)
         master = self._signing_master()  # a key problem shows at the first append, not the 100th
-        every = self._settings.audit_checkpoint_every
         with self._write() as conn:
-            head = conn.execute(_LOCK_HEAD).one()
-            seq = head.seq + 1
-            digest = record_hash(head.hash, seq, cols)
-            conn.execute(_INSERT_RECORD, {"seq": seq, "prev_hash": head.hash, "hash": digest, **cols})
-            last_cp = head.last_checkpoint_seq
-            if seq % every == 0:
-                at = _now()
-                signature = master.audit_sign(checkpoint_message(seq, digest, last_cp, at))
-                conn.execute(_INSERT_CHECKPOINT, {"seq": seq, "hash": digest, "prev_checkpoint_seq": last_cp,
-                                                  "created_at": at, "public_key": master.audit_public_key().hex(),
-                                                  "signature": signature.hex()})
-                last_cp = seq
-            conn.execute(_UPDATE_HEAD, {"seq": seq, "hash": digest, "last_checkpoint_seq": last_cp})
+            return self._append(conn, cols, master)
+
+    def _append(self, conn: Connection, cols: Mapping[str, Any], master: MasterKey) -> int:
+        """Append validated columns inside the caller's write transaction; returns the new seq."""
+        every = self._settings.audit_checkpoint_every
+        head = conn.execute(_LOCK_HEAD).one()
+        seq = head.seq + 1
+        digest = record_hash(head.hash, seq, cols)
+        conn.execute(_INSERT_RECORD, {"seq": seq, "prev_hash": head.hash, "hash": digest, **cols})
+        last_cp = head.last_checkpoint_seq
+        if seq % every == 0:
+            at = _now()
+            signature = master.audit_sign(checkpoint_message(seq, digest, last_cp, at))
+            conn.execute(_INSERT_CHECKPOINT, {"seq": seq, "hash": digest, "prev_checkpoint_seq": last_cp,
+                                              "created_at": at, "public_key": master.audit_public_key().hex(),
+                                              "signature": signature.hex()})
+            last_cp = seq
+        conn.execute(_UPDATE_HEAD, {"seq": seq, "hash": digest, "last_checkpoint_seq": last_cp})
         return seq
 
     # ---- audit: read ------------------------------------------------------------------------------------

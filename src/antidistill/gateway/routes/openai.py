@@ -28,9 +28,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, what in {
         400: "Invalid request body.",
         401: "Missing, unknown or revoked API key.",
-        403: "Account disabled.",
+        403: "Account disabled, or blocked or under review under the policy (the clause is quoted).",
         413: "Request body too large.",
-        429: "Over a rate limit (see Retry-After).",
+        429: "Over a rate limit or a policy throttle (see Retry-After).",
         500: "The exchange could not be recorded in the audit log.",
         502: "The model backend failed.",
         504: "The model backend timed out.",
