@@ -1,0 +1,167 @@
+"""``antidistill simulate …``: a typer sub-app registered by :mod:`antidistill.cli`.
+
+``simulate run`` builds a scenario and drives a gateway with it (in process by default, or a running one with
+``--base-url``), writing the audit log and the ground truth into ``--out``; ``simulate plan`` shows what a
+scenario would send without sending it; ``simulate personas`` lists the personas. Errors are raised as
+:class:`~antidistill.errors.AntidistillError` (one line, exit 2 from the main CLI). The gateway and the SDK are
+imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from antidistill.errors import InputError
+
+simulate_app = typer.Typer(help="Simulated traffic with ground truth: benign personas and distillation campaigns.",
+                           no_args_is_help=True)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every draw (the same seed gives the same traffic).")]
+DaysOpt = Annotated[float | None, typer.Option("--days", help="Virtual duration in days (default: the scale's).",
+                                               show_default=False)]
+SplitOpt = Annotated[str, typer.Option("--split", help="train, or heldout: parameter bands and templates that "
+                                                       "training runs never use.")]
+ScaleOpt = Annotated[str, typer.Option("--scale", help="small (seconds), default (a week, ~500 accounts) or "
+                                                       "large.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def _scenario(seed: int, days: float | None, split: str, scale: str):
+    from antidistill.simulate.scenario import Scenario
+
+    try:
+        return Scenario.from_scale(scale, seed=seed, days=days, split=split)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+
+
+def _counts_table(counts: dict[str, dict[str, int]], roles: dict[str, str]) -> Table:
+    table = Table("persona", "role", "accounts", "requests")
+    for name, c in counts.items():
+        table.add_row(name, roles[name], str(c["accounts"]), str(c["requests"]))
+    return table
+
+
+@simulate_app.command("run")
+def run(
+    out_dir: Annotated[Path, typer.Option("--out", help="New directory for the audit log (in process), labels.jsonl, "
+                                                        "requests.jsonl and scenario.json.", file_okay=False)],
+    seed: SeedOpt = 0,
+    days: DaysOpt = None,
+    split: SplitOpt = "train",
+    scale: ScaleOpt = "default",
+    base_url: Annotated[str | None, typer.Option("--base-url", help="Drive this running gateway instead of one in "
+                                                                    "process (it must accept the client clock and "
+                                                                    "trust X-Forwarded-For).", show_default=False)
+                        ] = None,
+    admin_token: Annotated[str | None, typer.Option("--admin-token", envvar="ANTIDISTILL_ADMIN_TOKEN",
+                                                    help="Admin token of the --base-url gateway (or "
+                                                         "ANTIDISTILL_ADMIN_TOKEN).", show_default=False)] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Client threads.")] = 12,
+    processes: Annotated[int | None, typer.Option("--processes", min=0, max=64, help="Driver processes (0: threads "
+                                                                                      "only; default: by plan size "
+                                                                                      "and cores).",
+                                                  show_default=False)] = None,
+    with_monitor: Annotated[bool, typer.Option("--with-monitor", help="In process: run the gateway's monitor and "
+                                                                      "policy enforcement during the simulation "
+                                                                      "(end-to-end evaluation).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Simulate a population of customers and distillation campaigns against the gateway; write the truth."""
+    from antidistill.simulate.personas import PERSONAS
+    from antidistill.simulate.runner import run_against_gateway, run_simulation
+
+    scenario = _scenario(seed, days, split, scale)
+    if with_monitor and base_url is not None:
+        raise InputError("--with-monitor is for the in-process gateway; a running gateway has its own settings")
+    plan = scenario.build()
+    total = len(plan.requests)
+    show = err.is_terminal and not as_json
+    progress_cb = None
+    prog = None
+    if show:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        prog = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, transient=True)
+        task = prog.add_task("requests", total=total)
+
+        def progress_cb(done: int, _total: int) -> None:
+            prog.update(task, completed=done)
+
+        prog.start()
+    try:
+        if base_url is None:
+            result = run_simulation(scenario, out_dir, concurrency=concurrency, processes=processes,
+                                    progress=progress_cb, plan=plan, monitor=with_monitor)
+        else:
+            result = run_against_gateway(scenario, out_dir, base_url, admin_token or "", concurrency=concurrency,
+                                         processes=processes, progress=progress_cb, plan=plan)
+    finally:
+        if prog is not None:
+            prog.stop()
+    summary = {"out": str(result.out_dir), "store_url": result.store_url, "planned": result.planned,
+               "ok": result.ok, "status_counts": {str(k): v for k, v in result.status_counts.items()},
+               "wall_s": round(result.wall_s, 2), "requests_per_s": round(result.requests_per_s, 1),
+               "accounts": len(result.labels), **plan.summary()}
+    if as_json:
+        _print_json(summary)
+        return
+    out.print(_counts_table(plan.counts(), {n: c.role for n, c in PERSONAS.items()}))
+    out.print(f"{result.ok} of {result.planned} requests answered 200 in {result.wall_s:.1f} s "
+              f"({result.requests_per_s:.0f}/s); {len(result.labels)} accounts")
+    if result.ok != result.planned:
+        out.print(f"statuses: {summary['status_counts']}")
+    out.print(f"labels:   {result.out_dir / 'labels.jsonl'}\nscenario: {result.out_dir / 'scenario.json'}")
+    if result.store_url:
+        out.print(f"audit log: {result.store_url}")
+
+
+@simulate_app.command("plan")
+def plan_cmd(
+    seed: SeedOpt = 0,
+    days: DaysOpt = None,
+    split: SplitOpt = "train",
+    scale: ScaleOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a scenario and show what it would send (accounts and requests per persona), without sending."""
+    from antidistill.simulate.personas import PERSONAS
+
+    plan = _scenario(seed, days, split, scale).build()
+    if as_json:
+        _print_json({"summary": plan.summary(), "counts": plan.counts(), "releases": plan.releases})
+        return
+    out.print(_counts_table(plan.counts(), {n: c.role for n, c in PERSONAS.items()}))
+    s = plan.summary()
+    out.print(f"{s['accounts']} accounts ({s['attacker_accounts']} attackers), {s['requests']} requests "
+              f"({s['attacker_requests']} from attackers)")
+
+
+@simulate_app.command("personas")
+def personas(as_json: JsonOpt = False) -> None:
+    """List the personas: name, role and what they do."""
+    from antidistill.simulate.personas import PERSONAS
+
+    rows = [{"name": n, "role": c.role, "summary": c.summary} for n, c in PERSONAS.items()]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("persona", "role", "what it does")
+    for r in rows:
+        table.add_row(r["name"], r["role"], r["summary"])
+    out.print(table)
