@@ -1,0 +1,308 @@
+"""Linking accounts into clusters: a hydra of many clean-looking accounts is one campaign.
+
+Each account is described by a few *attributes*: its payment fingerprint, organisation, signup source and signup
+date (from the account's metadata), the address prefix (/24 or /48) and user agent it mostly uses, the prompt
+templates and system prompt it mostly sends, and a coarse *timing signature* (the 10-minute slots of a sparse,
+bursty account). Each kind of
+attribute carries a weight (:data:`WEIGHTS`); two accounts are linked when the attributes they share weigh at
+least 1. One shared payment fingerprint is enough; one shared NAT prefix, a common SDK's user agent or a public
+benchmark's template is not; a shared NAT *and* user agent *and* template is.
+
+Linking is incremental and exact for that rule: every account registers, for each minimal combination of its
+attributes whose weights reach 1, a key made of those attribute values; two accounts that share such a key are
+joined in a union-find (Tarjan 1975). Accounts sharing a combination of weight >= 1 always share a minimal one,
+so no pairwise comparison is ever made, and the cost per account is a few dictionary look-ups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from itertools import combinations, product
+from typing import Any
+
+from antidistill.monitor.features import WINDOW, AccountState, Atom
+
+#: how much sharing each kind of attribute says about common control (two accounts link at a total of 1.0)
+WEIGHTS: dict[str, float] = {
+    "payment": 1.0,
+    "organisation": 0.6,
+    "template": 0.45,
+    "system": 0.45,
+    "prefix": 0.4,
+    "timing": 0.35,
+    "signup_day": 0.3,
+    "agent": 0.25,
+    "signup": 0.15,
+    # what a whole group of linked accounts shares (keys of these kinds only ever match another group's)
+    "group_template": 0.6,
+    "group_signup_day": 0.4,
+    "group_signup": 0.15,
+}
+LINK_AT = 1.0
+#: words shown in reasons
+KIND_WORDS: dict[str, str] = {
+    "payment": "payment fingerprint", "organisation": "organisation", "template": "prompt template",
+    "system": "system prompt", "prefix": "network prefix", "timing": "synchronised timing", "agent": "user agent",
+    "signup": "signup source",
+    "signup_day": "signup date",
+    "group_template": "prompt templates (group)", "group_signup_day": "signup burst (group)",
+    "group_signup": "signup source (group)",
+}
+#: an attribute value must cover this share of an account's requests (and at least MIN_COUNT of them)
+MIN_SHARE = 0.25
+MIN_COUNT = 5
+TEMPLATE_SHARE = 0.1
+#: metadata values that say nothing (placeholders, free-mail organisations)
+_EMPTY = frozenset({"", "none", "null", "n/a", "na", "-", "unknown", "personal", "individual", "self", "private"})
+
+
+def _meta(meta: dict[str, Any], *names: str) -> str | None:
+    for n in names:
+        v = meta.get(n)
+        if isinstance(v, str | int) and not isinstance(v, bool):
+            s = str(v).strip().casefold()[:200]
+            if s not in _EMPTY:
+                return s
+    return None
+
+
+def _dominant(counter: Counter[Any], n: int, k: int = 2, share: float = MIN_SHARE) -> list[Any]:
+    # a new account's first requests count: a hydra member may send only one or two
+    need = max(1, min(MIN_COUNT, math.ceil(share * n)))
+    return [v for v, c in counter.most_common(k) if c >= need and c >= share * n]
+
+
+def _signup_days(value: str) -> list[str]:
+    """The signup date and its 3-day bucket: a campaign signs its accounts up in a burst of a few days."""
+    try:
+        day = date.fromisoformat(value[:10])
+    except ValueError:
+        return []
+    return [day.isoformat(), f"b{day.toordinal() // 3}"]
+
+
+def timing_signature(window: Iterable[Atom], min_events: int = 20) -> str | None:
+    """The set of 10-minute slots an account was active in, hashed, when the activity is bursty and sparse.
+
+    Accounts driven by one scheduler fire in the same slots; a sparse signature (a few busy slots) that two
+    accounts share is unlikely by chance, a dense one (active all day) says nothing and is not returned.
+    """
+    slots = sorted({int(a.t // 600) for a in window})
+    atoms = list(window)
+    if len(atoms) < min_events or not slots:
+        return None
+    span = slots[-1] - slots[0] + 1
+    if len(slots) > 0.5 * span or len(slots) > 48:
+        return None
+    return "t" + str(hash(tuple(slots)) & 0xFFFFFFFFFFFF)
+
+
+def attributes(acct: AccountState) -> dict[str, list[str]]:
+    """An account's linking attributes: kind → values (at most three per kind)."""
+    meta = acct.metadata or {}
+    n = max(1, acct.n)
+    out: dict[str, list[str]] = {}
+    pay = _meta(meta, "payment_fingerprint", "payment", "card_fingerprint")
+    if pay:
+        out["payment"] = [pay]
+    org = _meta(meta, "organisation", "organization", "org")
+    if org:
+        out["organisation"] = [org]
+    src = _meta(meta, "signup_source", "signup")
+    if src:
+        out["signup"] = [src]
+    day = _meta(meta, "signup_at", "created_at")
+    if day and (days := _signup_days(day)):
+        out["signup_day"] = days
+    if (p := _dominant(acct.prefixes, n)):
+        out["prefix"] = p
+    if (a := _dominant(acct.agents, n)):
+        out["agent"] = a
+    if (t := [str(v) for v in _dominant(acct.templates, n)]):
+        out["template"] = t
+    if (s := [str(v) for v in _dominant(acct.systems, n, 1)]):
+        out["system"] = s
+    if (ts := timing_signature(acct.window)):
+        out["timing"] = [ts]
+    return out
+
+
+def cluster_attributes(cluster: Cluster, accounts: dict[str, AccountState]) -> dict[str, list[str]]:
+    """A cluster's own attributes, to link whole groups: its templates (each a tenth or more of its merged
+    window) and its members' common signup burst and source. A campaign paying with several cards forms one group
+    per card; the groups share the campaign's templates and signup burst, which no single member may show
+    strongly enough. Their kinds (``group_…``) only match other groups' keys, never a single account's."""
+    out: dict[str, list[str]] = {}
+    n = len(cluster.window)
+    templates = Counter(a.template for a in cluster.window if a.template)
+    if (t := [str(v) for v in _dominant(templates, max(n, 1), 3, TEMPLATE_SHARE)]):
+        out["group_template"] = t
+    members = [accounts[m] for m in cluster.members if m in accounts]
+    buckets: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    for m in members:
+        day = _meta(m.metadata or {}, "signup_at", "created_at")
+        if day and (days := _signup_days(day)):
+            buckets[days[1]] += 1
+        if (src := _meta(m.metadata or {}, "signup_source", "signup")):
+            sources[src] += 1
+    k = len(members)
+    if buckets and (b := buckets.most_common(1)[0]) and b[1] >= max(2, 0.25 * k):
+        out["group_signup_day"] = [b[0]]
+    if sources and (src := sources.most_common(1)[0]) and src[1] >= max(2, 0.5 * k):
+        out["group_signup"] = [src[0]]
+    return out
+
+
+def group_probe_attributes(acct: AccountState) -> dict[str, list[str]]:
+    """An account's attributes in the group namespace (see :meth:`Linker.probe`): its templates (each a tenth or
+    more of its traffic), its signup burst bucket and source."""
+    out: dict[str, list[str]] = {}
+    if (t := [str(v) for v in _dominant(acct.templates, max(1, acct.n), 3, TEMPLATE_SHARE)]):
+        out["group_template"] = t
+    meta = acct.metadata or {}
+    day = _meta(meta, "signup_at", "created_at")
+    if day and (days := _signup_days(day)):
+        out["group_signup_day"] = [days[1]]
+    if (src := _meta(meta, "signup_source", "signup")):
+        out["group_signup"] = [src]
+    return out
+
+
+def link_keys(attrs: dict[str, list[str]]) -> Iterator[tuple[tuple[str, str], ...]]:
+    """Keys for every minimal combination of attribute kinds whose weights reach :data:`LINK_AT`."""
+    kinds = sorted(attrs, key=lambda k: (-WEIGHTS[k], k))
+    minimal: list[tuple[str, ...]] = []
+    for r in range(1, len(kinds) + 1):
+        for combo in combinations(kinds, r):
+            if sum(WEIGHTS[k] for k in combo) + 1e-9 < LINK_AT:
+                continue
+            if any(set(m) <= set(combo) for m in minimal):
+                continue
+            minimal.append(combo)
+    for combo in minimal:
+        for values in product(*(attrs[k] for k in combo)):
+            yield tuple(zip(combo, values, strict=True))
+
+
+@dataclass
+class Cluster:
+    """A set of linked accounts with its merged window.
+
+    Args:
+        id: ``cluster:`` + the first account's id (stable while the cluster grows).
+        members: its accounts, in the order they joined.
+        n: requests from all members so far.
+        window: the members' last :data:`~antidistill.monitor.features.WINDOW` exchanges, merged.
+        shared: the attribute kinds that linked its members, with counts.
+    """
+
+    id: str
+    members: list[str]
+    n: int = 0
+    window: deque[Atom] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    shared: Counter[str] = field(default_factory=Counter)
+
+
+class Linker:
+    """Union-find over accounts, fed with their attribute keys as they change.
+
+    Example:
+        >>> lk = Linker()
+        >>> lk.add_account("a"); lk.add_account("b"); lk.add_account("c")
+        >>> _ = lk.register("a", {"payment": ["pf_1"], "prefix": ["10.0.0.0/24"]})
+        >>> _ = lk.register("b", {"payment": ["pf_1"]})
+        >>> _ = lk.register("c", {"prefix": ["10.0.0.0/24"]})
+        >>> lk.find("a") == lk.find("b"), lk.find("a") == lk.find("c")
+        (True, False)
+    """
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+        self.order: dict[str, int] = {}
+        self.keys: dict[tuple[tuple[str, str], ...], str] = {}
+        self.registered: dict[str, set[tuple[tuple[str, str], ...]]] = {}
+        self.clusters: dict[str, Cluster] = {}  # root -> cluster (only for roots of size >= 2)
+
+    def add_account(self, account_id: str) -> None:
+        if account_id not in self.parent:
+            self.parent[account_id] = account_id
+            self.order[account_id] = len(self.order)
+
+    def find(self, a: str) -> str:
+        root = a
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[a] != root:  # path compression
+            self.parent[a], a = root, self.parent[a]
+        return root
+
+    def cluster_of(self, account_id: str) -> Cluster | None:
+        """The account's cluster (``None`` while it is on its own)."""
+        if account_id not in self.parent:
+            return None
+        return self.clusters.get(self.find(account_id))
+
+    def probe(self, account_id: str, attrs: dict[str, list[str]],
+              windows: dict[str, AccountState] | None = None) -> list[str]:
+        """Join the group whose ``group_…`` keys the account's own attributes (in that namespace) match, without
+        registering them: an account may join a group on what the group shares, but two lone accounts never link
+        this way. Returns the roots of clusters that changed."""
+        changed: list[str] = []
+        for key in link_keys(attrs):
+            owner = self.keys.get(key)
+            if owner is not None and owner != account_id and self.find(owner) != self.find(account_id):
+                root = self.union(account_id, owner, [k for k, _ in key], windows)
+                if root is not None:
+                    changed.append(root)
+        return changed
+
+    def register(self, account_id: str, attrs: dict[str, list[str]],
+                 windows: dict[str, AccountState] | None = None) -> list[str]:
+        """Register the account's current attribute keys; returns the roots of clusters that changed."""
+        have = self.registered.setdefault(account_id, set())
+        changed: list[str] = []
+        for key in link_keys(attrs):
+            if key in have:
+                continue
+            have.add(key)
+            other = self.keys.setdefault(key, account_id)
+            if other != account_id:
+                root = self.union(account_id, other, [k for k, _ in key], windows)
+                if root is not None:
+                    changed.append(root)
+        return changed
+
+    def union(self, a: str, b: str, kinds: list[str], windows: dict[str, AccountState] | None = None
+              ) -> str | None:
+        """Join the clusters of ``a`` and ``b``; the root is the account that arrived first."""
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            if (c := self.clusters.get(ra)) is not None:
+                c.shared.update(kinds)
+            return None
+        if self.order[rb] < self.order[ra]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        ca = self.clusters.pop(ra, None) or self._singleton(ra, windows)
+        cb = self.clusters.pop(rb, None) or self._singleton(rb, windows)
+        merged = sorted([*ca.window, *cb.window], key=lambda x: x.t)
+        c = Cluster(id=ca.id, members=ca.members + cb.members, n=ca.n + cb.n,
+                    window=deque(merged[-WINDOW:], maxlen=WINDOW), shared=ca.shared + cb.shared)
+        c.shared.update(kinds)
+        self.clusters[ra] = c
+        return ra
+
+    @staticmethod
+    def _singleton(account_id: str, windows: dict[str, AccountState] | None) -> Cluster:
+        st = (windows or {}).get(account_id)
+        return Cluster(id=f"cluster:{account_id}", members=[account_id], n=st.n if st else 0,
+                       window=deque(st.window if st else (), maxlen=WINDOW))
+
+    def linked_by(self, cluster: Cluster, k: int = 3) -> list[str]:
+        """The attribute kinds that linked the cluster, most frequent first, in words."""
+        return [KIND_WORDS[kind] for kind, _ in cluster.shared.most_common(k)]

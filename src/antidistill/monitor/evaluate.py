@@ -1,0 +1,246 @@
+"""Held-out evaluation of the monitor: ``antidistill simulate eval --seed S``.
+
+The held-out simulation (split ``heldout``: persona parameters and templates from bands and pool halves that
+training never draws from, and a seed that training and calibration never used) is driven through the real
+gateway (in process, fake backend, SQLite audit log); the audit log is then scanned in batch with the trained
+monitor (:func:`~antidistill.monitor.pipeline.scan_records`) and the level changes are compared with the ground
+truth (``labels.jsonl``):
+
+* per persona: accounts, detection rate (share of accounts that reached ``alert`` or above; for benign personas
+  this is the false-positive rate) with an exact Clopper–Pearson 95% interval, and the median number of the
+  account's requests the monitor had seen when it first raised ``alert``;
+* benign per-account false-positive rate over all benign accounts (hard negatives included), per level;
+* hydra cluster recall: the share of a hydra's members (that sent traffic) linked into the cluster holding most
+  of them.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from antidistill.errors import InputError
+
+#: the level that counts as "detected" (an alert)
+DETECT_LEVEL = "alert"
+#: the targets the evaluation is judged against
+TARGETS = {"attacker_recall_min": 0.95, "single_account_median_requests_max": 200,
+           "hydra_cluster_recall_min": 0.90, "benign_fpr_max": 0.005}
+SINGLE_ACCOUNT = ("bulk_harvester", "stealthy_harvester", "cot_extractor", "coverage_sweeper", "release_pivot")
+
+
+def _ci(k: int, n: int) -> list[float] | None:
+    from antidistill.detection.stats import clopper_pearson
+
+    if n == 0:
+        return None
+    lo, hi = clopper_pearson(k, n)
+    return [round(lo, 5), round(hi, 5)]
+
+
+def evaluate_run(out_dir: Path, settings: Any, *, embeddings: bool | None = None) -> dict[str, Any]:
+    """Scan a finished simulation's audit log with the trained monitor and score it against its labels."""
+    from antidistill.monitor.actions import exchange_records
+    from antidistill.monitor.api import level_rank
+    from antidistill.monitor.pipeline import Monitor, scan_records
+    from antidistill.simulate.runner import load_labels, load_scenario
+    from antidistill.store.sql import Store
+
+    labels = load_labels(out_dir)
+    scenario = load_scenario(out_dir)
+    releases = {r["model"]: float(r["released_at"]) for r in scenario.get("releases", [])}
+    monitor = Monitor.load(settings, embeddings=embeddings, releases=releases)
+    store_url = scenario.get("store_url") or f"sqlite:///{(Path(out_dir) / 'antidistill.db').resolve()}"
+    t0 = time.perf_counter()
+    with Store.open(store_url, settings) as store:
+        accounts = {a.id: dict(a.metadata or {}) for a in store.list_accounts()}
+        n_records = 0
+
+        def counted(records):
+            nonlocal n_records
+            for r in records:
+                n_records += 1
+                yield r
+
+        changes = scan_records(counted(exchange_records(store.iter_audit())), accounts, monitor)
+    scan_s = time.perf_counter() - t0
+    first: dict[str, Any] = {}
+    top: dict[str, str] = {}
+    for a in changes:
+        if level_rank(a.level) > level_rank(top.get(a.account_id, "none")):
+            top[a.account_id] = a.level
+        if level_rank(a.level) >= level_rank(DETECT_LEVEL) and a.account_id not in first:
+            first[a.account_id] = a
+    personas: dict[str, dict[str, Any]] = {}
+    by_persona: dict[str, list[dict[str, Any]]] = {}
+    for row in labels:
+        by_persona.setdefault(row["persona"], []).append(row)
+    for name, rows in by_persona.items():
+        ids = [r["account_id"] for r in rows]
+        active = [r for r in rows if r.get("ok", r.get("requests", 0)) > 0]
+        hit = [i for i in ids if i in first]
+        reqs = [first[i].requests for i in hit]
+        levels = Counter(top.get(i, "none") for i in ids)
+        personas[name] = {
+            "role": rows[0]["role"], "accounts": len(rows), "active_accounts": len(active),
+            "detected": len(hit), "detection_rate": round(len(hit) / len(rows), 5) if rows else None,
+            "detection_ci95": _ci(len(hit), len(rows)),
+            "detection_rate_active": round(sum(r["account_id"] in first for r in active) / len(active), 5)
+            if active else None,
+            "median_requests_to_alert": statistics.median(reqs) if reqs else None,
+            "levels": dict(levels),
+        }
+    benign = [r for r in labels if r["role"] == "benign"]
+    fpr = {}
+    for level in ("watch", "alert", "severe"):
+        k = sum(level_rank(top.get(r["account_id"], "none")) >= level_rank(level) for r in benign)
+        fpr[level] = {"false_positives": k, "accounts": len(benign), "rate": round(k / len(benign), 5)
+                      if benign else None, "ci95": _ci(k, len(benign))}
+    hydras = _hydra_recall(labels, monitor)
+    attackers = {n: p for n, p in personas.items() if p["role"] == "attacker"}
+    single = [p["median_requests_to_alert"] for n, p in personas.items() if n in SINGLE_ACCOUNT
+              and p["median_requests_to_alert"] is not None]
+    verdict = {
+        "every_attacker_type_recall_ge_95": all((p["detection_rate"] or 0) >= TARGETS["attacker_recall_min"]
+                                                for p in attackers.values()),
+        "single_account_median_requests_le_200": bool(single) and all(
+            m <= TARGETS["single_account_median_requests_max"] for m in single),
+        "hydra_cluster_recall_ge_90": all(h["recall"] >= TARGETS["hydra_cluster_recall_min"] for h in hydras)
+        if hydras else None,
+        "benign_fpr_le_0_5pct": fpr["alert"]["rate"] is not None and fpr["alert"]["rate"]
+        <= TARGETS["benign_fpr_max"],
+    }
+    false_positives = [{"account_id": r["account_id"], "persona": r["persona"], "level": top[r["account_id"]],
+                        "reasons": list(first[r["account_id"]].reasons) if r["account_id"] in first else []}
+                       for r in benign if level_rank(top.get(r["account_id"], "none")) >= level_rank(DETECT_LEVEL)]
+    return {"seed": scenario.get("seed"), "split": scenario.get("split"), "scale": scenario.get("scale"),
+            "days": scenario.get("days"), "records": n_records, "scan_s": round(scan_s, 2),
+            "scan_records_per_s": round(n_records / scan_s, 1) if scan_s > 0 else None,
+            "model": monitor.scorer.manifest.get("trained_at") and {
+                "trained_at": monitor.scorer.manifest.get("trained_at"),
+                "train_seeds": monitor.scorer.manifest.get("train_seeds"),
+                "calibration_seeds": monitor.scorer.manifest.get("calibration_seeds"),
+                "thresholds": monitor.scorer.thresholds, "embeddings": monitor.scorer.embeddings},
+            "rules_only": not monitor.scorer.trained, "detect_level": DETECT_LEVEL, "personas": personas,
+            "benign_fpr": fpr, "hydra_cluster_recall": hydras, "targets": TARGETS, "verdict": verdict,
+            "benign_false_positives": false_positives}
+
+
+def _hydra_recall(labels: list[dict[str, Any]], monitor: Any) -> list[dict[str, Any]]:
+    out = []
+    campaigns: dict[str, list[dict[str, Any]]] = {}
+    for r in labels:
+        if r["persona"] == "hydra":
+            campaigns.setdefault(r["campaign"], []).append(r)
+    lk = monitor.linker
+    for campaign, rows in sorted(campaigns.items()):
+        active = [r["account_id"] for r in rows if r["account_id"] in lk.parent]
+        roots = Counter(lk.find(a) for a in active)
+        root, n = roots.most_common(1)[0] if roots else (None, 0)
+        cluster = lk.clusters.get(root) if root else None
+        size = len(cluster.members) if cluster else 1
+        others = size - n if cluster else 0
+        out.append({"campaign": campaign, "members": len(rows), "active_members": len(active),
+                    "linked": n if cluster else 0, "recall": round((n if cluster else 0) / len(active), 5)
+                    if active else 0.0,
+                    "recall_all_members": round((n if cluster else 0) / len(rows), 5),
+                    "cluster_id": cluster.id if cluster else None, "cluster_size": size,
+                    "non_members_in_cluster": others,
+                    "linked_by": lk.linked_by(cluster, 5) if cluster else []})
+    return out
+
+
+def check_heldout(seed: int, settings: Any) -> None:
+    """Refuse a seed the trained model used for training or calibration."""
+    from antidistill.monitor.pipeline import MANIFEST_FILE, monitor_dir
+
+    path = monitor_dir(settings) / MANIFEST_FILE
+    if not path.is_file():
+        return
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    used = set(manifest.get("train_seeds", [])) | set(manifest.get("calibration_seeds", []))
+    if seed in used:
+        raise InputError(f"seed {seed} was used to train or calibrate the monitor ({sorted(used)}); pick another "
+                         "for a held-out evaluation")
+
+
+def simulate_eval(
+    seed: Annotated[int, typer.Option("--seed", help="Held-out seed (never one the monitor was trained or "
+                                                     "calibrated on).")] = 1001,
+    scale: Annotated[str, typer.Option("--scale", help="small, default or large.")] = "default",
+    days: Annotated[float | None, typer.Option("--days", help="Virtual days (default: the scale's).",
+                                               show_default=False)] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Keep the simulation here (default: a temporary "
+                                                               "directory); if it already holds a finished "
+                                                               "held-out simulation of this seed, scan that again.",
+                                                 file_okay=False, show_default=False)] = None,
+    embeddings: Annotated[bool | None, typer.Option("--embeddings/--no-embeddings",
+                                                    help="Force embeddings on or off (default: as trained).",
+                                                    show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
+) -> None:
+    """Evaluate the trained monitor on held-out simulated traffic driven through the real gateway."""
+    from antidistill.settings import get_settings
+    from antidistill.simulate.runner import run_simulation
+    from antidistill.simulate.scenario import Scenario
+
+    settings = get_settings()
+    check_heldout(seed, settings)
+    try:
+        scenario = Scenario.from_scale(scale, seed=seed, days=days, split="heldout")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="antidistill-eval-") as tmp:
+        target = out_dir if out_dir is not None else Path(tmp) / "sim"
+        if (target / "labels.jsonl").is_file():
+            from antidistill.simulate.runner import load_scenario
+
+            done = load_scenario(target)
+            if done.get("seed") != seed or done.get("split") != "heldout" or done.get("scale") != scale:
+                raise InputError(f"{target} holds another simulation (seed {done.get('seed')}, split "
+                                 f"{done.get('split')}, scale {done.get('scale')}); choose a new --out")
+            simulation = {"reused": str(target), "requests": done.get("summary", {}).get("requests")}
+        else:
+            t0 = time.perf_counter()
+            sim = run_simulation(scenario, target)
+            simulation = {"requests": sim.planned, "ok": sim.ok, "wall_s": round(time.perf_counter() - t0, 1),
+                          "gateway_requests_per_s": round(sim.requests_per_s, 1)}
+        report = evaluate_run(target, settings, embeddings=embeddings)
+    report["simulation"] = simulation
+    if as_json:
+        sys.stdout.write(json.dumps(report, default=str) + "\n")
+        return
+    _print_report(report)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(highlight=False, soft_wrap=True)
+    table = Table("persona", "role", "accounts", "detected", "rate (95% CI)", "median req. to alert")
+    for name, p in report["personas"].items():
+        ci = p["detection_ci95"]
+        rate = f"{p['detection_rate']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+        med = "-" if p["median_requests_to_alert"] is None else f"{p['median_requests_to_alert']:.0f}"
+        table.add_row(name, p["role"], str(p["accounts"]), str(p["detected"]), rate, med)
+    out.print(table)
+    f = report["benign_fpr"]["alert"]
+    ci = f["ci95"] or [0, 0]
+    out.print(f"benign per-account FPR at alert: {f['false_positives']}/{f['accounts']} = {f['rate']:.4f} "
+              f"(95% CI {ci[0]:.4f}-{ci[1]:.4f})")
+    for h in report["hydra_cluster_recall"]:
+        out.print(f"hydra {h['campaign']}: {h['linked']}/{h['active_members']} active members linked "
+                  f"({h['recall']:.3f}); cluster of {h['cluster_size']}, linked by {', '.join(h['linked_by'])}")
+    out.print("verdict: " + ", ".join(f"{k}={v}" for k, v in report["verdict"].items()))

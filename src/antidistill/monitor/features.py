@@ -1,0 +1,401 @@
+"""Per-account behaviour features over a sliding window, kept up to date one exchange at a time.
+
+Each exchange is first *encoded* into a small :class:`Atom` (its template id, whether it demands the chain of
+thought, its hour of day, how fresh the model it asks for is, …) by an :class:`Encoder` that holds the little
+global state this needs (the template index, when each model was first seen). An account keeps the atoms of its
+last :data:`WINDOW` exchanges plus running totals, and :func:`window_features` turns such a window into the
+feature vector :data:`FEATURES` the scorers read. The same function serves the incremental path
+(:class:`FeatureTracker`, one event at a time, as the gateway sees them) and the batch path
+(:func:`batch_features`, from a list of audit records), so the two give identical values by construction; the
+tests check it.
+
+The features follow what published distillation and model-extraction campaigns look like (PRADA, Juuti et al.
+2019, arXiv:1805.02628: the distribution of a client's queries; Anthropic's and Google's 2026 reports on
+distillation campaigns: heavy volume, repetitive templates, demands for the full chain of thought, systematic
+coverage, new-model pivots), computed cheaply enough for the gateway's hot path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+import zlib
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from antidistill.monitor.api import ExchangeEvent
+from antidistill.monitor.templates import TemplateIndex, content_words, normalise
+
+#: exchanges in an account's sliding window
+WINDOW = 200
+#: a model counts as "fresh" for this long after the monitor (or a release list) first saw it
+FRESH_MODEL_S = 24 * 3600.0
+#: a demanded length at or above this counts as "long"
+LONG_DEMAND = 1024
+
+#: phrases (in normalised text: case folded, punctuation dropped, numbers masked) that demand the reasoning
+#: itself rather than an answer; checked as substrings, which is several times faster than one big regex
+COT_PHRASES: tuple[str, ...] = (
+    "step by step", "chain of thought", "thought process", "thinking out loud", "think out loud", "thinking tags",
+    "think tags", "full reasoning", "complete reasoning", "internal reasoning", "entire reasoning",
+    "detailed reasoning", "full working", "complete working", "full derivation", "detailed derivation",
+    "every step", "each step", "every intermediate", "intermediate step", "intermediate calculation",
+    "all your reasoning", "all of your reasoning", "all the reasoning", "all reasoning", "show your work",
+    "show all your work", "show your working", "show all work", "show the work", "worked solution",
+    "first principles", "do not skip any step", "don t skip any step", "explain your reasoning",
+    "explain your complete reasoning", "explain your thought", "explain your complete thought",
+    "reason carefully", "reason in detail", "reasoning made explicit", "verify your answer", "reasoning trace",
+    "reasoning steps", "show your reasoning", "walk me through",
+)
+
+
+def demands_reasoning(norm: str) -> bool:
+    """Whether normalised prompt text demands the chain of thought (:data:`COT_PHRASES`).
+
+    >>> from antidistill.monitor.templates import normalise
+    >>> demands_reasoning(normalise("Solve it. Show all your reasoning, step-by-step!"))
+    True
+    >>> demands_reasoning(normalise("What's the capital of France?"))
+    False
+    """
+    return _COT.search(norm) is not None
+
+
+_COT = re.compile("|".join(re.escape(p) for p in COT_PHRASES))
+
+
+#: the feature vector, in order; :data:`DESCRIPTIONS` says each in words
+FEATURES: tuple[str, ...] = (
+    "log_requests", "log_rate_per_hour", "log_prompt_tokens", "log_completion_tokens", "completion_ratio",
+    "gap_cv", "log_gap_median", "burst_share", "mean_turns", "single_turn_share",
+    "template_top_share", "template_distinct_ratio", "template_reuse", "word_diversity", "cot_share",
+    "system_share", "system_distinct_ratio", "hour_entropy", "active_hours", "log_demand", "long_demand_share",
+    "demand_given_share", "models", "fresh_model_share", "log_switches", "error_share", "prompt_len_cv",
+    "emb_spread", "emb_coverage",
+)
+DESCRIPTIONS: dict[str, str] = {
+    "log_requests": "total requests",
+    "log_rate_per_hour": "requests per hour",
+    "log_prompt_tokens": "prompt length",
+    "log_completion_tokens": "completion length",
+    "completion_ratio": "completion-to-prompt token ratio",
+    "gap_cv": "irregularity of the time between requests",
+    "log_gap_median": "typical time between requests",
+    "burst_share": "share of requests within 5 s of the previous one",
+    "mean_turns": "conversation depth",
+    "single_turn_share": "share of single-turn requests",
+    "template_top_share": "share of requests using the most common prompt template",
+    "template_distinct_ratio": "variety of prompt templates",
+    "template_reuse": "share of requests reusing an earlier template",
+    "word_diversity": "variety of topics (distinct content words)",
+    "cot_share": "share of requests demanding step-by-step reasoning",
+    "system_share": "share of requests with a system prompt",
+    "system_distinct_ratio": "variety of system prompts",
+    "hour_entropy": "spread of activity over the hours of the day",
+    "active_hours": "hours of the day with activity",
+    "log_demand": "demanded response length (max_tokens)",
+    "long_demand_share": f"share of requests demanding >= {LONG_DEMAND} tokens",
+    "demand_given_share": "share of requests setting max_tokens",
+    "models": "distinct models used",
+    "fresh_model_share": "share of requests to a model released within the last day",
+    "log_switches": "model switches",
+    "error_share": "share of failed requests",
+    "prompt_len_cv": "variation of prompt length",
+    "emb_spread": "semantic spread of the prompts (embeddings)",
+    "emb_coverage": "semantic coverage of the prompts (embeddings)",
+}
+INDEX: dict[str, int] = {n: i for i, n in enumerate(FEATURES)}
+
+
+@dataclass(frozen=True, slots=True)
+class Atom:
+    """What the window keeps of one exchange (a few numbers; the text itself is not kept)."""
+
+    t: float
+    prompt_tokens: int
+    completion_tokens: int
+    max_tokens: int  # -1: not given
+    turns: int
+    template: int
+    template_seen: bool
+    system: int  # CRC-32 of the normalised system prompt, 0: none
+    cot: bool
+    hour: int
+    model: str
+    fresh: bool
+    switch: bool
+    ok: bool
+    chars: int
+    words: frozenset[str]
+
+
+def address_prefix(addr: str | None) -> str | None:
+    """The /24 of an IPv4 address or the /48 of an IPv6 one (``None`` for missing or unparsable addresses).
+
+    >>> address_prefix("203.0.113.77"), address_prefix("2001:db8:1:2::5")
+    ('203.0.113.0/24', '2001:db8:1::/48')
+    """
+    import ipaddress
+
+    if not addr:
+        return None
+    try:
+        ip = ipaddress.ip_address(addr.strip())
+    except ValueError:
+        return None
+    bits = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+
+
+def _clean_ua(ua: str | None) -> str | None:
+    if not ua:
+        return None
+    ua = unicodedata.normalize("NFKC", ua).strip().casefold()[:200]
+    return ua or None
+
+
+@dataclass
+class AccountState:
+    """One account's window and running totals.
+
+    Args:
+        account_id: the account.
+        metadata: its metadata (organisation, payment fingerprint, signup source, …), last seen.
+    """
+
+    account_id: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    window: deque[Atom] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    n: int = 0
+    first_t: float = 0.0
+    last_t: float = float("-inf")
+    last_model: str | None = None
+    templates: Counter[int] = field(default_factory=Counter)
+    prefixes: Counter[str] = field(default_factory=Counter)
+    agents: Counter[str] = field(default_factory=Counter)
+    systems: Counter[int] = field(default_factory=Counter)
+    embeddings: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=WINDOW))
+
+
+class Encoder:
+    """Turns events into atoms, holding the global state that needs (templates, first sightings of models).
+
+    Args:
+        releases: known release times of models (seconds since the epoch); other models count from the first
+            time the monitor sees them.
+    """
+
+    def __init__(self, releases: Mapping[str, float] | None = None) -> None:
+        self.templates = TemplateIndex()
+        self.first_seen: dict[str, float] = dict(releases or {})
+        self.known = frozenset(self.first_seen)
+        self.start: float | None = None  # the first event's time: models seen in the first day are not "new"
+        self._systems: dict[str, int] = {}
+        self._prefixes: dict[str, str | None] = {}
+
+    def _system_id(self, system: Any) -> int:
+        if not system or not isinstance(system, str):
+            return 0
+        sid = self._systems.get(system)
+        if sid is None:
+            if len(self._systems) > 10_000:
+                self._systems.clear()
+            sid = self._systems[system] = zlib.crc32(normalise(system).encode()) or 1
+        return sid
+
+    def _prefix(self, addr: Any) -> str | None:
+        if not isinstance(addr, str):
+            return None
+        if addr not in self._prefixes:
+            if len(self._prefixes) > 100_000:
+                self._prefixes.clear()
+            self._prefixes[addr] = address_prefix(addr)
+        return self._prefixes[addr]
+
+    def encode(self, event: ExchangeEvent, acct: AccountState) -> Atom:
+        """The atom of ``event``, updating ``acct``'s running totals (not its window)."""
+        ts = event.ts.timestamp()
+        # a clock that goes backwards must not make time run backwards inside an account
+        t = ts if ts > acct.last_t else (acct.last_t if acct.n else ts)
+        prompt = event.prompt if isinstance(event.prompt, str) else ""
+        tid, norm = self.templates.template(prompt)
+        seen = acct.templates[tid] > 0 if tid else False
+        system = self._system_id(event.system)
+        model = (event.model or "")[:256]
+        if self.start is None:
+            self.start = t
+        first = self.first_seen.setdefault(model, t)
+        new = model in self.known or first >= self.start + FRESH_MODEL_S
+        fresh = new and 0.0 <= t - first < FRESH_MODEL_S
+        switch = acct.last_model is not None and model != acct.last_model
+        mt = event.max_tokens if isinstance(event.max_tokens, int) and event.max_tokens >= 0 else -1
+        hour = int((ts % 86400) // 3600) if math.isfinite(ts) else 0
+        atom = Atom(t=t, prompt_tokens=max(0, int(event.prompt_tokens)),
+                    completion_tokens=max(0, int(event.completion_tokens)), max_tokens=mt,
+                    turns=max(0, int(event.turns)), template=tid, template_seen=seen, system=system,
+                    cot=demands_reasoning(norm), hour=hour, model=model, fresh=fresh, switch=switch,
+                    ok=200 <= int(event.status) < 300, chars=len(prompt), words=content_words(norm))
+        if not acct.n:
+            acct.first_t = t
+        acct.n += 1
+        acct.last_t = t
+        acct.last_model = model
+        if tid:
+            acct.templates[tid] += 1
+        if system:
+            acct.systems[system] += 1
+        prefix = self._prefix(event.client_addr)
+        if prefix:
+            acct.prefixes[prefix] += 1
+        ua = _clean_ua(event.user_agent)
+        if ua:
+            acct.agents[ua] += 1
+        if event.account_metadata:
+            acct.metadata = dict(event.account_metadata)
+        return atom
+
+
+def _entropy(counts: Iterable[int], k: int) -> float:
+    c = np.asarray([x for x in counts if x > 0], dtype=float)
+    if c.size <= 1 or k <= 1:
+        return 0.0
+    p = c / c.sum()
+    return float(-(p * np.log(p)).sum() / math.log(k))
+
+
+def _embedding_features(embs: Sequence[np.ndarray]) -> tuple[float, float]:
+    """(spread, coverage) of unit-norm prompt embeddings: 1 - |mean|, and the share of distinct directions."""
+    if len(embs) < 2:
+        return float("nan"), float("nan")
+    e = np.stack(embs[-WINDOW:]).astype(np.float32, copy=False)
+    spread = float(1.0 - np.linalg.norm(e.mean(axis=0)))
+    # coverage: greedy count of directions at cosine < 0.6 from every one kept before, over the window size
+    sims = e @ e.T
+    kept: list[int] = []
+    for i in range(len(e)):
+        if not kept or float(sims[i, kept].max()) < 0.6:
+            kept.append(i)
+    return spread, len(kept) / len(e)
+
+
+def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np.ndarray] | None = None
+                    ) -> np.ndarray:
+    """The feature vector :data:`FEATURES` of one window of atoms (any order; sorted by time here).
+
+    Args:
+        atoms: the window (an account's last :data:`WINDOW` exchanges, or a cluster's merged ones).
+        n_total: requests ever seen from the account (or cluster).
+        embeddings: unit-norm prompt embeddings of the window (``None``: the embedding features are NaN).
+    """
+    x = np.full(len(FEATURES), np.nan)
+    n = len(atoms)
+    if n == 0:
+        x[:] = 0.0
+        return x
+    atoms = sorted(atoms, key=lambda a: a.t)
+    t = np.fromiter((a.t for a in atoms), dtype=float, count=n)
+    pt = np.fromiter((a.prompt_tokens for a in atoms), dtype=float, count=n)
+    ct = np.fromiter((a.completion_tokens for a in atoms), dtype=float, count=n)
+    mt = np.fromiter((a.max_tokens for a in atoms), dtype=float, count=n)
+    chars = np.fromiter((a.chars for a in atoms), dtype=float, count=n)
+    span_h = max(float(t[-1] - t[0]), 60.0) / 3600.0
+    gaps = np.diff(t)
+    x[INDEX["log_requests"]] = math.log1p(n_total)
+    x[INDEX["log_rate_per_hour"]] = math.log1p((n - 1) / span_h) if n > 1 else 0.0
+    x[INDEX["log_prompt_tokens"]] = math.log1p(float(pt.mean()))
+    x[INDEX["log_completion_tokens"]] = math.log1p(float(ct.mean()))
+    x[INDEX["completion_ratio"]] = math.log((float(ct.sum()) + 1.0) / (float(pt.sum()) + 1.0))
+    if gaps.size >= 2 and gaps.mean() > 0:
+        x[INDEX["gap_cv"]] = float(gaps.std() / gaps.mean())
+    else:
+        x[INDEX["gap_cv"]] = 1.0
+    x[INDEX["log_gap_median"]] = math.log1p(float(np.median(gaps))) if gaps.size else 0.0
+    x[INDEX["burst_share"]] = float((gaps < 5.0).mean()) if gaps.size else 0.0
+    turns = [a.turns for a in atoms]
+    x[INDEX["mean_turns"]] = math.log1p(sum(turns) / n)
+    x[INDEX["single_turn_share"]] = sum(1 for v in turns if v <= 1) / n
+    tc = Counter(a.template for a in atoms)
+    x[INDEX["template_top_share"]] = max(tc.values()) / n
+    x[INDEX["template_distinct_ratio"]] = len(tc) / n
+    x[INDEX["template_reuse"]] = sum(1 for a in atoms if a.template_seen) / n
+    total_words = sum(len(a.words) for a in atoms)
+    distinct_words = len(frozenset().union(*(a.words for a in atoms)))
+    x[INDEX["word_diversity"]] = distinct_words / total_words if total_words else 0.0
+    x[INDEX["cot_share"]] = sum(1 for a in atoms if a.cot) / n
+    systems = [a.system for a in atoms if a.system]
+    x[INDEX["system_share"]] = len(systems) / n
+    x[INDEX["system_distinct_ratio"]] = len(set(systems)) / len(systems) if systems else 0.0
+    hours = Counter(a.hour for a in atoms)
+    x[INDEX["hour_entropy"]] = _entropy(hours.values(), 24)
+    x[INDEX["active_hours"]] = len(hours) / 24.0
+    given = mt[mt >= 0]
+    x[INDEX["log_demand"]] = math.log1p(float(np.median(given))) if given.size else 0.0
+    x[INDEX["long_demand_share"]] = float((mt >= LONG_DEMAND).mean())
+    x[INDEX["demand_given_share"]] = given.size / n
+    x[INDEX["models"]] = float(len({a.model for a in atoms}))
+    x[INDEX["fresh_model_share"]] = sum(1 for a in atoms if a.fresh) / n
+    x[INDEX["log_switches"]] = math.log1p(sum(1 for a in atoms if a.switch))
+    x[INDEX["error_share"]] = sum(1 for a in atoms if not a.ok) / n
+    x[INDEX["prompt_len_cv"]] = float(chars.std() / chars.mean()) if chars.mean() > 0 else 0.0
+    if embeddings is not None:
+        x[INDEX["emb_spread"]], x[INDEX["emb_coverage"]] = _embedding_features(list(embeddings))
+    return x
+
+
+class FeatureTracker:
+    """Incremental features: one :meth:`add` per exchange, :meth:`features` whenever a score is wanted.
+
+    Args:
+        releases: known model release times (see :class:`Encoder`).
+
+    Example:
+        >>> from datetime import UTC, datetime
+        >>> ft = FeatureTracker()
+        >>> acct = ft.add(ExchangeEvent("acct_1", datetime(2026, 2, 1, tzinfo=UTC), prompt="hello"))
+        >>> acct.n, float(ft.features("acct_1")[INDEX["log_requests"]]) > 0
+        (1, True)
+    """
+
+    def __init__(self, releases: Mapping[str, float] | None = None) -> None:
+        self.encoder = Encoder(releases)
+        self.accounts: dict[str, AccountState] = {}
+
+    def add(self, event: ExchangeEvent) -> AccountState:
+        """Encode ``event`` into its account's window; returns the account's state."""
+        acct = self.accounts.get(event.account_id)
+        if acct is None:
+            acct = self.accounts[event.account_id] = AccountState(event.account_id)
+        atom = self.encoder.encode(event, acct)
+        acct.window.append(atom)
+        return acct
+
+    def features(self, account_id: str, with_embeddings: bool = False) -> np.ndarray:
+        """The account's feature vector now (zeros for an account never seen)."""
+        acct = self.accounts.get(account_id)
+        if acct is None:
+            return window_features((), 0)
+        return window_features(acct.window, acct.n, acct.embeddings if with_embeddings else None)
+
+
+def batch_features(events: Iterable[ExchangeEvent], releases: Mapping[str, float] | None = None
+                   ) -> dict[str, np.ndarray]:
+    """Every account's feature vector after all of ``events`` (in the order given), computed in one pass.
+
+    The windows are cut from each account's full history at the end rather than maintained one event at a
+    time, so this is an independent check of :class:`FeatureTracker` (and the way to recompute from the audit
+    log without a running monitor).
+    """
+    enc = Encoder(releases)
+    states: dict[str, AccountState] = {}
+    history: dict[str, list[Atom]] = {}
+    for ev in events:
+        acct = states.get(ev.account_id)
+        if acct is None:
+            acct = states[ev.account_id] = AccountState(ev.account_id)
+        history.setdefault(ev.account_id, []).append(enc.encode(ev, acct))
+    return {a: window_features(h[-WINDOW:], len(h)) for a, h in history.items()}

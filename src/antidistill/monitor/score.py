@@ -1,0 +1,317 @@
+"""Risk scores with reasons: explicit rules, an anomaly model, a supervised model, and calibrated thresholds.
+
+Three scorers look at the same feature vector (:data:`antidistill.monitor.features.FEATURES`):
+
+* **rules** (:func:`rules`): thresholds a person can read and argue with ("demands step-by-step reasoning in
+  92% of requests"), each with a strength in [0, 1], combined by noisy-OR. They need no training and are the
+  fallback of an untrained monitor.
+* **anomaly**: an Isolation Forest (Liu, Ting & Zhou 2008, "Isolation Forest", ICDM) fitted on benign traffic
+  only, reported as the share of benign training windows that look less anomalous (an empirical CDF, so 0.99
+  means "stranger than 99% of benign accounts").
+* **supervised**: gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``) trained on simulated
+  traffic whose labels are known (:mod:`antidistill.monitor.train`).
+
+The combined risk is a fixed weighted mean of the three, shrunk in proportion for windows of fewer than
+:data:`MIN_EVIDENCE` requests; the thresholds of the levels ``watch``, ``alert`` and
+``severe`` are then set on benign calibration traffic so that each level is reached by at most its target
+share of benign accounts (:func:`calibrate`), the way the 2026 MMD detector reports its benign false-positive
+rate. The reasons of an assessment are the rules that fired, then the features furthest from benign traffic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from antidistill.monitor.api import LEVELS
+from antidistill.monitor.features import DESCRIPTIONS, FEATURES, INDEX, LONG_DEMAND
+
+#: share of benign accounts allowed to reach each level (per account, over its whole history) on the calibration
+#: traffic; ``alert`` is calibrated at half the 0.5% goal, a margin for held-out traffic that differs from it
+TARGET_FPR: dict[str, float] = {"watch": 0.02, "alert": 0.0025, "severe": 0.001}
+#: weights of the combined risk
+WEIGHTS: dict[str, float] = {"supervised": 0.6, "rules": 0.25, "anomaly": 0.15}
+#: requests (of an account or a cluster) below which its risk is shrunk in proportion: five requests say little,
+#: and a hydra member with a handful is caught through its cluster, whose count is the members' total
+MIN_EVIDENCE = 20
+#: thresholds of an untrained monitor, on the rules score alone (documented fallback)
+RULES_ONLY_THRESHOLDS: dict[str, float] = {"watch": 0.5, "alert": 0.7, "severe": 0.9}
+
+
+_CONTROLLER: Any = None
+
+
+def _one_thread() -> Any:
+    """A context that holds OpenMP to one thread: scikit-learn's tree predictors otherwise start a thread team
+    for every small batch, which costs 10x the prediction itself on a busy machine (and the gateway calls the
+    monitor from one worker thread anyway)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="openmp")
+
+
+def isolation_scores(iso: Any, X: np.ndarray) -> np.ndarray:
+    """``-iso.score_samples(X)`` of a fitted ``IsolationForest``, computed tree by tree without joblib.
+
+    Same arithmetic as scikit-learn's ``_compute_score_samples`` (Liu et al. 2008: ``2 ** (-E[h(x)] / c(psi))``);
+    the tests check equality. Falls back to scikit-learn if its private per-tree tables are missing.
+    """
+    lengths = getattr(iso, "_decision_path_lengths", None)
+    averages = getattr(iso, "_average_path_length_per_tree", None)
+    if lengths is None or averages is None:  # pragma: no cover - other scikit-learn versions
+        return -iso.score_samples(X)
+    from sklearn.ensemble._iforest import _average_path_length
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    depths = np.zeros(X.shape[0])
+    subsample = iso._max_features != X.shape[1]
+    for tree, feats, dl, al in zip(iso.estimators_, iso.estimators_features_, lengths, averages, strict=True):
+        leaves = tree.tree_.apply(np.ascontiguousarray(X[:, feats]) if subsample else X)
+        depths += dl[leaves] + al[leaves] - 1.0
+    denom = len(iso.estimators_) * _average_path_length([iso._max_samples])[0]
+    return 2 ** (-np.divide(depths, denom, out=np.ones_like(depths), where=denom != 0))
+
+
+def _ramp(v: float, lo: float, hi: float) -> float:
+    if not math.isfinite(v):
+        return 0.0
+    return min(1.0, max(0.0, (v - lo) / (hi - lo)))
+
+
+def rules(x: np.ndarray, cluster_size: int = 1) -> list[tuple[float, str]]:
+    """The rules that fire on one feature vector: ``(strength, reason in words)``, strongest first.
+
+    Args:
+        x: a feature vector (:data:`FEATURES`).
+        cluster_size: accounts the window belongs to (1: one account; more: a cluster's merged window).
+    """
+    f = {name: float(x[i]) for i, name in enumerate(FEATURES)}
+    n = math.expm1(f["log_requests"])
+    who = "the account" if cluster_size <= 1 else f"the {cluster_size} linked accounts"
+    out: list[tuple[float, str]] = []
+    rate = math.expm1(f["log_rate_per_hour"])
+    if n >= 30:
+        s = 0.6 * _ramp(math.log(max(rate, 1.0)), math.log(150), math.log(1500))
+        out.append((s, f"{who} sent {rate:,.0f} requests an hour"))
+    if n >= 20:
+        s = 0.45 * _ramp(f["template_top_share"], 0.5, 0.95)
+        out.append((s, f"{f['template_top_share']:.0%} of requests use one prompt template"))
+        s = 0.6 * _ramp(f["cot_share"], 0.3, 0.85)
+        out.append((s, f"{f['cot_share']:.0%} of requests demand step-by-step reasoning or the full chain of "
+                       "thought"))
+        s = 0.35 * _ramp(f["long_demand_share"], 0.3, 0.9)
+        out.append((s, f"{f['long_demand_share']:.0%} of requests demand answers of {LONG_DEMAND}+ tokens"))
+        s = 0.4 * _ramp(f["template_top_share"], 0.3, 0.8) * _ramp(f["word_diversity"], 0.35, 0.7) \
+            * _ramp(f["single_turn_share"], 0.8, 1.0)
+        out.append((s, "one template swept across many distinct topics (systematic coverage)"))
+    if n >= 50:
+        s = 0.35 * _ramp(0.6 - f["gap_cv"], 0.0, 0.45)
+        out.append((s, f"requests arrive at machine-regular intervals (variation {f['gap_cv']:.2f})"))
+        s = 0.25 * _ramp(f["hour_entropy"], 0.9, 0.99) * _ramp(f["active_hours"], 0.85, 1.0)
+        out.append((s, "active around the clock with no daily rhythm"))
+    if n >= 20 and f["log_switches"] > 0:
+        s = 0.4 * _ramp(f["fresh_model_share"], 0.3, 0.8)
+        out.append((s, f"moved {f['fresh_model_share']:.0%} of its traffic to a model within a day of its "
+                       "release"))
+    return sorted(((s, r) for s, r in out if s > 0.01), key=lambda sr: -sr[0])
+
+
+def rules_score(fired: Sequence[tuple[float, str]]) -> float:
+    """Noisy-OR of rule strengths: 1 - prod(1 - s)."""
+    p = 1.0
+    for s, _ in fired:
+        p *= 1.0 - s
+    return 1.0 - p
+
+
+def level_of(risk: float, thresholds: Mapping[str, float]) -> str:
+    """The highest level whose threshold ``risk`` reaches."""
+    level = "none"
+    for name in LEVELS[1:]:
+        if risk >= thresholds[name]:
+            level = name
+    return level
+
+
+def calibrate(benign_max_risk: Sequence[float], targets: Mapping[str, float] = TARGET_FPR,
+              floor: float = 0.2, above_all: Sequence[str] = ("alert",), margin: float = 0.02) -> dict[str, float]:
+    """Thresholds so that at most ``targets[level]`` of the benign accounts reach each level.
+
+    Args:
+        benign_max_risk: each benign calibration account's highest risk over its history.
+        targets: per level, the allowed share of benign accounts (per-account false-positive rate).
+        floor: no threshold below this (a tiny calibration set must not put a threshold at zero).
+        above_all: levels also kept above *every* benign calibration account (plus ``margin``). The hard negatives
+            (batch jobs, evaluation harnesses, research teams) are a few accounts among hundreds of casual users,
+            so a quantile alone lets exactly them through; above them the target holds with room (0 of n).
+        margin: added to the highest benign risk for the ``above_all`` levels.
+
+    Returns:
+        ``{level: threshold}``, non-decreasing from ``watch`` to ``severe``. With ``n`` benign accounts, at most
+        ``floor(target * n)`` of them reach a level (ties broken upward); none reach an ``above_all`` level.
+        ``severe`` is at least a quarter of the way from ``alert`` to 1.
+
+    Example:
+        >>> r = [i / 1000 for i in range(1000)]
+        >>> t = calibrate(r, {"watch": 0.02, "alert": 0.005, "severe": 0.001}, above_all=())
+        >>> sum(x >= t["alert"] for x in r), sum(x >= t["watch"] for x in r)
+        (5, 20)
+    """
+    r = np.sort(np.asarray(benign_max_risk, dtype=float))[::-1]
+    if r.size == 0:
+        raise ValueError("benign_max_risk must not be empty: calibration needs benign accounts")
+    out: dict[str, float] = {}
+    prev = floor
+    for level in LEVELS[1:]:
+        target = float(targets[level])
+        if not 0.0 <= target < 1.0:
+            raise ValueError(f"target false-positive rate for {level} must be in [0, 1), got {target}")
+        k = math.floor(target * r.size)
+        thr = float(np.nextafter(r[k], np.inf)) if k < r.size else float(r[-1])
+        if level in above_all:
+            thr = max(thr, float(r[0]) + margin)
+        if level == "severe" and "alert" in out:
+            thr = max(thr, out["alert"] + (1.0 - out["alert"]) / 4)
+        thr = max(thr, prev)
+        out[level] = min(thr, 1.0)
+        prev = out[level]
+    return out
+
+
+@dataclass
+class Score:
+    """One scored window: combined risk, level, parts and reasons."""
+
+    risk: float
+    level: str
+    parts: dict[str, float]
+    reasons: list[str] = field(default_factory=list)
+
+
+class Scorer:
+    """Rules, optionally with the trained anomaly and supervised models, and the level thresholds.
+
+    Args:
+        thresholds: ``{level: threshold}`` on the combined risk.
+        supervised: a fitted classifier with ``predict_proba`` (``None``: rules only).
+        anomaly: a fitted ``IsolationForest`` (``None``: no anomaly part).
+        anomaly_cdf: sorted anomaly scores (``-score_samples``) of the benign training windows.
+        benign_median, benign_scale: per feature, for the "far from benign" reasons.
+        embeddings: whether the models were trained with the embedding features.
+        manifest: how it was trained (seeds, parameters, sizes).
+
+    Example:
+        >>> s = Scorer.rules_only()
+        >>> x = np.zeros(len(FEATURES)); x[INDEX["log_requests"]] = math.log1p(500); x[INDEX["cot_share"]] = 1.0
+        >>> r = s.score(x[None, :])[0]
+        >>> r.parts["rules"] > 0.5, "chain of thought" in r.reasons[0]
+        (True, True)
+    """
+
+    def __init__(self, thresholds: Mapping[str, float], supervised: Any = None, anomaly: Any = None,
+                 anomaly_cdf: np.ndarray | None = None, benign_median: np.ndarray | None = None,
+                 benign_scale: np.ndarray | None = None, embeddings: bool = False,
+                 manifest: dict[str, Any] | None = None) -> None:
+        for level in LEVELS[1:]:
+            if level not in thresholds:
+                raise ValueError(f"thresholds must give a value for {level!r}")
+        self.thresholds = {k: float(v) for k, v in thresholds.items()}
+        self.supervised = supervised
+        self.anomaly = anomaly
+        self.anomaly_cdf = anomaly_cdf
+        self.benign_median = benign_median
+        self.benign_scale = benign_scale
+        self.embeddings = embeddings
+        self.manifest = dict(manifest or {})
+
+    @classmethod
+    def rules_only(cls) -> Scorer:
+        """The untrained fallback: the rules score is the risk, with :data:`RULES_ONLY_THRESHOLDS`."""
+        return cls(dict(RULES_ONLY_THRESHOLDS), manifest={"trained": False})
+
+    @property
+    def trained(self) -> bool:
+        return self.supervised is not None
+
+    def _matrix(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=float)
+        if not self.embeddings:
+            X = X.copy()
+            X[:, INDEX["emb_spread"]] = 0.0  # constant: models trained without embeddings ignore them
+            X[:, INDEX["emb_coverage"]] = 0.0
+        return X
+
+    def raw(self, X: np.ndarray, cluster_sizes: Sequence[int] | None = None
+            ) -> tuple[np.ndarray, list[dict[str, float]], list[list[tuple[float, str]]]]:
+        """Risks, parts and fired rules of a batch of feature vectors (no reasons beyond the rules)."""
+        X = self._matrix(X)
+        sizes = list(cluster_sizes) if cluster_sizes is not None else [1] * len(X)
+        fired = [rules(x, s) for x, s in zip(X, sizes, strict=True)]
+        r = np.array([rules_score(f) for f in fired])
+        evidence = np.minimum(1.0, np.expm1(np.nan_to_num(X[:, INDEX["log_requests"]])) / MIN_EVIDENCE)
+        if not self.trained:
+            return r * evidence, [{"rules": float(v), "evidence": float(e)} for v, e in zip(r, evidence,
+                                                                                            strict=True)], fired
+        with _one_thread():
+            sup = self.supervised.predict_proba(X)[:, 1]
+        if self.anomaly is not None and self.anomaly_cdf is not None and len(self.anomaly_cdf):
+            a_raw = isolation_scores(self.anomaly, np.nan_to_num(X, nan=0.0))
+            anom = np.searchsorted(self.anomaly_cdf, a_raw, side="right") / len(self.anomaly_cdf)
+        else:
+            anom = np.zeros(len(X))
+        risk = (WEIGHTS["supervised"] * sup + WEIGHTS["rules"] * r + WEIGHTS["anomaly"] * anom) * evidence
+        parts = [{"supervised": float(s), "rules": float(q), "anomaly": float(a), "evidence": float(e)}
+                 for s, q, a, e in zip(sup, r, anom, evidence, strict=True)]
+        return risk, parts, fired
+
+    def score(self, X: np.ndarray, cluster_sizes: Sequence[int] | None = None, n_reasons: int = 4) -> list[Score]:
+        """Scores with levels and reasons for a batch of feature vectors."""
+        X = np.atleast_2d(np.asarray(X, dtype=float))
+        if len(X) == 0:
+            return []
+        risk, parts, fired = self.raw(X, cluster_sizes)
+        out = []
+        for i, x in enumerate(X):
+            reasons = [r for s, r in fired[i] if s >= 0.05][:n_reasons]
+            if len(reasons) < n_reasons and parts[i].get("supervised", 0.0) >= 0.5:
+                reasons += self.deviations(x, n_reasons - len(reasons))
+            out.append(Score(float(risk[i]), level_of(float(risk[i]), self.thresholds), parts[i], reasons))
+        return out
+
+    def deviations(self, x: np.ndarray, k: int) -> list[str]:
+        """The ``k`` features furthest from benign traffic (robust z), in words."""
+        if self.benign_median is None or self.benign_scale is None or k <= 0:
+            return []
+        z = (x - self.benign_median) / self.benign_scale
+        z = np.where(np.isfinite(z), z, 0.0)
+        out = []
+        for i in np.argsort(-np.abs(z))[:k]:
+            if abs(z[i]) < 3:
+                break
+            word = "unusually high" if z[i] > 0 else "unusually low"
+            out.append(f"{word} {DESCRIPTIONS[FEATURES[i]]} for benign traffic ({abs(z[i]):.0f} spreads from typical)")
+        return out
+
+    # ---- persistence -----------------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        return {"format": 1, "features": list(FEATURES), "thresholds": self.thresholds,
+                "supervised": self.supervised, "anomaly": self.anomaly, "anomaly_cdf": self.anomaly_cdf,
+                "benign_median": self.benign_median, "benign_scale": self.benign_scale,
+                "embeddings": self.embeddings, "manifest": self.manifest}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Scorer:
+        if state.get("format") != 1:
+            raise ValueError(f"unknown monitor model format {state.get('format')!r}")
+        if list(state.get("features", [])) != list(FEATURES):
+            raise ValueError("the monitor model was trained on other features; run `antidistill monitor train`")
+        return cls(state["thresholds"], state.get("supervised"), state.get("anomaly"), state.get("anomaly_cdf"),
+                   state.get("benign_median"), state.get("benign_scale"), bool(state.get("embeddings")),
+                   state.get("manifest"))

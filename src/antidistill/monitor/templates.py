@@ -1,0 +1,187 @@
+"""Prompt templates: which prompts are the same form with different slots filled in.
+
+A distillation campaign sends thousands of prompts cut from a few templates ("Explain {topic} step by step,
+showing all of your reasoning"). Each prompt is normalised (Unicode NFKC, common confusables folded, case
+folded, numbers, quoted strings, URLs and long identifiers masked), cut into word shingles (unigrams and
+bigrams), and summarised by a small MinHash (Broder 1997, "On the resemblance and containment of documents");
+banded LSH (Indyk & Motwani 1998; Leskovec et al., *Mining of Massive Datasets* ch. 3) then finds an earlier
+template that resembles it, or the prompt starts a new one.
+
+The MinHash uses datasketch's ``affine32`` permutation scheme with CRC-32 as the shingle hash, computed in one
+vectorised numpy step (datasketch's own ``MinHash.update_batch`` gives the same values and is the reference in the
+tests; creating a ``MinHash`` object per prompt costs more than the rest of the monitor together). Signatures
+are cached by normalised text, since campaigns repeat prompts verbatim too.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zlib
+from collections import OrderedDict
+from itertools import pairwise
+
+import numpy as np
+
+#: permutations and bands: 15 = 5 bands x 3 rows; a pair with Jaccard similarity s shares a band with
+#: probability 1 - (1 - s^3)^5: 0.97 at s = 0.8, 0.70 at s = 0.6, 0.13 at s = 0.3, 0.005 at s = 0.1
+NUM_PERM = 15
+BANDS = 5
+ROWS = NUM_PERM // BANDS
+SEED = 1
+
+# Latin look-alikes that NFKC leaves alone (Cyrillic, Greek); enough to defeat the usual evasion
+_CONFUSABLES = str.maketrans({
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
+    "А": "a", "В": "b", "Е": "e", "К": "k", "М": "m", "Н": "h", "О": "o", "Р": "p", "С": "c", "Т": "t",
+    "Х": "x", "α": "a", "ο": "o", "ν": "v", "ρ": "p", "τ": "t", "Α": "a", "Β": "b", "Ε": "e", "Ο": "o",
+    "Ρ": "p", "Τ": "t", "\u200b": "", "\u200c": "", "\u200d": "", "\ufeff": "", "\u00ad": "",
+})
+# variable parts, masked one kind at a time with plain replacements (a replacement callback costs several times
+# more); the cheap membership tests skip the patterns that cannot match
+_URL = re.compile(r"https?://\S+|www\.\S+")
+_STR = re.compile(r"\"[^\"]{1,200}\"|`[^`]{1,200}`|(?<!\w)'[^']{1,200}'(?!\w)")
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
+_NUM = re.compile(r"[-+]?\d[\d.,:/_-]*")
+_ID = re.compile(r"\b\w{25,}\b")
+
+
+_WORD = re.compile(r"\w+")
+#: prompts are cut to this many characters before normalising (a template shows in its first kB or two)
+MAX_CHARS = 1500
+_STOP = frozenset((  # noqa: SIM905 - a word list reads better as text
+    "the a an of to and in that it is was for on are as with be this from or by at not but what all were when "
+    "we there can your which their if do will each about how up out them then so these would other into has "
+    "more like than been its who now my did only way use may after just where most know get through back much "
+    "before good new our me too any same also please you i give write explain describe tell show list make "
+    "0 str url id email").split())
+
+
+def normalise(text: str) -> str:
+    """The prompt as a template sees it: NFKC, confusables folded, case folded, variable parts masked.
+
+    >>> normalise("Ｅｘｐｌａｉｎ 42 things about \\"Paris\\"")
+    'explain 0 things about str'
+    """
+    t = text[:MAX_CHARS]
+    if not t.isascii():
+        t = unicodedata.normalize("NFKC", t).translate(_CONFUSABLES)
+    t = t.casefold()
+    if "http" in t or "www." in t:
+        t = _URL.sub(" url ", t)
+    if '"' in t or "`" in t or "'" in t:
+        t = _STR.sub(" str ", t)
+    if "@" in t:
+        t = _EMAIL.sub(" email ", t)
+    t = _ID.sub(" id ", _NUM.sub(" 0 ", t))
+    return " ".join(_WORD.findall(t))
+
+
+def shingles(norm: str) -> list[bytes]:
+    """Word unigrams and bigrams of normalised text (a one-word prompt still has one shingle)."""
+    words = norm.split()
+    out = [w.encode() for w in words]
+    out.extend(f"{a} {b}".encode() for a, b in pairwise(words))
+    return out
+
+
+def content_words(norm: str) -> frozenset[str]:
+    """The distinct content words (no stop words, at least 4 letters): a cheap topic fingerprint."""
+    return frozenset(w for w in norm.split() if len(w) >= 4 and w not in _STOP)
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    # MurmurHash3's 32-bit finalizer, as datasketch's affine32 scheme pre-mixes each input hash
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+class MinHasher:
+    """MinHash signatures with datasketch's ``affine32`` permutations (``num_perm`` of them, ``seed``).
+
+    Args:
+        num_perm: permutations (signature length).
+        seed: datasketch's permutation seed.
+
+    Example:
+        >>> mh = MinHasher()
+        >>> a = mh.signature(shingles("explain the theory of relativity step by step"))
+        >>> b = mh.signature(shingles("explain the theory of evolution step by step"))
+        >>> 0.0 < float((a == b).mean()) < 1.0
+        True
+    """
+
+    def __init__(self, num_perm: int = NUM_PERM, seed: int = SEED) -> None:
+        from datasketch import MinHash
+
+        ref = MinHash(num_perm=num_perm, seed=seed)
+        if getattr(ref, "scheme", "affine32") != "affine32":  # pragma: no cover - datasketch default
+            raise ValueError(f"datasketch's default MinHash scheme is {ref.scheme}, expected affine32")
+        a, b = ref.permutations
+        self.a = np.asarray(a, dtype=np.uint32)
+        self.b = np.asarray(b, dtype=np.uint32)
+        self.num_perm = num_perm
+        self.seed = seed
+        self._empty = np.full(num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
+
+    def signature(self, items: list[bytes]) -> np.ndarray:
+        """The MinHash of a set of byte strings (all ``2**32 - 1`` for the empty set)."""
+        if not items:
+            return self._empty.copy()
+        hv = np.fromiter((zlib.crc32(x) for x in items), dtype=np.uint32, count=len(items)).reshape(-1, 1)
+        with np.errstate(over="ignore"):
+            phv = _fmix32(hv) * self.a + self.b
+        return phv.min(axis=0)
+
+
+class TemplateIndex:
+    """Assigns each prompt a template id: the id of an earlier prompt it resembles, or a new one.
+
+    Only the first prompt of a template enters the LSH bands, so a template cannot drift one slot at a time into
+    a different one, and the index grows with the number of templates, not of prompts.
+
+    Args:
+        cache_size: normalised texts whose template id is remembered (least recently used are dropped).
+
+    Example:
+        >>> ti = TemplateIndex()
+        >>> t1 = ti.template("Explain photosynthesis step by step, showing all of your reasoning.")[0]
+        >>> t2 = ti.template("Explain black holes step by step, showing all of your reasoning.")[0]
+        >>> t3 = ti.template("what's a good name for a cat?")[0]
+        >>> t1 == t2, t1 == t3
+        (True, False)
+    """
+
+    def __init__(self, cache_size: int = 50_000) -> None:
+        self.hasher = MinHasher()
+        self._bands: list[dict[bytes, int]] = [{} for _ in range(BANDS)]
+        self._cache: OrderedDict[str, int] = OrderedDict()
+        self._cache_size = cache_size
+        self.count = 0  # templates so far
+
+    def template(self, text: str) -> tuple[int, str]:
+        """``(template id, normalised text)``; id 0 is the empty prompt."""
+        norm = normalise(text)
+        if not norm:
+            return 0, norm
+        tid = self._cache.get(norm)
+        if tid is not None:
+            self._cache.move_to_end(norm)
+            return tid, norm
+        sig = self.hasher.signature(shingles(norm))
+        keys = [sig[i * ROWS:(i + 1) * ROWS].tobytes() for i in range(BANDS)]
+        found = [band[k] for band, k in zip(self._bands, keys, strict=True) if k in band]
+        if found:
+            tid = min(found)
+        else:
+            self.count += 1
+            tid = self.count
+            for band, k in zip(self._bands, keys, strict=True):
+                band[k] = tid
+        self._cache[norm] = tid
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return tid, norm

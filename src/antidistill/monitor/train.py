@@ -1,0 +1,242 @@
+"""Training the monitor on simulated traffic: features at the label granularity, models, calibrated thresholds.
+
+``antidistill monitor train`` simulates *training-split* traffic (:mod:`antidistill.simulate`; seeds and persona
+parameter bands that evaluation never uses), turns each planned request directly into the
+:class:`~antidistill.monitor.api.ExchangeEvent` the audit log would yield for it (the fake backend's token
+counts; no HTTP, so training takes seconds; evaluation goes through the real gateway), replays the events
+through a :class:`~antidistill.monitor.pipeline.Monitor` to collect the feature vectors it would score
+(accounts and clusters, at every checkpoint), and fits:
+
+1. the anomaly model on benign rows only;
+2. the supervised model on all rows, labelled by ground truth (an attacker account's rows are positive; hydra
+   members' *own* rows are left out, since they are built to look clean, and the hydra is learned from its
+   cluster's rows);
+3. the thresholds, on separate *calibration* seeds: a fresh monitor with the fitted models replays them and
+   each benign account's highest effective risk (its own or its cluster's) sets the levels at the target
+   false-positive rates (:data:`~antidistill.monitor.score.TARGET_FPR`).
+
+Artefacts: ``data_dir/monitor/model.joblib`` and ``manifest.json`` (seeds, scale, sizes, thresholds, timings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from antidistill.monitor.api import ExchangeEvent
+from antidistill.monitor.pipeline import MANIFEST_FILE, MODEL_FILE, Monitor, monitor_dir
+from antidistill.monitor.score import TARGET_FPR, Scorer, calibrate, isolation_scores
+
+log = logging.getLogger(__name__)
+
+#: training and calibration seeds; evaluation uses others (``simulate eval`` refuses these)
+TRAIN_SEEDS: tuple[int, ...] = (101, 102, 103, 104)
+CALIBRATION_SEEDS: tuple[int, ...] = (201, 202, 203)
+#: the fake backend's word list length bounds (its completions are 8-40 words)
+_FAKE_MIN, _FAKE_MAX = 8, 40
+
+
+def fake_completion_tokens(prompt: str, max_tokens: int | None, key: str) -> int:
+    """What the fake backend's completion would count: 8-40 words (seeded by the request), cut at max_tokens."""
+    rng = random.Random(hashlib.sha256(f"{key}\x00{prompt}".encode("utf-8", "surrogatepass")).digest())
+    n = rng.randint(_FAKE_MIN, _FAKE_MAX)
+    return min(n, max_tokens if max_tokens is not None else 256)
+
+
+def _render(messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> str:
+    if prompt is not None:
+        return prompt
+    return "\n".join(f"{m.get('role', 'user')}: {m.get('content') or ''}" for m in messages or ()) + "\nassistant:"
+
+
+def plan_events(plan: Any) -> Iterator[ExchangeEvent]:
+    """The events the audit log would hold for a simulation plan (account ids are the plan's keys).
+
+    Same fields as :meth:`ExchangeEvent.from_record` reads from a record; assistant turns the driver would fill
+    with earlier answers count only as turns.
+    """
+    meta = {a.key: dict(a.metadata) for a in plan.accounts}
+    for r in plan.requests:
+        system, user = "", ""
+        if r.messages is not None:
+            system = "\n".join(str(m.get("content") or "") for m in r.messages
+                               if m.get("role") in ("system", "developer"))
+            users = [m.get("content") for m in r.messages if m.get("role") == "user"]
+            user = users[-1] if users and isinstance(users[-1], str) else ""
+            turns = len(r.messages)
+        else:
+            user, turns = r.prompt or "", 1
+        text = _render(r.messages, r.prompt)
+        yield ExchangeEvent(
+            account_id=r.account, ts=datetime.fromtimestamp(r.t, UTC),
+            endpoint="/v1/chat/completions" if r.endpoint == "chat" else "/v1/completions", model=r.model,
+            system=system, prompt=user, turns=turns, max_tokens=r.max_tokens, prompt_tokens=len(text.split()),
+            completion_tokens=fake_completion_tokens(text, r.max_tokens, r.account), client_addr=r.client_addr,
+            user_agent=r.user_agent, status=200, account_metadata=meta[r.account])
+
+
+def releases_of(plan: Any) -> dict[str, float]:
+    """Model → release time (unix seconds) as the plan's world declares them (the operator knows its own)."""
+    return {r["model"]: float(r["released_at"]) for r in plan.releases}
+
+
+@dataclass
+class Rows:
+    """Feature rows collected from one replay, with their labels."""
+
+    X: list[np.ndarray] = field(default_factory=list)
+    y: list[int] = field(default_factory=list)
+    kind: list[str] = field(default_factory=list)  # "account" or "cluster"
+    persona: list[str] = field(default_factory=list)
+
+
+def collect_rows(plan: Any, embedder: Any = None, scorer: Scorer | None = None) -> tuple[Rows, Monitor]:
+    """Replay a plan through a monitor and keep every scored account and cluster window, labelled.
+
+    Account rows carry the account's ground truth; hydra members' own rows are left out (they are built to look
+    clean; the hydra is learned from its cluster's rows). A cluster row is positive when most of its members
+    (at that moment) are attackers.
+    """
+    role = {a.key: a.role for a in plan.accounts}
+    persona = {a.key: a.persona for a in plan.accounts}
+    rows = Rows()
+
+    def record(kind: str, key: str, members: tuple[str, ...], x: np.ndarray) -> None:
+        if kind == "account":
+            if persona[key] == "hydra":
+                return
+            rows.y.append(int(role[key] == "attacker"))
+            rows.persona.append(persona[key])
+        else:
+            attackers = sum(role[m] == "attacker" for m in members)
+            rows.y.append(int(attackers * 2 > len(members)))
+            rows.persona.append("cluster:" + Counter(persona[m] for m in members).most_common(1)[0][0])
+        rows.X.append(np.array(x, dtype=float))
+        rows.kind.append(kind)
+
+    mon = Monitor(scorer or Scorer.rules_only(), embedder=embedder, releases=releases_of(plan), recorder=record)
+    for ev in plan_events(plan):
+        mon.observe(ev)
+    mon.flush()
+    return rows, mon
+
+
+def fit_models(rows: Rows, *, embeddings: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Fit the anomaly model (benign account rows) and the supervised model (all rows); no thresholds yet."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
+
+    X = Scorer({"watch": 1, "alert": 1, "severe": 1}, embeddings=embeddings)._matrix(np.vstack(rows.X))
+    y = np.asarray(rows.y, dtype=int)
+    if len(set(y.tolist())) < 2:
+        raise ValueError("training rows must hold both benign and attacker examples; simulate more traffic")
+    kind = np.asarray(rows.kind)
+    benign = X[(y == 0) & (kind == "account")]
+    X_iso = np.nan_to_num(benign, nan=0.0)
+    iso = IsolationForest(n_estimators=100, max_samples=min(512, len(X_iso)), random_state=seed).fit(X_iso)
+    cdf = np.sort(isolation_scores(iso, X_iso))
+    # benign and attacker rows weigh the same in total, so the rare attacker kinds are not drowned out
+    w = np.where(y == 1, 0.5 / max(1, int(y.sum())), 0.5 / max(1, int((y == 0).sum()))) * len(y)
+    hgb = HistGradientBoostingClassifier(max_iter=120, learning_rate=0.08, max_leaf_nodes=15, min_samples_leaf=20,
+                                         l2_regularization=1.0, random_state=seed)
+    hgb.fit(X, y, sample_weight=w)
+    med = np.nanmedian(benign, axis=0)
+    q75, q25 = np.nanpercentile(benign, 75, axis=0), np.nanpercentile(benign, 25, axis=0)
+    scale = np.where((q75 - q25) > 1e-6, q75 - q25, np.maximum(np.nanstd(benign, axis=0), 1e-3))
+    return {"supervised": hgb, "anomaly": iso, "anomaly_cdf": cdf, "benign_median": med, "benign_scale": scale}
+
+
+def benign_max_risks(plan: Any, scorer: Scorer, embedder: Any = None) -> tuple[list[float], dict[str, Any]]:
+    """Replay a plan with ``scorer`` and return every benign account's highest effective risk (0 if never scored),
+    plus a summary of the attackers' highest risks (for the manifest)."""
+    mon = Monitor(scorer, embedder=embedder, releases=releases_of(plan))
+    for ev in plan_events(plan):
+        mon.observe(ev)
+    mon.flush()
+    benign = [mon.max_risk.get(a.key, 0.0) for a in plan.accounts if a.role == "benign"]
+    per: dict[str, list[float]] = {}
+    for a in plan.accounts:
+        per.setdefault(a.persona, []).append(mon.max_risk.get(a.key, 0.0))
+    return benign, {p: {"accounts": len(v), "median": round(float(np.median(v)), 4),
+                        "min": round(min(v), 4), "max": round(max(v), 4)} for p, v in per.items()}
+
+
+def train(settings: Any, *, seeds: Sequence[int] = TRAIN_SEEDS, calibration_seeds: Sequence[int] = CALIBRATION_SEEDS,
+          scale: str = "default", days: float | None = None, embeddings: bool = False,
+          targets: dict[str, float] | None = None, out_dir: Path | None = None) -> dict[str, Any]:
+    """Simulate training traffic, fit, calibrate, save; returns the manifest.
+
+    Args:
+        settings: the settings (artefacts go to ``data_dir/monitor`` unless ``out_dir``).
+        seeds: training seeds (split ``train``).
+        calibration_seeds: seeds for the thresholds (split ``train``, disjoint from ``seeds``).
+        scale: the simulator's scale preset; ``days`` overrides its duration.
+        embeddings: train with the embedding features (slower).
+        targets: per-level benign false-positive targets (default :data:`TARGET_FPR`).
+    """
+    import joblib
+
+    from antidistill.simulate.scenario import Scenario
+
+    if set(seeds) & set(calibration_seeds):
+        raise ValueError("training and calibration seeds must differ")
+    if not seeds or not calibration_seeds:
+        raise ValueError("training needs at least one training seed and one calibration seed")
+    targets = dict(targets or TARGET_FPR)
+    t0 = time.perf_counter()
+    embedder = None
+    if embeddings:
+        from antidistill.monitor.embed import Embedder
+
+        embedder = Embedder()
+    all_rows = Rows()
+    sims = []
+    for s in seeds:
+        plan = Scenario.from_scale(scale, seed=int(s), days=days, split="train").build()
+        rows, _ = collect_rows(plan, embedder)
+        for k in ("X", "y", "kind", "persona"):
+            getattr(all_rows, k).extend(getattr(rows, k))
+        sims.append({"seed": int(s), "split": "train", "purpose": "fit", **plan.summary()})
+        log.info("training seed %s: %d rows", s, len(rows.X))
+    t_rows = time.perf_counter() - t0
+    parts = fit_models(all_rows, embeddings=embeddings)
+    t_fit = time.perf_counter() - t0 - t_rows
+    provisional = Scorer({"watch": 2.0, "alert": 2.0, "severe": 2.0}, embeddings=embeddings, **parts)
+    benign: list[float] = []
+    attacker_summary = []
+    for s in calibration_seeds:
+        plan = Scenario.from_scale(scale, seed=int(s), days=days, split="train").build()
+        b, summ = benign_max_risks(plan, provisional, embedder)
+        benign += b
+        attacker_summary.append(summ)
+        sims.append({"seed": int(s), "split": "train", "purpose": "calibrate", **plan.summary()})
+    thresholds = calibrate(benign, targets)
+    y = np.asarray(all_rows.y)
+    manifest = {
+        "trained_at": datetime.now(UTC).isoformat(), "scale": scale, "days": days, "embeddings": embeddings,
+        "train_seeds": [int(s) for s in seeds], "calibration_seeds": [int(s) for s in calibration_seeds],
+        "split": "train", "simulations": sims, "rows": len(y), "positive_rows": int((y == 1).sum()),
+        "cluster_rows": int(sum(k == "cluster" for k in all_rows.kind)), "targets": targets,
+        "thresholds": thresholds, "calibration_benign_accounts": len(benign),
+        "calibration_benign_max_risk_quantiles": {q: float(np.quantile(benign, q)) for q in (0.5, 0.9, 0.99, 1.0)},
+        "calibration_max_risk_by_persona": attacker_summary,
+        "calibration_benign_max_risks": sorted(round(float(r), 5) for r in benign),
+        "seconds": {"rows": round(t_rows, 1), "fit": round(t_fit, 1),
+                    "total": round(time.perf_counter() - t0, 1)},
+    }
+    scorer = Scorer(thresholds, embeddings=embeddings, manifest=manifest, **parts)
+    out = out_dir or monitor_dir(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    joblib.dump(scorer.to_state(), out / MODEL_FILE)
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
