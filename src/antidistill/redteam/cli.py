@@ -1,0 +1,195 @@
+"""``antidistill distill harvest|mix|train``: the red team's attack, a typer sub-app of :mod:`antidistill.cli`.
+
+Errors are raised as :class:`~antidistill.errors.AntidistillError` (one line, exit 2 from the main CLI). The
+openai SDK, torch, transformers and peft are imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from antidistill.errors import InputError
+
+distill_app = typer.Typer(help="Red team: harvest answers through the API, mix data sets, distil a student.",
+                          no_args_is_help=True)
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+
+
+def _progress(enabled: bool):
+    """A rich progress bar on stderr when it is a terminal, else ``None``."""
+    if not enabled or not err.is_terminal:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=True)
+
+
+@distill_app.command()
+def harvest(
+    base_url: Annotated[str, typer.Option("--base-url", envvar="OPENAI_BASE_URL",
+                                          help="The API's base URL, e.g. http://127.0.0.1:8000/v1.")],
+    out: Annotated[Path, typer.Option("--out", help="JSONL output (appended to; re-running resumes).")],
+    api_key: Annotated[str, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="The account's API key.",
+                                         show_default=False)] = "",
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts: a .txt file (one per line) or "
+                                                                    "JSONL (strings or {\"prompt\": ...}).")] = None,
+    generate: Annotated[int | None, typer.Option("--generate", min=1, help="Use N built-in varied instruction "
+                                                                           "prompts instead of a file.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Order of the built-in prompts.")] = 0,
+    model: Annotated[str | None, typer.Option("--model", help="Model to ask for (default: the first listed).")]
+    = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=8192)] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=5.0)] = 0.7,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Requests in flight.")] = 4,
+    max_retries: Annotated[int, typer.Option("--max-retries", min=0, max=50,
+                                             help="Retries per prompt on 429 / 5xx.")] = 6,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask the API for answers to many prompts as one account, and keep prompt/response pairs (JSONL)."""
+    from antidistill.redteam.harvest import Harvester, generate_prompts, load_prompts
+
+    if (prompts is None) == (generate is None):
+        raise InputError("give exactly one of --prompts FILE and --generate N")
+    try:
+        todo = load_prompts(prompts) if prompts is not None else generate_prompts(generate, seed)
+        harvester = Harvester(base_url, api_key, model, max_tokens, temperature, max_retries)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    bar = _progress(not as_json)
+    with harvester:
+        if bar is None:
+            res = harvester.run(todo, out, concurrency=concurrency)
+        else:
+            with bar:
+                task = bar.add_task("harvesting", total=None)
+                res = harvester.run(todo, out, concurrency=concurrency,
+                                    on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    summary = {"out": str(res.path), "requested": res.requested, "skipped": res.skipped, "written": res.written,
+               "failed": res.failed, "retries": res.retries, "completion_tokens": res.completion_tokens,
+               "seconds": round(res.seconds, 2), "model": res.model}
+    if as_json:
+        _print_json(summary)
+    else:
+        err.print(f"{res.written} new pairs ({res.skipped} already there, {res.failed} failed, {res.retries} "
+                  f"retries), {res.completion_tokens} tokens in {res.seconds:.1f} s -> {res.path}", markup=False)
+    if res.failed:
+        raise typer.Exit(1)
+
+
+@distill_app.command()
+def mix(
+    watermarked: Annotated[Path, typer.Option("--watermarked", help="JSONL pairs from the watermarked source.")],
+    unwatermarked: Annotated[Path, typer.Option("--unwatermarked", help="JSONL pairs from another source.")],
+    share: Annotated[float, typer.Option("--share", min=0.0, max=1.0, help="Exact share of watermarked pairs.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Pairs in the mixed set.")],
+    out: Annotated[Path, typer.Option("--out", help="JSONL output.")],
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """A training set of N pairs of which exactly SHARE come from the watermarked file."""
+    from antidistill.redteam.data import load_pairs, save_pairs
+    from antidistill.redteam.data import mix as mix_pairs
+
+    wm, un = load_pairs(watermarked), load_pairs(unwatermarked)
+    try:
+        pairs = mix_pairs(wm, un, share, n, seed)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    save_pairs(pairs, out)
+    k = sum(1 for p in pairs if p.watermarked)
+    if as_json:
+        _print_json({"out": str(out), "n": len(pairs), "watermarked": k, "unwatermarked": len(pairs) - k,
+                     "share": k / len(pairs)})
+    else:
+        err.print(f"{len(pairs)} pairs, {k} watermarked ({k / len(pairs):.2%}) -> {out}", markup=False)
+
+
+@distill_app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", help="JSONL training pairs.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the student (save_pretrained).")],
+    method: Annotated[str, typer.Option("--method", help="lora (default), last-k, full or subset.")] = "lora",
+    heldout: Annotated[Path | None, typer.Option("--heldout", help="JSONL held-out pairs: loss before/after.")]
+    = None,
+    heldout_fraction: Annotated[float, typer.Option("--heldout-fraction", min=0.0, max=0.5,
+                                                    help="Hold out this share of --data instead.")] = 0.0,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.01)] = 1.0,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default per method).")] = None,
+    max_len: Annotated[int, typer.Option("--max-len", min=8, max=8192)] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=512)] = 8,
+    k: Annotated[int | None, typer.Option("--k", min=1, help="lora / last-k: adapt / train the last K blocks "
+                                                            "(default 6; the model's depth: all).")] = None,
+    n_layers: Annotated[int | None, typer.Option("--n-layers", min=1, help="subset: blocks kept.")] = None,
+    lora_r: Annotated[int, typer.Option("--lora-r", min=1, max=512)] = 16,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=1.0, help="Stop training after this "
+                                                                                      "long.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    model: Annotated[str | None, typer.Option("--model", help="Starting model (default: the embedded one).")]
+    = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Distil a student from prompt/response pairs and save it with its tokenizer."""
+    from antidistill.redteam.data import load_pairs, split
+    from antidistill.redteam.train import METHODS, load_teacher, train_student
+
+    if method not in METHODS:
+        raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if heldout is not None and heldout_fraction > 0:
+        raise InputError("give at most one of --heldout and --heldout-fraction")
+    pairs = load_pairs(data)
+    held = load_pairs(heldout) if heldout is not None else []
+    try:
+        if heldout_fraction > 0:
+            pairs, held = split(pairs, heldout_fraction, seed)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    from antidistill.settings import get_settings
+
+    settings = get_settings()
+    with err.status("Loading the model…"):
+        base, tokenizer = load_teacher(model or settings.model, settings.cache_dir)
+    bar = _progress(not as_json)
+    try:
+        if bar is None:
+            res = train_student(pairs, method, model=base, tokenizer=tokenizer, epochs=epochs, lr=lr,
+                                max_len=max_len, batch_size=batch_size, seed=seed, out_dir=out, k=k,
+                                n_layers=n_layers, lora_r=lora_r, heldout=held, max_seconds=max_seconds)
+        else:
+            with bar:
+                task = bar.add_task("training", total=None)
+                res = train_student(
+                    pairs, method, model=base, tokenizer=tokenizer, epochs=epochs, lr=lr, max_len=max_len,
+                    batch_size=batch_size, seed=seed, out_dir=out, k=k, n_layers=n_layers, lora_r=lora_r,
+                    heldout=held, max_seconds=max_seconds,
+                    on_step=lambda s, total, loss: bar.update(task, completed=s, total=total,
+                                                              description=f"training (loss {loss:.3f})"))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if as_json:
+        d = res.to_dict()
+        d.pop("losses")
+        _print_json(d)
+        return
+    msg = (f"{res.method}: {res.steps} steps ({res.epochs_done:.2f} epochs) on {res.examples} pairs, "
+           f"{res.tokens_per_s:.0f} tokens/s, {res.seconds:.0f} s")
+    if res.heldout_loss_before is not None:
+        msg += f"; held-out loss {res.heldout_loss_before:.3f} -> {res.heldout_loss_after:.3f}"
+    err.print(msg + f" -> {res.out_dir}", markup=False)
