@@ -1,0 +1,279 @@
+"""``antidistill scan``: the radioactivity scan of a suspect model (weights or endpoint), registered by
+:mod:`antidistill.cli`.
+
+Errors are raised as :class:`~antidistill.errors.AntidistillError`: one line and exit 2 from the main CLI. Heavy
+imports (numpy, torch, transformers, openai, SQLAlchemy) happen only when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from antidistill.errors import InputError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+TEACHER = "teacher"
+
+
+def _fmt_p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
+def _open_store(settings):
+    """The installation's store, or ``None`` where there is none (no URL configured and no SQLite file)."""
+    from antidistill.store.db import DEFAULT_SQLITE_FILE
+    from antidistill.store.sql import Store
+
+    if not settings.database_url and not (settings.data_dir / DEFAULT_SQLITE_FILE).exists():
+        return None
+    return Store.open(None, settings)
+
+
+def _load_model(path: str, settings, what: str):
+    """A causal LM (and its source) on the CPU: ``teacher`` is the served model (settings or embedded)."""
+    from antidistill.models.embedded import load_causal_lm, resolve_model
+
+    source = resolve_model(settings.model if path == TEACHER else path)
+    with err.status(f"Loading the {what} model…"):
+        model, _ = load_causal_lm(source, settings.cache_dir)
+    return source, model
+
+
+def _check_suspect_tokenizer(source, teacher_tok, settings) -> None:
+    from antidistill.forensics.scan import check_same_tokenizer
+    from antidistill.models.embedded import load_tokenizer
+
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json")
+    if source.kind == "dir" and not any((source.path / f).exists() for f in tokenizer_files):
+        return  # a directory without a tokenizer: it is read with ours
+    check_same_tokenizer(teacher_tok, load_tokenizer(source, settings.cache_dir))
+
+
+def _print_report(r) -> None:
+    t = Table(show_header=False, box=None, pad_edge=False)
+    color = "bold red" if r.significant else "bold green"
+    t.add_row("verdict", f"[{color}]{'RADIOACTIVE' if r.significant else 'no evidence'}[/] at alpha {r.alpha:g}, "
+                         f"overall p = {_fmt_p(r.p_value)}")
+    t.add_row("suspect", f"{r.mode} mode: {r.suspect}")
+    t.add_row("tuples", f"{r.tokens_scored} distinct scored of {r.tokens_seen} positions ({r.texts} texts); "
+                        "skipped: " + (", ".join(f"{k} {v}" for k, v in sorted(r.skipped.items())) or "none"))
+    if r.provider is not None:
+        p = r.provider
+        t.add_row("provider key", f"p = {_fmt_p(p.p_value)} ({p.green}/{p.n} green, {p.green_fraction:.1%}, "
+                                  f"z = {p.z:.2f})")
+    for a in r.accounts[:3]:
+        t.add_row("account", f"{a.account}: corrected p = {_fmt_p(a.p_corrected)} (p = {_fmt_p(a.p_value)}, "
+                             f"{a.green}/{a.n} green, {a.key_id})")
+    for c in r.clusters[:3]:
+        t.add_row("cluster", f"{c.cluster_id} ({len(c.accounts)} accounts): corrected p = {_fmt_p(c.p_corrected)} "
+                             f"({c.green}/{c.n} pooled)")
+    keyed = [c.p_value for c in r.controls if c.model is None]
+    if keyed:
+        t.add_row("control keys", f"{len(keyed)} never-issued keys: smallest p = {_fmt_p(min(keyed))}")
+    for c in r.controls:
+        if c.model is not None:
+            t.add_row("control model", f"{c.model}: p = {_fmt_p(c.p_value)} over {c.tokens_scored} tuples")
+    out.print(t)
+    out.print(r.verdict, markup=False)
+
+
+def scan(
+    suspect_model: Annotated[str | None, typer.Option(
+        "--suspect-model", help="Open mode: a transformers model directory (e.g. a student saved with "
+                                "save_pretrained), a GGUF file, or 'teacher' for the served model.")] = None,
+    suspect_url: Annotated[str | None, typer.Option(
+        "--suspect-url", help="Closed mode: the suspect's OpenAI-compatible base URL (…/v1).")] = None,
+    suspect_api_key: Annotated[str | None, typer.Option("--suspect-api-key", help="API key for --suspect-url.")
+                               ] = None,
+    suspect_model_name: Annotated[str | None, typer.Option(
+        "--suspect-model-name", help="The model name to request (default: the first one the endpoint lists).")
+                                  ] = None,
+    account: Annotated[list[str] | None, typer.Option(
+        "--account", help="Candidate account (repeatable; default: every account in the store).")] = None,
+    cluster: Annotated[list[str] | None, typer.Option(
+        "--cluster", help="A cluster tested pooled: comma-separated account ids or a file of ids (repeatable).")
+                       ] = None,
+    texts: Annotated[Path | None, typer.Option(
+        "--texts", help="JSONL of {prompt, response} to feed (default: the candidates' audit-log records).")] = None,
+    prompts: Annotated[Path | None, typer.Option(
+        "--prompts", help="Closed mode: prompts to send (JSONL or one a line; default: the fed texts' prompts).")
+                       ] = None,
+    max_texts: Annotated[int | None, typer.Option("--max-texts", min=1, help="Feed at most N texts.")] = None,
+    max_prompts: Annotated[int | None, typer.Option("--max-prompts", min=1, help="Closed mode: send at most N "
+                                                                                    "prompts.")] = 200,
+    samples: Annotated[int, typer.Option("--samples", min=1, max=64, help="Closed mode: completions per prompt.")
+                       ] = 1,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=4096, help="Closed mode: tokens per "
+                                                                                  "completion.")] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=5.0, help="Closed mode: sampling "
+                                                                                       "temperature.")] = 0.7,
+    seed: Annotated[int, typer.Option("--seed", help="Closed mode: sampling seed (sample j uses seed + j).")] = 0,
+    exclude: Annotated[str, typer.Option("--exclude", help="Open mode: prefix-pairs (evidence) or prompt "
+                                                           "(measurement only).")] = "prefix-pairs",
+    control_model: Annotated[str | None, typer.Option(
+        "--control-model", help="Also scan a model known not to be distilled (a path, or 'teacher').")] = None,
+    control_keys: Annotated[int, typer.Option("--control-keys", min=0, max=10_000,
+                                              help="Never-issued keys tested as controls.")] = 16,
+    control_seed: Annotated[int, typer.Option("--control-seed", help="Seed of the control keys.")] = 0,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 1e-3,
+    gamma: Annotated[float | None, typer.Option("--gamma", help="Override the watermark's gamma.")] = None,
+    context_width: Annotated[int | None, typer.Option("--context-width", help="Override the context width.")
+                             ] = None,
+    provider_fraction: Annotated[float | None, typer.Option("--provider-fraction",
+                                                            help="Override the provider fraction.")] = None,
+    batch_tokens: Annotated[int, typer.Option("--batch-tokens", min=16, help="Open mode: padded tokens per "
+                                                                            "forward pass.")] = 2048,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
+) -> None:
+    """Radioactivity scan: was a suspect model trained on our watermarked outputs, and by which account?"""
+    if (suspect_model is None) == (suspect_url is None):
+        raise InputError("give exactly one of --suspect-model PATH (open mode) or --suspect-url URL (closed mode)")
+    if not 0.0 < alpha < 1.0:
+        raise InputError(f"alpha must be in (0, 1), got {alpha}")
+    if exclude not in ("prefix-pairs", "prompt"):
+        raise InputError(f"--exclude must be prefix-pairs or prompt, got {exclude!r}")
+    if suspect_url is not None and not suspect_url.startswith(("http://", "https://")):
+        raise InputError(f"--suspect-url must be an http(s) URL, got {suspect_url!r}")
+    if suspect_model is not None and suspect_model != TEACHER and not Path(suspect_model).exists():
+        raise InputError(f"suspect model not found: {suspect_model}")
+    if control_model is not None and control_model != TEACHER and not Path(control_model).exists():
+        raise InputError(f"control model not found: {control_model}")
+    if texts is not None and not texts.is_file():
+        raise InputError(f"texts file not found: {texts}")
+    if prompts is not None and not prompts.is_file():
+        raise InputError(f"prompts file not found: {prompts}")
+
+    from antidistill.forensics import inputs
+    from antidistill.keys import KeyRing
+    from antidistill.settings import get_settings
+
+    settings = get_settings()
+    ring = KeyRing.open(settings, create=False)
+    clusters: dict[str, list[str]] = {}
+    for i, value in enumerate(cluster or []):
+        members = inputs.parse_cluster(value)
+        name = Path(value).stem if "," not in value and Path(value).is_file() else f"cluster-{i + 1}"
+        clusters[name if name not in clusters else f"{name}-{i + 1}"] = members
+    named = list(dict.fromkeys(list(account or []) + [a for m in clusters.values() for a in m]))
+
+    store = _open_store(settings)
+    try:
+        if store is not None:
+            unknown = [a for a in named if store.get_account(a) is None]
+            if unknown:
+                raise InputError(f"unknown account: {', '.join(unknown)}")
+            candidates = named or [a.id for a in store.list_accounts()]
+        else:
+            candidates = named
+        fed_texts = []
+        config = None
+        if texts is not None:
+            fed_texts = inputs.read_texts_file(texts, max_texts)
+        elif store is not None and (suspect_model is not None or prompts is None):
+            audit = inputs.texts_from_records(store.iter_audit(), set(candidates) if named else None, max_texts)
+            fed_texts, config = audit.texts, audit.config()
+    finally:
+        if store is not None:
+            store.close()
+    try:
+        from antidistill.forensics.scan import ScanKeys
+
+        keys = ScanKeys.from_keyring(ring, candidates, clusters)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    config = _config(config, gamma, context_width, provider_fraction)
+
+    from antidistill.models.embedded import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(settings.model), settings.cache_dir)
+    common = {"alpha": alpha, "controls": control_keys, "control_seed": control_seed}
+    if suspect_model is not None:
+        report = _scan_open(suspect_model, control_model, fed_texts, tokenizer, keys, config, settings, exclude,
+                            batch_tokens, common)
+    else:
+        prompt_list = inputs.read_prompts_file(prompts) if prompts is not None else inputs.unique_prompts(fed_texts)
+        if not prompt_list:
+            raise InputError("no prompts to send: give --prompts FILE or --texts FILE, or scan accounts with "
+                             "watermarked traffic in the audit log")
+        report = _scan_closed(suspect_url, suspect_api_key, suspect_model_name, control_model, prompt_list,
+                              tokenizer, keys, config, settings, samples, temperature, max_tokens, max_prompts,
+                              seed, common)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), default=str) + "\n")
+    else:
+        _print_report(report)
+
+
+def _config(config, gamma, context_width, provider_fraction):
+    from antidistill.watermark.config import WatermarkConfig
+
+    params: dict[str, Any] = (config or WatermarkConfig()).to_dict()
+    for name, value in (("gamma", gamma), ("context_width", context_width),
+                        ("provider_fraction", provider_fraction)):
+        if value is not None:
+            params[name] = value
+    try:
+        return WatermarkConfig.from_dict(params)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _scan_open(suspect_model, control_model, fed_texts, tokenizer, keys, config, settings, exclude, batch_tokens,
+               common):
+    from antidistill.forensics.scan import scan_open
+
+    if not fed_texts:
+        raise InputError("no watermarked texts to feed: give --texts FILE, or scan accounts with watermarked "
+                         "traffic in the audit log")
+    source, model = _load_model(suspect_model, settings, "suspect")
+    if suspect_model != TEACHER:
+        _check_suspect_tokenizer(source, tokenizer, settings)
+    controls = {}
+    if control_model is not None:
+        csource, controls[control_model] = _load_model(control_model, settings, "control")
+        if control_model != TEACHER:
+            _check_suspect_tokenizer(csource, tokenizer, settings)
+    with err.status(f"Reading {len(fed_texts)} texts through the suspect…"):
+        return scan_open(model, tokenizer, fed_texts, keys, config, exclude=exclude, control_models=controls,
+                         suspect=f"{suspect_model} ({source.path})", batch_tokens=batch_tokens, **common)
+
+
+def _scan_closed(url, api_key, model_name, control_model, prompt_list, tokenizer, keys, config, settings, samples,
+                 temperature, max_tokens, max_prompts, seed, common):
+    import openai
+
+    from antidistill.forensics.scan import make_client, scan_closed
+
+    client = make_client(url, api_key)
+    if model_name is None:
+        try:
+            listed = [m.id for m in client.models.list()]
+        except openai.APIConnectionError:
+            raise InputError(f"cannot reach the suspect endpoint {url}") from None
+        except openai.APIStatusError as exc:
+            if exc.status_code in (401, 403):
+                raise InputError(f"the suspect endpoint refused the request (HTTP {exc.status_code}); give "
+                                 "--suspect-api-key") from None
+            listed = []
+        model_name = listed[0] if listed else "default"
+    controls = {}
+    if control_model is not None:
+        from antidistill.models.local import LocalModel
+
+        with err.status("Loading the control model…"):
+            controls[control_model] = LocalModel.load(settings.model if control_model == TEACHER else control_model,
+                                                      settings.cache_dir, config)
+    with err.status(f"Querying the suspect with up to {min(len(prompt_list), max_prompts or len(prompt_list))} "
+                    "prompts…"):
+        return scan_closed(client, prompt_list, tokenizer, keys, config, model_name=model_name, samples=samples,
+                           temperature=temperature, max_tokens=max_tokens, max_prompts=max_prompts, seed=seed,
+                           control_models=controls, **common)

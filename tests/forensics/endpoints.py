@@ -1,0 +1,40 @@
+"""Suspect endpoints for closed-mode tests: small OpenAI-compatible FastAPI apps served by a real uvicorn."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from fastapi import FastAPI, Request
+
+from antidistill.models.fake import _WORDS
+from antidistill.watermark.marker import MarkKeys, Watermark
+from tests.forensics.helpers import green_words, word_tokens
+
+
+def suspect_app(tokenizer, watermark: Watermark, mark: MarkKeys | None, echo: bool = False) -> FastAPI:
+    """A suspect model behind ``/v1``: it writes words green under ``mark`` (a student that learnt that account's
+    watermark), unmarked words when ``mark`` is None, or echoes the last message when ``echo``."""
+    app = FastAPI()
+    vocab = word_tokens(tokenizer, _WORDS)
+    app.state.requests = []
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "suspect-1", "object": "model", "created": 0, "owned_by": "x"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        app.state.requests.append(body)
+        prompt = body["messages"][-1]["content"]
+        n_tok = int(body.get("max_tokens") or 32)
+        seed = int.from_bytes(hashlib.sha256(f"{prompt}|{body.get('seed')}".encode()).digest()[:8], "little")
+        rng = np.random.default_rng(seed)
+        text = prompt if echo else green_words(tokenizer, watermark, mark, vocab, n_tok, rng)
+        usage = {"prompt_tokens": 5, "completion_tokens": n_tok, "total_tokens": 5 + n_tok}
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model"), "usage": usage,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "length"}]}
+
+    return app
