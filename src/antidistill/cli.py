@@ -31,12 +31,24 @@ app.add_typer(keys_app, name="keys")
 
 def _register_subcommands() -> None:
     # the sub-apps import their heavy dependencies (SQLAlchemy, FastAPI, uvicorn) only when a command runs
+    from antidistill.forensics.cli import scan
     from antidistill.gateway.cli import serve
+    from antidistill.monitor.cli import monitor_app
+    from antidistill.monitor.commands import monitor_train
+    from antidistill.monitor.evaluate import simulate_eval
+    from antidistill.redteam.cli import distill_app
+    from antidistill.simulate.cli import simulate_app
     from antidistill.store.cli import accounts_app, audit_app
 
     app.command("serve")(serve)
+    app.command("scan")(scan)
     app.add_typer(accounts_app, name="accounts")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(distill_app, name="distill")
+    app.add_typer(monitor_app, name="monitor")
+    app.add_typer(simulate_app, name="simulate")
+    monitor_app.command("train")(monitor_train)
+    simulate_app.command("eval")(simulate_eval)
 
 
 _register_subcommands()
@@ -410,6 +422,51 @@ def keys_rotate(
         _print_json({"key_id": key.key_id, "version": key.version})
     else:
         out.print(f"new key: {key.key_id}", markup=False)
+
+
+# ---- report -----------------------------------------------------------------------------------------
+@app.command()
+def report(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for report.html, report.json and SHA256SUMS.",
+                                          file_okay=False)],
+    account: Annotated[str | None, typer.Option("--account", help="The account the report is about.")] = None,
+    cluster: Annotated[str | None, typer.Option("--cluster", help="A cluster id from the monitor's alerts, a comma "
+                                                                  "list of account ids, or a file of them.")] = None,
+    scan: Annotated[list[Path] | None, typer.Option("--scan", help="JSON result of `antidistill scan` on a suspect "
+                                                                   "model (repeatable).")] = None,
+    control_scan: Annotated[list[Path] | None, typer.Option("--control-scan", help="JSON scan result of a model "
+                                                            "known not to be trained on our outputs (repeatable).")
+                            ] = None,
+    suspect_model: Annotated[str | None, typer.Option("--suspect-model", help="Scan these open weights now, on "
+                                                      "the accounts' exchanges from the audit log.")] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="Policy file whose clauses are quoted (default: "
+                                                                 "the shipped policy).")] = None,
+    as_json: JsonOpt = False,
+    database_url: Annotated[str | None, typer.Option("--database-url", help="Database URL (default: the "
+                                                     "configured one).", show_default=False)] = None,
+) -> None:
+    """Write the evidence package about an account or a cluster: a self-contained HTML report and its JSON twin."""
+    from antidistill.forensics.report import make_report
+    from antidistill.store.db import normalize_url, safe_url
+    from antidistill.store.sql import Store
+
+    if (account is None) == (cluster is None):
+        raise InputError("give exactly one of --account ID or --cluster ID")
+    with Store.open(database_url, _settings()) as store:
+        db = safe_url(normalize_url(database_url)) if database_url else None
+        files, evidence = make_report(store, out_dir, account=account, cluster=cluster, scan_files=scan or [],
+                                      control_files=control_scan or [], suspect_model=suspect_model,
+                                      policy_file=policy, database=db)
+    summary = evidence["summary"]
+    if as_json:
+        _print_json({"html": str(files.html), "json": str(files.json), "sha256sums": str(files.sums),
+                     "verdict": summary["verdict"], "controls_ok": summary["controls_ok"],
+                     "headline": summary["headline"],
+                     "p_values": [c["p_value"] for c in summary["confidence"]],
+                     "audit_ok": evidence["audit"]["verification"]["ok"]})
+        return
+    out.print(summary["headline"], markup=False, highlight=False)
+    out.print(f"report: {files.html}\njson:   {files.json}", markup=False, highlight=False)
 
 
 # ---- demo -------------------------------------------------------------------------------------------
