@@ -115,3 +115,34 @@ def test_templates_survive_confusables_and_numbers():
     wide = ti.template("Ｅｘｐｌａｉｎ photosynthesis in 7 words, step by step, with every intermediate step.")[0]
     other = ti.template("my cat keeps knocking glasses off the table, what can I do?")[0]
     assert base == spoof == wide != other
+
+
+def test_cluster_window_counts_its_accounts():
+    events = mixed_events(400, seed=3)
+    tracker = FeatureTracker()
+    for ev in events:
+        tracker.add(ev)
+    one = tracker.features("a")
+    assert one[INDEX["log_accounts"]] == 0.0 and one[INDEX["top_account_share"]] == 1.0
+    from antidistill.monitor.features import window_features
+
+    merged = [a for acct in tracker.accounts.values() for a in acct.window]
+    x = window_features(merged, len(merged))
+    busiest = max(len(acct.window) for acct in tracker.accounts.values())
+    assert x[INDEX["log_accounts"]] == pytest.approx(np.log(4))
+    assert x[INDEX["top_account_share"]] == pytest.approx(busiest / len(merged))
+
+
+def test_repeated_prompts_encode_like_fresh_ones():
+    # the encoder caches per prompt text; a second encoder without that history must give the same atoms
+    events = mixed_events(300, seed=5)
+    events += [ExchangeEvent(e.account_id, e.ts + timedelta(hours=1), prompt=e.prompt) for e in events[:100]]
+    warm = FeatureTracker()
+    for ev in events:
+        warm.add(ev)
+    cold = FeatureTracker()
+    for ev in events:
+        cold.encoder._texts.clear()
+        cold.add(ev)
+    for acct in warm.accounts:
+        assert list(warm.accounts[acct].window) == list(cold.accounts[acct].window)

@@ -71,4 +71,27 @@ def test_fast_isolation_scores_equal_scikit_learn():
     for max_features in (1.0, 0.5):
         iso = IsolationForest(n_estimators=20, max_features=max_features, random_state=0).fit(X)
         Y = rng.normal(size=(40, 6)) * 2
-        np.testing.assert_allclose(isolation_scores(iso, Y), -iso.score_samples(Y), rtol=1e-6)
+        np.testing.assert_array_equal(isolation_scores(iso, Y), -iso.score_samples(Y))
+
+
+def test_flat_gradient_boosting_is_bit_identical_to_scikit_learn():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(400, len(FEATURES)))
+    y = (X[:, 0] + 0.5 * X[:, 3] - X[:, 7] + rng.normal(scale=0.5, size=400) > 0).astype(int)
+    X[rng.random(X.shape) < 0.05] = np.nan  # missing values take the learned side
+    hgb = HistGradientBoostingClassifier(max_iter=30, max_leaf_nodes=15, random_state=0).fit(X, y)
+    s = Scorer({"watch": 0.2, "alert": 0.5, "severe": 0.9}, supervised=hgb, embeddings=True)
+    Y = rng.normal(size=(64, len(FEATURES))) * 2
+    Y[rng.random(Y.shape) < 0.05] = np.nan
+    for batch in (Y[:1], Y[:3], Y):
+        np.testing.assert_array_equal(s._supervised_proba(batch), hgb.predict_proba(batch)[:, 1])
+    assert s._flat("supervised") is not None  # the fast path was taken, not the fallback
+
+
+def test_alert_ceiling_can_leave_out_accounts_swept_into_an_attackers_cluster():
+    risks = [0.01] * 995 + [0.3, 0.31, 0.35, 0.36, 0.9]  # 0.9: a customer linked into a hydra's cluster
+    t = calibrate(risks, {"watch": 0.02, "alert": 0.0025, "severe": 0.001}, ceiling_risks=risks[:-1])
+    assert t["alert"] == pytest.approx(0.38)
+    assert sum(r >= t["alert"] for r in risks) <= math.floor(0.0025 * len(risks)) + 1

@@ -21,7 +21,9 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 from itertools import combinations, product
+from operator import itemgetter
 from typing import Any
 
 from antidistill.monitor.features import WINDOW, AccountState, Atom
@@ -59,6 +61,8 @@ TEMPLATE_SHARE = 0.1
 #: metadata values that say nothing (placeholders, free-mail organisations)
 _EMPTY = frozenset({"", "none", "null", "n/a", "na", "-", "unknown", "personal", "individual", "self", "private"})
 
+_COUNT = itemgetter(1)
+
 
 def _meta(meta: dict[str, Any], *names: str) -> str | None:
     for n in names:
@@ -72,8 +76,11 @@ def _meta(meta: dict[str, Any], *names: str) -> str | None:
 
 def _dominant(counter: Counter[Any], n: int, k: int = 2, share: float = MIN_SHARE) -> list[Any]:
     # a new account's first requests count: a hydra member may send only one or two
-    need = max(1, min(MIN_COUNT, math.ceil(share * n)))
-    return [v for v, c in counter.most_common(k) if c >= need and c >= share * n]
+    need = max(1, min(MIN_COUNT, math.ceil(share * n)), share * n)
+    # the same as filtering ``counter.most_common(k)`` (the threshold is monotone in the count and the sort is
+    # stable), without a heap over every value the account ever used
+    top = sorted(((v, c) for v, c in counter.items() if c >= need), key=_COUNT, reverse=True)
+    return [v for v, _ in top[:k]]
 
 
 def _signup_days(value: str) -> list[str]:
@@ -173,9 +180,9 @@ def group_probe_attributes(acct: AccountState) -> dict[str, list[str]]:
     return out
 
 
-def link_keys(attrs: dict[str, list[str]]) -> Iterator[tuple[tuple[str, str], ...]]:
-    """Keys for every minimal combination of attribute kinds whose weights reach :data:`LINK_AT`."""
-    kinds = sorted(attrs, key=lambda k: (-WEIGHTS[k], k))
+@lru_cache(maxsize=4096)
+def _minimal_combinations(kinds: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The minimal combinations of ``kinds`` (sorted by weight, then name) whose weights reach :data:`LINK_AT`."""
     minimal: list[tuple[str, ...]] = []
     for r in range(1, len(kinds) + 1):
         for combo in combinations(kinds, r):
@@ -184,7 +191,13 @@ def link_keys(attrs: dict[str, list[str]]) -> Iterator[tuple[tuple[str, str], ..
             if any(set(m) <= set(combo) for m in minimal):
                 continue
             minimal.append(combo)
-    for combo in minimal:
+    return tuple(minimal)
+
+
+def link_keys(attrs: dict[str, list[str]]) -> Iterator[tuple[tuple[str, str], ...]]:
+    """Keys for every minimal combination of attribute kinds whose weights reach :data:`LINK_AT`."""
+    # the combinations depend on the kinds present only, and accounts have few distinct sets of kinds
+    for combo in _minimal_combinations(tuple(sorted(attrs, key=lambda k: (-WEIGHTS[k], k)))):
         for values in product(*(attrs[k] for k in combo)):
             yield tuple(zip(combo, values, strict=True))
 

@@ -24,7 +24,7 @@ def _seeds(value: str, name: str) -> list[int]:
 
 def monitor_train(
     seeds: Annotated[str, typer.Option("--seeds", help="Training seeds, comma-separated (split train).")
-                     ] = "101,102,103,104",
+                     ] = "101,102,103,104,105,106,107,108",
     calibration_seeds: Annotated[str, typer.Option("--calibration-seeds", help="Seeds for the thresholds, "
                                                    "comma-separated (split train, not among --seeds).")
                                  ] = "201,202,203",

@@ -24,7 +24,8 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,6 +36,8 @@ from antidistill.monitor.templates import TemplateIndex, content_words, normalis
 WINDOW = 200
 #: a model counts as "fresh" for this long after the monitor (or a release list) first saw it
 FRESH_MODEL_S = 24 * 3600.0
+#: distinct prompt texts whose normalised form is remembered by an :class:`Encoder`
+TEXT_CACHE = 20_000
 #: a demanded length at or above this counts as "long"
 LONG_DEMAND = 1024
 
@@ -76,7 +79,7 @@ FEATURES: tuple[str, ...] = (
     "template_top_share", "template_distinct_ratio", "template_reuse", "word_diversity", "cot_share",
     "system_share", "system_distinct_ratio", "hour_entropy", "active_hours", "log_demand", "long_demand_share",
     "demand_given_share", "models", "fresh_model_share", "log_switches", "error_share", "prompt_len_cv",
-    "emb_spread", "emb_coverage",
+    "emb_spread", "emb_coverage", "log_accounts", "top_account_share",
 )
 DESCRIPTIONS: dict[str, str] = {
     "log_requests": "total requests",
@@ -108,13 +111,20 @@ DESCRIPTIONS: dict[str, str] = {
     "prompt_len_cv": "variation of prompt length",
     "emb_spread": "semantic spread of the prompts (embeddings)",
     "emb_coverage": "semantic coverage of the prompts (embeddings)",
+    # a cluster's window mixes its members' exchanges: a lab is a handful of people, each with real volume; a hydra
+    # spreads its traffic thin over many accounts (for one account's window: 0 and 1)
+    "log_accounts": "accounts sending the window's requests",
+    "top_account_share": "share of the window's requests from its busiest account",
 }
 INDEX: dict[str, int] = {n: i for i, n in enumerate(FEATURES)}
 
 
-@dataclass(frozen=True, slots=True)
-class Atom:
-    """What the window keeps of one exchange (a few numbers; the text itself is not kept)."""
+class Atom(NamedTuple):
+    """What the window keeps of one exchange (a few numbers; the text itself is not kept).
+
+    A named tuple rather than a frozen dataclass: one is built per exchange, and a frozen dataclass's
+    ``__init__`` costs several times more; :func:`window_features` also reads the fields as columns.
+    """
 
     t: float
     prompt_tokens: int
@@ -132,6 +142,7 @@ class Atom:
     ok: bool
     chars: int
     words: frozenset[str]
+    account: str
 
 
 def address_prefix(addr: str | None) -> str | None:
@@ -197,6 +208,10 @@ class Encoder:
         self.start: float | None = None  # the first event's time: models seen in the first day are not "new"
         self._systems: dict[str, int] = {}
         self._prefixes: dict[str, str | None] = {}
+        self._agents: dict[str, str | None] = {}
+        # prompt -> (normalised text, demands reasoning, content words): pure functions of the text, and campaigns
+        # (and retries, and shared benchmarks) repeat prompts verbatim; bounded, cleared when full
+        self._texts: dict[str, tuple[str, bool, frozenset[str]]] = {}
 
     def _system_id(self, system: Any) -> int:
         if not system or not isinstance(system, str):
@@ -217,14 +232,38 @@ class Encoder:
             self._prefixes[addr] = address_prefix(addr)
         return self._prefixes[addr]
 
+    def _agent(self, ua: Any) -> str | None:
+        if not isinstance(ua, str):
+            return None
+        if ua not in self._agents:
+            if len(self._agents) > 10_000:
+                self._agents.clear()
+            self._agents[ua] = _clean_ua(ua)
+        return self._agents[ua]
+
+    def _text(self, prompt: str) -> tuple[str, bool, frozenset[str]]:
+        got = self._texts.get(prompt)
+        if got is None:
+            if len(self._texts) >= TEXT_CACHE:
+                self._texts.clear()
+            norm = normalise(prompt)
+            got = self._texts[prompt] = (norm, demands_reasoning(norm), content_words(norm))
+        return got
+
     def encode(self, event: ExchangeEvent, acct: AccountState) -> Atom:
         """The atom of ``event``, updating ``acct``'s running totals (not its window)."""
         ts = event.ts.timestamp()
+        n = acct.n
+        last_t = acct.last_t
         # a clock that goes backwards must not make time run backwards inside an account
-        t = ts if ts > acct.last_t else (acct.last_t if acct.n else ts)
-        prompt = event.prompt if isinstance(event.prompt, str) else ""
-        tid, norm = self.templates.template(prompt)
-        seen = acct.templates[tid] > 0 if tid else False
+        t = ts if ts > last_t else (last_t if n else ts)
+        prompt = event.prompt
+        if not isinstance(prompt, str):
+            prompt = ""
+        norm, cot, words = self._texts.get(prompt) or self._text(prompt)
+        tid = self.templates.template_of(norm)
+        counts = acct.templates
+        seen = counts[tid] > 0 if tid else False
         system = self._system_id(event.system)
         model = (event.model or "")[:256]
         if self.start is None:
@@ -232,31 +271,33 @@ class Encoder:
         first = self.first_seen.setdefault(model, t)
         new = model in self.known or first >= self.start + FRESH_MODEL_S
         fresh = new and 0.0 <= t - first < FRESH_MODEL_S
-        switch = acct.last_model is not None and model != acct.last_model
-        mt = event.max_tokens if isinstance(event.max_tokens, int) and event.max_tokens >= 0 else -1
+        last_model = acct.last_model
+        switch = last_model is not None and model != last_model
+        mt = event.max_tokens
+        if not isinstance(mt, int) or mt < 0:
+            mt = -1
         hour = int((ts % 86400) // 3600) if math.isfinite(ts) else 0
-        atom = Atom(t=t, prompt_tokens=max(0, int(event.prompt_tokens)),
-                    completion_tokens=max(0, int(event.completion_tokens)), max_tokens=mt,
-                    turns=max(0, int(event.turns)), template=tid, template_seen=seen, system=system,
-                    cot=demands_reasoning(norm), hour=hour, model=model, fresh=fresh, switch=switch,
-                    ok=200 <= int(event.status) < 300, chars=len(prompt), words=content_words(norm))
-        if not acct.n:
+        atom = Atom(t, max(0, int(event.prompt_tokens)), max(0, int(event.completion_tokens)), mt,
+                    max(0, int(event.turns)), tid, seen, system, cot, hour, model, fresh, switch,
+                    200 <= int(event.status) < 300, len(prompt), words, acct.account_id)
+        if not n:
             acct.first_t = t
-        acct.n += 1
+        acct.n = n + 1
         acct.last_t = t
         acct.last_model = model
         if tid:
-            acct.templates[tid] += 1
+            counts[tid] += 1
         if system:
             acct.systems[system] += 1
         prefix = self._prefix(event.client_addr)
         if prefix:
             acct.prefixes[prefix] += 1
-        ua = _clean_ua(event.user_agent)
+        ua = self._agent(event.user_agent)
         if ua:
             acct.agents[ua] += 1
-        if event.account_metadata:
-            acct.metadata = dict(event.account_metadata)
+        md = event.account_metadata
+        if md and md != acct.metadata:  # the same metadata on every event of an account: copy on change only
+            acct.metadata = dict(md)
         return atom
 
 
@@ -283,6 +324,9 @@ def _embedding_features(embs: Sequence[np.ndarray]) -> tuple[float, float]:
     return spread, len(kept) / len(e)
 
 
+_T = attrgetter("t")
+
+
 def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np.ndarray] | None = None
                     ) -> np.ndarray:
     """The feature vector :data:`FEATURES` of one window of atoms (any order; sorted by time here).
@@ -297,12 +341,14 @@ def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np
     if n == 0:
         x[:] = 0.0
         return x
-    atoms = sorted(atoms, key=lambda a: a.t)
-    t = np.fromiter((a.t for a in atoms), dtype=float, count=n)
-    pt = np.fromiter((a.prompt_tokens for a in atoms), dtype=float, count=n)
-    ct = np.fromiter((a.completion_tokens for a in atoms), dtype=float, count=n)
-    mt = np.fromiter((a.max_tokens for a in atoms), dtype=float, count=n)
-    chars = np.fromiter((a.chars for a in atoms), dtype=float, count=n)
+    # one pass over the atoms, then columns (the window is scored often: this is on the hot path)
+    (ts, pts, cts, mts, turns, templates, seen, systems_all, cots, hours_all, models, fresh, switches, oks, chars_all,
+     words, accounts) = zip(*sorted(atoms, key=_T), strict=True)  # Atom's fields, in order
+    t = np.array(ts, dtype=float)
+    pt = np.array(pts, dtype=float)
+    ct = np.array(cts, dtype=float)
+    mt = np.array(mts, dtype=float)
+    chars = np.array(chars_all, dtype=float)
     span_h = max(float(t[-1] - t[0]), 60.0) / 3600.0
     gaps = np.diff(t)
     x[INDEX["log_requests"]] = math.log1p(n_total)
@@ -316,32 +362,34 @@ def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np
         x[INDEX["gap_cv"]] = 1.0
     x[INDEX["log_gap_median"]] = math.log1p(float(np.median(gaps))) if gaps.size else 0.0
     x[INDEX["burst_share"]] = float((gaps < 5.0).mean()) if gaps.size else 0.0
-    turns = [a.turns for a in atoms]
     x[INDEX["mean_turns"]] = math.log1p(sum(turns) / n)
     x[INDEX["single_turn_share"]] = sum(1 for v in turns if v <= 1) / n
-    tc = Counter(a.template for a in atoms)
+    tc = Counter(templates)
     x[INDEX["template_top_share"]] = max(tc.values()) / n
     x[INDEX["template_distinct_ratio"]] = len(tc) / n
-    x[INDEX["template_reuse"]] = sum(1 for a in atoms if a.template_seen) / n
-    total_words = sum(len(a.words) for a in atoms)
-    distinct_words = len(frozenset().union(*(a.words for a in atoms)))
+    x[INDEX["template_reuse"]] = sum(seen) / n
+    total_words = sum(map(len, words))
+    distinct_words = len(frozenset().union(*words))
     x[INDEX["word_diversity"]] = distinct_words / total_words if total_words else 0.0
-    x[INDEX["cot_share"]] = sum(1 for a in atoms if a.cot) / n
-    systems = [a.system for a in atoms if a.system]
+    x[INDEX["cot_share"]] = sum(cots) / n
+    systems = [v for v in systems_all if v]
     x[INDEX["system_share"]] = len(systems) / n
     x[INDEX["system_distinct_ratio"]] = len(set(systems)) / len(systems) if systems else 0.0
-    hours = Counter(a.hour for a in atoms)
+    hours = Counter(hours_all)
     x[INDEX["hour_entropy"]] = _entropy(hours.values(), 24)
     x[INDEX["active_hours"]] = len(hours) / 24.0
     given = mt[mt >= 0]
     x[INDEX["log_demand"]] = math.log1p(float(np.median(given))) if given.size else 0.0
     x[INDEX["long_demand_share"]] = float((mt >= LONG_DEMAND).mean())
     x[INDEX["demand_given_share"]] = given.size / n
-    x[INDEX["models"]] = float(len({a.model for a in atoms}))
-    x[INDEX["fresh_model_share"]] = sum(1 for a in atoms if a.fresh) / n
-    x[INDEX["log_switches"]] = math.log1p(sum(1 for a in atoms if a.switch))
-    x[INDEX["error_share"]] = sum(1 for a in atoms if not a.ok) / n
+    x[INDEX["models"]] = float(len(set(models)))
+    x[INDEX["fresh_model_share"]] = sum(fresh) / n
+    x[INDEX["log_switches"]] = math.log1p(sum(switches))
+    x[INDEX["error_share"]] = (n - sum(oks)) / n
     x[INDEX["prompt_len_cv"]] = float(chars.std() / chars.mean()) if chars.mean() > 0 else 0.0
+    per_account = Counter(accounts)
+    x[INDEX["log_accounts"]] = math.log(len(per_account))
+    x[INDEX["top_account_share"]] = max(per_account.values()) / n
     if embeddings is not None:
         x[INDEX["emb_spread"]], x[INDEX["emb_coverage"]] = _embedding_features(list(embeddings))
     return x

@@ -57,26 +57,139 @@ def _one_thread() -> Any:
     return _CONTROLLER.limit(limits=1, user_api="openmp")
 
 
-def isolation_scores(iso: Any, X: np.ndarray) -> np.ndarray:
-    """``-iso.score_samples(X)`` of a fitted ``IsolationForest``, computed tree by tree without joblib.
+def isolation_scores(iso: Any, X: np.ndarray, flat: FlatForest | None = None) -> np.ndarray:
+    """``-iso.score_samples(X)`` of a fitted ``IsolationForest``, without joblib or per-tree calls.
 
-    Same arithmetic as scikit-learn's ``_compute_score_samples`` (Liu et al. 2008: ``2 ** (-E[h(x)] / c(psi))``);
-    the tests check equality. Falls back to scikit-learn if its private per-tree tables are missing.
+    Same arithmetic as scikit-learn's ``_compute_score_samples`` (Liu et al. 2008: ``2 ** (-E[h(x)] / c(psi))``),
+    with all trees walked at once (:class:`FlatForest`; pass ``flat`` to reuse one); the tests check equality.
+    Falls back to scikit-learn if its private per-tree tables are missing.
     """
-    lengths = getattr(iso, "_decision_path_lengths", None)
-    averages = getattr(iso, "_average_path_length_per_tree", None)
-    if lengths is None or averages is None:  # pragma: no cover - other scikit-learn versions
+    if flat is None:
+        flat = FlatForest.of_isolation_forest(iso)
+    if flat is None:  # pragma: no cover - other scikit-learn versions
         return -iso.score_samples(X)
-    from sklearn.ensemble._iforest import _average_path_length
-
+    # scikit-learn's trees read float32 inputs (compared with float64 thresholds)
     X = np.ascontiguousarray(X, dtype=np.float32)
-    depths = np.zeros(X.shape[0])
-    subsample = iso._max_features != X.shape[1]
-    for tree, feats, dl, al in zip(iso.estimators_, iso.estimators_features_, lengths, averages, strict=True):
-        leaves = tree.tree_.apply(np.ascontiguousarray(X[:, feats]) if subsample else X)
-        depths += dl[leaves] + al[leaves] - 1.0
-    denom = len(iso.estimators_) * _average_path_length([iso._max_samples])[0]
+    depths = flat.total(X)
+    denom = flat.norm
     return 2 ** (-np.divide(depths, denom, out=np.ones_like(depths), where=denom != 0))
+
+
+class FlatForest:
+    """Every tree of a fitted ensemble in one set of node arrays, walked for all (row, tree) pairs at once.
+
+    scikit-learn predicts tree by tree, with input validation and a thread team per call: for the monitor's small
+    batches (a few windows every ten minutes of traffic) that overhead is 10-50x the arithmetic. Here each step
+    down the trees is a handful of numpy operations over an ``(rows, trees)`` array of node indices; leaves point
+    to themselves, so walking ``depth`` steps lands every pair on its leaf. The per-tree values are then summed
+    tree after tree (``np.cumsum`` is sequential), in the same order as scikit-learn, so results are bit-identical;
+    the tests compare with scikit-learn.
+
+    Args:
+        feature, threshold, left, right: per node (all trees concatenated); a split sends a row left when
+            ``x[feature] <= threshold``, leaves have ``left == right ==`` their own index.
+        nan_left: per node, where a missing value goes (``None``: the inputs are never missing).
+        value: per node, the leaf's contribution.
+        roots: the root node of each tree.
+        depth: the deepest leaf.
+        start: the value the per-tree contributions are added to.
+    """
+
+    def __init__(self, feature: np.ndarray, threshold: np.ndarray, left: np.ndarray, right: np.ndarray,
+                 nan_left: np.ndarray | None, value: np.ndarray, roots: np.ndarray, depth: int,
+                 start: float = 0.0) -> None:
+        self.feature, self.threshold, self.left, self.right = feature, threshold, left, right
+        self.nan_left, self.value, self.roots, self.depth, self.start = nan_left, value, roots, depth, start
+        self.norm = 1.0  # what :func:`isolation_scores` divides the summed path lengths by
+
+    def leaves(self, X: np.ndarray) -> np.ndarray:
+        """The leaf each row reaches in each tree: ``(rows, trees)`` node indices."""
+        n = X.shape[0]
+        idx = np.repeat(self.roots[None, :], n, axis=0)
+        rows = np.arange(n)[:, None]
+        for _ in range(self.depth):
+            v = X[rows, self.feature[idx]]
+            go = v <= self.threshold[idx]
+            if self.nan_left is not None:
+                go |= np.isnan(v) & self.nan_left[idx]
+            idx = np.where(go, self.left[idx], self.right[idx])
+        return idx
+
+    def total(self, X: np.ndarray) -> np.ndarray:
+        """``start`` plus each tree's leaf value, added tree after tree."""
+        vals = self.value[self.leaves(X)]
+        acc = np.empty((vals.shape[0], vals.shape[1] + 1))
+        acc[:, 0] = self.start
+        acc[:, 1:] = vals
+        return np.cumsum(acc, axis=1)[:, -1]
+
+    @classmethod
+    def of_hist_gradient_boosting(cls, hgb: Any) -> FlatForest | None:
+        """A binary ``HistGradientBoostingClassifier`` with numerical features (``None``: anything else)."""
+        try:
+            if getattr(hgb, "_preprocessor", None) is not None or hgb.n_trees_per_iteration_ != 1:
+                return None
+            nodes = [p[0].nodes for p in hgb._predictors]
+            baseline = float(np.asarray(hgb._baseline_prediction).reshape(-1)[0])
+        except (AttributeError, IndexError, TypeError):
+            return None
+        if any(bool(nd["is_categorical"].any()) for nd in nodes):
+            return None
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "t", "l", "r", "m", "v")}
+        roots, off, depth = [], 0, 0
+        for nd in nodes:
+            k = len(nd)
+            own = np.arange(off, off + k)
+            leaf = nd["is_leaf"].astype(bool)
+            parts["f"].append(np.where(leaf, 0, nd["feature_idx"]).astype(np.intp))
+            parts["t"].append(nd["num_threshold"].astype(np.float64))
+            parts["l"].append(np.where(leaf, own, nd["left"].astype(np.intp) + off))
+            parts["r"].append(np.where(leaf, own, nd["right"].astype(np.intp) + off))
+            parts["m"].append(nd["missing_go_to_left"].astype(bool))
+            parts["v"].append(nd["value"].astype(np.float64))
+            roots.append(off)
+            depth = max(depth, int(nd["depth"].max()))
+            off += k
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        return cls(cat["f"], cat["t"], cat["l"], cat["r"], cat["m"], cat["v"], np.asarray(roots, dtype=np.intp),
+                   depth, baseline)
+
+    @classmethod
+    def of_isolation_forest(cls, iso: Any) -> FlatForest | None:
+        """A fitted ``IsolationForest``: the value of a leaf is its depth plus the expected depth of the unbuilt
+        subtree minus one, as scikit-learn's ``_compute_score_samples`` adds it (``None``: private tables
+        missing)."""
+        lengths = getattr(iso, "_decision_path_lengths", None)
+        averages = getattr(iso, "_average_path_length_per_tree", None)
+        if lengths is None or averages is None:
+            return None
+        n_features = getattr(iso, "n_features_in_", None)
+        subsample = iso._max_features != n_features
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "t", "l", "r", "v")}
+        roots, off, depth = [], 0, 0
+        for tree, feats, dl, al in zip(iso.estimators_, iso.estimators_features_, lengths, averages, strict=True):
+            t = tree.tree_
+            k = t.node_count
+            own = np.arange(off, off + k)
+            leaf = t.children_left == -1
+            f = np.where(leaf, 0, t.feature)
+            if subsample:
+                f = np.asarray(feats)[f]
+            parts["f"].append(f.astype(np.intp))
+            parts["t"].append(t.threshold.astype(np.float64))
+            parts["l"].append(np.where(leaf, own, t.children_left + off))
+            parts["r"].append(np.where(leaf, own, t.children_right + off))
+            parts["v"].append(dl + al - 1.0)
+            roots.append(off)
+            depth = max(depth, int(t.max_depth))
+            off += k
+        from sklearn.ensemble._iforest import _average_path_length
+
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        flat = cls(cat["f"], cat["t"], cat["l"], cat["r"], None, cat["v"], np.asarray(roots, dtype=np.intp), depth)
+        # c(psi) times the trees: the normaliser of the mean path length (computed once, not per batch)
+        flat.norm = len(iso.estimators_) * _average_path_length([iso._max_samples])[0]
+        return flat
 
 
 def _ramp(v: float, lo: float, hi: float) -> float:
@@ -141,7 +254,8 @@ def level_of(risk: float, thresholds: Mapping[str, float]) -> str:
 
 
 def calibrate(benign_max_risk: Sequence[float], targets: Mapping[str, float] = TARGET_FPR,
-              floor: float = 0.2, above_all: Sequence[str] = ("alert",), margin: float = 0.02) -> dict[str, float]:
+              floor: float = 0.2, above_all: Sequence[str] = ("alert",), margin: float = 0.02,
+              ceiling_risks: Sequence[float] | None = None) -> dict[str, float]:
     """Thresholds so that at most ``targets[level]`` of the benign accounts reach each level.
 
     Args:
@@ -152,6 +266,10 @@ def calibrate(benign_max_risk: Sequence[float], targets: Mapping[str, float] = T
             (batch jobs, evaluation harnesses, research teams) are a few accounts among hundreds of casual users,
             so a quantile alone lets exactly them through; above them the target holds with room (0 of n).
         margin: added to the highest benign risk for the ``above_all`` levels.
+        ceiling_risks: the benign risks the ``above_all`` levels must clear (default: all of
+            ``benign_max_risk``). Training passes the accounts that were not linked into an attacker's cluster: a
+            customer swept into a hydra's cluster is a linking error that no threshold can undo without letting
+            the hydra through, so it counts against the quantile targets only.
 
     Returns:
         ``{level: threshold}``, non-decreasing from ``watch`` to ``severe``. With ``n`` benign accounts, at most
@@ -167,6 +285,7 @@ def calibrate(benign_max_risk: Sequence[float], targets: Mapping[str, float] = T
     r = np.sort(np.asarray(benign_max_risk, dtype=float))[::-1]
     if r.size == 0:
         raise ValueError("benign_max_risk must not be empty: calibration needs benign accounts")
+    top = float(r[0]) if ceiling_risks is None or len(ceiling_risks) == 0 else float(np.max(ceiling_risks))
     out: dict[str, float] = {}
     prev = floor
     for level in LEVELS[1:]:
@@ -176,7 +295,7 @@ def calibrate(benign_max_risk: Sequence[float], targets: Mapping[str, float] = T
         k = math.floor(target * r.size)
         thr = float(np.nextafter(r[k], np.inf)) if k < r.size else float(r[-1])
         if level in above_all:
-            thr = max(thr, float(r[0]) + margin)
+            thr = max(thr, top + margin)
         if level == "severe" and "alert" in out:
             thr = max(thr, out["alert"] + (1.0 - out["alert"]) / 4)
         thr = max(thr, prev)
@@ -230,6 +349,26 @@ class Scorer:
         self.benign_scale = benign_scale
         self.embeddings = embeddings
         self.manifest = dict(manifest or {})
+        self._flat_cache: dict[str, tuple[Any, FlatForest | None]] = {}
+
+    def _flat(self, which: str) -> FlatForest | None:
+        # built on first use: the models may be swapped on a live scorer (tests, training), so keyed by identity
+        model = self.supervised if which == "supervised" else self.anomaly
+        cached = self._flat_cache.get(which)
+        if cached is None or cached[0] is not model:
+            flat = (FlatForest.of_hist_gradient_boosting(model) if which == "supervised"
+                    else FlatForest.of_isolation_forest(model))
+            cached = self._flat_cache[which] = (model, flat)
+        return cached[1]
+
+    def _supervised_proba(self, X: np.ndarray) -> np.ndarray:
+        """``supervised.predict_proba(X)[:, 1]``, bit-identical, through :class:`FlatForest` when it applies."""
+        flat = self._flat("supervised")
+        if flat is None or X.shape[1] != getattr(self.supervised, "n_features_in_", -1):
+            with _one_thread():
+                return self.supervised.predict_proba(X)[:, 1]
+        raw = flat.total(np.ascontiguousarray(X, dtype=np.float64))
+        return self.supervised._loss.predict_proba(raw.reshape(-1, 1))[:, 1]
 
     @classmethod
     def rules_only(cls) -> Scorer:
@@ -259,10 +398,9 @@ class Scorer:
         if not self.trained:
             return r * evidence, [{"rules": float(v), "evidence": float(e)} for v, e in zip(r, evidence,
                                                                                             strict=True)], fired
-        with _one_thread():
-            sup = self.supervised.predict_proba(X)[:, 1]
+        sup = self._supervised_proba(X)
         if self.anomaly is not None and self.anomaly_cdf is not None and len(self.anomaly_cdf):
-            a_raw = isolation_scores(self.anomaly, np.nan_to_num(X, nan=0.0))
+            a_raw = isolation_scores(self.anomaly, np.nan_to_num(X, nan=0.0), self._flat("anomaly"))
             anom = np.searchsorted(self.anomaly_cdf, a_raw, side="right") / len(self.anomaly_cdf)
         else:
             anom = np.zeros(len(X))

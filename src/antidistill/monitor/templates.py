@@ -165,12 +165,16 @@ class TemplateIndex:
     def template(self, text: str) -> tuple[int, str]:
         """``(template id, normalised text)``; id 0 is the empty prompt."""
         norm = normalise(text)
+        return self.template_of(norm), norm
+
+    def template_of(self, norm: str) -> int:
+        """The template id of already normalised text (:func:`normalise`); 0 for the empty text."""
         if not norm:
-            return 0, norm
+            return 0
         tid = self._cache.get(norm)
         if tid is not None:
             self._cache.move_to_end(norm)
-            return tid, norm
+            return tid
         sig = self.hasher.signature(shingles(norm))
         keys = [sig[i * ROWS:(i + 1) * ROWS].tobytes() for i in range(BANDS)]
         found = [band[k] for band, k in zip(self._bands, keys, strict=True) if k in band]
@@ -184,4 +188,4 @@ class TemplateIndex:
         self._cache[norm] = tid
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return tid, norm
+        return tid

@@ -41,7 +41,7 @@ from antidistill.monitor.score import TARGET_FPR, Scorer, calibrate, isolation_s
 log = logging.getLogger(__name__)
 
 #: training and calibration seeds; evaluation uses others (``simulate eval`` refuses these)
-TRAIN_SEEDS: tuple[int, ...] = (101, 102, 103, 104)
+TRAIN_SEEDS: tuple[int, ...] = (101, 102, 103, 104, 105, 106, 107, 108)
 CALIBRATION_SEEDS: tuple[int, ...] = (201, 202, 203)
 #: the fake backend's word list length bounds (its completions are 8-40 words)
 _FAKE_MIN, _FAKE_MAX = 8, 40
@@ -156,19 +156,33 @@ def fit_models(rows: Rows, *, embeddings: bool = False, seed: int = 0) -> dict[s
     return {"supervised": hgb, "anomaly": iso, "anomaly_cdf": cdf, "benign_median": med, "benign_scale": scale}
 
 
-def benign_max_risks(plan: Any, scorer: Scorer, embedder: Any = None) -> tuple[list[float], dict[str, Any]]:
-    """Replay a plan with ``scorer`` and return every benign account's highest effective risk (0 if never scored),
-    plus a summary of the attackers' highest risks (for the manifest)."""
+def benign_max_risks(plan: Any, scorer: Scorer, embedder: Any = None
+                     ) -> tuple[list[float], list[float], dict[str, Any]]:
+    """Replay a plan with ``scorer``: every benign account's highest effective risk (0 if never scored); the same
+    for the benign accounts that did not end in a cluster of mostly attackers (the ceiling of
+    :func:`~antidistill.monitor.score.calibrate`); and a per-persona summary of the highest risks (for the
+    manifest; ``"linked_to_attackers"`` counts the benign accounts left out of the ceiling)."""
     mon = Monitor(scorer, embedder=embedder, releases=releases_of(plan))
     for ev in plan_events(plan):
         mon.observe(ev)
     mon.flush()
-    benign = [mon.max_risk.get(a.key, 0.0) for a in plan.accounts if a.role == "benign"]
+    role = {a.key: a.role for a in plan.accounts}
+    benign, ceiling = [], []
+    for a in plan.accounts:
+        if a.role != "benign":
+            continue
+        r = mon.max_risk.get(a.key, 0.0)
+        benign.append(r)
+        c = mon.linker.cluster_of(a.key)
+        if c is None or 2 * sum(role.get(m) == "attacker" for m in c.members) <= len(c.members):
+            ceiling.append(r)
     per: dict[str, list[float]] = {}
     for a in plan.accounts:
         per.setdefault(a.persona, []).append(mon.max_risk.get(a.key, 0.0))
-    return benign, {p: {"accounts": len(v), "median": round(float(np.median(v)), 4),
-                        "min": round(min(v), 4), "max": round(max(v), 4)} for p, v in per.items()}
+    summary: dict[str, Any] = {p: {"accounts": len(v), "median": round(float(np.median(v)), 4),
+                                   "min": round(min(v), 4), "max": round(max(v), 4)} for p, v in per.items()}
+    summary["linked_to_attackers"] = len(benign) - len(ceiling)
+    return benign, ceiling, summary
 
 
 def train(settings: Any, *, seeds: Sequence[int] = TRAIN_SEEDS, calibration_seeds: Sequence[int] = CALIBRATION_SEEDS,
@@ -213,14 +227,16 @@ def train(settings: Any, *, seeds: Sequence[int] = TRAIN_SEEDS, calibration_seed
     t_fit = time.perf_counter() - t0 - t_rows
     provisional = Scorer({"watch": 2.0, "alert": 2.0, "severe": 2.0}, embeddings=embeddings, **parts)
     benign: list[float] = []
+    ceiling: list[float] = []  # benign accounts not swept into an attacker's cluster
     attacker_summary = []
     for s in calibration_seeds:
         plan = Scenario.from_scale(scale, seed=int(s), days=days, split="train").build()
-        b, summ = benign_max_risks(plan, provisional, embedder)
+        b, c, summ = benign_max_risks(plan, provisional, embedder)
         benign += b
+        ceiling += c
         attacker_summary.append(summ)
         sims.append({"seed": int(s), "split": "train", "purpose": "calibrate", **plan.summary()})
-    thresholds = calibrate(benign, targets)
+    thresholds = calibrate(benign, targets, ceiling_risks=ceiling)
     y = np.asarray(all_rows.y)
     manifest = {
         "trained_at": datetime.now(UTC).isoformat(), "scale": scale, "days": days, "embeddings": embeddings,
@@ -231,6 +247,7 @@ def train(settings: Any, *, seeds: Sequence[int] = TRAIN_SEEDS, calibration_seed
         "calibration_benign_max_risk_quantiles": {q: float(np.quantile(benign, q)) for q in (0.5, 0.9, 0.99, 1.0)},
         "calibration_max_risk_by_persona": attacker_summary,
         "calibration_benign_max_risks": sorted(round(float(r), 5) for r in benign),
+        "calibration_ceiling_max_risk": round(float(max(ceiling, default=0.0)), 5),
         "seconds": {"rows": round(t_rows, 1), "fit": round(t_fit, 1),
                     "total": round(time.perf_counter() - t0, 1)},
     }
