@@ -14,6 +14,10 @@ from typing import Any
 
 import numpy as np
 
+# As the CLI does: OpenMP threads that spin while waiting make every step several times slower whenever another
+# process wants a core (set before torch is imported, which the benchmark programs do after importing this).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TEXT_DIRS = (Path("/usr/share/common-licenses"),)
 
