@@ -475,11 +475,15 @@ def demo(
     model: ModelOpt = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=16, max=1024)] = 160,
     seed: Annotated[int, typer.Option("--seed")] = 7,
+    quick: Annotated[bool, typer.Option("--quick", help="Every stage smaller: a few minutes instead of ~15.")]
+    = False,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where the evidence report is written "
+                                                    "(default: demo-report in the data directory).")] = None,
 ) -> None:
-    """The main job, end to end: mark completions for two accounts, then detect and attribute them."""
+    """The main job, end to end: mark, watch (monitor and policy live), attack ourselves and prove it."""
     from antidistill.demo import run_demo
 
-    ok = run_demo(out, model=model, max_tokens=max_tokens, seed=seed)
+    ok = run_demo(out, model=model, max_tokens=max_tokens, seed=seed, quick=quick, report_dir=report_dir)
     if not ok:
         raise typer.Exit(1)
 
