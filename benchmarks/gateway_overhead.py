@@ -11,7 +11,11 @@ Targets, all measured in one run with the same client load:
   metrics;
 * ``litellm``: ``litellm --config …`` (PyPI ``litellm[proxy]``) with one ``openai/…`` model whose ``api_base``
   is the same fake upstream, a master key for authentication, no database;
-* ``antidistill-fake`` (reference): the gateway with its in-process fake backend (no upstream hop).
+* ``antidistill-fake`` (reference): the gateway with its in-process fake backend (no upstream hop);
+* ``antidistill-fake-monitor``: the same with ``--monitor``: the policy check on every request and every audited
+  exchange handed to the monitor's worker thread (the trained model of ``--monitor-model DIR``, by default the
+  user's ``antidistill monitor train`` output when there is one, else the rules-only monitor). The pair
+  ``antidistill-fake`` / ``antidistill-fake-monitor`` is the gateway's added latency with the monitor off and on.
 
 Every server runs in its own process; the client (this process) is a raw asyncio HTTP/1.1 client with one
 keep-alive connection per concurrent worker, so that the client's own cost stays small next to the servers'.
@@ -283,6 +287,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=200, help="untimed requests per target before the rounds")
     ap.add_argument("--litellm", help="path of the litellm executable")
     ap.add_argument("--no-litellm", action="store_true", help="skip LiteLLM")
+    ap.add_argument("--monitor-model", type=Path, default=None,
+                    help="directory with a trained monitor (default: the user's data dir's monitor/, if any)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 300 requests, 1 round, 50 warm-up")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/gateway_overhead-<time>.json)")
     ap.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
@@ -311,11 +317,24 @@ def main(argv: list[str] | None = None) -> int:
         gw = targets.spawn([*gateway, "--port", str(gw_port), "--backend", "upstream", "--upstream-url",
                             f"http://127.0.0.1:{up_port}/v1"], env=env)
         gwf = targets.spawn([*gateway, "--port", str(gwf_port), "--backend", "fake"], env=env)
+        monitor_src = args.monitor_model
+        if monitor_src is None:
+            from antidistill.settings import Settings
+
+            monitor_src = Path(Settings().data_dir) / "monitor"
+        if (monitor_src / "model.joblib").is_file():
+            shutil.copytree(monitor_src, data_dir / "monitor", dirs_exist_ok=True)
+            notes.append(f"monitor: trained model from {monitor_src}")
+        else:
+            notes.append("monitor: no trained model found; the rules-only monitor ran")
+        gwm_port = _free_port()
+        gwm = targets.spawn([*gateway, "--port", str(gwm_port), "--backend", "fake", "--monitor"], env=env)
         auth = {"authorization": f"Bearer {key}"}
         chat = "/v1/chat/completions"
         plan: dict[str, tuple[int, dict[str, str]]] = {"direct": (up_port, {})}
         _wait_http(gw_port, "/health", gw, 60, "antidistill gateway")
         _wait_http(gwf_port, "/health", gwf, 60, "antidistill gateway (fake backend)")
+        _wait_http(gwm_port, "/health", gwm, 60, "antidistill gateway (fake backend, monitor on)")
         plan["antidistill"] = (gw_port, auth)
 
         litellm_bin = None if args.no_litellm else _find_litellm(args.litellm)
@@ -352,9 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, subprocess.SubprocessError):
                 pass
         plan["antidistill-fake"] = (gwf_port, auth)
+        plan["antidistill-fake-monitor"] = (gwm_port, auth)
 
         for name, (port, headers) in plan.items():
-            _check(port, chat, headers) if name != "antidistill-fake" else None
+            _check(port, chat, headers) if not name.startswith("antidistill-fake") else None
             asyncio.run(_load(port, chat, headers, args.warmup, args.concurrency))
 
         names = list(plan)
@@ -391,14 +411,23 @@ def main(argv: list[str] | None = None) -> int:
             "target_met": a["added_p50_ms"] < ll["added_p50_ms"],
         }
 
+    if "antidistill-fake-monitor" in summary:
+        off, on = summary["antidistill-fake"], summary["antidistill-fake-monitor"]
+        comparison = {**(comparison or {}), "monitor_on_minus_off_p50_ms": on["p50_ms"] - off["p50_ms"],
+                      "monitor_on_minus_off_p99_ms": on["p99_ms"] - off["p99_ms"],
+                      "monitor_rps_on_over_off": on["rps"] / off["rps"]}
     rows = [[n, s["rps"], s["p50_ms"], s["p99_ms"], s["added_p50_ms"], s["added_p99_ms"], s["errors"]]
             for n, s in summary.items()]
     print(table(["target", "req/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "errors"], rows))
-    if comparison:
+    if comparison and "litellm_added_p50_over_antidistill_added_p50" in comparison:
         print(f"\nLiteLLM adds {comparison['litellm_added_p50_over_antidistill_added_p50']:.2f}x the p50 latency "
               f"antidistill adds ({comparison['litellm_added_p99_over_antidistill_added_p99']:.2f}x at p99); "
               f"antidistill serves {comparison['antidistill_rps_over_litellm_rps']:.2f}x LiteLLM's requests/s. "
               f"Target (lower overhead than LiteLLM): {'met' if comparison['target_met'] else 'NOT met'}.")
+    if comparison and "monitor_on_minus_off_p50_ms" in comparison:
+        print(f"\nMonitor on vs off (fake backend): p50 {comparison['monitor_on_minus_off_p50_ms']:+.2f} ms, "
+              f"p99 {comparison['monitor_on_minus_off_p99_ms']:+.2f} ms, requests/s x"
+              f"{comparison['monitor_rps_on_over_off']:.2f}.")
     for n in notes:
         print("note:", n)
     path = write_json("gateway_overhead", {
