@@ -104,7 +104,7 @@ def run_demo(console: Console, model: str | None = None, max_tokens: int = 160, 
     table = Table(title=f"3. Detect and attribute (alpha {DEMO_ALPHA:g}, {len(candidates)} candidate accounts)")
     for col in ("served to", "tokens", "p-value", "verdict", "attributed to", "corrected p", "check"):
         table.add_column(col)
-    marked = attributed = 0
+    marked = attributed = wrong = 0
     for (label, acct, _), c in zip(rows, completions, strict=True):
         r = td.detect(c.text)
         # a marked text must be detected and never pinned on the wrong account; one that is detected but too
@@ -113,13 +113,14 @@ def run_demo(console: Console, model: str | None = None, max_tokens: int = 160, 
         if acct:
             marked += 1
             attributed += r.account == acct
+            wrong += r.account not in (acct, None)
         checks.append(Check(f"{label}: {c.text[:30]!r}", ok))
         table.add_row(label, str(r.total_tokens), f"{r.p_value:.2g}", "marked" if r.watermarked else "clean",
                       r.account or "-", f"{r.p_value_corrected:.2g}", _verdict(ok))
     console.print(table)
     ok = 3 * attributed >= 2 * marked
     checks.append(Check("most marked completions attributed", ok))
-    console.print(f"   {attributed} of {marked} marked completions attributed to the right account, none to a "
+    console.print(f"   {attributed} of {marked} marked completions attributed to the right account, {wrong} to a "
                   f"wrong one {_verdict(ok)}", highlight=False)
     sample = completions[0].text.strip().replace("\n", " ")
     console.print(f"   e.g. alice's first completion: [italic]{sample[:160]}…[/]", highlight=False)
@@ -238,10 +239,15 @@ def _gateway_stage(console: Console, lm, ring, seed: int, max_tokens: int = 256)
             td = TextDetector(lm.tokenizer, Detector(lm.watermark.config, lm.vocab_size), ring.provider_keys(),
                               candidates, DEMO_ALPHA)
             names = {a.id: a.name for a, _, _ in accounts}
+            attributed = wrong = 0
             for acct_id, rid, text in answers:
                 try:
                     r = td.detect(text)
-                    ok = r.watermarked and r.account == acct_id
+                    # detected, and never pinned on a wrong account; too little text to single out the account
+                    # is a lack of power, counted below
+                    ok = r.watermarked and r.account in (acct_id, None)
+                    attributed += r.account == acct_id
+                    wrong += r.account not in (acct_id, None)
                     got = names.get(r.account, r.account or "-")
                     console.print(f"   {names[acct_id]:<10} {rid[:22]:<22} p = {r.p_value:.2g}, attributed to "
                                   f"{got} (corrected p = {r.p_value_corrected:.2g}) {_verdict(ok)}", highlight=False)
@@ -252,6 +258,10 @@ def _gateway_stage(console: Console, lm, ring, seed: int, max_tokens: int = 256)
                 checks.append(Check(f"gateway answer for {names[acct_id]}", ok))
             tested = sum(1 for c in checks if c.label.startswith("gateway answer"))
             checks.append(Check("at least three gateway answers tested", tested >= 3))
+            ok = 2 * attributed >= tested
+            checks.append(Check("most gateway answers attributed", ok))
+            console.print(f"   {attributed} of {tested} answers attributed to the right account, {wrong} to a wrong "
+                          f"one {_verdict(ok)}", highlight=False)
             v = store.verify_audit()
             ok = v.ok and v.records == len(answers)
             checks.append(Check("audit chain", ok))
