@@ -146,3 +146,133 @@ def test_repeated_prompts_encode_like_fresh_ones():
         cold.add(ev)
     for acct in warm.accounts:
         assert list(warm.accounts[acct].window) == list(cold.accounts[acct].window)
+
+
+# ---- the fast paths against plain reference implementations ----------------------------------------------------
+def _reference_normalise(text: str) -> str:
+    """Masking in steps, as the template docs describe it: numbers, then identifiers, then cutting into words."""
+    import re
+    import unicodedata
+
+    from antidistill.monitor import templates as T
+
+    t = text[:T.MAX_CHARS]
+    if not t.isascii():
+        t = unicodedata.normalize("NFKC", t).translate(T._CONFUSABLES)
+    t = t.casefold()
+    t = T._URL.sub(" url ", t)
+    t = T._STR.sub(" str ", t)
+    t = T._EMAIL.sub(" email ", t)
+    t = re.sub(r"[-+]?\d[\d.,:/_-]*", " 0 ", t)
+    t = re.sub(r"\b\w{25,}\b", " id ", t)
+    return " ".join(re.findall(r"\w+", t))
+
+
+def _random_text(rng: random.Random) -> str:
+    alphabet = "aZq09_-.,:/ '\"`@é²½١ßﬁＡ\u200bа\t\n" + "x" * 10
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90)))
+
+
+def test_normalise_matches_the_stepwise_reference_on_random_text():
+    rng = random.Random(11)
+    texts = [_random_text(rng) for _ in range(5000)] + [e.prompt for e in mixed_events(200)]
+    texts += ["a" * 30 + "1" + "b" * 30, "x1_y", "-3.5e7 apples", "www.example.com/a1 \"q1\" me@x.io"]
+    for t in texts:
+        assert normalise(t) == _reference_normalise(t), t
+
+
+def test_content_words_are_the_long_non_stop_words():
+    from antidistill.monitor.templates import _STOP, content_words
+
+    rng = random.Random(12)
+    for _ in range(2000):
+        norm = normalise(_random_text(rng) + " the explain photosynthesis tree")
+        assert content_words(norm) == frozenset(w for w in norm.split() if len(w) >= 4 and w not in _STOP)
+
+
+def test_every_reasoning_phrase_holds_a_probe_word():
+    from antidistill.monitor.features import COT_PHRASES, COT_PROBES
+
+    assert all(any(w in p for w in COT_PROBES) for p in COT_PHRASES)
+
+
+def test_batched_signatures_and_templates_equal_one_at_a_time():
+    hasher = MinHasher()
+    sets = [shingles(normalise(e.prompt)) for e in mixed_events(120, seed=4)] + [[]]
+    np.testing.assert_array_equal(hasher.signatures(sets), np.vstack([hasher.signature(s) for s in sets]))
+    norms = [normalise(e.prompt) for e in mixed_events(400, seed=6)] + [""]
+    one, batched = TemplateIndex(), TemplateIndex()
+    ids = [one.template_of(n) for n in norms]
+    got = []
+    for i in range(0, len(norms), 64):
+        batched.prepare(norms[i:i + 64])
+        got += [batched.template_of(n) for n in norms[i:i + 64]]
+    assert got == ids
+
+
+def _reference_window_features(atoms, n_total):
+    """The feature vector computed with numpy (no embeddings)."""
+    import math
+    from collections import Counter
+
+    from antidistill.monitor.features import LONG_DEMAND
+
+    x = np.full(len(FEATURES), np.nan)
+    a = sorted(atoms, key=lambda v: v.t)
+    n = len(a)
+    t = np.array([v.t for v in a])
+    pt, ct = np.array([v.prompt_tokens for v in a], float), np.array([v.completion_tokens for v in a], float)
+    mt, chars = np.array([v.max_tokens for v in a], float), np.array([v.chars for v in a], float)
+    gaps = np.diff(t)
+    span_h = max(float(t[-1] - t[0]), 60.0) / 3600.0
+    f = dict.fromkeys(FEATURES, np.nan)
+    f["log_requests"] = math.log1p(n_total)
+    f["log_rate_per_hour"] = math.log1p((n - 1) / span_h) if n > 1 else 0.0
+    f["log_prompt_tokens"], f["log_completion_tokens"] = math.log1p(pt.mean()), math.log1p(ct.mean())
+    f["completion_ratio"] = math.log((ct.sum() + 1) / (pt.sum() + 1))
+    f["gap_cv"] = float(gaps.std() / gaps.mean()) if gaps.size >= 2 and gaps.mean() > 0 else 1.0
+    f["log_gap_median"] = math.log1p(float(np.median(gaps))) if gaps.size else 0.0
+    f["burst_share"] = float((gaps < 5).mean()) if gaps.size else 0.0
+    f["mean_turns"] = math.log1p(sum(v.turns for v in a) / n)
+    f["single_turn_share"] = sum(v.turns <= 1 for v in a) / n
+    tc = Counter(v.template for v in a)
+    f["template_top_share"], f["template_distinct_ratio"] = max(tc.values()) / n, len(tc) / n
+    f["template_reuse"] = sum(v.template_seen for v in a) / n
+    total = sum(len(v.words) for v in a)
+    f["word_diversity"] = len(set().union(*(v.words for v in a))) / total if total else 0.0
+    f["cot_share"] = sum(v.cot for v in a) / n
+    systems = [v.system for v in a if v.system]
+    f["system_share"] = len(systems) / n
+    f["system_distinct_ratio"] = len(set(systems)) / len(systems) if systems else 0.0
+    hours = np.array(list(Counter(v.hour for v in a).values()), float)
+    p = hours / hours.sum()
+    f["hour_entropy"] = float(-(p * np.log(p)).sum() / math.log(24)) if hours.size > 1 else 0.0
+    f["active_hours"] = hours.size / 24
+    given = mt[mt >= 0]
+    f["log_demand"] = math.log1p(float(np.median(given))) if given.size else 0.0
+    f["long_demand_share"] = float((mt >= LONG_DEMAND).mean())
+    f["demand_given_share"] = given.size / n
+    f["models"] = float(len({v.model for v in a}))
+    f["fresh_model_share"] = sum(v.fresh for v in a) / n
+    f["log_switches"] = math.log1p(sum(v.switch for v in a))
+    f["error_share"] = (n - sum(v.ok for v in a)) / n
+    f["prompt_len_cv"] = float(chars.std() / chars.mean()) if chars.mean() > 0 else 0.0
+    per = Counter(v.account for v in a)
+    f["log_accounts"], f["top_account_share"] = math.log(len(per)), max(per.values()) / n
+    for i, name in enumerate(FEATURES):
+        x[i] = f[name]
+    return x
+
+
+def test_window_features_match_a_numpy_reference():
+    from antidistill.monitor.features import window_features
+
+    tracker = FeatureTracker()
+    for ev in mixed_events(700, seed=8):
+        tracker.add(ev)
+    windows = [list(acct.window) for acct in tracker.accounts.values()]
+    merged = [a for w in windows for a in w]
+    windows += [merged, merged[:1], merged[:2]]
+    for w in windows:
+        np.testing.assert_allclose(window_features(w, len(w) + 3), _reference_window_features(w, len(w) + 3),
+                                   rtol=1e-12, atol=1e-12)

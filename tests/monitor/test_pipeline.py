@@ -96,3 +96,16 @@ def test_load_without_a_model_falls_back_to_rules_and_refuses_embeddings():
     assert not mon.scorer.trained
     with pytest.raises(ConfigError):
         Monitor.load(s, embeddings=True)
+
+
+def test_observe_many_gives_what_observe_gives():
+    from tests.monitor.test_features import mixed_events
+
+    events = mixed_events(900, seed=21)
+    one, many = Monitor(Scorer.rules_only(), flush_s=300), Monitor(Scorer.rules_only(), flush_s=300)
+    a = [x for ev in events for x in one.observe(ev)] + one.flush()
+    b = [x for i in range(0, len(events), 128) for x in many.observe_many(events[i:i + 128])] + many.flush()
+    assert [(x.account_id, x.level, x.risk, x.requests) for x in a] == \
+        [(x.account_id, x.level, x.risk, x.requests) for x in b]
+    for acct in one.tracker.accounts:
+        assert list(one.tracker.accounts[acct].window) == list(many.tracker.accounts[acct].window)

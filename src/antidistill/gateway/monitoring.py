@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: accounts whose enforcement state is cached at most (the cache is emptied when it grows beyond)
 MAX_CACHED_ACCOUNTS = 100_000
+#: exchanges the worker takes off its queue at once (what is waiting, up to this)
+WORKER_BATCH = 256
 _STOP = object()
 
 
@@ -156,16 +158,30 @@ class MonitorWorker:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            items = [self._queue.get()]
+            # take what else is waiting, up to a batch: under load the monitor hashes a batch's prompts at once
+            while len(items) < WORKER_BATCH:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = False
             try:
-                if item is _STOP:
-                    return
-                self._process(*item)
-                if self._queue.empty():
+                work = []
+                for item in items:
+                    if item is _STOP:
+                        stop = True
+                    else:
+                        work.append(item)
+                self._process_batch(work)
+                if not stop and self._queue.empty():
                     self._flush()
             finally:
-                self._queue.task_done()
+                for _ in items:
+                    self._queue.task_done()
                 self.metrics.depth.set(self._queue.qsize())
+            if stop:
+                return
 
     def _flush(self) -> None:
         # A monitor that batches its scores (pipeline.Monitor) is flushed whenever the worker catches up: under
@@ -181,14 +197,28 @@ class MonitorWorker:
             return
         self._apply(rises)
 
-    def _process(self, entry: AuditEntry, metadata: dict[str, Any]) -> None:
-        try:
-            assessments = self.monitor.observe(_event(entry, metadata))
-        except Exception:
-            self.metrics.errors.inc()
-            log.error("the monitor failed on exchange %s", entry.response_id, exc_info=True)
-            return
-        self._apply(assessments)
+    def _process_batch(self, items: list[tuple[AuditEntry, dict[str, Any]]]) -> None:
+        events = []
+        for entry, metadata in items:
+            try:
+                events.append((entry, _event(entry, metadata)))
+            except Exception:
+                self.metrics.errors.inc()
+                log.error("the monitor could not read exchange %s", entry.response_id, exc_info=True)
+        prepare = getattr(self.monitor, "prepare", None)
+        if prepare is not None and len(events) > 1:
+            try:
+                prepare([ev for _, ev in events])
+            except Exception:  # only a cache warm-up: observe() does the same work one event at a time
+                log.warning("the monitor failed to prepare a batch", exc_info=True)
+        for entry, ev in events:
+            try:
+                assessments = self.monitor.observe(ev)
+            except Exception:
+                self.metrics.errors.inc()
+                log.error("the monitor failed on exchange %s", entry.response_id, exc_info=True)
+                continue
+            self._apply(assessments)
 
     def _apply(self, assessments: Any) -> None:
         for a in assessments or ():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
@@ -92,16 +92,15 @@ def _signup_days(value: str) -> list[str]:
     return [day.isoformat(), f"b{day.toordinal() // 3}"]
 
 
-def timing_signature(window: Iterable[Atom], min_events: int = 20) -> str | None:
+def timing_signature(window: Sequence[Atom], min_events: int = 20) -> str | None:
     """The set of 10-minute slots an account was active in, hashed, when the activity is bursty and sparse.
 
     Accounts driven by one scheduler fire in the same slots; a sparse signature (a few busy slots) that two
     accounts share is unlikely by chance, a dense one (active all day) says nothing and is not returned.
     """
-    slots = sorted({int(a.t // 600) for a in window})
-    atoms = list(window)
-    if len(atoms) < min_events or not slots:
+    if len(window) < min_events:
         return None
+    slots = sorted({int(a.t // 600) for a in window})
     span = slots[-1] - slots[0] + 1
     if len(slots) > 0.5 * span or len(slots) > 48:
         return None

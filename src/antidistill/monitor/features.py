@@ -24,6 +24,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -66,10 +67,14 @@ def demands_reasoning(norm: str) -> bool:
     >>> demands_reasoning(normalise("What's the capital of France?"))
     False
     """
-    return _COT.search(norm) is not None
+    return any(w in norm for w in COT_PROBES) and _COT.search(norm) is not None
 
 
 _COT = re.compile("|".join(re.escape(p) for p in COT_PHRASES))
+#: every phrase holds one of these: text that holds none of them holds no phrase, and most prompts are ruled out
+#: by these substring tests alone, several times faster than the search (a test checks the cover)
+COT_PROBES: tuple[str, ...] = ("step", "reason", "think", "thought", "work", "derivation", "intermediate",
+                               "principles", "verify", "walk")
 
 
 #: the feature vector, in order; :data:`DESCRIPTIONS` says each in words
@@ -250,6 +255,19 @@ class Encoder:
             got = self._texts[prompt] = (norm, demands_reasoning(norm), content_words(norm))
         return got
 
+    def prepare(self, prompts: Iterable[Any]) -> None:
+        """Normalise a batch of prompts and hash their templates ahead of :meth:`encode` (vectorised; the
+        atoms are the same as without it)."""
+        texts = self._texts
+        todo = [p for p in dict.fromkeys(prompts) if isinstance(p, str) and p not in texts]
+        if not todo:
+            return
+        if len(texts) + len(todo) > TEXT_CACHE:
+            texts.clear()
+        for p in todo:
+            self._text(p)
+        self.templates.prepare([texts[p][0] for p in todo if p in texts])
+
     def encode(self, event: ExchangeEvent, acct: AccountState) -> Atom:
         """The atom of ``event``, updating ``acct``'s running totals (not its window)."""
         ts = event.ts.timestamp()
@@ -302,11 +320,12 @@ class Encoder:
 
 
 def _entropy(counts: Iterable[int], k: int) -> float:
-    c = np.asarray([x for x in counts if x > 0], dtype=float)
-    if c.size <= 1 or k <= 1:
+    """Shannon entropy of the counts, over its maximum ``log k`` (0 for one value or ``k <= 1``)."""
+    c = [x for x in counts if x > 0]
+    if len(c) <= 1 or k <= 1:
         return 0.0
-    p = c / c.sum()
-    return float(-(p * np.log(p)).sum() / math.log(k))
+    total = sum(c)
+    return -math.fsum(v / total * math.log(v / total) for v in c) / math.log(k)
 
 
 def _embedding_features(embs: Sequence[np.ndarray]) -> tuple[float, float]:
@@ -327,72 +346,89 @@ def _embedding_features(embs: Sequence[np.ndarray]) -> tuple[float, float]:
 _T = attrgetter("t")
 
 
+def _median(values: Sequence[float]) -> float:
+    v = sorted(values)
+    k = len(v)
+    return float(v[k // 2]) if k % 2 else (v[k // 2 - 1] + v[k // 2]) / 2.0
+
+
+def _cv(values: Sequence[float]) -> float | None:
+    """Population standard deviation over mean (``None`` when the mean is not positive)."""
+    k = len(values)
+    mean = math.fsum(values) / k
+    if mean <= 0:
+        return None
+    return math.sqrt(math.fsum([(v - mean) * (v - mean) for v in values]) / k) / mean
+
+
 def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np.ndarray] | None = None
                     ) -> np.ndarray:
     """The feature vector :data:`FEATURES` of one window of atoms (any order; sorted by time here).
+
+    Plain Python over the window's columns: for a couple of hundred values, numpy's per-call cost is most of the
+    work (the tests compare with a numpy version).
 
     Args:
         atoms: the window (an account's last :data:`WINDOW` exchanges, or a cluster's merged ones).
         n_total: requests ever seen from the account (or cluster).
         embeddings: unit-norm prompt embeddings of the window (``None``: the embedding features are NaN).
     """
-    x = np.full(len(FEATURES), np.nan)
     n = len(atoms)
     if n == 0:
-        x[:] = 0.0
-        return x
+        return np.zeros(len(FEATURES))
+    x = [math.nan] * len(FEATURES)
     # one pass over the atoms, then columns (the window is scored often: this is on the hot path)
-    (ts, pts, cts, mts, turns, templates, seen, systems_all, cots, hours_all, models, fresh, switches, oks, chars_all,
+    (t, pt, ct, mt, turns, templates, seen, systems_all, cots, hours_all, models, fresh, switches, oks, chars,
      words, accounts) = zip(*sorted(atoms, key=_T), strict=True)  # Atom's fields, in order
-    t = np.array(ts, dtype=float)
-    pt = np.array(pts, dtype=float)
-    ct = np.array(cts, dtype=float)
-    mt = np.array(mts, dtype=float)
-    chars = np.array(chars_all, dtype=float)
     span_h = max(float(t[-1] - t[0]), 60.0) / 3600.0
-    gaps = np.diff(t)
-    x[INDEX["log_requests"]] = math.log1p(n_total)
-    x[INDEX["log_rate_per_hour"]] = math.log1p((n - 1) / span_h) if n > 1 else 0.0
-    x[INDEX["log_prompt_tokens"]] = math.log1p(float(pt.mean()))
-    x[INDEX["log_completion_tokens"]] = math.log1p(float(ct.mean()))
-    x[INDEX["completion_ratio"]] = math.log((float(ct.sum()) + 1.0) / (float(pt.sum()) + 1.0))
-    if gaps.size >= 2 and gaps.mean() > 0:
-        x[INDEX["gap_cv"]] = float(gaps.std() / gaps.mean())
-    else:
-        x[INDEX["gap_cv"]] = 1.0
-    x[INDEX["log_gap_median"]] = math.log1p(float(np.median(gaps))) if gaps.size else 0.0
-    x[INDEX["burst_share"]] = float((gaps < 5.0).mean()) if gaps.size else 0.0
-    x[INDEX["mean_turns"]] = math.log1p(sum(turns) / n)
-    x[INDEX["single_turn_share"]] = sum(1 for v in turns if v <= 1) / n
+    gaps = [b - a for a, b in pairwise(t)]
+    x[_I_REQUESTS] = math.log1p(n_total)
+    x[_I_RATE] = math.log1p((n - 1) / span_h) if n > 1 else 0.0
+    pt_sum, ct_sum = math.fsum(pt), math.fsum(ct)
+    x[_I_PROMPT] = math.log1p(pt_sum / n)
+    x[_I_COMPLETION] = math.log1p(ct_sum / n)
+    x[_I_RATIO] = math.log((ct_sum + 1.0) / (pt_sum + 1.0))
+    cv = _cv(gaps) if len(gaps) >= 2 else None
+    x[_I_GAP_CV] = 1.0 if cv is None else cv
+    x[_I_GAP_MEDIAN] = math.log1p(_median(gaps)) if gaps else 0.0
+    x[_I_BURST] = sum(g < 5.0 for g in gaps) / len(gaps) if gaps else 0.0
+    x[_I_TURNS] = math.log1p(sum(turns) / n)
+    x[_I_SINGLE] = sum(v <= 1 for v in turns) / n
     tc = Counter(templates)
-    x[INDEX["template_top_share"]] = max(tc.values()) / n
-    x[INDEX["template_distinct_ratio"]] = len(tc) / n
-    x[INDEX["template_reuse"]] = sum(seen) / n
+    x[_I_TEMPLATE_TOP] = max(tc.values()) / n
+    x[_I_TEMPLATE_DISTINCT] = len(tc) / n
+    x[_I_REUSE] = sum(seen) / n
     total_words = sum(map(len, words))
-    distinct_words = len(frozenset().union(*words))
-    x[INDEX["word_diversity"]] = distinct_words / total_words if total_words else 0.0
-    x[INDEX["cot_share"]] = sum(cots) / n
+    x[_I_WORDS] = len(frozenset().union(*words)) / total_words if total_words else 0.0
+    x[_I_COT] = sum(cots) / n
     systems = [v for v in systems_all if v]
-    x[INDEX["system_share"]] = len(systems) / n
-    x[INDEX["system_distinct_ratio"]] = len(set(systems)) / len(systems) if systems else 0.0
+    x[_I_SYSTEM] = len(systems) / n
+    x[_I_SYSTEM_DISTINCT] = len(set(systems)) / len(systems) if systems else 0.0
     hours = Counter(hours_all)
-    x[INDEX["hour_entropy"]] = _entropy(hours.values(), 24)
-    x[INDEX["active_hours"]] = len(hours) / 24.0
-    given = mt[mt >= 0]
-    x[INDEX["log_demand"]] = math.log1p(float(np.median(given))) if given.size else 0.0
-    x[INDEX["long_demand_share"]] = float((mt >= LONG_DEMAND).mean())
-    x[INDEX["demand_given_share"]] = given.size / n
-    x[INDEX["models"]] = float(len(set(models)))
-    x[INDEX["fresh_model_share"]] = sum(fresh) / n
-    x[INDEX["log_switches"]] = math.log1p(sum(switches))
-    x[INDEX["error_share"]] = (n - sum(oks)) / n
-    x[INDEX["prompt_len_cv"]] = float(chars.std() / chars.mean()) if chars.mean() > 0 else 0.0
+    x[_I_HOUR_ENTROPY] = _entropy(hours.values(), 24)
+    x[_I_ACTIVE_HOURS] = len(hours) / 24.0
+    given = [v for v in mt if v >= 0]
+    x[_I_DEMAND] = math.log1p(_median(given)) if given else 0.0
+    x[_I_LONG] = sum(v >= LONG_DEMAND for v in mt) / n
+    x[_I_GIVEN] = len(given) / n
+    x[_I_MODELS] = float(len(set(models)))
+    x[_I_FRESH] = sum(fresh) / n
+    x[_I_SWITCHES] = math.log1p(sum(switches))
+    x[_I_ERRORS] = (n - sum(oks)) / n
+    cv = _cv(chars)
+    x[_I_LEN_CV] = 0.0 if cv is None else cv
     per_account = Counter(accounts)
-    x[INDEX["log_accounts"]] = math.log(len(per_account))
-    x[INDEX["top_account_share"]] = max(per_account.values()) / n
+    x[_I_ACCOUNTS] = math.log(len(per_account))
+    x[_I_TOP_ACCOUNT] = max(per_account.values()) / n
     if embeddings is not None:
-        x[INDEX["emb_spread"]], x[INDEX["emb_coverage"]] = _embedding_features(list(embeddings))
-    return x
+        x[_I_EMB_SPREAD], x[_I_EMB_COVERAGE] = _embedding_features(list(embeddings))
+    return np.array(x, dtype=float)
+
+
+(_I_REQUESTS, _I_RATE, _I_PROMPT, _I_COMPLETION, _I_RATIO, _I_GAP_CV, _I_GAP_MEDIAN, _I_BURST, _I_TURNS, _I_SINGLE,
+ _I_TEMPLATE_TOP, _I_TEMPLATE_DISTINCT, _I_REUSE, _I_WORDS, _I_COT, _I_SYSTEM, _I_SYSTEM_DISTINCT, _I_HOUR_ENTROPY,
+ _I_ACTIVE_HOURS, _I_DEMAND, _I_LONG, _I_GIVEN, _I_MODELS, _I_FRESH, _I_SWITCHES, _I_ERRORS, _I_LEN_CV,
+ _I_EMB_SPREAD, _I_EMB_COVERAGE, _I_ACCOUNTS, _I_TOP_ACCOUNT) = range(len(FEATURES))
 
 
 class FeatureTracker:

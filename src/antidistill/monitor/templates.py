@@ -43,10 +43,12 @@ _URL = re.compile(r"https?://\S+|www\.\S+")
 _STR = re.compile(r"\"[^\"]{1,200}\"|`[^`]{1,200}`|(?<!\w)'[^']{1,200}'(?!\w)")
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
 _NUM = re.compile(r"[-+]?\d[\d.,:/_-]*")
-_ID = re.compile(r"\b\w{25,}\b")
-
-
+_DIGIT = re.compile(r"\d")
 _WORD = re.compile(r"\w+")
+_LONG_WORD = re.compile(r"\b\w{4,}")
+#: a word of this many characters or more is an identifier (masked to ``id``)
+ID_CHARS = 25
+
 #: prompts are cut to this many characters before normalising (a template shows in its first kB or two)
 MAX_CHARS = 1500
 _STOP = frozenset((  # noqa: SIM905 - a word list reads better as text
@@ -73,21 +75,23 @@ def normalise(text: str) -> str:
         t = _STR.sub(" str ", t)
     if "@" in t:
         t = _EMAIL.sub(" email ", t)
-    t = _ID.sub(" id ", _NUM.sub(" 0 ", t))
-    return " ".join(_WORD.findall(t))
+    if _DIGIT.search(t):
+        t = _NUM.sub(" 0 ", t)
+    words = _WORD.findall(t)
+    if words and max(map(len, words)) >= ID_CHARS:
+        words = ["id" if len(w) >= ID_CHARS else w for w in words]
+    return " ".join(words)
 
 
 def shingles(norm: str) -> list[bytes]:
-    """Word unigrams and bigrams of normalised text (a one-word prompt still has one shingle)."""
-    words = norm.split()
-    out = [w.encode() for w in words]
-    out.extend(f"{a} {b}".encode() for a, b in pairwise(words))
-    return out
+    """Word unigrams and bigrams of normalised text (a one-word prompt still has one shingle), UTF-8 encoded."""
+    words = norm.encode().split()
+    return words + list(map(b" ".join, pairwise(words)))
 
 
 def content_words(norm: str) -> frozenset[str]:
     """The distinct content words (no stop words, at least 4 letters): a cheap topic fingerprint."""
-    return frozenset(w for w in norm.split() if len(w) >= 4 and w not in _STOP)
+    return frozenset(_LONG_WORD.findall(norm)).difference(_STOP)
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -131,10 +135,24 @@ class MinHasher:
         """The MinHash of a set of byte strings (all ``2**32 - 1`` for the empty set)."""
         if not items:
             return self._empty.copy()
-        hv = np.fromiter((zlib.crc32(x) for x in items), dtype=np.uint32, count=len(items)).reshape(-1, 1)
+        return self.signatures([items])[0]
+
+    def signatures(self, sets: list[list[bytes]]) -> np.ndarray:
+        """The MinHashes of several sets at once, ``(len(sets), num_perm)``: one numpy pass over all their items,
+        which for short prompts costs a fraction of one :meth:`signature` call each."""
+        out = np.empty((len(sets), self.num_perm), dtype=np.uint32)
+        sizes = np.fromiter(map(len, sets), dtype=np.intp, count=len(sets))
+        nonempty = sizes > 0
+        out[~nonempty] = self._empty
+        if not nonempty.any():
+            return out
+        flat = [x for items in sets for x in items]
+        hv = np.fromiter(map(zlib.crc32, flat), dtype=np.uint32, count=len(flat)).reshape(-1, 1)
         with np.errstate(over="ignore"):
             phv = _fmix32(hv) * self.a + self.b
-        return phv.min(axis=0)
+        starts = np.cumsum(sizes) - sizes
+        out[nonempty] = np.minimum.reduceat(phv, starts[nonempty], axis=0)
+        return out
 
 
 class TemplateIndex:
@@ -160,12 +178,29 @@ class TemplateIndex:
         self._bands: list[dict[bytes, int]] = [{} for _ in range(BANDS)]
         self._cache: OrderedDict[str, int] = OrderedDict()
         self._cache_size = cache_size
+        self._keys: dict[str, list[bytes]] = {}  # band keys computed ahead by :meth:`prepare`
+        self._band = np.dtype((np.void, ROWS * 4))
         self.count = 0  # templates so far
 
     def template(self, text: str) -> tuple[int, str]:
         """``(template id, normalised text)``; id 0 is the empty prompt."""
         norm = normalise(text)
         return self.template_of(norm), norm
+
+    def _band_keys(self, norms: list[str]) -> list[list[bytes]]:
+        sigs = self.hasher.signatures([shingles(n) for n in norms])
+        # each band's ROWS values as one bytes object: the LSH bucket key
+        return np.ascontiguousarray(sigs).view(self._band).reshape(len(norms), BANDS).tolist()
+
+    def prepare(self, norms: list[str]) -> None:
+        """Compute the signatures of the normalised texts not yet cached, all at once (a batch of prompts costs a
+        fraction of hashing them one by one); :meth:`template_of` then only looks them up. Template ids do not
+        depend on it: they are still given in the order :meth:`template_of` is called."""
+        todo = list(dict.fromkeys(n for n in norms if n and n not in self._cache and n not in self._keys))
+        if todo:
+            if len(self._keys) > self._cache_size:
+                self._keys.clear()
+            self._keys.update(zip(todo, self._band_keys(todo), strict=True))
 
     def template_of(self, norm: str) -> int:
         """The template id of already normalised text (:func:`normalise`); 0 for the empty text."""
@@ -175,8 +210,10 @@ class TemplateIndex:
         if tid is not None:
             self._cache.move_to_end(norm)
             return tid
-        sig = self.hasher.signature(shingles(norm))
-        keys = [sig[i * ROWS:(i + 1) * ROWS].tobytes() for i in range(BANDS)]
+        keys = self._keys.pop(norm, None)
+        if keys is None:
+            sig = self.hasher.signature(shingles(norm))
+            keys = [sig[i * ROWS:(i + 1) * ROWS].tobytes() for i in range(BANDS)]
         found = [band[k] for band, k in zip(self._bands, keys, strict=True) if k in band]
         if found:
             tid = min(found)

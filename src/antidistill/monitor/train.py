@@ -126,8 +126,7 @@ def collect_rows(plan: Any, embedder: Any = None, scorer: Scorer | None = None) 
         rows.kind.append(kind)
 
     mon = Monitor(scorer or Scorer.rules_only(), embedder=embedder, releases=releases_of(plan), recorder=record)
-    for ev in plan_events(plan):
-        mon.observe(ev)
+    mon.observe_many(plan_events(plan))
     mon.flush()
     return rows, mon
 
@@ -163,8 +162,7 @@ def benign_max_risks(plan: Any, scorer: Scorer, embedder: Any = None
     :func:`~antidistill.monitor.score.calibrate`); and a per-persona summary of the highest risks (for the
     manifest; ``"linked_to_attackers"`` counts the benign accounts left out of the ceiling)."""
     mon = Monitor(scorer, embedder=embedder, releases=releases_of(plan))
-    for ev in plan_events(plan):
-        mon.observe(ev)
+    mon.observe_many(plan_events(plan))
     mon.flush()
     role = {a.key: a.role for a in plan.accounts}
     benign, ceiling = [], []
