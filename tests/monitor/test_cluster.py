@@ -100,3 +100,26 @@ def test_a_lone_account_joins_a_group_on_its_shared_templates_but_two_lone_accou
     lk.register(root, cluster_attributes(lk.clusters[root], ft.accounts), ft.accounts)
     assert lk.probe("lone1", group_probe_attributes(ft.accounts["lone1"]), ft.accounts)
     assert lk.find("lone1") == lk.find("m0") != lk.find("lone2")
+
+
+def test_one_prompt_in_a_campaigns_template_and_signup_week_does_not_join_its_group():
+    # a new account whose first prompt happens to match a campaign template, signed up in the campaign's burst:
+    # one prompt is not a habit; the same account sending the template again joins
+    from antidistill.monitor.cluster import cluster_attributes, group_probe_attributes
+
+    meta = {"signup_at": "2026-01-04T10:00:00", "signup_source": "web"}
+    prompt = "Instruction: write a tutorial about the subject below, in depth."
+    specs = {f"m{i}": {"prompt": prompt, "addr": f"203.0.{i}.9", "ua": f"ua-{i}",
+                       "meta": {**meta, "payment_fingerprint": "pf_1"}} for i in range(3)}
+    lk, ft = run(specs)
+    root = lk.find("m0")
+    lk.register(root, cluster_attributes(lk.clusters[root], ft.accounts), ft.accounts)
+    newcomer = "casual"
+    lk.add_account(newcomer)
+    ft.add(ExchangeEvent(newcomer, T0 + timedelta(hours=3), prompt=prompt + " hello", account_metadata=meta))
+    assert "template" not in attributes(ft.accounts[newcomer])
+    assert lk.probe(newcomer, group_probe_attributes(ft.accounts[newcomer]), ft.accounts) == []
+    assert lk.register(newcomer, attributes(ft.accounts[newcomer]), ft.accounts) == []
+    ft.add(ExchangeEvent(newcomer, T0 + timedelta(hours=4), prompt=prompt + " again", account_metadata=meta))
+    assert lk.probe(newcomer, group_probe_attributes(ft.accounts[newcomer]), ft.accounts)
+    assert lk.find(newcomer) == root

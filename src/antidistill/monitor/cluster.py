@@ -2,11 +2,11 @@
 
 Each account is described by a few *attributes*: its payment fingerprint, organisation, signup source and signup
 date (from the account's metadata), the address prefix (/24 or /48) and user agent it mostly uses, the prompt
-templates and system prompt it mostly sends, and a coarse *timing signature* (the 10-minute slots of a sparse,
-bursty account). Each kind of
-attribute carries a weight (:data:`WEIGHTS`); two accounts are linked when the attributes they share weigh at
-least 1. One shared payment fingerprint is enough; one shared NAT prefix, a common SDK's user agent or a public
-benchmark's template is not; a shared NAT *and* user agent *and* template is.
+templates (each used at least twice) and system prompt it mostly sends, and a coarse *timing signature* (the
+10-minute slots of a sparse, bursty account). Each kind of attribute carries a weight (:data:`WEIGHTS`); two
+accounts are linked when the attributes they share weigh at least 1. One shared payment fingerprint is enough;
+one shared NAT prefix, a common SDK's user agent or a public benchmark's template is not; a shared NAT *and* user
+agent *and* template is.
 
 Linking is incremental and exact for that rule: every account registers, for each minimal combination of its
 attributes whose weights reach 1, a key made of those attribute values; two accounts that share such a key are
@@ -43,6 +43,7 @@ WEIGHTS: dict[str, float] = {
     "group_template": 0.6,
     "group_signup_day": 0.4,
     "group_signup": 0.15,
+    "group_prefix": 0.6,
 }
 LINK_AT = 1.0
 #: words shown in reasons
@@ -52,12 +53,26 @@ KIND_WORDS: dict[str, str] = {
     "signup": "signup source",
     "signup_day": "signup date",
     "group_template": "prompt templates (group)", "group_signup_day": "signup burst (group)",
-    "group_signup": "signup source (group)",
+    "group_signup": "signup source (group)", "group_prefix": "network prefixes (group)",
 }
 #: an attribute value must cover this share of an account's requests (and at least MIN_COUNT of them)
 MIN_SHARE = 0.25
 MIN_COUNT = 5
 TEMPLATE_SHARE = 0.1
+#: uses of a template before it links an account to another account or to a group: one prompt is not a habit,
+#: and the first prompt of a new account is often a phrasing thousands of people use ("what's a good name for …");
+#: with one, a casual user who signed up in a hydra's signup week was swept into its cluster
+TEMPLATE_LEAST = 2
+#: an account's template, to join a group that uses it: a twentieth or more of its requests (a member of a campaign
+#: that spreads its harvest over many templates uses each of them a few times)
+PROBE_SHARE = 0.05
+#: a group's template: one used by at least this share of its members (and this many)
+MEMBER_SHARE = 0.2
+MEMBER_LEAST = 3
+#: a group's network prefix: one used by at least this share of its members (and MEMBER_LEAST)
+PREFIX_MEMBER_SHARE = 0.1
+#: a group's signup burst: each 3-day bucket that holds at least this share of its members
+BUCKET_SHARE = 1 / 6
 #: metadata values that say nothing (placeholders, free-mail organisations)
 _EMPTY = frozenset({"", "none", "null", "n/a", "na", "-", "unknown", "personal", "individual", "self", "private"})
 
@@ -74,9 +89,9 @@ def _meta(meta: dict[str, Any], *names: str) -> str | None:
     return None
 
 
-def _dominant(counter: Counter[Any], n: int, k: int = 2, share: float = MIN_SHARE) -> list[Any]:
+def _dominant(counter: Counter[Any], n: int, k: int = 2, share: float = MIN_SHARE, least: int = 1) -> list[Any]:
     # a new account's first requests count: a hydra member may send only one or two
-    need = max(1, min(MIN_COUNT, math.ceil(share * n)), share * n)
+    need = max(least, min(MIN_COUNT, math.ceil(share * n)), share * n)
     # the same as filtering ``counter.most_common(k)`` (the threshold is monotone in the count and the sort is
     # stable), without a heap over every value the account ever used
     top = sorted(((v, c) for v, c in counter.items() if c >= need), key=_COUNT, reverse=True)
@@ -128,7 +143,7 @@ def attributes(acct: AccountState) -> dict[str, list[str]]:
         out["prefix"] = p
     if (a := _dominant(acct.agents, n)):
         out["agent"] = a
-    if (t := [str(v) for v in _dominant(acct.templates, n)]):
+    if (t := [str(v) for v in _dominant(acct.templates, n, least=TEMPLATE_LEAST)]):
         out["template"] = t
     if (s := [str(v) for v in _dominant(acct.systems, n, 1)]):
         out["system"] = s
@@ -139,15 +154,25 @@ def attributes(acct: AccountState) -> dict[str, list[str]]:
 
 def cluster_attributes(cluster: Cluster, accounts: dict[str, AccountState]) -> dict[str, list[str]]:
     """A cluster's own attributes, to link whole groups: its templates (each a tenth or more of its merged
-    window) and its members' common signup burst and source. A campaign paying with several cards forms one group
-    per card; the groups share the campaign's templates and signup burst, which no single member may show
-    strongly enough. Their kinds (``group_…``) only match other groups' keys, never a single account's."""
+    window, or used by a fifth or more of its members), its members' common signup burst (the 3-day buckets that
+    hold a sixth of them or more) and source, and the network prefixes a tenth or more of them use. A campaign
+    paying with several cards forms one group per card; the groups share the campaign's templates and signup
+    burst, which no single member may show strongly enough. Their kinds (``group_…``) only match other groups'
+    keys, never a single account's."""
     out: dict[str, list[str]] = {}
     n = len(cluster.window)
     templates = Counter(a.template for a in cluster.window if a.template)
-    if (t := [str(v) for v in _dominant(templates, max(n, 1), 3, TEMPLATE_SHARE)]):
-        out["group_template"] = t
+    group = [str(v) for v in _dominant(templates, max(n, 1), 3, TEMPLATE_SHARE)]
     members = [accounts[m] for m in cluster.members if m in accounts]
+    # a campaign spread over many templates (and reasoning demands, and cover chat) may have none that fills a
+    # tenth of its window, yet each of its templates is used by many members, which a chat phrasing is not
+    users: Counter[int] = Counter()
+    for m in members:
+        users.update(m.templates.keys())
+    need = max(MEMBER_LEAST, MEMBER_SHARE * len(members))
+    group += [str(v) for v, c in users.most_common(5) if c >= need and v and str(v) not in group]
+    if group:
+        out["group_template"] = group
     buckets: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     for m in members:
@@ -157,18 +182,25 @@ def cluster_attributes(cluster: Cluster, accounts: dict[str, AccountState]) -> d
         if (src := _meta(m.metadata or {}, "signup_source", "signup")):
             sources[src] += 1
     k = len(members)
-    if buckets and (b := buckets.most_common(1)[0]) and b[1] >= max(2, 0.25 * k):
-        out["group_signup_day"] = [b[0]]
+    # a burst spread over a week or two covers several 3-day buckets: each that holds a sixth of the members
+    if (b := [v for v, c in buckets.most_common(3) if c >= max(2, BUCKET_SHARE * k)]):
+        out["group_signup_day"] = b
+    prefixes: Counter[str] = Counter()
+    for m in members:
+        prefixes.update(m.prefixes.keys())
+    # the datacenter ranges a campaign's members send from (residential proxies spread over too many to count)
+    if (p := [v for v, c in prefixes.most_common(6) if c >= max(MEMBER_LEAST, PREFIX_MEMBER_SHARE * k)]):
+        out["group_prefix"] = p
     if sources and (src := sources.most_common(1)[0]) and src[1] >= max(2, 0.5 * k):
         out["group_signup"] = [src[0]]
     return out
 
 
 def group_probe_attributes(acct: AccountState) -> dict[str, list[str]]:
-    """An account's attributes in the group namespace (see :meth:`Linker.probe`): its templates (each a tenth or
-    more of its traffic), its signup burst bucket and source."""
+    """An account's attributes in the group namespace (see :meth:`Linker.probe`): its templates (each used twice
+    and a twentieth or more of its traffic), its signup burst bucket and source, its main network prefixes."""
     out: dict[str, list[str]] = {}
-    if (t := [str(v) for v in _dominant(acct.templates, max(1, acct.n), 3, TEMPLATE_SHARE)]):
+    if (t := [str(v) for v in _dominant(acct.templates, max(1, acct.n), 5, PROBE_SHARE, TEMPLATE_LEAST)]):
         out["group_template"] = t
     meta = acct.metadata or {}
     day = _meta(meta, "signup_at", "created_at")
@@ -176,6 +208,8 @@ def group_probe_attributes(acct: AccountState) -> dict[str, list[str]]:
         out["group_signup_day"] = [days[1]]
     if (src := _meta(meta, "signup_source", "signup")):
         out["group_signup"] = [src]
+    if (p := _dominant(acct.prefixes, max(1, acct.n), 2, MIN_SHARE, TEMPLATE_LEAST)):
+        out["group_prefix"] = p
     return out
 
 

@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from antidistill.monitor.api import LEVELS, Assessment, ExchangeEvent, level_rank
-from antidistill.monitor.cluster import Cluster, Linker, attributes, cluster_attributes, group_probe_attributes
+from antidistill.monitor.cluster import (
+    TEMPLATE_LEAST,
+    Cluster,
+    Linker,
+    attributes,
+    cluster_attributes,
+    group_probe_attributes,
+)
 from antidistill.monitor.features import AccountState, FeatureTracker, window_features
 from antidistill.monitor.score import Score, Scorer
 
@@ -175,7 +182,10 @@ class Monitor:
                 self._due_clusters[self.linker.find(aid)] = None
         if is_checkpoint(acct.n):
             self._due_accounts[aid] = None
-        elif acct.n <= 3:  # link a new account early (its own score waits for its first checkpoint)
+        elif acct.n <= 3 or (cluster is None and atom.template
+                             and acct.templates[atom.template] == TEMPLATE_LEAST):
+            # link a new account early (its own score waits for its first checkpoint), and a lone account as soon
+            # as a template becomes a habit of it (a hydra member may never reach its next checkpoint)
             self._link(acct)
         if len(self._due_accounts) + len(self._due_clusters) >= self.batch_size \
                 or self._now - self._last_flush >= self.flush_s:
