@@ -299,7 +299,8 @@ def watch_stage(console: Console, work: Path, sizes: DemoSizes) -> list[Check]:
     t0 = time.perf_counter()
     with console.status("Stage 7: training the monitor on simulated training traffic (train split)…"):
         manifest = train(_demo_settings(get_settings(), train_dir), seeds=WATCH_TRAIN_SEEDS,
-                         calibration_seeds=WATCH_CALIBRATION_SEEDS, scale="small", out_dir=None)
+                         calibration_seeds=WATCH_CALIBRATION_SEEDS, scale="small", out_dir=None,
+                         extra_personas={})
     th = manifest["thresholds"]
     console.print(f"   monitor trained fresh for this demo (your own trained monitor, if any, is not used): "
                   f"{manifest['rows']} windows from {len(WATCH_TRAIN_SEEDS)} small simulated days (train split), "

@@ -34,6 +34,24 @@ def test_training_writes_artefacts_and_a_manifest(trained):
     assert mon.scorer.trained and mon.scorer.thresholds == saved["thresholds"]
 
 
+def test_the_supervised_model_keeps_the_known_directions(trained):
+    import numpy as np
+
+    from antidistill.monitor.features import INDEX
+    from antidistill.monitor.train import MONOTONE
+
+    s, manifest = trained
+    assert manifest["train_extra_personas"]
+    scorer = Monitor.load(s).scorer
+    rng = np.random.default_rng(0)
+    base = np.nan_to_num(scorer.benign_median) + rng.normal(0, 0.3, (40, len(scorer.benign_median)))
+    for name, sign in MONOTONE.items():
+        X = np.repeat(base, 9, axis=0)
+        X[:, INDEX[name]] = np.tile(np.linspace(-1, 6, 9), len(base))
+        p = scorer._supervised_proba(scorer._matrix(X)).reshape(len(base), 9)
+        assert (np.diff(p, axis=1) * sign >= -1e-12).all(), name
+
+
 def test_heldout_seeds_are_refused_if_used_in_training(trained):
     from antidistill.errors import InputError
 
