@@ -22,6 +22,7 @@ from _common import table, write_json
 from antidistill.monitor.evaluate import check_heldout, evaluate_run
 from antidistill.settings import get_settings
 from antidistill.simulate import Scenario, run_simulation
+from antidistill.simulate.runner import load_scenario
 
 ATTACKERS = ("bulk_harvester", "stealthy_harvester", "cot_extractor", "coverage_sweeper", "release_pivot")
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--days", type=float, default=2.0)
     ap.add_argument("--per-kind", type=int, default=15)
     ap.add_argument("--hydras", type=int, default=2)
+    ap.add_argument("--sim-dir", default=None, help="keep the simulation here; if it already holds this one "
+                                                     "(same seed, days and counts), scan it again")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -41,8 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     scenario.counts.update({k: args.per_kind for k in ATTACKERS})
     scenario.counts["hydra"] = args.hydras
     with tempfile.TemporaryDirectory(prefix="monitor-attackers-") as tmp:
-        sim = run_simulation(scenario, Path(tmp))
-        report = evaluate_run(Path(tmp), settings)
+        target = Path(args.sim_dir) if args.sim_dir else Path(tmp)
+        if (target / "labels.jsonl").is_file():
+            done = load_scenario(target)
+            if done.get("seed") != args.seed or done.get("counts") != dict(scenario.counts):
+                print(f"{target} holds another simulation; choose a new --sim-dir", file=sys.stderr)
+                return 2
+            simulated = f"the simulation in {target} scanned again"
+        else:
+            sim = run_simulation(scenario, target)
+            simulated = f"{sim.planned} requests simulated in {sim.wall_s:.0f} s"
+        report = evaluate_run(target, settings)
     rows = []
     for name, p in report["personas"].items():
         ci = p.get("detection_ci95") or [None, None]
@@ -53,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows))
     fpr = report["benign_fpr"]["alert"]
     print(f"benign false positives at alert: {fpr['false_positives']}/{fpr['accounts']} = {fpr['rate']:.2%}; "
-          f"{sim.planned} requests simulated in {sim.wall_s:.0f} s")
+          f"{simulated}")
     path = write_json("monitor_attackers", {"params": vars(args), "report": report}, args.out)
     print(f"wrote {path}")
     return 0
