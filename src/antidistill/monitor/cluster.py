@@ -154,9 +154,9 @@ def attributes(acct: AccountState) -> dict[str, list[str]]:
 
 def cluster_attributes(cluster: Cluster, accounts: dict[str, AccountState]) -> dict[str, list[str]]:
     """A cluster's own attributes, to link whole groups: its templates (each a tenth or more of its merged
-    window, or used by a fifth or more of its members), its members' common signup burst (the 3-day buckets that
-    hold a sixth of them or more) and source, and the network prefixes a tenth or more of them use. A campaign
-    paying with several cards forms one group per card; the groups share the campaign's templates and signup
+    window, or used twice by a fifth or more of its members), its members' common signup burst (the 3-day buckets
+    that hold a sixth of them or more) and source, and the network prefixes a tenth or more of them mainly use. A
+    campaign paying with several cards forms one group per card; the groups share the campaign's templates and signup
     burst, which no single member may show strongly enough. Their kinds (``group_…``) only match other groups'
     keys, never a single account's."""
     out: dict[str, list[str]] = {}
@@ -168,7 +168,7 @@ def cluster_attributes(cluster: Cluster, accounts: dict[str, AccountState]) -> d
     # tenth of its window, yet each of its templates is used by many members, which a chat phrasing is not
     users: Counter[int] = Counter()
     for m in members:
-        users.update(m.templates.keys())
+        users.update(t for t, c in m.templates.items() if c >= TEMPLATE_LEAST)
     need = max(MEMBER_LEAST, MEMBER_SHARE * len(members))
     group += [str(v) for v, c in users.most_common(5) if c >= need and v and str(v) not in group]
     if group:
@@ -187,8 +187,9 @@ def cluster_attributes(cluster: Cluster, accounts: dict[str, AccountState]) -> d
         out["group_signup_day"] = b
     prefixes: Counter[str] = Counter()
     for m in members:
-        prefixes.update(m.prefixes.keys())
-    # the datacenter ranges a campaign's members send from (residential proxies spread over too many to count)
+        prefixes.update(_dominant(m.prefixes, max(1, m.n), 2, MIN_SHARE, TEMPLATE_LEAST))
+    # the datacenter ranges a campaign's members send from (the members of a residential proxy network have no
+    # main prefix, and its addresses spread over too many prefixes to count)
     if (p := [v for v, c in prefixes.most_common(6) if c >= max(MEMBER_LEAST, PREFIX_MEMBER_SHARE * k)]):
         out["group_prefix"] = p
     if sources and (src := sources.most_common(1)[0]) and src[1] >= max(2, 0.5 * k):
