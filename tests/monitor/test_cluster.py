@@ -123,3 +123,29 @@ def test_one_prompt_in_a_campaigns_template_and_signup_week_does_not_join_its_gr
     ft.add(ExchangeEvent(newcomer, T0 + timedelta(hours=4), prompt=prompt + " again", account_metadata=meta))
     assert lk.probe(newcomer, group_probe_attributes(ft.accounts[newcomer]), ft.accounts)
     assert lk.find(newcomer) == root
+
+
+def test_a_group_links_on_the_datacenter_prefixes_its_members_mainly_use_not_on_proxy_spread():
+    from antidistill.monitor.cluster import cluster_attributes, group_probe_attributes
+
+    meta = {"signup_at": "2026-01-04T10:00:00", "payment_fingerprint": "pf_9"}
+    ft, lk = FeatureTracker(), Linker()
+    for i in range(6):  # three members on a datacenter /24, three behind a residential proxy (a new /24 each time)
+        aid = f"m{i}"
+        lk.add_account(aid)
+        for j in range(8):
+            addr = f"203.0.113.{10 + i}" if i < 3 else f"{60 + i}.{j * 7 % 250}.{j}.9"
+            ft.add(ExchangeEvent(aid, T0 + timedelta(minutes=10 * j + i), prompt=f"note {i} {j} on item {j * i}",
+                                 client_addr=addr, account_metadata=meta))
+        lk.register(aid, attributes(ft.accounts[aid]), ft.accounts)
+    root = lk.find("m0")
+    attrs = cluster_attributes(lk.clusters[root], ft.accounts)
+    assert attrs["group_prefix"] == ["203.0.113.0/24"]
+    lk.register(root, attrs, ft.accounts)
+    # a newcomer in the same datacenter range who signed up in the same burst joins the group
+    lk.add_account("new")
+    for j in range(3):
+        ft.add(ExchangeEvent("new", T0 + timedelta(hours=2, minutes=j), prompt=f"hello {j}",
+                             client_addr="203.0.113.200", account_metadata={"signup_at": "2026-01-05T09:00:00"}))
+    assert lk.probe("new", group_probe_attributes(ft.accounts["new"]), ft.accounts)
+    assert lk.find("new") == root
