@@ -182,10 +182,9 @@ class Monitor:
                 self._due_clusters[self.linker.find(aid)] = None
         if is_checkpoint(acct.n):
             self._due_accounts[aid] = None
-        elif acct.n <= 3 or (cluster is None and atom.template
-                             and acct.templates[atom.template] == TEMPLATE_LEAST):
-            # link a new account early (its own score waits for its first checkpoint), and a lone account as soon
-            # as a template becomes a habit of it (a hydra member may never reach its next checkpoint)
+        elif acct.n <= 3 or (atom.template and acct.templates[atom.template] == TEMPLATE_LEAST):
+            # link a new account early (its own score waits for its first checkpoint), and an account as soon as a
+            # template becomes a habit of it (a hydra member may never reach its next checkpoint)
             self._link(acct)
         if len(self._due_accounts) + len(self._due_clusters) >= self.batch_size \
                 or self._now - self._last_flush >= self.flush_s:
@@ -238,7 +237,9 @@ class Monitor:
         return out
 
     def _link(self, acct: AccountState) -> None:
-        if self.linker.clusters and self.linker.cluster_of(acct.account_id) is None:
+        if self.linker.clusters:
+            # an account (alone, or in a small group of its own, one card's accounts say) joins a group whose
+            # templates, signup burst or prefixes it shares
             for root in self.linker.probe(acct.account_id, group_probe_attributes(acct), self.tracker.accounts):
                 self._due_clusters[root] = None
         attrs = attributes(acct)
