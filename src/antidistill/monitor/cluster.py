@@ -274,6 +274,8 @@ class Linker:
         self.keys: dict[tuple[tuple[str, str], ...], str] = {}
         self.registered: dict[str, set[tuple[tuple[str, str], ...]]] = {}
         self.clusters: dict[str, Cluster] = {}  # root -> cluster (only for roots of size >= 2)
+        self.group_keys = 0  # keys registered by groups so far
+        self._probed: dict[str, tuple[dict[str, list[str]], int]] = {}
 
     def add_account(self, account_id: str) -> None:
         if account_id not in self.parent:
@@ -299,6 +301,11 @@ class Linker:
         """Join the group whose ``group_…`` keys the account's own attributes (in that namespace) match, without
         registering them: an account may join a group on what the group shares, but two lone accounts never link
         this way. Returns the roots of clusters that changed."""
+        # nothing to find if neither the account's attributes nor the groups' keys changed since it last looked
+        memo = (attrs, self.group_keys)
+        if self._probed.get(account_id) == memo:
+            return []
+        self._probed[account_id] = memo
         changed: list[str] = []
         for key in link_keys(attrs):
             owner = self.keys.get(key)
@@ -318,7 +325,9 @@ class Linker:
                 continue
             have.add(key)
             other = self.keys.setdefault(key, account_id)
-            if other != account_id:
+            if other == account_id and key[0][0].startswith("group_"):
+                self.group_keys += 1
+            elif other != account_id:
                 root = self.union(account_id, other, [k for k, _ in key], windows)
                 if root is not None:
                     changed.append(root)

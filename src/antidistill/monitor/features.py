@@ -281,7 +281,7 @@ class Encoder:
         norm, cot, words = self._texts.get(prompt) or self._text(prompt)
         tid = self.templates.template_of(norm)
         counts = acct.templates
-        seen = counts[tid] > 0 if tid else False
+        seen = tid in counts if tid else False  # counts only grow: present means used before
         system = self._system_id(event.system)
         model = (event.model or "")[:256]
         if self.start is None:
