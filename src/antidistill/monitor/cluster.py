@@ -164,30 +164,28 @@ def cluster_attributes(cluster: Cluster, accounts: dict[str, AccountState]) -> d
     templates = Counter(a.template for a in cluster.window if a.template)
     group = [str(v) for v in _dominant(templates, max(n, 1), 3, TEMPLATE_SHARE)]
     members = [accounts[m] for m in cluster.members if m in accounts]
-    # a campaign spread over many templates (and reasoning demands, and cover chat) may have none that fills a
-    # tenth of its window, yet each of its templates is used by many members, which a chat phrasing is not
-    users: Counter[int] = Counter()
-    for m in members:
-        users.update(t for t, c in m.templates.items() if c >= TEMPLATE_LEAST)
-    need = max(MEMBER_LEAST, MEMBER_SHARE * len(members))
-    group += [str(v) for v, c in users.most_common(5) if c >= need and v and str(v) not in group]
-    if group:
-        out["group_template"] = group
+    k = len(members)
+    users: Counter[int] = Counter()  # members using each template twice or more
+    prefixes: Counter[str] = Counter()  # members mainly sending from each prefix
     buckets: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     for m in members:
+        users.update(t for t, c in m.templates.items() if c >= TEMPLATE_LEAST)
+        prefixes.update(_dominant(m.prefixes, max(1, m.n), 2, MIN_SHARE, TEMPLATE_LEAST))
         day = _meta(m.metadata or {}, "signup_at", "created_at")
         if day and (days := _signup_days(day)):
             buckets[days[1]] += 1
         if (src := _meta(m.metadata or {}, "signup_source", "signup")):
             sources[src] += 1
-    k = len(members)
+    # a campaign spread over many templates (and reasoning demands, and cover chat) may have none that fills a
+    # tenth of its window, yet each of its templates is used by many members, which a chat phrasing is not
+    need = max(MEMBER_LEAST, MEMBER_SHARE * k)
+    group += [str(v) for v, c in users.most_common(5) if c >= need and v and str(v) not in group]
+    if group:
+        out["group_template"] = group
     # a burst spread over a week or two covers several 3-day buckets: each that holds a sixth of the members
     if (b := [v for v, c in buckets.most_common(3) if c >= max(2, BUCKET_SHARE * k)]):
         out["group_signup_day"] = b
-    prefixes: Counter[str] = Counter()
-    for m in members:
-        prefixes.update(_dominant(m.prefixes, max(1, m.n), 2, MIN_SHARE, TEMPLATE_LEAST))
     # the datacenter ranges a campaign's members send from (the members of a residential proxy network have no
     # main prefix, and its addresses spread over too many prefixes to count)
     if (p := [v for v, c in prefixes.most_common(6) if c >= max(MEMBER_LEAST, PREFIX_MEMBER_SHARE * k)]):

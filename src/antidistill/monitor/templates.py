@@ -135,7 +135,13 @@ class MinHasher:
         """The MinHash of a set of byte strings (all ``2**32 - 1`` for the empty set)."""
         if not items:
             return self._empty.copy()
-        return self.signatures([items])[0]
+        return self._permuted(items).min(axis=0)
+
+    def _permuted(self, items: list[bytes]) -> np.ndarray:
+        """Every item's hash under every permutation, ``(len(items), num_perm)``."""
+        hv = np.fromiter(map(zlib.crc32, items), dtype=np.uint32, count=len(items)).reshape(-1, 1)
+        with np.errstate(over="ignore"):
+            return _fmix32(hv) * self.a + self.b
 
     def signatures(self, sets: list[list[bytes]]) -> np.ndarray:
         """The MinHashes of several sets at once, ``(len(sets), num_perm)``: one numpy pass over all their items,
@@ -146,10 +152,7 @@ class MinHasher:
         out[~nonempty] = self._empty
         if not nonempty.any():
             return out
-        flat = [x for items in sets for x in items]
-        hv = np.fromiter(map(zlib.crc32, flat), dtype=np.uint32, count=len(flat)).reshape(-1, 1)
-        with np.errstate(over="ignore"):
-            phv = _fmix32(hv) * self.a + self.b
+        phv = self._permuted([x for items in sets for x in items])
         starts = np.cumsum(sizes) - sizes
         out[nonempty] = np.minimum.reduceat(phv, starts[nonempty], axis=0)
         return out
