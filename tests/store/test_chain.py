@@ -15,6 +15,7 @@ from antidistill.store.chain import (
     ChainRecord,
     Checkpoint,
     Head,
+    SignedHead,
     canonical_json,
     checkpoint_message,
     entry_columns,
@@ -83,7 +84,7 @@ def history(n: int, every: int = 5):
             cps.append(Checkpoint(s, h, last_cp, T, MASTER.audit_public_key().hex(), sig.hex()))
             last_cp = s
         prev = h
-    return recs, cps, Head(n, prev, last_cp)
+    return recs, cps, Head(n, prev, last_cp, SignedHead.sign(MASTER, n, prev, T) if n else None)
 
 
 def run(recs, cps, head, every=5):
@@ -98,7 +99,7 @@ def renumber(recs, start, delta):
 
 def test_intact():
     result = run(*history(23))
-    assert result.ok and result.records == 23 and result.checkpoints == 4 and result.details["unsigned_tail"] == 3
+    assert result.ok and result.records == 23 and result.checkpoints == 4 and result.details["since_checkpoint"] == 3
 
 
 def test_several_deleted_records():

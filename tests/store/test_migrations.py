@@ -23,7 +23,7 @@ def test_migrates_an_empty_database_and_reopens(db_url, settings, master):
         with store.engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == TABLES
             assert MigrationContext.configure(conn).get_current_revision() == HEAD_REVISION
-            assert conn.execute(select(audit_head)).one()._tuple() == (1, 0, "0" * 64, 0)
+            assert conn.execute(select(audit_head)).one()._tuple() == (1, 0, "0" * 64, 0, None, None, None)
         account, api_key, _ = store.create_account("alice")
         store.append_audit(make_entry(1))
     for _ in range(2):  # reopening runs nothing and loses nothing

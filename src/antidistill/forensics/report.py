@@ -594,7 +594,7 @@ def _audit_section(store: Store, v: Any, checkpoints: list[dict[str, Any]], cove
     keys = sorted({c["public_key"] for c in checkpoints})
     signer = v.details.get("public_key") if isinstance(v.details, dict) else None
     db = f" --database-url {shlex.quote(database)}" if database else ""
-    details = {k: v.details[k] for k in ("head_seq", "head_hash", "public_key_checked", "unsigned_tail",
+    details = {k: v.details[k] for k in ("head_seq", "head_hash", "public_key_checked", "since_checkpoint",
                                          "last_checkpoint_seq", "kind", "rewritten_between")
                if isinstance(v.details, dict) and k in v.details}
     return {

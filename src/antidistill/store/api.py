@@ -52,7 +52,10 @@ class AuditEntry:
     """One exchange, as the gateway hands it to the audit log.
 
     ``watermark`` is ``{"key_id": …, "config": {…}}`` or ``{"status": "unwatermarked", "reason": …}``.
-    ``completion`` holds the text of every choice.
+    ``completion`` holds the text of every choice. ``request`` is the parsed body; ``request_raw`` the body's
+    bytes exactly as received (the gateway always keeps them; ``None`` for records it did not receive, such as
+    policy actions). A streamed exchange has two records: one with status :data:`PENDING_STATUS` written before
+    any text leaves, and the final one.
     """
 
     response_id: str
@@ -70,6 +73,28 @@ class AuditEntry:
     latency_ms: float
     watermark: dict[str, Any]
     status: int = 200
+    request_raw: bytes | None = None
+
+
+class AuditIntegrityError(AntidistillError):
+    """The audit log's stored head is not one this installation signed: it was changed with database access alone
+    (or belongs to another master key). Nothing is appended to such a log."""
+
+
+#: the status of a streamed exchange's first record, written before any of its text is sent (HTTP's
+#: "102 Processing"); the exchange's final record follows under the same ``response_id``
+PENDING_STATUS = 102
+
+
+def is_pending_record(record: Any) -> bool:
+    """Whether an audit record (a dict from ``iter_audit``, an export row or an entry) is a stream's opening record.
+
+    Example:
+        >>> is_pending_record({"status": 102}), is_pending_record({"status": 200})
+        (True, False)
+    """
+    status = record.get("status") if isinstance(record, dict) else getattr(record, "status", None)
+    return status == PENDING_STATUS
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,23 @@ A checkpoint signs, with Ed25519, ``b"antidistill/v1/audit-checkpoint\\n"`` foll
 of ``{"seq", "hash", "prev_checkpoint_seq", "created_at"}``. Checkpoints are chained through
 ``prev_checkpoint_seq``, so deleting one is seen at the next.
 
+Signed heads (format version 2)
+-------------------------------
+Every commit that moves the chain also signs its new head: ``b"antidistill/v1/audit-head\\n"`` followed by the
+canonical encoding of ``{"seq", "hash", "signed_at"}`` (a *signed tree head*, as Certificate Transparency calls
+it). The head row keeps only the newest one, so cutting, rewriting or resetting any suffix of the log needs the
+signing key: the old signed heads are gone and a new one cannot be made. A signed head copied out of the database
+(``antidistill audit anchor``) is an *anchor*; a log that is shorter than an anchor, or whose record at the
+anchor's seq has another hash, is not the history the anchor saw (hash chaining makes the record's hash commit
+to every record before it, so one comparison is a consistency proof). What the signatures cannot stop without
+an anchor: someone with write access to the database who kept an old copy of it (or of its head row) can put
+that older, genuinely signed state back. ``docs/audit-log.md`` sets out who can do what.
+
+Records written by the gateway since format version 2 also keep the request body exactly as it was received,
+``request_raw``: ``{"utf8": <text>}`` (or ``{"base64": …}`` for bytes that are not UTF-8), beside the parsed
+``request``. Such a record's payload has ``"v": 2`` and the ``request_raw`` member; a record without it keeps the
+version-1 payload, so older histories verify unchanged.
+
 References: Schneier & Kelsey, "Secure audit logs to support computer forensics", ACM TISSEC 1999
 (hash-chained logs); Crosby & Wallach, "Efficient data structures for tamper-evident logging", USENIX
 Security 2009 (signed commitments to the head).
@@ -34,6 +51,7 @@ Security 2009 (signed commitments to the head).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -45,8 +63,13 @@ from typing import Any
 from antidistill.store.api import AuditEntry, VerifyResult
 
 FORMAT_VERSION = 1
+#: the payload version of a record that keeps the raw request body
+RAW_FORMAT_VERSION = 2
 GENESIS_HASH = "0" * 64
 CHECKPOINT_LABEL = b"antidistill/v1/audit-checkpoint\n"
+HEAD_LABEL = b"antidistill/v1/audit-head\n"
+#: the ``type`` of an anchor file
+ANCHOR_TYPE = "antidistill-audit-anchor"
 #: The columns of an audit record that its hash covers (besides ``seq`` and the previous hash).
 RECORD_FIELDS = (
     "response_id",
@@ -66,6 +89,10 @@ RECORD_FIELDS = (
     "status",
 )
 _JSON_FIELDS = ("request", "completion", "watermark")
+#: an optional column: the request body as received (format version 2)
+RAW_FIELD = "request_raw"
+#: every stored column a record's hash covers
+STORED_FIELDS = (*RECORD_FIELDS, RAW_FIELD)
 _MAX_INT = 2**31 - 1
 
 
@@ -165,12 +192,42 @@ def entry_columns(entry: AuditEntry) -> dict[str, Any]:
             cols[name] = json_text(list(value) if name == "completion" else dict(value))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{name} is not JSON-serialisable: {exc}") from None
+    raw = entry.request_raw
+    if raw is not None and not isinstance(raw, bytes | bytearray):
+        raise ValueError(f"request_raw must be bytes or None, got {type(raw).__name__}")
+    cols[RAW_FIELD] = None if raw is None else json_text(encode_raw(bytes(raw)))
     return cols
+
+
+def encode_raw(raw: bytes) -> dict[str, str]:
+    """The lossless JSON form of a request body: its UTF-8 text, or base64 for bytes that are not UTF-8.
+
+    Example:
+        >>> encode_raw(b'{"x": NaN}'), encode_raw(b"\\xff")
+        ({'utf8': '{"x": NaN}'}, {'base64': '/w=='})
+    """
+    try:
+        text = raw.decode("utf-8")
+        if "\x00" not in text:  # PostgreSQL text cannot hold NUL
+            return {"utf8": text}
+    except UnicodeDecodeError:
+        pass
+    return {"base64": base64.b64encode(raw).decode("ascii")}
+
+
+def decode_raw(value: Mapping[str, str]) -> bytes:
+    """The request body bytes back from :func:`encode_raw`'s form."""
+    if "utf8" in value:
+        return value["utf8"].encode("utf-8")
+    return base64.b64decode(value["base64"])
 
 
 def payload(seq: int, cols: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON payload of the record at ``seq`` built from its stored column values."""
-    p: dict[str, Any] = {"v": FORMAT_VERSION, "seq": int(seq)}
+    raw = cols.get(RAW_FIELD)
+    p: dict[str, Any] = {"v": FORMAT_VERSION if raw is None else RAW_FORMAT_VERSION, "seq": int(seq)}
+    if raw is not None:
+        p[RAW_FIELD] = json.loads(raw)
     for name in RECORD_FIELDS:
         value = cols[name]
         if name in _JSON_FIELDS:
@@ -194,6 +251,79 @@ def checkpoint_message(seq: int, hash_hex: str, prev_checkpoint_seq: int, create
         {"seq": int(seq), "hash": hash_hex, "prev_checkpoint_seq": int(prev_checkpoint_seq),
          "created_at": format_time(created_at)}
     )
+
+
+def head_message(seq: int, hash_hex: str, signed_at: datetime) -> bytes:
+    """The bytes a signed head's signature covers (distinct from a checkpoint's, so neither stands for the other)."""
+    return HEAD_LABEL + canonical_json({"seq": int(seq), "hash": hash_hex, "signed_at": format_time(signed_at)})
+
+
+def ed25519_ok(public_key_hex: str | None, signature_hex: str | None, message: bytes) -> bool:
+    """Whether ``signature_hex`` is a valid Ed25519 signature of ``message`` under ``public_key_hex``."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if not public_key_hex or not signature_hex:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(bytes.fromhex(signature_hex),
+                                                                                  message)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """A signed statement "the log ends at record ``seq``, whose hash is ``hash``", made at ``signed_at``.
+
+    Written to the head row at every commit; copied out of the database it is an anchor (:meth:`to_json`).
+
+    Example:
+        >>> from antidistill.keys import MasterKey
+        >>> m = MasterKey(b"k" * 32)
+        >>> h = SignedHead.sign(m, 3, "ab" * 32, datetime(2025, 1, 1, tzinfo=UTC))
+        >>> h.valid(), SignedHead.from_json(h.to_json()) == h
+        (True, True)
+    """
+
+    seq: int
+    hash: str
+    signed_at: datetime
+    public_key: str
+    signature: str
+
+    @classmethod
+    def sign(cls, master: Any, seq: int, hash_hex: str, signed_at: datetime) -> SignedHead:
+        """Sign a head with ``master`` (a :class:`~antidistill.keys.MasterKey`)."""
+        signed_at = to_utc(signed_at)
+        signature = master.audit_sign(head_message(seq, hash_hex, signed_at))
+        return cls(seq, hash_hex, signed_at, master.audit_public_key().hex(), signature.hex())
+
+    def valid(self) -> bool:
+        """Whether the signature holds for this head under its own public key (compare the key separately)."""
+        return ed25519_ok(self.public_key, self.signature, head_message(self.seq, self.hash, self.signed_at))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": ANCHOR_TYPE, "v": 1, "seq": self.seq, "hash": self.hash,
+                "signed_at": format_time(self.signed_at), "public_key": self.public_key, "signature": self.signature}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> SignedHead:
+        """Read an anchor; raises ``ValueError`` naming what is wrong."""
+        if not isinstance(obj, Mapping) or obj.get("type") != ANCHOR_TYPE:
+            raise ValueError(f"not an antidistill audit anchor (expected type {ANCHOR_TYPE!r})")
+        if obj.get("v") != 1:
+            raise ValueError(f"unsupported anchor version {obj.get('v')!r}")
+        try:
+            seq = _check_int("seq", obj["seq"], 0, 2**63 - 1)
+            hash_hex, public_key, signature = (str(obj[k]) for k in ("hash", "public_key", "signature"))
+            signed_at = datetime.fromisoformat(str(obj["signed_at"]).replace("Z", "+00:00"))
+        except KeyError as exc:
+            raise ValueError(f"the anchor has no {exc.args[0]!r}") from None
+        if len(hash_hex) != 64 or any(c not in "0123456789abcdef" for c in hash_hex):
+            raise ValueError("the anchor's hash must be 64 lowercase hex digits")
+        return cls(seq, hash_hex, to_utc(signed_at), public_key, signature)
 
 
 # ---- verification -----------------------------------------------------------------------------------
@@ -225,9 +355,13 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Head:
+    """The head row: the last record's seq and hash, the last checkpoint, and the head's signature (``None``
+    only for a log no antidistill with signed heads has written to)."""
+
     seq: int
     hash: str
     last_checkpoint_seq: int
+    signed: SignedHead | None = None
 
 
 class _Peek:
@@ -251,16 +385,8 @@ class _Bad(Exception):
 
 
 def _signature_ok(c: Checkpoint) -> bool:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(c.public_key))
-        key.verify(bytes.fromhex(c.signature), checkpoint_message(c.seq, c.hash, c.prev_checkpoint_seq,
-                                                                  c.created_at))
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
+    return ed25519_ok(c.public_key, c.signature, checkpoint_message(c.seq, c.hash, c.prev_checkpoint_seq,
+                                                                    c.created_at))
 
 
 def _classify(r: ChainRecord, p: ChainRecord | None, pp: ChainRecord | None, n1: ChainRecord | None,
@@ -308,6 +434,24 @@ def _classify(r: ChainRecord, p: ChainRecord | None, pp: ChainRecord | None, n1:
                    f"or records were deleted before it", kind="broken")
 
 
+def _check_head(head: Head, last: int, signer: str | None) -> None:
+    """The head must be signed, by the signer, over exactly its seq and hash (an empty log may be unsigned)."""
+    sh = head.signed
+    if sh is None:
+        if last == 0:
+            return
+        raise _Bad(last, f"the chain head (record {last}) carries no signature: it was removed, or the log was "
+                         f"last written by an antidistill older than signed heads", kind="head")
+    if (sh.seq, sh.hash) != (head.seq, head.hash):
+        raise _Bad(last, f"the chain head's signature covers record {sh.seq}, not record {head.seq}: the head was "
+                         f"moved without the signing key", kind="head")
+    if not sh.valid():
+        raise _Bad(last, f"the chain head's signature is invalid: the head (record {last}) was rewritten without "
+                         f"the signing key", kind="head")
+    if signer is not None and sh.public_key != signer:
+        raise _Bad(last, "the chain head is signed by a key other than the log's audit key", kind="head")
+
+
 def verify_chain(
     records: Iterable[ChainRecord],
     checkpoints: Iterable[Checkpoint],
@@ -316,6 +460,7 @@ def verify_chain(
     checkpoint_every: int,
     public_key: str | None = None,
     find_seq: Callable[[str], int | None] = lambda _h: None,
+    anchor: SignedHead | None = None,
 ) -> VerifyResult:
     """Verify a history: the records and checkpoints in ``seq`` order, and the head, all from one snapshot.
 
@@ -325,11 +470,12 @@ def verify_chain(
     Args:
         records: the records in ascending ``seq`` (streamed; only three are held at a time).
         checkpoints: the checkpoints in ascending ``seq``.
-        head: the stored chain head.
-        checkpoint_every: the checkpoint interval; a longer unsigned tail means a checkpoint was deleted.
-        public_key: the expected signer (hex); ``None``: every checkpoint must be signed by the key of the
-            first one (and the caller should compare that key with its own out of band).
+        head: the stored chain head; unless the log is empty it must carry a valid signature by the signer.
+        checkpoint_every: the checkpoint interval; a longer gap since the last checkpoint means one was deleted.
+        public_key: the expected signer (hex); ``None``: every checkpoint and the head must be signed by the key
+            of the first one (and the caller should compare that key with its own out of band).
         find_seq: the seq of the record with a given hash, or ``None``; used only to explain a failure.
+        anchor: a signed head kept outside the database: the log must reach its seq with its hash there.
     """
     recs, cps = _Peek(records), _Peek(checkpoints)
     n = ncp = 0
@@ -337,7 +483,17 @@ def verify_chain(
     last_cp = 0
     signer = public_key
     details: dict[str, Any] = {"head_seq": head.seq, "public_key_checked": public_key is not None}
+    if anchor is not None:
+        details["anchor"] = {"seq": anchor.seq, "hash": anchor.hash, "signed_at": format_time(anchor.signed_at)}
     try:
+        if anchor is not None:
+            if not anchor.valid():
+                raise _Bad(anchor.seq, "the anchor's signature is invalid: it was not written by antidistill, or "
+                                       "it was edited", kind="anchor")
+            if public_key is not None and anchor.public_key != public_key:
+                raise _Bad(anchor.seq, "the anchor is signed by a key other than this installation's audit key",
+                           kind="anchor")
+            signer = signer or anchor.public_key
         while (r := recs.next()) is not None:
             expected = p.seq + 1 if p is not None else 1
             if r.seq != expected:
@@ -372,6 +528,10 @@ def verify_chain(
                                kind="rewritten", rewritten_between=[last_cp + 1, c.seq])
                 last_cp = c.seq
                 ncp += 1
+            if anchor is not None and r.seq == anchor.seq and r.hash != anchor.hash:
+                raise _Bad(r.seq, f"record {r.seq} does not match the anchored head signed at "
+                                  f"{format_time(anchor.signed_at)}: the history up to it was rewritten since",
+                           kind="anchor")
             n += 1
             pp, p = p, r
         last = p.seq if p is not None else 0
@@ -383,6 +543,14 @@ def verify_chain(
                                  f"{head.seq}", kind="deleted")
         if head.hash != (p.hash if p is not None else GENESIS_HASH):
             raise _Bad(last, f"the chain head's hash does not match record {last}", kind="head")
+        if anchor is not None and last < anchor.seq:
+            gone = "every record" if last == 0 else f"records {last + 1}-{anchor.seq}"
+            raise _Bad(last + 1, f"the log ends at record {last}, but the anchored head signed at "
+                                 f"{format_time(anchor.signed_at)} saw {anchor.seq}: {gone} were deleted since "
+                                 f"(or the log was reset)", kind="anchor")
+        _check_head(head, last, signer)
+        if signer is None and head.signed is not None:
+            signer = head.signed.public_key
         if head.last_checkpoint_seq > last_cp:
             raise _Bad(head.last_checkpoint_seq, f"checkpoint {head.last_checkpoint_seq} was deleted",
                        kind="checkpoint")
@@ -394,7 +562,49 @@ def verify_chain(
         details.update(bad.details, public_key=signer)
         return VerifyResult(ok=False, records=n, checkpoints=ncp, first_bad_seq=bad.seq, problem=bad.problem,
                             details=details)
-    details.update(public_key=signer, last_checkpoint_seq=last_cp, unsigned_tail=last - last_cp,
-                   head_hash=head.hash)
+    details.update(public_key=signer, last_checkpoint_seq=last_cp, since_checkpoint=last - last_cp,
+                   head_hash=head.hash,
+                   head_signed_at=format_time(head.signed.signed_at) if head.signed is not None else None)
     return VerifyResult(ok=True, records=n, checkpoints=ncp, details=details)
+
+
+def verify_extension(anchor: SignedHead, records: Iterable[ChainRecord], head: Head, *,
+                     public_key: str | None = None) -> str | None:
+    """Whether the log still holds the history ``anchor`` saw and only grew since: ``None``, or what is wrong.
+
+    The incremental check a witness runs at each new anchor (a consistency proof, in Certificate Transparency's
+    words): the record at the anchor's seq has the anchored hash, every later record links to the one before and
+    matches its hash, and the head is the last of them, signed by the log's key. Cost: the records since the
+    anchor, not the whole log.
+
+    Args:
+        anchor: the earlier signed head.
+        records: the records from ``anchor.seq`` on (from 1 for an anchor at 0), ascending.
+        head: the stored head now.
+        public_key: the expected signer; ``None``: the anchor's.
+    """
+    signer = public_key or anchor.public_key
+    if not anchor.valid() or anchor.public_key != signer:
+        return "the earlier anchor's signature is invalid, or by another key"
+    prev, expected = GENESIS_HASH, 1
+    it = iter(records)
+    if anchor.seq > 0:
+        first = next(it, None)
+        if first is None or first.seq != anchor.seq:
+            return f"record {anchor.seq}, the end of the anchored history, is gone: the log was cut or reset"
+        if first.hash != anchor.hash or first.computed_hash() != first.hash:
+            return f"record {anchor.seq} no longer matches the anchored head: the history was rewritten"
+        prev, expected = first.hash, anchor.seq + 1
+    for r in it:
+        if r.seq != expected or r.prev_hash != prev or r.computed_hash() != r.hash:
+            return f"record {expected} does not extend the anchored history (edited, deleted or inserted)"
+        prev, expected = r.hash, expected + 1
+    last = expected - 1
+    if head.seq != last or head.hash != prev:
+        return f"the head (record {head.seq}) is not the last record ({last})"
+    try:
+        _check_head(head, last, signer)
+    except _Bad as bad:
+        return bad.problem
+    return None
 

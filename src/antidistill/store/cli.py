@@ -8,6 +8,7 @@ failed ``audit verify`` prints what is wrong and exits 1. SQLAlchemy is imported
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,12 +22,13 @@ from antidistill.errors import InputError
 
 if TYPE_CHECKING:
     from antidistill.store.api import Account, ApiKeyInfo
+    from antidistill.store.chain import SignedHead
     from antidistill.store.sql import Store
 
 accounts_app = typer.Typer(help="Customer accounts and their API keys.", no_args_is_help=True)
 account_keys_app = typer.Typer(help="Issue, revoke and list an account's API keys.", no_args_is_help=True)
 accounts_app.add_typer(account_keys_app, name="keys")
-audit_app = typer.Typer(help="The tamper-evident audit log: verify and export.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log: verify, anchor and export.", no_args_is_help=True)
 
 out = Console(highlight=False, soft_wrap=True)  # ids and hashes must stay whole on one line
 
@@ -179,15 +181,146 @@ def keys_list(account_id: Annotated[str, typer.Argument(help="Account id (acct_â
 
 
 # ---- audit --------------------------------------------------------------------------------------------
-@audit_app.command("verify")
-def audit_verify(as_json: JsonOpt = False, database_url: DbOpt = None) -> None:
-    """Recompute the hash chain and check every signed checkpoint.
+#: longest anchor read from a file, standard input or a URL (a real one is about 400 bytes)
+MAX_ANCHOR_BYTES = 64 * 1024
 
-    Exit 0 with a summary if the history is intact; exit 1 naming the first record where it was edited,
-    deleted, inserted or reordered.
+
+def _is_url(where: str) -> bool:
+    return where.startswith(("http://", "https://"))
+
+
+def _read_anchor(where: str) -> SignedHead:
+    """An anchor from a file, ``-`` (standard input) or an http(s) URL; one plain line if it cannot be had."""
+    from antidistill.store.chain import SignedHead
+
+    if where == "-":
+        data = sys.stdin.buffer.read(MAX_ANCHOR_BYTES + 1)
+    elif _is_url(where):
+        import httpx
+
+        try:
+            r = httpx.get(where, timeout=30, follow_redirects=True)
+        except httpx.HTTPError as exc:
+            raise InputError(f"cannot fetch the anchor from {where}: {type(exc).__name__}") from None
+        if r.status_code != 200:
+            raise InputError(f"cannot fetch the anchor from {where}: HTTP {r.status_code}")
+        data = r.content
+    else:
+        path = Path(where)
+        if not path.is_file():
+            raise InputError(f"anchor file not found: {where}")
+        with path.open("rb") as f:
+            data = f.read(MAX_ANCHOR_BYTES + 1)
+    if len(data) > MAX_ANCHOR_BYTES:
+        raise InputError(f"{where} is too large to be an anchor")
+    try:
+        return SignedHead.from_json(json.loads(data))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{where} is not a valid audit anchor: {exc}") from None
+
+
+def _write_anchor(where: str, anchor: SignedHead) -> None:
+    text_ = json.dumps(anchor.to_json(), sort_keys=True) + "\n"
+    if where == "-":
+        sys.stdout.write(text_)
+        return
+    if _is_url(where):
+        import httpx
+
+        try:
+            r = httpx.post(where, content=text_.encode("utf-8"), timeout=30,
+                           headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            raise InputError(f"cannot send the anchor to {where}: {type(exc).__name__}") from None
+        if not 200 <= r.status_code < 300:
+            raise InputError(f"cannot send the anchor to {where}: HTTP {r.status_code}")
+        return
+    path = Path(where)
+    if not path.parent.is_dir():
+        raise InputError(f"directory not found: {path.parent}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:  # written beside, then renamed: a reader never sees half an anchor
+        tmp.write_text(text_, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {where}: {exc.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@audit_app.command("anchor")
+def audit_anchor(
+    output: Annotated[str, typer.Option("--output", "-o", help="Where the signed head goes: a file (checked "
+                                                              "against the anchor already there, then replaced), "
+                                                              "- for standard output, or an http(s) URL (POSTed).")],
+    database_url: DbOpt = None,
+) -> None:
+    """Copy the log's signed head out of the database, as a witness would (run it on a schedule).
+
+    `antidistill audit verify --anchor FILE` later fails if the log is shorter than, or disagrees with, the
+    anchored head. When FILE already holds an anchor, the log must extend it (checked over the records since it,
+    exit 1 otherwise, and the file is left as it was).
     """
     with _open(database_url) as store:
-        result = store.verify_audit()
+        head = store.audit_head()
+        signed = head.signed
+        if signed is None or head.seq == 0:
+            raise InputError("the audit log is empty: there is no signed head to anchor yet")
+        expected = store.expected_public_key()
+        if not signed.valid() or (signed.seq, signed.hash) != (head.seq, head.hash) or (
+                expected is not None and signed.public_key != expected):
+            out.print(f"audit anchor FAILED: the head (record {head.seq}) does not carry a valid signature of this "
+                      "log's key; run `antidistill audit verify`", markup=False)
+            raise typer.Exit(1)
+        previous = None
+        if output != "-" and not _is_url(output) and Path(output).is_file():
+            previous = _read_anchor(output)
+            problem = store.audit_extends(previous)
+            if problem is not None:
+                out.print(f"audit anchor FAILED: the log does not extend the anchor in {output} (record "
+                          f"{previous.seq}): {problem}", markup=False)
+                raise typer.Exit(1)
+    _write_anchor(output, signed)
+    if output != "-":
+        since = f", {signed.seq - previous.seq} records since the last anchor" if previous is not None else ""
+        Console(stderr=True, highlight=False).print(
+            f"anchored record {signed.seq} (hash {signed.hash}){since}", markup=False)
+
+
+@audit_app.command("seal")
+def audit_seal(database_url: DbOpt = None) -> None:
+    """Sign the head of a log last written before signed heads (once, after an upgrade).
+
+    This trusts the log as it stands: run `antidistill audit verify` first and read what it says. A log whose
+    head is signed already is left as it is.
+    """
+    from antidistill.store.api import AuditIntegrityError
+
+    with _open(database_url) as store:
+        try:
+            head = store.seal_unsigned_head()
+        except AuditIntegrityError as exc:
+            out.print(f"audit seal FAILED: {exc}", markup=False)
+            raise typer.Exit(1) from None
+    out.print(f"audit log head: record {head.seq}, signed", markup=False)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    as_json: JsonOpt = False,
+    database_url: DbOpt = None,
+    anchor: Annotated[str | None, typer.Option("--anchor", help="An anchor written by `audit anchor` (a file, - "
+                                                                "or an http(s) URL): the log must still hold the "
+                                                                "history it saw.")] = None,
+) -> None:
+    """Recompute the hash chain and check every signature (checkpoints, the signed head, an anchor).
+
+    Exit 0 with a summary if the history is intact; exit 1 naming the first record where it was edited,
+    deleted, inserted or reordered, or where it falls short of the anchor.
+    """
+    anchored = _read_anchor(anchor) if anchor is not None else None
+    with _open(database_url) as store:
+        result = store.verify_audit(anchor=anchored)
     if as_json:
         _print_json({"ok": result.ok, "records": result.records, "checkpoints": result.checkpoints,
                      "first_bad_seq": result.first_bad_seq, "first_bad_response_id": result.first_bad_response_id,
@@ -197,8 +330,13 @@ def audit_verify(as_json: JsonOpt = False, database_url: DbOpt = None) -> None:
         signer = d.get("public_key") or "-"
         checked = "this installation's key" if d.get("public_key_checked") else "not compared: no master key here"
         out.print(f"audit log OK: {result.records} records, {result.checkpoints} signed checkpoints, "
-                  f"{d.get('unsigned_tail', 0)} records after the last checkpoint", markup=False)
-        out.print(f"head: seq {d.get('head_seq')} hash {d.get('head_hash')}", markup=False)
+                  f"{d.get('since_checkpoint', 0)} records after the last checkpoint", markup=False)
+        signed = f", signed {d['head_signed_at']}" if d.get("head_signed_at") else ""
+        out.print(f"head: seq {d.get('head_seq')} hash {d.get('head_hash')}{signed}", markup=False)
+        if anchored is not None:
+            out.print(f"anchor: record {anchored.seq} (signed {d['anchor']['signed_at']}) is in the log", markup=False)
+        elif result.records == 0:
+            out.print("note: an empty log; only an anchor can tell a new log from one that was reset", markup=False)
         out.print(f"signer: {signer} ({checked})", markup=False)
     else:
         rid = f" (response {result.first_bad_response_id})" if result.first_bad_response_id else ""

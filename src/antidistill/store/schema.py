@@ -100,6 +100,8 @@ class AuditRecordRow(Base):
     latency_ms: Mapped[float] = mapped_column(Double)
     watermark: Mapped[str] = mapped_column(TextType)
     status: Mapped[int] = mapped_column(Integer)
+    #: the request body as received (format version 2; ``NULL`` in older records and in policy actions)
+    request_raw: Mapped[str | None] = mapped_column(TextType)
 
 
 class AuditCheckpointRow(Base):
@@ -125,6 +127,10 @@ class AuditHeadRow(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
     last_checkpoint_seq: Mapped[int] = mapped_column(BigInteger)
+    #: the head's Ed25519 signature over (seq, hash, signed_at), renewed at every commit (0003)
+    signed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    public_key: Mapped[str | None] = mapped_column(String(64))
+    signature: Mapped[str | None] = mapped_column(String(128))
 
 
 accounts = AccountRow.__table__

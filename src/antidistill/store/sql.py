@@ -45,15 +45,17 @@ from antidistill.store.api import (
     Alert,
     ApiKeyInfo,
     AuditEntry,
+    AuditIntegrityError,
     Enforcement,
     NotFoundError,
     VerifyResult,
 )
 from antidistill.store.chain import (
-    RECORD_FIELDS,
+    STORED_FIELDS,
     ChainRecord,
     Checkpoint,
     Head,
+    SignedHead,
     checkpoint_message,
     entry_columns,
     json_text,
@@ -61,6 +63,7 @@ from antidistill.store.chain import (
     record_hash,
     to_utc,
     verify_chain,
+    verify_extension,
 )
 from antidistill.store.db import WRITE_OPTION, create_store_engine, default_url, normalize_url, safe_url
 from antidistill.store.schema import (
@@ -82,7 +85,9 @@ MAX_API_KEY_CHARS = 256
 MAX_METADATA_BYTES = 64 * 1024
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: The newest migration (a test keeps it equal to the scripts' head); lets an up-to-date open skip alembic.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
+#: the first revision whose head rows are signed (a log migrated from before it must be sealed by an operator)
+SIGNED_HEAD_REVISION = "0003"
 #: pg_advisory_xact_lock key serialising migrations of replicas that start together.
 _MIGRATION_LOCK_KEY = 0x616E7469_64697374  # "antidist"
 ExportFormat = Literal["jsonl", "parquet"]
@@ -135,14 +140,18 @@ def _current_revision(conn: Connection) -> str | None:
     return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def migrate(engine: Engine) -> None:
+def migrate(engine: Engine) -> str | None:
     """Bring the schema to the newest revision; safe when several processes start at once.
 
     A database already at :data:`HEAD_REVISION` costs one query (alembic is not even imported).
+
+    Returns:
+        the revision this call found before upgrading (``None``: a new database), or :data:`HEAD_REVISION` if
+        there was nothing to do.
     """
     with engine.connect() as conn:
         if _current_revision(conn) == HEAD_REVISION:
-            return
+            return HEAD_REVISION
     from alembic import command
     from alembic.util import CommandError
 
@@ -154,6 +163,7 @@ def migrate(engine: Engine) -> None:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             cfg.attributes["connection"] = conn
+            before = _current_revision(conn)
             try:
                 command.upgrade(cfg, "head")
             except CommandError as exc:  # e.g. a revision from a newer antidistill
@@ -163,6 +173,7 @@ def migrate(engine: Engine) -> None:
         raise ConfigError(f"the database schema is at revision {revision}, this version of antidistill expects "
                           f"{HEAD_REVISION}: is a newer antidistill using it?")
     log.info("database schema at revision %s", revision)
+    return before
 
 
 # ---- conversions ---------------------------------------------------------------------------------------
@@ -287,6 +298,8 @@ class Store:
         self._is_sqlite = engine.dialect.name == "sqlite"
         # SQLite's busy handler polls with sleeps; threads of one process queue on this lock instead.
         self._sqlite_write_lock = threading.Lock()
+        #: the last head this store signed (seq, hash, signature): found unchanged, it needs no re-verification
+        self._own_head: tuple[int, str, str] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     @classmethod
@@ -301,9 +314,10 @@ class Store:
         settings = settings if settings is not None else get_settings()
         u = normalize_url(url if url is not None else default_url(settings))
         engine = create_store_engine(u)
+        before: str | None = HEAD_REVISION
         try:
             if migrate_schema:
-                migrate(engine)
+                before = migrate(engine)
             else:
                 with engine.connect():
                     pass
@@ -314,6 +328,9 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
+        if before is not None and before < SIGNED_HEAD_REVISION:
+            log.warning("audit log upgraded to signed heads: nothing is appended to it until an operator has run "
+                        "`antidistill audit verify` and then `antidistill audit seal`")
         return cls(engine, settings, master)
 
     def close(self) -> None:
@@ -564,11 +581,63 @@ class Store:
             self._master = MasterKey.load(self._settings)
         return self._master
 
+    def seal_unsigned_head(self) -> Head:
+        """Sign the head of a log last written before signed heads, once its whole history verifies otherwise.
+
+        This trusts the log as it stands (someone with database access could have cut it before the upgrade), so
+        it is an operator's decision (``antidistill audit seal``), never done on the way: otherwise an attacker
+        could strip the signature, or fake an old schema, and have the forged head signed.
+
+        Raises:
+            AuditIntegrityError: the history fails verification for another reason, or the head changed meanwhile.
+        """
+        head = self.audit_head()
+        if head.signed is not None or head.seq == 0:
+            return head
+        result = self.verify_audit()
+        if result.ok or result.details.get("kind") != "head" or result.first_bad_seq != head.seq:
+            raise AuditIntegrityError(f"the audit log does not verify at record {result.first_bad_seq}: "
+                                      f"{result.problem}; not sealed")
+        master = self._signing_master()
+        with self._write() as conn:
+            row = conn.execute(_LOCK_HEAD).one()
+            if (row.seq, row.hash, row.signature) != (head.seq, head.hash, None):
+                raise AuditIntegrityError("the audit log's head changed while it was being sealed; not sealed")
+            signed = SignedHead.sign(master, row.seq, row.hash, _now())
+            conn.execute(_UPDATE_HEAD, self._head_values(signed, row.last_checkpoint_seq))
+        log.warning("audit log sealed: its unsigned head (record %d) was signed as found", head.seq)
+        return Head(row.seq, row.hash, row.last_checkpoint_seq, signed)
+
+    @staticmethod
+    def _head_values(signed: SignedHead, last_checkpoint_seq: int) -> dict[str, Any]:
+        return {"seq": signed.seq, "hash": signed.hash, "last_checkpoint_seq": last_checkpoint_seq,
+                "signed_at": signed.signed_at, "public_key": signed.public_key, "signature": signed.signature}
+
+    def _check_locked_head(self, head: Any, master: MasterKey) -> None:
+        """Refuse to extend a head this installation did not sign (someone moved it with database access alone)."""
+        if head.signature is None:
+            if head.seq == 0:
+                return
+            raise AuditIntegrityError(f"the audit log's head (record {head.seq}) is not signed: the log was last "
+                                      "written by an antidistill older than signed heads, or the signature was "
+                                      "removed; nothing is appended until `antidistill audit verify` passes (for "
+                                      "an upgraded log, after `antidistill audit seal`)")
+        if self._own_head == (head.seq, head.hash, head.signature):
+            return
+        signed = SignedHead(head.seq, head.hash, to_utc(head.signed_at) if head.signed_at else _now(),
+                            head.public_key or "", head.signature)
+        if signed.public_key != master.audit_public_key().hex() or not signed.valid():
+            raise AuditIntegrityError(f"the audit log's head (record {head.seq}) does not carry this "
+                                      "installation's signature: it was changed without the signing key (or the "
+                                      "log belongs to another master key); nothing is appended until `antidistill "
+                                      "audit verify` has been looked at")
+
     def append_audit(self, entry: AuditEntry) -> int:
         """Append one exchange to the chain and return its seq, after the commit is durable.
 
         Raises:
             ValueError: a field of ``entry`` is unusable (the message names it).
+            AuditIntegrityError: the stored head is not one this installation signed (nothing is written).
         """
         cols = entry_columns(entry)
         master = self._signing_master()  # a key problem shows at the first append, not the 100th
@@ -579,35 +648,40 @@ class Store:
         """Append validated columns inside the caller's write transaction; returns the new seq."""
         every = self._settings.audit_checkpoint_every
         head = conn.execute(_LOCK_HEAD).one()
+        self._check_locked_head(head, master)
         seq = head.seq + 1
         digest = record_hash(head.hash, seq, cols)
         conn.execute(_INSERT_RECORD, {"seq": seq, "prev_hash": head.hash, "hash": digest, **cols})
         last_cp = head.last_checkpoint_seq
+        at = _now()
         if seq % every == 0:
-            at = _now()
             signature = master.audit_sign(checkpoint_message(seq, digest, last_cp, at))
             conn.execute(_INSERT_CHECKPOINT, {"seq": seq, "hash": digest, "prev_checkpoint_seq": last_cp,
                                               "created_at": at, "public_key": master.audit_public_key().hex(),
                                               "signature": signature.hex()})
             last_cp = seq
-        conn.execute(_UPDATE_HEAD, {"seq": seq, "hash": digest, "last_checkpoint_seq": last_cp})
+        # The signed head: from now on, any other end of the log needs the key (chain.py, "Signed heads").
+        signed = SignedHead.sign(master, seq, digest, at)
+        conn.execute(_UPDATE_HEAD, self._head_values(signed, last_cp))
+        self._own_head = (seq, digest, signed.signature)
         return seq
 
     # ---- audit: read ------------------------------------------------------------------------------------
     def audit_head(self) -> Head:
-        """The chain head: last seq, its hash and the last checkpoint's seq."""
+        """The chain head: last seq, its hash, the last checkpoint's seq and the head's signature."""
         with self._read() as conn:
             row = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one()
-        return Head(row.seq, row.hash, row.last_checkpoint_seq)
+        return _head(row)
 
     def audit_count(self) -> int:
         with self._read() as conn:
             return int(conn.execute(select(func.count()).select_from(audit_records)).scalar_one())
 
     @staticmethod
-    def _seq_batches(conn: Connection, table: Any, batch_size: int) -> Iterator[list[Any]]:
-        """Rows of ``table`` in ``seq`` order, ``batch_size`` at a time (keyset pagination: no OFFSET scans)."""
-        last = None
+    def _seq_batches(conn: Connection, table: Any, batch_size: int, start: int = 1) -> Iterator[list[Any]]:
+        """Rows of ``table`` from ``seq`` ``start`` on, in order, ``batch_size`` at a time (keyset pagination: no
+        OFFSET scans)."""
+        last = start - 1 if start > 1 else None
         while True:
             q = select(table).order_by(table.c.seq).limit(batch_size)
             if last is not None:
@@ -619,14 +693,14 @@ class Store:
             last = rows[-1].seq
 
     @classmethod
-    def _record_batches(cls, conn: Connection, batch_size: int) -> Iterator[list[Any]]:
-        return cls._seq_batches(conn, audit_records, batch_size)
+    def _record_batches(cls, conn: Connection, batch_size: int, start: int = 1) -> Iterator[list[Any]]:
+        return cls._seq_batches(conn, audit_records, batch_size, start)
 
-    def _chain_records(self, conn: Connection, batch_size: int) -> Iterator[ChainRecord]:
-        for rows in self._record_batches(conn, batch_size):
+    def _chain_records(self, conn: Connection, batch_size: int, start: int = 1) -> Iterator[ChainRecord]:
+        for rows in self._record_batches(conn, batch_size, start):
             for r in rows:
                 m = r._mapping
-                yield ChainRecord(r.seq, r.prev_hash, r.hash, {f: m[f] for f in RECORD_FIELDS})
+                yield ChainRecord(r.seq, r.prev_hash, r.hash, {f: m[f] for f in STORED_FIELDS})
 
     @classmethod
     def _checkpoints(cls, conn: Connection, batch_size: int) -> Iterator[Checkpoint]:
@@ -642,18 +716,20 @@ class Store:
             for rows in self._record_batches(conn, batch_size):
                 for r in rows:
                     m = r._mapping
-                    yield _export_row(r.seq, r.prev_hash, r.hash, {f: m[f] for f in RECORD_FIELDS})
+                    yield _export_row(r.seq, r.prev_hash, r.hash, {f: m[f] for f in STORED_FIELDS})
 
     # ---- audit: verify ----------------------------------------------------------------------------------
-    def _expected_public_key(self) -> str | None:
+    def expected_public_key(self) -> str | None:
         """This installation's audit public key, if its master key is at hand (never creates one)."""
         s = self._settings
         if self._master is None and s.master_key is None and not (s.data_dir / MASTER_KEY_FILE).exists():
             return None
         return self._signing_master().audit_public_key().hex()
 
-    def verify_audit(self, batch_size: int = 1000) -> VerifyResult:
-        """Recompute the whole chain from one snapshot, streaming, and check every checkpoint's signature.
+    def verify_audit(self, batch_size: int = 1000, anchor: SignedHead | None = None) -> VerifyResult:
+        """Recompute the whole chain from one snapshot, streaming, and check every checkpoint's signature and
+        the head's; with an ``anchor`` (a signed head kept outside the database), also that the log still holds
+        the history the anchor saw.
 
         The first record where the history was edited, deleted, inserted or reordered is named in
         ``first_bad_seq`` (and ``first_bad_response_id`` when that record still exists). Checkpoint signatures
@@ -662,20 +738,20 @@ class Store:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        expected = self._expected_public_key()
+        expected = self.expected_public_key()
         with self._read(snapshot=True) as conn:
             row = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one_or_none()
             if row is None:
                 return VerifyResult(ok=False, records=0, checkpoints=0, problem="the chain head row was deleted",
                                     details={"kind": "head"})
-            head = Head(row.seq, row.hash, row.last_checkpoint_seq)
+            head = _head(row)
 
             def find_seq(h: str) -> int | None:
                 return conn.execute(select(audit_records.c.seq).where(audit_records.c.hash == h).limit(1)).scalar()
 
             result = verify_chain(self._chain_records(conn, batch_size), self._checkpoints(conn, batch_size), head,
                                   checkpoint_every=self._settings.audit_checkpoint_every, public_key=expected,
-                                  find_seq=find_seq)
+                                  find_seq=find_seq, anchor=anchor)
             if result.first_bad_seq is not None:
                 rid = conn.execute(select(audit_records.c.response_id)
                                    .where(audit_records.c.seq == result.first_bad_seq)).scalar()
@@ -683,6 +759,20 @@ class Store:
         if not result.ok:
             log.warning("audit verification failed at record %s: %s", result.first_bad_seq, result.problem)
         return result
+
+    def audit_extends(self, anchor: SignedHead, batch_size: int = 1000) -> str | None:
+        """Whether the log still holds what ``anchor`` saw and only grew since (``None``), or what is wrong.
+
+        Reads only the records from the anchor's seq on, from one snapshot (see
+        :func:`~antidistill.store.chain.verify_extension`).
+        """
+        expected = self.expected_public_key()
+        with self._read(snapshot=True) as conn:
+            row = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one_or_none()
+            if row is None:
+                return "the chain head row was deleted"
+            return verify_extension(anchor, self._chain_records(conn, batch_size, start=max(anchor.seq, 1)),
+                                    _head(row), public_key=expected)
 
     # ---- audit: export ----------------------------------------------------------------------------------
     def export_audit(self, path: str | os.PathLike[str], fmt: ExportFormat = "jsonl", batch_size: int = 1000) -> int:
@@ -751,6 +841,14 @@ class Store:
                 writer.write_table(pa.Table.from_pydict(cols, schema=schema))
                 n += len(rows)
         return n
+
+
+def _head(row: Any) -> Head:
+    signed = None
+    if row.signature is not None:
+        signed = SignedHead(row.seq, row.hash, to_utc(row.signed_at) if row.signed_at else datetime.min.replace(
+            tzinfo=UTC), row.public_key or "", row.signature)
+    return Head(row.seq, row.hash, row.last_checkpoint_seq, signed)
 
 
 def _clean(s: str | None) -> str | None:
