@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from antidistill.demo import DECOY_ACCOUNTS, DEMO_ALPHA, Check, _verdict
+from antidistill.store.api import is_pending_record
 
 LEVEL_RANK = {"none": 0, "watch": 1, "alert": 2, "severe": 3}
 ACTION_WORDS = {"flag": "flagged", "throttle": "throttled", "review": "held for review", "block": "blocked",
@@ -119,7 +120,7 @@ def action_points(records: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[
         if str(r.get("endpoint", "")).startswith("monitor:"):
             req = r.get("request") if isinstance(r.get("request"), Mapping) else {}
             out[aid].append((str(req.get("action", "?")), seen[aid]))
-        else:
+        elif not is_pending_record(r):
             seen[aid] += 1
     return dict(out)
 
@@ -477,7 +478,7 @@ def prove_stage(console: Console, lm: Any, work: Path, sizes: DemoSizes, seed: i
     from antidistill.gateway.server import BackgroundServer
     from antidistill.keys import KeyRing
     from antidistill.models.local_backend import LocalBackend
-    from antidistill.monitor.actions import Enforcer
+    from antidistill.monitor.actions import Enforcer, exchange_records
     from antidistill.monitor.pipeline import Monitor, scan_records
     from antidistill.monitor.policy import Policy
     from antidistill.redteam.data import Pair, load_pairs
@@ -545,7 +546,7 @@ def prove_stage(console: Console, lm: Any, work: Path, sizes: DemoSizes, seed: i
         with quiet_logs():
             monitor = Monitor.load(settings)
             meta = {a.id: a.metadata for a in store.list_accounts()}
-            assessments = scan_records(store.iter_audit(), meta, monitor)
+            assessments = scan_records(exchange_records(store.iter_audit()), meta, monitor)
             Enforcer(store, Policy.default()).apply_all(assessments)
         a = monitor.assess(attacker.id)
         enf = store.get_enforcement(attacker.id)

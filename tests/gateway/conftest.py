@@ -25,6 +25,7 @@ from antidistill.gateway.server import BackgroundServer
 from antidistill.keys import KeyRing, MasterKey
 from antidistill.models.fake import FakeBackend
 from antidistill.settings import Settings
+from antidistill.store.api import is_pending_record
 from antidistill.store.sql import Store
 
 ADMIN_TOKEN = "admin-" + "7f3c9a1e5b2d4c6f8a0e1b3d5f7a9c2e"
@@ -67,8 +68,9 @@ class Gateway:
         """A new account: ``(account, api_key, key_info)``."""
         return self.store.create_account(name, **limits)
 
-    def audit(self, response_id: str | None = None) -> list[dict[str, Any]]:
-        rows = list(self.store.iter_audit())
+    def audit(self, response_id: str | None = None, *, pending: bool = False) -> list[dict[str, Any]]:
+        """The audit records (of one response): the final ones, and with ``pending`` streams' opening ones too."""
+        rows = [r for r in self.store.iter_audit() if pending or not is_pending_record(r)]
         return rows if response_id is None else [r for r in rows if r["response_id"] == response_id]
 
     def admin_headers(self) -> dict[str, str]:

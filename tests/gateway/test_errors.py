@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 from antidistill.models.base import BackendError
 from antidistill.models.fake import FakeBackend
 from antidistill.models.upstream import UpstreamBackend
+from antidistill.store.api import is_pending_record
 from antidistill.store.sql import hash_api_key
 
 from .conftest import ADMIN_TOKEN, CHAT, MASTER_KEY, LiveServer, auth, start_gateway, stub_upstream
@@ -154,12 +156,30 @@ BAD_BODIES = {
 }
 
 
+_FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*")
+
+
 @pytest.mark.parametrize("name", list(BAD_BODIES))
 def test_400_invalid_bodies(gateway, client, user, name):
     r = client.post(gateway.v1 + "/chat/completions", content=BAD_BODIES[name],
                     headers={**auth(user), "Content-Type": "application/json"})
     err = assert_error(r, 400)
     assert err["type"] == "invalid_request_error"
+    # a param names the client's field path, never pydantic's validators or union members
+    assert err["param"] is None or _FIELD_PATH.fullmatch(err["param"]), err["param"]
+    assert "function-" not in err["message"] and "[" not in (err["param"] or "")
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "x", "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ({"model": "x", "messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content"),
+    ({"model": "x", "messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "hi"}]},
+     "messages.1.role"),
+    ({"model": "x", "messages": [{"role": "user", "content": "hi"}], "stop": 5}, "stop"),
+])
+def test_400_param_is_the_clients_field_path(gateway, client, user, body, param):
+    err = assert_error(client.post(gateway.v1 + "/chat/completions", json=body, headers=auth(user)), 400)
+    assert err["param"] == param, err
 
 
 def test_400_names_the_field(gateway, client, user):
@@ -288,13 +308,18 @@ def test_upstream_relay_through_the_sdk(gateway_dir, store):
 
 # ---- 500: an exchange that cannot be logged is not served ----------------------------------------------
 class _BrokenAudit:
-    def __init__(self, store):
+    """A store whose appends fail (``pending_ok``: except a stream's opening record)."""
+
+    def __init__(self, store, pending_ok: bool = False):
         self._store = store
+        self._pending_ok = pending_ok
 
     def __getattr__(self, name):
         return getattr(self._store, name)
 
     def append_audit(self, entry):
+        if self._pending_ok and is_pending_record(entry):
+            return self._store.append_audit(entry)
         raise RuntimeError("disk full")
 
 
@@ -304,11 +329,22 @@ def test_500_when_the_audit_log_fails(gateway_dir, store, client):
         err = assert_error(client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)), 500,
                            "audit_unavailable")
         assert "audit" in err["message"]
+        # a stream whose opening record cannot be written is refused before any text
+        r = client.post(gw.v1 + "/chat/completions", json=dict(CHAT, stream=True), headers=auth(key))
+        assert r.status_code == 503 and r.json()["error"]["code"] == "audit_unavailable"
+        assert "antidistill_audit_failures_total 2.0" in client.get(gw.url + "/metrics").text
+
+
+def test_stream_whose_final_record_fails_ends_in_an_error_event(gateway_dir, store, client):
+    with start_gateway(gateway_dir, _BrokenAudit(store, pending_ok=True)) as gw:
+        _, key, _ = store.create_account("audit-broken-late")
         r = client.post(gw.v1 + "/chat/completions", json=dict(CHAT, stream=True), headers=auth(key))
         assert r.status_code == 200  # the stream had started; it ends in an error event instead of [DONE]
         assert "[DONE]" not in r.text and "audit_unavailable" in r.text
         assert '"finish_reason":"stop"' not in r.text and '"finish_reason":"length"' not in r.text
-        assert "antidistill_audit_failures_total 2.0" in client.get(gw.url + "/metrics").text
+        response_id = r.text.split('"id":"')[1].split('"')[0]
+        (rec,) = [x for x in store.iter_audit() if x["response_id"] == response_id]
+        assert is_pending_record(rec)  # what did leave is on the chain, under its request
 
 
 def test_backend_failure_mid_stream_ends_with_an_error_event(gateway_dir, store, client):

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from antidistill.errors import InputError
+from antidistill.store.api import is_pending_record
 
 if TYPE_CHECKING:
     from antidistill.store.sql import Store
@@ -505,6 +506,8 @@ def _collect_exchanges(store: Store, ids: set[str], checkpoints: list[dict[str, 
         i = bisect.bisect_left(cp_seqs, rec["seq"])
         covered_by = cp_seqs[i] if i < len(cp_seqs) else None
         coverage[covered_by] += 1
+        if is_pending_record(rec):  # a stream's opening record; its final record is the exchange
+            continue
         if str(rec.get("endpoint") or "").startswith(ACTION_PREFIX):
             actions.append({"seq": rec["seq"], "account_id": rec["account_id"], "at": rec.get("created_at"),
                             "details": rec.get("request") or {}, "hash": rec["hash"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -74,22 +75,60 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def _loc_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    # pydantic names the member of a union it tried ("str", "list[TextPart]"): not a field of the request
-    parts = [p for p in parts if not (p.startswith(("list[", "dict[")) or p in ("str", "int", "float", "bool"))]
-    return ".".join(parts) or None
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
-    """One readable line from pydantic's errors (the first error; the count of the others), and its field."""
+def client_param(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str | None:
+    """The request field an error is about, as the client wrote it (``messages.0.content``), or ``None``.
+
+    pydantic's ``loc`` also names the validators and union members it tried (``function-after[…]``, ``str``,
+    ``list[TextPart]``, ``tagged-union[…]``): those are not fields of the request. With the parsed ``body`` the
+    path is walked in it, keeping only keys and indices that are there (plus the last, missing, field's name);
+    without it, anything that is not a plain field name or index is dropped.
+
+    Example:
+        >>> body = {"messages": [{"role": "user", "content": 5}]}
+        >>> client_param(("body", "messages", 0, "content", "function-after[_unicode(), str]"), body)
+        'messages.0.content'
+        >>> client_param(("body", "messages", 0, "content", "list[TextPart]", 0, "text"), body)
+        'messages.0.content'
+        >>> client_param(("body", "max_tokens"), {})
+        'max_tokens'
+    """
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    out: list[str] = []
+    if isinstance(body, dict | list):
+        node: Any = body
+        for p in parts:
+            if isinstance(node, dict) and isinstance(p, str) and p in node:
+                out.append(p)
+                node = node[p]
+            elif isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node):
+                out.append(str(p))
+                node = node[p]
+            elif isinstance(node, dict) and isinstance(p, str) and _FIELD_NAME.fullmatch(p):
+                out.append(p)  # a missing (or unknown) field of this object
+                break
+            elif not isinstance(node, dict | list):
+                break  # below a value: what follows is pydantic's, not the client's
+        return ".".join(out) or None
+    for p in parts:
+        if isinstance(p, int) or (isinstance(p, str) and _FIELD_NAME.fullmatch(p)
+                                  and p not in ("str", "int", "float", "bool", "list", "dict", "none")):
+            out.append(str(p))
+    return ".".join(out) or None
+
+
+def validation_message(errors: list[dict[str, Any]], body: Any = None) -> tuple[str, str | None]:
+    """One readable line from pydantic's errors (the first error; the count of the others), and its field (as
+    the client named it in ``body``, see :func:`client_param`)."""
     if not errors:
         return "invalid request body", None
     first = errors[0]
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error") or "invalid JSON"
         return f"the request body is not valid JSON: {detail}", None
-    param = _loc_param(first.get("loc", ()))
+    param = client_param(first.get("loc", ()), body)
     msg = str(first.get("msg", "invalid value"))
     if param is None and first.get("type") in ("model_attributes_type", "dict_type", "model_type"):
         return "the request body must be a JSON object", None
@@ -103,7 +142,7 @@ async def _api_error(_: Request, exc: APIError) -> JSONResponse:
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    message, param = validation_message(list(exc.errors()))
+    message, param = validation_message(list(exc.errors()), getattr(exc, "body", None))
     return APIError(400, message, param=param, code="invalid_value" if param else None).response()
 
 

@@ -6,8 +6,13 @@ The order is the point:
 2. the backend generates, marking with the account's and the provider's keys;
 3. the reservation is corrected to the tokens used;
 4. the exchange is appended to the audit log, and only then is the response released. A non-streamed answer
-   that cannot be logged is refused (500); a stream whose record cannot be written ends with an error event
-   instead of its finish reasons, usage and ``[DONE]``.
+   that cannot be logged is refused (500). A stream is recorded twice: a pending record (the request, status
+   :data:`~antidistill.store.api.PENDING_STATUS`) before the backend starts, so no text leaves before the
+   exchange is in the chain (503 if it cannot be written), and the final record before the finish reasons,
+   usage and ``[DONE]`` (an error event instead, if that one cannot be written).
+
+A stream the client abandons, or that fails midway, settles the limits with the tokens generated so far, and its
+record holds them: walking away from a stream does not make its tokens free.
 
 Backend failures answer 502, timeouts 504 (or, once a stream has started, an error event) and are audited too.
 """
@@ -40,7 +45,7 @@ from antidistill.models.base import (
     GenerationRequest,
     GenerationResult,
 )
-from antidistill.store.api import AuditEntry
+from antidistill.store.api import PENDING_STATUS, AuditEntry
 from antidistill.watermark.marker import MarkKeys
 
 log = logging.getLogger(__name__)
@@ -57,9 +62,11 @@ class Exchange:
     Args:
         kind: ``chat`` or ``completion`` (the response shapes differ).
         endpoint: the path, for the audit record.
-        body: the request body as the client sent it (unknown fields included), for the audit record.
+        body: the request body as parsed (unknown fields included), for the audit record.
         generation: what to ask the backend.
         stream, include_usage: how to answer.
+        prompt_estimate: the prompt's tokens as estimated before generation (the limits' reservation).
+        raw_body: the body's bytes exactly as received, for the audit record.
     """
 
     kind: str
@@ -69,6 +76,7 @@ class Exchange:
     stream: bool
     include_usage: bool
     prompt_estimate: int
+    raw_body: bytes | None = None
 
 
 def client_address(request: Request, trust_forwarded_for: bool) -> str | None:
@@ -165,37 +173,45 @@ class _Run:
 
     # ---- audit -------------------------------------------------------------------------------------
     def entry(self, result: GenerationResult | None, status: int, texts: list[str] | None = None,
-              finish: list[str | None] | None = None, watermark: dict[str, Any] | None = None) -> AuditEntry:
+              finish: list[str | None] | None = None, watermark: dict[str, Any] | None = None,
+              completion_tokens: int = 0) -> AuditEntry:
+        """The audit record: of a result, or (``result`` ``None``) of what was sent before a failure or an
+        abandoned stream, with the ``completion_tokens`` generated for it (the prompt then as estimated)."""
+        prompt_tokens = self.ex.prompt_estimate if completion_tokens else 0
         if result is not None:
             texts = [c.text for c in result.choices]
             finish = [c.finish_reason for c in result.choices]
             watermark = result.watermark
+            prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
         return AuditEntry(
             response_id=self.id, account_id=self.principal.account.id, api_key_id=self.principal.key.id,
             created_at=self.created_at, endpoint=self.ex.endpoint, client_addr=self.client_addr,
             user_agent=self.user_agent, request=self.ex.body, completion=list(texts or []),
-            prompt_tokens=result.prompt_tokens if result else 0,
-            completion_tokens=result.completion_tokens if result else 0,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
             finish_reason=_finish_summary(finish or []), latency_ms=(time.perf_counter() - self.t0) * 1000,
-            watermark=watermark or self._unknown_watermark(), status=status)
+            watermark=watermark or self._unknown_watermark(), status=status, request_raw=self.ex.raw_body)
 
-    def _unknown_watermark(self) -> dict[str, Any]:
+    def pending_entry(self) -> AuditEntry:
+        """A stream's first record: the request, before any text (see the module docstring)."""
+        return self.entry(None, PENDING_STATUS, watermark=self._unknown_watermark("pending"))
+
+    def _unknown_watermark(self, status: str = "partial") -> dict[str, Any]:
         # no final result (failure, abandoned stream): say what keys any text that was sent was marked with
         mark, backend = self.ex.generation.mark, self.gw.backend
         if backend.marks and mark is not None:
-            return {"status": "partial", "key_id": mark.account.key_id,
+            return {"status": status, "key_id": mark.account.key_id,
                     "provider_key_id": mark.provider.key_id if mark.provider else None}
         return {"status": "unwatermarked", "reason": f"{backend.name or 'this'} backend does not watermark"}
 
-    async def audit(self, entry: AuditEntry) -> None:
-        """Append the record; raise if it cannot be written."""
+    async def audit(self, entry: AuditEntry, *, observe: bool = True) -> None:
+        """Append the record; raise if it cannot be written. ``observe``: hand it to the monitor too."""
         try:
             await run_in_threadpool(self.gw.store.append_audit, entry)
         except Exception:
             self.gw.metrics.audit_failures.inc()
             log.error("audit append failed for %s (%s)", self.id, self.ex.endpoint, exc_info=True)
             raise
-        if self.gw.monitoring is not None:  # scored off the request path, from what the log recorded
+        if observe and self.gw.monitoring is not None:  # scored off the request path, from what the log recorded
             self.gw.monitoring.observe(entry, self.principal.account)
 
     async def audit_quietly(self, entry: AuditEntry) -> None:
@@ -317,6 +333,13 @@ async def _backend_failed(run: _Run, exc: BaseException) -> NoReturn:
 
 
 async def _start_stream(run: _Run) -> StreamingResponse:
+    # The exchange is in the chain before the backend starts: no text leaves unrecorded.
+    try:
+        await run.audit(run.pending_entry(), observe=False)
+    except Exception:
+        await run.settle(0)
+        raise APIError(503, "the exchange could not be recorded in the audit log, so it is not served; try again",
+                       code="audit_unavailable") from None
     # The first item is awaited before the response starts, so a backend that fails at once (unreachable
     # upstream, timeout) still gets a real 502/504 status instead of an error inside a 200 stream.
     it = None
@@ -338,6 +361,7 @@ async def _sse(run: _Run, it: AsyncIterator[Any], first: Any) -> AsyncIterator[s
     with_usage = ex.include_usage
     texts: dict[int, list[str]] = {i: [] for i in range(n)}
     finish: dict[int, str | None] = dict.fromkeys(range(n))
+    generated = 0  # tokens the backend produced so far: what an abandoned or failed stream is charged
     done = False
     try:
         if ex.kind == "chat":
@@ -346,6 +370,7 @@ async def _sse(run: _Run, it: AsyncIterator[Any], first: Any) -> AsyncIterator[s
         item = first
         while not isinstance(item, GenerationResult):
             if isinstance(item, GenerationChunk):
+                generated += item.tokens
                 if item.text:
                     texts.setdefault(item.index, []).append(item.text)
                     yield run.chunk(model, [run.choice_delta(item.index, item.text, None)], None, with_usage)
@@ -372,17 +397,17 @@ async def _sse(run: _Run, it: AsyncIterator[Any], first: Any) -> AsyncIterator[s
         yield "data: [DONE]\n\n"
     except (BackendError, TimeoutError) as exc:
         done = True
-        await run.settle(0)
+        await run.settle(run.ex.prompt_estimate + generated if generated else 0)
         err = run.backend_failed(exc)
         await run.audit_quietly(run.entry(None, err.status, ["".join(texts[i]) for i in sorted(texts)],
-                                          list(finish.values())))
+                                          list(finish.values()), completion_tokens=generated))
         yield _error_event(err)
     finally:
         if not done:
-            # The client went away (or the server is stopping): record what was already sent. This runs in a task
-            # of its own, since the request's task may be cancelled while we are here.
+            # The client went away (or the server is stopping): record what was already sent and charge what was
+            # generated. This runs in a task of its own, since the request's task may be cancelled while we are here.
             entry = run.entry(None, CLIENT_CLOSED, ["".join(texts[i]) for i in sorted(texts)], list(finish.values()),
-                              watermark=None)
+                              completion_tokens=generated)
             task = asyncio.ensure_future(_abandoned(run, entry))
             gw.background.add(task)
             task.add_done_callback(gw.background.discard)
@@ -391,7 +416,8 @@ async def _sse(run: _Run, it: AsyncIterator[Any], first: Any) -> AsyncIterator[s
 
 
 async def _abandoned(run: _Run, entry: AuditEntry) -> None:
-    await run.settle(0)
+    used = entry.prompt_tokens + entry.completion_tokens
+    await run.settle(used)
     await run.audit_quietly(entry)
 
 

@@ -36,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from antidistill.monitor.api import Assessment, ExchangeEvent, level_rank
 from antidistill.monitor.policy import ACTION_STATUS, Decision, Policy, escalates
-from antidistill.store.api import Alert, AuditEntry, Enforcement
+from antidistill.store.api import Alert, AuditEntry, Enforcement, is_pending_record
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ def is_action_record(record: Mapping[str, Any]) -> bool:
 
 
 def exchange_records(records: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
-    """The exchanges among audit records: action records skipped."""
-    return (r for r in records if not is_action_record(r))
+    """The exchanges among audit records: action records and streams' opening (pending) records skipped."""
+    return (r for r in records if not is_action_record(r) and not is_pending_record(r))
 
 
 def new_alert_id() -> str:

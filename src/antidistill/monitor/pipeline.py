@@ -35,6 +35,7 @@ from antidistill.monitor.cluster import (
 )
 from antidistill.monitor.features import AccountState, FeatureTracker, window_features
 from antidistill.monitor.score import Score, Scorer
+from antidistill.store.api import is_pending_record
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +350,8 @@ def scan_records(records: Iterable[dict], accounts: Mapping[str, dict], monitor:
     last_ts: datetime | None = None
     batch: list[ExchangeEvent] = []
     for rec in records:
+        if is_pending_record(rec):  # a stream's opening record: its final record is the exchange
+            continue
         meta = accounts.get(str(rec.get("account_id", ""))) if isinstance(rec, dict) else None
         try:
             ev = ExchangeEvent.from_record(rec, meta)

@@ -77,7 +77,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
     raw = _audit_body(body)
     gen = GenerationRequest(messages=messages, raw=raw, **_sampling(body, gw.settings, max_tokens))
     estimate = sum(_estimate_tokens(m["content"]) + _MESSAGE_OVERHEAD for m in messages)
-    ex = Exchange("chat", "/v1/chat/completions", raw, gen, bool(body.stream), body.include_usage(), estimate)
+    ex = Exchange("chat", "/v1/chat/completions", raw, gen, bool(body.stream), body.include_usage(), estimate,
+                  raw_body=await request.body())
     return await run_exchange(gw, request, principal, ex)
 
 
@@ -89,7 +90,7 @@ async def completions(body: CompletionRequest, request: Request, principal: Auth
     prompt = body.prompt_text()
     gen = GenerationRequest(prompt=prompt, raw=raw, **_sampling(body, gw.settings, body.max_tokens))
     ex = Exchange("completion", "/v1/completions", raw, gen, bool(body.stream), body.include_usage(),
-                  _estimate_tokens(prompt))
+                  _estimate_tokens(prompt), raw_body=await request.body())
     return await run_exchange(gw, request, principal, ex)
 
 
