@@ -604,7 +604,9 @@ def _audit_section(store: Store, v: Any, checkpoints: list[dict[str, Any]], cove
         "verification": {"ok": v.ok, "records": v.records, "checkpoints": v.checkpoints,
                          "first_bad_seq": v.first_bad_seq, "first_bad_response_id": v.first_bad_response_id,
                          "problem": v.problem, "details": details},
-        "head": {"seq": head.seq, "hash": head.hash, "last_checkpoint_seq": head.last_checkpoint_seq},
+        "head": {"seq": head.seq, "hash": head.hash, "last_checkpoint_seq": head.last_checkpoint_seq,
+                 "signed_at": head.signed.to_json()["signed_at"] if head.signed else None,
+                 "signature": head.signed.signature if head.signed else None},
         "checkpoint_every": getattr(getattr(store, "_settings", None), "audit_checkpoint_every", None),
         "public_key": signer or (keys[0] if len(keys) == 1 else None),
         "public_key_fingerprint": key_fingerprint(signer or (keys[0] if len(keys) == 1 else None)),
@@ -1069,7 +1071,7 @@ def _summary(ev: dict[str, Any]) -> dict[str, Any]:
             f"signed checkpoints carry valid signatures, so the records above have not been altered since they "
             f"were signed."
             + (f" {ev['audit']['subject_records_unsigned']:,} of this report's records come after the last "
-               f"signed checkpoint: until the next one is signed, only the hash chain protects them."
+               f"signed checkpoint: the signed head of the log covers them."
                if ev["audit"]["subject_records_unsigned"] else ""))})
     else:
         findings.append({"topic": "audit", "text": (
@@ -1559,12 +1561,15 @@ def _audit_html(h: _Html) -> str:
                    f"and {h.f('audit.verification.checkpoints', 'int')} checkpoints verified before it.</p>")
     rows = [["Records in the log (head)", h.f("audit.head.seq", "int")],
             ["Hash of the latest record", h.f("audit.head.hash", "code")],
+            ["Head signed at", h.f("audit.head.signed_at", "text")],
+            ["Head signature (Ed25519, hex)", h.f("audit.head.signature", "code")],
             ["Last signed checkpoint", h.f("audit.head.last_checkpoint_seq", "int")],
             ["A checkpoint is signed every", f"{h.f('audit.checkpoint_every', 'int')} records"],
             ["Signed checkpoints in the log", h.f("audit.checkpoints_total", "int")],
             ["Checkpoints covering this report's records", h.f("audit.checkpoints_covering", "int")],
             ["Records of this report (exchanges and actions)", h.f("audit.subject_records", "int")],
-            ["… of which not yet under a signed checkpoint", h.f("audit.subject_records_unsigned", "int")],
+            ["… of which after the last checkpoint (under the signed head)",
+             h.f("audit.subject_records_unsigned", "int")],
             ["Public key (Ed25519, hex)", h.f("audit.public_key", "code")],
             ["Public key fingerprint", h.f("audit.public_key_fingerprint", "code")]]
     if "public_key_checked" in v["details"]:
