@@ -40,6 +40,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from antidistill.errors import ConfigError
 from antidistill.settings import Settings, is_placeholder
@@ -95,15 +96,22 @@ def _validate_version(version: int) -> int:
 class MasterKey:
     """The master secret and the HMAC derivations. ``repr`` and ``str`` never show the secret."""
 
-    __slots__ = ("_secret",)
+    __slots__ = ("_audit_key", "_audit_public", "_secret")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ConfigError("master key must be at least 16 bytes")
         self._secret = bytes(secret)
+        # derived on first use and kept: the audit log signs its head at every commit
+        self._audit_key: Any = None
+        self._audit_public: bytes | None = None
 
     def __repr__(self) -> str:
         return "MasterKey(<hidden>)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the derived key objects do not pickle; a copy derives them again
+        return (MasterKey, (self._secret,))
 
     @classmethod
     def from_text(cls, text: str) -> MasterKey:
@@ -164,9 +172,11 @@ class MasterKey:
         return int.from_bytes(self._derive_bytes(label, *parts)[:8], "little")
 
     def _audit_signing_key(self):
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        if self._audit_key is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        return Ed25519PrivateKey.from_private_bytes(self._derive_bytes(_AUDIT_SIGNING_LABEL))
+            self._audit_key = Ed25519PrivateKey.from_private_bytes(self._derive_bytes(_AUDIT_SIGNING_LABEL))
+        return self._audit_key
 
     def audit_sign(self, message: bytes) -> bytes:
         """An Ed25519 signature of ``message`` under the audit signing key (the private key never leaves)."""
@@ -182,11 +192,13 @@ class MasterKey:
             >>> len(m.audit_public_key())
             32
         """
-        from cryptography.hazmat.primitives import serialization
+        if self._audit_public is None:
+            from cryptography.hazmat.primitives import serialization
 
-        return self._audit_signing_key().public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
+            self._audit_public = self._audit_signing_key().public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        return self._audit_public
 
     def account_key(self, account_id: str, version: int = 1) -> WatermarkKey:
         """The watermark key of one account at one version."""
