@@ -14,6 +14,7 @@ import pytest
 
 from antidistill.simulate.scenario import SCALES, Scenario
 from antidistill.simulate.world import VirtualLimits
+from antidistill.store.api import is_pending_record
 
 
 def tiny(seed: int = 7, split: str = "train", **kw) -> Scenario:
@@ -60,7 +61,8 @@ class RunningGateway:
     settings: Any
 
     def audit(self) -> list[dict[str, Any]]:
-        return list(self.store.iter_audit())
+        """The exchanges' final records (a stream's opening record is left out)."""
+        return [r for r in self.store.iter_audit() if not is_pending_record(r)]
 
 
 @contextmanager
