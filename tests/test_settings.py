@@ -99,3 +99,25 @@ def test_get_settings_reports_a_bad_environment_name(monkeypatch):
 def test_model_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("ANTIDISTILL_MODEL", str(tmp_path / "m.gguf"))
     assert Path(get_settings().model) == tmp_path / "m.gguf"
+
+
+# ---- the admin token -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("env", ["prod", "dev", "test"])
+@pytest.mark.parametrize("value", ["", " ", "\t\n  "])
+def test_blank_admin_token_is_refused_in_every_environment(env, value):
+    """An empty token would match an empty Authorization header: it must never configure the admin API."""
+    with pytest.raises(ValueError, match="ANTIDISTILL_ADMIN_TOKEN is set but empty"):
+        Settings(env=env, admin_token=value)
+
+
+def test_blank_admin_token_from_the_environment_is_one_config_error(monkeypatch):
+    monkeypatch.setenv("ANTIDISTILL_ENV", "dev")
+    monkeypatch.setenv("ANTIDISTILL_ADMIN_TOKEN", "")
+    with pytest.raises(ConfigError, match="ANTIDISTILL_ADMIN_TOKEN is set but empty"):
+        get_settings()
+
+
+def test_admin_token_loses_surrounding_whitespace():
+    # HTTP drops it from a header value: a token that kept it could never be sent
+    assert Settings(env="prod", admin_token=f"  {REAL_SECRET}\n").admin_token.get_secret_value() == REAL_SECRET
+    assert Settings(env="test", admin_token=" dev ").admin_token.get_secret_value() == "dev"

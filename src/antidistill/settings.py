@@ -64,7 +64,9 @@ class Settings(BaseSettings):
             SQLite file ``antidistill.db`` in ``data_dir``.
         audit_checkpoint_every: audit records between two signed checkpoints.
         admin_token: bearer token of the admin API (``ANTIDISTILL_ADMIN_TOKEN``); no default: unset, the admin
-            API answers 401 to everyone. Placeholders are refused in ``prod``.
+            API answers 401 to everyone. An empty or blank token is refused in every environment, placeholders
+            in ``prod``. Surrounding whitespace is dropped (HTTP drops it from a header value, so a token with
+            it could never be sent).
         redis_url: share rate-limit counters between gateway replicas through Redis (default: in process).
         rate_limit_prefix: namespace of the rate-limit keys in Redis.
         backend: what the gateway serves from: ``local`` model, ``upstream`` OpenAI-compatible server, ``fake``.
@@ -134,6 +136,20 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
+
+    @field_validator("admin_token", mode="after")
+    @classmethod
+    def _no_blank_admin_token(cls, v: SecretStr | None) -> SecretStr | None:
+        # Refused rather than taken as "unset": an empty value is most often a variable that a deployment file
+        # failed to fill in (``ANTIDISTILL_ADMIN_TOKEN=${ADMIN_TOKEN}``), and its operator should learn that at
+        # startup, not from an admin API that is silently off. In no environment may it open the admin API.
+        if v is None:
+            return None
+        token = v.get_secret_value().strip()
+        if not token:
+            raise ValueError("ANTIDISTILL_ADMIN_TOKEN is set but empty; set a random token (e.g. `openssl rand "
+                             "-hex 32`) or unset the variable to disable the admin API")
+        return SecretStr(token)
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -140,3 +140,34 @@ def test_live_server_helper_serves_any_asgi_app():
 
     with LiveServer(app) as srv:
         assert httpx.get(srv.url).status_code == 204
+
+
+# ---- a blank admin token ---------------------------------------------------------------------------------
+def test_serve_refuses_a_blank_admin_token_in_one_line(monkeypatch):
+    monkeypatch.setenv("ANTIDISTILL_ENV", "dev")
+    monkeypatch.setenv("ANTIDISTILL_ADMIN_TOKEN", "")
+    result = CliRunner().invoke(_serve_app(), ["--backend", "fake"])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert str(result.exception).startswith("admin_token: ANTIDISTILL_ADMIN_TOKEN is set but empty")
+
+
+def test_admin_api_never_opens_with_a_blank_token(gateway_dir, store, client):
+    """Past the settings (model_copy skips validation), the admin check itself refuses a blank token."""
+    from pydantic import SecretStr
+
+    from antidistill.gateway import create_app
+    from antidistill.keys import KeyRing, MasterKey
+
+    from .conftest import MASTER_KEY, gateway_settings
+
+    for blank in ("", "  "):
+        settings = gateway_settings(gateway_dir).model_copy(update={"admin_token": SecretStr(blank)})
+        app = create_app(settings, backend=FakeBackend(), store=store,
+                         keyring=KeyRing(MasterKey.from_text(MASTER_KEY)))
+        before = len(store.list_accounts())
+        with LiveServer(app) as srv:
+            # (a header value cannot end in blanks: "Bearer" is what "Bearer " + a blank token arrives as)
+            for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Bearer x"}):
+                r = client.post(srv.url + "/admin/accounts", json={"name": "intruder"}, headers=headers)
+                assert r.status_code == 401 and r.json()["error"]["code"] == "admin_disabled", r.text
+        assert len(store.list_accounts()) == before
