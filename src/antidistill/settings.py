@@ -67,6 +67,8 @@ class Settings(BaseSettings):
             API answers 401 to everyone. An empty or blank token is refused in every environment, placeholders
             in ``prod``. Surrounding whitespace is dropped (HTTP drops it from a header value, so a token with
             it could never be sent).
+        api_docs: serve ``/docs`` and ``/redoc`` to everyone, with a schema of the client API only; off, the
+            pages are not served. The full schema (admin routes included) always needs the admin token.
         redis_url: share rate-limit counters between gateway replicas through Redis (default: in process).
         rate_limit_prefix: namespace of the rate-limit keys in Redis.
         backend: what the gateway serves from: ``local`` model, ``upstream`` OpenAI-compatible server, ``fake``.
@@ -119,6 +121,7 @@ class Settings(BaseSettings):
     upstream_timeout: float = Field(default=120.0, gt=0)
     request_timeout: float = Field(default=300.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    api_docs: bool = False
     max_tokens_cap: int = Field(default=4096, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
     trust_forwarded_for: bool = False
