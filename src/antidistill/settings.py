@@ -76,6 +76,13 @@ class Settings(BaseSettings):
             its key, a model name to send instead of the client's, and its timeout in seconds.
         request_timeout: seconds a backend may take for one request before the gateway answers 504.
         max_body_bytes: larger request bodies are refused with 413 before they are read.
+        max_header_bytes: a request line and headers larger than this are refused with 431 (the connection is
+            closed) before more of them is read.
+        header_timeout: seconds a connection may take to send a whole request head, counted from its first byte
+            (from the connection's opening for its first request); then 408 and the connection is closed.
+        body_timeout: seconds a request body may take to arrive in full after its head; then the connection is
+            closed (30 s lets the largest default body arrive at 35 KB/s; raise it with ``max_body_bytes``).
+        max_connections: open connections per server process; more are answered 503 and closed at once.
         max_tokens_cap: the largest ``max_tokens`` a request may ask for; ``default_max_tokens`` when it asks none.
         trust_forwarded_for: take the client address from ``X-Forwarded-For`` (only behind a trusted proxy).
         monitor: score the traffic inside the gateway as it passes (a background worker; default off).
@@ -121,6 +128,10 @@ class Settings(BaseSettings):
     upstream_timeout: float = Field(default=120.0, gt=0)
     request_timeout: float = Field(default=300.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
     api_docs: bool = False
     max_tokens_cap: int = Field(default=4096, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
