@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     Args:
         env: ``prod`` (default), ``dev`` or ``test``; placeholder secrets are refused in ``prod``.
-        data_dir: where the master key file (and later the database) live.
+        data_dir: where the master key file, the key ring and the SQLite database live (created mode 0700).
         cache_dir: where converted model weights are cached.
         master_key: the master secret; if unset, a random key file is created in ``data_dir``.
         model: a local transformers model directory or GGUF file used instead of the embedded model.
