@@ -226,3 +226,51 @@ def test_keyring_open_uses_the_data_directory():
     again = KeyRing.open(settings)
     assert again.account_key("carol") == ring.account_key("carol")
     assert again.account_key("carol").version == 2
+
+
+# ---- file modes --------------------------------------------------------------------------------------------
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def open_umask():
+    """A umask that keeps nothing private (0): the modes must come from the code, not the environment."""
+    old = os.umask(0)
+    yield
+    os.umask(old)
+
+
+def test_keys_init_makes_a_private_data_directory(isolated_env, capsys, open_umask):
+    from antidistill.cli import main
+
+    data = isolated_env / "data"
+    try:
+        main(["keys", "init"])
+    except SystemExit as exc:
+        assert not exc.code
+    assert "created" in capsys.readouterr().out
+    assert _mode(data) == 0o700
+    assert _mode(data / MASTER_KEY_FILE) == 0o600
+
+
+def test_keyring_file_is_private(tmp_path, open_umask):
+    ring = KeyRing(MasterKey(SECRET), tmp_path / "new" / KEYRING_FILE)
+    ring.rotate_account("alice")
+    assert _mode(tmp_path / "new") == 0o700
+    assert _mode(tmp_path / "new" / KEYRING_FILE) == 0o600
+    path = tmp_path / "new" / KEYRING_FILE
+    os.chmod(path, 0o644)  # as earlier versions wrote it
+    assert KeyRing(MasterKey(SECRET), path).account_version("alice") == 2
+    assert _mode(path) == 0o600
+
+
+def test_an_open_data_directory_is_reported_not_changed(tmp_path, caplog):
+    data = tmp_path / "open"
+    data.mkdir()
+    os.chmod(data, 0o755)
+    with caplog.at_level("WARNING", logger="antidistill.files"):
+        MasterKey.load(Settings(env="test", data_dir=data))
+    assert "chmod 700" in caplog.text and str(data) in caplog.text
+    assert _mode(data) == 0o755
+    assert _mode(data / MASTER_KEY_FILE) == 0o600

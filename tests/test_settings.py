@@ -99,3 +99,49 @@ def test_get_settings_reports_a_bad_environment_name(monkeypatch):
 def test_model_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("ANTIDISTILL_MODEL", str(tmp_path / "m.gguf"))
     assert Path(get_settings().model) == tmp_path / "m.gguf"
+
+
+# ---- the admin token -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("env", ["prod", "dev", "test"])
+@pytest.mark.parametrize("value", ["", " ", "\t\n  "])
+def test_blank_admin_token_is_refused_in_every_environment(env, value):
+    """An empty token would match an empty Authorization header: it must never configure the admin API."""
+    with pytest.raises(ValueError, match="ANTIDISTILL_ADMIN_TOKEN is set but empty"):
+        Settings(env=env, admin_token=value)
+
+
+def test_blank_admin_token_from_the_environment_is_one_config_error(monkeypatch):
+    monkeypatch.setenv("ANTIDISTILL_ENV", "dev")
+    monkeypatch.setenv("ANTIDISTILL_ADMIN_TOKEN", "")
+    with pytest.raises(ConfigError, match="ANTIDISTILL_ADMIN_TOKEN is set but empty"):
+        get_settings()
+
+
+def test_admin_token_loses_surrounding_whitespace():
+    # HTTP drops it from a header value: a token that kept it could never be sent
+    assert Settings(env="prod", admin_token=f"  {REAL_SECRET}\n").admin_token.get_secret_value() == REAL_SECRET
+    assert Settings(env="test", admin_token=" dev ").admin_token.get_secret_value() == "dev"
+
+
+# ---- connection limits -----------------------------------------------------------------------------------
+def test_connection_limit_defaults():
+    s = Settings()
+    assert (s.max_header_bytes, s.header_timeout, s.body_timeout, s.max_connections) == (64 * 1024, 10.0, 30.0,
+                                                                                          1000)
+    assert s.api_docs is False
+
+
+@pytest.mark.parametrize(("name", "value"), [("max_header_bytes", 100), ("max_header_bytes", 2**30),
+                                             ("header_timeout", 0), ("body_timeout", -1),
+                                             ("max_connections", 0)])
+def test_connection_limits_are_validated(name, value):
+    with pytest.raises(ValueError, match=name):
+        Settings(**{name: value})
+
+
+def test_connection_limits_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ANTIDISTILL_MAX_HEADER_BYTES", "8192")
+    monkeypatch.setenv("ANTIDISTILL_HEADER_TIMEOUT", "2.5")
+    monkeypatch.setenv("ANTIDISTILL_MAX_CONNECTIONS", "50")
+    s = get_settings()
+    assert (s.max_header_bytes, s.header_timeout, s.max_connections) == (8192, 2.5, 50)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from antidistill.errors import ConfigError
+from antidistill.files import FILE_MODE, check_private_dir, private_dir, tighten_file
 from antidistill.settings import Settings, is_placeholder
 
 MASTER_KEY_FILE = "master.key"
@@ -130,6 +131,7 @@ class MasterKey:
         With ``create=False`` a missing key is an error: a detector that made up a fresh key would test text
         against a key that never marked anything.
         """
+        check_private_dir(settings.data_dir)
         if settings.master_key is not None:
             value = settings.master_key.get_secret_value()
             if settings.env == "prod" and is_placeholder(value):  # settings refuse this too; belt and braces
@@ -153,7 +155,7 @@ class MasterKey:
 
     @classmethod
     def _create_file(cls, path: Path) -> MasterKey:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         secret = secrets.token_bytes(32)
         try:
             # O_EXCL: two processes starting at once must not each write a different key.
@@ -240,6 +242,7 @@ class KeyRing:
         self._lock = threading.Lock()
         self._state: dict = {"provider": 1, "accounts": {}}
         if path is not None and path.exists():
+            tighten_file(path)  # rings of earlier versions were written 0644
             try:
                 state = json.loads(path.read_text(encoding="utf-8"))
                 self._state = {"provider": int(state["provider"]), "accounts": dict(state["accounts"])}
@@ -254,9 +257,12 @@ class KeyRing:
     def _save(self) -> None:
         if self._path is None:
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self._path.parent)
         tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._state, sort_keys=True, indent=1), encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)  # a stale .tmp left by a crash keeps its old mode through O_CREAT
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(self._state, sort_keys=True, indent=1))
         os.replace(tmp, self._path)
 
     def account_version(self, account_id: str) -> int:

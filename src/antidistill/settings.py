@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     Args:
         env: ``prod`` (default), ``dev`` or ``test``; placeholder secrets are refused in ``prod``.
-        data_dir: where the master key file (and later the database) live.
+        data_dir: where the master key file, the key ring and the SQLite database live (created mode 0700).
         cache_dir: where converted model weights are cached.
         master_key: the master secret; if unset, a random key file is created in ``data_dir``.
         model: a local transformers model directory or GGUF file used instead of the embedded model.
@@ -64,7 +64,11 @@ class Settings(BaseSettings):
             SQLite file ``antidistill.db`` in ``data_dir``.
         audit_checkpoint_every: audit records between two signed checkpoints.
         admin_token: bearer token of the admin API (``ANTIDISTILL_ADMIN_TOKEN``); no default: unset, the admin
-            API answers 401 to everyone. Placeholders are refused in ``prod``.
+            API answers 401 to everyone. An empty or blank token is refused in every environment, placeholders
+            in ``prod``. Surrounding whitespace is dropped (HTTP drops it from a header value, so a token with
+            it could never be sent).
+        api_docs: serve ``/docs`` and ``/redoc`` to everyone, with a schema of the client API only; off, the
+            pages are not served. The full schema (admin routes included) always needs the admin token.
         redis_url: share rate-limit counters between gateway replicas through Redis (default: in process).
         rate_limit_prefix: namespace of the rate-limit keys in Redis.
         backend: what the gateway serves from: ``local`` model, ``upstream`` OpenAI-compatible server, ``fake``.
@@ -72,6 +76,13 @@ class Settings(BaseSettings):
             its key, a model name to send instead of the client's, and its timeout in seconds.
         request_timeout: seconds a backend may take for one request before the gateway answers 504.
         max_body_bytes: larger request bodies are refused with 413 before they are read.
+        max_header_bytes: a request line and headers larger than this are refused with 431 (the connection is
+            closed) before more of them is read.
+        header_timeout: seconds a connection may take to send a whole request head, counted from its first byte
+            (from the connection's opening for its first request); then 408 and the connection is closed.
+        body_timeout: seconds a request body may take to arrive in full after its head; then the connection is
+            closed (30 s lets the largest default body arrive at 35 KB/s; raise it with ``max_body_bytes``).
+        max_connections: open connections per server process; more are answered 503 and closed at once.
         max_tokens_cap: the largest ``max_tokens`` a request may ask for; ``default_max_tokens`` when it asks none.
         trust_forwarded_for: take the client address from ``X-Forwarded-For`` (only behind a trusted proxy).
         monitor: score the traffic inside the gateway as it passes (a background worker; default off).
@@ -117,6 +128,11 @@ class Settings(BaseSettings):
     upstream_timeout: float = Field(default=120.0, gt=0)
     request_timeout: float = Field(default=300.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    api_docs: bool = False
     max_tokens_cap: int = Field(default=4096, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
     trust_forwarded_for: bool = False
@@ -134,6 +150,20 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
+
+    @field_validator("admin_token", mode="after")
+    @classmethod
+    def _no_blank_admin_token(cls, v: SecretStr | None) -> SecretStr | None:
+        # Refused rather than taken as "unset": an empty value is most often a variable that a deployment file
+        # failed to fill in (``ANTIDISTILL_ADMIN_TOKEN=${ADMIN_TOKEN}``), and its operator should learn that at
+        # startup, not from an admin API that is silently off. In no environment may it open the admin API.
+        if v is None:
+            return None
+        token = v.get_secret_value().strip()
+        if not token:
+            raise ValueError("ANTIDISTILL_ADMIN_TOKEN is set but empty; set a random token (e.g. `openssl rand "
+                             "-hex 32`) or unset the variable to disable the admin API")
+        return SecretStr(token)
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

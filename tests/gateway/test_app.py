@@ -140,3 +140,62 @@ def test_live_server_helper_serves_any_asgi_app():
 
     with LiveServer(app) as srv:
         assert httpx.get(srv.url).status_code == 204
+
+
+# ---- a blank admin token ---------------------------------------------------------------------------------
+def test_serve_refuses_a_blank_admin_token_in_one_line(monkeypatch):
+    monkeypatch.setenv("ANTIDISTILL_ENV", "dev")
+    monkeypatch.setenv("ANTIDISTILL_ADMIN_TOKEN", "")
+    result = CliRunner().invoke(_serve_app(), ["--backend", "fake"])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert str(result.exception).startswith("admin_token: ANTIDISTILL_ADMIN_TOKEN is set but empty")
+
+
+def test_admin_api_never_opens_with_a_blank_token(gateway_dir, store, client):
+    """Past the settings (model_copy skips validation), the admin check itself refuses a blank token."""
+    from pydantic import SecretStr
+
+    from antidistill.gateway import create_app
+    from antidistill.keys import KeyRing, MasterKey
+
+    from .conftest import MASTER_KEY, gateway_settings
+
+    for blank in ("", "  "):
+        settings = gateway_settings(gateway_dir).model_copy(update={"admin_token": SecretStr(blank)})
+        app = create_app(settings, backend=FakeBackend(), store=store,
+                         keyring=KeyRing(MasterKey.from_text(MASTER_KEY)))
+        before = len(store.list_accounts())
+        with LiveServer(app) as srv:
+            # (a header value cannot end in blanks: "Bearer" is what "Bearer " + a blank token arrives as)
+            for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Bearer x"}):
+                r = client.post(srv.url + "/admin/accounts", json={"name": "intruder"}, headers=headers)
+                assert r.status_code == 401 and r.json()["error"]["code"] == "admin_disabled", r.text
+        assert len(store.list_accounts()) == before
+
+
+# ---- connection limits reach uvicorn ---------------------------------------------------------------------
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_runs_uvicorn_with_the_connection_limits(workers, monkeypatch, tmp_path):
+    import pickle
+
+    import uvicorn
+
+    from antidistill.gateway.protocol import ConnectionLimits, GuardedHttpToolsProtocol
+
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setenv("ANTIDISTILL_MAX_HEADER_BYTES", "4096")
+    monkeypatch.setenv("ANTIDISTILL_HEADER_TIMEOUT", "3")
+    monkeypatch.setenv("ANTIDISTILL_BODY_TIMEOUT", "4")
+    monkeypatch.setenv("ANTIDISTILL_MAX_CONNECTIONS", "7")
+    # serve hands its options to the workers through os.environ: set through monkeypatch, they are undone after
+    monkeypatch.setenv("ANTIDISTILL_BACKEND", "fake")
+    monkeypatch.setenv("ANTIDISTILL_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # the parent never connects
+    result = CliRunner().invoke(_serve_app(), ["--backend", "fake", "--workers", str(workers)])
+    assert result.exit_code == 0, result.output
+    (kw,) = calls
+    # spawned workers get the config pickled: the protocol factory must survive it, limits included
+    http = pickle.loads(pickle.dumps(kw["http"]))
+    assert http.func is GuardedHttpToolsProtocol
+    assert http.keywords["limits"] == ConnectionLimits(4096, 3.0, 4.0, 7)
+    assert kw.get("limit_concurrency") is None  # it would answer 503 to requests, not bound connections

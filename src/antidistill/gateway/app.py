@@ -24,7 +24,7 @@ from antidistill.gateway.deps import Gateway
 from antidistill.gateway.errors import BodyLimitMiddleware, install_exception_handlers
 from antidistill.gateway.limits import RateLimiter, make_limiter
 from antidistill.gateway.metrics import GatewayMetrics, MetricsMiddleware
-from antidistill.gateway.routes import admin, openai, service
+from antidistill.gateway.routes import admin, docs, openai, service
 from antidistill.gateway.routes import monitor as monitor_routes
 from antidistill.keys import KeyRing
 from antidistill.models.base import Backend
@@ -120,13 +120,18 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app = FastAPI(title="antidistill gateway", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible API that watermarks every completion per account, enforces limits "
                               "and writes a tamper-evident audit log.",
-                  strict_content_type=False)  # a JSON body without a Content-Type is still read as JSON
+                  strict_content_type=False,  # a JSON body without a Content-Type is still read as JSON
+                  # the schema and the docs pages are served by routes.docs: the full schema to the admin only
+                  openapi_url=None, docs_url=None, redoc_url=None)
     app.state.gateway = gw
     install_exception_handlers(app)
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(monitor_routes.router)
     app.include_router(service.router)
+    app.include_router(docs.schema_router)
+    if settings.api_docs:
+        app.include_router(docs.pages_router)
     # Added last is outermost: metrics see every response, including the body limit's 413.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=gw.metrics)

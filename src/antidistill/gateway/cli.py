@@ -7,6 +7,9 @@ only, never from options, so they stay out of shell histories and process listin
 uvicorn's own proxy-header handling is off (by default it believes ``X-Forwarded-For`` from 127.0.0.1, so any
 local process could choose the client address written to the audit log); the app reads that header itself, and
 only when ``ANTIDISTILL_TRUST_FORWARDED_FOR`` is set.
+
+The connection limits (request-head size, head and body deadlines, open connections; see
+:mod:`antidistill.gateway.protocol`) go to uvicorn as its HTTP protocol, so every worker enforces them.
 """
 
 from __future__ import annotations
@@ -97,6 +100,10 @@ def serve(
         typer.echo("note: with --workers > 1 each worker's monitor sees only its share of the traffic; run "
                    "`antidistill monitor scan` for the whole picture", err=True)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from antidistill.gateway.protocol import ConnectionLimits, uvicorn_options
+
+    # header size, read deadlines and open connections (per worker process): see gateway/protocol.py
+    guard = uvicorn_options(ConnectionLimits.from_settings(settings))
     if workers == 1:
         from antidistill.gateway.app import create_app, make_backend, open_store
 
@@ -105,7 +112,7 @@ def serve(
         try:
             app = create_app(settings, backend=make_backend(settings), store=store)
             uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=10,
-                        proxy_headers=False)
+                        proxy_headers=False, **guard)
         finally:
             store.close()
         return
@@ -113,7 +120,7 @@ def serve(
     for key, value in overrides.items():
         os.environ[f"ANTIDISTILL_{key.upper()}"] = str(value)
     uvicorn.run("antidistill.gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, lifespan="on", timeout_graceful_shutdown=10, proxy_headers=False)
+                log_level=log_level, lifespan="on", timeout_graceful_shutdown=10, proxy_headers=False, **guard)
 
 
 def main() -> None:

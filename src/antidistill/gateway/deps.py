@@ -112,16 +112,25 @@ def current_account(principal: AuthDep) -> Account:
 AccountDep = Annotated[Account, Depends(current_account)]
 
 
-async def require_admin(gw: GatewayDep,
-                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_scheme)]) -> None:
-    token = gw.settings.admin_token
-    if token is None:
+AdminCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_scheme)]
+
+
+def check_admin(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> None:
+    """Raise :class:`APIError` 401 unless ``credentials`` carry the configured admin token."""
+    token = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
+    # Settings refuse a blank token; checked again here because an empty expected token would match an empty
+    # header (b"" == b""), and nothing must ever open the admin API that way.
+    if not token.strip():
         raise APIError(401, "The admin API is disabled: set ANTIDISTILL_ADMIN_TOKEN to enable it.",
                        code="admin_disabled")
     given = credentials.credentials if credentials is not None else ""
     # compare_digest on bytes: constant time in the length of the expected token, whatever was sent
-    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.get_secret_value().encode()):
+    if not given or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
         raise APIError(401, "Incorrect admin token provided.", code="invalid_admin_token")
+
+
+async def require_admin(gw: GatewayDep, credentials: AdminCredentials) -> None:
+    check_admin(gw.settings, credentials)
 
 
 AdminDep = Annotated[None, Depends(require_admin)]

@@ -5,18 +5,25 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from antidistill.gateway.protocol import ConnectionLimits
 
 
 class BackgroundServer:
     """An ASGI app served by a real uvicorn on a free 127.0.0.1 port, in a daemon thread.
 
     The listening socket is bound before uvicorn starts and handed to it, so no other process can take the port
-    in between.
+    in between. The server enforces the same connection limits as ``antidistill serve``
+    (:mod:`antidistill.gateway.protocol`).
 
     Args:
         app: the ASGI app.
         log_level: uvicorn's log level.
+        start_timeout: seconds to wait for the server to start.
+        limits: the connection limits; default: those of the gateway's settings when ``app`` is a gateway
+            (:func:`~antidistill.gateway.app.create_app`), else the settings' defaults.
 
     Example:
         >>> from fastapi import FastAPI
@@ -24,8 +31,16 @@ class BackgroundServer:
         ...     httpx.get(srv.url + "/docs")
     """
 
-    def __init__(self, app: Any, log_level: str = "warning", start_timeout: float = 60.0) -> None:
+    def __init__(self, app: Any, log_level: str = "warning", start_timeout: float = 60.0,
+                 limits: ConnectionLimits | None = None) -> None:
         import uvicorn
+
+        from antidistill.gateway.protocol import ConnectionLimits, uvicorn_options
+
+        if limits is None:
+            gateway = getattr(getattr(app, "state", None), "gateway", None)
+            settings = getattr(gateway, "settings", None)
+            limits = ConnectionLimits.from_settings(settings) if settings is not None else ConnectionLimits()
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -35,7 +50,8 @@ class BackgroundServer:
         self.start_timeout = start_timeout
         # proxy_headers off, as `antidistill serve` runs it: the app reads X-Forwarded-For itself, if trusted
         self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False,
-                                                    timeout_graceful_shutdown=2, proxy_headers=False))
+                                                    timeout_graceful_shutdown=2, proxy_headers=False,
+                                                    **uvicorn_options(limits)))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> BackgroundServer:

@@ -9,6 +9,10 @@ SQLite is set up on every new connection:
 * ``busy_timeout``: a writer waits for another process's write lock instead of failing at once.
 * ``foreign_keys=ON``: SQLite leaves them off unless asked.
 
+The file holds every prompt and completion: before the engine exists, its directory is created 0700 if missing
+and the file itself created (or tightened to) 0600; SQLite gives ``-wal`` and ``-shm`` the database file's mode
+(see :mod:`antidistill.files`).
+
 We also take transaction control away from Python's ``sqlite3`` module (which emits ``BEGIN`` lazily, only
 before DML) and emit ``BEGIN`` ourselves: a write transaction that starts with a read must take the write lock
 at its start (``BEGIN IMMEDIATE``), otherwise two writers that both read the audit head first would deadlock
@@ -30,6 +34,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
 from antidistill.errors import ConfigError
+from antidistill.files import private_sqlite_files
 from antidistill.settings import Settings
 
 DEFAULT_SQLITE_FILE = "antidistill.db"
@@ -111,6 +116,8 @@ def _sqlite_engine(u: URL, **kwargs: Any) -> Engine:
         # One shared connection, or every checkout would see a different empty database (tests and examples only).
         kwargs.setdefault("poolclass", StaticPool)
         kwargs.setdefault("connect_args", {"check_same_thread": False})
+    elif not u.query.get("uri"):  # a file: URI names its path (and mode) its own way: left to SQLite
+        private_sqlite_files(Path(u.database).expanduser())
     else:
         Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(u, **kwargs)
