@@ -416,6 +416,7 @@ def test_no_secret_in_any_response(gateway, client):
         client.get(gateway.v1 + "/models", headers=auth(key)),
         client.get(gateway.url + "/metrics"),
         client.get(gateway.url + "/openapi.json"),
+        client.get(gateway.url + "/openapi.json", headers=h),
         client.get(gateway.url + "/admin/accounts", headers=auth(ADMIN_TOKEN[:-1])),
     ]
     for r in responses:
