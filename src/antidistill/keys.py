@@ -40,11 +40,14 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from antidistill.errors import ConfigError
 from antidistill.files import FILE_MODE, check_private_dir, private_dir, tighten_file
 from antidistill.settings import Settings, is_placeholder
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 MASTER_KEY_FILE = "master.key"
 KEYRING_FILE = "keyring.json"
@@ -104,7 +107,7 @@ class MasterKey:
             raise ConfigError("master key must be at least 16 bytes")
         self._secret = bytes(secret)
         # derived on first use and kept: the audit log signs its head at every commit
-        self._audit_key: Any = None
+        self._audit_key: Ed25519PrivateKey | None = None
         self._audit_public: bytes | None = None
 
     def __repr__(self) -> str:
@@ -173,7 +176,7 @@ class MasterKey:
     def _derive(self, label: bytes, *parts: bytes) -> int:
         return int.from_bytes(self._derive_bytes(label, *parts)[:8], "little")
 
-    def _audit_signing_key(self):
+    def _audit_signing_key(self) -> Ed25519PrivateKey:
         if self._audit_key is None:
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -240,7 +243,7 @@ class KeyRing:
         self._master = master
         self._path = path
         self._lock = threading.Lock()
-        self._state: dict = {"provider": 1, "accounts": {}}
+        self._state: dict[str, Any] = {"provider": 1, "accounts": {}}
         if path is not None and path.exists():
             tighten_file(path)  # rings of earlier versions were written 0644
             try:

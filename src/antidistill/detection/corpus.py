@@ -44,6 +44,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from antidistill.errors import AntidistillError
 
@@ -335,7 +336,7 @@ def info_to_documents(source: str) -> list[list[str]]:
 _STDLIB_SKIP = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "_bundled"}
 
 
-def _definitions(body: list[ast.stmt]) -> Iterator[ast.AST]:
+def _definitions(body: list[ast.stmt]) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
     """Classes and functions in source order, nested ones included (statements only: no expression walk)."""
     for node in body:
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
@@ -509,7 +510,7 @@ def _documents(sources: Iterable[_Source], rng: random.Random
         remaining = []
         for src, fam_name, paths in queues:
             p = paths.pop()
-            yield src.name, f"{fam_name}", (lambda p=p, src=src: src.loader(p))
+            yield src.name, f"{fam_name}", functools.partial(src.loader, p)
             if paths:
                 remaining.append((src, fam_name, paths))
         queues = remaining
@@ -607,7 +608,7 @@ def iter_human_samples(min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFA
 
 
 def human_sample_records(n: int, min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFAULT_MAX_CHARS,
-                         seed: int = 0, **kwargs) -> list[Sample]:
+                         seed: int = 0, **kwargs: Any) -> list[Sample]:
     """``n`` distinct samples with their sources, shuffled with ``seed``. Raises :class:`CorpusError` if this
     machine holds fewer."""
     if n < 0:
@@ -629,7 +630,7 @@ def human_sample_records(n: int, min_chars: int = DEFAULT_MIN_CHARS, max_chars: 
 
 
 def human_samples(n: int, min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFAULT_MAX_CHARS,
-                  seed: int = 0, **kwargs) -> list[str]:
+                  seed: int = 0, **kwargs: Any) -> list[str]:
     """``n`` distinct human-written English samples of ``min_chars``..``max_chars`` characters.
 
     Deterministic for this machine and ``seed``. Raises :class:`CorpusError` when the machine holds fewer.

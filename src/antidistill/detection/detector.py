@@ -18,6 +18,11 @@ from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.core import U64
 from antidistill.watermark.marker import Watermark
 
+#: a text as token ids
+TokenIds = Sequence[int] | np.ndarray
+#: (h+1)-tuples (context, token) left out of a test
+Exclude = Iterable[tuple[int, ...]] | None
+
 DEFAULT_ALPHA = 1e-3
 MIN_SCAN_WINDOW = 32
 
@@ -93,7 +98,7 @@ class Detector:
         self.gamma = self.scheme.null_probability(vocab_size)
 
     # ---- single tests -------------------------------------------------------------------------------
-    def pairs(self, token_ids, exclude=None) -> Pairs:
+    def pairs(self, token_ids: TokenIds, exclude: Exclude = None) -> Pairs:
         return distinct_pairs(token_ids, self.config.context_width, exclude)
 
     def _result(self, key_id: str, n: int, g: int) -> ScoreResult:
@@ -110,14 +115,15 @@ class Detector:
         """(n,) bool: which pairs are green under ``key``."""
         if len(pairs) == 0:
             return np.zeros(0, dtype=bool)
-        return self.scheme.is_green(np.array([key.value], dtype=U64), pairs.contexts, pairs.tokens,
-                                    self.vocab_size)[0]
+        flags: np.ndarray = self.scheme.is_green(np.array([key.value], dtype=U64), pairs.contexts, pairs.tokens,
+                                                 self.vocab_size)[0]
+        return flags
 
     def score_pairs(self, pairs: Pairs, key: WatermarkKey) -> ScoreResult:
         return self._result(key.key_id, len(pairs), int(self.green_flags(pairs, key).sum()))
 
-    def score(self, token_ids, key: WatermarkKey, provider: WatermarkKey | None = None, exclude=None
-              ) -> ScoreResult:
+    def score(self, token_ids: TokenIds, key: WatermarkKey, provider: WatermarkKey | None = None,
+              exclude: Exclude = None) -> ScoreResult:
         """Test one key on a text: every pair under the key that marks its position.
 
         With ``provider`` given (and a provider component in the config), provider positions are scored under
@@ -148,8 +154,8 @@ class Detector:
         account = candidates[best_i].account if p_corr <= alpha else None
         return AttributionResult(account, candidates[best_i].key_id, best, p_corr, tests, ranking)
 
-    def attribute(self, token_ids, candidates: Sequence[WatermarkKey], provider: WatermarkKey | None = None,
-                  alpha: float = DEFAULT_ALPHA, exclude=None) -> AttributionResult:
+    def attribute(self, token_ids: TokenIds, candidates: Sequence[WatermarkKey], provider: WatermarkKey | None = None,
+                  alpha: float = DEFAULT_ALPHA, exclude: Exclude = None) -> AttributionResult:
         """Which of many account keys marked this text (account positions only, so that the shared provider
         component can never make an innocent account look guilty)."""
         pairs = self.pairs(token_ids, exclude)
@@ -191,9 +197,9 @@ class Detector:
                           p_corr <= alpha)
 
     # ---- the whole verdict --------------------------------------------------------------------------
-    def detect(self, token_ids, provider_keys: Sequence[WatermarkKey] = (),
+    def detect(self, token_ids: TokenIds, provider_keys: Sequence[WatermarkKey] = (),
                candidates: Sequence[WatermarkKey] = (), alpha: float = DEFAULT_ALPHA, scan: bool = True,
-               exclude=None) -> DetectionReport:
+               exclude: Exclude = None) -> DetectionReport:
         """Is this text ours, whose is it, and where.
 
         Args:
@@ -213,14 +219,15 @@ class Detector:
 
         provider_res: ScoreResult | None = None
         best_split: tuple[Pairs, Pairs, np.ndarray] | None = None
+        p_provider = 1.0
         if use_provider:
-            best_p = 2.0
             for pk in provider_keys:
                 prov, acct = self.split(pairs, pk)
                 flags = self.green_flags(prov, pk)
                 res = self._result(pk.key_id, len(prov), int(flags.sum()))
-                if res.p_value < best_p:
-                    best_p, provider_res, best_split = res.p_value, res, (prov, acct, flags)
+                if provider_res is None or res.p_value < provider_res.p_value:
+                    provider_res, best_split = res, (prov, acct, flags)
+            assert provider_res is not None  # provider_keys is not empty
             p_provider = bonferroni(provider_res.p_value, len(provider_keys))
         attribution = None
         if candidates:
@@ -234,18 +241,18 @@ class Detector:
 
         if use_provider and attribution is not None:
             p_value = fisher_combine([p_provider, attribution.p_value_corrected])
-        elif use_provider:
+        elif use_provider or attribution is None:
             p_value = p_provider
         else:
             p_value = attribution.p_value_corrected
-        primary = provider_res if use_provider else attribution.best
+        primary = provider_res if use_provider or attribution is None else attribution.best
         if primary is None:
             primary = self._result("none", 0, 0)
 
         span = None
         keys_tried = 1
         if scan:
-            if use_provider:
+            if best_split is not None:
                 prov, _, flags = best_split
                 span = self.scan_pairs(prov, flags, alpha)
                 keys_tried = len(provider_keys)

@@ -58,13 +58,14 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from antidistill.store.api import AuditEntry, VerifyResult
 
 FORMAT_VERSION = 1
 #: the payload version of a record that keeps the raw request body
 RAW_FORMAT_VERSION = 2
+T = TypeVar("T")
 GENESIS_HASH = "0" * 64
 CHECKPOINT_LABEL = b"antidistill/v1/audit-checkpoint\n"
 HEAD_LABEL = b"antidistill/v1/audit-head\n"
@@ -364,17 +365,17 @@ class Head:
     signed: SignedHead | None = None
 
 
-class _Peek:
-    def __init__(self, it: Iterable) -> None:
-        self._it: Iterator = iter(it)
-        self._buf: list = []
+class _Peek(Generic[T]):
+    def __init__(self, it: Iterable[T]) -> None:
+        self._it: Iterator[T] = iter(it)
+        self._buf: list[T | None] = []
 
-    def peek(self):
+    def peek(self) -> T | None:
         if not self._buf:
             self._buf.append(next(self._it, None))
         return self._buf[0]
 
-    def next(self):
+    def next(self) -> T | None:
         return self._buf.pop() if self._buf else next(self._it, None)
 
 

@@ -98,7 +98,7 @@ def create_store_engine(url: str | URL, **kwargs: Any) -> Engine:
     engine = create_engine(u, pool_pre_ping=True, **kwargs)
 
     @event.listens_for(engine, "connect")
-    def _durable_commits(dbapi_conn, _record) -> None:
+    def _durable_commits(dbapi_conn: Any, _record: Any) -> None:
         # An audit append returns only after its commit is durable; with synchronous_commit=off (a server or
         # role setting) PostgreSQL acknowledges commits it may still lose in a crash. "local", "on" and the
         # replica levels are kept as they are.
@@ -117,13 +117,13 @@ def _sqlite_engine(u: URL, **kwargs: Any) -> Engine:
         kwargs.setdefault("poolclass", StaticPool)
         kwargs.setdefault("connect_args", {"check_same_thread": False})
     elif not u.query.get("uri"):  # a file: URI names its path (and mode) its own way: left to SQLite
-        private_sqlite_files(Path(u.database).expanduser())
+        private_sqlite_files(Path(u.database or "").expanduser())
     else:
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(u.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(u, **kwargs)
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
         cur = dbapi_conn.cursor()
         try:
@@ -137,7 +137,7 @@ def _sqlite_engine(u: URL, **kwargs: Any) -> Engine:
             cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:
+    def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN")
 
     return engine

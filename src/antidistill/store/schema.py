@@ -12,7 +12,7 @@ Notes on types:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -26,6 +26,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
 )
 from sqlalchemy import Text as TextType
 from sqlalchemy.dialects.postgresql import JSONB
@@ -133,11 +134,12 @@ class AuditHeadRow(Base):
     signature: Mapped[str | None] = mapped_column(String(128))
 
 
-accounts = AccountRow.__table__
-api_keys = ApiKeyRow.__table__
-audit_records = AuditRecordRow.__table__
-audit_checkpoints = AuditCheckpointRow.__table__
-audit_head = AuditHeadRow.__table__
+# Typed as Table (the ORM types __table__ as the wider FromClause): what insert()/update() take.
+accounts = cast(Table, AccountRow.__table__)
+api_keys = cast(Table, ApiKeyRow.__table__)
+audit_records = cast(Table, AuditRecordRow.__table__)
+audit_checkpoints = cast(Table, AuditCheckpointRow.__table__)
+audit_head = cast(Table, AuditHeadRow.__table__)
 
 
 class MonitorAlertRow(Base):
@@ -180,5 +182,5 @@ class MonitorEnforcementRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-monitor_alerts = MonitorAlertRow.__table__
-monitor_enforcement = MonitorEnforcementRow.__table__
+monitor_alerts = cast(Table, MonitorAlertRow.__table__)
+monitor_enforcement = cast(Table, MonitorEnforcementRow.__table__)

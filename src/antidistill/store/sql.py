@@ -28,10 +28,10 @@ import math
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Connection, Engine, func, insert, inspect, select, text, update
 from sqlalchemy.exc import OperationalError
@@ -75,6 +75,9 @@ from antidistill.store.schema import (
     monitor_alerts,
     monitor_enforcement,
 )
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +128,7 @@ def _utc_or_none(dt: datetime | None) -> datetime | None:
 
 
 # ---- migrations ---------------------------------------------------------------------------------------
-def _alembic_config():
+def _alembic_config() -> Config:
     from alembic.config import Config
 
     cfg = Config()
@@ -235,7 +238,7 @@ def _check_name(name: Any) -> str:
         raise ValueError(f"account name must be at most 200 characters, got {len(name)}")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ValueError("account name must not contain control characters")
-    return name
+    return str(name)
 
 
 def _check_limit(field: str, value: Any) -> int | None:
@@ -259,7 +262,8 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
         raise ValueError(f"metadata is not JSON-serialisable: {exc}") from None
     if len(text_.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
-    return json.loads(text_)
+    out: dict[str, Any] = json.loads(text_)
+    return out
 
 
 def _export_row(seq: int, prev_hash: str, hash_: str, cols: Mapping[str, Any]) -> dict[str, Any]:
@@ -384,8 +388,9 @@ class Store:
         Returns:
             ``(account, api_key, key_info)``.
         """
+        account_id = _new_id("acct_")
         values = {
-            "id": _new_id("acct_"),
+            "id": account_id,
             "name": _check_name(name),
             "enabled": True,
             "rpm": _check_limit("rpm", rpm),
@@ -396,7 +401,7 @@ class Store:
         }
         with self._write() as conn:
             conn.execute(insert(accounts).values(**values))
-            info, plaintext = self._insert_key(conn, values["id"])
+            info, plaintext = self._insert_key(conn, account_id)
         log.info("account %s created", values["id"])
         return _account(_Row(values)), plaintext, info
 
@@ -549,7 +554,7 @@ class Store:
             current = None if row is None else _enforcement(row)
             if only_if is not None and not only_if(current):
                 return None
-            seq = self._append(conn, cols, master) if cols is not None else 0
+            seq = self._append(conn, cols, master) if cols is not None and master is not None else 0
             if row is None:
                 conn.execute(insert(monitor_enforcement).values(**values))
             else:
@@ -649,7 +654,7 @@ class Store:
         every = self._settings.audit_checkpoint_every
         head = conn.execute(_LOCK_HEAD).one()
         self._check_locked_head(head, master)
-        seq = head.seq + 1
+        seq = int(head.seq) + 1
         digest = record_hash(head.hash, seq, cols)
         conn.execute(_INSERT_RECORD, {"seq": seq, "prev_hash": head.hash, "hash": digest, **cols})
         last_cp = head.last_checkpoint_seq
@@ -678,7 +683,7 @@ class Store:
             return int(conn.execute(select(func.count()).select_from(audit_records)).scalar_one())
 
     @staticmethod
-    def _seq_batches(conn: Connection, table: Any, batch_size: int, start: int = 1) -> Iterator[list[Any]]:
+    def _seq_batches(conn: Connection, table: Any, batch_size: int, start: int = 1) -> Iterator[Sequence[Any]]:
         """Rows of ``table`` from ``seq`` ``start`` on, in order, ``batch_size`` at a time (keyset pagination: no
         OFFSET scans)."""
         last = start - 1 if start > 1 else None
@@ -693,7 +698,7 @@ class Store:
             last = rows[-1].seq
 
     @classmethod
-    def _record_batches(cls, conn: Connection, batch_size: int, start: int = 1) -> Iterator[list[Any]]:
+    def _record_batches(cls, conn: Connection, batch_size: int, start: int = 1) -> Iterator[Sequence[Any]]:
         return cls._seq_batches(conn, audit_records, batch_size, start)
 
     def _chain_records(self, conn: Connection, batch_size: int, start: int = 1) -> Iterator[ChainRecord]:

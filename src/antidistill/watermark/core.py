@@ -83,14 +83,15 @@ def premixed_token_table(vocab_size: int) -> np.ndarray:
     step of ``fmix64(row ^ T)`` is ``premix(row) ^ premix(T)``; only the (B,) row part is left per call.
     """
     table = token_hash_table(vocab_size)
-    table = table ^ (table >> _S33)
+    table = _premix(table)
     table.setflags(write=False)
     return table
 
 
 def _premix(x: np.ndarray) -> np.ndarray:
     """fmix64's first xor-shift, ``x ^ (x >> 33)`` (a new array)."""
-    return x ^ (x >> _S33)
+    out: np.ndarray = x ^ (x >> _S33)
+    return out
 
 
 def _premixed_below(x: np.ndarray, thr: np.uint64, tmp: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -106,7 +107,8 @@ def _premixed_below(x: np.ndarray, thr: np.uint64, tmp: np.ndarray, out: np.ndar
     if int(thr) & _LOW31:
         np.right_shift(x, _S33, out=tmp)
         np.bitwise_xor(x, tmp, out=x)
-    return np.less(x, thr, out=out)
+    np.less(x, thr, out=out)
+    return out
 
 
 class Workspace:
@@ -229,14 +231,17 @@ class HashScheme(GreenListScheme):
 
     def pair_hash(self, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """The key-independent part ``H(c) ^ T(t)`` of each pair (computed once, reused for every key)."""
-        return context_hash(contexts) ^ token_hash(tokens)
+        out: np.ndarray = context_hash(contexts) ^ token_hash(tokens)
+        return out
 
-    def is_green(self, keys, contexts, tokens, vocab_size=None) -> np.ndarray:
+    def is_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray,
+                 vocab_size: int | None = None) -> np.ndarray:
         pairs = _premix(self.pair_hash(contexts, tokens))
         x = _premix(np.asarray(keys, dtype=U64).reshape(-1, 1)) ^ pairs[None, :]
         return _premixed_below(x, self._thr, np.empty_like(x), np.empty(x.shape, dtype=np.bool_))
 
-    def count_green(self, keys, contexts, tokens, vocab_size=None, chunk_elems: int = 1 << 18) -> np.ndarray:
+    def count_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None = None,
+                    chunk_elems: int = 1 << 18) -> np.ndarray:
         keys = _premix(np.asarray(keys, dtype=U64).reshape(-1))
         pairs = _premix(self.pair_hash(contexts, tokens))
         n = max(1, len(pairs))
@@ -295,11 +300,13 @@ class HFLefthashScheme(GreenListScheme):
                 self._cache.popitem(last=False)
         return mask
 
-    def green_mask(self, keys, contexts, vocab_size, workspace=None):
+    def green_mask(self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int,
+                   workspace: Workspace | None = None) -> np.ndarray:
         ctx = np.asarray(contexts, dtype=np.int64)
         return np.stack([self._list(int(k), int(c[-1]), vocab_size) for k, c in zip(keys, ctx, strict=True)])
 
-    def is_green(self, keys, contexts, tokens, vocab_size=None):
+    def is_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray,
+                 vocab_size: int | None = None) -> np.ndarray:
         if vocab_size is None:
             raise ValueError("the hf-lefthash scheme needs the model's vocabulary size")
         ctx = np.asarray(contexts, dtype=np.int64)

@@ -64,11 +64,12 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         ctx = input_ids[:, -h:].cpu().numpy()[rows]
         provider = None
         account = self._account[rows]
-        if self._provider is not None:
+        if self._provider is not None and self._provider_rows is not None:
             # Rows without a provider key are marked with the account key at every position.
-            provider = np.where(self._provider_rows[rows], self._provider[rows], 0).astype(U64)
-            if not self._provider_rows[rows].all():
-                account_only = ~self._provider_rows[rows]
+            with_provider = self._provider_rows[rows]
+            provider = np.where(with_provider, self._provider[rows], 0).astype(U64)
+            if not with_provider.all():
+                account_only = ~with_provider
                 keys = self.watermark.row_keys(ctx, account, provider)
                 keys[account_only] = account[account_only]
                 mask = self.watermark.scheme.green_mask(keys, ctx, scores.shape[-1], self._workspace)
@@ -86,8 +87,9 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             bias = torch.from_numpy(mask).to(device=scores.device, dtype=scores.dtype)
             bias.mul_(self.watermark.config.delta)
         if len(rows) == scores.shape[0]:
-            return scores + bias
+            # transformers' signature says FloatTensor; arithmetic on one is typed as a plain Tensor
+            return scores + bias  # type: ignore[return-value]
         out = scores.clone()
         idx = torch.from_numpy(rows).to(scores.device)
         out[idx] += bias
-        return out
+        return out  # type: ignore[return-value]
