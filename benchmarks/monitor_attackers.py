@@ -19,10 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import table, write_json
-from antidistill.monitor.evaluate import check_heldout, evaluate_run
 from antidistill.settings import get_settings
-from antidistill.simulate import Scenario, run_simulation
+from antidistill.simulate import Scenario
 from antidistill.simulate.runner import load_scenario
+from antidistill.workflows.monitor_eval import check_heldout, evaluate_run
+from antidistill.workflows.simulation import run_simulation
 
 ATTACKERS = ("bulk_harvester", "stealthy_harvester", "cot_extractor", "coverage_sweeper", "release_pivot")
 

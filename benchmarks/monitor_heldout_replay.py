@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write_json
 from antidistill.detection.stats import clopper_pearson
 from antidistill.monitor.api import level_rank
-from antidistill.monitor.evaluate import DETECT_LEVEL, check_heldout
 from antidistill.monitor.pipeline import Monitor
 from antidistill.monitor.train import plan_events, releases_of
 from antidistill.settings import get_settings
 from antidistill.simulate.scenario import Scenario
+from antidistill.workflows.monitor_eval import DETECT_LEVEL, check_heldout
 
 ATTACKERS = ("bulk_harvester", "stealthy_harvester", "cot_extractor", "coverage_sweeper", "release_pivot")
 

@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 from _common import table, write_json
-from antidistill.simulate import Scenario, run_simulation
+from antidistill.simulate import Scenario
+from antidistill.workflows.simulation import run_simulation
 
 
 def main() -> None:

@@ -35,9 +35,8 @@ def _register_subcommands() -> None:
     from antidistill.gateway.cli import serve
     from antidistill.monitor.cli import monitor_app
     from antidistill.monitor.commands import monitor_train
-    from antidistill.monitor.evaluate import simulate_eval
     from antidistill.redteam.cli import distill_app
-    from antidistill.simulate.cli import simulate_app
+    from antidistill.simulate.cli import simulate_app, simulate_eval
     from antidistill.store.cli import accounts_app, audit_app
 
     app.command("serve")(serve)

@@ -289,10 +289,11 @@ def watch_stage(console: Console, work: Path, sizes: DemoSizes) -> list[Check]:
     from antidistill.gateway.server import BackgroundServer
     from antidistill.models.fake import FakeBackend
     from antidistill.monitor.actions import is_action_record
-    from antidistill.monitor.train import train
     from antidistill.settings import Settings, get_settings
-    from antidistill.simulate import Scenario, run_simulation
+    from antidistill.simulate import Scenario
     from antidistill.store.sql import Store
+    from antidistill.workflows.monitor_training import train
+    from antidistill.workflows.simulation import run_simulation
 
     checks: list[Check] = []
     console.rule("[bold]7. Watch: the monitor and the policy, live")

@@ -10,10 +10,11 @@ import pytest
 
 from antidistill.errors import InputError
 from antidistill.settings import Settings
-from antidistill.simulate import load_labels, load_scenario, run_simulation
+from antidistill.simulate import load_labels, load_scenario
 from antidistill.simulate.personas import PERSONAS
 from antidistill.store.api import is_pending_record
 from antidistill.store.sql import Store
+from antidistill.workflows.simulation import run_simulation
 
 from .conftest import tiny
 

@@ -37,8 +37,8 @@ def monitor_train(
 ) -> None:
     """Train the monitor on simulated training traffic, calibrate its thresholds on benign traffic, and save it
     under DATA_DIR/monitor (model.joblib + manifest.json)."""
-    from antidistill.monitor.train import train
     from antidistill.settings import get_settings
+    from antidistill.workflows.monitor_training import train
 
     settings = get_settings()
     try:

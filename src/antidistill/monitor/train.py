@@ -1,5 +1,8 @@
 """Training the monitor on simulated traffic: features at the label granularity, models, calibrated thresholds.
 
+The pieces (events from a plan, feature rows, fitted models, benign risks for calibration) are here; the run
+that simulates and puts them together is :func:`antidistill.workflows.monitor_training.train`.
+
 ``antidistill monitor train`` simulates *training-split* traffic (:mod:`antidistill.simulate`; seeds and persona
 parameter bands that evaluation never uses), turns each planned request directly into the
 :class:`~antidistill.monitor.api.ExchangeEvent` the audit log would yield for it (the fake backend's token
@@ -21,23 +24,20 @@ Artefacts: ``data_dir/monitor/model.joblib`` and ``manifest.json`` (seeds, scale
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from antidistill.monitor.api import ExchangeEvent
 from antidistill.monitor.features import FEATURES
-from antidistill.monitor.pipeline import MANIFEST_FILE, MODEL_FILE, Monitor, monitor_dir
-from antidistill.monitor.score import TARGET_FPR, Scorer, calibrate, isolation_scores
+from antidistill.monitor.pipeline import Monitor
+from antidistill.monitor.score import Scorer, isolation_scores
 
 log = logging.getLogger(__name__)
 
@@ -199,83 +199,3 @@ def benign_max_risks(plan: Any, scorer: Scorer, embedder: Any = None
                                    "min": round(min(v), 4), "max": round(max(v), 4)} for p, v in per.items()}
     summary["linked_to_attackers"] = len(benign) - len(ceiling)
     return benign, ceiling, summary
-
-
-def train(settings: Any, *, seeds: Sequence[int] = TRAIN_SEEDS, calibration_seeds: Sequence[int] = CALIBRATION_SEEDS,
-          scale: str = "default", days: float | None = None, embeddings: bool = False,
-          targets: dict[str, float] | None = None, out_dir: Path | None = None,
-          extra_personas: dict[str, int] | None = None) -> dict[str, Any]:
-    """Simulate training traffic, fit, calibrate, save; returns the manifest.
-
-    Args:
-        settings: the settings (artefacts go to ``data_dir/monitor`` unless ``out_dir``).
-        seeds: training seeds (split ``train``).
-        calibration_seeds: seeds for the thresholds (split ``train``, disjoint from ``seeds``).
-        scale: the simulator's scale preset; ``days`` overrides its duration.
-        embeddings: train with the embedding features (slower).
-        targets: per-level benign false-positive targets (default :data:`TARGET_FPR`).
-        extra_personas: personas added to each training simulation (default :data:`TRAIN_EXTRA`; ``{}``: none).
-    """
-    import joblib
-
-    from antidistill.simulate.scenario import Scenario
-
-    if set(seeds) & set(calibration_seeds):
-        raise ValueError("training and calibration seeds must differ")
-    if not seeds or not calibration_seeds:
-        raise ValueError("training needs at least one training seed and one calibration seed")
-    targets = dict(targets or TARGET_FPR)
-    t0 = time.perf_counter()
-    embedder = None
-    if embeddings:
-        from antidistill.monitor.embed import Embedder
-
-        embedder = Embedder()
-    all_rows = Rows()
-    sims = []
-    for s in seeds:
-        scenario = Scenario.from_scale(scale, seed=int(s), days=days, split="train")
-        for persona, extra in (TRAIN_EXTRA if extra_personas is None else extra_personas).items():
-            scenario.counts[persona] = scenario.counts.get(persona, 0) + extra
-        plan = scenario.build()
-        rows, _ = collect_rows(plan, embedder)
-        for k in ("X", "y", "kind", "persona"):
-            getattr(all_rows, k).extend(getattr(rows, k))
-        sims.append({"seed": int(s), "split": "train", "purpose": "fit", **plan.summary()})
-        log.info("training seed %s: %d rows", s, len(rows.X))
-    t_rows = time.perf_counter() - t0
-    parts = fit_models(all_rows, embeddings=embeddings)
-    t_fit = time.perf_counter() - t0 - t_rows
-    provisional = Scorer({"watch": 2.0, "alert": 2.0, "severe": 2.0}, embeddings=embeddings, **parts)
-    benign: list[float] = []
-    ceiling: list[float] = []  # benign accounts not swept into an attacker's cluster
-    attacker_summary = []
-    for s in calibration_seeds:
-        plan = Scenario.from_scale(scale, seed=int(s), days=days, split="train").build()
-        b, c, summ = benign_max_risks(plan, provisional, embedder)
-        benign += b
-        ceiling += c
-        attacker_summary.append(summ)
-        sims.append({"seed": int(s), "split": "train", "purpose": "calibrate", **plan.summary()})
-    thresholds = calibrate(benign, targets, ceiling_risks=ceiling)
-    y = np.asarray(all_rows.y)
-    manifest = {
-        "trained_at": datetime.now(UTC).isoformat(), "scale": scale, "days": days, "embeddings": embeddings,
-        "train_seeds": [int(s) for s in seeds], "calibration_seeds": [int(s) for s in calibration_seeds],
-        "train_extra_personas": dict(TRAIN_EXTRA if extra_personas is None else extra_personas),
-        "split": "train", "simulations": sims, "rows": len(y), "positive_rows": int((y == 1).sum()),
-        "cluster_rows": int(sum(k == "cluster" for k in all_rows.kind)), "targets": targets,
-        "thresholds": thresholds, "calibration_benign_accounts": len(benign),
-        "calibration_benign_max_risk_quantiles": {q: float(np.quantile(benign, q)) for q in (0.5, 0.9, 0.99, 1.0)},
-        "calibration_max_risk_by_persona": attacker_summary,
-        "calibration_benign_max_risks": sorted(round(float(r), 5) for r in benign),
-        "calibration_ceiling_max_risk": round(float(max(ceiling, default=0.0)), 5),
-        "seconds": {"rows": round(t_rows, 1), "fit": round(t_fit, 1),
-                    "total": round(time.perf_counter() - t0, 1)},
-    }
-    scorer = Scorer(thresholds, embeddings=embeddings, manifest=manifest, **parts)
-    out = out_dir or monitor_dir(settings)
-    out.mkdir(parents=True, exist_ok=True)
-    joblib.dump(scorer.to_state(), out / MODEL_FILE)
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest

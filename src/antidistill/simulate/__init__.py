@@ -1,9 +1,10 @@
 """Traffic simulator: seeded personas (benign customers and distillation campaigns) that drive the real gateway
 through the ``openai`` SDK on a virtual clock, with ground-truth labels written beside the traffic.
 
-Start with :class:`Scenario` (what to simulate), :func:`run_simulation` (everything in process) or
-:func:`run_against_gateway`, and :func:`load_labels`. Personas live in :mod:`.personas`, prompt generators in
-:mod:`.prompts`, the shared world (time, networks, releases, tiers) in :mod:`.world`.
+Start with :class:`Scenario` (what to simulate), :func:`run_against_gateway` (or, everything in
+process, :func:`antidistill.workflows.simulation.run_simulation`), and :func:`load_labels`. Personas live in
+:mod:`.personas`, prompt generators in :mod:`.prompts`, the shared world (time, networks, releases, tiers) in
+:mod:`.world`.
 
 The names below are imported on first use, so that ``antidistill --help`` does not pay for the simulator.
 """
@@ -20,17 +21,16 @@ if TYPE_CHECKING:
         load_labels,
         load_scenario,
         run_against_gateway,
-        run_simulation,
     )
     from antidistill.simulate.scenario import SCALES, Plan, Scenario
 
 _EXPORTS = {
     "SimulationError": "runner", "SimulationResult": "runner", "load_labels": "runner", "load_scenario": "runner",
-    "run_against_gateway": "runner", "run_simulation": "runner", "SCALES": "scenario", "Plan": "scenario",
+    "run_against_gateway": "runner", "SCALES": "scenario", "Plan": "scenario",
     "Scenario": "scenario",
 }
 __all__ = ["SCALES", "Plan", "Scenario", "SimulationError", "SimulationResult", "load_labels", "load_scenario",
-           "run_against_gateway", "run_simulation"]
+           "run_against_gateway"]
 
 
 def __getattr__(name: str) -> Any:

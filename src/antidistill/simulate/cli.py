@@ -83,7 +83,8 @@ def run(
 ) -> None:
     """Simulate a population of customers and distillation campaigns against the gateway; write the truth."""
     from antidistill.simulate.personas import PERSONAS
-    from antidistill.simulate.runner import run_against_gateway, run_simulation
+    from antidistill.simulate.runner import run_against_gateway
+    from antidistill.workflows.simulation import run_simulation
 
     scenario = _scenario(seed, days, split, scale)
     if with_monitor and base_url is not None:
@@ -165,3 +166,52 @@ def personas(as_json: JsonOpt = False) -> None:
     for r in rows:
         table.add_row(r["name"], r["role"], r["summary"])
     out.print(table)
+
+
+def simulate_eval(
+    seed: Annotated[int, typer.Option("--seed", help="Held-out seed (never one the monitor was trained or "
+                                                     "calibrated on).")] = 1001,
+    scale: Annotated[str, typer.Option("--scale", help="small, default or large.")] = "default",
+    days: Annotated[float | None, typer.Option("--days", help="Virtual days (default: the scale's).",
+                                               show_default=False)] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Keep the simulation here (default: a temporary "
+                                                               "directory); if it already holds a finished "
+                                                               "held-out simulation of this seed, scan that again.",
+                                                 file_okay=False, show_default=False)] = None,
+    embeddings: Annotated[bool | None, typer.Option("--embeddings/--no-embeddings",
+                                                    help="Force embeddings on or off (default: as trained).",
+                                                    show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
+) -> None:
+    """Evaluate the trained monitor on held-out simulated traffic driven through the real gateway."""
+    from antidistill.settings import get_settings
+    from antidistill.workflows.monitor_eval import heldout_eval
+
+    report = heldout_eval(get_settings(), seed, scale=scale, days=days, out_dir=out_dir, embeddings=embeddings)
+    if as_json:
+        sys.stdout.write(json.dumps(report, default=str) + "\n")
+        return
+    _print_report(report)
+
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(highlight=False, soft_wrap=True)
+    table = Table("persona", "role", "accounts", "detected", "rate (95% CI)", "median req. to alert")
+    for name, p in report["personas"].items():
+        ci = p["detection_ci95"]
+        rate = f"{p['detection_rate']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+        med = "-" if p["median_requests_to_alert"] is None else f"{p['median_requests_to_alert']:.0f}"
+        table.add_row(name, p["role"], str(p["accounts"]), str(p["detected"]), rate, med)
+    out.print(table)
+    f = report["benign_fpr"]["alert"]
+    ci = f["ci95"] or [0, 0]
+    out.print(f"benign per-account FPR at alert: {f['false_positives']}/{f['accounts']} = {f['rate']:.4f} "
+              f"(95% CI {ci[0]:.4f}-{ci[1]:.4f})")
+    for h in report["hydra_cluster_recall"]:
+        out.print(f"hydra {h['campaign']}: {h['linked']}/{h['active_members']} active members linked "
+                  f"({h['recall']:.3f}); cluster of {h['cluster_size']}, linked by {', '.join(h['linked_by'])}")
+    out.print("verdict: " + ", ".join(f"{k}={v}" for k, v in report["verdict"].items()))

@@ -1,9 +1,9 @@
-"""Whole simulations: build the plan, stand up (or use) a gateway, create the accounts, drive, write the truth.
+"""Whole simulations against a running gateway, and what every simulation leaves behind.
 
-:func:`run_simulation` runs everything in this process: the real gateway app (fake backend, SQLite audit log in
-the output directory, client clock and forwarded addresses trusted) under a real uvicorn, driven over HTTP by
-the ``openai`` SDK. :func:`run_against_gateway` drives a gateway that is already running (it must have
+:func:`run_against_gateway` drives a gateway that is already running (it must have
 ``ANTIDISTILL_ACCEPT_CLIENT_CLOCK`` and ``ANTIDISTILL_TRUST_FORWARDED_FOR`` on, and the admin API enabled).
+:func:`antidistill.workflows.simulation.run_simulation` stands the gateway up in this process first (a workflow:
+the simulator sits beside the gateway, not above it).
 
 The output directory then holds ``antidistill.db`` and ``gateway/`` (in process only: the audit log and the
 master key its checkpoints are signed with; ``ANTIDISTILL_DATA_DIR=<out>/gateway antidistill audit verify
@@ -11,7 +11,8 @@ master key its checkpoints are signed with; ``ANTIDISTILL_DATA_DIR=<out>/gateway
 ``requests.jsonl`` (one line per planned request, with the response id it got) and ``scenario.json``.
 
 Example:
-    >>> from antidistill.simulate import Scenario, run_simulation, load_labels
+    >>> from antidistill.simulate import Scenario, load_labels
+    >>> from antidistill.workflows.simulation import run_simulation
     >>> result = run_simulation(Scenario.from_scale("small", seed=1), "/tmp/sim")  # doctest: +SKIP
     >>> from antidistill.store.sql import Store
     >>> with Store.open(result.store_url) as store:  # doctest: +SKIP
@@ -24,9 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,6 @@ from typing import Any
 from antidistill.errors import InputError
 from antidistill.simulate.driver import (
     SimulationError,
-    create_accounts_in_store,
     create_accounts_via_admin,
     drive,
     labels,
@@ -78,7 +77,7 @@ class SimulationResult:
         return self.status_counts.get(200, 0)
 
 
-def _prepare_out(out_dir: str | Path) -> Path:
+def prepare_out(out_dir: str | Path) -> Path:
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a directory")
@@ -92,7 +91,7 @@ def _prepare_out(out_dir: str | Path) -> Path:
     return out
 
 
-def _finish(out: Path, plan: Plan, ids: dict[str, tuple[str, str]], result: Any, t0: float,
+def finish_run(out: Path, plan: Plan, ids: dict[str, tuple[str, str]], result: Any, t0: float,
             store_url: str | None, gateway: str, data_dir: Path | None = None) -> SimulationResult:
     rows = labels(plan, ids, result)
     wall = time.perf_counter() - t0
@@ -116,63 +115,6 @@ def auto_processes(n_requests: int) -> int:
     return min(4, max(1, (os.cpu_count() or 1) - 1))
 
 
-def run_simulation(scenario: Scenario, out_dir: str | Path, *, concurrency: int = 12, processes: int | None = None,
-                   progress: Callable[[int, int], None] | None = None, plan: Plan | None = None,
-                   monitor: bool = False, settings: Mapping[str, Any] | None = None) -> SimulationResult:
-    """Run ``scenario`` against an in-process gateway whose SQLite audit log lands in ``out_dir``.
-
-    Args:
-        scenario: what to simulate.
-        out_dir: a new (or empty) directory.
-        concurrency: client threads (in all).
-        processes: driver processes (0: threads of this process; ``None``: :func:`auto_processes`).
-        progress: called with ``(done, total)`` while requests are sent.
-        plan: an already built plan of ``scenario`` (saves building it twice).
-        monitor: run the gateway's own monitor and policy enforcement during the simulation (an end-to-end
-            evaluation: flagged accounts get throttled or blocked, and ``requests.jsonl`` records those statuses);
-            off by default, so the traffic is the personas' alone.
-        settings: further gateway settings (``Settings`` field names), e.g. ``{"policy_file": ...}``.
-
-    Raises:
-        InputError: ``out_dir`` is unusable or already holds a simulation.
-        SimulationError: the gateway failed.
-    """
-    from antidistill.gateway.app import create_app
-    from antidistill.gateway.server import BackgroundServer
-    from antidistill.models.fake import FakeBackend
-    from antidistill.settings import Settings
-    from antidistill.store.sql import Store
-
-    t0 = time.perf_counter()
-    out = _prepare_out(out_dir)
-    plan = plan or scenario.build()
-    data_dir = out / "gateway"
-    store_url = f"sqlite:///{(out / DB_FILE).resolve()}"
-    # a fresh random master key and admin token: nothing of this run can be confused with a real deployment's
-    values: dict[str, Any] = {"monitor": monitor, **(settings or {})}
-    # A master key of its own (a key file created in out_dir/gateway, never one from the environment), so the
-    # audit log's checkpoints verify with ANTIDISTILL_DATA_DIR=out_dir/gateway; a random admin token, unused.
-    values.update(env="dev", data_dir=data_dir, cache_dir=data_dir / "cache", backend="fake", database_url=store_url,
-                  master_key=None, admin_token=secrets.token_hex(32), accept_client_clock=True,
-                  trust_forwarded_for=True, redis_url=values.get("redis_url"))
-    try:
-        gateway_settings = Settings(**values)
-    except ValueError as exc:
-        raise InputError(f"bad gateway settings for the simulation: {exc}") from None
-    store = Store.open(store_url, settings=gateway_settings)
-    try:
-        app = create_app(gateway_settings, backend=FakeBackend(), store=store)
-        ids = create_accounts_in_store(store, plan.accounts)
-        with BackgroundServer(app) as srv:
-            result = drive(plan, srv.url, {k: v[1] for k, v in ids.items()}, concurrency=concurrency,
-                           processes=auto_processes(len(plan.requests)) if processes is None else processes,
-                           progress=progress)
-        return _finish(out, plan, ids, result, t0, store_url,
-                       "in-process (fake backend" + (", monitor on)" if monitor else ")"), data_dir)
-    finally:
-        store.close()
-
-
 def run_against_gateway(scenario: Scenario, out_dir: str | Path, base_url: str, admin_token: str, *,
                         concurrency: int = 12, processes: int | None = None,
                         progress: Callable[[int, int], None] | None = None, plan: Plan | None = None
@@ -190,12 +132,12 @@ def run_against_gateway(scenario: Scenario, out_dir: str | Path, base_url: str, 
     if not admin_token:
         raise InputError("an admin token is needed to create the simulated accounts")
     t0 = time.perf_counter()
-    out = _prepare_out(out_dir)
+    out = prepare_out(out_dir)
     plan = plan or scenario.build()
     ids = create_accounts_via_admin(base_url, admin_token, plan.accounts)
     result = drive(plan, base_url, {k: v[1] for k, v in ids.items()}, concurrency=concurrency,
                    processes=auto_processes(len(plan.requests)) if processes is None else processes, progress=progress)
-    return _finish(out, plan, ids, result, t0, None, base_url)
+    return finish_run(out, plan, ids, result, t0, None, base_url)
 
 
 def load_labels(out_dir: str | Path) -> list[dict[str, Any]]:
@@ -218,4 +160,4 @@ def load_scenario(out_dir: str | Path) -> dict[str, Any]:
 
 
 __all__ = ["SimulationError", "SimulationResult", "auto_processes", "load_labels", "load_scenario",
-           "run_against_gateway", "run_simulation"]
+           "run_against_gateway"]

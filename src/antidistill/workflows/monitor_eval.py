@@ -1,4 +1,4 @@
-"""Held-out evaluation of the monitor: ``antidistill simulate eval --seed S``.
+"""Held-out evaluation of the monitor (``antidistill simulate eval --seed S``).
 
 The held-out simulation (split ``heldout``: persona parameters and templates from bands and pool halves that
 training never draws from, and a seed that training and calibration never used) is driven through the real
@@ -18,16 +18,21 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
+from antidistill.detection.stats import clopper_pearson
 from antidistill.errors import InputError
+from antidistill.monitor.actions import exchange_records
+from antidistill.monitor.api import level_rank
+from antidistill.monitor.pipeline import MANIFEST_FILE, Monitor, monitor_dir, scan_records
+from antidistill.simulate.runner import load_labels, load_scenario
+from antidistill.simulate.scenario import Scenario
+from antidistill.store.sql import Store
+from antidistill.workflows.simulation import run_simulation
 
 #: the level that counts as "detected" (an alert)
 DETECT_LEVEL = "alert"
@@ -38,8 +43,6 @@ SINGLE_ACCOUNT = ("bulk_harvester", "stealthy_harvester", "cot_extractor", "cove
 
 
 def _ci(k: int, n: int) -> list[float] | None:
-    from antidistill.detection.stats import clopper_pearson
-
     if n == 0:
         return None
     lo, hi = clopper_pearson(k, n)
@@ -48,12 +51,6 @@ def _ci(k: int, n: int) -> list[float] | None:
 
 def evaluate_run(out_dir: Path, settings: Any, *, embeddings: bool | None = None) -> dict[str, Any]:
     """Scan a finished simulation's audit log with the trained monitor and score it against its labels."""
-    from antidistill.monitor.actions import exchange_records
-    from antidistill.monitor.api import level_rank
-    from antidistill.monitor.pipeline import Monitor, scan_records
-    from antidistill.simulate.runner import load_labels, load_scenario
-    from antidistill.store.sql import Store
-
     labels = load_labels(out_dir)
     scenario = load_scenario(out_dir)
     releases = {r["model"]: float(r["released_at"]) for r in scenario.get("releases", [])}
@@ -160,8 +157,6 @@ def _hydra_recall(labels: list[dict[str, Any]], monitor: Any) -> list[dict[str, 
 
 def check_heldout(seed: int, settings: Any) -> None:
     """Refuse a seed the trained model used for training or calibration."""
-    from antidistill.monitor.pipeline import MANIFEST_FILE, monitor_dir
-
     path = monitor_dir(settings) / MANIFEST_FILE
     if not path.is_file():
         return
@@ -175,27 +170,17 @@ def check_heldout(seed: int, settings: Any) -> None:
                          "for a held-out evaluation")
 
 
-def simulate_eval(
-    seed: Annotated[int, typer.Option("--seed", help="Held-out seed (never one the monitor was trained or "
-                                                     "calibrated on).")] = 1001,
-    scale: Annotated[str, typer.Option("--scale", help="small, default or large.")] = "default",
-    days: Annotated[float | None, typer.Option("--days", help="Virtual days (default: the scale's).",
-                                               show_default=False)] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Keep the simulation here (default: a temporary "
-                                                               "directory); if it already holds a finished "
-                                                               "held-out simulation of this seed, scan that again.",
-                                                 file_okay=False, show_default=False)] = None,
-    embeddings: Annotated[bool | None, typer.Option("--embeddings/--no-embeddings",
-                                                    help="Force embeddings on or off (default: as trained).",
-                                                    show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
-) -> None:
-    """Evaluate the trained monitor on held-out simulated traffic driven through the real gateway."""
-    from antidistill.settings import get_settings
-    from antidistill.simulate.runner import run_simulation
-    from antidistill.simulate.scenario import Scenario
 
-    settings = get_settings()
+def heldout_eval(settings: Any, seed: int, *, scale: str = "default", days: float | None = None,
+                 out_dir: Path | None = None, embeddings: bool | None = None) -> dict[str, Any]:
+    """Simulate held-out traffic through the in-process gateway (or reuse a finished simulation of the same seed in
+    ``out_dir``), scan its audit log with the trained monitor and score it (:func:`evaluate_run`); the report has
+    a ``simulation`` member saying what was run.
+
+    Raises:
+        InputError: the seed was used in training or calibration, the scale is unknown, or ``out_dir`` holds
+            another simulation.
+    """
     check_heldout(seed, settings)
     try:
         scenario = Scenario.from_scale(scale, seed=seed, days=days, split="heldout")
@@ -204,8 +189,6 @@ def simulate_eval(
     with tempfile.TemporaryDirectory(prefix="antidistill-eval-") as tmp:
         target = out_dir if out_dir is not None else Path(tmp) / "sim"
         if (target / "labels.jsonl").is_file():
-            from antidistill.simulate.runner import load_scenario
-
             done = load_scenario(target)
             if done.get("seed") != seed or done.get("split") != "heldout" or done.get("scale") != scale:
                 raise InputError(f"{target} holds another simulation (seed {done.get('seed')}, split "
@@ -218,29 +201,4 @@ def simulate_eval(
                           "gateway_requests_per_s": round(sim.requests_per_s, 1)}
         report = evaluate_run(target, settings, embeddings=embeddings)
     report["simulation"] = simulation
-    if as_json:
-        sys.stdout.write(json.dumps(report, default=str) + "\n")
-        return
-    _print_report(report)
-
-
-def _print_report(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    out = Console(highlight=False, soft_wrap=True)
-    table = Table("persona", "role", "accounts", "detected", "rate (95% CI)", "median req. to alert")
-    for name, p in report["personas"].items():
-        ci = p["detection_ci95"]
-        rate = f"{p['detection_rate']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
-        med = "-" if p["median_requests_to_alert"] is None else f"{p['median_requests_to_alert']:.0f}"
-        table.add_row(name, p["role"], str(p["accounts"]), str(p["detected"]), rate, med)
-    out.print(table)
-    f = report["benign_fpr"]["alert"]
-    ci = f["ci95"] or [0, 0]
-    out.print(f"benign per-account FPR at alert: {f['false_positives']}/{f['accounts']} = {f['rate']:.4f} "
-              f"(95% CI {ci[0]:.4f}-{ci[1]:.4f})")
-    for h in report["hydra_cluster_recall"]:
-        out.print(f"hydra {h['campaign']}: {h['linked']}/{h['active_members']} active members linked "
-                  f"({h['recall']:.3f}); cluster of {h['cluster_size']}, linked by {', '.join(h['linked_by'])}")
-    out.print("verdict: " + ", ".join(f"{k}={v}" for k, v in report["verdict"].items()))
+    return report

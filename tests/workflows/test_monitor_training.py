@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from antidistill.monitor.evaluate import check_heldout, evaluate_run
 from antidistill.monitor.pipeline import MANIFEST_FILE, MODEL_FILE, Monitor, monitor_dir
-from antidistill.monitor.train import train
 from antidistill.settings import get_settings
+from antidistill.workflows.monitor_eval import check_heldout, evaluate_run
+from antidistill.workflows.monitor_training import train
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_heldout_seeds_are_refused_if_used_in_training(trained):
 
 
 def test_heldout_traffic_through_the_gateway(trained, tmp_path):
-    from antidistill.simulate.runner import run_simulation
     from antidistill.simulate.scenario import Scenario
+    from antidistill.workflows.simulation import run_simulation
 
     s, _ = trained
     # a hydra whose members pay with a few shared cards: linkable from one request a member, through the
