@@ -12,8 +12,13 @@ class ConfigError(AntidistillError):
     """The settings or the key material are unusable."""
 
 
-class InputError(AntidistillError):
-    """Text, a file or a parameter given to a command is unusable."""
+class InputError(AntidistillError, ValueError):
+    """Text, a file or a parameter given to a command or a function is unusable.
+
+    The domain's validation error: every check of a caller's value raises it, naming the field. It is a
+    ``ValueError`` too, so code that catches ``ValueError`` keeps working; the CLI turns it into one line and a
+    non-zero exit, the gateway into a 400.
+    """
 
 
 class ModelError(AntidistillError):

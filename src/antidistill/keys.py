@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from antidistill.errors import ConfigError
+from antidistill.errors import ConfigError, InputError
 from antidistill.files import FILE_MODE, check_private_dir, private_dir, tighten_file
 from antidistill.settings import Settings, is_placeholder
 
@@ -79,21 +79,21 @@ class WatermarkKey:
     def explicit(cls, value: int) -> WatermarkKey:
         """A key given on the command line (``--hashing-key``), e.g. to read another implementation's marks."""
         if not 0 <= value < 2**64:
-            raise ValueError(f"hashing key must be in [0, 2**64), got {value}")
+            raise InputError(f"hashing key must be in [0, 2**64), got {value}")
         return cls(key_id="explicit", account=None, version=0, value=value)
 
 
 def _validate_account_id(account_id: str) -> str:
     if not isinstance(account_id, str) or not account_id or len(account_id) > 200:
-        raise ValueError("account id must be a non-empty string of at most 200 characters")
+        raise InputError("account id must be a non-empty string of at most 200 characters")
     if any(ord(c) < 32 for c in account_id):
-        raise ValueError("account id must not contain control characters")
+        raise InputError("account id must not contain control characters")
     return account_id
 
 
 def _validate_version(version: int) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"key version must be an integer >= 1, got {version!r}")
+        raise InputError(f"key version must be an integer >= 1, got {version!r}")
     return version
 
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from antidistill.errors import AntidistillError
+from antidistill.errors import AntidistillError, InputError
 
 DEFAULT_MIN_CHARS = 600
 DEFAULT_MAX_CHARS = 1600
@@ -557,7 +557,7 @@ def iter_human_samples(min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFA
                        sources: Iterable[_Source] | None = None) -> Iterator[Sample]:
     """Distinct human-written samples, lazily, in a deterministic order for this machine and ``seed``."""
     if not 0 < min_chars <= max_chars:
-        raise ValueError(f"need 0 < min_chars <= max_chars, got {min_chars}, {max_chars}")
+        raise InputError(f"need 0 < min_chars <= max_chars, got {min_chars}, {max_chars}")
     rng = random.Random(seed)
     seen_shingles: set[int] = set()
     vocab: dict[str, int] = {}
@@ -612,7 +612,7 @@ def human_sample_records(n: int, min_chars: int = DEFAULT_MIN_CHARS, max_chars: 
     """``n`` distinct samples with their sources, shuffled with ``seed``. Raises :class:`CorpusError` if this
     machine holds fewer."""
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise InputError(f"n must be >= 0, got {n}")
     out: list[Sample] = []
     for s in iter_human_samples(min_chars, max_chars, seed, **kwargs):
         if len(out) >= n:

@@ -13,6 +13,7 @@ import numpy as np
 
 from antidistill.detection.results import AttributionResult, DetectionReport, ScoreResult, SpanResult
 from antidistill.detection.stats import binomial_sf, bonferroni, fisher_combine, z_score
+from antidistill.errors import InputError
 from antidistill.keys import WatermarkKey
 from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.core import U64
@@ -211,11 +212,11 @@ class Detector:
             exclude: (h+1)-tuples not to score.
         """
         if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+            raise InputError(f"alpha must be in (0, 1), got {alpha}")
         pairs = self.pairs(token_ids, exclude)
         use_provider = self.config.provider_fraction > 0.0 and len(provider_keys) > 0
         if not use_provider and not candidates:
-            raise ValueError("nothing to test: give the provider key or at least one candidate key")
+            raise InputError("nothing to test: give the provider key or at least one candidate key")
 
         provider_res: ScoreResult | None = None
         best_split: tuple[Pairs, Pairs, np.ndarray] | None = None

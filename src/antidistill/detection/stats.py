@@ -14,15 +14,17 @@ import math
 import numpy as np
 from scipy import special, stats
 
+from antidistill.errors import InputError
+
 
 def binomial_sf(green: int | np.ndarray, n: int | np.ndarray, p: float) -> np.ndarray | float:
     """Exact ``P(X >= green)`` for ``X ~ Binomial(n, p)``; 1 when ``green <= 0``, 0 when ``green > n``."""
     g = np.asarray(green, dtype=np.float64)
     nn = np.asarray(n, dtype=np.float64)
     if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
+        raise InputError(f"p must be in (0, 1), got {p}")
     if np.any(nn < 0):
-        raise ValueError("n must be >= 0")
+        raise InputError("n must be >= 0")
     with np.errstate(all="ignore"):
         out = special.betainc(np.maximum(g, 1.0), np.maximum(nn - g + 1.0, 1e-300), p)
     out = np.where(g <= 0, 1.0, np.where(g > nn, 0.0, out))
@@ -52,7 +54,7 @@ def fisher_combine(p_values: list[float]) -> float:
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Exact (Clopper-Pearson) confidence interval for a binomial proportion."""
     if n <= 0:
-        raise ValueError("n must be > 0")
+        raise InputError("n must be > 0")
     a = 1.0 - confidence
     lo = 0.0 if k == 0 else float(stats.beta.ppf(a / 2, k, n - k + 1))
     hi = 1.0 if k == n else float(stats.beta.ppf(1 - a / 2, k + 1, n - k))

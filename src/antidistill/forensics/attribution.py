@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from antidistill.detection.stats import binomial_sf, bonferroni, z_score
+from antidistill.errors import InputError
 from antidistill.keys import WatermarkKey
 from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.core import U64
@@ -161,7 +162,7 @@ def control_keys(count: int = DEFAULT_CONTROL_KEYS, seed: int = 0) -> list[Water
         True
     """
     if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
+        raise InputError(f"count must be >= 0, got {count}")
     values = np.random.default_rng([0x5CA7, seed]).integers(0, 2**64, size=count, dtype=U64, endpoint=False)
     return [WatermarkKey(f"control:{i}", None, 0, int(v)) for i, v in enumerate(values)]
 
@@ -203,7 +204,7 @@ def pooled_test(watermark: Watermark, keys: Sequence[WatermarkKey], contexts: np
         (600, True)
     """
     if len({k.value for k in keys}) != len(keys):
-        raise ValueError("pooled keys must be distinct")
+        raise InputError("pooled keys must be distinct")
     gamma = watermark.scheme.null_probability(vocab_size)
     green = int(pooled_counts(watermark, keys, contexts, tokens, vocab_size).sum())
     return _test("+".join(k.key_id for k in keys) if len(keys) <= 3 else f"{len(keys)} keys", green,
@@ -246,9 +247,9 @@ def attribute_tuples(
     for cid, members in clusters.items():
         missing = [a for a in members if a not in accounts]
         if missing:
-            raise ValueError(f"cluster {cid!r} has accounts without keys: {', '.join(missing)}")
+            raise InputError(f"cluster {cid!r} has accounts without keys: {', '.join(missing)}")
         if not members:
-            raise ValueError(f"cluster {cid!r} has no accounts")
+            raise InputError(f"cluster {cid!r} has no accounts")
     use_provider = config.provider_fraction > 0.0 and len(provider_keys) > 0
     splits: list[tuple[WatermarkKey | None, np.ndarray]] = (
         [(pk, wm.position_kinds(contexts, pk.value)) for pk in provider_keys] if use_provider

@@ -240,7 +240,7 @@ def build_report(mode: str, suspect: str, config: WatermarkConfig, contexts: np.
                  vocab_size: int | None = None, started: float | None = None) -> ScanReport:
     """Run the statistics on the scored tuples and write the report (shared by both modes)."""
     if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        raise InputError(f"alpha must be in (0, 1), got {alpha}")
     ctl = control_keys(controls, control_seed) if isinstance(controls, int) else list(controls)
     att = attribute_tuples(config, contexts, tokens, keys.provider, keys.accounts, keys.clusters, ctl, vocab_size)
     all_controls = att.controls + list(model_controls)
@@ -305,9 +305,9 @@ def reading_tuples(sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int
         ([2, 1, 7], {'window-in-prompt': 1, 'seen-in-prefix': 1})
     """
     if exclude not in EXCLUSION_POLICIES:
-        raise ValueError(f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, got {exclude!r}")
+        raise InputError(f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, got {exclude!r}")
     if not len(sequences) == len(prompt_lens) == len(predictions):
-        raise ValueError("sequences, prompt_lens and predictions must have the same length")
+        raise InputError("sequences, prompt_lens and predictions must have the same length")
     h = context_width
     corpus_seen: set[tuple[int, ...]] = set()
     scored: set[tuple[int, ...]] = set()
@@ -319,7 +319,7 @@ def reading_tuples(sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int
         ids = [int(x) for x in ids]
         pred = [int(x) for x in pred]
         if len(pred) < len(ids):
-            raise ValueError(f"{len(pred)} predictions for a sequence of {len(ids)} tokens")
+            raise InputError(f"{len(pred)} predictions for a sequence of {len(ids)} tokens")
         plen = max(0, min(int(plen), len(ids)))
         prompt_grams = _grams(ids[:plen], h) if exclude == "prompt" else set()
         for t in range(1, len(ids)):
@@ -538,7 +538,7 @@ def scan_open(model: Any, tokenizer: Any, texts: Sequence[FedText | tuple | Mapp
     started = time.perf_counter()
     config = config or WatermarkConfig()
     if exclude not in EXCLUSION_POLICIES:
-        raise ValueError(f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, got {exclude!r}")
+        raise InputError(f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, got {exclude!r}")
     fed = [FedText.coerce(t) for t in texts]
     if max_texts is not None:
         fed = fed[:max_texts]
@@ -663,7 +663,7 @@ def scan_closed(client: Any, prompts: Sequence[str | Messages], tokenizer: Any, 
     started = time.perf_counter()
     config = config or WatermarkConfig()
     if samples < 1 or max_tokens < 1:
-        raise ValueError("samples and max_tokens must be >= 1")
+        raise InputError("samples and max_tokens must be >= 1")
     prompts = list(prompts)[:max_prompts] if max_prompts is not None else list(prompts)
     if not prompts:
         raise InputError("no prompts to send to the suspect")

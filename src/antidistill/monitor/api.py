@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from antidistill.errors import InputError
+
 #: risk levels, lowest first; the monitor calibrates a threshold for each on benign traffic and the policy file
 #: maps each to an action
 LEVELS: tuple[str, ...] = ("none", "watch", "alert", "severe")
@@ -26,7 +28,7 @@ def level_rank(level: str) -> int:
     try:
         return LEVELS.index(level)
     except ValueError:
-        raise ValueError(f"unknown risk level {level!r} (expected one of {', '.join(LEVELS)})") from None
+        raise InputError(f"unknown risk level {level!r} (expected one of {', '.join(LEVELS)})") from None
 
 
 def _text(content: Any) -> str:

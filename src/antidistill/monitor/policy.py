@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from antidistill.errors import ConfigError
+from antidistill.errors import ConfigError, InputError
 from antidistill.monitor.api import LEVELS, Assessment, level_rank
 from antidistill.store.api import ENFORCEMENT_ACTIONS, Enforcement
 
@@ -56,7 +56,7 @@ def action_rank(action: str) -> int:
     try:
         return ENFORCEMENT_ACTIONS.index(action)
     except ValueError:
-        raise ValueError(f"unknown action {action!r} (expected one of {', '.join(RULE_ACTIONS)})") from None
+        raise InputError(f"unknown action {action!r} (expected one of {', '.join(RULE_ACTIONS)})") from None
 
 
 @dataclass(frozen=True)
@@ -206,25 +206,25 @@ class Policy:
     def from_dict(cls, data: Any, source: str | None = None) -> Policy:
         """Validate a parsed policy; raises ``ValueError`` naming the field at fault."""
         if not isinstance(data, dict):
-            raise ValueError("the policy must be a mapping with 'clauses' and 'rules'")
+            raise InputError("the policy must be a mapping with 'clauses' and 'rules'")
         unknown = set(data) - {"version", "name", "clauses", "rules", "throttle"}
         if unknown:
-            raise ValueError(f"unknown top-level field(s): {', '.join(sorted(map(str, unknown)))}")
+            raise InputError(f"unknown top-level field(s): {', '.join(sorted(map(str, unknown)))}")
         version = data.get("version", 1)
         if version != 1:
-            raise ValueError(f"version must be 1, got {version!r}")
+            raise InputError(f"version must be 1, got {version!r}")
         name = data.get("name", "Terms of Service")
         if not isinstance(name, str) or not name.strip():
-            raise ValueError("name must be a non-empty string")
+            raise InputError("name must be a non-empty string")
         clauses = _clauses(data.get("clauses"))
         throttle = data.get("throttle") or {}
         if not isinstance(throttle, dict) or set(throttle) - {"rpm", "tpm"}:
-            raise ValueError("throttle must be a mapping with rpm and/or tpm")
+            raise InputError("throttle must be a mapping with rpm and/or tpm")
         t_rpm = _positive("throttle.rpm", throttle.get("rpm"))
         t_tpm = _positive("throttle.tpm", throttle.get("tpm"))
         raw_rules = data.get("rules")
         if not isinstance(raw_rules, list) or not raw_rules:
-            raise ValueError("rules must be a non-empty list")
+            raise InputError("rules must be a non-empty list")
         rules = tuple(_rule(i, r, clauses, t_rpm, t_tpm) for i, r in enumerate(raw_rules))
         return cls(name=name.strip(), clauses=clauses, rules=rules, throttle_rpm=t_rpm, throttle_tpm=t_tpm,
                    source=source)
@@ -284,35 +284,35 @@ def _positive(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31 - 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
 def _clauses(raw: Any) -> dict[str, Clause]:
     if not isinstance(raw, list) or not raw:
-        raise ValueError("clauses must be a non-empty list of {id, title, text}")
+        raise InputError("clauses must be a non-empty list of {id, title, text}")
     out: dict[str, Clause] = {}
     for i, c in enumerate(raw):
         if not isinstance(c, dict):
-            raise ValueError(f"clauses[{i}] must be a mapping with id, title and text")
+            raise InputError(f"clauses[{i}] must be a mapping with id, title and text")
         unknown = set(c) - {"id", "title", "text"}
         if unknown:
-            raise ValueError(f"clauses[{i}]: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+            raise InputError(f"clauses[{i}]: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         cid = c.get("id")
         if isinstance(cid, int | float) and not isinstance(cid, bool):
             cid = str(cid)  # `id: 4.2` unquoted in YAML is a number
         if not isinstance(cid, str) or not cid.strip() or len(cid) > 64:
-            raise ValueError(f"clauses[{i}].id must be a non-empty string of at most 64 characters")
+            raise InputError(f"clauses[{i}].id must be a non-empty string of at most 64 characters")
         cid = cid.strip()
         if cid in out:
-            raise ValueError(f"clauses[{i}]: duplicate clause id {cid!r}")
+            raise InputError(f"clauses[{i}]: duplicate clause id {cid!r}")
         title, text = c.get("title", ""), c.get("text")
         if not isinstance(title, str):
-            raise ValueError(f"clause {cid}: title must be a string")
+            raise InputError(f"clause {cid}: title must be a string")
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"clause {cid}: text must be a non-empty string")
+            raise InputError(f"clause {cid}: text must be a non-empty string")
         if len(text) > _MAX_CLAUSE_TEXT:
-            raise ValueError(f"clause {cid}: text must be at most {_MAX_CLAUSE_TEXT} characters")
+            raise InputError(f"clause {cid}: text must be at most {_MAX_CLAUSE_TEXT} characters")
         out[cid] = Clause(cid, title.strip(), " ".join(text.split()))
     return out
 
@@ -320,43 +320,43 @@ def _clauses(raw: Any) -> dict[str, Clause]:
 def _rule(i: int, r: Any, clauses: dict[str, Clause], t_rpm: int | None, t_tpm: int | None) -> Rule:
     where = f"rules[{i}]"
     if not isinstance(r, dict):
-        raise ValueError(f"{where} must be a mapping with level, action and clause")
+        raise InputError(f"{where} must be a mapping with level, action and clause")
     unknown = set(r) - {"level", "action", "clause", "scope", "min_cluster_size", "rpm", "tpm", "duration"}
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+        raise InputError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     level = r.get("level")
     if level not in LEVELS[1:]:
-        raise ValueError(f"{where}.level must be one of {', '.join(LEVELS[1:])}, got {level!r}")
+        raise InputError(f"{where}.level must be one of {', '.join(LEVELS[1:])}, got {level!r}")
     action = r.get("action")
     if action not in RULE_ACTIONS:
-        raise ValueError(f"{where}.action must be one of {', '.join(RULE_ACTIONS)}, got {action!r}")
+        raise InputError(f"{where}.action must be one of {', '.join(RULE_ACTIONS)}, got {action!r}")
     clause = r.get("clause")
     if isinstance(clause, int | float) and not isinstance(clause, bool):
         clause = str(clause)
     if not isinstance(clause, str) or not clause.strip():
-        raise ValueError(f"{where}.clause is missing (every action is taken under a clause)")
+        raise InputError(f"{where}.clause is missing (every action is taken under a clause)")
     clause = clause.strip()
     if clause not in clauses:
-        raise ValueError(f"{where}.clause {clause!r} is not one of the policy's clauses ({', '.join(clauses)})")
+        raise InputError(f"{where}.clause {clause!r} is not one of the policy's clauses ({', '.join(clauses)})")
     scope = r.get("scope", "account")
     if scope not in SCOPES:
-        raise ValueError(f"{where}.scope must be account or cluster, got {scope!r}")
+        raise InputError(f"{where}.scope must be account or cluster, got {scope!r}")
     size = r.get("min_cluster_size", 2)
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-        raise ValueError(f"{where}.min_cluster_size must be an integer >= 2, got {size!r}")
+        raise InputError(f"{where}.min_cluster_size must be an integer >= 2, got {size!r}")
     if scope == "account" and "min_cluster_size" in r:
-        raise ValueError(f"{where}: min_cluster_size needs scope: cluster")
+        raise InputError(f"{where}: min_cluster_size needs scope: cluster")
     rpm = _positive(f"{where}.rpm", r.get("rpm"))
     tpm = _positive(f"{where}.tpm", r.get("tpm"))
     if action != "throttle" and (rpm is not None or tpm is not None):
-        raise ValueError(f"{where}: rpm/tpm apply only to action throttle")
+        raise InputError(f"{where}: rpm/tpm apply only to action throttle")
     if action == "throttle":
         rpm, tpm = (rpm, tpm) if (rpm is not None or tpm is not None) else (t_rpm, t_tpm)
         if rpm is None and tpm is None:
-            raise ValueError(f"{where}: a throttle needs rpm or tpm (here or in the policy's throttle section)")
+            raise InputError(f"{where}: a throttle needs rpm or tpm (here or in the policy's throttle section)")
     duration = r.get("duration")
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float)
                                  or not 0 < duration <= 10 * 365 * 86400):
-        raise ValueError(f"{where}.duration must be a positive number of seconds, got {duration!r}")
+        raise InputError(f"{where}.duration must be a positive number of seconds, got {duration!r}")
     return Rule(level=level, action=action, clause=clause, scope=scope, min_cluster_size=size, rpm=rpm, tpm=tpm,
                 duration_s=float(duration) if duration is not None else None)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from antidistill.errors import InputError
 from antidistill.monitor.api import LEVELS
 from antidistill.monitor.features import DESCRIPTIONS, FEATURES, INDEX, LONG_DEMAND
 
@@ -284,14 +285,14 @@ def calibrate(benign_max_risk: Sequence[float], targets: Mapping[str, float] = T
     """
     r = np.sort(np.asarray(benign_max_risk, dtype=float))[::-1]
     if r.size == 0:
-        raise ValueError("benign_max_risk must not be empty: calibration needs benign accounts")
+        raise InputError("benign_max_risk must not be empty: calibration needs benign accounts")
     top = float(r[0]) if ceiling_risks is None or len(ceiling_risks) == 0 else float(np.max(ceiling_risks))
     out: dict[str, float] = {}
     prev = floor
     for level in LEVELS[1:]:
         target = float(targets[level])
         if not 0.0 <= target < 1.0:
-            raise ValueError(f"target false-positive rate for {level} must be in [0, 1), got {target}")
+            raise InputError(f"target false-positive rate for {level} must be in [0, 1), got {target}")
         k = math.floor(target * r.size)
         thr = float(np.nextafter(r[k], np.inf)) if k < r.size else float(r[-1])
         if level in above_all:
@@ -340,7 +341,7 @@ class Scorer:
                  manifest: dict[str, Any] | None = None) -> None:
         for level in LEVELS[1:]:
             if level not in thresholds:
-                raise ValueError(f"thresholds must give a value for {level!r}")
+                raise InputError(f"thresholds must give a value for {level!r}")
         self.thresholds = {k: float(v) for k, v in thresholds.items()}
         self.supervised = supervised
         self.anomaly = anomaly
@@ -447,9 +448,9 @@ class Scorer:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Scorer:
         if state.get("format") != 1:
-            raise ValueError(f"unknown monitor model format {state.get('format')!r}")
+            raise InputError(f"unknown monitor model format {state.get('format')!r}")
         if list(state.get("features", [])) != list(FEATURES):
-            raise ValueError("the monitor model was trained on other features; run `antidistill monitor train`")
+            raise InputError("the monitor model was trained on other features; run `antidistill monitor train`")
         return cls(state["thresholds"], state.get("supervised"), state.get("anomaly"), state.get("anomaly_cdf"),
                    state.get("benign_median"), state.get("benign_scale"), bool(state.get("embeddings")),
                    state.get("manifest"))

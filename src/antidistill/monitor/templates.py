@@ -23,6 +23,8 @@ from itertools import pairwise
 
 import numpy as np
 
+from antidistill.errors import InputError
+
 #: permutations and bands: 15 = 5 bands x 3 rows; a pair with Jaccard similarity s shares a band with
 #: probability 1 - (1 - s^3)^5: 0.97 at s = 0.8, 0.70 at s = 0.6, 0.13 at s = 0.3, 0.005 at s = 0.1
 NUM_PERM = 15
@@ -123,7 +125,7 @@ class MinHasher:
 
         ref = MinHash(num_perm=num_perm, seed=seed)
         if getattr(ref, "scheme", "affine32") != "affine32":  # pragma: no cover - datasketch default
-            raise ValueError(f"datasketch's default MinHash scheme is {ref.scheme}, expected affine32")
+            raise InputError(f"datasketch's default MinHash scheme is {ref.scheme}, expected affine32")
         a, b = ref.permutations
         self.a = np.asarray(a, dtype=np.uint32)
         self.b = np.asarray(b, dtype=np.uint32)

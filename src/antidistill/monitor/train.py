@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from antidistill.errors import InputError
 from antidistill.monitor.api import ExchangeEvent
 from antidistill.monitor.features import FEATURES
 from antidistill.monitor.pipeline import Monitor
@@ -152,7 +153,7 @@ def fit_models(rows: Rows, *, embeddings: bool = False, seed: int = 0) -> dict[s
     X = Scorer({"watch": 1, "alert": 1, "severe": 1}, embeddings=embeddings)._matrix(np.vstack(rows.X))
     y = np.asarray(rows.y, dtype=int)
     if len(set(y.tolist())) < 2:
-        raise ValueError("training rows must hold both benign and attacker examples; simulate more traffic")
+        raise InputError("training rows must hold both benign and attacker examples; simulate more traffic")
     kind = np.asarray(rows.kind)
     benign = X[(y == 0) & (kind == "account")]
     X_iso = np.nan_to_num(benign, nan=0.0)

@@ -130,16 +130,16 @@ def watermarked_count(share: float, n: int) -> int:
         >>> watermarked_count(0.05, 30)
         Traceback (most recent call last):
         ...
-        ValueError: share 0.05 of n=30 is 1.5 examples, not a whole number; choose n so that share * n is one
+        antidistill.errors.InputError: share 0.05 of n=30 is 1.5 examples, not a whole number; choose n so that share * n is one
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+        raise InputError(f"n must be a positive integer, got {n!r}")
     if not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0 or share != share:
-        raise ValueError(f"share must be in [0, 1], got {share}")
+        raise InputError(f"share must be in [0, 1], got {share}")
     exact = share * n
     k = round(exact)
     if not math.isclose(exact, k, rel_tol=0.0, abs_tol=1e-6):
-        raise ValueError(f"share {share} of n={n} is {exact:g} examples, not a whole number; "
+        raise InputError(f"share {share} of n={n} is {exact:g} examples, not a whole number; "
                          "choose n so that share * n is one")
     return k
 
@@ -160,13 +160,13 @@ def mix(watermarked: Sequence[Pair], unwatermarked: Sequence[Pair], share: float
     """
     k = watermarked_count(share, n)
     if k > len(watermarked):
-        raise ValueError(f"share {share} of n={n} needs {k} watermarked examples, only {len(watermarked)} given")
+        raise InputError(f"share {share} of n={n} needs {k} watermarked examples, only {len(watermarked)} given")
     if n - k > len(unwatermarked):
-        raise ValueError(f"share {share} of n={n} needs {n - k} unwatermarked examples, "
+        raise InputError(f"share {share} of n={n} needs {n - k} unwatermarked examples, "
                          f"only {len(unwatermarked)} given")
     overlap = {p.prompt for p in watermarked} & {p.prompt for p in unwatermarked}
     if overlap:
-        raise ValueError(f"{len(overlap)} prompts appear in both sources, e.g. {next(iter(overlap))[:60]!r}")
+        raise InputError(f"{len(overlap)} prompts appear in both sources, e.g. {next(iter(overlap))[:60]!r}")
     rng = random.Random(seed)
     chosen = [replace(p, watermarked=True) for p in rng.sample(list(watermarked), k)]
     chosen += [replace(p, watermarked=False) for p in rng.sample(list(unwatermarked), n - k)]
@@ -190,14 +190,14 @@ def split(pairs: Sequence[Pair], heldout: float | int, seed: int = 0) -> tuple[l
     prompts = list(dict.fromkeys(p.prompt for p in pairs))
     if isinstance(heldout, float) and not isinstance(heldout, bool):
         if not 0.0 < heldout < 1.0:
-            raise ValueError(f"heldout fraction must be in (0, 1), got {heldout}")
+            raise InputError(f"heldout fraction must be in (0, 1), got {heldout}")
         m = max(1, round(heldout * len(prompts)))
     elif isinstance(heldout, int) and not isinstance(heldout, bool):
         m = heldout
     else:
-        raise ValueError(f"heldout must be a fraction or a count, got {heldout!r}")
+        raise InputError(f"heldout must be a fraction or a count, got {heldout!r}")
     if not 0 < m < len(prompts):
-        raise ValueError(f"cannot hold out {m} of {len(prompts)} distinct prompts")
+        raise InputError(f"cannot hold out {m} of {len(prompts)} distinct prompts")
     random.Random(seed).shuffle(prompts)
     held = set(prompts[:m])
     return [p for p in pairs if p.prompt not in held], [p for p in pairs if p.prompt in held]

@@ -85,7 +85,7 @@ def generate_prompts(n: int, seed: int = 0) -> list[str]:
     """
     combos = [task.format(t=topic) for topic in TOPICS for task in TASKS]
     if not 0 <= n <= len(combos):
-        raise ValueError(f"n must be in [0, {len(combos)}] (distinct built-in prompts), got {n}")
+        raise InputError(f"n must be in [0, {len(combos)}] (distinct built-in prompts), got {n}")
     random.Random(seed).shuffle(combos)
     return combos[:n]
 
@@ -233,11 +233,11 @@ class Harvester:
         import openai
 
         if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+            raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
         if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+            raise InputError(f"temperature must be >= 0, got {temperature}")
         if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+            raise InputError(f"max_retries must be >= 0, got {max_retries}")
         if not api_key:
             raise InputError("an API key is needed (--api-key or OPENAI_API_KEY)")
         # The SDK's own retries are off: ours count the retries and honour any Retry-After up to max_wait.
@@ -330,9 +330,9 @@ class Harvester:
         import openai
 
         if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+            raise InputError(f"concurrency must be >= 1, got {concurrency}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         unique = list(dict.fromkeys(prompts))

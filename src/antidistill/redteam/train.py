@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from antidistill.errors import InputError
 from antidistill.redteam.data import Pair
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def _parts(model: Any) -> tuple[Any, Any]:
     decoder = getattr(model, "model", None)
     head = getattr(model, "lm_head", None)
     if decoder is None or head is None or not hasattr(decoder, "layers") or not hasattr(decoder, "norm"):
-        raise ValueError(f"{type(model).__name__} is not a Llama-like causal LM (model.layers, model.norm, lm_head)")
+        raise InputError(f"{type(model).__name__} is not a Llama-like causal LM (model.layers, model.norm, lm_head)")
     return decoder, head
 
 
@@ -181,7 +182,7 @@ def evaluate_loss(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_len: in
 
     examples = encode_pairs(tokenizer, pairs, max_len)
     if not examples:
-        raise ValueError("no pair fits in max_len")
+        raise InputError("no pair fits in max_len")
     decoder, _ = _parts(model)
     pad = _pad_id(tokenizer)
     was_training = model.training
@@ -212,7 +213,7 @@ def subset_layers(n_total: int, n_keep: int) -> list[int]:
         [0, 10, 19, 29]
     """
     if not 1 <= n_keep <= n_total:
-        raise ValueError(f"n_layers must be in [1, {n_total}], got {n_keep}")
+        raise InputError(f"n_layers must be in [1, {n_total}], got {n_keep}")
     if n_keep == 1:
         return [n_total - 1]
     return sorted({round(i * (n_total - 1) / (n_keep - 1)) for i in range(n_keep)})
@@ -354,33 +355,33 @@ def train_student(pairs: Sequence[Pair], method: str = DEFAULT_METHOD, *, model:
     import torch
 
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not epochs > 0:
-        raise ValueError(f"epochs must be > 0, got {epochs}")
+        raise InputError(f"epochs must be > 0, got {epochs}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if max_len < 8:
-        raise ValueError(f"max_len must be >= 8, got {max_len}")
+        raise InputError(f"max_len must be >= 8, got {max_len}")
     if not pairs:
-        raise ValueError("no training pairs")
+        raise InputError("no training pairs")
     if model is None:
         model, tokenizer = load_teacher(base)
     elif tokenizer is None:
-        raise ValueError("a model needs its tokenizer")
+        raise InputError("a model needs its tokenizer")
     lr = DEFAULT_LR[method] if lr is None else lr
     if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+        raise InputError(f"lr must be > 0, got {lr}")
     torch.manual_seed(seed)
     n_blocks = len(_parts(model)[0].layers)
     k = (min(DEFAULT_K, n_blocks) if k is None else k) if method in ("last-k", "lora") else None
     if k is not None and not 1 <= k <= n_blocks:
-        raise ValueError(f"k must be in [1, {n_blocks}], got {k}")
+        raise InputError(f"k must be in [1, {n_blocks}], got {k}")
     params: dict[str, Any] = {"lr": lr, "epochs": epochs, "max_len": max_len, "batch_size": batch_size,
                               "seed": seed, "k": k, "warmup_steps": warmup_steps}
 
     examples = encode_pairs(tokenizer, pairs, max_len)
     if not examples:
-        raise ValueError(f"no training pair fits in max_len={max_len}")
+        raise InputError(f"no training pair fits in max_len={max_len}")
 
     student = model
     if method == "subset":

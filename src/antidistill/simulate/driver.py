@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from antidistill.errors import AntidistillError
+from antidistill.errors import AntidistillError, InputError
 from antidistill.simulate.personas import CHAT, AccountPlan, PlannedRequest
 from antidistill.simulate.scenario import Plan
 
@@ -280,9 +280,9 @@ def drive(plan: Plan, base_url: str, api_keys: Mapping[str, str], *, concurrency
         SimulationError: an account has no key, or the gateway stopped answering.
     """
     if not 1 <= concurrency <= 512:
-        raise ValueError(f"concurrency must be in [1, 512], got {concurrency}")
+        raise InputError(f"concurrency must be in [1, 512], got {concurrency}")
     if not 0 <= processes <= 64:
-        raise ValueError(f"processes must be in [0, 64], got {processes}")
+        raise InputError(f"processes must be in [0, 64], got {processes}")
     missing = {r.account for r in plan.requests} - set(api_keys)
     if missing:
         raise SimulationError(f"no API key for {len(missing)} planned account(s), e.g. {sorted(missing)[0]}")

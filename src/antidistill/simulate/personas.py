@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from antidistill.errors import InputError
 from antidistill.simulate import prompts as P
 from antidistill.simulate.world import (
     COMMON_UAS,
@@ -167,7 +168,7 @@ class Persona(ABC):
         if overrides:
             unknown = set(overrides) - set(asdict(params))
             if unknown:
-                raise ValueError(f"unknown parameter(s) for persona {self.name}: {', '.join(sorted(unknown))}")
+                raise InputError(f"unknown parameter(s) for persona {self.name}: {', '.join(sorted(unknown))}")
             params = type(params)(**{**asdict(params), **overrides})
         self.params = params
         self.campaign = f"{self.name}-{index}"

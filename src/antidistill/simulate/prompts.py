@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from antidistill.errors import InputError
+
 T = TypeVar("T")
 
 SPLITS = ("train", "heldout")
@@ -30,7 +32,7 @@ SPLITS = ("train", "heldout")
 def check_split(split: str) -> str:
     """``split`` if it is ``train`` or ``heldout``; else a ``ValueError`` naming the field."""
     if split not in SPLITS:
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+        raise InputError(f"split must be 'train' or 'heldout', got {split!r}")
     return split
 
 
@@ -402,7 +404,7 @@ EVAL_COT_SUFFIX = ("", "\nLet's think step by step.", "\nAnswer with the letter 
 def benchmark_items(benchmark: str, n: int, seed: int) -> list[BenchmarkItem]:
     """A benchmark's first ``n`` items: the same for every harness that runs it (the seed names the benchmark)."""
     if benchmark not in _BENCH_MAKERS:
-        raise ValueError(f"benchmark must be one of {', '.join(EVAL_BENCHMARKS)}, got {benchmark!r}")
+        raise InputError(f"benchmark must be one of {', '.join(EVAL_BENCHMARKS)}, got {benchmark!r}")
     rng = random.Random(f"benchmark:{benchmark}:{seed}")
     return [BenchmarkItem(benchmark, i, _BENCH_MAKERS[benchmark](rng)) for i in range(n)]
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from antidistill.errors import InputError
 from antidistill.simulate.personas import ATTACKERS, BENIGN, PERSONAS, AccountPlan, PlannedRequest
 from antidistill.simulate.prompts import check_split
 from antidistill.simulate.world import DAY_S, TIERS, VirtualLimits, World
@@ -119,36 +120,36 @@ class Scenario:
     def __post_init__(self) -> None:
         check_split(self.split)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
         if not (isinstance(self.days, int | float) and math.isfinite(self.days) and 0 < self.days <= 366):
-            raise ValueError(f"days must be in (0, 366], got {self.days!r}")
+            raise InputError(f"days must be in (0, 366], got {self.days!r}")
         unknown = set(self.counts) - set(PERSONAS)
         if unknown:
-            raise ValueError(f"unknown persona(s) in counts: {', '.join(sorted(unknown))} "
+            raise InputError(f"unknown persona(s) in counts: {', '.join(sorted(unknown))} "
                              f"(known: {', '.join(PERSONAS)})")
         for name, n in self.counts.items():
             if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 100_000:
-                raise ValueError(f"counts[{name!r}] must be an integer in [0, 100000], got {n!r}")
+                raise InputError(f"counts[{name!r}] must be an integer in [0, 100000], got {n!r}")
         unknown = set(self.overrides) - set(PERSONAS)
         if unknown:
-            raise ValueError(f"unknown persona(s) in overrides: {', '.join(sorted(unknown))}")
+            raise InputError(f"unknown persona(s) in overrides: {', '.join(sorted(unknown))}")
         if not (isinstance(self.volume, int | float) and 0 < self.volume <= 10):
-            raise ValueError(f"volume must be in (0, 10], got {self.volume!r}")
+            raise InputError(f"volume must be in (0, 10], got {self.volume!r}")
         for name, v in self.persona_volume.items():
             if name not in PERSONAS:
-                raise ValueError(f"unknown persona in persona_volume: {name!r}")
+                raise InputError(f"unknown persona in persona_volume: {name!r}")
             if not (isinstance(v, int | float) and 0 < v <= 10):
-                raise ValueError(f"persona_volume[{name!r}] must be in (0, 10], got {v!r}")
+                raise InputError(f"persona_volume[{name!r}] must be in (0, 10], got {v!r}")
         lo, hi = self.hydra_members
         if not 1 <= lo <= hi <= 10_000:
-            raise ValueError(f"hydra_members must be 1 <= lo <= hi <= 10000, got {self.hydra_members!r}")
+            raise InputError(f"hydra_members must be 1 <= lo <= hi <= 10000, got {self.hydra_members!r}")
 
     @classmethod
     def from_scale(cls, scale: str = "default", seed: int = 0, days: float | None = None, split: str = "train",
                    **kw: Any) -> Scenario:
         """The preset ``small``, ``default`` or ``large`` (``days`` overrides its duration)."""
         if scale not in SCALES:
-            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+            raise InputError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
         spec = SCALES[scale]
         return cls(seed=seed, days=spec.days if days is None else days, counts=dict(spec.counts), split=split,
                    scale=scale, hydra_members=spec.hydra_members, hydra_daily_budget=spec.hydra_daily_budget,

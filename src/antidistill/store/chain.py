@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from antidistill.errors import InputError
 from antidistill.store.api import AuditEntry, VerifyResult
 
 FORMAT_VERSION = 1
@@ -143,35 +144,35 @@ def _check_text(name: str, value: Any, *, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+        raise InputError(f"{name} must be a string, got {type(value).__name__}")
     if "\x00" in value:
-        raise ValueError(f"{name} must not contain NUL characters")
+        raise InputError(f"{name} must not contain NUL characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"{name} is not valid Unicode text (lone surrogate)") from None
+        raise InputError(f"{name} is not valid Unicode text (lone surrogate)") from None
     return value
 
 
 def _check_int(name: str, value: Any, lo: int = 0, hi: int = _MAX_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        raise InputError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
     return value
 
 
 def entry_columns(entry: AuditEntry) -> dict[str, Any]:
     """The stored column values of ``entry`` (validated and normalised); raises ``ValueError`` naming a field."""
     if not isinstance(entry.created_at, datetime):
-        raise ValueError(f"created_at must be a datetime, got {type(entry.created_at).__name__}")
+        raise InputError(f"created_at must be a datetime, got {type(entry.created_at).__name__}")
     if not isinstance(entry.request, Mapping):
-        raise ValueError("request must be a JSON object (dict)")
+        raise InputError("request must be a JSON object (dict)")
     if not isinstance(entry.watermark, Mapping):
-        raise ValueError("watermark must be a JSON object (dict)")
+        raise InputError("watermark must be a JSON object (dict)")
     if isinstance(entry.completion, str) or not all(isinstance(c, str) for c in entry.completion):
-        raise ValueError("completion must be a list of strings (one per choice)")
+        raise InputError("completion must be a list of strings (one per choice)")
     if (isinstance(entry.latency_ms, bool) or not isinstance(entry.latency_ms, int | float)
             or not math.isfinite(entry.latency_ms)):
-        raise ValueError(f"latency_ms must be a finite number, got {entry.latency_ms!r}")
+        raise InputError(f"latency_ms must be a finite number, got {entry.latency_ms!r}")
     cols: dict[str, Any] = {
         "response_id": _check_text("response_id", entry.response_id),
         "account_id": _check_text("account_id", entry.account_id),
@@ -192,10 +193,10 @@ def entry_columns(entry: AuditEntry) -> dict[str, Any]:
         try:
             cols[name] = json_text(list(value) if name == "completion" else dict(value))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{name} is not JSON-serialisable: {exc}") from None
+            raise InputError(f"{name} is not JSON-serialisable: {exc}") from None
     raw = entry.request_raw
     if raw is not None and not isinstance(raw, bytes | bytearray):
-        raise ValueError(f"request_raw must be bytes or None, got {type(raw).__name__}")
+        raise InputError(f"request_raw must be bytes or None, got {type(raw).__name__}")
     cols[RAW_FIELD] = None if raw is None else json_text(encode_raw(bytes(raw)))
     return cols
 
@@ -313,17 +314,17 @@ class SignedHead:
     def from_json(cls, obj: Any) -> SignedHead:
         """Read an anchor; raises ``ValueError`` naming what is wrong."""
         if not isinstance(obj, Mapping) or obj.get("type") != ANCHOR_TYPE:
-            raise ValueError(f"not an antidistill audit anchor (expected type {ANCHOR_TYPE!r})")
+            raise InputError(f"not an antidistill audit anchor (expected type {ANCHOR_TYPE!r})")
         if obj.get("v") != 1:
-            raise ValueError(f"unsupported anchor version {obj.get('v')!r}")
+            raise InputError(f"unsupported anchor version {obj.get('v')!r}")
         try:
             seq = _check_int("seq", obj["seq"], 0, 2**63 - 1)
             hash_hex, public_key, signature = (str(obj[k]) for k in ("hash", "public_key", "signature"))
             signed_at = datetime.fromisoformat(str(obj["signed_at"]).replace("Z", "+00:00"))
         except KeyError as exc:
-            raise ValueError(f"the anchor has no {exc.args[0]!r}") from None
+            raise InputError(f"the anchor has no {exc.args[0]!r}") from None
         if len(hash_hex) != 64 or any(c not in "0123456789abcdef" for c in hash_hex):
-            raise ValueError("the anchor's hash must be 64 lowercase hex digits")
+            raise InputError("the anchor's hash must be 64 lowercase hex digits")
         return cls(seq, hash_hex, to_utc(signed_at), public_key, signature)
 
 

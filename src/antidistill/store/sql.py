@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import Connection, Engine, func, insert, inspect, select, text, update
 from sqlalchemy.exc import OperationalError
 
-from antidistill.errors import ConfigError
+from antidistill.errors import ConfigError, InputError
 from antidistill.keys import MASTER_KEY_FILE, MasterKey
 from antidistill.settings import Settings, get_settings
 from antidistill.store.api import (
@@ -200,10 +200,10 @@ def _alert(row: Any) -> Alert:
 
 def _alert_values(a: Alert) -> dict[str, Any]:
     if a.action not in ENFORCEMENT_ACTIONS:
-        raise ValueError(f"alert action must be one of {', '.join(ENFORCEMENT_ACTIONS)}, got {a.action!r}")
+        raise InputError(f"alert action must be one of {', '.join(ENFORCEMENT_ACTIONS)}, got {a.action!r}")
     risk = float(a.risk)
     if not math.isfinite(risk):
-        raise ValueError(f"alert risk must be a finite number, got {a.risk!r}")
+        raise InputError(f"alert risk must be a finite number, got {a.risk!r}")
     reasons = [str(r) for r in a.reasons]
     # a score the monitor could not compute (NaN) is left out rather than lose the alert
     scores = {str(k): float(v) for k, v in (a.scores or {}).items() if math.isfinite(float(v))}
@@ -221,9 +221,9 @@ def _enforcement(row: Any) -> Enforcement:
 
 def _enforcement_values(e: Enforcement) -> dict[str, Any]:
     if e.action not in ENFORCEMENT_ACTIONS:
-        raise ValueError(f"enforcement action must be one of {', '.join(ENFORCEMENT_ACTIONS)}, got {e.action!r}")
+        raise InputError(f"enforcement action must be one of {', '.join(ENFORCEMENT_ACTIONS)}, got {e.action!r}")
     if e.set_by not in ("monitor", "admin"):
-        raise ValueError(f"set_by must be 'monitor' or 'admin', got {e.set_by!r}")
+        raise InputError(f"set_by must be 'monitor' or 'admin', got {e.set_by!r}")
     return {"account_id": e.account_id, "action": e.action, "level": e.level, "clause": e.clause,
             "since": to_utc(e.since), "until": _utc_or_none(e.until), "rpm": _check_limit("rpm", e.rpm),
             "tpm": _check_limit("tpm", e.tpm), "reason": str(e.reason), "set_by": e.set_by,
@@ -232,12 +232,12 @@ def _enforcement_values(e: Enforcement) -> dict[str, Any]:
 
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
-        raise ValueError("account name must be a non-empty string")
+        raise InputError("account name must be a non-empty string")
     name = name.strip()
     if len(name) > 200:
-        raise ValueError(f"account name must be at most 200 characters, got {len(name)}")
+        raise InputError(f"account name must be at most 200 characters, got {len(name)}")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ValueError("account name must not contain control characters")
+        raise InputError("account name must not contain control characters")
     return str(name)
 
 
@@ -245,9 +245,9 @@ def _check_limit(field: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**62:
-        raise ValueError(f"{field} must be a positive integer or None (unlimited), got {value!r}")
+        raise InputError(f"{field} must be a positive integer or None (unlimited), got {value!r}")
     if field != "tokens_per_day" and value > 2**31 - 1:
-        raise ValueError(f"{field} must be at most {2**31 - 1}, got {value}")
+        raise InputError(f"{field} must be at most {2**31 - 1}, got {value}")
     return value
 
 
@@ -255,13 +255,13 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
-        raise ValueError("metadata must be a JSON object with string keys")
+        raise InputError("metadata must be a JSON object with string keys")
     try:
         text_ = json.dumps(dict(metadata), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata is not JSON-serialisable: {exc}") from None
+        raise InputError(f"metadata is not JSON-serialisable: {exc}") from None
     if len(text_.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:
-        raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
+        raise InputError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
     out: dict[str, Any] = json.loads(text_)
     return out
 
@@ -497,7 +497,7 @@ class Store:
                     limit: int | None = None) -> list[Alert]:
         """Alerts, oldest first; ``limit`` keeps the newest ``limit`` of them."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+            raise InputError(f"limit must be a positive integer, got {limit!r}")
         q = select(monitor_alerts)
         if account_id is not None:
             q = q.where(monitor_alerts.c.account_id == account_id)
@@ -641,7 +641,7 @@ class Store:
         """Append one exchange to the chain and return its seq, after the commit is durable.
 
         Raises:
-            ValueError: a field of ``entry`` is unusable (the message names it).
+            InputError: a field of ``entry`` is unusable (the message names it).
             AuditIntegrityError: the stored head is not one this installation signed (nothing is written).
         """
         cols = entry_columns(entry)
@@ -742,7 +742,7 @@ class Store:
         ["public_key_checked"]``), else against the key of the first checkpoint.
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         expected = self.expected_public_key()
         with self._read(snapshot=True) as conn:
             row = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one_or_none()
@@ -789,9 +789,9 @@ class Store:
         The file appears only when complete (written beside it, then renamed).
         """
         if fmt not in ("jsonl", "parquet"):
-            raise ValueError(f"export format must be jsonl or parquet, got {fmt!r}")
+            raise InputError(f"export format must be jsonl or parquet, got {fmt!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         dest = Path(path)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from antidistill.errors import InputError
+
 MAX_CONTEXT_WIDTH = 4
 
 
@@ -58,19 +60,19 @@ class WatermarkConfig:
         from antidistill.watermark.core import scheme_names  # local: core imports this module
 
         if self.scheme not in scheme_names():
-            raise ValueError(f"scheme must be one of {', '.join(scheme_names())}, got {self.scheme!r}")
+            raise InputError(f"scheme must be one of {', '.join(scheme_names())}, got {self.scheme!r}")
         if not isinstance(self.gamma, (int, float)) or not 0.0 < self.gamma < 1.0:
-            raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
+            raise InputError(f"gamma must be in (0, 1), got {self.gamma}")
         if not isinstance(self.delta, (int, float)) or not 0.0 <= self.delta <= 100.0 or self.delta != self.delta:
-            raise ValueError(f"delta must be in [0, 100], got {self.delta}")
+            raise InputError(f"delta must be in [0, 100], got {self.delta}")
         if isinstance(self.context_width, bool) or not isinstance(self.context_width, int):
-            raise ValueError(f"context_width must be an integer, got {self.context_width!r}")
+            raise InputError(f"context_width must be an integer, got {self.context_width!r}")
         if not 1 <= self.context_width <= MAX_CONTEXT_WIDTH:
-            raise ValueError(f"context_width must be in 1..{MAX_CONTEXT_WIDTH}, got {self.context_width}")
+            raise InputError(f"context_width must be in 1..{MAX_CONTEXT_WIDTH}, got {self.context_width}")
         if not isinstance(self.provider_fraction, (int, float)) or not 0.0 <= self.provider_fraction < 1.0:
-            raise ValueError(f"provider_fraction must be in [0, 1), got {self.provider_fraction}")
+            raise InputError(f"provider_fraction must be in [0, 1), got {self.provider_fraction}")
         if self.scheme == "hf-lefthash" and self.provider_fraction != 0.0:
-            raise ValueError("scheme hf-lefthash is single-key: provider_fraction must be 0")
+            raise InputError("scheme hf-lefthash is single-key: provider_fraction must be 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +82,7 @@ class WatermarkConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown watermark parameter(s): {', '.join(sorted(unknown))}")
+            raise InputError(f"unknown watermark parameter(s): {', '.join(sorted(unknown))}")
         return cls(**data)
 
     @classmethod

@@ -30,6 +30,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from antidistill.errors import InputError
+
 U64 = np.uint64
 _M1 = U64(0xFF51AFD7ED558CCD)
 _M2 = U64(0xC4CEB9FE1A85EC53)
@@ -142,7 +144,7 @@ def context_hash(contexts: np.ndarray) -> np.ndarray:
     """H(c) for each row of an (n, h) array of token ids: order-sensitive, width-sensitive."""
     ctx = np.asarray(contexts, dtype=np.int64)
     if ctx.ndim != 2:
-        raise ValueError(f"contexts must be a 2-D (n, h) array, got shape {ctx.shape}")
+        raise InputError(f"contexts must be a 2-D (n, h) array, got shape {ctx.shape}")
     h = ctx.shape[1]
     x = np.full(ctx.shape[0], _CONTEXT_SALT + U64(h), dtype=U64)
     for j in range(h):  # h <= 4: a loop over context positions, not over tokens
@@ -277,7 +279,7 @@ class HFLefthashScheme(GreenListScheme):
 
     def null_probability(self, vocab_size: int | None) -> float:
         if vocab_size is None:
-            raise ValueError("the hf-lefthash scheme needs the model's vocabulary size")
+            raise InputError("the hf-lefthash scheme needs the model's vocabulary size")
         return int(vocab_size * self.gamma) / vocab_size
 
     def _list(self, key: int, last_token: int, vocab_size: int) -> np.ndarray:
@@ -308,7 +310,7 @@ class HFLefthashScheme(GreenListScheme):
     def is_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray,
                  vocab_size: int | None = None) -> np.ndarray:
         if vocab_size is None:
-            raise ValueError("the hf-lefthash scheme needs the model's vocabulary size")
+            raise InputError("the hf-lefthash scheme needs the model's vocabulary size")
         ctx = np.asarray(contexts, dtype=np.int64)
         toks = np.asarray(tokens, dtype=np.int64)
         out = np.zeros((len(keys), len(toks)), dtype=bool)
@@ -336,6 +338,6 @@ def get_scheme(name: str, gamma: float, context_width: int) -> GreenListScheme:
         try:
             cls = _SCHEMES[name]
         except KeyError:
-            raise ValueError(f"scheme must be one of {', '.join(_SCHEMES)}, got {name!r}") from None
+            raise InputError(f"scheme must be one of {', '.join(_SCHEMES)}, got {name!r}") from None
         inst = _instances[key] = cls(gamma, context_width)
     return inst

@@ -18,6 +18,7 @@ from typing import Any
 import joblib
 import numpy as np
 
+from antidistill.errors import InputError
 from antidistill.monitor.pipeline import MANIFEST_FILE, MODEL_FILE, monitor_dir
 from antidistill.monitor.score import TARGET_FPR, Scorer, calibrate
 from antidistill.monitor.train import (
@@ -50,9 +51,9 @@ def train(settings: Any, *, seeds: Sequence[int] = TRAIN_SEEDS, calibration_seed
         extra_personas: personas added to each training simulation (default :data:`TRAIN_EXTRA`; ``{}``: none).
     """
     if set(seeds) & set(calibration_seeds):
-        raise ValueError("training and calibration seeds must differ")
+        raise InputError("training and calibration seeds must differ")
     if not seeds or not calibration_seeds:
-        raise ValueError("training needs at least one training seed and one calibration seed")
+        raise InputError("training needs at least one training seed and one calibration seed")
     targets = dict(targets or TARGET_FPR)
     t0 = time.perf_counter()
     embedder = None
