@@ -208,47 +208,21 @@ def _int(v: Any) -> int | None:
 
 def run_scan(store: Store, subject: Subject, suspect_model: str, *, settings: Any = None,
              max_texts: int | None = None, teacher_control: bool = True) -> dict[str, Any]:
-    """Scan the open weights at ``suspect_model`` now, feeding it the subject's watermarked exchanges from the
-    audit log (reading mode, :func:`antidistill.forensics.scan.scan_open`), and return the result as a dict, as
+    """Scan the open weights at ``suspect_model`` now on the subject's exchanges
+    (:func:`antidistill.forensics.workflow.scan_open_on_audit`), and return the result as a dict, as
     ``--scan FILE`` would have held it.
-
-    The provider key and every version of each subject account's key are tested (a cluster is also pooled), and
-    the served model itself is scanned the same way as a control (``teacher_control``): it produced the marked
-    text but was never trained on it, so it must come out not significant.
 
     Raises:
         InputError: no such model, no watermarked exchange to feed, a different tokenizer.
         ConfigError: no master key here (the scan needs the keys the gateway marked with).
     """
-    from antidistill.forensics.inputs import texts_from_records
-    from antidistill.forensics.scan import ScanKeys, check_same_tokenizer, scan_open
-    from antidistill.keys import KeyRing
-    from antidistill.models.embedded import load_causal_lm, load_tokenizer, resolve_model
-    from antidistill.settings import get_settings
+    # the scan imports numpy, scipy, transformers' tokenizers and the model loader (about 2 s): only a report
+    # that scans a model now pays for them
+    from antidistill.forensics.workflow import scan_open_on_audit
 
-    settings = settings or get_settings()
-    if not Path(suspect_model).exists():
-        raise InputError(f"suspect model not found: {suspect_model}")
-    fed = texts_from_records(store.iter_audit(), accounts=set(subject.account_ids), max_texts=max_texts)
-    if not fed.texts:
-        raise InputError(f"the audit log holds no watermarked exchange of {subject.kind} {subject.id} to feed the "
-                         f"suspect model")
-    ring = KeyRing.open(settings, create=False)
-    clusters = {subject.id: list(subject.account_ids)} if subject.kind == "cluster" else None
-    try:
-        keys = ScanKeys.from_keyring(ring, subject.account_ids, clusters)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    teacher = resolve_model(settings.model)
-    tokenizer = load_tokenizer(teacher, settings.cache_dir)
-    source = resolve_model(suspect_model)
-    # a weights directory without tokenizer files is read with ours (as `antidistill scan` does)
-    if source.kind != "dir" or any((source.path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
-        check_same_tokenizer(tokenizer, load_tokenizer(source, settings.cache_dir))
-    model, _ = load_causal_lm(source, settings.cache_dir)
-    controls = {"teacher": load_causal_lm(teacher, settings.cache_dir)[0]} if teacher_control else {}
-    result = scan_open(model, tokenizer, fed.texts, keys, fed.config(), control_models=controls,
-                       suspect=str(suspect_model), max_texts=max_texts)
+    result = scan_open_on_audit(store, suspect_model, subject.account_ids,
+                                cluster_id=subject.id if subject.kind == "cluster" else None, settings=settings,
+                                max_texts=max_texts, teacher_control=teacher_control)
     data = json.loads(json.dumps(result.to_dict(), default=str))
     check_scan(data, f"scan of {suspect_model}")
     return data
