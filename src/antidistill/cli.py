@@ -441,6 +441,9 @@ def report(
                                                       "the accounts' exchanges from the audit log.")] = None,
     policy: Annotated[Path | None, typer.Option("--policy", help="Policy file whose clauses are quoted (default: "
                                                                  "the shipped policy).")] = None,
+    template_dir: Annotated[Path | None, typer.Option("--template-dir", help="Directory of report templates that "
+                                                      "replace the shipped ones of the same name (letterhead.html, "
+                                                      "style.css, …).", file_okay=False)] = None,
     as_json: JsonOpt = False,
     database_url: Annotated[str | None, typer.Option("--database-url", help="Database URL (default: the "
                                                      "configured one).", show_default=False)] = None,
@@ -456,7 +459,7 @@ def report(
         db = safe_url(normalize_url(database_url)) if database_url else None
         files, evidence = make_report(store, out_dir, account=account, cluster=cluster, scan_files=scan or [],
                                       control_files=control_scan or [], suspect_model=suspect_model,
-                                      policy_file=policy, database=db)
+                                      policy_file=policy, database=db, template_dir=template_dir)
     summary = evidence["summary"]
     if as_json:
         _print_json({"html": str(files.html), "json": str(files.json), "sha256sums": str(files.sums),

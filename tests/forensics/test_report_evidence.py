@@ -35,7 +35,7 @@ from antidistill.forensics.report.evidence import (
 )
 from antidistill.forensics.report.verdict import Verdict, control_table, decide
 from antidistill.forensics.report.wording import summarize
-from tests.forensics.test_report import T0, Install, check_package, exchange, parse
+from tests.forensics.test_report import T0, Install, check_package, exchange, parse, run
 
 
 @pytest.fixture
@@ -253,6 +253,30 @@ def test_bad_template_dir_is_input_error(inst, tmp_path):
     (d / "letterhead.html").write_text("{{ ev.no_such_field }}", encoding="utf-8")
     with pytest.raises(InputError, match="no_such_field"):
         rep.make_report(inst.store, tmp_path / "out", account=inst.harvester, template_dir=d)
+
+
+@pytest.fixture
+def cli_env(inst, monkeypatch):
+    from antidistill.settings import get_settings
+
+    monkeypatch.setenv("ANTIDISTILL_MASTER_KEY", bytes(range(32)).hex())
+    get_settings.cache_clear()
+    return inst
+
+
+def test_cli_template_dir(cli_env, tmp_path, capsys):
+    inst = cli_env
+    d = tmp_path / "tpl"
+    d.mkdir()
+    (d / "letterhead.html").write_text("<p>Example Legal LLP</p>", encoding="utf-8")
+    code, out, err = run(capsys, "report", "--account", inst.harvester, "--out", tmp_path / "pkg", "--template-dir",
+                         d, "--json", "--database-url", inst.url)
+    assert code == 0, err
+    assert "Example Legal LLP" in Path(json.loads(out)["html"]).read_text(encoding="utf-8")
+    code, out, err = run(capsys, "report", "--account", inst.harvester, "--out", tmp_path / "pkg2", "--template-dir",
+                         tmp_path / "missing", "--database-url", inst.url)
+    assert code == 2 and [ln for ln in err.splitlines() if ln.strip()] == [
+        f"error: template directory not found: {tmp_path / 'missing'}"]
 
 
 def test_shipped_templates_are_package_data():
