@@ -114,10 +114,6 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
 
-def _fmt_p(p: float | None) -> str:
-    return "-" if p is None else f"{p:.3g}"
-
-
 # ---- generate ---------------------------------------------------------------------------------------
 @app.command()
 def generate(
@@ -244,16 +240,20 @@ def _report_dict(report) -> dict[str, Any]:
 
 
 def _print_report(report, text: str) -> None:
+    # the report package (one fmt_p for every p-value shown) loads Jinja2 and SQLAlchemy, about 0.6 s that
+    # `antidistill --help` must not pay
+    from antidistill.forensics.report import fmt_p
+
     verdict = "[bold red]WATERMARKED[/]" if report.watermarked else "[bold green]not watermarked[/]"
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_row("verdict", f"{verdict} at alpha {report.alpha:g}")
-    t.add_row("p-value", _fmt_p(report.p_value))
+    t.add_row("p-value", fmt_p(report.p_value))
     t.add_row("tokens scored", f"{report.tokens_scored} distinct pairs of {report.total_tokens} tokens")
     t.add_row("green", f"{report.green} ({report.green_fraction:.1%}, z = {report.z:.2f})")
     if report.attribution is not None:
         a = report.attribution
         who = report.account or "no account (best: " + (a.key_id or "-") + ")"
-        t.add_row("account", f"{who}, corrected p = {_fmt_p(a.p_value_corrected)} over {a.keys_tested} keys")
+        t.add_row("account", f"{who}, corrected p = {fmt_p(a.p_value_corrected)} over {a.keys_tested} keys")
     if report.span is not None and report.span.watermarked:
         s = report.span
         where = f"tokens {s.start_token}-{s.end_token}"
@@ -261,7 +261,7 @@ def _print_report(report, text: str) -> None:
             snippet = text[s.start_char : s.end_char].replace("\n", " ")
             snippet = snippet if len(snippet) <= 80 else snippet[:38] + " … " + snippet[-38:]
             where += f", chars {s.start_char}-{s.end_char}: “{snippet}”"
-        t.add_row("marked span", f"{where} (windowed test, corrected p = {_fmt_p(s.p_value_corrected)})")
+        t.add_row("marked span", f"{where} (windowed test, corrected p = {fmt_p(s.p_value_corrected)})")
     out.print(t)
 
 
