@@ -113,10 +113,6 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
 
-def _fmt_p(p: float | None) -> str:
-    return "-" if p is None else f"{p:.3g}"
-
-
 # ---- generate ---------------------------------------------------------------------------------------
 @app.command()
 def generate(
@@ -243,16 +239,20 @@ def _report_dict(report) -> dict[str, Any]:
 
 
 def _print_report(report, text: str) -> None:
+    # the report package (one fmt_p for every p-value shown) loads Jinja2 and SQLAlchemy, about 0.6 s that
+    # `antidistill --help` must not pay
+    from antidistill.forensics.report import fmt_p
+
     verdict = "[bold red]WATERMARKED[/]" if report.watermarked else "[bold green]not watermarked[/]"
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_row("verdict", f"{verdict} at alpha {report.alpha:g}")
-    t.add_row("p-value", _fmt_p(report.p_value))
+    t.add_row("p-value", fmt_p(report.p_value))
     t.add_row("tokens scored", f"{report.tokens_scored} distinct pairs of {report.total_tokens} tokens")
     t.add_row("green", f"{report.green} ({report.green_fraction:.1%}, z = {report.z:.2f})")
     if report.attribution is not None:
         a = report.attribution
         who = report.account or "no account (best: " + (a.key_id or "-") + ")"
-        t.add_row("account", f"{who}, corrected p = {_fmt_p(a.p_value_corrected)} over {a.keys_tested} keys")
+        t.add_row("account", f"{who}, corrected p = {fmt_p(a.p_value_corrected)} over {a.keys_tested} keys")
     if report.span is not None and report.span.watermarked:
         s = report.span
         where = f"tokens {s.start_token}-{s.end_token}"
@@ -260,7 +260,7 @@ def _print_report(report, text: str) -> None:
             snippet = text[s.start_char : s.end_char].replace("\n", " ")
             snippet = snippet if len(snippet) <= 80 else snippet[:38] + " … " + snippet[-38:]
             where += f", chars {s.start_char}-{s.end_char}: “{snippet}”"
-        t.add_row("marked span", f"{where} (windowed test, corrected p = {_fmt_p(s.p_value_corrected)})")
+        t.add_row("marked span", f"{where} (windowed test, corrected p = {fmt_p(s.p_value_corrected)})")
     out.print(t)
 
 
@@ -440,6 +440,9 @@ def report(
                                                       "the accounts' exchanges from the audit log.")] = None,
     policy: Annotated[Path | None, typer.Option("--policy", help="Policy file whose clauses are quoted (default: "
                                                                  "the shipped policy).")] = None,
+    template_dir: Annotated[Path | None, typer.Option("--template-dir", help="Directory of report templates that "
+                                                      "replace the shipped ones of the same name (letterhead.html, "
+                                                      "style.css, …).", file_okay=False)] = None,
     as_json: JsonOpt = False,
     database_url: Annotated[str | None, typer.Option("--database-url", help="Database URL (default: the "
                                                      "configured one).", show_default=False)] = None,
@@ -455,7 +458,7 @@ def report(
         db = safe_url(normalize_url(database_url)) if database_url else None
         files, evidence = make_report(store, out_dir, account=account, cluster=cluster, scan_files=scan or [],
                                       control_files=control_scan or [], suspect_model=suspect_model,
-                                      policy_file=policy, database=db)
+                                      policy_file=policy, database=db, template_dir=template_dir)
     summary = evidence["summary"]
     if as_json:
         _print_json({"html": str(files.html), "json": str(files.json), "sha256sums": str(files.sums),

@@ -24,10 +24,6 @@ err = Console(stderr=True, soft_wrap=True)
 TEACHER = "teacher"
 
 
-def _fmt_p(p: float | None) -> str:
-    return "-" if p is None else f"{p:.3g}"
-
-
 def _open_store(settings):
     """The installation's store, or ``None`` where there is none (no URL configured and no SQLite file)."""
     from antidistill.store.db import DEFAULT_SQLITE_FILE
@@ -59,29 +55,33 @@ def _check_suspect_tokenizer(source, teacher_tok, settings) -> None:
 
 
 def _print_report(r) -> None:
+    # one fmt_p for every p-value shown; the report package loads Jinja2 and SQLAlchemy (about 0.6 s), which
+    # `antidistill --help` must not pay
+    from antidistill.forensics.report import fmt_p
+
     t = Table(show_header=False, box=None, pad_edge=False)
     color = "bold red" if r.significant else "bold green"
     t.add_row("verdict", f"[{color}]{'RADIOACTIVE' if r.significant else 'no evidence'}[/] at alpha {r.alpha:g}, "
-                         f"overall p = {_fmt_p(r.p_value)}")
+                         f"overall p = {fmt_p(r.p_value)}")
     t.add_row("suspect", f"{r.mode} mode: {r.suspect}")
     t.add_row("tuples", f"{r.tokens_scored} distinct scored of {r.tokens_seen} positions ({r.texts} texts); "
                         "skipped: " + (", ".join(f"{k} {v}" for k, v in sorted(r.skipped.items())) or "none"))
     if r.provider is not None:
         p = r.provider
-        t.add_row("provider key", f"p = {_fmt_p(p.p_value)} ({p.green}/{p.n} green, {p.green_fraction:.1%}, "
+        t.add_row("provider key", f"p = {fmt_p(p.p_value)} ({p.green}/{p.n} green, {p.green_fraction:.1%}, "
                                   f"z = {p.z:.2f})")
     for a in r.accounts[:3]:
-        t.add_row("account", f"{a.account}: corrected p = {_fmt_p(a.p_corrected)} (p = {_fmt_p(a.p_value)}, "
+        t.add_row("account", f"{a.account}: corrected p = {fmt_p(a.p_corrected)} (p = {fmt_p(a.p_value)}, "
                              f"{a.green}/{a.n} green, {a.key_id})")
     for c in r.clusters[:3]:
-        t.add_row("cluster", f"{c.cluster_id} ({len(c.accounts)} accounts): corrected p = {_fmt_p(c.p_corrected)} "
+        t.add_row("cluster", f"{c.cluster_id} ({len(c.accounts)} accounts): corrected p = {fmt_p(c.p_corrected)} "
                              f"({c.green}/{c.n} pooled)")
     keyed = [c.p_value for c in r.controls if c.model is None]
     if keyed:
-        t.add_row("control keys", f"{len(keyed)} never-issued keys: smallest p = {_fmt_p(min(keyed))}")
+        t.add_row("control keys", f"{len(keyed)} never-issued keys: smallest p = {fmt_p(min(keyed))}")
     for c in r.controls:
         if c.model is not None:
-            t.add_row("control model", f"{c.model}: p = {_fmt_p(c.p_value)} over {c.tokens_scored} tuples")
+            t.add_row("control model", f"{c.model}: p = {fmt_p(c.p_value)} over {c.tokens_scored} tuples")
     out.print(t)
     out.print(r.verdict, markup=False)
 
