@@ -30,6 +30,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from antidistill.extras import require
+
 U64 = np.uint64
 _M1 = U64(0xFF51AFD7ED558CCD)
 _M2 = U64(0xC4CEB9FE1A85EC53)
@@ -282,6 +284,7 @@ class HFLefthashScheme(GreenListScheme):
             if hit is not None:
                 self._cache.move_to_end(ck)
                 return hit
+        require("model", "the hf-lefthash scheme")  # it draws torch's permutations
         import torch  # heavy, and only this interoperability scheme needs it
 
         gen = torch.Generator(device="cpu")
