@@ -538,7 +538,8 @@ def _require_extras(argv: list[str]) -> None:
     for n in (2, 1):
         if path[:n] in COMMAND_EXTRAS:
             for extra in COMMAND_EXTRAS[path[:n]]:
-                require(extra, f"`antidistill {' '.join(path[:n])}`")
+                # the demo runs every part: one install that surely covers it
+                require(extra, f"`antidistill {' '.join(path[:n])}`", install="all" if path[0] == "demo" else None)
             return
 
 

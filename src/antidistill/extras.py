@@ -58,16 +58,17 @@ def missing(extra: str) -> list[str]:
     return [m for m in modules(extra) if importlib.util.find_spec(m) is None]
 
 
-def require(extra: str, what: str | None = None) -> None:
+def require(extra: str, what: str | None = None, install: str | None = None) -> None:
     """Raise :class:`MissingExtraError` unless ``extra`` is installed.
 
     Args:
         extra: the extra's name in ``pyproject.toml`` (``"gateway"``).
         what: the thing that needs it, for the message (``"`antidistill serve`"``); default: "this".
+        install: the extra the message tells the user to install (default: ``extra``).
     """
     gone = missing(extra)
     if gone:
-        raise MissingExtraError(extra, gone[0], what)
+        raise MissingExtraError(extra, gone[0], what, install)
 
 
 def extras_providing(module: str) -> list[str]:

@@ -50,7 +50,7 @@ def make_backend(settings: Settings) -> Backend:
             return UpstreamBackend(settings.upstream_url, key, settings.upstream_model, settings.upstream_timeout)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    require("model", "the local backend (serve --backend upstream or fake needs no model)")
+    require("model", "the local backend")  # upstream and fake need no model
     from antidistill.models.local_backend import LocalBackend
 
     return LocalBackend(model_path=settings.model, cache_dir=settings.cache_dir)
