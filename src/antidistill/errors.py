@@ -23,3 +23,25 @@ class InputError(AntidistillError, ValueError):
 
 class ModelError(AntidistillError):
     """A model could not be found or loaded."""
+
+
+class MissingExtraError(AntidistillError, ModuleNotFoundError):
+    """An optional part is not installed: the message names the extra that installs it.
+
+    Also a :class:`ModuleNotFoundError`, so code that falls back when an import fails keeps doing so.
+
+    Args:
+        extra: the extra to install (``"gateway"``).
+        module: the first module of it that is missing.
+        what: what needs it (``"`antidistill serve`"``); default: "this".
+        install: the extra to tell the user to install (default: ``extra``; ``"all"`` for the demo).
+    """
+
+    def __init__(self, extra: str, module: str, what: str | None = None, install: str | None = None) -> None:
+        self.extra, self.what, self.install = extra, what, install
+        need = f"{what} needs" if what else "this needs"
+        super().__init__(f"{need} the {extra} extra: pip install 'antidistill[{install or extra}]' ({module} is not "
+                         "installed)", name=module)
+
+    def __reduce__(self):
+        return type(self), (self.extra, self.name, self.what, self.install)

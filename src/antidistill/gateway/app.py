@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from antidistill import __version__
 from antidistill.errors import ConfigError
+from antidistill.extras import require
 from antidistill.gateway.deps import Gateway
 from antidistill.gateway.errors import BodyLimitMiddleware, install_exception_handlers
 from antidistill.gateway.limits import RateLimiter, make_limiter
@@ -49,6 +50,7 @@ def make_backend(settings: Settings) -> Backend:
             return UpstreamBackend(settings.upstream_url, key, settings.upstream_model, settings.upstream_timeout)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    require("model", "the local backend")  # upstream and fake need no model
     from antidistill.models.local_backend import LocalBackend
 
     return LocalBackend(model_path=settings.model, cache_dir=settings.cache_dir)

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from antidistill.errors import AntidistillError, ConfigError
+from antidistill.extras import require
 
 
 class BackendChoice(StrEnum):
@@ -75,6 +76,7 @@ def serve(
     """Serve the OpenAI-compatible gateway: watermarked completions, limits, audit log, admin API, metrics."""
     import logging
 
+    require("gateway", "`antidistill serve`")  # also when run as python -m antidistill.gateway
     import uvicorn
 
     overrides: dict[str, Any] = {

@@ -237,6 +237,10 @@ class _Run:
             time.perf_counter() - self.t0)
 
     # ---- response bodies ---------------------------------------------------------------------------
+    # The shapes of antidistill.gateway.schemas (ChatCompletion, Completion, ChatCompletionChunk, CompletionChunk),
+    # built as plain dicts: one text chunk takes 7 us so, 13.5 us as validated model objects serialized by
+    # pydantic-core, 20 us through model_dump + json.dumps (timeit), paid on every token of every stream.
+    # tests/gateway/test_shapes.py holds every body and chunk the gateway emits to the models, field for field.
     def usage(self, result: GenerationResult) -> dict[str, int]:
         return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                 "total_tokens": result.prompt_tokens + result.completion_tokens}

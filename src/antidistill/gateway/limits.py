@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from antidistill.extras import require
+
 WINDOW_S = 60
 DAY_S = 86_400
 
@@ -277,6 +279,7 @@ class RedisLimiter(RateLimiter):
     """
 
     def __init__(self, url: str | None = None, prefix: str = "antidistill", client: Any = None) -> None:
+        require("redis", "Redis rate limits")
         import redis.asyncio as aioredis
 
         if client is None and not url:

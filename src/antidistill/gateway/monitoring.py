@@ -370,10 +370,14 @@ class Monitoring:
 
 def load_monitor(settings: Any) -> MonitorLike:
     """The monitor the settings ask for (:class:`antidistill.monitor.pipeline.Monitor`)."""
-    from antidistill.errors import ConfigError
+    from antidistill.errors import ConfigError, MissingExtraError
+    from antidistill.extras import require
 
     try:
+        require("monitor", "ANTIDISTILL_MONITOR (serve --monitor)")
         from antidistill.monitor.pipeline import Monitor
+    except MissingExtraError:
+        raise
     except ImportError as exc:
         raise ConfigError(f"ANTIDISTILL_MONITOR is on but the monitor cannot be loaded: {exc}") from None
     return Monitor.load(settings)

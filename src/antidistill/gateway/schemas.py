@@ -1,8 +1,9 @@
 """Request and response bodies of the HTTP API, separate from the storage models.
 
 Requests mirror OpenAI's (unknown fields are accepted and ignored, as OpenAI does; the types are strict, so
-``"max_tokens": "10"`` is a 400, not a silent conversion). Responses are built only from these classes, which
-have no field for a key hash or a watermark key, so neither can reach a client by accident.
+``"max_tokens": "10"`` is a 400, not a silent conversion). Responses have no field for a key hash or a watermark
+key, so neither can reach a client by accident: the admin API's are built from these classes, and the OpenAI
+bodies and stream chunks, built as dicts for speed, are tested to be exactly these shapes (see "responses").
 """
 
 from __future__ import annotations
@@ -130,26 +131,42 @@ class CompletionRequest(_Sampling):
 
 
 # ---- responses ------------------------------------------------------------------------------------------
-class Usage(BaseModel):
+# OpenAI's shapes, the one definition of what the gateway answers. The gateway builds its bodies and stream
+# chunks as plain dicts on the hot path (antidistill.gateway.exchange; a model object per chunk costs measurably
+# more per token), and tests/gateway/test_shapes.py checks that every body and chunk it emits is exactly one of
+# these: no field missing, none added, the official SDK parses them.
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+#: why a choice ended, OpenAI's values (the local and fake backends give "stop" or "length")
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+#: the legacy completions endpoint has no tools
+CompletionFinishReason = Literal["stop", "length", "content_filter"]
+
+
+class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
-class AssistantMessage(BaseModel):
+class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str
     refusal: None = None
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(_Response):
     index: int
     message: AssistantMessage
-    finish_reason: str
     logprobs: None = None
+    finish_reason: FinishReason
 
 
-class ChatCompletion(BaseModel):
+class ChatCompletion(_Response):
+    """The body of a chat completion (``POST /v1/chat/completions`` without ``stream``)."""
+
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -159,14 +176,16 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
-class CompletionChoice(BaseModel):
+class CompletionChoice(_Response):
     index: int
     text: str
-    finish_reason: str
     logprobs: None = None
+    finish_reason: CompletionFinishReason
 
 
-class Completion(BaseModel):
+class Completion(_Response):
+    """The body of a text completion (``POST /v1/completions`` without ``stream``)."""
+
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -176,27 +195,73 @@ class Completion(BaseModel):
     system_fingerprint: str | None = None
 
 
-class Model(BaseModel):
+class ChatDelta(_Response):
+    """What a chunk adds to a choice: the role (first chunk only), text, or nothing (the finishing chunk)."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Response):
+    index: int
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(_Response):
+    """One server-sent event of a streamed chat completion. ``usage`` is there only with
+    ``stream_options.include_usage``: null on every chunk but the last, which has no choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChunkChoice(_Response):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: CompletionFinishReason | None = None
+
+
+class CompletionChunk(_Response):
+    """One server-sent event of a streamed text completion (``usage`` as in :class:`ChatCompletionChunk`)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+
+
+class Model(_Response):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "antidistill"
 
 
-class ModelList(BaseModel):
+class ModelList(_Response):
     object: Literal["list"] = "list"
     data: list[Model]
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(_Response):
     message: str
     type: str
     param: str | None = None
     code: str | None = None
 
 
-class ErrorResponse(BaseModel):
-    """OpenAI's error body."""
+class ErrorResponse(_Response):
+    """OpenAI's error body (also the data of a stream's error event)."""
 
     error: ErrorDetail
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
+import importlib.util
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from antidistill.errors import ModelError
+from antidistill.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,8 @@ def resolve_model(path: str | os.PathLike | None = None) -> ModelSource:
 
 
 def _quiet_transformers() -> None:
+    # without torch, `import transformers` warns that models are unavailable: we only want its tokenizers then
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -94,18 +98,38 @@ def _cache_root(cache_dir: Path, source: ModelSource) -> Path:
     return cache_dir / "models" / f"{source.name}-{source.cache_id}"
 
 
+def has_torch() -> bool:
+    """Whether torch is installed (the ``model`` extra), found without importing it."""
+    return importlib.util.find_spec("torch") is not None
+
+
 def load_tokenizer(source: ModelSource, cache_dir: Path | None = None) -> Any:
-    """The model's tokenizer (no weights are read). GGUF tokenizers are cached as ``tokenizer.json``."""
+    """The model's tokenizer (no weights are read). GGUF tokenizers are cached as ``tokenizer.json``.
+
+    With torch, a GGUF file's tokenizer is built by ``AutoTokenizer`` (cached under ``tokenizer/``, which
+    generation uses too). Without it (the core install), by :func:`~antidistill.models.gguf_tokenizer.gguf_tokenizer`
+    from the same metadata with the same converter, and cached apart (``tokenizer-no-torch/``), so that it never
+    stands in for the one generation uses; a cached ``tokenizer/`` is preferred by both.
+    """
     _quiet_transformers()
     from transformers import AutoTokenizer
 
     try:
         if source.kind == "dir":
             return AutoTokenizer.from_pretrained(str(source.path))
-        cached = _cache_root(cache_dir, source) / "tokenizer" if cache_dir else None
-        if cached is not None and (cached / "tokenizer.json").is_file():
-            return AutoTokenizer.from_pretrained(str(cached))
-        tok = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
+        root = _cache_root(cache_dir, source) if cache_dir else None
+        if root is not None and (root / "tokenizer" / "tokenizer.json").is_file():
+            return AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+        if has_torch():
+            cached = root / "tokenizer" if root else None
+            tok = AutoTokenizer.from_pretrained(str(source.path.parent), gguf_file=source.path.name)
+        else:
+            from antidistill.models.gguf_tokenizer import gguf_tokenizer
+
+            cached = root / "tokenizer-no-torch" if root else None
+            if cached is not None and (cached / "tokenizer.json").is_file():
+                return AutoTokenizer.from_pretrained(str(cached))
+            tok = gguf_tokenizer(source.path)
         if cached is not None:
             _atomic_save(cached, tok.save_pretrained)
         return tok
@@ -139,6 +163,7 @@ class LoadStats:
 
 def load_causal_lm(source: ModelSource, cache_dir: Path | None = None) -> tuple[Any, LoadStats]:
     """The model in float32 on the CPU, in eval mode. GGUF weights are dequantized once, then cached."""
+    require("model", "loading a model's weights")
     _quiet_transformers()
     import torch
     from transformers import AutoModelForCausalLM

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from antidistill.errors import ModelError
+from antidistill.extras import require
 
 MAX_CHARS = 1000
 DIM = 384
@@ -54,11 +55,10 @@ class Embedder:
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            try:
-                import torch
-                from sentence_transformers import SentenceTransformer
-            except ImportError as exc:  # pragma: no cover - a dependency of the package
-                raise ModelError(f"embeddings need sentence-transformers: {exc}") from None
+            require("embeddings", "prompt embeddings")
+            import torch
+            from sentence_transformers import SentenceTransformer
+
             if self.threads is not None:
                 torch.set_num_threads(self.threads)
             self._model = SentenceTransformer(str(model_dir()), device="cpu")

@@ -34,6 +34,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 
 from antidistill.errors import ConfigError
+from antidistill.extras import require
 from antidistill.files import private_sqlite_files
 from antidistill.settings import Settings
 
@@ -94,6 +95,7 @@ def create_store_engine(url: str | URL, **kwargs: Any) -> Engine:
     u = normalize_url(url)
     if u.get_backend_name() == "sqlite":
         return _sqlite_engine(u, **kwargs)
+    require("postgres", "a PostgreSQL database")
     # pre_ping: a replica outlives database restarts and failovers without serving one error per stale connection.
     engine = create_engine(u, pool_pre_ping=True, **kwargs)
 

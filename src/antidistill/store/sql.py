@@ -37,6 +37,7 @@ from sqlalchemy import Connection, Engine, func, insert, inspect, select, text, 
 from sqlalchemy.exc import OperationalError
 
 from antidistill.errors import ConfigError, InputError
+from antidistill.extras import require
 from antidistill.keys import MASTER_KEY_FILE, MasterKey
 from antidistill.settings import Settings, get_settings
 from antidistill.store.api import (
@@ -810,6 +811,7 @@ class Store:
         return n
 
     def _export_parquet(self, path: Path, batch_size: int) -> int:
+        require("parquet", "exporting Parquet")
         import pyarrow as pa
         import pyarrow.parquet as pq
 

@@ -31,6 +31,7 @@ from functools import lru_cache
 import numpy as np
 
 from antidistill.errors import InputError
+from antidistill.extras import require
 
 U64 = np.uint64
 _M1 = U64(0xFF51AFD7ED558CCD)
@@ -289,6 +290,7 @@ class HFLefthashScheme(GreenListScheme):
             if hit is not None:
                 self._cache.move_to_end(ck)
                 return hit
+        require("model", "the hf-lefthash scheme")  # it draws torch's permutations
         import torch  # heavy, and only this interoperability scheme needs it
 
         gen = torch.Generator(device="cpu")
