@@ -269,3 +269,19 @@ def test_checks_fail_when_most_marked_completions_cannot_be_tested(ring):
     _, checks, out = run_early_stages(lm, ring)
     assert {"most marked completions long enough to test", "most marked completions attributed"} <= set(
         failed(checks)), out
+
+
+# ---- stages 1-3 on the real model under several master keys (which completion loops depends on the key) --------
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [2, 4, 6, 9])  # 9: alice's first try was too repetitive and is generated again
+def test_early_stages_pass_under_several_master_keys(key, local_model, monkeypatch):
+    from antidistill.keys import KeyRing
+    from antidistill.settings import get_settings
+
+    monkeypatch.setenv("ANTIDISTILL_MASTER_KEY", hashlib.sha256(f"demo-master-key-{key}".encode()).hexdigest())
+    get_settings.cache_clear()
+    ring = KeyRing.open(get_settings())  # the installation's keys, as `antidistill demo` opens them
+    served, checks, out = run_early_stages(local_model, ring, demo_rows(1, 1))
+    assert len(served.completions) == 3
+    assert failed(checks) == [], out
+    assert "2 of 2 marked completions long enough to test" in out
