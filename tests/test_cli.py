@@ -184,3 +184,89 @@ def test_generate_then_detect_attributes(capsys, tmp_path, shared_cache_env, loc
                        "--json")
     d = json.loads(out)
     assert d["watermarked"] is True and d["account"] == "alice", d
+
+
+# ---- transformers interop through the command line (hf-lefthash, an explicit --hashing-key) ---------------------
+HF_KEY = 15485863  # transformers' default hashing_key
+HF_GAMMA, HF_DELTA = 0.25, 2.0  # transformers' defaults: greenlist_ratio 0.25, bias 2.0
+HF_FLAGS = ("--scheme", "hf-lefthash", "--gamma", str(HF_GAMMA), "--delta", str(HF_DELTA))
+
+
+def hf_watermarking_config(key: int = HF_KEY):
+    from transformers import WatermarkingConfig
+
+    return WatermarkingConfig(bias=HF_DELTA, greenlist_ratio=HF_GAMMA, hashing_key=key, seeding_scheme="lefthash",
+                              context_width=1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["generate", "hi"], "give --account"),
+        (["generate", "--account", "a", "--hashing-key", "3", "hi"], "exclusive"),
+        (["generate", "--hashing-key", "-3", "hi"], "hashing key must be in"),
+        (["generate", "--hashing-key", "3", "--provider-fraction", "0.5", "hi"], "--provider-fraction must be 0"),
+        (["generate", "--account", "a", "--scheme", "nope", "hi"], "scheme must be one of"),
+        (["generate", "--account", "a", "--scheme", "hf-lefthash", "--provider-fraction", "0.5", "hi"],
+         "hf-lefthash is single-key"),
+        (["detect", "--hashing-key", "3", "--provider-fraction", "0.5", "HUMAN"], "--provider-fraction must be 0"),
+    ],
+)
+def test_generate_mark_options_are_checked_like_detect(capsys, human_file, argv, needle):
+    # refused before the model is loaded
+    argv = [str(human_file) if a == "HUMAN" else a for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, needle)
+
+
+@pytest.mark.slow
+def test_generate_hashing_key_is_read_by_transformers_detector(capsys, shared_cache_env, local_model):
+    import torch
+    from transformers import WatermarkDetector
+
+    code, out, err = run(capsys, "generate", *HF_FLAGS, "--hashing-key", str(HF_KEY), "--max-tokens", "80",
+                         "--seed", "5", "--json", "Write a long story about a dragon who learns to bake bread.")
+    assert code == 0, err
+    gen = json.loads(out)
+    assert gen["key_id"] == "explicit" and gen["account"] is None
+    assert gen["watermark"] == {"scheme": "hf-lefthash", "gamma": HF_GAMMA, "delta": HF_DELTA, "context_width": 1,
+                                "provider_fraction": 0.0}
+    assert str(HF_KEY) not in out + err  # the key is never echoed
+    ids = torch.tensor([local_model.tokenizer(gen["text"], add_special_tokens=False)["input_ids"]])
+    assert ids.shape[1] > 40
+
+    def hf_detect(key):
+        det = WatermarkDetector(model_config=local_model.model.config, device="cpu",
+                                watermarking_config=hf_watermarking_config(key), ignore_repeated_ngrams=True)
+        return det(ids, return_dict=True)
+
+    marked = hf_detect(HF_KEY)
+    assert bool(marked.prediction[0]) and marked.z_score[0] > 4, marked
+    other = hf_detect(HF_KEY + 1)  # another key: the same text looks like any text
+    assert not bool(other.prediction[0]), other
+
+
+@pytest.mark.slow
+def test_detect_hashing_key_reads_transformers_watermark(capsys, tmp_path, shared_cache_env, local_model):
+    import torch
+
+    lm = local_model
+    prompt = lm.encode_prompt("Explain in detail how a refrigerator keeps food cold.")
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        out = lm.model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
+                                dtype=torch.long), do_sample=True, temperature=0.7, top_k=0, max_new_tokens=80,
+                                min_new_tokens=80, pad_token_id=lm.tokenizer.pad_token_id,
+                                watermarking_config=hf_watermarking_config())
+    text = lm.tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
+    f = tmp_path / "hf.txt"
+    f.write_text(text, encoding="utf-8")
+
+    code, out_, err = run(capsys, "detect", str(f), *HF_FLAGS, "--hashing-key", str(HF_KEY), "--json")
+    assert code == 0, err
+    d = json.loads(out_)
+    assert d["watermarked"] is True and d["p_value"] < 1e-4, d
+    assert d["config"]["scheme"] == "hf-lefthash" and d["config"]["provider_fraction"] == 0.0
+    assert str(HF_KEY) not in out_ + err
+    code, out_, _ = run(capsys, "detect", str(f), *HF_FLAGS, "--hashing-key", str(HF_KEY + 1), "--json")
+    assert code == 0 and json.loads(out_)["watermarked"] is False

@@ -100,11 +100,27 @@ def _watermark_config(scheme: str | None, gamma: float | None, delta: float | No
     if width is not None:
         params["context_width"] = width
     if provider_fraction is not None:
+        if hashing_key is not None and provider_fraction != 0.0:
+            raise InputError("--hashing-key marks every position with that one key: --provider-fraction must be 0")
         params["provider_fraction"] = provider_fraction
     elif hashing_key is not None or params.get("scheme") == "hf-lefthash":
         params["provider_fraction"] = 0.0  # one explicit key: a plain single-key watermark
     try:
         return WatermarkConfig(**params)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _explicit_key(hashing_key: int | None, accounts: list[str]):
+    """The key given with ``--hashing-key`` (``None`` without it); it names no account, so it excludes them."""
+    from antidistill.keys import WatermarkKey
+
+    if hashing_key is None:
+        return None
+    if accounts:
+        raise InputError("--hashing-key and --account are exclusive: an explicit key names no account")
+    try:
+        return WatermarkKey.explicit(hashing_key)
     except ValueError as exc:
         raise InputError(str(exc)) from None
 
@@ -117,31 +133,42 @@ def _print_json(obj: Any) -> None:
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
-    account: Annotated[str, typer.Option("--account", help="Account whose key marks the completion.")],
+    account: Annotated[str | None, typer.Option("--account", help="Account whose key marks the completion.")
+                       ] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=4096)] = 128,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=5.0)] = 0.7,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     no_watermark: Annotated[bool, typer.Option("--no-watermark", help="Serve an unmarked completion.")] = False,
     model: ModelOpt = None,
+    scheme: SchemeOpt = None,
     gamma: GammaOpt = None,
     delta: DeltaOpt = None,
     context_width: WidthOpt = None,
+    provider_fraction: ProviderFracOpt = None,
+    hashing_key: HashKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """A watermarked completion from the model, marked with ACCOUNT's key."""
+    """A watermarked completion from the model, marked with ACCOUNT's key (or the key given with --hashing-key)."""
     from antidistill.keys import KeyRing
     from antidistill.models.local import LocalModel
     from antidistill.watermark.marker import MarkKeys
 
     if not prompt.strip():
         raise InputError("prompt is empty")
-    config = _watermark_config(None, gamma, delta, context_width, None, None)
+    config = _watermark_config(scheme, gamma, delta, context_width, provider_fraction, hashing_key)
+    explicit = _explicit_key(hashing_key, [account] if account else [])
+    if account is None and explicit is None and not no_watermark:
+        raise InputError("give --account (its key marks the completion), --hashing-key or --no-watermark")
     settings = _settings()
-    ring = KeyRing.open(settings)
-    try:
-        mark = None if no_watermark else MarkKeys(ring.account_key(account), ring.provider_key())
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    mark = None
+    if explicit is not None and not no_watermark:
+        mark = MarkKeys(explicit)
+    elif account is not None and not no_watermark:
+        ring = KeyRing.open(settings)
+        try:
+            mark = MarkKeys(ring.account_key(account), ring.provider_key())
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     with err.status("Loading the model…"):
         lm = LocalModel.load(model or settings.model, settings.cache_dir, config)
     with err.status("Generating…"):
@@ -149,7 +176,7 @@ def generate(
     if as_json:
         _print_json({"text": c.text, "account": account, "key_id": c.key_id, "completion_tokens": len(c.token_ids),
                      "prompt_tokens": c.prompt_tokens, "finish_reason": c.finish_reason,
-                     "watermark": None if no_watermark else config.to_dict()})
+                     "watermark": None if mark is None else config.to_dict()})
     else:
         sys.stdout.write(c.text + "\n")  # raw: rich would re-wrap the text
 
@@ -193,7 +220,7 @@ def _build_text_detector(model, accounts, accounts_file, alpha, scheme, gamma, d
                          provider_fraction, hashing_key, vocab_size):
     from antidistill.detection.detector import Detector
     from antidistill.detection.text import TextDetector
-    from antidistill.keys import KeyRing, WatermarkKey
+    from antidistill.keys import KeyRing
     from antidistill.models.embedded import load_tokenizer, resolve_model
 
     if not 0.0 < alpha < 1.0:
@@ -204,13 +231,9 @@ def _build_text_detector(model, accounts, accounts_file, alpha, scheme, gamma, d
         names += _read_accounts_file(accounts_file)
     names = list(dict.fromkeys(names))
     settings = _settings()
-    if hashing_key is not None:
-        try:
-            candidates, provider_keys = [WatermarkKey.explicit(hashing_key)], []
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        if names:
-            raise InputError("--hashing-key and --account are exclusive: an explicit key names no account")
+    explicit = _explicit_key(hashing_key, names)
+    if explicit is not None:
+        candidates, provider_keys = [explicit], []
     else:
         ring = KeyRing.open(settings, create=False)
         try:
@@ -475,7 +498,9 @@ def report(
 @app.command()
 def demo(
     model: ModelOpt = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=16, max=1024)] = 160,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=96, max=1024, help="Tokens of each stage-2 "
+                                            "completion; fewer than 96 leave too few distinct token pairs to "
+                                            "test a marked text with power.")] = 160,
     seed: Annotated[int, typer.Option("--seed")] = 7,
     quick: Annotated[bool, typer.Option("--quick", help="Every stage smaller: a few minutes instead of ~15.")]
     = False,

@@ -41,6 +41,14 @@ class TextDetector:
         return [(list(ids), [tuple(o) for o in offs])
                 for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True)]
 
+    def pair_count(self, text: str) -> int:
+        """The distinct scorable (context, token) pairs of ``text``: :meth:`detect` refuses fewer than
+        ``min_pairs``, and the power of its test grows with them (0 for an empty text)."""
+        if not isinstance(text, str) or not text.strip():
+            return 0
+        ((ids, _),) = self.tokenize([text])
+        return len(self.detector.pairs(ids))
+
     def detect_ids(self, ids: Sequence[int], offsets: Sequence[tuple[int, int]] | None = None) -> DetectionReport:
         n_pairs = len(self.detector.pairs(ids))
         if n_pairs < self.min_pairs:
