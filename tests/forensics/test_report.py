@@ -28,6 +28,7 @@ from antidistill.store.api import Alert, AuditEntry
 from antidistill.store.sql import Store
 from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.marker import Watermark
+from antidistill.workflows.report import make_report
 from tests.synthetic import TEST_MASTER, sample, uniform_tokens
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -214,7 +215,7 @@ def test_account_report_end_to_end(inst, tmp_path):
     suspect = inst.scan(inst.harvester, "student-of-harvest-labs")
     control = inst.scan(None, "independent-model", seed=2)
     assert suspect["significant"] and not control["significant"]  # the inputs are what the test claims
-    files, ev = rep.make_report(inst.store, tmp_path / "out", account=inst.harvester,
+    files, ev = make_report(inst.store, tmp_path / "out", account=inst.harvester,
                                 scan_files=[inst.write_scan(tmp_path, "s.json", suspect)],
                                 control_files=[inst.write_scan(tmp_path, "c.json", control)],
                                 now=T0 + timedelta(days=3))
@@ -292,7 +293,7 @@ def test_account_report_end_to_end(inst, tmp_path):
 def test_tampering_is_reported_as_such(inst, tmp_path):
     with inst.store.engine.begin() as conn:
         conn.execute(text("UPDATE audit_records SET completion = :c WHERE seq = 5"), {"c": '["edited"]'})
-    files, ev = rep.make_report(inst.store, tmp_path / "out", account=inst.harvester)
+    files, ev = make_report(inst.store, tmp_path / "out", account=inst.harvester)
     _, _, page = check_package(files)
     v = ev["audit"]["verification"]
     assert not v["ok"] and v["first_bad_seq"] == 5 and "edited" in v["problem"]
@@ -304,7 +305,7 @@ def test_tampering_is_reported_as_such(inst, tmp_path):
 def test_failed_control_is_not_hidden(inst, tmp_path):
     suspect = inst.scan(inst.harvester, "student")
     bad_control = inst.scan(inst.bystander, "control-that-is-not", seed=3)
-    files, ev = rep.make_report(inst.store, tmp_path / "out", account=inst.harvester,
+    files, ev = make_report(inst.store, tmp_path / "out", account=inst.harvester,
                                 scan_files=[inst.write_scan(tmp_path, "s.json", suspect)],
                                 control_files=[inst.write_scan(tmp_path, "c.json", bad_control)])
     check_package(files)
@@ -315,7 +316,7 @@ def test_failed_control_is_not_hidden(inst, tmp_path):
 
 def test_innocent_suspect_is_not_accused(inst, tmp_path):
     clean = inst.scan(None, "unrelated-model", seed=4)
-    files, ev = rep.make_report(inst.store, tmp_path / "out", account=inst.harvester,
+    files, ev = make_report(inst.store, tmp_path / "out", account=inst.harvester,
                                 scan_files=[inst.write_scan(tmp_path, "s.json", clean)])
     check_package(files)
     assert ev["summary"]["verdict"] == "not_shown"
@@ -326,7 +327,7 @@ def test_innocent_suspect_is_not_accused(inst, tmp_path):
 def test_our_mark_without_the_accounts_mark_is_not_attributed(inst, tmp_path):
     """A student of another customer's outputs: ours, but the report must not pin it on this account."""
     other = inst.scan(inst.bystander, "student-of-someone-else", seed=5)
-    files, ev = rep.make_report(inst.store, tmp_path / "out", account=inst.harvester,
+    files, ev = make_report(inst.store, tmp_path / "out", account=inst.harvester,
                                 scan_files=[inst.write_scan(tmp_path, "s.json", other)])
     check_package(files)
     s = ev["summary"]
@@ -340,7 +341,7 @@ def test_our_mark_without_the_accounts_mark_is_not_attributed(inst, tmp_path):
 def test_cluster_from_monitor_id_with_pooled_scan(inst, tmp_path):
     inst.alerts()
     suspect = inst.scan(inst.harvester, "student")
-    files, ev = rep.make_report(inst.store, tmp_path / "out", cluster="cl_harvest",
+    files, ev = make_report(inst.store, tmp_path / "out", cluster="cl_harvest",
                                 scan_files=[inst.write_scan(tmp_path, "s.json", suspect)])
     check_package(files)
     assert ev["subject"] == {"kind": "cluster", "id": "cl_harvest", "source": "monitor",
@@ -356,7 +357,7 @@ def test_cluster_from_monitor_id_with_pooled_scan(inst, tmp_path):
 def test_cluster_as_list_pools_the_accounts_exactly(inst, tmp_path):
     scan = inst.scan(inst.harvester, "student")
     scan["clusters"] = []  # a scan that did not pool this group: the report pools the accounts' counts itself
-    files, ev = rep.make_report(inst.store, tmp_path / "out", cluster=f"{inst.harvester},{inst.bystander}",
+    files, ev = make_report(inst.store, tmp_path / "out", cluster=f"{inst.harvester},{inst.bystander}",
                                 scan_files=[inst.write_scan(tmp_path, "s.json", scan)])
     check_package(files)
     rows = [a for a in scan["accounts"] if a["account"] in (inst.harvester, inst.bystander)]
@@ -369,7 +370,7 @@ def test_cluster_as_list_pools_the_accounts_exactly(inst, tmp_path):
 
     f = tmp_path / "cluster.txt"
     f.write_text(f"# two accounts\n{inst.linked}\n\n{inst.bystander}\n")
-    _, ev = rep.make_report(inst.store, tmp_path / "out2", cluster=str(f))
+    _, ev = make_report(inst.store, tmp_path / "out2", cluster=str(f))
     assert ev["subject"]["account_ids"] == [inst.linked, inst.bystander] and ev["subject"]["source"] == "file"
 
 
@@ -386,7 +387,7 @@ def test_scan_in_the_documented_shape(inst, tmp_path):
             "curve": [{"tokens": 1000, "p_value": 1e-5}, {"tokens": 4000, "p_value": 1e-30}],
             "controls": [{"name": "base model", "model": "base", "p_value": 0.4, "tokens_scored": 3000}],
             "verdict": "distilled", "p_value": 2e-30}
-    files, ev = rep.make_report(inst.store, tmp_path / "out", account=inst.harvester,
+    files, ev = make_report(inst.store, tmp_path / "out", account=inst.harvester,
                                 scan_files=[inst.write_scan(tmp_path, "s.json", data)])
     _, html_text, _ = check_package(files)
     s = ev["scans"][0]
@@ -409,7 +410,7 @@ def test_no_monitor_data(inst, tmp_path):
                 raise AttributeError(name)
             return getattr(self._s, name)
 
-    files, ev = rep.make_report(OldStore(inst.store), tmp_path / "out", account=inst.harvester)
+    files, ev = make_report(OldStore(inst.store), tmp_path / "out", account=inst.harvester)
     _, _, page = check_package(files)
     assert not ev["monitor"]["available"] and "no monitor data" in page.visible
     assert sum(1 for tag, k, _ in page.attrs if tag == "img" and k == "src") == 1  # the timeline only
@@ -431,7 +432,7 @@ def test_p_words_and_fmt_p():
 
 def test_account_without_traffic(inst, tmp_path):
     acct, _, _ = inst.store.create_account("Quiet Co")
-    files, ev = rep.make_report(inst.store, tmp_path / "out", account=acct.id)
+    files, ev = make_report(inst.store, tmp_path / "out", account=acct.id)
     _, _, page = check_package(files)
     assert ev["exchanges"]["count"] == 0 and ev["audit"]["checkpoints"] == []
     first = ev["summary"]["findings"][0]["text"]
@@ -460,7 +461,7 @@ def test_bad_inputs(inst, tmp_path):
     with pytest.raises(InputError, match="no p_value"):
         rep.load_scan(bad)
     with pytest.raises(InputError, match="suspect model not found"):
-        rep.make_report(inst.store, tmp_path / "o", account=inst.harvester, suspect_model=str(tmp_path / "none"))
+        make_report(inst.store, tmp_path / "o", account=inst.harvester, suspect_model=str(tmp_path / "none"))
 
 
 # ---- the command line ----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from antidistill.forensics.report.evidence import (
 )
 from antidistill.forensics.report.verdict import Verdict, control_table, decide
 from antidistill.forensics.report.wording import summarize
+from antidistill.workflows.report import make_report
 from tests.forensics.test_report import T0, Install, check_package, exchange, parse, run
 
 
@@ -164,7 +165,7 @@ def test_real_report_json_round_trips(inst, tmp_path):
     inst.alerts()
     suspect = inst.write_scan(tmp_path, "s.json", inst.scan(inst.harvester, "student"))
     control = inst.write_scan(tmp_path, "c.json", inst.scan(None, "independent", seed=2))
-    files, ev = rep.make_report(inst.store, tmp_path / "out", cluster="cl_harvest", scan_files=[suspect],
+    files, ev = make_report(inst.store, tmp_path / "out", cluster="cl_harvest", scan_files=[suspect],
                                 control_files=[control], now=T0 + timedelta(days=3))
     data = json.loads(files.json.read_text(encoding="utf-8"))
     typed = Evidence.from_json(data)
@@ -196,7 +197,7 @@ def test_everything_from_outside_is_escaped(inst, tmp_path):
                                                 user_agent=HOSTILE))
     data = inst.scan(acct.id, HOSTILE)
     data["parameters"]["<param>"] = HOSTILE
-    files, ev = rep.make_report(inst.store, tmp_path / "out", account=acct.id,
+    files, ev = make_report(inst.store, tmp_path / "out", account=acct.id,
                                 scan_files=[inst.write_scan(tmp_path, "s.json", data)])
     _, html_text, page = check_package(files)  # among its checks: no <script anywhere in the page
     assert ev["exchanges"]["items"][1]["prompt_excerpt"] == HOSTILE  # the JSON keeps the text as it was
@@ -225,7 +226,7 @@ def test_template_dir_takes_precedence(inst, tmp_path):
     (d / "style.css").write_text("{% include 'builtin/style.css' %}\n.letterhead { font-variant: small-caps; }\n",
                                  encoding="utf-8")
     acct, _, _ = inst.store.create_account("<i>Quiet</i> Co")
-    files, ev = rep.make_report(inst.store, tmp_path / "out", account=acct.id, template_dir=d)
+    files, ev = make_report(inst.store, tmp_path / "out", account=acct.id, template_dir=d)
     _, html_text, page = check_package(files)
     assert f"Example Legal LLP, case {acct.id}: <i>Quiet</i> Co" in page.visible
     assert "&lt;i&gt;Quiet" in html_text  # an installation's template is autoescaped too
@@ -243,16 +244,16 @@ def test_template_dir_takes_precedence(inst, tmp_path):
 
 def test_bad_template_dir_is_input_error(inst, tmp_path):
     with pytest.raises(InputError, match="template directory not found"):
-        rep.make_report(inst.store, tmp_path / "out", account=inst.harvester, template_dir=tmp_path / "nope")
+        make_report(inst.store, tmp_path / "out", account=inst.harvester, template_dir=tmp_path / "nope")
     d = tmp_path / "broken"
     d.mkdir()
     (d / "letterhead.html").write_text("{% if %}", encoding="utf-8")
     with pytest.raises(InputError, match=r"letterhead\.html, line 1"):
-        rep.make_report(inst.store, tmp_path / "out", account=inst.harvester, template_dir=d)
+        make_report(inst.store, tmp_path / "out", account=inst.harvester, template_dir=d)
     assert not (tmp_path / "out").exists()  # checked before anything is written
     (d / "letterhead.html").write_text("{{ ev.no_such_field }}", encoding="utf-8")
     with pytest.raises(InputError, match="no_such_field"):
-        rep.make_report(inst.store, tmp_path / "out", account=inst.harvester, template_dir=d)
+        make_report(inst.store, tmp_path / "out", account=inst.harvester, template_dir=d)
 
 
 @pytest.fixture

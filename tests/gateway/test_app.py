@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from antidistill.cli.serve import serve
 from antidistill.errors import ConfigError
-from antidistill.gateway.cli import serve
 from antidistill.gateway.limits import LimiterUnavailable, Limits, RedisLimiter
 from antidistill.models.base import GenerationChunk
 from antidistill.models.fake import FakeBackend

@@ -178,7 +178,7 @@ def test_tpm_holds_under_50_concurrent_clients(gateway):
 # ---- two gateway processes sharing Redis and PostgreSQL -----------------------------------------------------
 
 def _start(port: int, env: dict[str, str], db_url: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "antidistill.gateway", "--backend", "fake", "--host", "127.0.0.1", "--port",
+    cmd = [sys.executable, "-m", "antidistill", "serve", "--backend", "fake", "--host", "127.0.0.1", "--port",
            str(port), "--database-url", db_url, "--redis-url", REDIS_URL, "--log-level", "warning"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

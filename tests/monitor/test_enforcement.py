@@ -294,7 +294,7 @@ runner = CliRunner()
 
 
 def test_cli_scan_alerts_and_clear(tmp_path, monkeypatch, policy_file):
-    from antidistill.monitor import cli as monitor_cli
+    from antidistill.cli import monitor as monitor_cli
 
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("ANTIDISTILL_MASTER_KEY", MASTER_KEY)
@@ -350,7 +350,7 @@ def test_cli_scan_alerts_and_clear(tmp_path, monkeypatch, policy_file):
 
 
 def test_cli_policy_check(tmp_path):
-    from antidistill.monitor import cli as monitor_cli
+    from antidistill.cli import monitor as monitor_cli
 
     r = runner.invoke(monitor_cli.monitor_app, ["policy"])
     assert r.exit_code == 0 and "severe -> block" in r.stdout
@@ -419,8 +419,8 @@ def test_throttle_is_shared_through_redis(tmp_path, store, policy_file):
 def test_serve_refuses_a_bad_policy_file_in_one_line(tmp_path):
     import typer
 
+    from antidistill.cli.serve import serve
     from antidistill.errors import ConfigError
-    from antidistill.gateway.cli import serve
 
     app = typer.Typer()
     app.command()(serve)

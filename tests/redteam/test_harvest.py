@@ -191,7 +191,7 @@ def test_cli_harvest_progress_on_a_terminal(gateway, tmp_path, capsys, monkeypat
 
     from rich.console import Console
 
-    from antidistill.redteam import cli as redteam_cli
+    from antidistill.cli import distill as redteam_cli
 
     screen = io.StringIO()
     monkeypatch.setattr(redteam_cli, "err", Console(file=screen, force_terminal=True, highlight=False, width=200))

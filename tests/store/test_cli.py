@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from antidistill.cli.store import accounts_app, audit_app
 from antidistill.errors import AntidistillError, InputError
 from antidistill.keys import MasterKey
 from antidistill.settings import get_settings
 from antidistill.store.api import NotFoundError
-from antidistill.store.cli import accounts_app, audit_app
 from antidistill.store.sql import Store
 from tests.store.entries import make_entry
 

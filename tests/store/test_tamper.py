@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select, text
 from typer.testing import CliRunner
 
+from antidistill.cli.store import audit_app
 from antidistill.settings import get_settings
 from antidistill.store.api import AuditIntegrityError
 from antidistill.store.chain import GENESIS_HASH, SignedHead, entry_columns, record_hash
-from antidistill.store.cli import audit_app
 from antidistill.store.schema import audit_head, audit_records
 from antidistill.store.sql import Store
 from tests.store.entries import make_entry

@@ -1,6 +1,6 @@
 """The HTTP gateway: OpenAI-compatible API, admin API, rate limits, audit, metrics (see :mod:`.app`).
 
-``create_app`` is imported lazily, so that ``antidistill.gateway.cli`` (registered in the CLI) does not load
+``create_app`` is imported lazily, so that ``antidistill.cli.serve`` (registered in the CLI) does not load
 FastAPI for ``antidistill --help``.
 """
 

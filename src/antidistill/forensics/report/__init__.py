@@ -22,7 +22,8 @@ The parts, in the order the data flows:
   (autoescaped; a ``template_dir`` of one's own takes precedence), with the SVG plots of :mod:`.plots`; every
   number in it sits in a ``<span data-field="path">`` naming its place in the JSON, with the exact value in
   ``data-value``;
-* :mod:`.package` writes the three files (:func:`make_report`: what the command does).
+* :mod:`.package` writes the three files (what the command does, a scan now included, is
+  :func:`antidistill.workflows.report.make_report`).
 
 What a p-value means here, in words: the probability that a model which never saw our outputs would score at
 least this high by chance. It is not the probability that the accusation is wrong, and the report says so.
@@ -44,7 +45,7 @@ from antidistill.forensics.report.gather import (
     load_policy,
     resolve_subject,
 )
-from antidistill.forensics.report.package import ReportFiles, evidence_json, make_report, run_scan, write_report
+from antidistill.forensics.report.package import ReportFiles, evidence_json, write_report
 from antidistill.forensics.report.render import MAX_HTML_EXCHANGES, environment, render_html
 from antidistill.forensics.report.scans import DEFAULT_ALPHA, MAX_SCAN_BYTES, check_scan, load_scan, scrub
 from antidistill.forensics.report.verdict import Verdict, control_rows, control_table, decide
@@ -74,12 +75,10 @@ __all__ = [
     "load_policy",
     "load_scan",
     "lookup",
-    "make_report",
     "one_in",
     "p_words",
     "render_html",
     "resolve_subject",
-    "run_scan",
     "scrub",
     "summarize",
     "write_report",

@@ -1,5 +1,5 @@
-"""Writing the evidence package (``report.json``, ``report.html``, ``SHA256SUMS``), and :func:`make_report`, what
-``antidistill report`` does from its options to the files.
+"""Writing the evidence package (``report.json``, ``report.html``, ``SHA256SUMS``). What ``antidistill report``
+does from its options to the files (a scan now included) is :func:`antidistill.workflows.report.make_report`.
 """
 
 from __future__ import annotations
@@ -7,20 +7,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from antidistill.errors import InputError
-from antidistill.forensics.report.evidence import Evidence, Subject
-from antidistill.forensics.report.gather import gather, load_policy, resolve_subject
-from antidistill.forensics.report.render import check_templates, render_html
-from antidistill.forensics.report.scans import check_scan, load_scan, source_of
+from antidistill.forensics.report.evidence import Evidence
+from antidistill.forensics.report.render import render_html
 
 if TYPE_CHECKING:
-    from antidistill.store.sql import Store
+    pass
 
 
 @dataclass(frozen=True)
@@ -65,53 +62,4 @@ def write_report(evidence: Evidence | Mapping[str, Any], out_dir: str | os.PathL
     return files
 
 
-def run_scan(store: Store, subject: Subject, suspect_model: str, *, settings: Any = None,
-             max_texts: int | None = None, teacher_control: bool = True) -> dict[str, Any]:
-    """Scan the open weights at ``suspect_model`` now on the subject's exchanges
-    (:func:`antidistill.forensics.workflow.scan_open_on_audit`), and return the result as a dict, as
-    ``--scan FILE`` would have held it.
-
-    Raises:
-        InputError: no such model, no watermarked exchange to feed, a different tokenizer.
-        ConfigError: no master key here (the scan needs the keys the gateway marked with).
-    """
-    # the scan imports numpy, scipy, transformers' tokenizers and the model loader (about 2 s): only a report
-    # that scans a model now pays for them
-    from antidistill.forensics.workflow import scan_open_on_audit
-
-    result = scan_open_on_audit(store, suspect_model, subject.account_ids,
-                                cluster_id=subject.id if subject.kind == "cluster" else None, settings=settings,
-                                max_texts=max_texts, teacher_control=teacher_control)
-    data = json.loads(json.dumps(result.to_dict(), default=str))
-    check_scan(data, f"scan of {suspect_model}")
-    return data
-
-
-def make_report(store: Store, out_dir: str | os.PathLike[str], *, account: str | None = None,
-                cluster: str | None = None, scan_files: Sequence[str | os.PathLike[str]] = (),
-                control_files: Sequence[str | os.PathLike[str]] = (), suspect_model: str | None = None,
-                policy_file: str | os.PathLike[str] | None = None, database: str | None = None,
-                now: datetime | None = None, template_dir: str | os.PathLike[str] | None = None
-                ) -> tuple[ReportFiles, dict[str, Any]]:
-    """What ``antidistill report`` does: check the inputs, gather the evidence, write the package.
-
-    Every input (the subject, the scan files, the policy, the templates) is checked before anything is computed
-    or written, so bad input costs nothing.
-
-    Returns:
-        the files written and the evidence as its JSON (the content of ``report.json``).
-    """
-    subject = resolve_subject(store, account=account, cluster=cluster)
-    scans = [load_scan(f) for f in scan_files]
-    controls = [load_scan(f) for f in control_files]
-    policy = load_policy(policy_file)
-    check_templates(template_dir)
-    if suspect_model is not None:
-        data = run_scan(store, subject, suspect_model)
-        scans.append((data, source_of(data, f"(scanned now) {suspect_model}")))
-    evidence = gather(store, subject, scans=scans, control_scans=controls, policy=policy, database=database,
-                      now=now)
-    return write_report(evidence, out_dir, template_dir=template_dir), evidence.to_json()
-
-
-__all__ = ["ReportFiles", "evidence_json", "make_report", "run_scan", "write_report"]
+__all__ = ["ReportFiles", "evidence_json", "write_report"]

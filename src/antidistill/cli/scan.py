@@ -21,37 +21,8 @@ from antidistill.errors import InputError
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+#: the served model, where a model path is expected (kept in step with antidistill.workflows.scan.TEACHER)
 TEACHER = "teacher"
-
-
-def _open_store(settings):
-    """The installation's store, or ``None`` where there is none (no URL configured and no SQLite file)."""
-    from antidistill.store.db import DEFAULT_SQLITE_FILE
-    from antidistill.store.sql import Store
-
-    if not settings.database_url and not (settings.data_dir / DEFAULT_SQLITE_FILE).exists():
-        return None
-    return Store.open(None, settings)
-
-
-def _load_model(path: str, settings, what: str):
-    """A causal LM (and its source) on the CPU: ``teacher`` is the served model (settings or embedded)."""
-    from antidistill.models.embedded import load_causal_lm, resolve_model
-
-    source = resolve_model(settings.model if path == TEACHER else path)
-    with err.status(f"Loading the {what} model…"):
-        model, _ = load_causal_lm(source, settings.cache_dir)
-    return source, model
-
-
-def _check_suspect_tokenizer(source, teacher_tok, settings) -> None:
-    from antidistill.forensics.scan import check_same_tokenizer
-    from antidistill.models.embedded import load_tokenizer
-
-    tokenizer_files = ("tokenizer.json", "tokenizer_config.json")
-    if source.kind == "dir" and not any((source.path / f).exists() for f in tokenizer_files):
-        return  # a directory without a tokenizer: it is read with ours
-    check_same_tokenizer(teacher_tok, load_tokenizer(source, settings.cache_dir))
 
 
 def _print_report(r) -> None:
@@ -152,128 +123,31 @@ def scan(
     if prompts is not None and not prompts.is_file():
         raise InputError(f"prompts file not found: {prompts}")
 
+    # the workflow imports SQLAlchemy, numpy and transformers' tokenizers: only when a scan runs, not for --help
     from antidistill.forensics import inputs
-    from antidistill.keys import KeyRing
     from antidistill.settings import get_settings
+    from antidistill.workflows import scan as wf
 
     settings = get_settings()
-    ring = KeyRing.open(settings, create=False)
-    clusters: dict[str, list[str]] = {}
-    for i, value in enumerate(cluster or []):
-        members = inputs.parse_cluster(value)
-        name = Path(value).stem if "," not in value and Path(value).is_file() else f"cluster-{i + 1}"
-        clusters[name if name not in clusters else f"{name}-{i + 1}"] = members
-    named = list(dict.fromkeys(list(account or []) + [a for m in clusters.values() for a in m]))
-
-    store = _open_store(settings)
-    try:
-        if store is not None:
-            unknown = [a for a in named if store.get_account(a) is None]
-            if unknown:
-                raise InputError(f"unknown account: {', '.join(unknown)}")
-            candidates = named or [a.id for a in store.list_accounts()]
-        else:
-            candidates = named
-        fed_texts = []
-        config = None
-        if texts is not None:
-            fed_texts = inputs.read_texts_file(texts, max_texts)
-        elif store is not None and (suspect_model is not None or prompts is None):
-            audit = inputs.texts_from_records(store.iter_audit(), set(candidates) if named else None, max_texts)
-            fed_texts, config = audit.texts, audit.config()
-    finally:
-        if store is not None:
-            store.close()
-    try:
-        from antidistill.forensics.scan import ScanKeys
-
-        keys = ScanKeys.from_keyring(ring, candidates, clusters)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    config = _config(config, gamma, context_width, provider_fraction)
-
-    from antidistill.models.embedded import load_tokenizer, resolve_model
-
-    tokenizer = load_tokenizer(resolve_model(settings.model), settings.cache_dir)
-    common = {"alpha": alpha, "controls": control_keys, "control_seed": control_seed}
+    scan_inputs = wf.gather_inputs(settings, accounts=account or [], clusters=cluster or [], texts_file=texts,
+                                   from_audit=suspect_model is not None or prompts is None, max_texts=max_texts)
+    scan_inputs.config = wf.scan_config(scan_inputs.config, gamma, context_width, provider_fraction)
+    common: dict[str, Any] = {"alpha": alpha, "control_keys": control_keys, "control_seed": control_seed,
+                              "control_models": [control_model] if control_model is not None else []}
     if suspect_model is not None:
-        report = _scan_open(suspect_model, control_model, fed_texts, tokenizer, keys, config, settings, exclude,
-                            batch_tokens, common)
+        with err.status(f"Reading {len(scan_inputs.texts)} texts through the suspect…"):
+            report = wf.open_scan(settings, suspect_model, scan_inputs, exclude=exclude, batch_tokens=batch_tokens,
+                                  **common)
     else:
-        prompt_list = inputs.read_prompts_file(prompts) if prompts is not None else inputs.unique_prompts(fed_texts)
-        if not prompt_list:
-            raise InputError("no prompts to send: give --prompts FILE or --texts FILE, or scan accounts with "
-                             "watermarked traffic in the audit log")
-        report = _scan_closed(suspect_url, suspect_api_key, suspect_model_name, control_model, prompt_list,
-                              tokenizer, keys, config, settings, samples, temperature, max_tokens, max_prompts,
-                              seed, common)
+        assert suspect_url is not None  # exactly one of the two, checked above
+        prompt_list = (inputs.read_prompts_file(prompts) if prompts is not None
+                       else inputs.unique_prompts(scan_inputs.texts))
+        with err.status(f"Querying the suspect with up to {min(len(prompt_list), max_prompts or len(prompt_list))} "
+                        "prompts…"):
+            report = wf.closed_scan(settings, suspect_url, prompt_list, scan_inputs, api_key=suspect_api_key,
+                                    model_name=suspect_model_name, samples=samples, temperature=temperature,
+                                    max_tokens=max_tokens, max_prompts=max_prompts, seed=seed, **common)
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), default=str) + "\n")
     else:
         _print_report(report)
-
-
-def _config(config, gamma, context_width, provider_fraction):
-    from antidistill.watermark.config import WatermarkConfig
-
-    params: dict[str, Any] = (config or WatermarkConfig()).to_dict()
-    for name, value in (("gamma", gamma), ("context_width", context_width),
-                        ("provider_fraction", provider_fraction)):
-        if value is not None:
-            params[name] = value
-    try:
-        return WatermarkConfig.from_dict(params)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-
-
-def _scan_open(suspect_model, control_model, fed_texts, tokenizer, keys, config, settings, exclude, batch_tokens,
-               common):
-    from antidistill.forensics.scan import scan_open
-
-    if not fed_texts:
-        raise InputError("no watermarked texts to feed: give --texts FILE, or scan accounts with watermarked "
-                         "traffic in the audit log")
-    source, model = _load_model(suspect_model, settings, "suspect")
-    if suspect_model != TEACHER:
-        _check_suspect_tokenizer(source, tokenizer, settings)
-    controls = {}
-    if control_model is not None:
-        csource, controls[control_model] = _load_model(control_model, settings, "control")
-        if control_model != TEACHER:
-            _check_suspect_tokenizer(csource, tokenizer, settings)
-    with err.status(f"Reading {len(fed_texts)} texts through the suspect…"):
-        return scan_open(model, tokenizer, fed_texts, keys, config, exclude=exclude, control_models=controls,
-                         suspect=f"{suspect_model} ({source.path})", batch_tokens=batch_tokens, **common)
-
-
-def _scan_closed(url, api_key, model_name, control_model, prompt_list, tokenizer, keys, config, settings, samples,
-                 temperature, max_tokens, max_prompts, seed, common):
-    import openai
-
-    from antidistill.forensics.scan import make_client, scan_closed
-
-    client = make_client(url, api_key)
-    if model_name is None:
-        try:
-            listed = [m.id for m in client.models.list()]
-        except openai.APIConnectionError:
-            raise InputError(f"cannot reach the suspect endpoint {url}") from None
-        except openai.APIStatusError as exc:
-            if exc.status_code in (401, 403):
-                raise InputError(f"the suspect endpoint refused the request (HTTP {exc.status_code}); give "
-                                 "--suspect-api-key") from None
-            listed = []
-        model_name = listed[0] if listed else "default"
-    controls = {}
-    if control_model is not None:
-        from antidistill.models.local import LocalModel
-
-        with err.status("Loading the control model…"):
-            controls[control_model] = LocalModel.load(settings.model if control_model == TEACHER else control_model,
-                                                      settings.cache_dir, config)
-    with err.status(f"Querying the suspect with up to {min(len(prompt_list), max_prompts or len(prompt_list))} "
-                    "prompts…"):
-        return scan_closed(client, prompt_list, tokenizer, keys, config, model_name=model_name, samples=samples,
-                           temperature=temperature, max_tokens=max_tokens, max_prompts=max_prompts, seed=seed,
-                           control_models=controls, **common)

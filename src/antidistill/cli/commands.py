@@ -16,6 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+# The sub-apps keep their heavy dependencies (SQLAlchemy, FastAPI, uvicorn, torch) inside their commands.
+from antidistill.cli.distill import distill_app
+from antidistill.cli.monitor import monitor_app
+from antidistill.cli.scan import scan
+from antidistill.cli.serve import serve
+from antidistill.cli.simulate import simulate_app
+from antidistill.cli.store import accounts_app, audit_app
 from antidistill.errors import AntidistillError, InputError
 
 app = typer.Typer(
@@ -29,28 +36,13 @@ keys_app = typer.Typer(help="Watermark key versions: list and rotate.", no_args_
 app.add_typer(keys_app, name="keys")
 
 
-def _register_subcommands() -> None:
-    # the sub-apps import their heavy dependencies (SQLAlchemy, FastAPI, uvicorn) only when a command runs
-    from antidistill.forensics.cli import scan
-    from antidistill.gateway.cli import serve
-    from antidistill.monitor.cli import monitor_app
-    from antidistill.monitor.commands import monitor_train
-    from antidistill.redteam.cli import distill_app
-    from antidistill.simulate.cli import simulate_app, simulate_eval
-    from antidistill.store.cli import accounts_app, audit_app
-
-    app.command("serve")(serve)
-    app.command("scan")(scan)
-    app.add_typer(accounts_app, name="accounts")
-    app.add_typer(audit_app, name="audit")
-    app.add_typer(distill_app, name="distill")
-    app.add_typer(monitor_app, name="monitor")
-    app.add_typer(simulate_app, name="simulate")
-    monitor_app.command("train")(monitor_train)
-    simulate_app.command("eval")(simulate_eval)
-
-
-_register_subcommands()
+app.command("serve")(serve)
+app.command("scan")(scan)
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(audit_app, name="audit")
+app.add_typer(distill_app, name="distill")
+app.add_typer(monitor_app, name="monitor")
+app.add_typer(simulate_app, name="simulate")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -471,9 +463,9 @@ def report(
                                                      "configured one).", show_default=False)] = None,
 ) -> None:
     """Write the evidence package about an account or a cluster: a self-contained HTML report and its JSON twin."""
-    from antidistill.forensics.report import make_report
     from antidistill.store.db import normalize_url, safe_url
     from antidistill.store.sql import Store
+    from antidistill.workflows.report import make_report
 
     if (account is None) == (cluster is None):
         raise InputError("give exactly one of --account ID or --cluster ID")
@@ -622,7 +614,3 @@ def main(argv: list[str] | None = None) -> None:
         # a bug of ours: still one line, with enough to report it
         err.print(f"error: unexpected {type(exc).__name__}: {exc}", markup=False, highlight=False)
         sys.exit(3)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """``antidistill serve``: the gateway under uvicorn.
 
-Registered in :mod:`antidistill.cli` as ``app.command()(serve)``; also runnable alone as
-``python -m antidistill.gateway``. Secrets (admin token, master key, upstream key) are read from the environment
+Registered in :mod:`antidistill.cli` as ``app.command()(serve)`` (also ``python -m antidistill serve``).
+Secrets (admin token, master key, upstream key) are read from the environment
 only, never from options, so they stay out of shell histories and process listings.
 
 uvicorn's own proxy-header handling is off (by default it believes ``X-Forwarded-For`` from 127.0.0.1, so any
@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from antidistill.errors import AntidistillError, ConfigError
+from antidistill.errors import ConfigError
 from antidistill.extras import require
 
 
@@ -76,7 +76,7 @@ def serve(
     """Serve the OpenAI-compatible gateway: watermarked completions, limits, audit log, admin API, metrics."""
     import logging
 
-    require("gateway", "`antidistill serve`")  # also when run as python -m antidistill.gateway
+    require("gateway", "`antidistill serve`")
     import uvicorn
 
     overrides: dict[str, Any] = {
@@ -123,21 +123,3 @@ def serve(
         os.environ[f"ANTIDISTILL_{key.upper()}"] = str(value)
     uvicorn.run("antidistill.gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, lifespan="on", timeout_graceful_shutdown=10, proxy_headers=False, **guard)
-
-
-def main() -> None:
-    """``python -m antidistill.gateway``: the serve command alone, with the CLI's one-line errors."""
-    import sys
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(serve)
-    try:
-        app(standalone_mode=False)
-    except AntidistillError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except Exception as exc:
-        if type(exc).__name__ in ("UsageError", "BadParameter", "NoSuchOption", "MissingParameter"):
-            typer.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        raise

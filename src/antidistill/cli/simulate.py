@@ -168,6 +168,7 @@ def personas(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
+@simulate_app.command("eval")
 def simulate_eval(
     seed: Annotated[int, typer.Option("--seed", help="Held-out seed (never one the monitor was trained or "
                                                      "calibrated on).")] = 1001,
