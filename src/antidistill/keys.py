@@ -178,6 +178,7 @@ class MasterKey:
 
     def _audit_signing_key(self) -> Ed25519PrivateKey:
         if self._audit_key is None:
+            # cryptography is the gateway extra's: detection (the core install) signs nothing
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
             self._audit_key = Ed25519PrivateKey.from_private_bytes(self._derive_bytes(_AUDIT_SIGNING_LABEL))
@@ -198,7 +199,7 @@ class MasterKey:
             32
         """
         if self._audit_public is None:
-            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives import serialization  # as above
 
             self._audit_public = self._audit_signing_key().public_key().public_bytes(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw

@@ -73,6 +73,7 @@ ProviderFracOpt = Annotated[
 
 
 def _settings():
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.settings import get_settings
 
     return get_settings()
@@ -80,6 +81,7 @@ def _settings():
 
 def _watermark_config(scheme: str | None, gamma: float | None, delta: float | None, width: int | None,
                       provider_fraction: float | None, hashing_key: int | None):
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.watermark.config import WatermarkConfig
 
     params: dict[str, Any] = {}
@@ -105,6 +107,7 @@ def _watermark_config(scheme: str | None, gamma: float | None, delta: float | No
 
 def _explicit_key(hashing_key: int | None, accounts: list[str]):
     """The key given with ``--hashing-key`` (``None`` without it); it names no account, so it excludes them."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.keys import WatermarkKey
 
     if hashing_key is None:
@@ -141,6 +144,7 @@ def generate(
     as_json: JsonOpt = False,
 ) -> None:
     """A watermarked completion from the model, marked with ACCOUNT's key (or the key given with --hashing-key)."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.keys import KeyRing
     from antidistill.models.local import LocalModel
     from antidistill.watermark.marker import MarkKeys
@@ -210,6 +214,7 @@ def _read_accounts_file(path: Path) -> list[str]:
 
 def _build_text_detector(model, accounts, accounts_file, alpha, scheme, gamma, delta, context_width,
                          provider_fraction, hashing_key, vocab_size):
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.detection.detector import Detector
     from antidistill.detection.text import TextDetector
     from antidistill.keys import KeyRing
@@ -326,6 +331,7 @@ def detect(
 
 
 def _scan_jsonl(td, path: Path, field: str, output: Path | None, batch: int) -> None:
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     try:
@@ -390,6 +396,7 @@ def _scan_jsonl(td, path: Path, field: str, output: Path | None, batch: int) -> 
 @keys_app.command("init")
 def keys_init() -> None:
     """Create the master key file (mode 0600) in the data directory, unless a master key exists."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.keys import MASTER_KEY_FILE, MasterKey
 
     settings = _settings()
@@ -403,6 +410,7 @@ def keys_init() -> None:
 @keys_app.command("list")
 def keys_list(as_json: JsonOpt = False) -> None:
     """Current key versions (key ids only; key material is never printed)."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.keys import KeyRing
 
     ring = KeyRing.open(_settings(), create=False)
@@ -423,6 +431,7 @@ def keys_rotate(
     as_json: JsonOpt = False,
 ) -> None:
     """Start a new key version for new traffic; older versions stay detectable."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.keys import KeyRing
 
     if (account is None) == (not provider):
@@ -463,6 +472,7 @@ def report(
                                                      "configured one).", show_default=False)] = None,
 ) -> None:
     """Write the evidence package about an account or a cluster: a self-contained HTML report and its JSON twin."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.store.db import normalize_url, safe_url
     from antidistill.store.sql import Store
     from antidistill.workflows.report import make_report
@@ -500,6 +510,7 @@ def demo(
                                                     "(default: demo-report in the data directory).")] = None,
 ) -> None:
     """The main job, end to end: mark, watch (monitor and policy live), attack ourselves and prove it."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.demo import run_demo
 
     ok = run_demo(out, model=model, max_tokens=max_tokens, seed=seed, quick=quick, report_dir=report_dir)
@@ -510,6 +521,7 @@ def demo(
 @app.command()
 def version() -> None:
     """Print the version."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill import __version__
 
     out.print(__version__)
@@ -547,6 +559,7 @@ _GROUPS = {"accounts", "audit", "monitor", "simulate", "distill", "keys"}
 
 def _require_extras(argv: list[str]) -> None:
     """Refuse a command whose extra is not installed, in one line, before it starts (its help always works)."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.extras import require
 
     if any(a in ("--help", "-h") for a in argv):
@@ -564,6 +577,7 @@ def _require_extras(argv: list[str]) -> None:
 
 def _missing_module_message(exc: ModuleNotFoundError) -> str | None:
     """One line for a module of an extra that a command imported without having checked for it first."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.extras import extras_providing
 
     found = extras_providing(exc.name or "")

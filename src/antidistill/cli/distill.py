@@ -31,6 +31,7 @@ def _progress(enabled: bool):
     """A rich progress bar on stderr when it is a terminal, else ``None``."""
     if not enabled or not err.is_terminal:
         return None
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -59,6 +60,7 @@ def harvest(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the API for answers to many prompts as one account, and keep prompt/response pairs (JSONL)."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.redteam.harvest import Harvester, generate_prompts, load_prompts
 
     if (prompts is None) == (generate is None):
@@ -100,6 +102,7 @@ def mix(
     as_json: JsonOpt = False,
 ) -> None:
     """A training set of N pairs of which exactly SHARE come from the watermarked file."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.redteam.data import load_pairs, save_pairs
     from antidistill.redteam.data import mix as mix_pairs
 
@@ -143,6 +146,7 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Distil a student from prompt/response pairs and save it with its tokenizer."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.redteam.data import load_pairs, split
     from antidistill.redteam.train import METHODS, load_teacher, train_student
 

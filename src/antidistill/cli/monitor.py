@@ -47,18 +47,21 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def _settings():
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.settings import get_settings
 
     return get_settings()
 
 
 def _open(database_url: str | None) -> Store:
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.store.sql import Store
 
     return Store.open(database_url, _settings())
 
 
 def _policy(path: Path | None):
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.monitor.policy import Policy
 
     return Policy.load(path if path is not None else _settings().policy_file)
@@ -131,6 +134,7 @@ def alerts(
 def _monitor_parts(settings: Any) -> tuple[MonitorLike, Any]:
     """The monitor and its batch entry point (``antidistill.monitor.pipeline``)."""
     try:
+        # the parts load when the command runs, not for --help (see antidistill.cli)
         from antidistill.monitor.pipeline import Monitor, scan_records
     except ImportError as exc:
         raise InputError(f"the monitor cannot be loaded: {exc}") from None
@@ -140,6 +144,7 @@ def _monitor_parts(settings: Any) -> tuple[MonitorLike, Any]:
 def strongest(assessments: Any) -> list[Any]:
     """One assessment per account: its highest level (the latest at that level), in first-seen order. A batch
     scan acts once per account on where the whole log leaves it, not once per rise along the way."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.monitor.api import level_rank
 
     best: dict[str, Any] = {}
@@ -171,6 +176,7 @@ def scan(
     Action records already in the log are skipped; actions only escalate (an account already blocked stays so,
     one an admin cleared is acted on again only if its level rose above the level it was cleared at).
     """
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.monitor.actions import Enforcer, exchange_records
 
     settings = _settings()
@@ -215,6 +221,7 @@ def clear(
 
     Gateways pick it up within ANTIDISTILL_ENFORCEMENT_TTL seconds.
     """
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.monitor.actions import Enforcer
     from antidistill.store.api import NotFoundError
 
@@ -301,6 +308,7 @@ def monitor_train(
 ) -> None:
     """Train the monitor on simulated training traffic, calibrate its thresholds on benign traffic, and save it
     under DATA_DIR/monitor (model.joblib + manifest.json)."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.settings import get_settings  # lazy, like every part here (module docstring)
     from antidistill.workflows.monitor_training import train
 

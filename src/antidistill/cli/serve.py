@@ -32,6 +32,7 @@ class BackendChoice(StrEnum):
 
 
 def _settings(overrides: dict[str, Any]):
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.settings import Settings
 
     try:
@@ -74,6 +75,7 @@ def serve(
                                                    show_default=False)] = None,
 ) -> None:
     """Serve the OpenAI-compatible gateway: watermarked completions, limits, audit log, admin API, metrics."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     import logging
 
     require("gateway", "`antidistill serve`")

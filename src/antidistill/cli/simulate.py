@@ -37,6 +37,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON out
 
 
 def _scenario(seed: int, days: float | None, split: str, scale: str):
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.simulate.scenario import Scenario
 
     try:
@@ -82,6 +83,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Simulate a population of customers and distillation campaigns against the gateway; write the truth."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.simulate.personas import PERSONAS
     from antidistill.simulate.runner import run_against_gateway
     from antidistill.workflows.simulation import run_simulation
@@ -141,6 +143,7 @@ def plan_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Build a scenario and show what it would send (accounts and requests per persona), without sending."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.simulate.personas import PERSONAS
 
     plan = _scenario(seed, days, split, scale).build()
@@ -156,6 +159,7 @@ def plan_cmd(
 @simulate_app.command("personas")
 def personas(as_json: JsonOpt = False) -> None:
     """List the personas: name, role and what they do."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.simulate.personas import PERSONAS
 
     rows = [{"name": n, "role": c.role, "summary": c.summary} for n, c in PERSONAS.items()]
@@ -185,6 +189,7 @@ def simulate_eval(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
 ) -> None:
     """Evaluate the trained monitor on held-out simulated traffic driven through the real gateway."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.settings import get_settings
     from antidistill.workflows.monitor_eval import heldout_eval
 
@@ -197,6 +202,7 @@ def simulate_eval(
 
 
 def _print_report(report: dict[str, Any]) -> None:
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from rich.console import Console
     from rich.table import Table
 

@@ -41,6 +41,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON out
 
 
 def _open(database_url: str | None) -> Store:
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.settings import get_settings
     from antidistill.store.sql import Store
 
@@ -191,6 +192,7 @@ def _is_url(where: str) -> bool:
 
 def _read_anchor(where: str) -> SignedHead:
     """An anchor from a file, ``-`` (standard input) or an http(s) URL; one plain line if it cannot be had."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.store.chain import SignedHead
 
     if where == "-":
@@ -225,6 +227,7 @@ def _write_anchor(where: str, anchor: SignedHead) -> None:
         sys.stdout.write(text_)
         return
     if _is_url(where):
+        # the parts load when the command runs, not for --help (see antidistill.cli)
         import httpx
 
         try:
@@ -294,6 +297,7 @@ def audit_seal(database_url: DbOpt = None) -> None:
     This trusts the log as it stands: run `antidistill audit verify` first and read what it says. A log whose
     head is signed already is left as it is.
     """
+    # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.store.api import AuditIntegrityError
 
     with _open(database_url) as store:

@@ -220,7 +220,7 @@ def _troff_args(rest: str) -> list[str]:
     return out
 
 
-def troff_to_paragraphs(source: str) -> list[str]:
+def troff_to_paragraphs(source: str) -> list[str]:  # noqa: C901
     """Plain-prose paragraphs of a man(7) page. mdoc pages and ``.so`` redirects give no paragraphs."""
     lines = source.splitlines()
     head = [ln for ln in lines[:40] if ln.strip() and not ln.startswith(('.\\"', "'\\\"", '\\"'))]
@@ -552,7 +552,7 @@ def _fingerprint(text: str) -> bytes:
     return hashlib.blake2b(norm.encode(), digest_size=16).digest()
 
 
-def iter_human_samples(min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFAULT_MAX_CHARS, seed: int = 0,
+def iter_human_samples(min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFAULT_MAX_CHARS, seed: int = 0,  # noqa: C901
                        max_per_document: int = MAX_PER_DOCUMENT, max_per_family: int = MAX_PER_FAMILY,
                        sources: Iterable[_Source] | None = None) -> Iterator[Sample]:
     """Distinct human-written samples, lazily, in a deterministic order for this machine and ``seed``."""

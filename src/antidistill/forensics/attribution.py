@@ -211,7 +211,7 @@ def pooled_test(watermark: Watermark, keys: Sequence[WatermarkKey], contexts: np
                  len(keys) * len(tokens), gamma)
 
 
-def attribute_tuples(
+def attribute_tuples(  # noqa: C901
     config: WatermarkConfig,
     contexts: np.ndarray,
     tokens: np.ndarray,

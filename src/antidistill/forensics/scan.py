@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import openai
 
 from antidistill.detection.detector import DEFAULT_ALPHA
 from antidistill.errors import InputError
@@ -64,6 +65,8 @@ from antidistill.forensics.attribution import (
     control_keys,
 )
 from antidistill.keys import KeyRing, MasterKey, WatermarkKey
+from antidistill.models.embedded import load_causal_lm, load_tokenizer, resolve_model
+from antidistill.settings import get_settings
 from antidistill.watermark.config import WatermarkConfig
 
 log = logging.getLogger(__name__)
@@ -430,7 +433,7 @@ def predict_top1(model: Any, sequences: Sequence[Sequence[int]], pad_id: int = 0
     """The model's top-1 prediction at every position: ``out[i][t]`` predicts ``sequences[i][t]`` (``out[i][0]``
     is -1). Sequences are sorted by length and batched (right padding, attention mask) to about ``batch_tokens``
     padded tokens per forward pass; logits are reduced to argmax batch by batch."""
-    import torch
+    import torch  # torch: only open-weights scans need it (closed scans run without the model extra)
 
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out: list[np.ndarray | None] = [None] * len(sequences)
@@ -462,10 +465,8 @@ def load_suspect(path: str | None = None, cache_dir: Any = None) -> tuple[Any, A
     """``(model, tokenizer)`` of a suspect on the CPU: a transformers directory (a student saved with
     ``save_pretrained``), a GGUF file, or ``None`` / ``"teacher"`` for the embedded model. The tokenizer is the
     suspect's own; :func:`check_same_tokenizer` tells whether open mode can read it."""
-    from antidistill.models.embedded import load_causal_lm, load_tokenizer, resolve_model
 
     if cache_dir is None:
-        from antidistill.settings import get_settings
 
         cache_dir = get_settings().cache_dir
     source = resolve_model(None if path in (None, "", "teacher") else path)
@@ -581,7 +582,6 @@ def sample_endpoint(client: Any, prompts: Sequence[str | Messages], model_name: 
                     temperature: float = 0.7, max_tokens: int = 128, seed: int = 0) -> Sampled:
     """Query an OpenAI-compatible endpoint (an ``openai.OpenAI`` client): ``samples`` chat completions per prompt,
     sample ``j`` with seed ``seed + j``. Errors become :class:`InputError` (one line for the CLI)."""
-    import openai
 
     completions: list[list[str]] = []
     requests = used = 0
@@ -606,7 +606,6 @@ def sample_endpoint(client: Any, prompts: Sequence[str | Messages], model_name: 
 
 def make_client(url: str, api_key: str | None = None, timeout: float = 60.0) -> Any:
     """An ``openai.OpenAI`` client for ``url`` (``…/v1``), no retries (a scan records every request it makes)."""
-    import openai
 
     return openai.OpenAI(base_url=url, api_key=api_key or "none", max_retries=0, timeout=timeout)
 

@@ -88,7 +88,7 @@ def resolve_model(path: str | os.PathLike | None = None) -> ModelSource:
 def _quiet_transformers() -> None:
     # without torch, `import transformers` warns that models are unavailable: we only want its tokenizers then
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import transformers
+    import transformers  # transformers takes over a second to import: only loading a model pays
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -165,7 +165,7 @@ def load_causal_lm(source: ModelSource, cache_dir: Path | None = None) -> tuple[
     """The model in float32 on the CPU, in eval mode. GGUF weights are dequantized once, then cached."""
     require("model", "loading a model's weights")
     _quiet_transformers()
-    import torch
+    import torch  # torch: loading weights needs it, the tokenizer (core install) does not
     from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()

@@ -9,9 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import LogitsProcessorList
+
 from antidistill.models.embedded import LoadStats, ModelSource, load_causal_lm, load_tokenizer, resolve_model
+from antidistill.settings import get_settings
 from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.marker import MarkKeys, Watermark
+from antidistill.watermark.processor import WatermarkLogitsProcessor
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +73,6 @@ class LocalModel:
              config: WatermarkConfig | None = None) -> LocalModel:
         """Load the embedded model (``path=None``) or a local model directory / GGUF file."""
         if cache_dir is None:
-            from antidistill.settings import get_settings
 
             cache_dir = get_settings().cache_dir
         source: ModelSource = resolve_model(path)
@@ -97,10 +101,7 @@ class LocalModel:
                  seed: int | None = None, min_new_tokens: int = 0, chat: bool = True,
                  logits_processor_extra: Sequence[Any] = ()) -> list[Completion]:
         """Generate one completion per prompt in a single batch; row ``i`` is marked with ``marks[i]``."""
-        import torch
-        from transformers import LogitsProcessorList
 
-        from antidistill.watermark.processor import WatermarkLogitsProcessor
 
         if len(prompts) != len(marks):
             raise ValueError(f"{len(prompts)} prompts but {len(marks)} marks")

@@ -44,6 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
 from antidistill.models.base import (
     Backend,
     BackendError,
@@ -52,9 +57,11 @@ from antidistill.models.base import (
     GenerationRequest,
     GenerationResult,
 )
+from antidistill.models.embedded import resolve_model
 from antidistill.models.local import LocalModel
 from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.marker import MarkKeys
+from antidistill.watermark.processor import WatermarkLogitsProcessor
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +232,6 @@ class _Batch:
     """The running batch: rows, their left-padded KV cache, attention mask, position ids and watermark contexts."""
 
     def __init__(self, context_width: int) -> None:
-        import torch
 
         self.h = context_width
         self.rows: list[_Row] = []
@@ -244,7 +250,6 @@ class _Batch:
 
     def decode(self, model: Any) -> Any:
         """One decode step for every row: feed ``last``, extend the cache; the next-token logits (B, V)."""
-        import torch
 
         b = len(self.rows)
         self.mask = torch.cat([self.mask, torch.ones(b, 1, dtype=torch.long)], dim=1)
@@ -257,8 +262,6 @@ class _Batch:
     def add(self, cache: Any, mask: Any, pos: Any, ctx: Any, rows: list[_Row]) -> None:
         """Merge newcomers' prefilled cache (rows of width L, ``mask`` (n, L) 0 on their padding) into the batch:
         the narrower side is left-padded with zero keys/values that the mask hides."""
-        import torch
-        import torch.nn.functional as F
 
         if self.cache is None or not self.rows:
             self.cache, self.mask, self.pos, self.ctx, self.rows = cache, mask, pos, ctx, list(rows)
@@ -276,7 +279,6 @@ class _Batch:
 
     def keep(self, keep: list[int]) -> None:
         """Keep only these rows (in this order), then trim padding columns that every remaining row has."""
-        import torch
 
         if len(keep) == len(self.rows):
             return
@@ -348,7 +350,6 @@ class LocalBackend(Backend):
         if model is not None:
             self.model_id = model.name
         else:
-            from antidistill.models.embedded import resolve_model
 
             self.model_id = resolve_model(model_path).name
         self._inbox: queue.Queue[_Job | None] = queue.Queue()
@@ -486,12 +487,10 @@ class LocalBackend(Backend):
 
     # ---- the worker thread -------------------------------------------------------------------------------------
     def _worker(self) -> None:
-        import torch
 
         waiting: deque[_Job] = deque()
         model = self.model
         batch = _Batch(model.watermark.config.context_width)
-        from antidistill.watermark.processor import WatermarkLogitsProcessor
 
         processor = WatermarkLogitsProcessor(model.watermark, [])
         eos = model._eos_ids()
@@ -581,8 +580,6 @@ class LocalBackend(Backend):
     def _prefix_kv(self) -> tuple[int, list[tuple[Any, Any]]]:
         """(length, per-layer keys and values) of the template prefix, computed once."""
         if self._prefix is None:
-            import torch
-            from transformers import DynamicCache
 
             ids = self._template_prefix()
             kv: list[tuple[Any, Any]] = []
@@ -626,9 +623,6 @@ class LocalBackend(Backend):
         head, whose keys and values are cached ("prefix caching": the head is most of a short chat prompt), and
         only the rest runs through the model; the padding then sits between head and rest, hidden by the mask.
         """
-        import torch
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
 
         model = self.model.model
         rests = [j.prompt_ids[start:] for j in jobs]
@@ -666,7 +660,6 @@ class LocalBackend(Backend):
         return cache, mask, pos, ctx, logits
 
     def _new_rows(self, job: _Job) -> list[_Row]:
-        import torch
 
         req = job.request
         rows = []
@@ -684,7 +677,6 @@ class LocalBackend(Backend):
             return self.model.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def _step(self, batch: _Batch, waiting: deque[_Job], processor: Any, eos: set[int], pad_id: int) -> None:
-        import torch
 
         # 1. Rows whose client went away leave before any work is spent on them.
         before = len(batch)
@@ -791,7 +783,6 @@ class LocalBackend(Backend):
 def _choose(scores: Any, rows: Sequence[_Row]) -> Any:
     """The next token of every row: argmax for temperature 0, else temperature + top-p sampling with the row's
     own generator (one uniform draw per token, inverse CDF), so a row's draws never depend on its batch-mates."""
-    import torch
 
     b = len(rows)
     out = torch.empty(b, dtype=torch.long)
@@ -824,7 +815,6 @@ def _nucleus_draw(p: Any, top_p: float, u: float) -> int:
     a threshold are sorted, lowered until their mass reaches ``top_p``: the same sorted prefix, hence the same
     choice, as a full (stable) sort.
     """
-    import torch
 
     thr = float(p.max()) * 0.05
     while True:

@@ -56,7 +56,7 @@ class Embedder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             require("embeddings", "prompt embeddings")
-            import torch
+            import torch  # torch and sentence-transformers (seconds to import): only with embeddings on
             from sentence_transformers import SentenceTransformer
 
             if self.threads is not None:

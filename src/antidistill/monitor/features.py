@@ -17,6 +17,7 @@ coverage, new-model pivots), computed cheaply enough for the gateway's hot path.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import unicodedata
@@ -156,7 +157,6 @@ def address_prefix(addr: str | None) -> str | None:
     >>> address_prefix("203.0.113.77"), address_prefix("2001:db8:1:2::5")
     ('203.0.113.0/24', '2001:db8:1::/48')
     """
-    import ipaddress
 
     if not addr:
         return None

@@ -22,8 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 
+from antidistill.errors import ConfigError
 from antidistill.monitor.api import LEVELS, Assessment, ExchangeEvent, level_rank
 from antidistill.monitor.cluster import (
     TEMPLATE_LEAST,
@@ -118,7 +120,6 @@ class Monitor:
         thresholds) and logs a warning. ``embeddings``: ``None`` uses what the model was trained with; ``True``
         for a model trained without them is an error.
         """
-        from antidistill.errors import ConfigError
 
         path = monitor_dir(settings) / MODEL_FILE
         if not path.is_file():
@@ -128,7 +129,6 @@ class Monitor:
                 raise ConfigError("embeddings need a trained monitor model; run `antidistill monitor train "
                                   "--embeddings`")
             return cls(Scorer.rules_only(), **kwargs)
-        import joblib
 
         try:
             scorer = Scorer.from_state(joblib.load(path))
@@ -141,7 +141,7 @@ class Monitor:
             log.warning("monitor model trained with embeddings runs without them: the topic features are missing")
         embedder = None
         if use:
-            from antidistill.monitor.embed import Embedder
+            from antidistill.monitor.embed import Embedder  # sentence-transformers and torch: only with embeddings on
 
             embedder = Embedder()
         return cls(scorer, embedder=embedder, **kwargs)

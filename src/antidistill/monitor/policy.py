@@ -34,6 +34,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from antidistill.errors import ConfigError, InputError
 from antidistill.monitor.api import LEVELS, Assessment, level_rank
 from antidistill.store.api import ENFORCEMENT_ACTIONS, Enforcement
@@ -187,7 +189,6 @@ class Policy:
     @classmethod
     def from_yaml(cls, text: str, source: str | None = None) -> Policy:
         """Parse and validate policy YAML (raises :class:`ConfigError` with one clear line)."""
-        import yaml
 
         where = f"policy {source}" if source else "policy"
         try:

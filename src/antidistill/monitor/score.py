@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from antidistill.errors import InputError
 from antidistill.monitor.api import LEVELS
@@ -52,7 +53,6 @@ def _one_thread() -> Any:
     monitor from one worker thread anyway)."""
     global _CONTROLLER
     if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
 
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER.limit(limits=1, user_api="openmp")
@@ -184,7 +184,9 @@ class FlatForest:
             roots.append(off)
             depth = max(depth, int(t.max_depth))
             off += k
-        from sklearn.ensemble._iforest import _average_path_length
+        from sklearn.ensemble._iforest import (
+            _average_path_length,  # scikit-learn (~1 s to import): only a trained scorer needs it
+        )
 
         cat = {k: np.concatenate(v) for k, v in parts.items()}
         flat = cls(cat["f"], cat["t"], cat["l"], cat["r"], None, cat["v"], np.asarray(roots, dtype=np.intp), depth)

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from itertools import pairwise
 
 import numpy as np
+from datasketch import MinHash
 
 from antidistill.errors import InputError
 
@@ -121,7 +122,6 @@ class MinHasher:
     """
 
     def __init__(self, num_perm: int = NUM_PERM, seed: int = SEED) -> None:
-        from datasketch import MinHash
 
         ref = MinHash(num_perm=num_perm, seed=seed)
         if getattr(ref, "scheme", "affine32") != "affine32":  # pragma: no cover - datasketch default

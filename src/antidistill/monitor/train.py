@@ -148,7 +148,10 @@ def collect_rows(plan: Any, embedder: Any = None, scorer: Scorer | None = None) 
 
 def fit_models(rows: Rows, *, embeddings: bool = False, seed: int = 0) -> dict[str, Any]:
     """Fit the anomaly model (benign account rows) and the supervised model (all rows); no thresholds yet."""
-    from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
+    from sklearn.ensemble import (  # scikit-learn (~1 s to import): only fitting needs it
+        HistGradientBoostingClassifier,
+        IsolationForest,
+    )
 
     X = Scorer({"watch": 1, "alert": 1, "severe": 1}, embeddings=embeddings)._matrix(np.vstack(rows.X))
     y = np.asarray(rows.y, dtype=int)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
+
 from antidistill.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -230,7 +232,6 @@ class Harvester:
     def __init__(self, base_url: str, api_key: str, model: str | None = None, max_tokens: int = 128,
                  temperature: float = 0.7, max_retries: int = 6, max_wait: float = 60.0, timeout: float = 300.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        import openai
 
         if max_tokens < 1:
             raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -263,7 +264,6 @@ class Harvester:
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` with retries; refused keys and bad requests raise :class:`_Fatal` at once."""
-        import openai
 
         attempt = 0
         while True:
@@ -312,7 +312,7 @@ class Harvester:
         return {"prompt": prompt, "response": choice.message.content or "", "model": r.model,
                 "response_id": r.id, "usage": usage, "finish_reason": choice.finish_reason}
 
-    def run(self, prompts: Iterable[str], out: str | os.PathLike, concurrency: int = 4, batch_size: int = 16,
+    def run(self, prompts: Iterable[str], out: str | os.PathLike, concurrency: int = 4, batch_size: int = 16,  # noqa: C901
             on_progress: Callable[[int, int], None] | None = None) -> HarvestResult:
         """Answer every prompt not yet in ``out`` and append the records to it.
 
@@ -327,7 +327,6 @@ class Harvester:
         Raises:
             InputError: the API refused the key or the request (the message is one line).
         """
-        import openai
 
         if concurrency < 1:
             raise InputError(f"concurrency must be >= 1, got {concurrency}")

@@ -35,8 +35,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from peft import LoraConfig, get_peft_model
+
 from antidistill.errors import InputError
+from antidistill.models.embedded import load_causal_lm, load_tokenizer, resolve_model
 from antidistill.redteam.data import Pair
+from antidistill.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +114,6 @@ def length_batches(examples: Sequence[Example], batch_size: int) -> list[list[in
 
 def collate(examples: Sequence[Example], pad_id: int) -> tuple[Any, Any, Any]:
     """Right-padded ``(input_ids, attention_mask, labels)`` tensors."""
-    import torch
 
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -141,7 +145,6 @@ def _blocks(model: Any, start: int, stop: int, final_norm: bool) -> Iterator[Any
     ``start``: masks and rotary positions are computed as usual, which is what lets the frozen bottom of a
     ``last-k`` student run once and the top run alone.
     """
-    import torch
 
     decoder, _ = _parts(model)
     layers, norm, n = decoder.layers, decoder.norm, decoder.config.num_hidden_layers
@@ -161,7 +164,6 @@ def _masked_nll(model: Any, hidden: Any, labels: Any) -> tuple[Any, int]:
     The output layer runs only on positions that carry a loss (the answer), not on the prompt or the padding:
     with a 49k vocabulary it is a large share of a small model's compute.
     """
-    import torch
 
     _, head = _parts(model)
     targets = labels[:, 1:]
@@ -178,7 +180,6 @@ def evaluate_loss(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_len: in
     Lower is closer to the teacher: on held-out teacher answers, a student's drop in this loss is what it
     learnt from distillation.
     """
-    import torch
 
     examples = encode_pairs(tokenizer, pairs, max_len)
     if not examples:
@@ -221,7 +222,6 @@ def subset_layers(n_total: int, n_keep: int) -> list[int]:
 
 def make_subset_student(model: Any, n_layers: int) -> Any:
     """The teacher reduced, in place, to ``n_layers`` of its blocks (see :func:`subset_layers`)."""
-    import torch
 
     decoder, _ = _parts(model)
     keep = subset_layers(len(decoder.layers), n_layers)
@@ -240,7 +240,6 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def _apply_lora(model: Any, r: int, k: int | None) -> Any:
-    from peft import LoraConfig, get_peft_model
 
     n = len(_parts(model)[0].layers)
     layers = None if k is None else list(range(n - k, n))
@@ -307,10 +306,8 @@ class TrainResult:
 
 def load_teacher(model_path: str | None = None, cache_dir: Path | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of the teacher (the embedded model by default), in float32 on the CPU."""
-    from antidistill.models.embedded import load_causal_lm, load_tokenizer, resolve_model
 
     if cache_dir is None:
-        from antidistill.settings import get_settings
 
         cache_dir = get_settings().cache_dir
     source = resolve_model(model_path)
@@ -319,7 +316,7 @@ def load_teacher(model_path: str | None = None, cache_dir: Path | None = None) -
     return model, tokenizer
 
 
-def train_student(pairs: Sequence[Pair], method: str = DEFAULT_METHOD, *, model: Any = None, tokenizer: Any = None,
+def train_student(pairs: Sequence[Pair], method: str = DEFAULT_METHOD, *, model: Any = None, tokenizer: Any = None,  # noqa: C901
                   base: str | None = None, epochs: float = 1.0, lr: float | None = None, max_len: int = 256,
                   batch_size: int = 8, seed: int = 0, out_dir: str | Path | None = None, k: int | None = None,
                   n_layers: int | None = None, lora_r: int = 16, heldout: Sequence[Pair] = (),
@@ -352,7 +349,6 @@ def train_student(pairs: Sequence[Pair], method: str = DEFAULT_METHOD, *, model:
         >>> r = train_student(load_pairs("pairs.jsonl"), "lora", out_dir="student")  # doctest: +SKIP
         >>> r.heldout_loss_after < r.heldout_loss_before                                # doctest: +SKIP
     """
-    import torch
 
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")

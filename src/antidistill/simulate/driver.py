@@ -21,15 +21,21 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import queue
 import ssl
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
+import openai
 
 from antidistill.errors import AntidistillError, InputError
 from antidistill.simulate.personas import CHAT, AccountPlan, PlannedRequest
@@ -129,7 +135,6 @@ def _send(client: Any, req: PlannedRequest, api_key: str, convs: _Conversations,
     An answer with an error status is recorded as it is, never retried (a throttle's 429 must not stall the
     virtual clock in real time, and the plan is the truth); a failed connection is tried twice more.
     """
-    import openai
 
     for attempt in range(3):
         try:
@@ -181,7 +186,6 @@ def _drive_threads(items: list[tuple[int, PlannedRequest]], base: str, api_keys:
     Raises:
         SimulationError: the gateway stopped answering.
     """
-    import openai
 
     results: dict[int, SentRequest] = {}
     todo: queue.Queue[tuple[int, PlannedRequest] | None] = queue.Queue(maxsize=concurrency * 4)
@@ -316,9 +320,6 @@ def drive(plan: Plan, base_url: str, api_keys: Mapping[str, str], *, concurrency
 def _drive_processes(items: list[tuple[int, PlannedRequest]], base: str, api_keys: Mapping[str, str],
                      concurrency: int, processes: int, timeout: float,
                      progress: Callable[[int, int], None] | None) -> dict[int, SentRequest]:
-    import multiprocessing
-    import zlib
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     parts: list[list[tuple[int, PlannedRequest]]] = [[] for _ in range(processes)]
     for i, r in items:
@@ -372,7 +373,6 @@ def create_accounts_via_admin(base_url: str, admin_token: str, accounts: list[Ac
     Raises:
         SimulationError: the gateway is unreachable or refuses (wrong admin token, …).
     """
-    import httpx
 
     out = {}
     headers = {"Authorization": f"Bearer {admin_token}"}

@@ -25,6 +25,7 @@ import math
 import random
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from antidistill.errors import InputError
@@ -131,7 +132,6 @@ def _estimate(text: str) -> int:
 
 
 def _iso(t: float) -> str:
-    from datetime import UTC, datetime
 
     return datetime.fromtimestamp(t, UTC).isoformat()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -191,7 +191,6 @@ def enforce_limits(requests: Sequence[PlannedRequest], limits: VirtualLimits, en
     """One account's requests, each moved later where it would break a limit (as a client that backs off on
     429 would send it), dropped if it would land after ``end`` or could never pass. Order is kept; turns of a
     conversation move together with the turn before them."""
-    from dataclasses import replace
 
     out: list[PlannedRequest] = []
     minute: deque[tuple[float, int]] = deque()

@@ -454,6 +454,65 @@ def _check_head(head: Head, last: int, signer: str | None) -> None:
         raise _Bad(last, "the chain head is signed by a key other than the log's audit key", kind="head")
 
 
+def _check_anchor(anchor: SignedHead, public_key: str | None) -> None:
+    if not anchor.valid():
+        raise _Bad(anchor.seq, "the anchor's signature is invalid: it was not written by antidistill, or it was "
+                               "edited", kind="anchor")
+    if public_key is not None and anchor.public_key != public_key:
+        raise _Bad(anchor.seq, "the anchor is signed by a key other than this installation's audit key",
+                   kind="anchor")
+
+
+def _check_position(r: ChainRecord, p: ChainRecord | None, head: Head) -> None:
+    """The record must come right after the previous one, and not beyond the head."""
+    expected = p.seq + 1 if p is not None else 1
+    if r.seq != expected:
+        if r.seq < expected:
+            raise _Bad(r.seq, f"record {r.seq} is out of sequence", kind="reordered")
+        missing = f"record {expected} is" if r.seq == expected + 1 else f"records {expected}-{r.seq - 1} are"
+        raise _Bad(expected, f"{missing} missing (deleted)", kind="deleted")
+    if r.seq > head.seq:
+        raise _Bad(r.seq, f"record {r.seq} lies beyond the chain head ({head.seq}): it was inserted", kind="inserted")
+
+
+def _check_checkpoint(c: Checkpoint, r: ChainRecord, last_cp: int, signer: str | None, key_known: bool) -> str:
+    """Checkpoint ``c`` at record ``r``: it exists, its signature holds by the signer, it chains to the last one
+    and signs the record's hash. Returns the signer (the first checkpoint's key when none was known)."""
+    if c.seq != r.seq:
+        raise _Bad(c.seq, f"checkpoint {c.seq} signs a record that does not exist", kind="checkpoint")
+    if not _signature_ok(c):
+        raise _Bad(c.seq, f"checkpoint {c.seq}: the signature is invalid", kind="checkpoint")
+    if signer is not None and c.public_key != signer:
+        who = "this installation's audit key" if key_known else "the key of the first checkpoint"
+        raise _Bad(c.seq, f"checkpoint {c.seq} is signed by a key other than {who}", kind="checkpoint")
+    if c.prev_checkpoint_seq != last_cp:
+        if c.prev_checkpoint_seq > last_cp:
+            raise _Bad(c.prev_checkpoint_seq, f"checkpoint {c.prev_checkpoint_seq} was deleted", kind="checkpoint")
+        raise _Bad(last_cp, f"checkpoint {last_cp} was inserted", kind="checkpoint")
+    if c.hash != r.hash:
+        raise _Bad(c.seq, f"record {c.seq} does not match its signed checkpoint: records {last_cp + 1}-{c.seq} were "
+                          f"rewritten after it was signed", kind="rewritten", rewritten_between=[last_cp + 1, c.seq])
+    return signer or c.public_key
+
+
+def _check_end(c: Checkpoint | None, p: ChainRecord | None, head: Head, anchor: SignedHead | None) -> None:
+    """After the last record: no checkpoint left over, the head on it, and the log as long as the anchor saw."""
+    last = p.seq if p is not None else 0
+    if c is not None:
+        raise _Bad(last + 1, f"checkpoint {c.seq} signs a record that does not exist: records from {last + 1} on "
+                             f"were deleted", kind="deleted")
+    if head.seq > last:
+        raise _Bad(last + 1, f"records {last + 1}-{head.seq} are missing (deleted): the chain head is at "
+                             f"{head.seq}", kind="deleted")
+    if head.hash != (p.hash if p is not None else GENESIS_HASH):
+        raise _Bad(last, f"the chain head's hash does not match record {last}", kind="head")
+    if anchor is not None and last < anchor.seq:
+        gone = "every record" if last == 0 else f"records {last + 1}-{anchor.seq}"
+        raise _Bad(last + 1, f"the log ends at record {last}, but the anchored head signed at "
+                             f"{format_time(anchor.signed_at)} saw {anchor.seq}: {gone} were deleted since "
+                             f"(or the log was reset)", kind="anchor")
+
+
 def verify_chain(
     records: Iterable[ChainRecord],
     checkpoints: Iterable[Checkpoint],
@@ -489,45 +548,15 @@ def verify_chain(
         details["anchor"] = {"seq": anchor.seq, "hash": anchor.hash, "signed_at": format_time(anchor.signed_at)}
     try:
         if anchor is not None:
-            if not anchor.valid():
-                raise _Bad(anchor.seq, "the anchor's signature is invalid: it was not written by antidistill, or "
-                                       "it was edited", kind="anchor")
-            if public_key is not None and anchor.public_key != public_key:
-                raise _Bad(anchor.seq, "the anchor is signed by a key other than this installation's audit key",
-                           kind="anchor")
+            _check_anchor(anchor, public_key)
             signer = signer or anchor.public_key
         while (r := recs.next()) is not None:
-            expected = p.seq + 1 if p is not None else 1
-            if r.seq != expected:
-                if r.seq < expected:
-                    raise _Bad(r.seq, f"record {r.seq} is out of sequence", kind="reordered")
-                missing = f"record {expected} is" if r.seq == expected + 1 else f"records {expected}-{r.seq - 1} are"
-                raise _Bad(expected, f"{missing} missing (deleted)", kind="deleted")
-            if r.seq > head.seq:
-                raise _Bad(r.seq, f"record {r.seq} lies beyond the chain head ({head.seq}): it was inserted",
-                           kind="inserted")
+            _check_position(r, p, head)
             if r.prev_hash != (p.hash if p is not None else GENESIS_HASH) or r.computed_hash() != r.hash:
                 raise _classify(r, p, pp, recs.peek(), find_seq)
             while (c := cps.peek()) is not None and c.seq <= r.seq:
                 cps.next()
-                if c.seq != r.seq:
-                    raise _Bad(c.seq, f"checkpoint {c.seq} signs a record that does not exist", kind="checkpoint")
-                if not _signature_ok(c):
-                    raise _Bad(c.seq, f"checkpoint {c.seq}: the signature is invalid", kind="checkpoint")
-                if signer is None:
-                    signer = c.public_key
-                elif c.public_key != signer:
-                    who = "this installation's audit key" if public_key else "the key of the first checkpoint"
-                    raise _Bad(c.seq, f"checkpoint {c.seq} is signed by a key other than {who}", kind="checkpoint")
-                if c.prev_checkpoint_seq != last_cp:
-                    if c.prev_checkpoint_seq > last_cp:
-                        raise _Bad(c.prev_checkpoint_seq, f"checkpoint {c.prev_checkpoint_seq} was deleted",
-                                   kind="checkpoint")
-                    raise _Bad(last_cp, f"checkpoint {last_cp} was inserted", kind="checkpoint")
-                if c.hash != r.hash:
-                    raise _Bad(c.seq, f"record {c.seq} does not match its signed checkpoint: records "
-                                      f"{last_cp + 1}-{c.seq} were rewritten after it was signed",
-                               kind="rewritten", rewritten_between=[last_cp + 1, c.seq])
+                signer = _check_checkpoint(c, r, last_cp, signer, public_key is not None)
                 last_cp = c.seq
                 ncp += 1
             if anchor is not None and r.seq == anchor.seq and r.hash != anchor.hash:
@@ -537,19 +566,7 @@ def verify_chain(
             n += 1
             pp, p = p, r
         last = p.seq if p is not None else 0
-        if (c := cps.next()) is not None:
-            raise _Bad(last + 1, f"checkpoint {c.seq} signs a record that does not exist: records from {last + 1} "
-                                 f"on were deleted", kind="deleted")
-        if head.seq > last:
-            raise _Bad(last + 1, f"records {last + 1}-{head.seq} are missing (deleted): the chain head is at "
-                                 f"{head.seq}", kind="deleted")
-        if head.hash != (p.hash if p is not None else GENESIS_HASH):
-            raise _Bad(last, f"the chain head's hash does not match record {last}", kind="head")
-        if anchor is not None and last < anchor.seq:
-            gone = "every record" if last == 0 else f"records {last + 1}-{anchor.seq}"
-            raise _Bad(last + 1, f"the log ends at record {last}, but the anchored head signed at "
-                                 f"{format_time(anchor.signed_at)} saw {anchor.seq}: {gone} were deleted since "
-                                 f"(or the log was reset)", kind="anchor")
+        _check_end(cps.next(), p, head, anchor)
         _check_head(head, last, signer)
         if signer is None and head.signed is not None:
             signer = head.signed.public_key

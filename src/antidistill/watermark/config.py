@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from antidistill.errors import InputError
+from antidistill.watermark.core import scheme_names
 
 MAX_CONTEXT_WIDTH = 4
 
@@ -57,7 +58,6 @@ class WatermarkConfig:
     provider_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        from antidistill.watermark.core import scheme_names  # local: core imports this module
 
         if self.scheme not in scheme_names():
             raise InputError(f"scheme must be one of {', '.join(scheme_names())}, got {self.scheme!r}")

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from antidistill.detection.stats import binomial_sf, z_score
 from antidistill.errors import InputError
 from antidistill.forensics.report.evidence import (
     ControlEntry,
@@ -170,7 +171,6 @@ def _pooled(scan: dict[str, Any], subject: Subject, rows: list[dict[str, Any]], 
             as_int(r.get("green")) is None or as_int(r.get("n")) is None for r in rows):
         return None
     # detection.stats pulls in numpy and scipy (about 2 s); only a cluster the scan did not pool needs them
-    from antidistill.detection.stats import binomial_sf, z_score
 
     green = sum(int(r["green"]) for r in rows)
     n = sum(int(r["n"]) for r in rows)
