@@ -510,8 +510,9 @@ def demo(
                                                     "(default: demo-report in the data directory).")] = None,
 ) -> None:
     """The main job, end to end: mark, watch (monitor and policy live), attack ourselves and prove it."""
-    # the parts load when the command runs, not for --help (see antidistill.cli)
-    from antidistill.demo import run_demo
+    # imported here: the demo loads every part (gateway, monitor, forensics, the openai SDK), which --help must
+    # not pay for
+    from antidistill.demo.run import run_demo
 
     ok = run_demo(out, model=model, max_tokens=max_tokens, seed=seed, quick=quick, report_dir=report_dir)
     if not ok:
