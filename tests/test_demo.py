@@ -271,6 +271,20 @@ def test_checks_fail_when_most_marked_completions_cannot_be_tested(ring):
         failed(checks)), out
 
 
+def test_throwaway_settings_ignore_the_environments_gateway_settings(tmp_path, monkeypatch):
+    # stage 6's gateway (and 7-8's) must mark, run no monitor and touch no Redis, whatever the environment says
+    from antidistill.demo_stages import _demo_settings
+    from antidistill.settings import get_settings
+
+    for name, value in (("WATERMARK", "false"), ("MONITOR", "true"), ("REDIS_URL", "redis://127.0.0.1:1/0"),
+                        ("DATABASE_URL", "sqlite:////nonexistent/x.db"), ("MASTER_KEY", "m" * 16 + "n" * 16)):
+        monkeypatch.setenv(f"ANTIDISTILL_{name}", value)
+    get_settings.cache_clear()
+    s = _demo_settings(get_settings(), tmp_path, backend="local")
+    assert s.watermark and not s.monitor and s.redis_url is None and s.master_key is None
+    assert s.data_dir == tmp_path and s.database_url == f"sqlite:///{(tmp_path / 'antidistill.db').resolve()}"
+
+
 # ---- stages 1-3 on the real model under several master keys (which completion loops depends on the key) --------
 @pytest.mark.slow
 @pytest.mark.parametrize("key", [2, 4, 6, 9])  # 9: alice's first try was too repetitive and is generated again
