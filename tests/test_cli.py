@@ -188,7 +188,10 @@ def test_generate_then_detect_attributes(capsys, tmp_path, shared_cache_env, loc
 
 # ---- transformers interop through the command line (hf-lefthash, an explicit --hashing-key) ---------------------
 HF_KEY = 15485863  # transformers' default hashing_key
-HF_GAMMA, HF_DELTA = 0.25, 2.0  # transformers' defaults: greenlist_ratio 0.25, bias 2.0
+# transformers' default bias (2.0) marks this small model's low-entropy answers weakly: over 80 tokens its own
+# detector's z ran from 0.9 to 4.5 for transformers' generate and 2.8 to 6.7 for ours (see watermark/config.py).
+# At 4.0 every z was above 6.8: the tests below are about reading each other's marks, not about power.
+HF_GAMMA, HF_DELTA = 0.25, 4.0
 HF_FLAGS = ("--scheme", "hf-lefthash", "--gamma", str(HF_GAMMA), "--delta", str(HF_DELTA))
 
 
@@ -241,7 +244,7 @@ def test_generate_hashing_key_is_read_by_transformers_detector(capsys, shared_ca
         return det(ids, return_dict=True)
 
     marked = hf_detect(HF_KEY)
-    assert bool(marked.prediction[0]) and marked.z_score[0] > 4, marked
+    assert bool(marked.prediction[0]) and marked.z_score[0] > 5, marked
     other = hf_detect(HF_KEY + 1)  # another key: the same text looks like any text
     assert not bool(other.prediction[0]), other
 
@@ -265,7 +268,7 @@ def test_detect_hashing_key_reads_transformers_watermark(capsys, tmp_path, share
     code, out_, err = run(capsys, "detect", str(f), *HF_FLAGS, "--hashing-key", str(HF_KEY), "--json")
     assert code == 0, err
     d = json.loads(out_)
-    assert d["watermarked"] is True and d["p_value"] < 1e-4, d
+    assert d["watermarked"] is True and d["p_value"] < 1e-6, d
     assert d["config"]["scheme"] == "hf-lefthash" and d["config"]["provider_fraction"] == 0.0
     assert str(HF_KEY) not in out_ + err
     code, out_, _ = run(capsys, "detect", str(f), *HF_FLAGS, "--hashing-key", str(HF_KEY + 1), "--json")

@@ -138,6 +138,18 @@ def test_key_file_created_with_mode_0600_and_reused(tmp_path):
     assert path.read_text(encoding="ascii") == text
 
 
+def test_concurrent_first_loads_all_read_the_one_whole_key(tmp_path):
+    # a gateway's first concurrent requests each load the key: none may see a created but not yet written file
+    from concurrent.futures import ThreadPoolExecutor
+
+    for round_ in range(20):
+        settings = Settings(env="test", data_dir=tmp_path / str(round_))
+        with ThreadPoolExecutor(8) as pool:
+            keys = list(pool.map(lambda s: MasterKey.load(s).account_key("alice"), [settings] * 8))
+        assert len(set(keys)) == 1
+        assert [p.name for p in (tmp_path / str(round_)).iterdir()] == [MASTER_KEY_FILE]  # no temporary left
+
+
 def test_two_installations_get_different_master_keys(tmp_path):
     a = MasterKey.load(Settings(env="test", data_dir=tmp_path / "a"))
     b = MasterKey.load(Settings(env="test", data_dir=tmp_path / "b"))

@@ -37,6 +37,7 @@ import hmac
 import json
 import os
 import secrets
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,13 +161,23 @@ class MasterKey:
     def _create_file(cls, path: Path) -> MasterKey:
         private_dir(path.parent)
         secret = secrets.token_bytes(32)
+        # The key is written in full to a private temporary file and only then given its name, with a hard link
+        # that fails if the name exists: two processes starting at once keep one key, and a thread or process that
+        # finds the name always reads the whole key. (Creating the name with O_EXCL and writing afterwards let a
+        # concurrent reader see an empty file: "master key must be at least 16 bytes" on a gateway's first
+        # concurrent requests.)
+        fd, tmp = tempfile.mkstemp(prefix=f".{MASTER_KEY_FILE}.", dir=path.parent)  # mode 0600
         try:
-            # O_EXCL: two processes starting at once must not each write a different key.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return cls.from_text(path.read_text(encoding="ascii"))
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(secret.hex() + "\n")
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(secret.hex() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return cls.from_text(path.read_text(encoding="ascii"))
+        finally:
+            os.unlink(tmp)
         return cls(secret)
 
     def _derive_bytes(self, label: bytes, *parts: bytes) -> bytes:

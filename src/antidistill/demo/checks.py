@@ -28,8 +28,8 @@ DEMO_ALPHA = 1e-3
 DECOY_ACCOUNTS: tuple[str, ...] = tuple(f"customer-{i:04d}" for i in range(8))
 #: Distinct pairs a marked text needs before the demo checks that it is detected. At the green fraction the
 #: embedded model's marked answers reach (about 0.7 at delta 3, see ``watermark/config.py``) a 64-pair text is
-#: detected at alpha 1e-3 with probability above 0.999 (provider test and attribution among the demo's
-#: candidates, Fisher-combined); at 0.6, about 0.96; 32 pairs would give 0.88 and 0.49.
+#: detected at alpha 1e-3 with probability above 0.999 (provider test and attribution among the demo's ten
+#: candidate keys, Fisher-combined; simulated); at 0.6, about 0.97; 32 pairs would give 0.90 and 0.54.
 DEMO_MIN_PAIRS = 64
 #: further tries, each with another seed, for a text with fewer distinct pairs than it needs
 REGENERATE_ATTEMPTS = 2
