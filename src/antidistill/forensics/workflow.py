@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from antidistill.errors import InputError
 from antidistill.forensics.inputs import texts_from_records
@@ -17,15 +17,13 @@ from antidistill.forensics.scan import ScanKeys, ScanReport, check_same_tokenize
 from antidistill.keys import KeyRing
 from antidistill.models.embedded import load_causal_lm, load_tokenizer, resolve_model
 from antidistill.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from antidistill.store.sql import Store
+from antidistill.store.api import AuditLog
 
 #: the files that make a weights directory carry its own tokenizer
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def scan_open_on_audit(store: Store, suspect_model: str, account_ids: Sequence[str], *,
+def scan_open_on_audit(store: AuditLog, suspect_model: str, account_ids: Sequence[str], *,
                        cluster_id: str | None = None, settings: Settings | None = None,
                        max_texts: int | None = None, teacher_control: bool = True) -> ScanReport:
     """Scan the open weights at ``suspect_model``, feeding it the watermarked exchanges of ``account_ids`` from the
@@ -51,7 +49,7 @@ def scan_open_on_audit(store: Store, suspect_model: str, account_ids: Sequence[s
     settings = settings or get_settings()
     if not Path(suspect_model).exists():
         raise InputError(f"suspect model not found: {suspect_model}")
-    fed = texts_from_records(store.iter_audit(), accounts=set(account_ids), max_texts=max_texts)
+    fed = texts_from_records(store.iter_records(), accounts=set(account_ids), max_texts=max_texts)
     if not fed.texts:
         who = f"cluster {cluster_id}" if cluster_id is not None else f"account {', '.join(account_ids)}"
         raise InputError(f"the audit log holds no watermarked exchange of {who} to feed the suspect model")

@@ -11,16 +11,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from antidistill.errors import InputError
 from antidistill.forensics.report.evidence import Evidence, Subject
 from antidistill.forensics.report.gather import gather, load_policy, resolve_subject
 from antidistill.forensics.report.render import check_templates, render_html
 from antidistill.forensics.report.scans import check_scan, load_scan, source_of
-
-if TYPE_CHECKING:
-    from antidistill.store.sql import Store
+from antidistill.settings import Settings
+from antidistill.store.api import Storage
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def write_report(evidence: Evidence | Mapping[str, Any], out_dir: str | os.PathL
     return files
 
 
-def run_scan(store: Store, subject: Subject, suspect_model: str, *, settings: Any = None,
+def run_scan(store: Storage, subject: Subject, suspect_model: str, *, settings: Settings | None = None,
              max_texts: int | None = None, teacher_control: bool = True) -> dict[str, Any]:
     """Scan the open weights at ``suspect_model`` now on the subject's exchanges
     (:func:`antidistill.forensics.workflow.scan_open_on_audit`), and return the result as a dict, as
@@ -87,7 +86,7 @@ def run_scan(store: Store, subject: Subject, suspect_model: str, *, settings: An
     return data
 
 
-def make_report(store: Store, out_dir: str | os.PathLike[str], *, account: str | None = None,
+def make_report(store: Storage, out_dir: str | os.PathLike[str], *, account: str | None = None,
                 cluster: str | None = None, scan_files: Sequence[str | os.PathLike[str]] = (),
                 control_files: Sequence[str | os.PathLike[str]] = (), suspect_model: str | None = None,
                 policy_file: str | os.PathLike[str] | None = None, database: str | None = None,
