@@ -44,9 +44,9 @@ def _scorer(data_dir: str | None, embeddings: bool):
     from antidistill.monitor.score import Scorer
 
     if data_dir and (Path(data_dir) / "monitor" / MODEL_FILE).is_file():
-        from types import SimpleNamespace
+        from antidistill.settings import Settings
 
-        m = Monitor.load(SimpleNamespace(data_dir=Path(data_dir)), embeddings=False)
+        m = Monitor.load(Settings(env="test", data_dir=Path(data_dir)), embeddings=False)
         scorer = m.scorer
         scorer.embeddings = embeddings and scorer.embeddings
         return scorer, "trained"

@@ -3,6 +3,8 @@
 Every message is written for the person who made the mistake and never contains a secret.
 """
 
+from __future__ import annotations
+
 
 class AntidistillError(Exception):
     """Base class: an error the user can act on (bad input, missing file, bad configuration)."""
@@ -43,5 +45,5 @@ class MissingExtraError(AntidistillError, ModuleNotFoundError):
         super().__init__(f"{need} the {extra} extra: pip install 'antidistill[{install or extra}]' ({module} is not "
                          "installed)", name=module)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[MissingExtraError], tuple[str, str | None, str | None, str | None]]:
         return type(self), (self.extra, self.name, self.what, self.install)

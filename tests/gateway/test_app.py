@@ -9,11 +9,15 @@ import time
 import httpx
 import pytest
 import typer
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from antidistill.cli.serve import serve
 from antidistill.errors import ConfigError
+from antidistill.gateway.app import create_app
+from antidistill.gateway.deps import Gateway
 from antidistill.gateway.limits import LimiterUnavailable, Limits, RedisLimiter
+from antidistill.gateway.metrics import GatewayMetrics
 from antidistill.models.base import GenerationChunk
 from antidistill.models.fake import FakeBackend
 from antidistill.settings import Settings
@@ -199,3 +203,12 @@ def test_serve_runs_uvicorn_with_the_connection_limits(workers, monkeypatch, tmp
     assert http.func is GuardedHttpToolsProtocol
     assert http.keywords["limits"] == ConnectionLimits(4096, 3.0, 4.0, 7)
     assert kw.get("limit_concurrency") is None  # it would answer 503 to requests, not bound connections
+
+
+def test_a_gateway_part_read_before_the_app_starts_is_named():
+    gw = Gateway(Settings(env="test", backend="fake"), GatewayMetrics(), backend=FakeBackend())
+    assert gw.is_set("backend") and not gw.is_set("store")
+    with pytest.raises(RuntimeError, match="store"):
+        _ = gw.store
+    app = create_app(Settings(env="test", backend="fake"), backend=FakeBackend())
+    assert TestClient(app).get("/health").json() == {"status": "ok", "backend": "fake"}  # no lifespan run

@@ -11,6 +11,7 @@ from typing import Any
 
 from antidistill.errors import InputError
 from antidistill.forensics.scan import FedText, Messages
+from antidistill.store.api import AuditRecord
 from antidistill.watermark.config import WatermarkConfig
 
 
@@ -46,35 +47,44 @@ def _prompt_of(request: Mapping[str, Any]) -> tuple[str | Messages | None, bool]
     return None
 
 
-def texts_from_records(records: Iterable[Mapping[str, Any]], accounts: Collection[str] | None = None,
+def texts_from_records(records: Iterable[AuditRecord | Mapping[str, Any]], accounts: Collection[str] | None = None,
                        max_texts: int | None = None) -> AuditTexts:
-    """Watermarked exchanges of ``accounts`` (all if ``None``) from audit records (``Store.iter_audit``)."""
+    """Watermarked exchanges of ``accounts`` (all if ``None``) from audit records (``Store.iter_records``; dicts as
+    ``Store.iter_audit`` yields them or an export holds are read too)."""
     out = AuditTexts([])
     for rec in records:
         if max_texts is not None and len(out.texts) >= max_texts:
             break
-        account = rec.get("account_id")
+        account, status, wm, request, completion = _fields(rec)
         if accounts is not None and account not in accounts:
             out.skipped["other-account"] += 1
             continue
-        if int(rec.get("status") or 200) != 200:
+        if int(status or 200) != 200:
             out.skipped["error-status"] += 1
             continue
-        wm = rec.get("watermark") or {}
         if not wm.get("key_id") or not isinstance(wm.get("config"), dict):
             out.skipped["unwatermarked"] += 1
             continue
-        prompt = _prompt_of(rec.get("request") or {})
+        prompt = _prompt_of(request)
         if prompt is None:
             out.skipped["unreadable-prompt"] += 1
             continue
         out.configs[json.dumps(wm["config"], sort_keys=True)] += 1
-        for text in rec.get("completion") or []:
+        for text in completion:
             if isinstance(text, str) and text.strip():
                 out.texts.append(FedText(prompt[0], text, prompt[1], account))
     if max_texts is not None:
         out.texts = out.texts[:max_texts]
     return out
+
+
+def _fields(rec: AuditRecord | Mapping[str, Any]) -> tuple[Any, Any, Mapping[str, Any], Mapping[str, Any], list[Any]]:
+    """``(account, status, watermark, request, completion)`` of a record; a dict's missing fields read as empty
+    (a missing status as 200)."""
+    if isinstance(rec, AuditRecord):
+        return rec.account_id, rec.status, rec.watermark, rec.request, rec.completion
+    return (rec.get("account_id"), rec.get("status"), rec.get("watermark") or {}, rec.get("request") or {},
+            rec.get("completion") or [])
 
 
 def read_texts_file(path: Path, max_texts: int | None = None) -> list[FedText]:

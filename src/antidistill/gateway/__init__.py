@@ -13,7 +13,7 @@ __all__ = ["create_app"]
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from antidistill.gateway.app import create_app
+        from antidistill.gateway.app import create_app  # FastAPI & co. (over 1 s): not for `antidistill --help`
 
         return create_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

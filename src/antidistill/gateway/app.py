@@ -2,6 +2,7 @@
 
 Example:
     >>> from antidistill.models.fake import FakeBackend
+from antidistill.models.local_backend import LocalBackend
     >>> from antidistill.settings import Settings
     >>> app = create_app(Settings(env="test", backend="fake"), backend=FakeBackend())
     >>> sorted(app.openapi()["paths"])[-3:]
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -25,11 +26,17 @@ from antidistill.gateway.deps import Gateway
 from antidistill.gateway.errors import BodyLimitMiddleware, install_exception_handlers
 from antidistill.gateway.limits import RateLimiter, make_limiter
 from antidistill.gateway.metrics import GatewayMetrics, MetricsMiddleware
+from antidistill.gateway.monitoring import Monitoring, load_monitor
 from antidistill.gateway.routes import admin, docs, openai, service
 from antidistill.gateway.routes import monitor as monitor_routes
 from antidistill.keys import KeyRing
 from antidistill.models.base import Backend
+from antidistill.models.fake import FakeBackend
+from antidistill.models.local_backend import LocalBackend
+from antidistill.monitor.actions import MonitorLike
 from antidistill.settings import Settings, get_settings
+from antidistill.store.api import Storage
+from antidistill.store.sql import Store
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +44,9 @@ log = logging.getLogger(__name__)
 def make_backend(settings: Settings) -> Backend:
     """The backend the settings name (``ANTIDISTILL_BACKEND``)."""
     if settings.backend == "fake":
-        from antidistill.models.fake import FakeBackend
-
         return FakeBackend()
     if settings.backend == "upstream":
-        from antidistill.models.upstream import UpstreamBackend
+        from antidistill.models.upstream import UpstreamBackend  # its HTTP client stack: 0.15 s, for this one only
 
         if not settings.upstream_url:
             raise ConfigError("backend 'upstream' needs ANTIDISTILL_UPSTREAM_URL (or --upstream-url)")
@@ -50,27 +55,25 @@ def make_backend(settings: Settings) -> Backend:
             return UpstreamBackend(settings.upstream_url, key, settings.upstream_model, settings.upstream_timeout)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    require("model", "the local backend")  # upstream and fake need no model
-    from antidistill.models.local_backend import LocalBackend
-
+    require("model", "the local backend")  # upstream and fake need no model (LocalBackend imports torch when used)
     return LocalBackend(model_path=settings.model, cache_dir=settings.cache_dir)
 
 
-def open_store(settings: Settings) -> Any:
+def open_store(settings: Settings) -> Store:
     """The database the settings name (``ANTIDISTILL_DATABASE_URL``, default: SQLite in the data directory)."""
-    from antidistill.store.sql import Store
-
     return Store.open(settings=settings)
 
 
-def create_app(settings: Settings | None = None, *, backend: Backend | None = None, store: Any = None,
-               limiter: RateLimiter | None = None, keyring: KeyRing | None = None, monitor: Any = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, backend: Backend | None = None, store: Storage | None = None,
+               limiter: RateLimiter | None = None, keyring: KeyRing | None = None,
+               monitor: MonitorLike | None = None) -> FastAPI:
     """The gateway as an ASGI app.
 
     Args:
         settings: default: the process settings (``ANTIDISTILL_*``).
         backend: default: the one ``settings.backend`` names. Started and closed by the app's lifespan.
-        store: default: :func:`open_store`, opened and closed by the lifespan; a given store is left open.
+        store: any :class:`~antidistill.store.api.Storage`; default: :func:`open_store`, opened and closed by the
+            lifespan; a given store is left open.
         limiter: default: Redis if ``settings.redis_url``, else in process.
         keyring: default: :meth:`KeyRing.open` (master key from the settings).
         monitor: the monitor the gateway feeds (:class:`~antidistill.monitor.actions.MonitorLike`); default: with
@@ -82,19 +85,17 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                  keyring=keyring)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        own_store, own_limiter = gw.store is None, gw.limiter is None
-        if gw.keyring is None:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        own_store, own_limiter = not gw.is_set("store"), not gw.is_set("limiter")
+        if not gw.is_set("keyring"):
             gw.keyring = KeyRing.open(settings)
-        if gw.backend is None:
+        if not gw.is_set("backend"):
             gw.backend = make_backend(settings)
-        if gw.store is None:
+        if own_store:
             gw.store = await run_in_threadpool(open_store, settings)
-        if gw.limiter is None:
+        if own_limiter:
             gw.limiter = make_limiter(settings)
         if monitor is not None or settings.monitor or settings.enforcement:
-            from antidistill.gateway.monitoring import Monitoring, load_monitor
-
             feed = monitor
             if feed is None and settings.monitor:
                 feed = await run_in_threadpool(load_monitor, settings)

@@ -7,9 +7,10 @@ is off and answers 401 to everyone.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from dataclasses import dataclass, field
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,32 +19,86 @@ from starlette.concurrency import run_in_threadpool
 from antidistill.gateway.errors import APIError
 from antidistill.gateway.limits import RateLimiter
 from antidistill.gateway.metrics import GatewayMetrics
+from antidistill.gateway.monitoring import Monitoring
 from antidistill.keys import KeyRing
 from antidistill.models.base import Backend
 from antidistill.settings import Settings
-from antidistill.store.api import Account, ApiKeyInfo
+from antidistill.store.api import Account, ApiKeyInfo, Storage
 
 #: longest bearer token looked up in the store (real keys are far shorter; longer ones are not hashed at all)
 MAX_KEY_CHARS = 512
+_T = TypeVar("_T")
 
 
-@dataclass
+def _started(part: _T | None, name: str) -> _T:
+    if part is None:
+        raise RuntimeError(f"the gateway's {name} is set when the app starts (its lifespan); it has not started")
+    return part
+
+
 class Gateway:
-    """The parts of one gateway app. ``backend``, ``store``, ``limiter`` and ``keyring`` are set by the lifespan
-    when not given to :func:`~antidistill.gateway.app.create_app`."""
+    """The parts of one gateway app.
 
-    settings: Settings
-    metrics: GatewayMetrics
-    backend: Backend | None = None
-    store: Any = None
-    limiter: RateLimiter | None = None
-    keyring: KeyRing | None = None
-    started: int = 0
-    #: tasks that must outlive the request that started them (audit records of abandoned streams)
-    background: set[Any] = field(default_factory=set)
-    #: enforcement of the policy and the monitor worker (:class:`~antidistill.gateway.monitoring.Monitoring`);
-    #: ``None`` when both are off
-    monitoring: Any = None
+    ``backend``, ``store``, ``limiter`` and ``keyring`` are the ones given to
+    :func:`~antidistill.gateway.app.create_app`, or made by the app's lifespan when it starts; reading one that is
+    not there yet raises ``RuntimeError`` (no request is served before the lifespan has run).
+
+    Args:
+        settings: the gateway's settings.
+        metrics: its Prometheus metrics.
+        backend, store, limiter, keyring: the parts given to ``create_app`` (``None``: made at start).
+    """
+
+    def __init__(self, settings: Settings, metrics: GatewayMetrics, *, backend: Backend | None = None,
+                 store: Storage | None = None, limiter: RateLimiter | None = None,
+                 keyring: KeyRing | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._backend = backend
+        self._store = store
+        self._limiter = limiter
+        self._keyring = keyring
+        self.started = 0
+        #: tasks that must outlive the request that started them (audit records of abandoned streams)
+        self.background: set[asyncio.Task[None]] = set()
+        #: enforcement of the policy and the monitor worker; ``None`` when both are off
+        self.monitoring: Monitoring | None = None
+
+    def is_set(self, part: Literal["backend", "store", "limiter", "keyring"]) -> bool:
+        """Whether ``part`` is there (given to ``create_app``, or made by the lifespan)."""
+        return getattr(self, "_" + part) is not None
+
+    @property
+    def backend(self) -> Backend:
+        return _started(self._backend, "backend")
+
+    @backend.setter
+    def backend(self, value: Backend) -> None:
+        self._backend = value
+
+    @property
+    def store(self) -> Storage:
+        return _started(self._store, "store")
+
+    @store.setter
+    def store(self, value: Storage) -> None:
+        self._store = value
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return _started(self._limiter, "limiter")
+
+    @limiter.setter
+    def limiter(self, value: RateLimiter) -> None:
+        self._limiter = value
+
+    @property
+    def keyring(self) -> KeyRing:
+        return _started(self._keyring, "keyring")
+
+    @keyring.setter
+    def keyring(self, value: KeyRing) -> None:
+        self._keyring = value
 
 
 @dataclass(frozen=True)
@@ -55,7 +110,8 @@ class Principal:
 
 
 def get_gateway(request: Request) -> Gateway:
-    return request.app.state.gateway
+    gw: Gateway = request.app.state.gateway
+    return gw
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
@@ -65,7 +121,7 @@ def get_settings(gw: GatewayDep) -> Settings:
     return gw.settings
 
 
-def get_store(gw: GatewayDep) -> Any:
+def get_store(gw: GatewayDep) -> Storage:
     return gw.store
 
 
@@ -74,7 +130,7 @@ def get_backend(gw: GatewayDep) -> Backend:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[Any, Depends(get_store)]
+StoreDep = Annotated[Storage, Depends(get_store)]
 BackendDep = Annotated[Backend, Depends(get_backend)]
 
 _api_key_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="An antidistill API key.")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -157,7 +158,7 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = "method not allowed"
     elif status == 413:
         detail = detail if detail and detail != "Request Entity Too Large" else "request body too large"
-    headers = dict(exc.headers) if getattr(exc, "headers", None) else None
+    headers = dict(exc.headers) if exc.headers else None
     return APIError(status if status >= 400 else 500, detail or "error", headers=headers).response()
 
 
@@ -177,14 +178,23 @@ async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     return APIError(500, "the server had an error while processing your request").response()
 
 
+_E = TypeVar("_E", bound=Exception)
+
+
+def _handle(app: FastAPI, exc_class: type[_E], handler: Callable[[Request, _E], Awaitable[JSONResponse]]) -> None:
+    """``app.add_exception_handler``, with the handler's exception type tied to the class it handles."""
+    # Starlette types every handler as taking any Exception, which a handler of one class is not
+    app.add_exception_handler(exc_class, handler)  # type: ignore[arg-type]
+
+
 def install_exception_handlers(app: FastAPI) -> None:
     """Register the handlers that turn every failure into OpenAI's error JSON."""
-    app.add_exception_handler(APIError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(BackendError, _backend_error)
-    app.add_exception_handler(NotFoundError, _not_found)
-    app.add_exception_handler(Exception, _unhandled)
+    _handle(app, APIError, _api_error)
+    _handle(app, RequestValidationError, _validation_error)
+    _handle(app, StarletteHTTPException, _http_error)
+    _handle(app, BackendError, _backend_error)
+    _handle(app, NotFoundError, _not_found)
+    _handle(app, Exception, _unhandled)
 
 
 class BodyTooLarge(StarletteHTTPException):

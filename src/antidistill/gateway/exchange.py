@@ -25,7 +25,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -162,9 +162,9 @@ class _Run:
                 from exc
 
     async def settle(self, used_tokens: int) -> None:
-        if self.throttle is not None:
+        if self.throttle is not None and self.gw.monitoring is not None:
             await self.gw.monitoring.settle(self.throttle, used_tokens)
-            self.throttle = None
+        self.throttle = None
         if self.reservation is not None:
             try:
                 await self.gw.limiter.commit(self.reservation, used_tokens)
@@ -277,7 +277,10 @@ class _Run:
         return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
 
 
-async def _next_item(it: AsyncIterator[Any], deadline: float) -> Any:
+Item = GenerationChunk | GenerationResult
+
+
+async def _next_item(it: AsyncIterator[Item], deadline: float) -> Item:
     remaining = deadline - asyncio.get_running_loop().time()
     if remaining <= 0:
         raise BackendTimeout("request timeout reached")
@@ -289,7 +292,8 @@ async def _next_item(it: AsyncIterator[Any], deadline: float) -> Any:
         raise BackendError("the backend's stream ended without a final result") from None
 
 
-async def run_exchange(gw: Gateway, request: Request, principal: Principal, ex: Exchange):
+async def run_exchange(gw: Gateway, request: Request, principal: Principal,
+                       ex: Exchange) -> JSONResponse | StreamingResponse:
     """Serve one exchange: a JSON response, or a server-sent event stream."""
     run = _Run(gw, request, principal, ex)
     if gw.monitoring is not None:  # the policy's enforcement (403 block/review, 429 throttle) before the limits
@@ -346,19 +350,21 @@ async def _start_stream(run: _Run) -> StreamingResponse:
                        code="audit_unavailable") from None
     # The first item is awaited before the response starts, so a backend that fails at once (unreachable
     # upstream, timeout) still gets a real 502/504 status instead of an error inside a 200 stream.
-    it = None
     try:
-        it = run.gw.backend.stream(run.ex.generation).__aiter__()
+        it = run.gw.backend.stream(run.ex.generation)  # a local backend refuses a bad request here (ValueError)
+    except BaseException as exc:
+        await _backend_failed(run, exc)
+    try:
         first = await _next_item(it, run.deadline)
     except BaseException as exc:
-        if it is not None and isinstance(exc, (BackendError, TimeoutError)):
+        if isinstance(exc, (BackendError, TimeoutError)):
             with suppress(Exception):
                 await it.aclose()
         await _backend_failed(run, exc)
     return StreamingResponse(_sse(run, it, first), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _sse(run: _Run, it: AsyncIterator[Any], first: Any) -> AsyncIterator[str]:
+async def _sse(run: _Run, it: AsyncGenerator[Item, None], first: Item) -> AsyncIterator[str]:
     ex, gw = run.ex, run.gw
     n = ex.generation.n
     model = gw.backend.model_id

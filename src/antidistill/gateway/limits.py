@@ -20,9 +20,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from antidistill.extras import require
+from antidistill.settings import Settings
+from antidistill.store.api import Account
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 WINDOW_S = 60
 DAY_S = 86_400
@@ -40,7 +45,7 @@ class Limits:
     tokens_per_day: int | None = None
 
     @classmethod
-    def of(cls, account: Any) -> Limits:
+    def of(cls, account: Account) -> Limits:
         return cls(account.rpm, account.tpm, account.tokens_per_day)
 
     @property
@@ -278,15 +283,18 @@ class RedisLimiter(RateLimiter):
         client: a ``redis.asyncio.Redis`` to use instead of connecting to ``url`` (tests).
     """
 
-    def __init__(self, url: str | None = None, prefix: str = "antidistill", client: Any = None) -> None:
+    def __init__(self, url: str | None = None, prefix: str = "antidistill", client: Redis | None = None) -> None:
         require("redis", "Redis rate limits")
-        import redis.asyncio as aioredis
+        # the redis extra is optional (and 0.15 s to import): only a gateway whose limits are in Redis needs it
+        import redis.asyncio
 
-        if client is None and not url:
-            raise ValueError("RedisLimiter needs a url or a client")
-        self._redis = client if client is not None else aioredis.Redis.from_url(url, socket_timeout=5,
-                                                                                  socket_connect_timeout=5)
         self._owned = client is None
+        if client is None:
+            if not url:
+                raise ValueError("RedisLimiter needs a url or a client")
+            client = redis.asyncio.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = client
+        self._unreachable: type[Exception] = redis.RedisError
         self.prefix = prefix
         self._check = self._redis.register_script(_CHECK_LUA)
         self._commit = self._redis.register_script(_COMMIT_LUA)
@@ -297,8 +305,6 @@ class RedisLimiter(RateLimiter):
         return f"{base}:req", f"{base}:tok", f"{base}:day"
 
     async def check(self, account_id: str, limits: Limits, tokens: int) -> Reservation:
-        import redis
-
         _too_large(limits, tokens)
 
         def arg(v: int | None) -> int:
@@ -307,7 +313,7 @@ class RedisLimiter(RateLimiter):
         try:
             ok, a, b = await self._check(keys=list(self._keys(account_id)),
                                          args=[arg(limits.rpm), arg(limits.tpm), arg(limits.tokens_per_day), tokens])
-        except redis.RedisError as exc:
+        except self._unreachable as exc:
             raise LimiterUnavailable(f"rate-limit store unreachable: {type(exc).__name__}") from exc
         if ok:
             return Reservation(account_id, limits, tokens, int(a), int(b))
@@ -316,8 +322,6 @@ class RedisLimiter(RateLimiter):
         raise RateLimited(kind, int(b) / 1000, value or 0, 1 if kind == "rpm" else tokens)
 
     async def commit(self, reservation: Reservation, used_tokens: int) -> None:
-        import redis
-
         if reservation.committed:
             return
         reservation.committed = True
@@ -329,7 +333,7 @@ class RedisLimiter(RateLimiter):
         try:
             await self._commit(keys=[tok, day], args=[reservation.second, reservation.day, delta,
                                                       int(lim.tpm is not None), int(lim.tokens_per_day is not None)])
-        except redis.RedisError:
+        except self._unreachable:
             # the request was served; a lost correction only leaves the reservation counted
             return
 
@@ -338,7 +342,7 @@ class RedisLimiter(RateLimiter):
             await self._redis.aclose()
 
 
-def make_limiter(settings: Any) -> RateLimiter:
+def make_limiter(settings: Settings) -> RateLimiter:
     """Redis when ``ANTIDISTILL_REDIS_URL`` is set, else in process."""
     if settings.redis_url:
         return RedisLimiter(settings.redis_url, settings.rate_limit_prefix)

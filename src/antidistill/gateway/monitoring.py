@@ -22,14 +22,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import fields
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.concurrency import run_in_threadpool
 
+from antidistill.errors import ConfigError, MissingExtraError
+from antidistill.extras import require
 from antidistill.gateway.errors import APIError
 from antidistill.gateway.limits import (
     InMemoryLimiter,
@@ -41,9 +42,10 @@ from antidistill.gateway.limits import (
     Reservation,
 )
 from antidistill.monitor.actions import Enforcer, MonitorLike
-from antidistill.monitor.api import ExchangeEvent
+from antidistill.monitor.api import Assessment, ExchangeEvent
 from antidistill.monitor.policy import Policy
-from antidistill.store.api import Account, AuditEntry, Enforcement
+from antidistill.settings import Settings
+from antidistill.store.api import Account, AuditEntry, Enforcement, EnforcementStore
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ _STOP = object()
 class MonitorMetrics:
     """The monitor's Prometheus metrics, in the gateway's registry."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.queued = Counter("antidistill_monitor_events_queued", "Exchanges handed to the monitor worker.",
                               registry=registry)
         self.dropped = Counter("antidistill_monitor_events_dropped",
@@ -82,7 +84,7 @@ class EnforcementCache:
         clock: monotonic seconds (tests pass a fake one).
     """
 
-    def __init__(self, store: Any, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: EnforcementStore, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.ttl = ttl
         self._clock = clock
@@ -115,10 +117,6 @@ class EnforcementCache:
                 self._entries.clear()
             else:
                 self._entries.pop(account_id, None)
-
-
-def _event(entry: AuditEntry, metadata: dict[str, Any]) -> ExchangeEvent:
-    return ExchangeEvent.from_record({f.name: getattr(entry, f.name) for f in fields(entry)}, metadata)
 
 
 class MonitorWorker:
@@ -201,7 +199,7 @@ class MonitorWorker:
         events = []
         for entry, metadata in items:
             try:
-                events.append((entry, _event(entry, metadata)))
+                events.append((entry, ExchangeEvent.from_record(entry, metadata)))
             except Exception:
                 self.metrics.errors.inc()
                 log.error("the monitor could not read exchange %s", entry.response_id, exc_info=True)
@@ -220,7 +218,7 @@ class MonitorWorker:
                 continue
             self._apply(assessments)
 
-    def _apply(self, assessments: Any) -> None:
+    def _apply(self, assessments: Iterable[Assessment] | None) -> None:
         for a in assessments or ():
             try:
                 outcome = self.enforcer.apply(a)
@@ -278,7 +276,8 @@ class Monitoring:
         throttle_limiter: the limiter of throttled accounts (default: in process).
     """
 
-    def __init__(self, store: Any, policy: Policy, registry: Any, *, monitor: MonitorLike | None = None,
+    def __init__(self, store: EnforcementStore, policy: Policy, registry: CollectorRegistry, *,
+                 monitor: MonitorLike | None = None,
                  ttl: float = 2.0, queue_size: int = 10_000, throttle_limiter: RateLimiter | None = None) -> None:
         self.store = store
         self.policy = policy
@@ -291,8 +290,8 @@ class Monitoring:
                        if monitor is not None else None)
 
     @classmethod
-    def from_settings(cls, settings: Any, store: Any, registry: Any, monitor: MonitorLike | None = None
-                      ) -> Monitoring:
+    def from_settings(cls, settings: Settings, store: EnforcementStore, registry: CollectorRegistry,
+                      monitor: MonitorLike | None = None) -> Monitoring:
         """The settings' policy file, and a throttle limiter in Redis when the gateway's limits are there."""
         policy = Policy.load(settings.policy_file)
         limiter = (RedisLimiter(settings.redis_url, f"{settings.rate_limit_prefix}:throttle")
@@ -368,13 +367,11 @@ class Monitoring:
         return lifted
 
 
-def load_monitor(settings: Any) -> MonitorLike:
+def load_monitor(settings: Settings) -> MonitorLike:
     """The monitor the settings ask for (:class:`antidistill.monitor.pipeline.Monitor`)."""
-    from antidistill.errors import ConfigError, MissingExtraError
-    from antidistill.extras import require
-
     try:
         require("monitor", "ANTIDISTILL_MONITOR (serve --monitor)")
+        # the monitor's heavy part (numpy, scikit-learn, datasketch: the monitor extra), only with --monitor on
         from antidistill.monitor.pipeline import Monitor
     except MissingExtraError:
         raise

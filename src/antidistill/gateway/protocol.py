@@ -124,7 +124,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None  # of the head or of the body, never both at once
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    # uvicorn's own connection_made takes an asyncio.Transport (what a stream server hands it), narrower than
+    # asyncio.BaseProtocol's BaseTransport; this override keeps uvicorn's signature
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         limit = self.connection_limits.max_connections
         if len(self.connections) > limit:

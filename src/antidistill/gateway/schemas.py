@@ -9,7 +9,7 @@ bodies and stream chunks, built as dicts for speed, are tested to be exactly the
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -30,7 +30,11 @@ def _unicode(v: str) -> str:
     return v
 
 
-def _unicode_json(v: Any) -> Any:
+_J = TypeVar("_J")
+
+
+def _unicode_json(v: _J) -> _J:
+    """``v`` itself, once every string in it (keys too) is checked to be valid Unicode."""
     if isinstance(v, str):
         _unicode(v)
     elif isinstance(v, dict):

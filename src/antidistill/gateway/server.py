@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from antidistill.gateway.protocol import ConnectionLimits
+import uvicorn
+from starlette.types import ASGIApp
+
+from antidistill.gateway.protocol import ConnectionLimits, uvicorn_options
 
 
 class BackgroundServer:
@@ -31,12 +32,8 @@ class BackgroundServer:
         ...     httpx.get(srv.url + "/docs")
     """
 
-    def __init__(self, app: Any, log_level: str = "warning", start_timeout: float = 60.0,
+    def __init__(self, app: ASGIApp, log_level: str = "warning", start_timeout: float = 60.0,
                  limits: ConnectionLimits | None = None) -> None:
-        import uvicorn
-
-        from antidistill.gateway.protocol import ConnectionLimits, uvicorn_options
-
         if limits is None:
             gateway = getattr(getattr(app, "state", None), "gateway", None)
             settings = getattr(gateway, "settings", None)

@@ -7,7 +7,7 @@ The gateway turns an OpenAI request into a :class:`GenerationRequest`, asks the 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,9 +109,11 @@ class Backend(ABC):
         """The whole completion."""
 
     @abstractmethod
-    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationResult]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk | GenerationResult, None]:
         """The completion as :class:`GenerationChunk` items, then exactly one :class:`GenerationResult` (the whole
-        completion, with token counts and the watermark record) as the last item."""
+        completion, with token counts and the watermark record) as the last item.
+
+        An async generator: the gateway closes it (``aclose``) when the client goes away before the end."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load models, open connections."""

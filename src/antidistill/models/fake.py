@@ -12,7 +12,7 @@ import hashlib
 import json
 import random
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from antidistill.models.base import (
     Backend,
@@ -128,7 +128,7 @@ class FakeBackend(Backend):
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         return await self._result(request)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationResult]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk | GenerationResult, None]:
         result = await self._result(request)
         for c in result.choices:
             words = c.text.split(" ") if c.text else []

@@ -39,7 +39,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -445,7 +445,7 @@ class LocalBackend(Backend):
             )
         return _Job(request, ids, stops, streaming)
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationResult]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk | GenerationResult, None]:
         """The completion as chunks, then one :class:`LocalResult`. Raises ``ValueError`` at once for a bad request.
 
         Closing the iterator (client gone) or cancelling its task removes the request's rows from the batch at the
@@ -468,7 +468,7 @@ class LocalBackend(Backend):
             raise BackendError("the local backend ended a request without a result")
         return result
 
-    async def _run(self, job: _Job) -> AsyncIterator[GenerationChunk | GenerationResult]:
+    async def _run(self, job: _Job) -> AsyncGenerator[GenerationChunk | GenerationResult, None]:
         job.bind(asyncio.get_running_loop())
         self._ensure_worker()
         self._inbox.put(job)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -197,7 +197,7 @@ class UpstreamBackend(Backend):
         return GenerationResult(choices=choices, prompt_tokens=prompt_tokens, watermark=dict(UNWATERMARKED),
                                 model=str(data.get("model") or self.model_id))
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk | GenerationResult]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk | GenerationResult, None]:
         chat = request.messages is not None
         path, body = self._body(request, stream=True)
         client = self._client_or_fail()

@@ -22,25 +22,34 @@ exchanges, so ``audit verify`` covers it and ``audit export`` carries it::
     status       the HTTP status the action implies (flag 200, throttle 429, review/block 403, clear 200)
     watermark    {"status": "not-applicable", "reason": "policy action record"}
 
-Readers of the log that want exchanges only skip them with :func:`is_action_record` (the monitor does).
+Readers of the log that want exchanges only skip them with :func:`is_action_record` (the monitor does), or
+:attr:`AuditRecord.is_action <antidistill.store.api.AuditRecord.is_action>` on a typed record.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from antidistill.monitor.api import Assessment, ExchangeEvent, level_rank
 from antidistill.monitor.policy import ACTION_STATUS, Decision, Policy, escalates
-from antidistill.store.api import Alert, AuditEntry, Enforcement, is_pending_record
+from antidistill.store.api import (
+    ACTION_ENDPOINT_PREFIX,
+    Alert,
+    AuditEntry,
+    AuditRecord,
+    Enforcement,
+    EnforcementStore,
+    is_pending_record,
+)
 
 log = logging.getLogger(__name__)
 
-ACTION_ENDPOINT = "monitor:action"
+ACTION_ENDPOINT = ACTION_ENDPOINT_PREFIX + "action"
 ACTION_KIND = "antidistill.monitor.action"
 ACTION_WATERMARK = {"status": "not-applicable", "reason": "policy action record"}
 
@@ -59,14 +68,27 @@ class MonitorLike(Protocol):
         """The current assessment of every account seen."""
 
 
-def is_action_record(record: Mapping[str, Any]) -> bool:
-    """Whether an audit record (a dict from ``iter_audit`` or an export) is a policy action, not an exchange."""
-    return str(record.get("endpoint", "")).startswith("monitor:")
+_R = TypeVar("_R", AuditRecord, Mapping[str, Any])
 
 
-def exchange_records(records: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
-    """The exchanges among audit records: action records and streams' opening (pending) records skipped."""
-    return (r for r in records if not is_action_record(r) and not is_pending_record(r))
+def is_action_record(record: AuditRecord | Mapping[str, Any]) -> bool:
+    """Whether an audit record (typed, or a dict from ``iter_audit`` or an export) is a policy action, not an
+    exchange."""
+    if isinstance(record, AuditRecord):
+        return record.is_action
+    return str(record.get("endpoint", "")).startswith(ACTION_ENDPOINT_PREFIX)
+
+
+def exchange_records(records: Iterable[_R]) -> Iterator[_R]:
+    """The exchanges among audit records (typed, or dicts): action records and streams' opening (pending) records
+    skipped."""
+    return (r for r in records if _is_exchange(r))
+
+
+def _is_exchange(record: AuditRecord | Mapping[str, Any]) -> bool:
+    if isinstance(record, AuditRecord):
+        return record.is_exchange
+    return not is_action_record(record) and not is_pending_record(record)
 
 
 def new_alert_id() -> str:
@@ -121,9 +143,9 @@ class Enforcer:
     """Applies a :class:`Policy` to assessments, against a store.
 
     Args:
-        store: a :class:`~antidistill.store.sql.Store` (or anything with its alert/enforcement/audit methods).
+        store: the alerts and enforcement states (a :class:`~antidistill.store.sql.Store`).
         policy: the policy.
-        clock: the wall clock (the time actions are taken and lapse).
+        clock: the wall clock (the time actions are taken and lapse; default: now, in UTC).
 
     Example:
         >>> from antidistill.store.sql import Store
@@ -137,10 +159,10 @@ class Enforcer:
         >>> store.close()
     """
 
-    def __init__(self, store: Any, policy: Policy, clock: Any = None) -> None:
+    def __init__(self, store: EnforcementStore, policy: Policy, clock: Callable[[], datetime] | None = None) -> None:
         self.store = store
         self.policy = policy
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
 
     def decide(self, assessment: Assessment) -> tuple[Decision | None, Enforcement | None, bool]:
         """The decision, the account's current state and whether the decision would escalate it (no writes)."""

@@ -8,11 +8,13 @@ dataclasses, like :mod:`antidistill.store.api`, so nothing secret or ORM-bound c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from antidistill.errors import InputError
+from antidistill.store.api import AuditEntry, AuditRecord
 
 #: risk levels, lowest first; the monitor calibrates a threshold for each on benign traffic and the policy file
 #: maps each to an action
@@ -88,42 +90,32 @@ class ExchangeEvent:
     account_metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], account_metadata: dict[str, Any] | None = None) -> ExchangeEvent:
-        """An event from an audit record (a dict as :meth:`Store.iter_audit` yields, or an ``AuditEntry``'s fields).
+    def from_record(cls, record: AuditRecord | AuditEntry | Mapping[str, Any],
+                    account_metadata: Mapping[str, Any] | None = None) -> ExchangeEvent:
+        """An event from an audit record: an :class:`~antidistill.store.api.AuditRecord` (``Store.iter_records``),
+        the gateway's :class:`~antidistill.store.api.AuditEntry`, or a dict as ``Store.iter_audit`` yields it (an
+        exported line).
 
-        Tolerant of whatever a client managed to put in the request: non-string content, missing fields.
+        The request is whatever the client sent, so it is read tolerantly (non-string content, missing fields);
+        so is every field of a dict, which may come from anywhere.
         """
-        req = record.get("request") or {}
-        if not isinstance(req, dict):
-            req = {}
-        messages = req.get("messages")
-        system_parts: list[str] = []
-        prompt = ""
-        turns = 1
-        if isinstance(messages, list):
-            turns = len(messages)
-            for m in messages:
-                if not isinstance(m, dict):
-                    continue
-                if m.get("role") in ("system", "developer"):
-                    system_parts.append(_text(m.get("content")))
-                elif m.get("role") == "user":
-                    prompt = _text(m.get("content"))
-        else:
-            raw = req.get("prompt")
-            if isinstance(raw, list):
-                raw = " ".join(x for x in raw if isinstance(x, str))
-            prompt = raw if isinstance(raw, str) else ""
-        max_tokens = req.get("max_completion_tokens") or req.get("max_tokens")
+        if isinstance(record, AuditRecord | AuditEntry):  # typed: only the request needs care
+            model, system, prompt, turns, max_tokens = _read_request(record.request)
+            return cls(account_id=record.account_id, ts=_as_utc(record.created_at), endpoint=record.endpoint,
+                       model=model, system=system, prompt=prompt, turns=turns, max_tokens=max_tokens,
+                       prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
+                       client_addr=record.client_addr, user_agent=record.user_agent, status=record.status,
+                       response_id=record.response_id, account_metadata=dict(account_metadata or {}))
+        model, system, prompt, turns, max_tokens = _read_request(record.get("request"))
         return cls(
             account_id=str(record.get("account_id", "")),
             ts=_as_utc(record.get("created_at")),
             endpoint=str(record.get("endpoint", "")),
-            model=str(req.get("model", "")) if req.get("model") is not None else "",
-            system="\n".join(system_parts),
+            model=model,
+            system=system,
             prompt=prompt,
             turns=turns,
-            max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
+            max_tokens=max_tokens,
             prompt_tokens=int(record.get("prompt_tokens") or 0),
             completion_tokens=int(record.get("completion_tokens") or 0),
             client_addr=record.get("client_addr"),
@@ -132,6 +124,34 @@ class ExchangeEvent:
             response_id=str(record.get("response_id", "")),
             account_metadata=dict(account_metadata or {}),
         )
+
+
+def _read_request(req: Any) -> tuple[str, str, str, int, int | None]:
+    """``(model, system, prompt, turns, max_tokens)`` of a request body as the client sent it (anything at all)."""
+    if not isinstance(req, dict):
+        req = {}
+    messages = req.get("messages")
+    system_parts: list[str] = []
+    prompt = ""
+    turns = 1
+    if isinstance(messages, list):
+        turns = len(messages)
+        for m in messages:
+            if not isinstance(m, dict):
+                continue
+            if m.get("role") in ("system", "developer"):
+                system_parts.append(_text(m.get("content")))
+            elif m.get("role") == "user":
+                prompt = _text(m.get("content"))
+    else:
+        raw = req.get("prompt")
+        if isinstance(raw, list):
+            raw = " ".join(x for x in raw if isinstance(x, str))
+        prompt = raw if isinstance(raw, str) else ""
+    max_tokens = req.get("max_completion_tokens") or req.get("max_tokens")
+    model = req.get("model")
+    return (str(model) if model is not None else "", "\n".join(system_parts), prompt, turns,
+            max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None)
 
 
 @dataclass(frozen=True)

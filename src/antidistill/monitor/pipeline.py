@@ -10,7 +10,7 @@ gateway also flushes whenever its monitoring worker is idle), so the per-exchang
 cost stays a few microseconds plus the models' per-batch cost. An account's level is the highest of its own and
 its cluster's; :meth:`Monitor.observe` reports every rise.
 
-:func:`scan_records` replays audit records (``Store.iter_audit``) through a monitor, with the same code path.
+:func:`scan_records` replays audit records (``Store.iter_records``) through a monitor, with the same code path.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from antidistill.monitor.cluster import (
 )
 from antidistill.monitor.features import AccountState, FeatureTracker, window_features
 from antidistill.monitor.score import Score, Scorer
-from antidistill.store.api import is_pending_record
+from antidistill.settings import Settings
+from antidistill.store.api import AuditRecord, is_pending_record
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ SCAN_BATCH = 512
 MANIFEST_FILE = "manifest.json"
 
 
-def monitor_dir(settings: Any) -> Path:
+def monitor_dir(settings: Settings) -> Path:
     """Where the trained artefacts live: ``settings.data_dir / "monitor"``."""
     return Path(settings.data_dir) / "monitor"
 
@@ -113,7 +114,7 @@ class Monitor:
 
     # ---- construction -----------------------------------------------------------------------------------
     @classmethod
-    def load(cls, settings: Any, *, embeddings: bool | None = None, **kwargs: Any) -> Monitor:
+    def load(cls, settings: Settings, *, embeddings: bool | None = None, **kwargs: Any) -> Monitor:
         """The monitor trained by ``antidistill monitor train`` (artefacts in ``data_dir/monitor``).
 
         Without trained artefacts the monitor runs on its rules alone (:meth:`Scorer.rules_only`, fixed
@@ -330,7 +331,8 @@ class Monitor:
         return self.levels.get(account_id, LEVELS[0])
 
 
-def _fallback_event(record: Any, meta: Mapping[str, Any] | None, last_ts: datetime | None) -> ExchangeEvent:
+def _fallback_event(record: AuditRecord | Mapping[str, Any], meta: Mapping[str, Any] | None,
+                    last_ts: datetime | None) -> ExchangeEvent:
     """An event for a record :meth:`ExchangeEvent.from_record` cannot read (kept, not dropped)."""
     rec = record if isinstance(record, dict) else {}
     return ExchangeEvent(account_id=str(rec.get("account_id", "")), ts=last_ts or datetime.now(UTC),
@@ -338,11 +340,13 @@ def _fallback_event(record: Any, meta: Mapping[str, Any] | None, last_ts: dateti
                          account_metadata=dict(meta or {}))
 
 
-def scan_records(records: Iterable[dict], accounts: Mapping[str, dict], monitor: Monitor) -> list[Assessment]:
+def scan_records(records: Iterable[AuditRecord | Mapping[str, Any]], accounts: Mapping[str, Mapping[str, Any]],
+                 monitor: Monitor) -> list[Assessment]:
     """Replay audit records through ``monitor``; every level change, in event-time order.
 
     Args:
-        records: audit records as :meth:`Store.iter_audit` yields them.
+        records: audit records as :meth:`Store.iter_records` yields them (or dicts, as :meth:`Store.iter_audit`
+            does or an export holds).
         accounts: account id → metadata (``Account.metadata``).
         monitor: a fresh (or running) monitor.
     """
@@ -350,13 +354,18 @@ def scan_records(records: Iterable[dict], accounts: Mapping[str, dict], monitor:
     last_ts: datetime | None = None
     batch: list[ExchangeEvent] = []
     for rec in records:
-        if is_pending_record(rec):  # a stream's opening record: its final record is the exchange
-            continue
-        meta = accounts.get(str(rec.get("account_id", ""))) if isinstance(rec, dict) else None
-        try:
-            ev = ExchangeEvent.from_record(rec, meta)
-        except (TypeError, ValueError, AttributeError, OverflowError):
-            ev = _fallback_event(rec, meta, last_ts)
+        if isinstance(rec, AuditRecord):  # typed: it reads (only its request is the client's)
+            if rec.is_pending:  # a stream's opening record: its final record is the exchange
+                continue
+            ev = ExchangeEvent.from_record(rec, accounts.get(rec.account_id))
+        else:
+            if is_pending_record(rec):
+                continue
+            meta = accounts.get(str(rec.get("account_id", ""))) if isinstance(rec, dict) else None
+            try:
+                ev = ExchangeEvent.from_record(rec, meta)
+            except (TypeError, ValueError, AttributeError, OverflowError):
+                ev = _fallback_event(rec, meta, last_ts)
         last_ts = ev.ts
         batch.append(ev)
         if len(batch) >= SCAN_BATCH:

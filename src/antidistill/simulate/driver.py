@@ -40,6 +40,7 @@ import openai
 from antidistill.errors import AntidistillError, InputError
 from antidistill.simulate.personas import CHAT, AccountPlan, PlannedRequest
 from antidistill.simulate.scenario import Plan
+from antidistill.store.api import AccountStore
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ def account_metadata(a: AccountPlan) -> dict[str, Any]:
     return {k: v for k, v in a.metadata.items() if v is not None}
 
 
-def create_accounts_in_store(store: Any, accounts: list[AccountPlan]) -> dict[str, tuple[str, str]]:
+def create_accounts_in_store(store: AccountStore, accounts: list[AccountPlan]) -> dict[str, tuple[str, str]]:
     """Create the plan's accounts (unlimited: the personas keep their own virtual limits) in a store.
 
     Returns:

@@ -13,7 +13,7 @@ __all__ = ["Store"]
 
 def __getattr__(name: str) -> Any:
     if name == "Store":
-        from antidistill.store.sql import Store
+        from antidistill.store.sql import Store  # SQLAlchemy (the gateway extra): not for users of .api
 
         return Store
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,27 +51,38 @@ Security 2009 (signed commitments to the head).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from antidistill.errors import InputError
 from antidistill.store.api import AuditEntry, VerifyResult
+from antidistill.store.api import decode_raw as decode_raw  # the raw body's JSON form lives with AuditRecord
+from antidistill.store.api import encode_raw as encode_raw
+
+# What is signed (and the encoding it shares with the chain) lives in .signing; importable from here as before.
+from antidistill.store.signing import ANCHOR_TYPE as ANCHOR_TYPE
+from antidistill.store.signing import CHECKPOINT_LABEL as CHECKPOINT_LABEL
+from antidistill.store.signing import HEAD_LABEL as HEAD_LABEL
+from antidistill.store.signing import Checkpoint as Checkpoint
+from antidistill.store.signing import Head as Head
+from antidistill.store.signing import SignedHead as SignedHead
+from antidistill.store.signing import canonical_json as canonical_json
+from antidistill.store.signing import checkpoint_message as checkpoint_message
+from antidistill.store.signing import ed25519_ok as ed25519_ok
+from antidistill.store.signing import format_time as format_time
+from antidistill.store.signing import head_message as head_message
+from antidistill.store.signing import to_utc as to_utc
 
 FORMAT_VERSION = 1
 #: the payload version of a record that keeps the raw request body
 RAW_FORMAT_VERSION = 2
 T = TypeVar("T")
 GENESIS_HASH = "0" * 64
-CHECKPOINT_LABEL = b"antidistill/v1/audit-checkpoint\n"
-HEAD_LABEL = b"antidistill/v1/audit-head\n"
-#: the ``type`` of an anchor file
-ANCHOR_TYPE = "antidistill-audit-anchor"
 #: The columns of an audit record that its hash covers (besides ``seq`` and the previous hash).
 RECORD_FIELDS = (
     "response_id",
@@ -99,32 +110,6 @@ _MAX_INT = 2**31 - 1
 
 
 # ---- encoding ---------------------------------------------------------------------------------------
-def to_utc(dt: datetime) -> datetime:
-    """``dt`` in UTC; a naive time is taken to be UTC already (that is how SQLite hands them back)."""
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def format_time(dt: datetime) -> str:
-    """ISO-8601, UTC, microseconds, ``Z``.
-
-    Example:
-        >>> format_time(datetime(2025, 1, 31, 12, 0, tzinfo=UTC))
-        '2025-01-31T12:00:00.000000Z'
-    """
-    return to_utc(dt).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The canonical encoding of a JSON value (see the module docstring).
-
-    Example:
-        >>> canonical_json({"b": 1.5, "a": ["é", None]})
-        b'{"a":["\\xc3\\xa9",null],"b":1.5}'
-    """
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
-    return text.encode("utf-8", "surrogatepass")
-
-
 def json_text(obj: Any) -> str:
     """How a JSON part of a record is stored: compact JSON, readable non-ASCII text.
 
@@ -201,29 +186,6 @@ def entry_columns(entry: AuditEntry) -> dict[str, Any]:
     return cols
 
 
-def encode_raw(raw: bytes) -> dict[str, str]:
-    """The lossless JSON form of a request body: its UTF-8 text, or base64 for bytes that are not UTF-8.
-
-    Example:
-        >>> encode_raw(b'{"x": NaN}'), encode_raw(b"\\xff")
-        ({'utf8': '{"x": NaN}'}, {'base64': '/w=='})
-    """
-    try:
-        text = raw.decode("utf-8")
-        if "\x00" not in text:  # PostgreSQL text cannot hold NUL
-            return {"utf8": text}
-    except UnicodeDecodeError:
-        pass
-    return {"base64": base64.b64encode(raw).decode("ascii")}
-
-
-def decode_raw(value: Mapping[str, str]) -> bytes:
-    """The request body bytes back from :func:`encode_raw`'s form."""
-    if "utf8" in value:
-        return value["utf8"].encode("utf-8")
-    return base64.b64decode(value["base64"])
-
-
 def payload(seq: int, cols: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON payload of the record at ``seq`` built from its stored column values."""
     raw = cols.get(RAW_FIELD)
@@ -247,87 +209,6 @@ def record_hash(prev_hash: str, seq: int, cols: Mapping[str, Any]) -> str:
     return hashlib.sha256(bytes.fromhex(prev_hash) + canonical_json(payload(seq, cols))).hexdigest()
 
 
-def checkpoint_message(seq: int, hash_hex: str, prev_checkpoint_seq: int, created_at: datetime) -> bytes:
-    """The bytes a checkpoint's signature covers."""
-    return CHECKPOINT_LABEL + canonical_json(
-        {"seq": int(seq), "hash": hash_hex, "prev_checkpoint_seq": int(prev_checkpoint_seq),
-         "created_at": format_time(created_at)}
-    )
-
-
-def head_message(seq: int, hash_hex: str, signed_at: datetime) -> bytes:
-    """The bytes a signed head's signature covers (distinct from a checkpoint's, so neither stands for the other)."""
-    return HEAD_LABEL + canonical_json({"seq": int(seq), "hash": hash_hex, "signed_at": format_time(signed_at)})
-
-
-def ed25519_ok(public_key_hex: str | None, signature_hex: str | None, message: bytes) -> bool:
-    """Whether ``signature_hex`` is a valid Ed25519 signature of ``message`` under ``public_key_hex``."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    if not public_key_hex or not signature_hex:
-        return False
-    try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(bytes.fromhex(signature_hex),
-                                                                                  message)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class SignedHead:
-    """A signed statement "the log ends at record ``seq``, whose hash is ``hash``", made at ``signed_at``.
-
-    Written to the head row at every commit; copied out of the database it is an anchor (:meth:`to_json`).
-
-    Example:
-        >>> from antidistill.keys import MasterKey
-        >>> m = MasterKey(b"k" * 32)
-        >>> h = SignedHead.sign(m, 3, "ab" * 32, datetime(2025, 1, 1, tzinfo=UTC))
-        >>> h.valid(), SignedHead.from_json(h.to_json()) == h
-        (True, True)
-    """
-
-    seq: int
-    hash: str
-    signed_at: datetime
-    public_key: str
-    signature: str
-
-    @classmethod
-    def sign(cls, master: Any, seq: int, hash_hex: str, signed_at: datetime) -> SignedHead:
-        """Sign a head with ``master`` (a :class:`~antidistill.keys.MasterKey`)."""
-        signed_at = to_utc(signed_at)
-        signature = master.audit_sign(head_message(seq, hash_hex, signed_at))
-        return cls(seq, hash_hex, signed_at, master.audit_public_key().hex(), signature.hex())
-
-    def valid(self) -> bool:
-        """Whether the signature holds for this head under its own public key (compare the key separately)."""
-        return ed25519_ok(self.public_key, self.signature, head_message(self.seq, self.hash, self.signed_at))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"type": ANCHOR_TYPE, "v": 1, "seq": self.seq, "hash": self.hash,
-                "signed_at": format_time(self.signed_at), "public_key": self.public_key, "signature": self.signature}
-
-    @classmethod
-    def from_json(cls, obj: Any) -> SignedHead:
-        """Read an anchor; raises ``ValueError`` naming what is wrong."""
-        if not isinstance(obj, Mapping) or obj.get("type") != ANCHOR_TYPE:
-            raise InputError(f"not an antidistill audit anchor (expected type {ANCHOR_TYPE!r})")
-        if obj.get("v") != 1:
-            raise InputError(f"unsupported anchor version {obj.get('v')!r}")
-        try:
-            seq = _check_int("seq", obj["seq"], 0, 2**63 - 1)
-            hash_hex, public_key, signature = (str(obj[k]) for k in ("hash", "public_key", "signature"))
-            signed_at = datetime.fromisoformat(str(obj["signed_at"]).replace("Z", "+00:00"))
-        except KeyError as exc:
-            raise InputError(f"the anchor has no {exc.args[0]!r}") from None
-        if len(hash_hex) != 64 or any(c not in "0123456789abcdef" for c in hash_hex):
-            raise InputError("the anchor's hash must be 64 lowercase hex digits")
-        return cls(seq, hash_hex, to_utc(signed_at), public_key, signature)
-
-
 # ---- verification -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ChainRecord:
@@ -343,27 +224,6 @@ class ChainRecord:
             return record_hash(self.prev_hash, self.seq if seq is None else seq, self.cols)
         except (ValueError, TypeError, KeyError):  # unreadable JSON or hex: the row was edited
             return None
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    seq: int
-    hash: str
-    prev_checkpoint_seq: int
-    created_at: datetime
-    public_key: str
-    signature: str
-
-
-@dataclass(frozen=True)
-class Head:
-    """The head row: the last record's seq and hash, the last checkpoint, and the head's signature (``None``
-    only for a log no antidistill with signed heads has written to)."""
-
-    seq: int
-    hash: str
-    last_checkpoint_seq: int
-    signed: SignedHead | None = None
 
 
 class _Peek(Generic[T]):

@@ -47,11 +47,16 @@ from antidistill.store.api import (
     ApiKeyInfo,
     AuditEntry,
     AuditIntegrityError,
+    AuditRecord,
     Enforcement,
     NotFoundError,
+    Storage,
     VerifyResult,
+    decode_raw,
 )
 from antidistill.store.chain import (
+    FORMAT_VERSION,
+    RAW_FORMAT_VERSION,
     STORED_FIELDS,
     ChainRecord,
     Checkpoint,
@@ -79,6 +84,9 @@ from antidistill.store.schema import (
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+# alembic (about 0.25 s to import) is imported only when a schema must be migrated: an up-to-date database opens
+# without it (migrate()). pyarrow only for a Parquet export (an extra of its own).
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +138,7 @@ def _utc_or_none(dt: datetime | None) -> datetime | None:
 
 # ---- migrations ---------------------------------------------------------------------------------------
 def _alembic_config() -> Config:
-    from alembic.config import Config
+    from alembic.config import Config  # alembic is slow to import: only when migrating (see the imports)
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -156,7 +164,7 @@ def migrate(engine: Engine) -> str | None:
     with engine.connect() as conn:
         if _current_revision(conn) == HEAD_REVISION:
             return HEAD_REVISION
-    from alembic import command
+    from alembic import command  # alembic is slow to import: only when migrating (see the imports)
     from alembic.util import CommandError
 
     cfg = _alembic_config()
@@ -212,6 +220,21 @@ def _alert_values(a: Alert) -> dict[str, Any]:
             "level": a.level, "reasons": _check_metadata({"r": reasons})["r"],
             "scores": _check_metadata(scores), "at": to_utc(a.at), "action": a.action, "clause": a.clause,
             "created_at": to_utc(a.created_at), "audit_seq": a.audit_seq}
+
+
+def _record(row: Any) -> AuditRecord:
+    """The typed record of a stored row (its JSON columns parsed, the raw body decoded); no validation: the
+    values were validated on the way in, and a row edited behind the store's back is verify_audit's business."""
+    raw = row.request_raw
+    return AuditRecord(
+        seq=row.seq, prev_hash=row.prev_hash, hash=row.hash,
+        v=FORMAT_VERSION if raw is None else RAW_FORMAT_VERSION, response_id=row.response_id,
+        account_id=row.account_id, api_key_id=row.api_key_id, created_at=to_utc(row.created_at),
+        endpoint=row.endpoint, client_addr=row.client_addr, user_agent=row.user_agent,
+        request=json.loads(row.request), completion=json.loads(row.completion), prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens, finish_reason=row.finish_reason,
+        latency_ms=float(row.latency_ms), watermark=json.loads(row.watermark), status=row.status,
+        request_raw=None if raw is None else decode_raw(json.loads(raw)))
 
 
 def _enforcement(row: Any) -> Enforcement:
@@ -711,18 +734,54 @@ class Store:
     @classmethod
     def _checkpoints(cls, conn: Connection, batch_size: int) -> Iterator[Checkpoint]:
         for rows in cls._seq_batches(conn, audit_checkpoints, batch_size):
-            for r in rows:
-                yield Checkpoint(r.seq, r.hash, r.prev_checkpoint_seq, to_utc(r.created_at), r.public_key,
-                                 r.signature)
+            yield from map(_checkpoint, rows)
 
     def iter_audit(self, batch_size: int = 1000) -> Iterator[dict[str, Any]]:
         """Every record in seq order as the exported dict (payload + ``prev_hash`` + ``hash``), streamed in
-        batches from one snapshot. Holds a connection until exhausted or closed."""
+        batches from one snapshot. Holds a connection until exhausted or closed.
+
+        This is the form the hash is computed from and ``audit export`` writes; code that reads the records
+        takes :meth:`iter_records`."""
         with self._read(snapshot=True) as conn:
             for rows in self._record_batches(conn, batch_size):
                 for r in rows:
                     m = r._mapping
                     yield _export_row(r.seq, r.prev_hash, r.hash, {f: m[f] for f in STORED_FIELDS})
+
+    def iter_records(self, batch_size: int = 1000) -> Iterator[AuditRecord]:
+        """Every record in seq order as an :class:`~antidistill.store.api.AuditRecord`, streamed in batches from
+        one snapshot. Holds a connection until exhausted or closed.
+
+        Example:
+            >>> from antidistill.keys import MasterKey
+            >>> from antidistill.settings import Settings
+            >>> store = Store.open("sqlite://", Settings(env="test"), master=MasterKey(bytes(32)))
+            >>> entry = AuditEntry("r1", "acct_1", "key_1", datetime(2025, 1, 1, tzinfo=UTC), "/v1/completions",
+            ...                    None, None, {"prompt": "hi"}, ["hello"], 1, 1, "stop", 2.5,
+            ...                    {"status": "unwatermarked"}, request_raw=b"\\xff")
+            >>> store.append_audit(entry)
+            1
+            >>> (r,) = store.iter_records()
+            >>> r.seq, r.v, r.completion, r.request_raw, r.created_at == entry.created_at
+            (1, 2, ['hello'], b'\\xff', True)
+            >>> store.close()
+        """
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        with self._read(snapshot=True) as conn:
+            for rows in self._record_batches(conn, batch_size):
+                for r in rows:
+                    yield _record(r)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every signed checkpoint, in seq order."""
+        with self._read() as conn:
+            return [c for batch in self._seq_batches(conn, audit_checkpoints, 1000) for c in map(_checkpoint, batch)]
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Records between two signed checkpoints (``ANTIDISTILL_AUDIT_CHECKPOINT_EVERY``)."""
+        return self._settings.audit_checkpoint_every
 
     # ---- audit: verify ----------------------------------------------------------------------------------
     def expected_public_key(self) -> str | None:
@@ -812,7 +871,7 @@ class Store:
 
     def _export_parquet(self, path: Path, batch_size: int) -> int:
         require("parquet", "exporting Parquet")
-        import pyarrow as pa
+        import pyarrow as pa  # the parquet extra, and about 0.2 s to import: only for this export
         import pyarrow.parquet as pq
 
         schema = pa.schema([
@@ -850,6 +909,10 @@ class Store:
         return n
 
 
+def _checkpoint(r: Any) -> Checkpoint:
+    return Checkpoint(r.seq, r.hash, r.prev_checkpoint_seq, to_utc(r.created_at), r.public_key, r.signature)
+
+
 def _head(row: Any) -> Head:
     signed = None
     if row.signature is not None:
@@ -874,6 +937,12 @@ class _Row:
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         self.__dict__.update(values)
+
+
+if TYPE_CHECKING:
+    # mypy checks here that Store offers every method of the storage protocols, with compatible signatures
+    def _is_storage(store: Store) -> Storage:
+        return store
 
 
 __all__ = ["Store", "hash_api_key", "migrate"]

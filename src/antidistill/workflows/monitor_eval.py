@@ -21,16 +21,19 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from antidistill.detection.stats import clopper_pearson
 from antidistill.errors import InputError
 from antidistill.monitor.actions import exchange_records
-from antidistill.monitor.api import level_rank
+from antidistill.monitor.api import Assessment, level_rank
 from antidistill.monitor.pipeline import MANIFEST_FILE, Monitor, monitor_dir, scan_records
+from antidistill.settings import Settings
 from antidistill.simulate.runner import load_labels, load_scenario
 from antidistill.simulate.scenario import Scenario
+from antidistill.store.api import AuditRecord
 from antidistill.store.sql import Store
 from antidistill.workflows.simulation import run_simulation
 
@@ -49,7 +52,7 @@ def _ci(k: int, n: int) -> list[float] | None:
     return [round(lo, 5), round(hi, 5)]
 
 
-def evaluate_run(out_dir: Path, settings: Any, *, embeddings: bool | None = None) -> dict[str, Any]:
+def evaluate_run(out_dir: Path, settings: Settings, *, embeddings: bool | None = None) -> dict[str, Any]:
     """Scan a finished simulation's audit log with the trained monitor and score it against its labels."""
     labels = load_labels(out_dir)
     scenario = load_scenario(out_dir)
@@ -61,15 +64,15 @@ def evaluate_run(out_dir: Path, settings: Any, *, embeddings: bool | None = None
         accounts = {a.id: dict(a.metadata or {}) for a in store.list_accounts()}
         n_records = 0
 
-        def counted(records):
+        def counted(records: Iterable[AuditRecord]) -> Iterator[AuditRecord]:
             nonlocal n_records
             for r in records:
                 n_records += 1
                 yield r
 
-        changes = scan_records(counted(exchange_records(store.iter_audit())), accounts, monitor)
+        changes = scan_records(counted(exchange_records(store.iter_records())), accounts, monitor)
     scan_s = time.perf_counter() - t0
-    first: dict[str, Any] = {}
+    first: dict[str, Assessment] = {}
     top: dict[str, str] = {}
     for a in changes:
         if level_rank(a.level) > level_rank(top.get(a.account_id, "none")):
@@ -131,7 +134,7 @@ def evaluate_run(out_dir: Path, settings: Any, *, embeddings: bool | None = None
             "benign_false_positives": false_positives}
 
 
-def _hydra_recall(labels: list[dict[str, Any]], monitor: Any) -> list[dict[str, Any]]:
+def _hydra_recall(labels: list[dict[str, Any]], monitor: Monitor) -> list[dict[str, Any]]:
     out = []
     campaigns: dict[str, list[dict[str, Any]]] = {}
     for r in labels:
@@ -155,7 +158,7 @@ def _hydra_recall(labels: list[dict[str, Any]], monitor: Any) -> list[dict[str, 
     return out
 
 
-def check_heldout(seed: int, settings: Any) -> None:
+def check_heldout(seed: int, settings: Settings) -> None:
     """Refuse a seed the trained model used for training or calibration."""
     path = monitor_dir(settings) / MANIFEST_FILE
     if not path.is_file():
@@ -171,7 +174,7 @@ def check_heldout(seed: int, settings: Any) -> None:
 
 
 
-def heldout_eval(settings: Any, seed: int, *, scale: str = "default", days: float | None = None,
+def heldout_eval(settings: Settings, seed: int, *, scale: str = "default", days: float | None = None,
                  out_dir: Path | None = None, embeddings: bool | None = None) -> dict[str, Any]:
     """Simulate held-out traffic through the in-process gateway (or reuse a finished simulation of the same seed in
     ``out_dir``), scan its audit log with the trained monitor and score it (:func:`evaluate_run`); the report has

@@ -30,14 +30,15 @@ from antidistill.monitor.train import (
     collect_rows,
     fit_models,
 )
+from antidistill.settings import Settings
 from antidistill.simulate.scenario import Scenario
 
 log = logging.getLogger(__name__)
 
 
-def train(settings: Any, *, seeds: Sequence[int] = TRAIN_SEEDS, calibration_seeds: Sequence[int] = CALIBRATION_SEEDS,
-          scale: str = "default", days: float | None = None, embeddings: bool = False,
-          targets: dict[str, float] | None = None, out_dir: Path | None = None,
+def train(settings: Settings, *, seeds: Sequence[int] = TRAIN_SEEDS,
+          calibration_seeds: Sequence[int] = CALIBRATION_SEEDS, scale: str = "default", days: float | None = None,
+          embeddings: bool = False, targets: dict[str, float] | None = None, out_dir: Path | None = None,
           extra_personas: dict[str, int] | None = None) -> dict[str, Any]:
     """Simulate training traffic, fit, calibrate, save; returns the manifest.
 

@@ -13,11 +13,11 @@ from antidistill.forensics.report import ReportFiles, gather, load_policy, resol
 from antidistill.forensics.report.evidence import Subject
 from antidistill.forensics.report.render import check_templates
 from antidistill.forensics.report.scans import check_scan, load_scan, source_of
-from antidistill.store.sql import Store
+from antidistill.store.api import Storage
 from antidistill.workflows.scan import scan_open_on_audit
 
 
-def run_scan(store: Store, subject: Subject, suspect_model: str, *, settings: Any = None,
+def run_scan(store: Storage, subject: Subject, suspect_model: str, *, settings: Any = None,
              max_texts: int | None = None, teacher_control: bool = True) -> dict[str, Any]:
     """Scan the open weights at ``suspect_model`` now on the subject's exchanges
     (:func:`antidistill.workflows.scan.scan_open_on_audit`), and return the result as a dict, as
@@ -35,7 +35,7 @@ def run_scan(store: Store, subject: Subject, suspect_model: str, *, settings: An
     return data
 
 
-def make_report(store: Store, out_dir: str | os.PathLike[str], *, account: str | None = None,
+def make_report(store: Storage, out_dir: str | os.PathLike[str], *, account: str | None = None,
                 cluster: str | None = None, scan_files: Sequence[str | os.PathLike[str]] = (),
                 control_files: Sequence[str | os.PathLike[str]] = (), suspect_model: str | None = None,
                 policy_file: str | os.PathLike[str] | None = None, database: str | None = None,

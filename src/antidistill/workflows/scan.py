@@ -31,6 +31,7 @@ from antidistill.forensics.scan import (
 from antidistill.keys import KeyRing
 from antidistill.models.embedded import ModelSource, load_causal_lm, load_tokenizer, resolve_model
 from antidistill.settings import Settings, get_settings
+from antidistill.store.api import AuditLog
 from antidistill.store.db import DEFAULT_SQLITE_FILE
 from antidistill.store.sql import Store
 from antidistill.watermark.config import WatermarkConfig
@@ -112,7 +113,7 @@ def gather_inputs(settings: Settings, *, accounts: Sequence[str] = (), clusters:
         if texts_file is not None:
             texts = inputs.read_texts_file(texts_file, max_texts)
         elif store is not None and from_audit:
-            audit = inputs.texts_from_records(store.iter_audit(), set(candidates) if named else None, max_texts)
+            audit = inputs.texts_from_records(store.iter_records(), set(candidates) if named else None, max_texts)
             texts, config = audit.texts, audit.config()
     finally:
         if store is not None:
@@ -209,7 +210,7 @@ def closed_scan(settings: Settings, url: str, prompts: Sequence[str], scan_input
                        control_seed=control_seed)
 
 
-def scan_open_on_audit(store: Store, suspect_model: str, account_ids: Sequence[str], *,
+def scan_open_on_audit(store: AuditLog, suspect_model: str, account_ids: Sequence[str], *,
                        cluster_id: str | None = None, settings: Settings | None = None,
                        max_texts: int | None = None, teacher_control: bool = True) -> ScanReport:
     """Scan the open weights at ``suspect_model``, feeding it the watermarked exchanges of ``account_ids`` from the
@@ -226,7 +227,7 @@ def scan_open_on_audit(store: Store, suspect_model: str, account_ids: Sequence[s
     settings = settings or get_settings()
     if not Path(suspect_model).exists():
         raise InputError(f"suspect model not found: {suspect_model}")
-    fed = inputs.texts_from_records(store.iter_audit(), accounts=set(account_ids), max_texts=max_texts)
+    fed = inputs.texts_from_records(store.iter_records(), accounts=set(account_ids), max_texts=max_texts)
     if not fed.texts:
         who = f"cluster {cluster_id}" if cluster_id is not None else f"account {', '.join(account_ids)}"
         raise InputError(f"the audit log holds no watermarked exchange of {who} to feed the suspect model")

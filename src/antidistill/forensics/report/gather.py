@@ -18,9 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import select
+from typing import Any
 
 from antidistill import __version__
 from antidistill.errors import ConfigError, InputError
@@ -49,26 +47,22 @@ from antidistill.forensics.report.evidence import (
     iso,
     num,
     opt_str,
-    parse_time,
 )
 from antidistill.forensics.report.scans import scan_entry, scrub
 from antidistill.forensics.report.wording import summarize
 from antidistill.monitor.api import LEVELS
-from antidistill.store.api import VerifyResult, is_pending_record
-from antidistill.store.schema import audit_checkpoints
+from antidistill.store.api import ACTION_ENDPOINT_PREFIX, AuditRecord, Storage, VerifyResult
+from antidistill.store.chain import format_time
 
 try:
     from antidistill.monitor.policy import Policy
 except ImportError:  # a build without the monitor's policy module: clause texts are not shown
     Policy = None  # type: ignore[assignment,misc]
 
-if TYPE_CHECKING:
-    from antidistill.store.sql import Store
-
 log = logging.getLogger(__name__)
 
 #: endpoints of the audit records the monitor writes for its actions start so (``monitor:action``)
-ACTION_PREFIX = "monitor:"
+ACTION_PREFIX = ACTION_ENDPOINT_PREFIX
 #: exchanges kept in the JSON (the count and totals always cover all of them)
 MAX_JSON_EXCHANGES = 20_000
 
@@ -76,7 +70,7 @@ ScanInput = tuple[dict[str, Any], Mapping[str, Any]]
 
 
 # ---- the subject: one account or a cluster of accounts -----------------------------------------------
-def resolve_subject(store: Store, *, account: str | None = None, cluster: str | None = None) -> Subject:
+def resolve_subject(store: Storage, *, account: str | None = None, cluster: str | None = None) -> Subject:
     """The report's subject from ``--account`` or ``--cluster``.
 
     ``cluster`` is a cluster id recorded on the monitor's alerts, a comma-separated list of account ids, or a
@@ -104,7 +98,7 @@ def resolve_subject(store: Store, *, account: str | None = None, cluster: str | 
     return Subject("cluster", cid, tuple(ids), source)
 
 
-def _cluster_members(store: Store, cluster: str) -> tuple[list[str], str, str]:
+def _cluster_members(store: Storage, cluster: str) -> tuple[list[str], str, str]:
     """``(account ids, source, cluster id)`` of a comma list, a file of ids, or a cluster the monitor named."""
     if not cluster:
         raise InputError("--cluster is empty")
@@ -127,7 +121,7 @@ def _cluster_members(store: Store, cluster: str) -> tuple[list[str], str, str]:
 
 # ---- the whole evidence --------------------------------------------------------------------------------
 def gather(
-    store: Store,
+    store: Storage,
     subject: Subject,
     *,
     scans: Sequence[ScanInput] = (),
@@ -155,7 +149,7 @@ def gather(
         raise ValueError(f"max_exchanges must be >= 0, got {max_exchanges}")
     checkpoints = _all_checkpoints(store)
     tally = _Tally(set(subject.account_ids), [c["seq"] for c in checkpoints], max_exchanges)
-    for rec in store.iter_audit():
+    for rec in store.iter_records():
         tally.add(rec)
     monitor = _monitor_section(store, subject, tally.actions)
     draft = Evidence(
@@ -174,7 +168,7 @@ def gather(
     return dataclasses.replace(draft, summary=summarize(draft))
 
 
-def build_evidence(store: Store, subject: Subject, **kwargs: Any) -> dict[str, Any]:
+def build_evidence(store: Storage, subject: Subject, **kwargs: Any) -> dict[str, Any]:
     """The evidence as one JSON-ready dict (the contents of ``report.json``); the arguments of :func:`gather`."""
     return gather(store, subject, **kwargs).to_json()
 
@@ -193,7 +187,7 @@ class _Usage:
     unwatermarked: int = 0
 
 
-def _account(store: Store, account_id: str, usage: _Usage | None) -> AccountRecord:
+def _account(store: Storage, account_id: str, usage: _Usage | None) -> AccountRecord:
     a = store.get_account(account_id)
     if a is None:  # resolve_subject checked; the account was deleted since
         raise InputError(f"account {account_id} not found")
@@ -209,13 +203,12 @@ def _account(store: Store, account_id: str, usage: _Usage | None) -> AccountReco
 
 
 # ---- the audit log: one pass ---------------------------------------------------------------------------
-def _all_checkpoints(store: Store) -> list[dict[str, Any]]:
-    """Every signed checkpoint, in seq order (read straight from the table: the store has no listing call)."""
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.seq)).all()
-    return [{"seq": int(r.seq), "hash": r.hash, "prev_checkpoint_seq": int(r.prev_checkpoint_seq),
-             "created_at": iso(r.created_at), "public_key": r.public_key,
-             "public_key_fingerprint": key_fingerprint(r.public_key), "signature": r.signature} for r in rows]
+def _all_checkpoints(store: Storage) -> list[dict[str, Any]]:
+    """Every signed checkpoint, in seq order."""
+    return [{"seq": c.seq, "hash": c.hash, "prev_checkpoint_seq": c.prev_checkpoint_seq,
+             "created_at": iso(c.created_at), "public_key": c.public_key,
+             "public_key_fingerprint": key_fingerprint(c.public_key), "signature": c.signature}
+            for c in store.checkpoints()]
 
 
 def key_fingerprint(public_key_hex: str | None) -> str | None:
@@ -272,53 +265,49 @@ class _Tally:
                                                                         "statuses")}
         self.total = 0
 
-    def add(self, rec: dict[str, Any]) -> None:
+    def add(self, rec: AuditRecord) -> None:
         """Count one record of the log (records of other accounts are passed over)."""
-        if rec.get("account_id") not in self.ids:
+        if rec.account_id not in self.ids:
             return
-        i = bisect.bisect_left(self.cp_seqs, rec["seq"])
+        i = bisect.bisect_left(self.cp_seqs, rec.seq)
         covered_by = self.cp_seqs[i] if i < len(self.cp_seqs) else None
         self.coverage[covered_by] += 1
-        if is_pending_record(rec):  # a stream's opening record; its final record is the exchange
+        if rec.is_pending:  # a stream's opening record; its final record is the exchange
             return
-        if str(rec.get("endpoint") or "").startswith(ACTION_PREFIX):
-            request = rec.get("request")
-            # the monitor writes its action records with an object as the request
-            self.actions.append(ActionRecord(seq=rec["seq"], account_id=rec["account_id"],
-                                             at=_jsonable(rec.get("created_at")),
-                                             details=scrub(_jsonable(request)) if isinstance(request, Mapping) else {},
-                                             hash=rec["hash"], checkpoint_seq=covered_by))
+        if rec.is_action:  # the monitor writes its action records with an object as the request
+            self.actions.append(ActionRecord(seq=rec.seq, account_id=rec.account_id, at=format_time(rec.created_at),
+                                             details=scrub(_jsonable(rec.request)), hash=rec.hash,
+                                             checkpoint_seq=covered_by))
             return
         self._exchange(rec, covered_by)
 
-    def _exchange(self, rec: dict[str, Any], covered_by: int | None) -> None:
+    def _exchange(self, rec: AuditRecord, covered_by: int | None) -> None:
         self.total += 1
-        wm = rec.get("watermark") if isinstance(rec.get("watermark"), dict) else {}
+        wm = rec.watermark
         key_id = wm.get("key_id") if isinstance(wm.get("key_id"), str) else None
-        prompt_tokens, completion_tokens = int(rec.get("prompt_tokens") or 0), int(rec.get("completion_tokens") or 0)
-        u = self.usage.setdefault(rec["account_id"], _Usage())
+        # the export's form of the time (what the JSONL holds and the hash covers), as the report quotes it
+        created_at = format_time(rec.created_at)
+        u = self.usage.setdefault(rec.account_id, _Usage())
         u.exchanges += 1
-        u.prompt_tokens += prompt_tokens
-        u.completion_tokens += completion_tokens
-        u.first_exchange = u.first_exchange or rec.get("created_at")
-        u.last_exchange = rec.get("created_at")
+        u.prompt_tokens += rec.prompt_tokens
+        u.completion_tokens += rec.completion_tokens
+        u.first_exchange = u.first_exchange or created_at
+        u.last_exchange = created_at
         if key_id:
             u.watermark_key_ids.add(key_id)
         else:
             u.unwatermarked += 1
-        for name, value in (("endpoints", rec.get("endpoint")), ("client_addrs", rec.get("client_addr") or "-"),
-                            ("user_agents", rec.get("user_agent") or "-"), ("statuses", rec.get("status"))):
+        for name, value in (("endpoints", rec.endpoint), ("client_addrs", rec.client_addr or "-"),
+                            ("user_agents", rec.user_agent or "-"), ("statuses", rec.status)):
             self.counts[name][str(value)] += 1
-        created = parse_time(rec.get("created_at"))
-        if created is not None:
-            self.times.append((created, prompt_tokens, completion_tokens))
+        self.times.append((rec.created_at, rec.prompt_tokens, rec.completion_tokens))
         if len(self.items) < self.limit:
             self.items.append(ExchangeRecord(
-                seq=rec["seq"], response_id=rec.get("response_id"), account_id=rec["account_id"],
-                created_at=rec.get("created_at"), endpoint=rec.get("endpoint"), status=rec.get("status"),
-                prompt_tokens=rec.get("prompt_tokens"), completion_tokens=rec.get("completion_tokens"),
-                watermark_key_id=key_id, watermark_status=None if key_id else wm.get("status"),
-                prompt_excerpt=_prompt_excerpt(rec.get("request")), hash=rec["hash"], checkpoint_seq=covered_by))
+                seq=rec.seq, response_id=rec.response_id, account_id=rec.account_id, created_at=created_at,
+                endpoint=rec.endpoint, status=rec.status, prompt_tokens=rec.prompt_tokens,
+                completion_tokens=rec.completion_tokens, watermark_key_id=key_id,
+                watermark_status=None if key_id else wm.get("status"), prompt_excerpt=_prompt_excerpt(rec.request),
+                hash=rec.hash, checkpoint_seq=covered_by))
 
     def section(self) -> ExchangeSection:
         """The ``exchanges`` section: counts and totals over all the subject's exchanges, the first ones listed."""
@@ -363,7 +352,7 @@ def _timeline(times: list[tuple[datetime, int, int]], max_bins: int = 2000) -> T
                                          for i, c in enumerate(counts)))
 
 
-def _audit_section(store: Store, v: VerifyResult, checkpoints: list[dict[str, Any]], coverage: Counter,
+def _audit_section(store: Storage, v: VerifyResult, checkpoints: list[dict[str, Any]], coverage: Counter,
                    database: str | None) -> AuditSection:
     head = store.audit_head()
     listed = tuple(CheckpointRecord(**c, covers=(c["prev_checkpoint_seq"] + 1, c["seq"]),
@@ -382,7 +371,7 @@ def _audit_section(store: Store, v: VerifyResult, checkpoints: list[dict[str, An
         head=AuditHead(seq=head.seq, hash=head.hash, last_checkpoint_seq=head.last_checkpoint_seq,
                        signed_at=head.signed.to_json()["signed_at"] if head.signed else None,
                        signature=head.signed.signature if head.signed else None),
-        checkpoint_every=getattr(getattr(store, "_settings", None), "audit_checkpoint_every", None),
+        checkpoint_every=store.checkpoint_every,
         public_key=signer,
         public_key_fingerprint=key_fingerprint(signer),
         public_keys_seen=tuple(keys),
@@ -427,14 +416,14 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def _alerts(store: Store, account_id: str | None) -> list[dict[str, Any]]:
+def _alerts(store: Storage, account_id: str | None) -> list[dict[str, Any]]:
     fn = getattr(store, "list_alerts", None)
     if not callable(fn):
         return []
     return [scrub(_jsonable(_plain(a))) for a in fn(account_id=account_id)]
 
 
-def _monitor_section(store: Store, subject: Subject, actions: Iterable[ActionRecord]) -> MonitorSection:
+def _monitor_section(store: Storage, subject: Subject, actions: Iterable[ActionRecord]) -> MonitorSection:
     actions = tuple(actions)
     has_alerts = callable(getattr(store, "list_alerts", None))
     has_enf = callable(getattr(store, "get_enforcement", None))

@@ -10,14 +10,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from antidistill.errors import InputError
 from antidistill.forensics.report.evidence import Evidence
 from antidistill.forensics.report.render import render_html
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from antidistill.gateway.schemas import (
     ErrorResponse,
     KeyCreated,
 )
-from antidistill.store.api import Account, ApiKeyInfo
+from antidistill.store.api import Account, AccountStore, ApiKeyInfo
 
 router = APIRouter(prefix="/admin", tags=["admin"],
                    responses={401: {"model": ErrorResponse, "description": "Missing or wrong admin token."}})
@@ -40,8 +40,8 @@ def key_out(k: ApiKeyInfo) -> ApiKeyOut:
                      revoked_at=k.revoked_at)
 
 
-async def _account(store: Any, account_id: str) -> Account:
-    account = None
+async def _account(store: AccountStore, account_id: str) -> Account:
+    account: Account | None = None
     if len(account_id) <= MAX_ID_CHARS:
         account = await run_in_threadpool(store.get_account, account_id)
     if account is None:
@@ -72,7 +72,7 @@ async def get_account(account_id: str, _: AdminDep, store: StoreDep) -> AccountO
     return account_out(await _account(store, account_id))
 
 
-async def _set_enabled(store: Any, account_id: str, enabled: bool) -> AccountOut:
+async def _set_enabled(store: AccountStore, account_id: str, enabled: bool) -> AccountOut:
     await _account(store, account_id)
     await run_in_threadpool(store.set_enabled, account_id, enabled)
     return account_out(await _account(store, account_id))

@@ -17,7 +17,9 @@ from antidistill.gateway.deps import AdminDep, GatewayDep, StoreDep
 from antidistill.gateway.errors import APIError
 from antidistill.gateway.routes.admin import MAX_ID_CHARS
 from antidistill.gateway.schemas import ErrorResponse
-from antidistill.store.api import Alert, Enforcement
+from antidistill.monitor.actions import Enforcer
+from antidistill.monitor.policy import Policy
+from antidistill.store.api import AccountStore, Alert, Enforcement
 
 router = APIRouter(prefix="/admin", tags=["monitor"],
                    responses={401: {"model": ErrorResponse, "description": "Missing or wrong admin token."}})
@@ -70,7 +72,7 @@ def enforcement_out(account_id: str, e: Enforcement | None) -> EnforcementOut:
                           reason=e.reason, set_by=e.set_by, alert_id=e.alert_id)
 
 
-async def _known_account(store: Any, account_id: str) -> None:
+async def _known_account(store: AccountStore, account_id: str) -> None:
     if len(account_id) > MAX_ID_CHARS or await run_in_threadpool(store.get_account, account_id) is None:
         raise APIError(404, f"no account with id {account_id[:MAX_ID_CHARS]!r}", param="account_id",
                        code="account_not_found")
@@ -107,9 +109,6 @@ async def clear_enforcement(account_id: str, _: AdminDep, store: StoreDep, gw: G
     if gw.monitoring is not None:
         await run_in_threadpool(gw.monitoring.clear, account_id, "admin")
     else:  # enforcement is off on this replica; the state is still the one others enforce
-        from antidistill.monitor.actions import Enforcer
-        from antidistill.monitor.policy import Policy
-
         policy = await run_in_threadpool(Policy.load, gw.settings.policy_file)
         await run_in_threadpool(Enforcer(store, policy).clear, account_id, "admin")
     return enforcement_out(account_id, await run_in_threadpool(store.get_enforcement, account_id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from antidistill.gateway.deps import AuthDep, GatewayDep
 from antidistill.gateway.errors import APIError
@@ -36,6 +36,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         504: "The model backend timed out.",
     }.items()
 }
+_NO_MODEL: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 _STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "Server-sent events, ending in "
                                                                              "`data: [DONE]`."}}}
 
@@ -69,7 +70,8 @@ def _audit_body(body: ChatCompletionRequest | CompletionRequest) -> dict[str, An
 
 @router.post("/chat/completions", response_model=ChatCompletion, summary="Create a chat completion",
              responses={200: {"content": _STREAM}, **_ERRORS})
-async def chat_completions(body: ChatCompletionRequest, request: Request, principal: AuthDep, gw: GatewayDep):
+async def chat_completions(body: ChatCompletionRequest, request: Request, principal: AuthDep,
+                           gw: GatewayDep) -> Response:
     """OpenAI's chat completion: the model's chat template applies; ``stream: true`` answers with server-sent
     ``chat.completion.chunk`` events (and a usage chunk with ``stream_options.include_usage``)."""
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -84,7 +86,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
 
 @router.post("/completions", response_model=Completion, summary="Create a completion",
              responses={200: {"content": _STREAM}, **_ERRORS})
-async def completions(body: CompletionRequest, request: Request, principal: AuthDep, gw: GatewayDep):
+async def completions(body: CompletionRequest, request: Request, principal: AuthDep, gw: GatewayDep) -> Response:
     """OpenAI's (legacy) text completion of a raw prompt, without a chat template."""
     raw = _audit_body(body)
     prompt = body.prompt_text()
@@ -105,7 +107,7 @@ async def list_models(_: AuthDep, gw: GatewayDep) -> ModelList:
 
 
 @router.get("/models/{model}", response_model=Model, summary="Retrieve a model",
-            responses={k: v for k, v in _ERRORS.items() if k in (401, 403)} | {404: {"model": ErrorResponse}})
+            responses={**{k: v for k, v in _ERRORS.items() if k in (401, 403)}, **_NO_MODEL})
 async def retrieve_model(model: str, _: AuthDep, gw: GatewayDep) -> Model:
     m = _model(gw)
     if model != m.id:

@@ -12,7 +12,7 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/health")
 async def health(gw: GatewayDep) -> dict[str, str]:
-    return {"status": "ok", "backend": gw.backend.name if gw.backend else "starting"}
+    return {"status": "ok", "backend": gw.backend.name if gw.is_set("backend") else "starting"}
 
 
 @router.get("/metrics")
