@@ -2,7 +2,6 @@
 
 Example:
     >>> from antidistill.models.fake import FakeBackend
-from antidistill.models.local_backend import LocalBackend
     >>> from antidistill.settings import Settings
     >>> app = create_app(Settings(env="test", backend="fake"), backend=FakeBackend())
     >>> sorted(app.openapi()["paths"])[-3:]
@@ -32,7 +31,6 @@ from antidistill.gateway.routes import monitor as monitor_routes
 from antidistill.keys import KeyRing
 from antidistill.models.base import Backend
 from antidistill.models.fake import FakeBackend
-from antidistill.models.local_backend import LocalBackend
 from antidistill.monitor.actions import MonitorLike
 from antidistill.settings import Settings, get_settings
 from antidistill.store.api import Storage
@@ -55,7 +53,10 @@ def make_backend(settings: Settings) -> Backend:
             return UpstreamBackend(settings.upstream_url, key, settings.upstream_model, settings.upstream_timeout)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    require("model", "the local backend")  # upstream and fake need no model (LocalBackend imports torch when used)
+    require("model", "the local backend")  # upstream and fake need no model
+    # torch and transformers (seconds to import, and the model extra's): only a local backend loads them
+    from antidistill.models.local_backend import LocalBackend
+
     return LocalBackend(model_path=settings.model, cache_dir=settings.cache_dir)
 
 
