@@ -84,30 +84,91 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_teacher()
         load = os.getloadavg()[0]
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        res = train_student(train, model=model, tokenizer=tokenizer, epochs=args.epochs, max_len=args.max_len,
-                            batch_size=args.batch_size, seed=0, heldout=held, max_seconds=args.budget,
-                            **METHODS[name])
+        res = train_student(
+            train,
+            model=model,
+            tokenizer=tokenizer,
+            epochs=args.epochs,
+            max_len=args.max_len,
+            batch_size=args.batch_size,
+            seed=0,
+            heldout=held,
+            max_seconds=args.budget,
+            **METHODS[name],
+        )
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         drop = res.heldout_loss_before - res.heldout_loss_after
-        r = {"name": name, **METHODS[name], **res.to_dict(), "drop": drop, "wall_s_total": wall,
-             "cpu_s_total": cpu, "loadavg_1m_at_start": load,
-             "drop_per_train_s": drop / res.seconds if res.seconds else 0.0,
-             "tokens_per_cpu_s": res.tokens / res.cpu_seconds if res.cpu_seconds else 0.0}
+        r = {
+            "name": name,
+            **METHODS[name],
+            **res.to_dict(),
+            "drop": drop,
+            "wall_s_total": wall,
+            "cpu_s_total": cpu,
+            "loadavg_1m_at_start": load,
+            "drop_per_train_s": drop / res.seconds if res.seconds else 0.0,
+            "tokens_per_cpu_s": res.tokens / res.cpu_seconds if res.cpu_seconds else 0.0,
+        }
         r.pop("losses")
         r["first_losses"], r["last_losses"] = res.losses[:3], res.losses[-3:]
         results.append(r)
-        rows.append([name, res.trainable_params / 1e6, res.tokens_per_s, r["tokens_per_cpu_s"], res.steps,
-                     res.epochs_done, res.heldout_loss_before, res.heldout_loss_after, drop, load])
-        print(f"{name}: {res.tokens_per_s:.0f} tok/s, {res.epochs_done:.2f} epochs, held-out "
-              f"{res.heldout_loss_before:.3f} -> {res.heldout_loss_after:.3f}", file=sys.stderr, flush=True)
+        rows.append(
+            [
+                name,
+                res.trainable_params / 1e6,
+                res.tokens_per_s,
+                r["tokens_per_cpu_s"],
+                res.steps,
+                res.epochs_done,
+                res.heldout_loss_before,
+                res.heldout_loss_after,
+                drop,
+                load,
+            ]
+        )
+        print(
+            f"{name}: {res.tokens_per_s:.0f} tok/s, {res.epochs_done:.2f} epochs, held-out "
+            f"{res.heldout_loss_before:.3f} -> {res.heldout_loss_after:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
         del model
-    print(table(["method", "trainable M", "tok/s", "tok/cpu-s", "steps", "epochs", "held-out before",
-                 "after", "drop", "load"], rows))
-    path = write_json("distill_training", {
-        "params": {"n_train": len(train), "n_heldout": len(held), "budget_s": args.budget, "epochs_max": args.epochs,
-                   "batch_size": args.batch_size, "max_len": args.max_len, "threads": args.threads,
-                   "data_dir": str(data_dir), "train_file": "wm_train.jsonl", "heldout_file": "wm_heldout.jsonl"},
-        "results": results}, args.out)
+    print(
+        table(
+            [
+                "method",
+                "trainable M",
+                "tok/s",
+                "tok/cpu-s",
+                "steps",
+                "epochs",
+                "held-out before",
+                "after",
+                "drop",
+                "load",
+            ],
+            rows,
+        )
+    )
+    path = write_json(
+        "distill_training",
+        {
+            "params": {
+                "n_train": len(train),
+                "n_heldout": len(held),
+                "budget_s": args.budget,
+                "epochs_max": args.epochs,
+                "batch_size": args.batch_size,
+                "max_len": args.max_len,
+                "threads": args.threads,
+                "data_dir": str(data_dir),
+                "train_file": "wm_train.jsonl",
+                "heldout_file": "wm_heldout.jsonl",
+            },
+            "results": results,
+        },
+        args.out,
+    )
     print(f"wrote {path}")
     return 0
 

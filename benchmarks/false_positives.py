@@ -90,16 +90,18 @@ def single_key(detector: Detector, ids_list: list[np.ndarray], keys_per: int) ->
     for i, ids in enumerate(ids_list):
         for li, length in enumerate(PREFIX_LENGTHS):
             sub = ids if length is None else ids[: length + 1]
-            keys = np.array([MASTER.account_key(f"single-{i}-{li}-{j}").value for j in range(keys_per)],
-                            dtype=np.uint64)
+            keys = np.array(
+                [MASTER.account_key(f"single-{i}-{li}-{j}").value for j in range(keys_per)], dtype=np.uint64
+            )
             pairs = g_.pairs(sub)
             n = np.full(keys_per, len(pairs))
             g = g_.scheme.count_green(keys, pairs.contexts, pairs.tokens)
             out["exact"].append(binomial_sf(g, n, gam))
             out["normal"].append(stats.norm.sf((g - gam * n) / np.sqrt(n * gam * (1 - gam))))
             w = np.lib.stride_tricks.sliding_window_view(sub, 2)
-            out["no_dedup"].append(binomial_sf(g_.scheme.count_green(keys, w[:, :1], w[:, 1]),
-                                               np.full(keys_per, len(w)), gam))
+            out["no_dedup"].append(
+                binomial_sf(g_.scheme.count_green(keys, w[:, :1], w[:, 1]), np.full(keys_per, len(w)), gam)
+            )
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -114,31 +116,41 @@ def main(argv: list[str] | None = None) -> int:
     records = human_sample_records(args.n, args.min_chars, args.max_chars, seed=args.seed)
     t_corpus = time.perf_counter() - t0
     tok = load_tokenizer(resolve_model(), get_settings().cache_dir)
-    ids_list = [np.asarray(e, dtype=np.int64)
-                for e in tok([r.text for r in records], add_special_tokens=False)["input_ids"]]
+    ids_list = [
+        np.asarray(e, dtype=np.int64) for e in tok([r.text for r in records], add_special_tokens=False)["input_ids"]
+    ]
     lengths = np.array([len(x) for x in ids_list])
     config = WatermarkConfig()
     det = Detector(config)
     n = len(ids_list)
 
     t1 = time.perf_counter()
-    per_sample = verdicts(det, ids_list, lambda i: (
-        MASTER.provider_key(i + 1), [MASTER.account_key(f"acct-{i}-{j}") for j in range(args.accounts)]))
+    per_sample = verdicts(
+        det,
+        ids_list,
+        lambda i: (MASTER.provider_key(i + 1), [MASTER.account_key(f"acct-{i}-{j}") for j in range(args.accounts)]),
+    )
     fixed_accounts = [MASTER.account_key(f"acct-{j}") for j in range(args.accounts)]
     fixed = verdicts(det, ids_list, lambda i: (MASTER.provider_key(1), fixed_accounts))
     t_detect = time.perf_counter() - t1
 
     results: dict[str, Any] = {"per_sample_keys": {}, "fixed_key": {}}
     rows = []
-    for label, res, name in (("per-sample keys", per_sample, "per_sample_keys"), ("one fixed key", fixed,
-                                                                                   "fixed_key")):
+    for label, res, name in (("per-sample keys", per_sample, "per_sample_keys"), ("one fixed key", fixed, "fixed_key")):
         for comp in (*COMPONENTS, EITHER):
             results[name][comp] = {}
             for a in alphas:
                 r = rate(int((res[comp] <= a).sum()), n)
                 results[name][comp][f"{a:g}"] = r
-                rows.append([f"{label}: {comp}", f"{a:g}", f"{r['count']}/{n}", r["rate"],
-                             f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}]"])
+                rows.append(
+                    [
+                        f"{label}: {comp}",
+                        f"{a:g}",
+                        f"{r['count']}/{n}",
+                        r["rate"],
+                        f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}]",
+                    ]
+                )
 
     scatter: dict[str, Any] = {}
     if args.fixed_keys > 0:
@@ -151,12 +163,22 @@ def main(argv: list[str] | None = None) -> int:
         for a in alphas:
             counts = np.array(per_key[a])
             pooled = rate(int(counts.sum()), n * args.fixed_keys)
-            scatter[f"{a:g}"] = {"counts": counts.tolist(), "min_rate": counts.min() / n,
-                                 "median_rate": float(np.median(counts)) / n, "max_rate": counts.max() / n,
-                                 "pooled": pooled}
-            rows.append([f"{args.fixed_keys} fixed provider keys", f"{a:g}",
-                         f"{counts.min()}..{counts.max()} /{n}", pooled["rate"],
-                         f"min {counts.min() / n:.4f} max {counts.max() / n:.4f}"])
+            scatter[f"{a:g}"] = {
+                "counts": counts.tolist(),
+                "min_rate": counts.min() / n,
+                "median_rate": float(np.median(counts)) / n,
+                "max_rate": counts.max() / n,
+                "pooled": pooled,
+            }
+            rows.append(
+                [
+                    f"{args.fixed_keys} fixed provider keys",
+                    f"{a:g}",
+                    f"{counts.min()}..{counts.max()} /{n}",
+                    pooled["rate"],
+                    f"min {counts.min() / n:.4f} max {counts.max() / n:.4f}",
+                ]
+            )
 
     calib: dict[str, Any] = {}
     if args.single_keys > 0:
@@ -167,28 +189,47 @@ def main(argv: list[str] | None = None) -> int:
                 r = rate(int((ps <= t).sum()), ps.size)
                 r["ratio_to_threshold"] = r["rate"] / t
                 calib[variant][f"{t:g}"] = r
-                rows.append([f"single key, {variant}", f"p<={t:g}", f"{r['count']}/{ps.size}", r["rate"],
-                             f"{r['rate'] / t:.2f} x t [{r['ci95'][0] / t:.2f}, {r['ci95'][1] / t:.2f}]"])
+                rows.append(
+                    [
+                        f"single key, {variant}",
+                        f"p<={t:g}",
+                        f"{r['count']}/{ps.size}",
+                        r["rate"],
+                        f"{r['rate'] / t:.2f} x t [{r['ci95'][0] / t:.2f}, {r['ci95'][1] / t:.2f}]",
+                    ]
+                )
 
-    print(f"{n} human-written samples ({dict(collections.Counter(r.source for r in records))}), "
-          f"tokens per sample median {np.median(lengths):.0f} (p10 {np.percentile(lengths, 10):.0f}, "
-          f"p90 {np.percentile(lengths, 90):.0f})")
+    print(
+        f"{n} human-written samples ({dict(collections.Counter(r.source for r in records))}), "
+        f"tokens per sample median {np.median(lengths):.0f} (p10 {np.percentile(lengths, 10):.0f}, "
+        f"p90 {np.percentile(lengths, 90):.0f})"
+    )
     print(table(["test", "alpha", "flagged", "rate", "95% CI (exact)"], rows))
     payload = {
         "n_samples": n,
         "alphas": alphas,
         "watermark_config": config.to_dict(),
         "accounts_per_sample": args.accounts,
-        "corpus": {"min_chars": args.min_chars, "max_chars": args.max_chars, "seed": args.seed,
-                   "sources": dict(collections.Counter(r.source for r in records)),
-                   "tokens": {"median": float(np.median(lengths)), "p10": float(np.percentile(lengths, 10)),
-                              "p90": float(np.percentile(lengths, 90)), "min": int(lengths.min()),
-                              "max": int(lengths.max())}},
+        "corpus": {
+            "min_chars": args.min_chars,
+            "max_chars": args.max_chars,
+            "seed": args.seed,
+            "sources": dict(collections.Counter(r.source for r in records)),
+            "tokens": {
+                "median": float(np.median(lengths)),
+                "p10": float(np.percentile(lengths, 10)),
+                "p90": float(np.percentile(lengths, 90)),
+                "min": int(lengths.min()),
+                "max": int(lengths.max()),
+            },
+        },
         "results": results,
         "fixed_key_scatter": {"keys": args.fixed_keys, "test": "provider test alone", "by_alpha": scatter},
-        "single_key_calibration": {"keys_per_sample_and_prefix": args.single_keys,
-                                   "prefix_lengths": [p or "all" for p in PREFIX_LENGTHS],
-                                   "by_variant": calib},
+        "single_key_calibration": {
+            "keys_per_sample_and_prefix": args.single_keys,
+            "prefix_lengths": [p or "all" for p in PREFIX_LENGTHS],
+            "by_variant": calib,
+        },
         "seconds": {"corpus": t_corpus, "detect_two_settings": t_detect, "total": time.perf_counter() - t0},
     }
     path = write_json("false_positives", payload, args.out)

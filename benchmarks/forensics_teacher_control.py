@@ -41,10 +41,26 @@ from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.marker import MarkKeys
 
 MASTER = MasterKey(b"teacher-control-benchmark-key-00")  # a public test key
-TOPICS = ["rivers", "volcanoes", "the immune system", "bread baking", "chess openings", "the French revolution",
-          "solar panels", "honey bees", "glaciers", "jazz", "compilers", "tides"]
-TASKS = ["Explain {} to a child.", "Write a short story about {}.", "List five facts about {}.",
-         "What should a beginner know about {}?"]
+TOPICS = [
+    "rivers",
+    "volcanoes",
+    "the immune system",
+    "bread baking",
+    "chess openings",
+    "the French revolution",
+    "solar panels",
+    "honey bees",
+    "glaciers",
+    "jazz",
+    "compilers",
+    "tides",
+]
+TASKS = [
+    "Explain {} to a child.",
+    "Write a short story about {}.",
+    "List five facts about {}.",
+    "What should a beginner know about {}?",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,13 +84,30 @@ def _scan(lm: LocalModel, texts: list[FedText], keys: ScanKeys, config: Watermar
     out = {"texts": len(texts), "tokens_fed": sum(len(s) for s in seqs), "forward_s": round(forward_s, 2)}
     for policy in EXCLUSION_POLICIES:
         tup = reading_tuples(seqs, plens, preds, config.context_width, policy)
-        r = build_report("open", "teacher", config, tup.contexts, tup.tokens, keys, alpha=1e-3, parameters={},
-                         texts=len(texts), tokens_seen=tup.seen, skipped=tup.skipped)
+        r = build_report(
+            "open",
+            "teacher",
+            config,
+            tup.contexts,
+            tup.tokens,
+            keys,
+            alpha=1e-3,
+            parameters={},
+            texts=len(texts),
+            tokens_seen=tup.seen,
+            skipped=tup.skipped,
+        )
         out[policy] = {
-            "p_value": r.p_value, "tokens_scored": r.tokens_scored, "skipped": r.skipped,
-            "provider_p": r.provider.p_value, "provider_green": r.provider.green, "provider_n": r.provider.n,
-            "account_p": r.best_account.p_value, "account_p_corrected": r.best_account.p_corrected,
-            "account_green": r.best_account.green, "account_n": r.best_account.n,
+            "p_value": r.p_value,
+            "tokens_scored": r.tokens_scored,
+            "skipped": r.skipped,
+            "provider_p": r.provider.p_value,
+            "provider_green": r.provider.green,
+            "provider_n": r.provider.n,
+            "account_p": r.best_account.p_value,
+            "account_p_corrected": r.best_account.p_corrected,
+            "account_green": r.best_account.green,
+            "account_n": r.best_account.n,
             "control_min_p": min(c.p_value for c in r.controls),
             "control_ps": [round(c.p_value, 4) for c in r.controls],
         }
@@ -95,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         ps = prompts[k * args.prompts : (k + 1) * args.prompts]
         mark = MarkKeys(MASTER.account_key(acct), MASTER.provider_key())
         t0 = time.perf_counter()
-        comps = lm.generate(ps, [mark] * len(ps), max_new_tokens=args.max_tokens, temperature=args.temperature,
-                            seed=args.seed + k)
+        comps = lm.generate(
+            ps, [mark] * len(ps), max_new_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed + k
+        )
         gen_s = time.perf_counter() - t0
         texts = [FedText(p, c.text) for p, c in zip(ps, comps, strict=True)]
         res = _scan(lm, texts, ScanKeys.from_master(MASTER, [acct]), config)
@@ -117,19 +151,35 @@ def main(argv: list[str] | None = None) -> int:
                 if not recs:
                     continue
                 texts = [FedText(r["prompt"], r["response"]) for r in recs]
-                res = _scan(lm, texts, ScanKeys.from_master(master, [meta["account"]]),
-                            WatermarkConfig.from_dict(meta["watermark"]))
+                res = _scan(
+                    lm,
+                    texts,
+                    ScanKeys.from_master(master, [meta["account"]]),
+                    WatermarkConfig.from_dict(meta["watermark"]),
+                )
                 res.update(source=f"distill-data/{args.data}/{name}.jsonl, key {meta['account_key_id']}")
                 runs.append(res)
     for r in runs:
         for policy in EXCLUSION_POLICIES:
             x = r[policy]
-            rows.append([r["source"], policy, r["texts"], x["tokens_scored"], f"{x['provider_p']:.3g}",
-                         f"{x['account_p']:.3g}", f"{x['p_value']:.3g}", f"{x['control_min_p']:.3g}"])
-    print(table(["texts", "exclude", "n texts", "tuples", "provider p", "account p", "overall p",
-                 "min control p"], rows))
-    path = write_json("forensics_teacher_control", {"args": vars(args), "watermark": config.to_dict(),
-                                                    "runs": runs}, args.out)
+            rows.append(
+                [
+                    r["source"],
+                    policy,
+                    r["texts"],
+                    x["tokens_scored"],
+                    f"{x['provider_p']:.3g}",
+                    f"{x['account_p']:.3g}",
+                    f"{x['p_value']:.3g}",
+                    f"{x['control_min_p']:.3g}",
+                ]
+            )
+    print(
+        table(["texts", "exclude", "n texts", "tuples", "provider p", "account p", "overall p", "min control p"], rows)
+    )
+    path = write_json(
+        "forensics_teacher_control", {"args": vars(args), "watermark": config.to_dict(), "runs": runs}, args.out
+    )
     print(f"\nwritten: {path}")
     return 0
 

@@ -53,14 +53,26 @@ from _common import table, write_json
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench-model"
 COMPLETION = {
-    "id": "chatcmpl-upstream", "object": "chat.completion", "created": 1700000000, "model": MODEL,
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "The quick brown fox jumps over the lazy "
-                                                                      "dog. " * 4}, "finish_reason": "stop",
-                 "logprobs": None}],
+    "id": "chatcmpl-upstream",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": MODEL,
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "The quick brown fox jumps over the lazy dog. " * 4},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }
+    ],
     "usage": {"prompt_tokens": 12, "completion_tokens": 40, "total_tokens": 52},
 }
-REQUEST = {"model": MODEL, "messages": [{"role": "user", "content": "Write one sentence about foxes."}],
-           "max_tokens": 64, "temperature": 0.7}
+REQUEST = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Write one sentence about foxes."}],
+    "max_tokens": 64,
+    "temperature": 0.7,
+}
 MASTER_KEY = "b7e23ec29af22b0b4e41da31e868d57226121c84f1d2b53b0a5a1a2b3c4d5e6f"
 LITELLM_KEY = "sk-litellm-bench-0123456789abcdef"
 
@@ -68,12 +80,21 @@ LITELLM_KEY = "sk-litellm-bench-0123456789abcdef"
 # ---- the fake upstream ----------------------------------------------------------------------------------
 async def _serve_upstream(port: int) -> None:
     body = json.dumps(COMPLETION).encode()
-    ok = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(body)).encode()
-          + b"\r\n\r\n" + body)
-    models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0,
-                                                     "owned_by": "bench"}]}).encode()
-    ok_models = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-                 + str(len(models)).encode() + b"\r\n\r\n" + models)
+    ok = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+    models = json.dumps(
+        {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "bench"}]}
+    ).encode()
+    ok_models = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(models)).encode()
+        + b"\r\n\r\n"
+        + models
+    )
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -104,8 +125,10 @@ class _Conn:
     def __init__(self, port: int, path: str, headers: dict[str, str], body: bytes) -> None:
         self.port = port
         hdrs = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self.request = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
-                        f"content-length: {len(body)}\r\n{hdrs}\r\n").encode() + body
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n{hdrs}\r\n"
+        ).encode() + body
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -174,9 +197,15 @@ async def _load(port: int, path: str, headers: dict[str, str], n: int, concurren
     for c in conns:
         c.close()
     latencies.sort()
-    return {"requests": n, "wall_s": wall, "rps": n / wall, "p50_ms": _pct(latencies, 50) * 1000,
-            "p99_ms": _pct(latencies, 99) * 1000, "mean_ms": statistics.fmean(latencies) * 1000 if latencies else 0,
-            "errors": errors}
+    return {
+        "requests": n,
+        "wall_s": wall,
+        "rps": n / wall,
+        "p50_ms": _pct(latencies, 50) * 1000,
+        "p99_ms": _pct(latencies, 99) * 1000,
+        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else 0,
+        "errors": errors,
+    }
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -188,6 +217,7 @@ def _pct(xs: list[float], p: float) -> float:
 
 def _check(port: int, path: str, headers: dict[str, str]) -> dict[str, Any]:
     """One request, whose answer must be a chat completion with the upstream's text."""
+
     async def one():
         c = _Conn(port, path, headers, json.dumps(REQUEST).encode())
         try:
@@ -229,8 +259,13 @@ def _wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float, nam
 
 
 def _find_litellm(explicit: str | None) -> str | None:
-    for candidate in (explicit, os.environ.get("LITELLM_BIN"), str(ROOT / ".venv-bench/bin/litellm"),
-                      str(ROOT / ".venv/bin/litellm"), shutil.which("litellm")):
+    for candidate in (
+        explicit,
+        os.environ.get("LITELLM_BIN"),
+        str(ROOT / ".venv-bench/bin/litellm"),
+        str(ROOT / ".venv/bin/litellm"),
+        shutil.which("litellm"),
+    ):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -244,8 +279,9 @@ class Targets:
         self.procs: list[subprocess.Popen] = []
 
     def spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             cwd=self.workdir)
+        p = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.workdir
+        )
         self.procs.append(p)
         return p
 
@@ -261,8 +297,12 @@ class Targets:
 
 def _antidistill_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTIDISTILL_")}
-    env.update(ANTIDISTILL_ENV="dev", ANTIDISTILL_DATA_DIR=str(data_dir), ANTIDISTILL_MASTER_KEY=MASTER_KEY,
-               ANTIDISTILL_CACHE_DIR=str(data_dir / "cache"))
+    env.update(
+        ANTIDISTILL_ENV="dev",
+        ANTIDISTILL_DATA_DIR=str(data_dir),
+        ANTIDISTILL_MASTER_KEY=MASTER_KEY,
+        ANTIDISTILL_CACHE_DIR=str(data_dir / "cache"),
+    )
     return env
 
 
@@ -287,8 +327,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=200, help="untimed requests per target before the rounds")
     ap.add_argument("--litellm", help="path of the litellm executable")
     ap.add_argument("--no-litellm", action="store_true", help="skip LiteLLM")
-    ap.add_argument("--monitor-model", type=Path, default=None,
-                    help="directory with a trained monitor (default: the user's data dir's monitor/, if any)")
+    ap.add_argument(
+        "--monitor-model",
+        type=Path,
+        default=None,
+        help="directory with a trained monitor (default: the user's data dir's monitor/, if any)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 300 requests, 1 round, 50 warm-up")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/gateway_overhead-<time>.json)")
     ap.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
@@ -314,8 +358,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         env = _antidistill_env(data_dir)
         gw_port, gwf_port = _free_port(), _free_port()
         gateway = [sys.executable, "-m", "antidistill", "serve", "--host", "127.0.0.1", "--log-level", "warning"]
-        gw = targets.spawn([*gateway, "--port", str(gw_port), "--backend", "upstream", "--upstream-url",
-                            f"http://127.0.0.1:{up_port}/v1"], env=env)
+        gw = targets.spawn(
+            [
+                *gateway,
+                "--port",
+                str(gw_port),
+                "--backend",
+                "upstream",
+                "--upstream-url",
+                f"http://127.0.0.1:{up_port}/v1",
+            ],
+            env=env,
+        )
         gwf = targets.spawn([*gateway, "--port", str(gwf_port), "--backend", "fake"], env=env)
         monitor_src = args.monitor_model
         if monitor_src is None:
@@ -340,8 +394,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         litellm_bin = None if args.no_litellm else _find_litellm(args.litellm)
         litellm_version = None
         if litellm_bin is None:
-            notes.append("LiteLLM not measured: " + ("--no-litellm" if args.no_litellm else
-                                                      "no litellm executable found (see the module docstring)"))
+            notes.append(
+                "LiteLLM not measured: "
+                + ("--no-litellm" if args.no_litellm else "no litellm executable found (see the module docstring)")
+            )
         else:
             ll_port = _free_port()
             cfg = work / "litellm.yaml"
@@ -356,17 +412,32 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                 "  telemetry: false\n"
                 "  drop_params: true\n"
                 "general_settings:\n"
-                f"  master_key: {LITELLM_KEY}\n", encoding="utf-8")
-            ll_env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
-                      "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True"}
-            ll = targets.spawn([litellm_bin, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(ll_port)],
-                               env=ll_env)
+                f"  master_key: {LITELLM_KEY}\n",
+                encoding="utf-8",
+            )
+            ll_env = {
+                **os.environ,
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_LOG": "ERROR",
+                "LITELLM_TELEMETRY": "False",
+                "DISABLE_SCHEMA_UPDATE": "True",
+            }
+            ll = targets.spawn(
+                [litellm_bin, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(ll_port)], env=ll_env
+            )
             _wait_http(ll_port, "/health/liveliness", ll, 180, "LiteLLM proxy")
             plan["litellm"] = (ll_port, {"authorization": f"Bearer {LITELLM_KEY}"})
             try:
-                out = subprocess.run([str(Path(litellm_bin).parent / "python"), "-c",
-                                      "import importlib.metadata as m; print(m.version('litellm'))"],
-                                     capture_output=True, text=True, timeout=60)
+                out = subprocess.run(
+                    [
+                        str(Path(litellm_bin).parent / "python"),
+                        "-c",
+                        "import importlib.metadata as m; print(m.version('litellm'))",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
                 litellm_version = out.stdout.strip() or None
             except (OSError, subprocess.SubprocessError):
                 pass
@@ -380,13 +451,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         names = list(plan)
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for rnd in range(args.rounds):
-            order = names[rnd % len(names):] + names[: rnd % len(names)]
+            order = names[rnd % len(names) :] + names[: rnd % len(names)]
             for name in order:
                 port, headers = plan[name]
                 res = asyncio.run(_load(port, chat, headers, args.requests, args.concurrency))
                 runs[name].append(res)
-                print(f"round {rnd + 1}/{args.rounds} {name:17s} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:.2f} ms"
-                      f"  p99 {res['p99_ms']:.2f} ms  errors {res['errors'] or 0}", file=sys.stderr)
+                print(
+                    f"round {rnd + 1}/{args.rounds} {name:17s} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:.2f} ms"
+                    f"  p99 {res['p99_ms']:.2f} ms  errors {res['errors'] or 0}",
+                    file=sys.stderr,
+                )
     finally:
         targets.close()
 
@@ -404,38 +478,63 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         a, ll = summary["antidistill"], summary["litellm"]
         comparison = {
             "litellm_added_p50_over_antidistill_added_p50": ll["added_p50_ms"] / a["added_p50_ms"]
-            if a["added_p50_ms"] > 0 else float("inf"),
+            if a["added_p50_ms"] > 0
+            else float("inf"),
             "litellm_added_p99_over_antidistill_added_p99": ll["added_p99_ms"] / a["added_p99_ms"]
-            if a["added_p99_ms"] > 0 else float("inf"),
+            if a["added_p99_ms"] > 0
+            else float("inf"),
             "antidistill_rps_over_litellm_rps": a["rps"] / ll["rps"],
             "target_met": a["added_p50_ms"] < ll["added_p50_ms"],
         }
 
     if "antidistill-fake-monitor" in summary:
         off, on = summary["antidistill-fake"], summary["antidistill-fake-monitor"]
-        comparison = {**(comparison or {}), "monitor_on_minus_off_p50_ms": on["p50_ms"] - off["p50_ms"],
-                      "monitor_on_minus_off_p99_ms": on["p99_ms"] - off["p99_ms"],
-                      "monitor_rps_on_over_off": on["rps"] / off["rps"]}
-    rows = [[n, s["rps"], s["p50_ms"], s["p99_ms"], s["added_p50_ms"], s["added_p99_ms"], s["errors"]]
-            for n, s in summary.items()]
+        comparison = {
+            **(comparison or {}),
+            "monitor_on_minus_off_p50_ms": on["p50_ms"] - off["p50_ms"],
+            "monitor_on_minus_off_p99_ms": on["p99_ms"] - off["p99_ms"],
+            "monitor_rps_on_over_off": on["rps"] / off["rps"],
+        }
+    rows = [
+        [n, s["rps"], s["p50_ms"], s["p99_ms"], s["added_p50_ms"], s["added_p99_ms"], s["errors"]]
+        for n, s in summary.items()
+    ]
     print(table(["target", "req/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "errors"], rows))
     if comparison and "litellm_added_p50_over_antidistill_added_p50" in comparison:
-        print(f"\nLiteLLM adds {comparison['litellm_added_p50_over_antidistill_added_p50']:.2f}x the p50 latency "
-              f"antidistill adds ({comparison['litellm_added_p99_over_antidistill_added_p99']:.2f}x at p99); "
-              f"antidistill serves {comparison['antidistill_rps_over_litellm_rps']:.2f}x LiteLLM's requests/s. "
-              f"Target (lower overhead than LiteLLM): {'met' if comparison['target_met'] else 'NOT met'}.")
+        print(
+            f"\nLiteLLM adds {comparison['litellm_added_p50_over_antidistill_added_p50']:.2f}x the p50 latency "
+            f"antidistill adds ({comparison['litellm_added_p99_over_antidistill_added_p99']:.2f}x at p99); "
+            f"antidistill serves {comparison['antidistill_rps_over_litellm_rps']:.2f}x LiteLLM's requests/s. "
+            f"Target (lower overhead than LiteLLM): {'met' if comparison['target_met'] else 'NOT met'}."
+        )
     if comparison and "monitor_on_minus_off_p50_ms" in comparison:
-        print(f"\nMonitor on vs off (fake backend): p50 {comparison['monitor_on_minus_off_p50_ms']:+.2f} ms, "
-              f"p99 {comparison['monitor_on_minus_off_p99_ms']:+.2f} ms, requests/s x"
-              f"{comparison['monitor_rps_on_over_off']:.2f}.")
+        print(
+            f"\nMonitor on vs off (fake backend): p50 {comparison['monitor_on_minus_off_p50_ms']:+.2f} ms, "
+            f"p99 {comparison['monitor_on_minus_off_p99_ms']:+.2f} ms, requests/s x"
+            f"{comparison['monitor_rps_on_over_off']:.2f}."
+        )
     for n in notes:
         print("note:", n)
-    path = write_json("gateway_overhead", {
-        "config": {"requests": args.requests, "concurrency": args.concurrency, "rounds": args.rounds,
-                   "warmup": args.warmup, "quick": args.quick, "litellm": litellm_bin,
-                   "litellm_version": litellm_version, "request": REQUEST},
-        "summary": summary, "comparison": comparison, "runs": runs, "notes": notes,
-    }, args.out)
+    path = write_json(
+        "gateway_overhead",
+        {
+            "config": {
+                "requests": args.requests,
+                "concurrency": args.concurrency,
+                "rounds": args.rounds,
+                "warmup": args.warmup,
+                "quick": args.quick,
+                "litellm": litellm_bin,
+                "litellm_version": litellm_version,
+                "request": REQUEST,
+            },
+            "summary": summary,
+            "comparison": comparison,
+            "runs": runs,
+            "notes": notes,
+        },
+        args.out,
+    )
     print(f"\nwrote {path}")
     errors = sum(s["errors"] for s in summary.values())
     return 1 if errors else 0

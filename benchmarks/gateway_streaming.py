@@ -25,8 +25,24 @@ PROMPTS = [
     "Describe the history of {}.",
     "Give advice to someone learning about {}.",
 ]
-TOPICS = ["volcanoes", "bicycles", "the printing press", "bees", "rainbows", "chess", "bridges", "tea", "comets",
-          "libraries", "sailing", "bread", "glass", "clocks", "maps", "kites"]
+TOPICS = [
+    "volcanoes",
+    "bicycles",
+    "the printing press",
+    "bees",
+    "rainbows",
+    "chess",
+    "bridges",
+    "tea",
+    "comets",
+    "libraries",
+    "sailing",
+    "bread",
+    "glass",
+    "clocks",
+    "maps",
+    "kites",
+]
 
 
 async def client(base_url: str, api_key: str, cid: int, deadline: float, tokens: int) -> tuple[int, int]:
@@ -38,8 +54,13 @@ async def client(base_url: str, api_key: str, cid: int, deadline: float, tokens:
     while time.perf_counter() < deadline:
         prompt = PROMPTS[(cid + i) % len(PROMPTS)].format(TOPICS[(cid * 7 + i) % len(TOPICS)])
         stream = await oa.chat.completions.create(
-            model="local", messages=[{"role": "user", "content": prompt}], max_tokens=tokens, temperature=0.7,
-            stream=True, stream_options={"include_usage": True})
+            model="local",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=tokens,
+            temperature=0.7,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         async for chunk in stream:
             if chunk.usage is not None:
                 total += chunk.usage.completion_tokens
@@ -51,12 +72,16 @@ async def client(base_url: str, api_key: str, cid: int, deadline: float, tokens:
 
 async def level(base_url: str, keys: list[str], n: int, duration: float, tokens: int) -> dict[str, Any]:
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(client(base_url, keys[i % len(keys)], i, t0 + duration, tokens)
-                                     for i in range(n)))
+    results = await asyncio.gather(*(client(base_url, keys[i % len(keys)], i, t0 + duration, tokens) for i in range(n)))
     wall = time.perf_counter() - t0
     toks = sum(r[1] for r in results)
-    return {"clients": n, "requests": sum(r[0] for r in results), "tokens": toks, "seconds": round(wall, 2),
-            "tokens_per_s": round(toks / wall, 2)}
+    return {
+        "clients": n,
+        "requests": sum(r[0] for r in results),
+        "tokens": toks,
+        "seconds": round(wall, 2),
+        "tokens_per_s": round(toks / wall, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         store = Store.open(f"sqlite:///{Path(tmp) / 'bench.db'}", settings=settings)
         keys = [store.create_account(f"bench-{i}")[1] for i in range(4)]
         lm = LocalModel.load()
-        app = create_app(settings, backend=LocalBackend(lm), store=store,
-                         keyring=KeyRing(MasterKey.from_text("b" * 64)))
+        app = create_app(
+            settings, backend=LocalBackend(lm), store=store, keyring=KeyRing(MasterKey.from_text("b" * 64))
+        )
         rows = []
         with BackgroundServer(app) as srv:
             asyncio.run(level(srv.url + "/v1", keys, 1, 2.0, 8))  # warm-up
@@ -97,14 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]["tokens_per_s"]
     for r in rows:
         r["x_one_client"] = round(r["tokens_per_s"] / base, 2) if base else None
-    print(table(["clients", "requests", "tokens", "seconds", "tokens/s", "x 1 client"],
-                [[r["clients"], r["requests"], r["tokens"], r["seconds"], r["tokens_per_s"], r["x_one_client"]]
-                 for r in rows]))
+    print(
+        table(
+            ["clients", "requests", "tokens", "seconds", "tokens/s", "x 1 client"],
+            [
+                [r["clients"], r["requests"], r["tokens"], r["seconds"], r["tokens_per_s"], r["x_one_client"]]
+                for r in rows
+            ],
+        )
+    )
     top = rows[-1]["x_one_client"]
-    print(f"{rows[-1]['clients']} clients / 1 client: {top}x (target >= 6x: {'met' if top and top >= 6 else 'missed'});"
-          f" audit records written: {audited}")
-    result = {"tokens": args.tokens,
-              "duration_s": args.duration, "levels": rows, "audit_records": audited}
+    print(
+        f"{rows[-1]['clients']} clients / 1 client: {top}x (target >= 6x: {'met' if top and top >= 6 else 'missed'});"
+        f" audit records written: {audited}"
+    )
+    result = {"tokens": args.tokens, "duration_s": args.duration, "levels": rows, "audit_records": audited}
     path = write_json("gateway_streaming", result, args.out)
     print(f"wrote {path}")
     return 0

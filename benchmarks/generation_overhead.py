@@ -53,8 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--widths", default="1,2,3,4", help="comma-separated context widths of our scheme")
     ap.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row (forced)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
-    ap.add_argument("--selfhash-rounds", type=int, default=2,
-                    help="rounds that include hf-selfhash (very slow on CPU; 0 leaves it out)")
+    ap.add_argument(
+        "--selfhash-rounds",
+        type=int,
+        default=2,
+        help="rounds that include hf-selfhash (very slow on CPU; 0 leaves it out)",
+    )
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -81,8 +85,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ---- reference green-list formula (the specification, written out independently of the core) ------------
 _U = np.uint64
-_REF = {"m1": 0xFF51AFD7ED558CCD, "m2": 0xC4CEB9FE1A85EC53, "golden": 0x9E3779B97F4A7C15,
-        "token_salt": 0x243F6A8885A308D3, "context_salt": 0x13198A2E03707344, "slot_salt": 0xA4093822299F31D0}
+_REF = {
+    "m1": 0xFF51AFD7ED558CCD,
+    "m2": 0xC4CEB9FE1A85EC53,
+    "golden": 0x9E3779B97F4A7C15,
+    "token_salt": 0x243F6A8885A308D3,
+    "context_salt": 0x13198A2E03707344,
+    "slot_salt": 0xA4093822299F31D0,
+}
 
 
 def _ref_fmix64(x: np.ndarray) -> np.ndarray:
@@ -107,12 +117,12 @@ def _ref_context_hash(ctx: np.ndarray) -> np.ndarray:
     return x
 
 
-def reference_scores(cfg: WatermarkConfig, marks: list[MarkKeys | None], input_ids: torch.Tensor,
-                     scores: torch.Tensor) -> torch.Tensor:
+def reference_scores(
+    cfg: WatermarkConfig, marks: list[MarkKeys | None], input_ids: torch.Tensor, scores: torch.Tensor
+) -> torch.Tensor:
     """What the processor must return: scores + delta on the green list of each marked row."""
     vocab = scores.shape[-1]
-    tok_hash = _ref_fmix64(np.arange(vocab, dtype=np.int64).astype(_U) * _U(_REF["golden"])
-                           + _U(_REF["token_salt"]))
+    tok_hash = _ref_fmix64(np.arange(vocab, dtype=np.int64).astype(_U) * _U(_REF["golden"]) + _U(_REF["token_salt"]))
     out = scores.clone()
     for i, mark in enumerate(marks):
         if mark is None:
@@ -141,8 +151,10 @@ def check_bit_identical(mk: MasterKey, vocab: int, seed: int) -> dict[str, Any]:
                 variants = {
                     "provider": [MarkKeys(a, mk.provider_key()) for a in acct],
                     "account-only": [MarkKeys(a) for a in acct],
-                    "mixed": [None if i % 3 == 0 else MarkKeys(a, mk.provider_key() if i % 2 else None)
-                              for i, a in enumerate(acct)],
+                    "mixed": [
+                        None if i % 3 == 0 else MarkKeys(a, mk.provider_key() if i % 2 else None)
+                        for i, a in enumerate(acct)
+                    ],
                 }
                 for marks in variants.values():
                     if all(m is None for m in marks):
@@ -195,11 +207,24 @@ def batch_inputs(lm: LocalModel, b: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, att
 
 
-def run_once(lm: LocalModel, conf: dict[str, Any], ids: torch.Tensor, att: torch.Tensor, new_tokens: int,
-             args: argparse.Namespace, timer: ProcessorTimer) -> dict[str, float]:
+def run_once(
+    lm: LocalModel,
+    conf: dict[str, Any],
+    ids: torch.Tensor,
+    att: torch.Tensor,
+    new_tokens: int,
+    args: argparse.Namespace,
+    timer: ProcessorTimer,
+) -> dict[str, float]:
     kwargs: dict[str, Any] = {
-        "input_ids": ids, "attention_mask": att, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens,
-        "do_sample": True, "temperature": args.temperature, "top_p": 1.0, "top_k": 0,
+        "input_ids": ids,
+        "attention_mask": att,
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "do_sample": True,
+        "temperature": args.temperature,
+        "top_p": 1.0,
+        "top_k": 0,
         "pad_token_id": lm.tokenizer.pad_token_id,
     }
     if conf["kind"] == "ours":
@@ -223,19 +248,36 @@ def configurations(args: argparse.Namespace, mk: MasterKey) -> list[dict[str, An
     marks = [MarkKeys(mk.account_key(f"acct{i}"), mk.provider_key()) for i in range(len(PROMPTS))]
     confs: list[dict[str, Any]] = [{"name": "none", "kind": "none"}]
     for h in args.widths:
-        confs.append({"name": f"ours-h{h}", "kind": "ours", "marks": marks,
-                      "watermark": Watermark(WatermarkConfig(context_width=h))})
+        confs.append(
+            {
+                "name": f"ours-h{h}",
+                "kind": "ours",
+                "marks": marks,
+                "watermark": Watermark(WatermarkConfig(context_width=h)),
+            }
+        )
     ours = WatermarkConfig()  # transformers' configurations get the same gamma and bias
     for seeding in ("lefthash", "selfhash"):
         if seeding == "selfhash" and args.selfhash_rounds == 0:
             continue
-        confs.append({"name": f"hf-{seeding}", "kind": "hf", "wcfg": WatermarkingConfig(
-            greenlist_ratio=ours.gamma, bias=ours.delta, seeding_scheme=seeding, context_width=1)})
+        confs.append(
+            {
+                "name": f"hf-{seeding}",
+                "kind": "hf",
+                "wcfg": WatermarkingConfig(
+                    greenlist_ratio=ours.gamma, bias=ours.delta, seeding_scheme=seeding, context_width=1
+                ),
+            }
+        )
     return confs
 
 
-def summarise(confs: list[dict[str, Any]], runs: dict[tuple[int, str], list[dict[str, float]]],
-              batch_sizes: list[int], new_tokens: int) -> list[dict[str, Any]]:
+def summarise(
+    confs: list[dict[str, Any]],
+    runs: dict[tuple[int, str], list[dict[str, float]]],
+    batch_sizes: list[int],
+    new_tokens: int,
+) -> list[dict[str, Any]]:
     rows = []
     for b in batch_sizes:
         base = runs[(b, "none")]
@@ -250,15 +292,21 @@ def summarise(confs: list[dict[str, Any]], runs: dict[tuple[int, str], list[dict
             proc_frac = median(fracs) if marked else None
             per_step = [r["proc_seconds"] / max(1, r["proc_calls"]) for r in rs]
             step_ms = median(per_step) * 1e3 if marked else None
-            rows.append({
-                "batch": b, "config": conf["name"], "rounds": len(rs), "seconds": [r["seconds"] for r in rs],
-                "median_s": med_s, "tokens_per_s": b * new_tokens / med_s,
-                "overhead_pct": (median(ratios) - 1.0) * 100.0,
-                "processor_share_pct": proc_frac * 100.0 if marked else None,
-                "processor_overhead_pct": proc_frac / (1.0 - proc_frac) * 100.0 if marked else None,
-                "processor_ms_per_step": step_ms,
-                "processor_calls": calls[0] if calls else 0,
-            })
+            rows.append(
+                {
+                    "batch": b,
+                    "config": conf["name"],
+                    "rounds": len(rs),
+                    "seconds": [r["seconds"] for r in rs],
+                    "median_s": med_s,
+                    "tokens_per_s": b * new_tokens / med_s,
+                    "overhead_pct": (median(ratios) - 1.0) * 100.0,
+                    "processor_share_pct": proc_frac * 100.0 if marked else None,
+                    "processor_overhead_pct": proc_frac / (1.0 - proc_frac) * 100.0 if marked else None,
+                    "processor_ms_per_step": step_ms,
+                    "processor_calls": calls[0] if calls else 0,
+                }
+            )
     return rows
 
 
@@ -287,39 +335,68 @@ def main(argv: list[str] | None = None) -> int:
             run_once(lm, conf, *inputs[b], 2, args, timer)
     print(f"warm-up done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
-    runs: dict[tuple[int, str], list[dict[str, float]]] = {(b, c["name"]): [] for b in args.batch_sizes
-                                                              for c in confs}
+    runs: dict[tuple[int, str], list[dict[str, float]]] = {(b, c["name"]): [] for b in args.batch_sizes for c in confs}
     t_start = time.perf_counter()
     for r in range(args.rounds):
         active = [c for c in confs if c["name"] != "hf-selfhash" or r < args.selfhash_rounds]
-        order = active[r % len(active):] + active[: r % len(active)]
+        order = active[r % len(active) :] + active[: r % len(active)]
         for b in args.batch_sizes:
             for conf in order:
                 runs[(b, conf["name"])].append(run_once(lm, conf, *inputs[b], args.new_tokens, args, timer))
         print(f"  round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
 
     rows = summarise(confs, runs, args.batch_sizes, args.new_tokens)
-    print(f"\ngeneration: {lm.name}, {args.new_tokens} new tokens per row, {args.rounds} interleaved rounds "
-          f"(hf-selfhash: {args.selfhash_rounds}), torch threads {threads}")
-    print(table(["batch", "config", "rounds", "tokens/s", "overhead %", "in processor %", "proc ms/step"],
-                [[r["batch"], r["config"], r["rounds"], r["tokens_per_s"], r["overhead_pct"],
-                  r["processor_share_pct"], r["processor_ms_per_step"]] for r in rows]))
+    print(
+        f"\ngeneration: {lm.name}, {args.new_tokens} new tokens per row, {args.rounds} interleaved rounds "
+        f"(hf-selfhash: {args.selfhash_rounds}), torch threads {threads}"
+    )
+    print(
+        table(
+            ["batch", "config", "rounds", "tokens/s", "overhead %", "in processor %", "proc ms/step"],
+            [
+                [
+                    r["batch"],
+                    r["config"],
+                    r["rounds"],
+                    r["tokens_per_s"],
+                    r["overhead_pct"],
+                    r["processor_share_pct"],
+                    r["processor_ms_per_step"],
+                ]
+                for r in rows
+            ],
+        )
+    )
     ours = [r for r in rows if r["config"].startswith("ours-")]
     worst_wall = max(r["overhead_pct"] for r in ours)
     worst_proc = max(r["processor_overhead_pct"] for r in ours)
     met = worst_proc <= TARGET_OVERHEAD_PCT
-    print(f"ours, worst case: {worst_wall:.1f}% by wall clock, {worst_proc:.2f}% by processor time "
-          f"(target <= {TARGET_OVERHEAD_PCT:.0f}%: {'met' if met else 'NOT met'}); bit-identical: "
-          f"{check['bit_identical']}")
-    path = write_json("generation_overhead", {
-        "args": vars(args), "model": lm.name, "vocab_size": lm.vocab_size, "check": check, "rows": rows,
-        "worst_ours_overhead_pct_wall": worst_wall, "worst_ours_overhead_pct_processor": worst_proc,
-        "target_overhead_pct": TARGET_OVERHEAD_PCT, "meets_target": met,
-        "meets_target_wall_clock": worst_wall <= TARGET_OVERHEAD_PCT,
-        "notes": ("overhead_pct: median over rounds of (config time / unwatermarked time of the same round "
-                  "and batch) - 1. processor_overhead_pct: processor time / (generation time - processor "
-                  "time), the more precise figure on a noisy machine."),
-    }, args.out)
+    print(
+        f"ours, worst case: {worst_wall:.1f}% by wall clock, {worst_proc:.2f}% by processor time "
+        f"(target <= {TARGET_OVERHEAD_PCT:.0f}%: {'met' if met else 'NOT met'}); bit-identical: "
+        f"{check['bit_identical']}"
+    )
+    path = write_json(
+        "generation_overhead",
+        {
+            "args": vars(args),
+            "model": lm.name,
+            "vocab_size": lm.vocab_size,
+            "check": check,
+            "rows": rows,
+            "worst_ours_overhead_pct_wall": worst_wall,
+            "worst_ours_overhead_pct_processor": worst_proc,
+            "target_overhead_pct": TARGET_OVERHEAD_PCT,
+            "meets_target": met,
+            "meets_target_wall_clock": worst_wall <= TARGET_OVERHEAD_PCT,
+            "notes": (
+                "overhead_pct: median over rounds of (config time / unwatermarked time of the same round "
+                "and batch) - 1. processor_overhead_pct: processor time / (generation time - processor "
+                "time), the more precise figure on a noisy machine."
+            ),
+        },
+        args.out,
+    )
     print(f"\nwrote {path}")
     return 0 if check["bit_identical"] else 1
 

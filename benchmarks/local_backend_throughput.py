@@ -59,13 +59,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def client(backend: LocalBackend, cid: int, mark: MarkKeys, deadline: float, tokens: int,
-                 log: list[dict[str, Any]]) -> None:
+async def client(
+    backend: LocalBackend, cid: int, mark: MarkKeys, deadline: float, tokens: int, log: list[dict[str, Any]]
+) -> None:
     """Sequential streaming requests until ``deadline`` (at least one)."""
     i = 0
     while True:
-        req = GenerationRequest(messages=[{"role": "user", "content": PROMPTS[(cid + i) % len(PROMPTS)]}],
-                                max_tokens=tokens, temperature=0.7, seed=1000 * cid + i, mark=mark)
+        req = GenerationRequest(
+            messages=[{"role": "user", "content": PROMPTS[(cid + i) % len(PROMPTS)]}],
+            max_tokens=tokens,
+            temperature=0.7,
+            seed=1000 * cid + i,
+            mark=mark,
+        )
         t0 = time.perf_counter()
         first = None
         result = None
@@ -74,15 +80,21 @@ async def client(backend: LocalBackend, cid: int, mark: MarkKeys, deadline: floa
                 result = item
             elif first is None and item.text:
                 first = time.perf_counter() - t0
-        log.append({"client": cid, "tokens": result.completion_tokens, "seconds": time.perf_counter() - t0,
-                    "ttft": first, "finish": result.choices[0].finish_reason})
+        log.append(
+            {
+                "client": cid,
+                "tokens": result.completion_tokens,
+                "seconds": time.perf_counter() - t0,
+                "ttft": first,
+                "finish": result.choices[0].finish_reason,
+            }
+        )
         i += 1
         if time.perf_counter() >= deadline:
             return
 
 
-async def run_level(backend: LocalBackend, n: int, marks: list[MarkKeys], args: argparse.Namespace
-                    ) -> dict[str, Any]:
+async def run_level(backend: LocalBackend, n: int, marks: list[MarkKeys], args: argparse.Namespace) -> dict[str, Any]:
     steps0, tokens0 = backend.stats["steps"], backend.stats["tokens"]
     log: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -93,7 +105,11 @@ async def run_level(backend: LocalBackend, n: int, marks: list[MarkKeys], args: 
     steps = backend.stats["steps"] - steps0
     ttfts = [r["ttft"] for r in log if r["ttft"] is not None]
     return {
-        "clients": n, "requests": len(log), "tokens": total, "seconds": wall, "tokens_per_s": total / wall,
+        "clients": n,
+        "requests": len(log),
+        "tokens": total,
+        "seconds": wall,
+        "tokens_per_s": total / wall,
         "mean_rows_per_step": (backend.stats["tokens"] - tokens0) / steps if steps else 0.0,
         "ttft_p50_s": statistics.median(ttfts) if ttfts else None,
         "latency_p50_s": statistics.median(r["seconds"] for r in log),
@@ -105,8 +121,7 @@ def peer(lm: LocalModel, batch: int, tokens: int) -> dict[str, Any]:
     """transformers' generate on one static batch: tokens/s."""
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
     t0 = time.perf_counter()
-    outs = lm.generate(prompts, [None] * batch, max_new_tokens=tokens, min_new_tokens=tokens, temperature=0.7,
-                       seed=0)
+    outs = lm.generate(prompts, [None] * batch, max_new_tokens=tokens, min_new_tokens=tokens, temperature=0.7, seed=0)
     wall = time.perf_counter() - t0
     total = sum(len(o.token_ids) for o in outs)
     return {"batch": batch, "tokens": total, "seconds": wall, "tokens_per_s": total / wall}
@@ -126,8 +141,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         for n in args.clients:
             levels.append(await run_level(backend, n, marks, args))
             lv = levels[-1]
-            print(f"  {n} clients: {lv['tokens_per_s']:.1f} tokens/s ({lv['requests']} requests, "
-                  f"{lv['seconds']:.0f} s)", file=sys.stderr)
+            print(
+                f"  {n} clients: {lv['tokens_per_s']:.1f} tokens/s ({lv['requests']} requests, {lv['seconds']:.0f} s)",
+                file=sys.stderr,
+            )
     finally:
         await backend.aclose()
     peers = []
@@ -135,8 +152,13 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         for b in sorted({min(args.clients), max(args.clients)}):
             peers.append(await asyncio.to_thread(peer, lm, b, args.tokens))
             print(f"  peer (static batch {b}): {peers[-1]['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
-    return {"model": lm.name, "levels": levels, "peer": peers, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "backend_stats": dict(backend.stats)}
+    return {
+        "model": lm.name,
+        "levels": levels,
+        "peer": peers,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "backend_stats": dict(backend.stats),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,29 +172,70 @@ def main(argv: list[str] | None = None) -> int:
         lv["speedup_vs_1"] = lv["tokens_per_s"] / base if base else None
     peer_by_batch = {p["batch"]: p["tokens_per_s"] for p in peers}
     for lv in levels:
-        lv["ratio_to_static_batch"] = (lv["tokens_per_s"] / peer_by_batch[lv["clients"]]
-                                       if lv["clients"] in peer_by_batch else None)
-    print(f"\nlocal backend: {out['model']}, {args.tokens} tokens per request, "
-          f"{'one request per client' if args.duration == 0 else f'{args.duration:.0f} s per level'}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(table(["clients", "requests", "tokens", "seconds", "tokens/s", "x 1 client", "rows/step", "ttft p50 s",
-                 "vs static batch"],
-                [[lv["clients"], lv["requests"], lv["tokens"], lv["seconds"], lv["tokens_per_s"],
-                  lv["speedup_vs_1"], lv["mean_rows_per_step"], lv["ttft_p50_s"], lv["ratio_to_static_batch"]]
-                 for lv in levels]))
+        lv["ratio_to_static_batch"] = (
+            lv["tokens_per_s"] / peer_by_batch[lv["clients"]] if lv["clients"] in peer_by_batch else None
+        )
+    print(
+        f"\nlocal backend: {out['model']}, {args.tokens} tokens per request, "
+        f"{'one request per client' if args.duration == 0 else f'{args.duration:.0f} s per level'}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        table(
+            [
+                "clients",
+                "requests",
+                "tokens",
+                "seconds",
+                "tokens/s",
+                "x 1 client",
+                "rows/step",
+                "ttft p50 s",
+                "vs static batch",
+            ],
+            [
+                [
+                    lv["clients"],
+                    lv["requests"],
+                    lv["tokens"],
+                    lv["seconds"],
+                    lv["tokens_per_s"],
+                    lv["speedup_vs_1"],
+                    lv["mean_rows_per_step"],
+                    lv["ttft_p50_s"],
+                    lv["ratio_to_static_batch"],
+                ]
+                for lv in levels
+            ],
+        )
+    )
     if peers:
-        print(table(["peer: transformers generate", "tokens", "seconds", "tokens/s"],
-                    [[f"static batch {p['batch']}", p["tokens"], p["seconds"], p["tokens_per_s"]] for p in peers]))
+        print(
+            table(
+                ["peer: transformers generate", "tokens", "seconds", "tokens/s"],
+                [[f"static batch {p['batch']}", p["tokens"], p["seconds"], p["tokens_per_s"]] for p in peers],
+            )
+        )
     s16 = next((lv["speedup_vs_1"] for lv in levels if lv["clients"] == 16), None)
     met = s16 is not None and s16 >= TARGET_SPEEDUP_16
     if s16 is not None:
         print(f"16 clients: {s16:.1f}x one client (target >= {TARGET_SPEEDUP_16:.0f}x: {'met' if met else 'NOT met'})")
-    path = write_json("local_backend_throughput", {
-        "args": vars(args), **out, "target_speedup_16": TARGET_SPEEDUP_16, "speedup_16": s16, "meets_target": met,
-        "notes": ("tokens_per_s: completion tokens of all requests / wall time of the level; clients stream "
-                  "sequential requests until the level's time is up. vs static batch: ours / transformers' "
-                  "generate on one static batch of the same size (min_new_tokens = max_new_tokens)."),
-    }, args.out)
+    path = write_json(
+        "local_backend_throughput",
+        {
+            "args": vars(args),
+            **out,
+            "target_speedup_16": TARGET_SPEEDUP_16,
+            "speedup_16": s16,
+            "meets_target": met,
+            "notes": (
+                "tokens_per_s: completion tokens of all requests / wall time of the level; clients stream "
+                "sequential requests until the level's time is up. vs static batch: ours / transformers' "
+                "generate on one static batch of the same size (min_new_tokens = max_new_tokens)."
+            ),
+        },
+        args.out,
+    )
     print(f"\nwrote {path}")
     return 0
 

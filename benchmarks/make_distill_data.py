@@ -88,15 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     perm = generate_prompts(len(TOPICS) * len(TASKS), seed=PROMPT_SEED)
     tail = perm[::-1]
     sets = {  # name -> (prompts, marked)
-        "wm_heldout": (tail[0:2 * nh:2], True),
-        "unwm_heldout": (tail[1:2 * nh:2], False),
-        "wm_train": (perm[0:2 * nt:2], True),
-        "unwm_train": (perm[1:2 * nt:2], False),
+        "wm_heldout": (tail[0 : 2 * nh : 2], True),
+        "unwm_heldout": (tail[1 : 2 * nh : 2], False),
+        "wm_train": (perm[0 : 2 * nt : 2], True),
+        "unwm_train": (perm[1 : 2 * nt : 2], False),
     }
     meta = {
-        "master_key": TEST_MASTER_KEY, "account": ATTACKER, "account_key_id": account.key_id,
-        "provider_key_id": provider.key_id, "watermark": config.to_dict(), "prompt_seed": PROMPT_SEED,
-        "max_tokens": args.max_tokens, "temperature": args.temperature, "sampling_seed": args.seed,
+        "master_key": TEST_MASTER_KEY,
+        "account": ATTACKER,
+        "account_key_id": account.key_id,
+        "provider_key_id": provider.key_id,
+        "watermark": config.to_dict(),
+        "prompt_seed": PROMPT_SEED,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "sampling_seed": args.seed,
         "sizes_planned": {k: len(v[0]) for k, v in sets.items()},
         "files": {k: f"{k}.jsonl" for k in sets},
     }
@@ -110,11 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     batches: list[tuple[str, list[str]]] = []
     for name in ("wm_heldout", "unwm_heldout"):
         ps = todo[name]
-        batches += [(name, ps[i:i + args.batch_size]) for i in range(0, len(ps), args.batch_size)]
-    wm = [("wm_train", todo["wm_train"][i:i + args.batch_size])
-          for i in range(0, len(todo["wm_train"]), args.batch_size)]
-    un = [("unwm_train", todo["unwm_train"][i:i + args.batch_size])
-          for i in range(0, len(todo["unwm_train"]), args.batch_size)]
+        batches += [(name, ps[i : i + args.batch_size]) for i in range(0, len(ps), args.batch_size)]
+    wm = [
+        ("wm_train", todo["wm_train"][i : i + args.batch_size])
+        for i in range(0, len(todo["wm_train"]), args.batch_size)
+    ]
+    un = [
+        ("unwm_train", todo["unwm_train"][i : i + args.batch_size])
+        for i in range(0, len(todo["unwm_train"]), args.batch_size)
+    ]
     for i in range(max(len(wm), len(un))):
         batches += ([wm[i]] if i < len(wm) else []) + ([un[i]] if i < len(un) else [])
     total = sum(len(b) for _, b in batches)
@@ -130,21 +140,39 @@ def main(argv: list[str] | None = None) -> int:
         for bi, (name, ps) in enumerate(batches):
             marked = sets[name][1]
             seed = args.seed + bi + (1000 if marked else 0)
-            comps = lm.generate(ps, [mark if marked else None] * len(ps), max_new_tokens=args.max_tokens,
-                                temperature=args.temperature, seed=seed)
+            comps = lm.generate(
+                ps,
+                [mark if marked else None] * len(ps),
+                max_new_tokens=args.max_tokens,
+                temperature=args.temperature,
+                seed=seed,
+            )
             recs = []
             for j, (p, c) in enumerate(zip(ps, comps, strict=True)):
-                recs.append({"prompt": p, "response": c.text, "model": lm.name,
-                             "response_id": f"local-{name}-{seed}-{j}",
-                             "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": len(c.token_ids),
-                                       "total_tokens": c.prompt_tokens + len(c.token_ids)},
-                             "finish_reason": c.finish_reason, "key_id": c.key_id})
+                recs.append(
+                    {
+                        "prompt": p,
+                        "response": c.text,
+                        "model": lm.name,
+                        "response_id": f"local-{name}-{seed}-{j}",
+                        "usage": {
+                            "prompt_tokens": c.prompt_tokens,
+                            "completion_tokens": len(c.token_ids),
+                            "total_tokens": c.prompt_tokens + len(c.token_ids),
+                        },
+                        "finish_reason": c.finish_reason,
+                        "key_id": c.key_id,
+                    }
+                )
                 tokens += len(c.token_ids)
             _write(files[name], recs)
             n_done += len(ps)
             dt = time.perf_counter() - t0
-            print(f"[{time.strftime('%H:%M:%S')}] batch {bi + 1}/{len(batches)} {name}: {n_done}/{total} answers, "
-                  f"{tokens / dt:.0f} tok/s, eta {(total - n_done) * dt / n_done / 60:.1f} min", flush=True)
+            print(
+                f"[{time.strftime('%H:%M:%S')}] batch {bi + 1}/{len(batches)} {name}: {n_done}/{total} answers, "
+                f"{tokens / dt:.0f} tok/s, eta {(total - n_done) * dt / n_done / 60:.1f} min",
+                flush=True,
+            )
     finally:
         for f in files.values():
             f.close()

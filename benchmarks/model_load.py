@@ -35,10 +35,20 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(1 + args.repeats):
             out = subprocess.run([sys.executable, "-c", CHILD, cache], capture_output=True, text=True, check=True)
             total, weights, cached = out.stdout.split()[-3:]
-            rows.append({"load": "first (convert GGUF)" if i == 0 else f"cached #{i}", "from_cache": cached == "1",
-                         "weights_s": float(weights), "process_total_s": float(total)})
-    print(table(["load", "from cache", "weights s", "total s (imports included)"],
-                [[r["load"], r["from_cache"], r["weights_s"], r["process_total_s"]] for r in rows]))
+            rows.append(
+                {
+                    "load": "first (convert GGUF)" if i == 0 else f"cached #{i}",
+                    "from_cache": cached == "1",
+                    "weights_s": float(weights),
+                    "process_total_s": float(total),
+                }
+            )
+    print(
+        table(
+            ["load", "from cache", "weights s", "total s (imports included)"],
+            [[r["load"], r["from_cache"], r["weights_s"], r["process_total_s"]] for r in rows],
+        )
+    )
     path = write_json("model_load", {"loads": rows}, args.out)
     print(f"wrote {path}")
     return 0

@@ -34,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--days", type=float, default=2.0)
     ap.add_argument("--per-kind", type=int, default=15)
     ap.add_argument("--hydras", type=int, default=2)
-    ap.add_argument("--sim-dir", default=None, help="keep the simulation here; if it already holds this one "
-                                                     "(same seed, days and counts), scan it again")
+    ap.add_argument(
+        "--sim-dir",
+        default=None,
+        help="keep the simulation here; if it already holds this one (same seed, days and counts), scan it again",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -59,14 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, p in report["personas"].items():
         ci = p.get("detection_ci95") or [None, None]
-        rows.append([name, p["role"], p["accounts"], p["detected"], f"{p['detection_rate']:.3f}",
-                     f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "-",
-                     p["median_requests_to_alert"] if p["median_requests_to_alert"] is not None else "-"])
-    print(table(["persona", "role", "accounts", "at alert or above", "rate", "exact 95% CI", "median requests"],
-                rows))
+        rows.append(
+            [
+                name,
+                p["role"],
+                p["accounts"],
+                p["detected"],
+                f"{p['detection_rate']:.3f}",
+                f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else "-",
+                p["median_requests_to_alert"] if p["median_requests_to_alert"] is not None else "-",
+            ]
+        )
+    print(table(["persona", "role", "accounts", "at alert or above", "rate", "exact 95% CI", "median requests"], rows))
     fpr = report["benign_fpr"]["alert"]
-    print(f"benign false positives at alert: {fpr['false_positives']}/{fpr['accounts']} = {fpr['rate']:.2%}; "
-          f"{simulated}")
+    print(
+        f"benign false positives at alert: {fpr['false_positives']}/{fpr['accounts']} = {fpr['rate']:.2%}; {simulated}"
+    )
     path = write_json("monitor_attackers", {"params": vars(args), "report": report}, args.out)
     print(f"wrote {path}")
     return 0

@@ -76,8 +76,15 @@ def replay(seed: int, settings, days: float | None, per_kind: int, hydras: int |
         hydra.append({"campaign": campaign, "active": len(active), "linked": linked if linked > 1 else 0})
     benign = [a for a in plan.accounts if a.role == "benign"]
     fps = [{"account": a.key, "persona": a.persona} for a in benign if a.key in first]
-    return {"seed": seed, "events": len(events), "seconds": round(seconds, 2), "personas": personas,
-            "hydra": hydra, "benign": len(benign), "false_positives": fps}
+    return {
+        "seed": seed,
+        "events": len(events),
+        "seconds": round(seconds, 2),
+        "personas": personas,
+        "hydra": hydra,
+        "benign": len(benign),
+        "false_positives": fps,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         r = replay(s, settings, args.days, args.per_kind, args.hydras)
         runs.append(r)
         hy = ", ".join(f"{h['linked']}/{h['active']}" for h in r["hydra"])
-        print(f"seed {s}: {r['events']} events in {r['seconds']} s; benign false positives "
-              f"{len(r['false_positives'])}/{r['benign']}; hydra members linked {hy}", file=sys.stderr)
+        print(
+            f"seed {s}: {r['events']} events in {r['seconds']} s; benign false positives "
+            f"{len(r['false_positives'])}/{r['benign']}; hydra members linked {hy}",
+            file=sys.stderr,
+        )
     total: dict[str, dict] = {}
     for r in runs:
         for name, p in r["personas"].items():
@@ -111,23 +121,42 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = clopper_pearson(t["detected"], t["accounts"])
         t["rate"], t["ci95"] = t["detected"] / t["accounts"], [lo, hi]
         t["median_requests_to_alert"] = statistics.median(t["requests"]) if t["requests"] else None
-        rows.append([name, t["role"], t["accounts"], t["detected"], f"{t['rate']:.4f}", f"[{lo:.4f}, {hi:.4f}]",
-                     "-" if t["median_requests_to_alert"] is None else t["median_requests_to_alert"]])
-    print(table(["persona", "role", "accounts", "at alert or above", "rate", "exact 95% CI", "median requests"],
-                rows))
+        rows.append(
+            [
+                name,
+                t["role"],
+                t["accounts"],
+                t["detected"],
+                f"{t['rate']:.4f}",
+                f"[{lo:.4f}, {hi:.4f}]",
+                "-" if t["median_requests_to_alert"] is None else t["median_requests_to_alert"],
+            ]
+        )
+    print(table(["persona", "role", "accounts", "at alert or above", "rate", "exact 95% CI", "median requests"], rows))
     benign = sum(r["benign"] for r in runs)
     fp = sum(len(r["false_positives"]) for r in runs)
     lo, hi = clopper_pearson(fp, benign)
     hydra = [h for r in runs for h in r["hydra"]]
     worst = min((h["linked"] / h["active"] for h in hydra if h["active"]), default=None)
     linked, active = sum(h["linked"] for h in hydra), sum(h["active"] for h in hydra)
-    print(f"benign per-account false positives at {DETECT_LEVEL}: {fp}/{benign} = {fp / benign:.4%} "
-          f"(exact 95% CI {lo:.4%}-{hi:.4%}); hydra members linked {linked}/{active}"
-          + (f", worst campaign {worst:.1%}" if worst is not None else "") + f"; seeds {args.seeds}")
-    path = write_json("monitor_heldout_replay", {
-        "params": vars(args), "seeds": seeds, "personas": {k: {**v, "requests": None} for k, v in total.items()},
-        "benign_false_positives": {"count": fp, "accounts": benign, "rate": fp / benign, "ci95": [lo, hi]},
-        "hydra_linked": {"linked": linked, "active": active, "worst_campaign": worst}, "runs": runs}, args.out)
+    print(
+        f"benign per-account false positives at {DETECT_LEVEL}: {fp}/{benign} = {fp / benign:.4%} "
+        f"(exact 95% CI {lo:.4%}-{hi:.4%}); hydra members linked {linked}/{active}"
+        + (f", worst campaign {worst:.1%}" if worst is not None else "")
+        + f"; seeds {args.seeds}"
+    )
+    path = write_json(
+        "monitor_heldout_replay",
+        {
+            "params": vars(args),
+            "seeds": seeds,
+            "personas": {k: {**v, "requests": None} for k, v in total.items()},
+            "benign_false_positives": {"count": fp, "accounts": benign, "rate": fp / benign, "ci95": [lo, hi]},
+            "hydra_linked": {"linked": linked, "active": active, "worst_campaign": worst},
+            "runs": runs,
+        },
+        args.out,
+    )
     print(f"wrote {path}")
     return 0
 

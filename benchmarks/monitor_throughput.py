@@ -61,22 +61,31 @@ def run(events, releases, scorer, embedder=None, batch: int = 0) -> dict:
     rises = 0
     if batch:
         for i in range(0, len(events), batch):
-            rises += len(mon.observe_many(events[i:i + batch]))
+            rises += len(mon.observe_many(events[i : i + batch]))
     else:
         for ev in events:
             rises += len(mon.observe(ev))
     rises += len(mon.flush())
     dt = time.perf_counter() - t0
-    return {"events": len(events), "seconds": round(dt, 3), "events_per_s": len(events) / dt, "level_rises": rises,
-            "accounts": len(mon.tracker.accounts), "clusters": len(mon.linker.clusters)}
+    return {
+        "events": len(events),
+        "seconds": round(dt, 3),
+        "events_per_s": len(events) / dt,
+        "level_rises": rises,
+        "accounts": len(mon.tracker.accounts),
+        "clusters": len(mon.linker.clusters),
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=301, help="simulation seed (train split)")
     ap.add_argument("--scale", default="default")
-    ap.add_argument("--data-dir", default=os.environ.get("ANTIDISTILL_DATA_DIR"),
-                    help="where the trained monitor lives (DATA_DIR/monitor); rules only without one")
+    ap.add_argument(
+        "--data-dir",
+        default=os.environ.get("ANTIDISTILL_DATA_DIR"),
+        help="where the trained monitor lives (DATA_DIR/monitor); rules only without one",
+    )
     ap.add_argument("--embed-events", type=int, default=3000, help="events timed with embeddings")
     ap.add_argument("--batch", type=int, default=256, help="events per worker batch")
     ap.add_argument("--quick", action="store_true", help="scale small, 500 embedded events")
@@ -94,8 +103,10 @@ def main() -> int:
     plan = Scenario.from_scale(args.scale, seed=args.seed, split="train").build()
     events = list(plan_events(plan))
     releases = releases_of(plan)
-    print(f"{len(events):,} events from {len(plan.accounts)} accounts (scale {args.scale}, seed {args.seed})",
-          file=sys.stderr)
+    print(
+        f"{len(events):,} events from {len(plan.accounts)} accounts (scale {args.scale}, seed {args.seed})",
+        file=sys.stderr,
+    )
     scorer, kind = _scorer(args.data_dir, embeddings=False)
     rows = {}
     run(events[:2000], releases, scorer)  # warm up: imports, caches
@@ -111,15 +122,24 @@ def main() -> int:
     t0 = time.perf_counter()
     emb.embed([e.prompt for e in sub])
     rows["embeddings, one by one"]["embedding_only_per_s"] = len(sub) / (time.perf_counter() - t0)
-    print(table(["pipeline", "events", "seconds", "events/s", "level rises"],
-                [[k, r["events"], r["seconds"], r["events_per_s"], r["level_rises"]] for k, r in rows.items()]))
+    print(
+        table(
+            ["pipeline", "events", "seconds", "events/s", "level rises"],
+            [[k, r["events"], r["seconds"], r["events_per_s"], r["level_rises"]] for k, r in rows.items()],
+        )
+    )
     met = max(rows["one by one"]["events_per_s"], rows["worker batches"]["events_per_s"]) >= TARGET
-    print(f"scorer: {kind}; target >= {TARGET:,.0f}/s without embeddings: {'met' if met else 'NOT met'} "
-          f"(one by one {rows['one by one']['events_per_s']:,.0f}/s, worker batches "
-          f"{rows['worker batches']['events_per_s']:,.0f}/s); "
-          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    path = write_json("monitor_throughput", {"args": vars(args), "scorer": kind, "rows": rows, "target": TARGET,
-                                             "meets_target": met}, args.out)
+    print(
+        f"scorer: {kind}; target >= {TARGET:,.0f}/s without embeddings: {'met' if met else 'NOT met'} "
+        f"(one by one {rows['one by one']['events_per_s']:,.0f}/s, worker batches "
+        f"{rows['worker batches']['events_per_s']:,.0f}/s); "
+        f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    path = write_json(
+        "monitor_throughput",
+        {"args": vars(args), "scorer": kind, "rows": rows, "target": TARGET, "meets_target": met},
+        args.out,
+    )
     print(f"wrote {path}")
     return 0
 

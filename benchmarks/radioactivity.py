@@ -50,19 +50,26 @@ def _summary(name: str, share: float | None, r: ScanReport, attacker: str) -> di
     att = acct.get(attacker)
     others = [a for a in r.accounts if a.account != attacker]
     return {
-        "model": name, "share": share, "mode": r.mode, "texts": r.texts, "tokens_seen": r.tokens_seen,
-        "tokens_scored": r.tokens_scored, "p_value": r.p_value,
+        "model": name,
+        "share": share,
+        "mode": r.mode,
+        "texts": r.texts,
+        "tokens_seen": r.tokens_seen,
+        "tokens_scored": r.tokens_scored,
+        "p_value": r.p_value,
         "provider_p": r.provider.p_value if r.provider else None,
         "provider_green_fraction": r.provider.green_fraction if r.provider else None,
         "attacker_p_corrected": att.p_corrected if att else None,
-        "attributed_account": r.attributed_account, "significant": r.significant,
+        "attributed_account": r.attributed_account,
+        "significant": r.significant,
         "other_accounts_min_p": min((a.p_value for a in others), default=None),
         "other_accounts_p": {a.account: a.p_value for a in others},
         "control_keys_p": [c.p_value for c in r.controls if c.key is not None],
         "control_models_p": {c.model or c.name: c.p_value for c in r.controls if c.key is None},
         "controls_ok": r.controls_ok,
-        "curve": [{"tokens": c.tokens_scored, "provider_p": c.provider_p, "best_account_p": c.best_account_p}
-                  for c in r.curve],
+        "curve": [
+            {"tokens": c.tokens_scored, "provider_p": c.provider_p, "best_account_p": c.best_account_p} for c in r.curve
+        ],
         "seconds": r.seconds,
     }
 
@@ -85,9 +92,19 @@ def _closed(student: Any, tok: Any, prompts: list[str], keys: ScanKeys, config: 
             backend = LocalBackend(lm)
             app = create_app(settings, backend=backend, store=store, keyring=KeyRing(MasterKey(b"\x01" * 32)))
             with BackgroundServer(app) as srv:
-                return scan_closed(srv.url + "/v1", prompts, tok, keys, config, model_name="suspect",
-                                   api_key=api_key, samples=1, temperature=args.temperature,
-                                   max_tokens=args.closed_tokens, seed=args.seed)
+                return scan_closed(
+                    srv.url + "/v1",
+                    prompts,
+                    tok,
+                    keys,
+                    config,
+                    model_name="suspect",
+                    api_key=api_key,
+                    samples=1,
+                    temperature=args.temperature,
+                    max_tokens=args.closed_tokens,
+                    seed=args.seed,
+                )
         finally:
             store.close()
 
@@ -142,21 +159,35 @@ def main(argv: list[str] | None = None) -> int:
             fed = harvest if share > 0 else fed_for_control
             model, tok = load_teacher(cache_dir=settings.cache_dir)
             t0 = time.perf_counter()
-            res = train_student(pairs, args.method, model=model, tokenizer=tok, epochs=args.epochs, lr=args.lr,
-                                seed=args.seed, out_dir=Path(tmp) / name, heldout=heldout, k=args.k)
+            res = train_student(
+                pairs,
+                args.method,
+                model=model,
+                tokenizer=tok,
+                epochs=args.epochs,
+                lr=args.lr,
+                seed=args.seed,
+                out_dir=Path(tmp) / name,
+                heldout=heldout,
+                k=args.k,
+            )
             info = res.to_dict()
             losses = info.pop("losses", None) or []
             info["loss_first_last"] = [losses[:3], losses[-3:]]
             training.append({"model": name, "share": share, **info, "wall_s": time.perf_counter() - t0})
-            print(f"{name}: trained {res.examples} pairs x {res.epochs_done:.1f} epochs in {res.seconds:.0f} s, "
-                  f"held-out loss {res.heldout_loss_before:.3f} -> {res.heldout_loss_after:.3f}, "
-                  f"training loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f}", flush=True)
+            print(
+                f"{name}: trained {res.examples} pairs x {res.epochs_done:.1f} epochs in {res.seconds:.0f} s, "
+                f"held-out loss {res.heldout_loss_before:.3f} -> {res.heldout_loss_after:.3f}, "
+                f"training loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f}",
+                flush=True,
+            )
             del model
             student, stok = load_suspect(str(Path(tmp) / name), cache_dir=settings.cache_dir)
             r = scan_open(student, stok, [(p.prompt, p.response) for p in fed], keys, config, suspect=name)
             rows.append(_summary(name, share, r, attacker))
-            print(f"  open: {r.tokens_scored} tuples, p = {r.p_value:.3g}, attributed {r.attributed_account}",
-                  flush=True)
+            print(
+                f"  open: {r.tokens_scored} tuples, p = {r.p_value:.3g}, attributed {r.attributed_account}", flush=True
+            )
             if share in closed_shares or (share == 0.0 and closed_shares):
                 prompts = [p.prompt for p in fed][: args.closed_prompts]
                 r = _closed(student, stok, prompts, keys, config, args)
@@ -175,22 +206,61 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  closed: {r.tokens_scored} tuples, p = {r.p_value:.3g}", flush=True)
 
     print()
-    print(table(["model", "share", "mode", "texts", "tuples scored", "p (overall)", "provider p", "attacker p (corr.)",
-                 "attributed", "min p, 10 other accounts"],
-                [[r["model"], "-" if r["share"] is None else f"{r['share']:.0%}", r["mode"], r["texts"],
-                  r["tokens_scored"], f"{r['p_value']:.2g}", f"{r['provider_p']:.2g}",
-                  f"{r['attacker_p_corrected']:.2g}", r["attributed_account"] or "-",
-                  f"{r['other_accounts_min_p']:.2g}"] for r in rows]))
+    print(
+        table(
+            [
+                "model",
+                "share",
+                "mode",
+                "texts",
+                "tuples scored",
+                "p (overall)",
+                "provider p",
+                "attacker p (corr.)",
+                "attributed",
+                "min p, 10 other accounts",
+            ],
+            [
+                [
+                    r["model"],
+                    "-" if r["share"] is None else f"{r['share']:.0%}",
+                    r["mode"],
+                    r["texts"],
+                    r["tokens_scored"],
+                    f"{r['p_value']:.2g}",
+                    f"{r['provider_p']:.2g}",
+                    f"{r['attacker_p_corrected']:.2g}",
+                    r["attributed_account"] or "-",
+                    f"{r['other_accounts_min_p']:.2g}",
+                ]
+                for r in rows
+            ],
+        )
+    )
     controls = [(r["model"], r["mode"], r["p_value"]) for r in rows if r["share"] in (None, 0.0)]
-    controls += [(f"{r['model']} vs {acct}", r["mode"], p) for r in rows if r["share"] == 1.0
-                 for acct, p in r["other_accounts_p"].items()]
-    print(f"\n{len(controls)} controls (models never trained on the attacker's marks, or keys that never marked "
-          f"their data): p-values {', '.join(f'{p:.2g}' for _, _, p in controls)}")
-    payload = {"params": {**vars(args), "data": str(data),
-               "attacker": attacker, "decoys": DECOYS, "watermark": meta["watermark"]},
-               "training": training, "rows": rows,
-               "controls": [{"name": n, "mode": m, "p_value": p} for n, m, p in controls],
-               "wall_s": time.perf_counter() - t_start}
+    controls += [
+        (f"{r['model']} vs {acct}", r["mode"], p)
+        for r in rows
+        if r["share"] == 1.0
+        for acct, p in r["other_accounts_p"].items()
+    ]
+    print(
+        f"\n{len(controls)} controls (models never trained on the attacker's marks, or keys that never marked "
+        f"their data): p-values {', '.join(f'{p:.2g}' for _, _, p in controls)}"
+    )
+    payload = {
+        "params": {
+            **vars(args),
+            "data": str(data),
+            "attacker": attacker,
+            "decoys": DECOYS,
+            "watermark": meta["watermark"],
+        },
+        "training": training,
+        "rows": rows,
+        "controls": [{"name": n, "mode": m, "p_value": p} for n, m, p in controls],
+        "wall_s": time.perf_counter() - t_start,
+    }
     path = write_json("radioactivity", json.loads(json.dumps(payload, default=str)), args.out)
     print(f"wrote {path}")
     return 0

@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((data / "meta.json").read_text())
     master = MasterKey.from_text(meta["master_key"])  # the public test key of the data set, not a secret
     hydra = [f"hydra-{i:03d}" for i in range(args.accounts)]
-    used = {p.prompt for name in ("wm_train", "unwm_train", "wm_heldout", "unwm_heldout")
-            for p in load_pairs(data / f"{name}.jsonl")}
+    used = {
+        p.prompt
+        for name in ("wm_train", "unwm_train", "wm_heldout", "unwm_heldout")
+        for p in load_pairs(data / f"{name}.jsonl")
+    }
     prompts = [p for p in generate_prompts(1440, seed=args.seed + 99) if p not in used]
     n = args.accounts * args.per_account
     if len(prompts) < n:
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     lm = LocalModel.load(cache_dir=settings.cache_dir)
     harvest: list[Pair] = []
     for i in range(0, n, args.batch):
-        ps, os_ = prompts[i:i + args.batch], owners[i:i + args.batch]
+        ps, os_ = prompts[i : i + args.batch], owners[i : i + args.batch]
         marks = [MarkKeys(master.account_key(o), master.provider_key()) for o in os_]
         outs = lm.generate(ps, marks, max_new_tokens=args.max_tokens, temperature=0.7, seed=args.seed + i)
         harvest += [Pair(p, c.text, watermarked=True) for p, c in zip(ps, outs, strict=True)]
@@ -78,29 +81,65 @@ def main(argv: list[str] | None = None) -> int:
     fed = [(p.prompt, p.response) for p in harvest]
     with tempfile.TemporaryDirectory(prefix="radioactivity-cluster-") as tmp:
         model, tok = load_teacher(cache_dir=settings.cache_dir)
-        res = train_student(train, "lora", model=model, tokenizer=tok, epochs=args.epochs, lr=args.lr,
-                            seed=args.seed, out_dir=Path(tmp) / "student")
+        res = train_student(
+            train,
+            "lora",
+            model=model,
+            tokenizer=tok,
+            epochs=args.epochs,
+            lr=args.lr,
+            seed=args.seed,
+            out_dir=Path(tmp) / "student",
+        )
         del model
-        print(f"student: {res.examples} pairs x {res.epochs_done:.1f} epochs in {res.seconds:.0f} s, training loss "
-              f"{res.losses[0]:.3f} -> {res.losses[-1]:.3f}", flush=True)
+        print(
+            f"student: {res.examples} pairs x {res.epochs_done:.1f} epochs in {res.seconds:.0f} s, training loss "
+            f"{res.losses[0]:.3f} -> {res.losses[-1]:.3f}",
+            flush=True,
+        )
         student, stok = load_suspect(str(Path(tmp) / "student"), cache_dir=settings.cache_dir)
-        r = scan_open(student, stok, fed, keys, lm.watermark.config, suspect="hydra-student",
-                      control_models={"teacher": lm.model})
+        r = scan_open(
+            student, stok, fed, keys, lm.watermark.config, suspect="hydra-student", control_models={"teacher": lm.model}
+        )
     rows = []
     single = [a for a in r.accounts if a.account in set(hydra)]
     best_single = min(single, key=lambda a: a.p_corrected)
     cluster = r.clusters[0] if r.clusters else None
     teacher = [c for c in r.controls if c.model == "teacher"]
-    rows.append(["student", r.tokens_scored, f"{r.provider.p_value:.2g}", f"{best_single.p_corrected:.2g}",
-                 sum(a.p_corrected <= r.alpha for a in single), f"{cluster.p_corrected:.2g}" if cluster else "-",
-                 r.attributed_cluster or "-", f"{teacher[0].p_value:.2g}" if teacher else "-"])
+    rows.append(
+        [
+            "student",
+            r.tokens_scored,
+            f"{r.provider.p_value:.2g}",
+            f"{best_single.p_corrected:.2g}",
+            sum(a.p_corrected <= r.alpha for a in single),
+            f"{cluster.p_corrected:.2g}" if cluster else "-",
+            r.attributed_cluster or "-",
+            f"{teacher[0].p_value:.2g}" if teacher else "-",
+        ]
+    )
     print()
-    print(table(["suspect", "tuples", "provider p", "best single account p (corr.)",
-                 f"accounts significant at {r.alpha:g}", "pooled cluster p (corr.)", "attributed cluster",
-                 "teacher control p"], rows))
-    payload = {"params": {**vars(args), "data": str(data), "hydra": len(hydra), "decoys": DECOYS},
-               "generation_s": gen_s, "training": {k: v for k, v in res.to_dict().items() if k != "losses"},
-               "scan": r.to_dict()}
+    print(
+        table(
+            [
+                "suspect",
+                "tuples",
+                "provider p",
+                "best single account p (corr.)",
+                f"accounts significant at {r.alpha:g}",
+                "pooled cluster p (corr.)",
+                "attributed cluster",
+                "teacher control p",
+            ],
+            rows,
+        )
+    )
+    payload = {
+        "params": {**vars(args), "data": str(data), "hydra": len(hydra), "decoys": DECOYS},
+        "generation_s": gen_s,
+        "training": {k: v for k, v in res.to_dict().items() if k != "losses"},
+        "scan": r.to_dict(),
+    }
     path = write_json("radioactivity_cluster", json.loads(json.dumps(payload, default=str)), args.out)
     print(f"wrote {path}")
     return 0

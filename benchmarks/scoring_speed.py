@@ -51,18 +51,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sequences", type=int, default=200, help="token sequences scored per repeat (a)")
     ap.add_argument("--length", type=int, default=500, help="tokens per sequence (a) and attributed text (b)")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats of our detectors (a), and of (b)")
-    ap.add_argument("--hf-sequences", type=int, default=200,
-                    help="how many of the sequences transformers and hf-lefthash score (default: all 200)")
-    ap.add_argument("--hf-repeats", type=int, default=3,
-                    help="timed repeats of transformers' detector and our hf-lefthash scheme")
+    ap.add_argument(
+        "--hf-sequences",
+        type=int,
+        default=200,
+        help="how many of the sequences transformers and hf-lefthash score (default: all 200)",
+    )
+    ap.add_argument(
+        "--hf-repeats", type=int, default=3, help="timed repeats of transformers' detector and our hf-lefthash scheme"
+    )
     ap.add_argument("--accounts", type=int, default=100_000, help="candidate account keys (b)")
-    ap.add_argument("--mark-strength", type=float, default=0.5,
-                    help="share of positions forced green in the synthetic marked text (b)")
+    ap.add_argument(
+        "--mark-strength",
+        type=float,
+        default=0.5,
+        help="share of positions forced green in the synthetic marked text (b)",
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads (0: torch's default; 1 is steadier on a shared machine)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run (overrides sizes): 20 sequences, 4 for transformers, 2 repeats, 1 for transformers")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: torch's default; 1 is steadier on a shared machine)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run (overrides sizes): 20 sequences, 4 for transformers, 2 repeats, 1 for transformers",
+    )
     ap.add_argument("--out", help="JSON path (default benchmarks/results/scoring_speed-<time>.json)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -110,8 +123,9 @@ def run_ours(det: Detector, seqs: torch.Tensor, key: WatermarkKey, mode: str) ->
 
 
 def run_hf(seqs: torch.Tensor, wcfg: WatermarkingConfig) -> tuple[float, Counts]:
-    det = WatermarkDetector(model_config=hf_model_config(), device="cpu", watermarking_config=wcfg,
-                            ignore_repeated_ngrams=True)  # fresh detector (and lru cache) per repeat
+    det = WatermarkDetector(
+        model_config=hf_model_config(), device="cpu", watermarking_config=wcfg, ignore_repeated_ngrams=True
+    )  # fresh detector (and lru cache) per repeat
     t0 = time.perf_counter()
     res = det(seqs, return_dict=True)
     dt = time.perf_counter() - t0
@@ -126,8 +140,9 @@ def bench_scoring(args: argparse.Namespace, seqs: torch.Tensor) -> dict:
     ours = Detector(WatermarkConfig())
     interop = Detector(WatermarkConfig.interop(), vocab_size=VOCAB)
     hf_key = WatermarkKey.explicit(HF_DEFAULT_KEY)
-    wcfg = WatermarkingConfig(greenlist_ratio=0.25, bias=2.0, hashing_key=HF_DEFAULT_KEY,
-                              seeding_scheme="lefthash", context_width=1)
+    wcfg = WatermarkingConfig(
+        greenlist_ratio=0.25, bias=2.0, hashing_key=HF_DEFAULT_KEY, seeding_scheme="lefthash", context_width=1
+    )
 
     # warm-up (imports, first-call allocations) on a few sequences, untimed
     run_ours(ours, seqs[:3], key, "score")
@@ -171,30 +186,48 @@ def bench_scoring(args: argparse.Namespace, seqs: torch.Tensor) -> dict:
     for name, (label, ss, ts) in runs.items():
         med = median(ts)
         rows[name] = {
-            "label": label, "sequences": len(ss), "repeats": len(ts), "seconds": ts, "median_s": med,
-            "tokens_per_s": ss.numel() / med, "ms_per_sequence": med / len(ss) * 1e3,
+            "label": label,
+            "sequences": len(ss),
+            "repeats": len(ts),
+            "seconds": ts,
+            "median_s": med,
+            "tokens_per_s": ss.numel() / med,
+            "ms_per_sequence": med / len(ss) * 1e3,
             "ratio_vs_transformers": (ss.numel() / med) / hf_tps,
         }
     ratio = rows["ours_score_subset" if subset else "ours_score"]["ratio_vs_transformers"]
     return {
-        "sequences": len(seqs), "hf_sequences": len(hf_seqs), "length": seqs.shape[1],
+        "sequences": len(seqs),
+        "hf_sequences": len(hf_seqs),
+        "length": seqs.shape[1],
         "mean_distinct_pairs": float(np.mean([c[0] for c in counts["ours_score"]])),
         "rows": rows,
-        "checks": {"tokens_scored_equal_to_transformers": same_n,
-                   "hf_lefthash_green_counts_equal_to_transformers": same_green},
-        "ratio_ours_vs_transformers": ratio, "target_ratio": TARGET_RATIO,
+        "checks": {
+            "tokens_scored_equal_to_transformers": same_n,
+            "hf_lefthash_green_counts_equal_to_transformers": same_green,
+        },
+        "ratio_ours_vs_transformers": ratio,
+        "target_ratio": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
-        "notes": ("ratio = antidistill-v1 Detector.score vs transformers on the same hf_sequences. "
-                  "transformers' lru_cache is keyed by tensor identity (a fresh tensor per n-gram), so it "
-                  "never hits; a fresh WatermarkDetector is built per repeat, outside the timing. Our "
-                  "hf-lefthash list cache is emptied before each repeat (it may hit across sequences in a "
-                  "repeat)."),
+        "notes": (
+            "ratio = antidistill-v1 Detector.score vs transformers on the same hf_sequences. "
+            "transformers' lru_cache is keyed by tensor identity (a fresh tensor per n-gram), so it "
+            "never hits; a fresh WatermarkDetector is built per repeat, outside the timing. Our "
+            "hf-lefthash list cache is emptied before each repeat (it may hit across sequences in a "
+            "repeat)."
+        ),
     }
 
 
 # ---- (b) attribution ------------------------------------------------------------------------------------
-def marked_text(det: Detector, base: np.ndarray, account: WatermarkKey, provider: WatermarkKey,
-                strength: float, rng: np.random.Generator) -> np.ndarray:
+def marked_text(
+    det: Detector,
+    base: np.ndarray,
+    account: WatermarkKey,
+    provider: WatermarkKey,
+    strength: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """``base`` with a share ``strength`` of its positions replaced by green tokens of the marking key."""
     wm, h = det.watermark, det.config.context_width
     seq = base.copy()
@@ -249,11 +282,18 @@ def bench_attribution(args: argparse.Namespace, base: np.ndarray, rng: np.random
     out_rows = {k: {"label": lab, "seconds": ts, "median_s": median(ts)} for k, (lab, ts) in rows.items()}
     attr = out_rows["attribute_provider"]["median_s"]
     return {
-        "accounts": args.accounts, "length": len(text), "distinct_pairs": len(pairs),
-        "account_positions": len(acct_pairs), "mark_strength": args.mark_strength, "rows": out_rows,
-        "checks": {"attributed_to_marking_account": all(f == expected for f in found),
-                   "p_value_corrected": best.p_value_corrected},
-        "target_s": TARGET_ATTRIBUTION_S, "meets_target": max(out_rows["attribute"]["median_s"], attr) < 1.0,
+        "accounts": args.accounts,
+        "length": len(text),
+        "distinct_pairs": len(pairs),
+        "account_positions": len(acct_pairs),
+        "mark_strength": args.mark_strength,
+        "rows": out_rows,
+        "checks": {
+            "attributed_to_marking_account": all(f == expected for f in found),
+            "p_value_corrected": best.p_value_corrected,
+        },
+        "target_s": TARGET_ATTRIBUTION_S,
+        "meets_target": max(out_rows["attribute"]["median_s"], attr) < 1.0,
     }
 
 
@@ -269,22 +309,45 @@ def main(argv: list[str] | None = None) -> int:
     a = bench_scoring(args, seqs)
     b = bench_attribution(args, seqs[0].numpy(), rng)
 
-    print(f"\n(a) single-key scoring: sequences of {a['length']} tokens "
-          f"({a['mean_distinct_pairs']:.0f} distinct pairs on average)")
-    print(table(["detector", "seqs", "repeats", "median s", "tokens/s", "ms/seq", "x transformers"],
-                [[r["label"], r["sequences"], r["repeats"], r["median_s"], r["tokens_per_s"],
-                  r["ms_per_sequence"], r["ratio_vs_transformers"]] for r in a["rows"].values()]))
+    print(
+        f"\n(a) single-key scoring: sequences of {a['length']} tokens "
+        f"({a['mean_distinct_pairs']:.0f} distinct pairs on average)"
+    )
+    print(
+        table(
+            ["detector", "seqs", "repeats", "median s", "tokens/s", "ms/seq", "x transformers"],
+            [
+                [
+                    r["label"],
+                    r["sequences"],
+                    r["repeats"],
+                    r["median_s"],
+                    r["tokens_per_s"],
+                    r["ms_per_sequence"],
+                    r["ratio_vs_transformers"],
+                ]
+                for r in a["rows"].values()
+            ],
+        )
+    )
     verdict = "met" if a["meets_target"] else "NOT met"
-    print(f"ratio ours/transformers (same {a['hf_sequences']} sequences): "
-          f"{a['ratio_ours_vs_transformers']:.0f}x (target >= {TARGET_RATIO:.0f}x: {verdict})")
+    print(
+        f"ratio ours/transformers (same {a['hf_sequences']} sequences): "
+        f"{a['ratio_ours_vs_transformers']:.0f}x (target >= {TARGET_RATIO:.0f}x: {verdict})"
+    )
     print(f"checks: {a['checks']}")
-    print(f"\n(b) attribution: one {b['length']}-token text ({b['distinct_pairs']} distinct pairs, "
-          f"{b['account_positions']} account positions) among {b['accounts']:,} account keys")
+    print(
+        f"\n(b) attribution: one {b['length']}-token text ({b['distinct_pairs']} distinct pairs, "
+        f"{b['account_positions']} account positions) among {b['accounts']:,} account keys"
+    )
     print(table(["step", "median s"], [[r["label"], r["median_s"]] for r in b["rows"].values()]))
-    print(f"attribution < {TARGET_ATTRIBUTION_S:.0f} s: {'met' if b['meets_target'] else 'NOT met'}; "
-          f"checks: {b['checks']}")
-    path = write_json("scoring_speed", {"args": vars(args), "token_source": source, "scoring": a,
-                                        "attribution": b}, args.out)
+    print(
+        f"attribution < {TARGET_ATTRIBUTION_S:.0f} s: {'met' if b['meets_target'] else 'NOT met'}; "
+        f"checks: {b['checks']}"
+    )
+    path = write_json(
+        "scoring_speed", {"args": vars(args), "token_source": source, "scoring": a, "attribution": b}, args.out
+    )
     print(f"\nwrote {path}")
     return 0
 

@@ -38,17 +38,32 @@ def main() -> None:
     rows, results = [], {}
     for name, processes in (("threads", 0), (f"processes={spare}", spare)):
         with tempfile.TemporaryDirectory() as tmp:
-            r = run_simulation(scenario, Path(tmp) / "sim", concurrency=args.concurrency, processes=processes,
-                               plan=plan)
-        results[name] = {"planned": r.planned, "ok": r.ok, "requests_per_s": r.requests_per_s, "drive_s": r.drive_s,
-                         "wall_s": r.wall_s, "processes": processes}
+            r = run_simulation(
+                scenario, Path(tmp) / "sim", concurrency=args.concurrency, processes=processes, plan=plan
+            )
+        results[name] = {
+            "planned": r.planned,
+            "ok": r.ok,
+            "requests_per_s": r.requests_per_s,
+            "drive_s": r.drive_s,
+            "wall_s": r.wall_s,
+            "processes": processes,
+        }
         rows.append([name, r.planned, r.ok, r.requests_per_s, r.drive_s, r.wall_s])
     first, second = results.values()
     ratio = second["requests_per_s"] / first["requests_per_s"] if first["requests_per_s"] else float("nan")
     print(table(["driver", "requests", "ok", "req/s", "send s", "wall s"], rows))
     print(f"driver processes / threads: {ratio:.2f}x requests/s")
-    path = write_json("simulate_throughput", {"scenario": scenario.to_dict(), "summary": plan.summary(),
-                                              "results": results, "ratio_processes_over_threads": ratio}, args.out)
+    path = write_json(
+        "simulate_throughput",
+        {
+            "scenario": scenario.to_dict(),
+            "summary": plan.summary(),
+            "results": results,
+            "ratio_processes_over_threads": ratio,
+        },
+        args.out,
+    )
     print(f"wrote {path}")
 
 

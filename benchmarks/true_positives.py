@@ -50,13 +50,42 @@ MASTER = MasterKey(b"antidistill/benchmarks/true-positives/master")
 TOP_K = 0  # LocalModel.generate samples from the full distribution (top_k=0)
 
 TOPICS = [
-    "the history of the printing press", "how vaccines work", "the water cycle", "black holes",
-    "the French Revolution", "photosynthesis", "machine learning", "the Roman Empire", "climate change",
-    "the human heart", "volcanoes", "the invention of the telephone", "honey bees", "the stock market",
-    "plate tectonics", "the Industrial Revolution", "coral reefs", "the immune system", "renewable energy",
-    "the Moon landing", "ancient Egypt", "the internet", "sleep", "bread baking", "the Great Wall of China",
-    "electric cars", "the Olympic Games", "rainforests", "the Renaissance", "earthquakes", "coffee",
-    "the human brain", "recycling", "jazz music", "the solar system", "public libraries",
+    "the history of the printing press",
+    "how vaccines work",
+    "the water cycle",
+    "black holes",
+    "the French Revolution",
+    "photosynthesis",
+    "machine learning",
+    "the Roman Empire",
+    "climate change",
+    "the human heart",
+    "volcanoes",
+    "the invention of the telephone",
+    "honey bees",
+    "the stock market",
+    "plate tectonics",
+    "the Industrial Revolution",
+    "coral reefs",
+    "the immune system",
+    "renewable energy",
+    "the Moon landing",
+    "ancient Egypt",
+    "the internet",
+    "sleep",
+    "bread baking",
+    "the Great Wall of China",
+    "electric cars",
+    "the Olympic Games",
+    "rainforests",
+    "the Renaissance",
+    "earthquakes",
+    "coffee",
+    "the human brain",
+    "recycling",
+    "jazz music",
+    "the solar system",
+    "public libraries",
 ]
 TASKS = [
     "Write an essay about {}.",
@@ -103,10 +132,15 @@ def prompts(n: int, seed: int) -> list[str]:
 def generate(model, texts: list[str], marks: list[MarkKeys | None], args) -> tuple[list[Any], float]:
     out, t0 = [], time.perf_counter()
     for b in range(0, len(texts), args.batch):
-        out += model.generate(texts[b : b + args.batch], marks[b : b + args.batch],
-                              max_new_tokens=args.tokens, min_new_tokens=args.tokens,
-                              temperature=args.temperature, top_p=args.top_p,
-                              seed=args.seed + b // args.batch)
+        out += model.generate(
+            texts[b : b + args.batch],
+            marks[b : b + args.batch],
+            max_new_tokens=args.tokens,
+            min_new_tokens=args.tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed + b // args.batch,
+        )
         print(f"  generated {len(out)}/{len(texts)} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     return out, time.perf_counter() - t0
 
@@ -117,8 +151,11 @@ def tokens_needed(ids: np.ndarray, step: int, detect, account: str, alpha: float
     first: dict[str, int | None] = {"verdict": None, "provider": None, "attribution": None}
     for length in [*range(step, len(ids), step), len(ids)]:
         r = detect(ids[:length])
-        hits = {"verdict": r.p_value <= alpha, "provider": r.provider.p_value <= alpha,
-                "attribution": r.account == account}
+        hits = {
+            "verdict": r.p_value <= alpha,
+            "provider": r.provider.p_value <= alpha,
+            "attribution": r.account == account,
+        }
         for k, hit in hits.items():
             if hit and first[k] is None:
                 first[k] = length
@@ -173,25 +210,41 @@ def main(argv: list[str] | None = None) -> int:
     for comp, acct in zip(marked, row_accounts, strict=True):
         ids = np.asarray(comp.token_ids, dtype=np.int64)
         r = detect(ids, scan=True)
-        rows.append({
-            "account": acct, "tokens": len(ids), "finish_reason": comp.finish_reason,
-            "distinct_pairs": len(det.pairs(ids)), "p_value": r.p_value, "watermarked": r.watermarked,
-            "provider_p": r.provider.p_value, "provider_green_fraction": r.provider.green_fraction,
-            "provider_z": r.provider.z, "attributed": r.account,
-            "attribution_p_corrected": r.p_value_corrected,
-            "correct_attribution": r.account == acct,
-            "p_value_retokenized": detect(retokenize(comp.text)).p_value,
-            "tokens_needed": tokens_needed(ids, args.step, detect, acct, alpha),
-            "text": comp.text,
-        })
+        rows.append(
+            {
+                "account": acct,
+                "tokens": len(ids),
+                "finish_reason": comp.finish_reason,
+                "distinct_pairs": len(det.pairs(ids)),
+                "p_value": r.p_value,
+                "watermarked": r.watermarked,
+                "provider_p": r.provider.p_value,
+                "provider_green_fraction": r.provider.green_fraction,
+                "provider_z": r.provider.z,
+                "attributed": r.account,
+                "attribution_p_corrected": r.p_value_corrected,
+                "correct_attribution": r.account == acct,
+                "p_value_retokenized": detect(retokenize(comp.text)).p_value,
+                "tokens_needed": tokens_needed(ids, args.step, detect, acct, alpha),
+                "text": comp.text,
+            }
+        )
     ctrl_rows = []
     for comp in controls:
         ids = np.asarray(comp.token_ids, dtype=np.int64)
         r = detect(ids, scan=True)
-        ctrl_rows.append({"tokens": len(ids), "p_value": r.p_value, "watermarked": r.watermarked,
-                          "provider_p": r.provider.p_value,
-                          "provider_green_fraction": r.provider.green_fraction, "attributed": r.account,
-                          "span_flagged": bool(r.span and r.span.watermarked), "text": comp.text})
+        ctrl_rows.append(
+            {
+                "tokens": len(ids),
+                "p_value": r.p_value,
+                "watermarked": r.watermarked,
+                "provider_p": r.provider.p_value,
+                "provider_green_fraction": r.provider.green_fraction,
+                "attributed": r.account,
+                "span_flagged": bool(r.span and r.span.watermarked),
+                "text": comp.text,
+            }
+        )
     t_detect = time.perf_counter() - t1
 
     n = len(rows)
@@ -207,48 +260,76 @@ def main(argv: list[str] | None = None) -> int:
     ctrl_attr = sum(r["attributed"] is not None for r in ctrl_rows)
     gen_tokens = sum(len(c.token_ids) for c in marked) + sum(len(c.token_ids) for c in controls)
 
-    print(table(["figure", "value"], [
-        [f"watermarked completions ({args.tokens} tokens)", n],
-        [f"TPR, verdict (alpha {alpha:g})", tpr],
-        ["TPR, provider test alone", tpr_provider],
-        ["TPR, verdict on the re-tokenized text", tpr_retok],
-        [f"correct attribution among {len(candidates)} accounts", correct],
-        ["wrong attributions", wrong],
-        ["tokens needed, verdict p10/median/p90", f"{need['p10']}/{need['median']}/{need['p90']}"],
-        ["tokens needed, provider p10/median/p90", f"{need_p['p10']}/{need_p['median']}/{need_p['p90']}"],
-        ["tokens needed, attribution p10/median/p90", f"{need_a['p10']}/{need_a['median']}/{need_a['p90']}"],
-        ["median provider green fraction", float(np.median([r["provider_green_fraction"] for r in rows]))],
-        ["median distinct pairs / tokens", float(np.median([r["distinct_pairs"] / max(1, r["tokens"])
-                                                           for r in rows]))],
-        [f"controls flagged (of {len(ctrl_rows)})", ctrl_flagged],
-        ["controls attributed", ctrl_attr],
-        ["generation tokens/s", gen_tokens / (t_marked + t_controls)],
-    ]))
+    print(
+        table(
+            ["figure", "value"],
+            [
+                [f"watermarked completions ({args.tokens} tokens)", n],
+                [f"TPR, verdict (alpha {alpha:g})", tpr],
+                ["TPR, provider test alone", tpr_provider],
+                ["TPR, verdict on the re-tokenized text", tpr_retok],
+                [f"correct attribution among {len(candidates)} accounts", correct],
+                ["wrong attributions", wrong],
+                ["tokens needed, verdict p10/median/p90", f"{need['p10']}/{need['median']}/{need['p90']}"],
+                ["tokens needed, provider p10/median/p90", f"{need_p['p10']}/{need_p['median']}/{need_p['p90']}"],
+                ["tokens needed, attribution p10/median/p90", f"{need_a['p10']}/{need_a['median']}/{need_a['p90']}"],
+                ["median provider green fraction", float(np.median([r["provider_green_fraction"] for r in rows]))],
+                [
+                    "median distinct pairs / tokens",
+                    float(np.median([r["distinct_pairs"] / max(1, r["tokens"]) for r in rows])),
+                ],
+                [f"controls flagged (of {len(ctrl_rows)})", ctrl_flagged],
+                ["controls attributed", ctrl_attr],
+                ["generation tokens/s", gen_tokens / (t_marked + t_controls)],
+            ],
+        )
+    )
     payload = {
         "model": model.name,
         "watermark_config": config.to_dict(),
-        "sampling": {"temperature": args.temperature, "top_p": args.top_p, "top_k": TOP_K,
-                     "max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "batch": args.batch,
-                     "seeds": f"{args.seed} + batch index", "chat_template": True},
+        "sampling": {
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "top_k": TOP_K,
+            "max_new_tokens": args.tokens,
+            "min_new_tokens": args.tokens,
+            "batch": args.batch,
+            "seeds": f"{args.seed} + batch index",
+            "chat_template": True,
+        },
         "alpha": alpha,
         "accounts": args.accounts,
         "candidates": len(candidates),
         "prefix_step": args.step,
         "quick": args.quick,
         "summary": {
-            "n": n, "tpr": tpr, "tpr_provider": tpr_provider, "tpr_retokenized": tpr_retok,
+            "n": n,
+            "tpr": tpr,
+            "tpr_provider": tpr_provider,
+            "tpr_retokenized": tpr_retok,
             "correct_attribution": correct,
-            "wrong_attributions": wrong, "tokens_needed": need, "tokens_needed_provider": need_p,
+            "wrong_attributions": wrong,
+            "tokens_needed": need,
+            "tokens_needed_provider": need_p,
             "tokens_needed_attribution": need_a,
-            "controls": {"n": len(ctrl_rows), "flagged": ctrl_flagged, "attributed": ctrl_attr,
-                         "span_flagged": sum(r["span_flagged"] for r in ctrl_rows),
-                         "min_p_value": min((r["p_value"] for r in ctrl_rows), default=None)},
+            "controls": {
+                "n": len(ctrl_rows),
+                "flagged": ctrl_flagged,
+                "attributed": ctrl_attr,
+                "span_flagged": sum(r["span_flagged"] for r in ctrl_rows),
+                "min_p_value": min((r["p_value"] for r in ctrl_rows), default=None),
+            },
         },
         "completions": rows,
         "control_completions": ctrl_rows,
         "prompts": texts,
-        "seconds": {"load": t_load, "generate_marked": t_marked, "generate_controls": t_controls,
-                    "detect": t_detect, "total": time.perf_counter() - t0},
+        "seconds": {
+            "load": t_load,
+            "generate_marked": t_marked,
+            "generate_controls": t_controls,
+            "detect": t_detect,
+            "total": time.perf_counter() - t0,
+        },
     }
     path = write_json("true_positives", payload, args.out)
     print(f"wrote {path}")

@@ -58,8 +58,8 @@ def completion_nll(lm: LocalModel, prompts: list[str], completions: list[list[in
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (r, c) in enumerate(zip(rows, completions, strict=True)):
         seq = r + c
-        ids[i, :len(seq)] = torch.tensor(seq)
-        mask[i, :len(seq)] = 1
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
     with torch.inference_mode():
         logp = torch.log_softmax(lm.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
     out = []
@@ -84,17 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     provider = master.provider_key()
     marks = [MarkKeys(master.account_key(f"user-{i}"), provider) for i in range(len(prompts))]
 
-    per_delta: dict[float, dict] = {d: {"nll": 0.0, "tokens": 0, "ppl_rows": [], "green": 0, "scored": 0,
-                                        "p": [], "gen_s": 0.0} for d in deltas}
+    per_delta: dict[float, dict] = {
+        d: {"nll": 0.0, "tokens": 0, "ppl_rows": [], "green": 0, "scored": 0, "p": [], "gen_s": 0.0} for d in deltas
+    }
     t_start = time.perf_counter()
     for rnd in range(args.rounds):
-        order = deltas[rnd % len(deltas):] + deltas[: rnd % len(deltas)]
+        order = deltas[rnd % len(deltas) :] + deltas[: rnd % len(deltas)]
         for d in order:
             config = WatermarkConfig(delta=d)
             lm.watermark = Watermark(config)
             t0 = time.perf_counter()
-            comps = lm.generate(prompts, marks if d > 0 else [None] * len(prompts), max_new_tokens=args.new_tokens,
-                                min_new_tokens=args.new_tokens, temperature=args.temperature, seed=1000 + rnd)
+            comps = lm.generate(
+                prompts,
+                marks if d > 0 else [None] * len(prompts),
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                temperature=args.temperature,
+                seed=1000 + rnd,
+            )
             acc = per_delta[d]
             acc["gen_s"] += time.perf_counter() - t0
             for nll, n in completion_nll(lm, prompts, [c.token_ids for c in comps]):
@@ -107,28 +114,60 @@ def main(argv: list[str] | None = None) -> int:
                 acc["green"] += s.green
                 acc["scored"] += s.tokens_scored
                 acc["p"].append(s.p_value)
-            print(f"round {rnd + 1}/{args.rounds} delta {d:g}: ppl {math.exp(acc['nll'] / acc['tokens']):.2f}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"round {rnd + 1}/{args.rounds} delta {d:g}: ppl {math.exp(acc['nll'] / acc['tokens']):.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     base = math.exp(per_delta[deltas[0]]["nll"] / per_delta[deltas[0]]["tokens"])
     results, rows = [], []
     for d in deltas:
         acc = per_delta[d]
         ppl = math.exp(acc["nll"] / acc["tokens"])
-        r = {"delta": d, "watermarked": d > 0, "completions": len(acc["ppl_rows"]), "tokens": acc["tokens"],
-             "perplexity": ppl, "perplexity_ratio": ppl / base, "median_row_perplexity": statistics.median(
-                 acc["ppl_rows"]), "green_fraction": acc["green"] / max(acc["scored"], 1),
-             "median_p_value": statistics.median(acc["p"]),
-             "detected_at_1e-3": sum(p <= 1e-3 for p in acc["p"]) / len(acc["p"])}
+        r = {
+            "delta": d,
+            "watermarked": d > 0,
+            "completions": len(acc["ppl_rows"]),
+            "tokens": acc["tokens"],
+            "perplexity": ppl,
+            "perplexity_ratio": ppl / base,
+            "median_row_perplexity": statistics.median(acc["ppl_rows"]),
+            "green_fraction": acc["green"] / max(acc["scored"], 1),
+            "median_p_value": statistics.median(acc["p"]),
+            "detected_at_1e-3": sum(p <= 1e-3 for p in acc["p"]) / len(acc["p"]),
+        }
         results.append(r)
-        rows.append([f"{d:g}" + (" (none)" if d == 0 else ""), r["perplexity"], r["perplexity_ratio"],
-                     r["median_row_perplexity"], r["green_fraction"], r["median_p_value"], r["detected_at_1e-3"]])
+        rows.append(
+            [
+                f"{d:g}" + (" (none)" if d == 0 else ""),
+                r["perplexity"],
+                r["perplexity_ratio"],
+                r["median_row_perplexity"],
+                r["green_fraction"],
+                r["median_p_value"],
+                r["detected_at_1e-3"],
+            ]
+        )
     print(table(["delta", "ppl", "x none", "median row ppl", "green frac", "median p", "detected@1e-3"], rows))
-    path = write_json("watermark_quality", {
-        "params": {"deltas": deltas, "prompts": len(prompts), "new_tokens": args.new_tokens, "rounds": args.rounds,
-                   "temperature": args.temperature, "gamma": WatermarkConfig().gamma,
-                   "scheme": WatermarkConfig().scheme, "scorer": "the same model, unwatermarked"},
-        "results": results, "seconds": time.perf_counter() - t_start}, args.out)
+    path = write_json(
+        "watermark_quality",
+        {
+            "params": {
+                "deltas": deltas,
+                "prompts": len(prompts),
+                "new_tokens": args.new_tokens,
+                "rounds": args.rounds,
+                "temperature": args.temperature,
+                "gamma": WatermarkConfig().gamma,
+                "scheme": WatermarkConfig().scheme,
+                "scorer": "the same model, unwatermarked",
+            },
+            "results": results,
+            "seconds": time.perf_counter() - t_start,
+        },
+        args.out,
+    )
     print(f"wrote {path}")
     return 0
 

@@ -17,16 +17,23 @@ from antidistill.watermark.marker import Watermark
 TEST_MASTER = MasterKey(bytes(range(32)))
 
 
-def uniform_tokens(rng: np.random.Generator, length: int, vocab_size: int, batch: int | None = None
-                   ) -> np.ndarray:
+def uniform_tokens(rng: np.random.Generator, length: int, vocab_size: int, batch: int | None = None) -> np.ndarray:
     """Unmarked text: tokens drawn uniformly, independently of every key."""
     shape = (length,) if batch is None else (batch, length)
     return rng.integers(0, vocab_size, size=shape)
 
 
-def sample(rng: np.random.Generator, watermark: Watermark, account: WatermarkKey | None,
-           provider: WatermarkKey | None, length: int, vocab_size: int, batch: int = 1,
-           prefix: np.ndarray | None = None, logit_scale: float = 1.0) -> np.ndarray:
+def sample(
+    rng: np.random.Generator,
+    watermark: Watermark,
+    account: WatermarkKey | None,
+    provider: WatermarkKey | None,
+    length: int,
+    vocab_size: int,
+    batch: int = 1,
+    prefix: np.ndarray | None = None,
+    logit_scale: float = 1.0,
+) -> np.ndarray:
     """(batch, length) token ids; the first ``context_width`` come from ``prefix`` (or are uniform), the rest
     are sampled with the watermark of ``account`` (+ ``provider``), or unmarked when ``account`` is None."""
     h = watermark.config.context_width

@@ -173,15 +173,26 @@ def test_secrets_never_printed(capsys, tmp_path, shared_cache_env, human_file):
 
 @pytest.mark.slow
 def test_generate_then_detect_attributes(capsys, tmp_path, shared_cache_env, local_model):
-    code, out, _ = run(capsys, "generate", "--account", "alice", "--max-tokens", "120", "--seed", "3", "--json",
-                       "Write a long story about a dragon who learns to bake bread.")
+    code, out, _ = run(
+        capsys,
+        "generate",
+        "--account",
+        "alice",
+        "--max-tokens",
+        "120",
+        "--seed",
+        "3",
+        "--json",
+        "Write a long story about a dragon who learns to bake bread.",
+    )
     assert code == 0
     gen = json.loads(out)
     assert gen["key_id"] == "acct:alice:v1" and gen["completion_tokens"] > 0
     f = tmp_path / "answer.txt"
     f.write_text(gen["text"], encoding="utf-8")
-    code, out, _ = run(capsys, "detect", str(f), "--account", "alice", "--account", "bob", "--account", "carol",
-                       "--json")
+    code, out, _ = run(
+        capsys, "detect", str(f), "--account", "alice", "--account", "bob", "--account", "carol", "--json"
+    )
     d = json.loads(out)
     assert d["watermarked"] is True and d["account"] == "alice", d
 
@@ -198,8 +209,9 @@ HF_FLAGS = ("--scheme", "hf-lefthash", "--gamma", str(HF_GAMMA), "--delta", str(
 def hf_watermarking_config(key: int = HF_KEY):
     from transformers import WatermarkingConfig
 
-    return WatermarkingConfig(bias=HF_DELTA, greenlist_ratio=HF_GAMMA, hashing_key=key, seeding_scheme="lefthash",
-                              context_width=1)
+    return WatermarkingConfig(
+        bias=HF_DELTA, greenlist_ratio=HF_GAMMA, hashing_key=key, seeding_scheme="lefthash", context_width=1
+    )
 
 
 @pytest.mark.parametrize(
@@ -210,8 +222,10 @@ def hf_watermarking_config(key: int = HF_KEY):
         (["generate", "--hashing-key", "-3", "hi"], "hashing key must be in"),
         (["generate", "--hashing-key", "3", "--provider-fraction", "0.5", "hi"], "--provider-fraction must be 0"),
         (["generate", "--account", "a", "--scheme", "nope", "hi"], "scheme must be one of"),
-        (["generate", "--account", "a", "--scheme", "hf-lefthash", "--provider-fraction", "0.5", "hi"],
-         "hf-lefthash is single-key"),
+        (
+            ["generate", "--account", "a", "--scheme", "hf-lefthash", "--provider-fraction", "0.5", "hi"],
+            "hf-lefthash is single-key",
+        ),
         (["detect", "--hashing-key", "3", "--provider-fraction", "0.5", "HUMAN"], "--provider-fraction must be 0"),
     ],
 )
@@ -227,20 +241,40 @@ def test_generate_hashing_key_is_read_by_transformers_detector(capsys, shared_ca
     import torch
     from transformers import WatermarkDetector
 
-    code, out, err = run(capsys, "generate", *HF_FLAGS, "--hashing-key", str(HF_KEY), "--max-tokens", "80",
-                         "--seed", "5", "--json", "Write a long story about a dragon who learns to bake bread.")
+    code, out, err = run(
+        capsys,
+        "generate",
+        *HF_FLAGS,
+        "--hashing-key",
+        str(HF_KEY),
+        "--max-tokens",
+        "80",
+        "--seed",
+        "5",
+        "--json",
+        "Write a long story about a dragon who learns to bake bread.",
+    )
     assert code == 0, err
     gen = json.loads(out)
     assert gen["key_id"] == "explicit" and gen["account"] is None
-    assert gen["watermark"] == {"scheme": "hf-lefthash", "gamma": HF_GAMMA, "delta": HF_DELTA, "context_width": 1,
-                                "provider_fraction": 0.0}
+    assert gen["watermark"] == {
+        "scheme": "hf-lefthash",
+        "gamma": HF_GAMMA,
+        "delta": HF_DELTA,
+        "context_width": 1,
+        "provider_fraction": 0.0,
+    }
     assert str(HF_KEY) not in out + err  # the key is never echoed
     ids = torch.tensor([local_model.tokenizer(gen["text"], add_special_tokens=False)["input_ids"]])
     assert ids.shape[1] > 40
 
     def hf_detect(key):
-        det = WatermarkDetector(model_config=local_model.model.config, device="cpu",
-                                watermarking_config=hf_watermarking_config(key), ignore_repeated_ngrams=True)
+        det = WatermarkDetector(
+            model_config=local_model.model.config,
+            device="cpu",
+            watermarking_config=hf_watermarking_config(key),
+            ignore_repeated_ngrams=True,
+        )
         return det(ids, return_dict=True)
 
     marked = hf_detect(HF_KEY)
@@ -257,11 +291,18 @@ def test_detect_hashing_key_reads_transformers_watermark(capsys, tmp_path, share
     prompt = lm.encode_prompt("Explain in detail how a refrigerator keeps food cold.")
     torch.manual_seed(5)
     with torch.inference_mode():
-        out = lm.model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
-                                dtype=torch.long), do_sample=True, temperature=0.7, top_k=0, max_new_tokens=80,
-                                min_new_tokens=80, pad_token_id=lm.tokenizer.pad_token_id,
-                                watermarking_config=hf_watermarking_config())
-    text = lm.tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
+        out = lm.model.generate(
+            input_ids=torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=True,
+            temperature=0.7,
+            top_k=0,
+            max_new_tokens=80,
+            min_new_tokens=80,
+            pad_token_id=lm.tokenizer.pad_token_id,
+            watermarking_config=hf_watermarking_config(),
+        )
+    text = lm.tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True)
     f = tmp_path / "hf.txt"
     f.write_text(text, encoding="utf-8")
 

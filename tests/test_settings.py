@@ -126,14 +126,20 @@ def test_admin_token_loses_surrounding_whitespace():
 # ---- connection limits -----------------------------------------------------------------------------------
 def test_connection_limit_defaults():
     s = Settings()
-    assert (s.max_header_bytes, s.header_timeout, s.body_timeout, s.max_connections) == (64 * 1024, 10.0, 30.0,
-                                                                                          1000)
+    assert (s.max_header_bytes, s.header_timeout, s.body_timeout, s.max_connections) == (64 * 1024, 10.0, 30.0, 1000)
     assert s.api_docs is False
 
 
-@pytest.mark.parametrize(("name", "value"), [("max_header_bytes", 100), ("max_header_bytes", 2**30),
-                                             ("header_timeout", 0), ("body_timeout", -1),
-                                             ("max_connections", 0)])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("max_header_bytes", 100),
+        ("max_header_bytes", 2**30),
+        ("header_timeout", 0),
+        ("body_timeout", -1),
+        ("max_connections", 0),
+    ],
+)
 def test_connection_limits_are_validated(name, value):
     with pytest.raises(ValueError, match=name):
         Settings(**{name: value})

@@ -42,8 +42,10 @@ class MissingExtraError(AntidistillError, ModuleNotFoundError):
     def __init__(self, extra: str, module: str, what: str | None = None, install: str | None = None) -> None:
         self.extra, self.what, self.install = extra, what, install
         need = f"{what} needs" if what else "this needs"
-        super().__init__(f"{need} the {extra} extra: pip install 'antidistill[{install or extra}]' ({module} is not "
-                         "installed)", name=module)
+        super().__init__(
+            f"{need} the {extra} extra: pip install 'antidistill[{install or extra}]' ({module} is not installed)",
+            name=module,
+        )
 
     def __reduce__(self) -> tuple[type[MissingExtraError], tuple[str, str | None, str | None, str | None]]:
         return type(self), (self.extra, self.name, self.what, self.install)

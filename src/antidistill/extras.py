@@ -25,8 +25,17 @@ from antidistill.errors import MissingExtraError
 #: extra -> the third-party modules our code imports from it (beyond those of the extras it includes)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "model": ("torch",),
-    "gateway": ("fastapi", "starlette", "uvicorn", "httpx", "sqlalchemy", "alembic", "prometheus_client",
-                "cryptography", "yaml"),
+    "gateway": (
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "httpx",
+        "sqlalchemy",
+        "alembic",
+        "prometheus_client",
+        "cryptography",
+        "yaml",
+    ),
     "postgres": ("psycopg",),
     "redis": ("redis",),
     "parquet": ("pyarrow",),

@@ -64,9 +64,14 @@ def check_private_dir(path: Path) -> bool:
     except OSError:
         return True
     if stat.S_ISDIR(mode) and mode & 0o077:
-        _warn_once(path, "the data directory %s is open to other users (mode %03o); the database and key files in "
-                   "it are private, but to keep everything else in it private too run: chmod 700 %s",
-                   path, stat.S_IMODE(mode), path)
+        _warn_once(
+            path,
+            "the data directory %s is open to other users (mode %03o); the database and key files in "
+            "it are private, but to keep everything else in it private too run: chmod 700 %s",
+            path,
+            stat.S_IMODE(mode),
+            path,
+        )
         return False
     return True
 
@@ -86,8 +91,14 @@ def tighten_file(path: Path) -> bool:
     try:
         os.chmod(path, FILE_MODE)
     except OSError as exc:
-        _warn_once(path, "%s is readable by other users (mode %03o) and could not be made private (%s); run: "
-                   "chmod 600 %s", path, stat.S_IMODE(mode), type(exc).__name__, path)
+        _warn_once(
+            path,
+            "%s is readable by other users (mode %03o) and could not be made private (%s); run: chmod 600 %s",
+            path,
+            stat.S_IMODE(mode),
+            type(exc).__name__,
+            path,
+        )
         return False
     _warn_once(path, "%s was readable by other users (mode %03o); its mode is now 600", path, stat.S_IMODE(mode))
     return True

@@ -212,8 +212,10 @@ class MasterKey:
         if self._audit_public is None:
             from cryptography.hazmat.primitives import serialization  # as above
 
-            self._audit_public = self._audit_signing_key().public_key().public_bytes(
-                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            self._audit_public = (
+                self._audit_signing_key()
+                .public_key()
+                .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
             )
         return self._audit_public
 

@@ -161,17 +161,15 @@ class Settings(BaseSettings):
             return None
         token = v.get_secret_value().strip()
         if not token:
-            raise ValueError("ANTIDISTILL_ADMIN_TOKEN is set but empty; set a random token (e.g. `openssl rand "
-                             "-hex 32`) or unset the variable to disable the admin API")
+            raise ValueError(
+                "ANTIDISTILL_ADMIN_TOKEN is set but empty; set a random token (e.g. `openssl rand "
+                "-hex 32`) or unset the variable to disable the admin API"
+            )
         return SecretStr(token)
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
-        if (
-            self.master_key is not None
-            and self.env == "prod"
-            and is_placeholder(self.master_key.get_secret_value())
-        ):
+        if self.master_key is not None and self.env == "prod" and is_placeholder(self.master_key.get_secret_value()):
             raise ValueError(
                 "ANTIDISTILL_MASTER_KEY is a placeholder or shorter than "
                 f"{MIN_SECRET_CHARS} characters; set a random secret (e.g. `openssl rand -hex 32`) "

@@ -63,8 +63,14 @@ class FakeModel:
             else:
                 rng = np.random.default_rng([seed or 0, i, len(prompt)])
                 use = mark if (mark is not None and self.marks_work) else None
-                ids = sample(rng, self.watermark, use.account if use else None, use.provider if use else None,
-                             max_new_tokens, self.vocab_size)[0].tolist()
+                ids = sample(
+                    rng,
+                    self.watermark,
+                    use.account if use else None,
+                    use.provider if use else None,
+                    max_new_tokens,
+                    self.vocab_size,
+                )[0].tolist()
             out.append(FakeCompletion(" ".join(f"t{t}" for t in ids), ids))
         return out
 

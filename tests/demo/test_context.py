@@ -21,12 +21,16 @@ def test_throwaway_settings_ignore_the_environments_gateway_settings(tmp_path, m
     from antidistill.demo.context import throwaway_settings
     from antidistill.settings import get_settings
 
-    for name, value in (("WATERMARK", "false"), ("MONITOR", "true"), ("REDIS_URL", "redis://127.0.0.1:1/0"),
-                        ("DATABASE_URL", "sqlite:////nonexistent/x.db"), ("MASTER_KEY", "m" * 16 + "n" * 16)):
+    for name, value in (
+        ("WATERMARK", "false"),
+        ("MONITOR", "true"),
+        ("REDIS_URL", "redis://127.0.0.1:1/0"),
+        ("DATABASE_URL", "sqlite:////nonexistent/x.db"),
+        ("MASTER_KEY", "m" * 16 + "n" * 16),
+    ):
         monkeypatch.setenv(f"ANTIDISTILL_{name}", value)
     get_settings.cache_clear()
     s = throwaway_settings(get_settings(), tmp_path, backend="local")
     assert s.watermark and not s.monitor and s.redis_url is None and s.master_key is None
     assert s.data_dir == tmp_path and s.database_url == f"sqlite:///{(tmp_path / 'antidistill.db').resolve()}"
     get_settings.cache_clear()
-

@@ -21,12 +21,35 @@ def test_text_helpers():
 
 
 def gateway_result(records: int, ok: bool) -> GatewayResult:
-    answer = GatewayAnswer("alice-corp", "acct_a", "chatcmpl-1", 90, "checked", 1e-9, "acct_a", "alice-corp", 1e-6,
-                           Check("gateway answer for alice-corp", True))
+    answer = GatewayAnswer(
+        "alice-corp",
+        "acct_a",
+        "chatcmpl-1",
+        90,
+        "checked",
+        1e-9,
+        "acct_a",
+        "alice-corp",
+        1e-6,
+        Check("gateway answer for alice-corp", True),
+    )
     short = GatewayAnswer("bob-labs", "acct_b", "(stream)", 3, "too short")
-    return GatewayResult("http://127.0.0.1:1", 2.0, (answer, short), (("bob-labs", 3, 3),), 16, 1, 1, 0, 5, 1,
-                         VerifyResult(True, records, 0), Check("at least three gateway answers tested", False),
-                         Check("most gateway answers attributed", True), Check("audit chain", ok))
+    return GatewayResult(
+        "http://127.0.0.1:1",
+        2.0,
+        (answer, short),
+        (("bob-labs", 3, 3),),
+        16,
+        1,
+        1,
+        0,
+        5,
+        1,
+        VerifyResult(True, records, 0),
+        Check("at least three gateway answers tested", False),
+        Check("most gateway answers attributed", True),
+        Check("audit chain", ok),
+    )
 
 
 def render(result) -> str:
@@ -37,8 +60,9 @@ def render(result) -> str:
 
 def test_the_gateway_stage_shows_each_answer_and_the_audit_check():
     out = render(gateway_result(6, True))
-    assert ("6. Gateway 2 concurrent openai-SDK clients (one streaming) served in 2.0 s through "
-            "http://127.0.0.1:1/v1") in out
+    assert (
+        "6. Gateway 2 concurrent openai-SDK clients (one streaming) served in 2.0 s through http://127.0.0.1:1/v1"
+    ) in out
     assert "1 answer(s) had too few distinct token pairs" in out and "bob-labs (3 → 3)" in out
     assert "alice-corp chatcmpl-1             p = 1e-09, attributed to alice-corp (corrected p = 1e-06) ok" in out
     assert "not tested: too short (3 distinct token pairs, at least 16 are needed)" in out

@@ -59,8 +59,7 @@ demo \-v notes.txt
 def test_troff_to_paragraphs_keeps_prose_only():
     paras = troff_to_paragraphs(MAN_PAGE)
     text = "\n".join(paras)
-    assert "demo reads the file given on the command line and writes a summary\u2014in plain words\u2014to" \
-        in text
+    assert "demo reads the file given on the command line and writes a summary\u2014in plain words\u2014to" in text
     assert "see wc(1) for a simpler tool." in text
     assert "print more details about what the program does while it works" in text
     assert "\u201cexit status\u201d" in text and "\u00e9t\u00e9" in text
@@ -81,7 +80,8 @@ def test_info_nodes_drop_menus_and_examples():
     info = (
         "preamble\n\x1f\nFile: demo.info,  Node: Top,  Next: Use\n\nDemo\n****\n\n" + PROSE + "\n\n"
         "     demo --example\n\n* Menu:\n\n* Use::   How to use it.\n\x1f\nFile: demo.info,  Node: Use\n\n"
-        + PROSE.upper() + "\n"
+        + PROSE.upper()
+        + "\n"
     )
     docs = info_to_documents(info)
     assert len(docs) == 2
@@ -111,8 +111,14 @@ class C:
     def m(self):
         """A method."""
 '''
-    assert docstring_paragraphs(src) == ["Module summary line.", "Second paragraph of the module.",
-                                         "Do a thing.", "Indented::", "A class.", "A method."]
+    assert docstring_paragraphs(src) == [
+        "Module summary line.",
+        "Second paragraph of the module.",
+        "Do a thing.",
+        "Indented::",
+        "A class.",
+        "A method.",
+    ]
     assert docstring_paragraphs("def broken(:\n") == []
 
 

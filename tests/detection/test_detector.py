@@ -88,8 +88,9 @@ def test_detect_on_innocent_text_is_calibrated():
     for i in range(n_seq):
         seq = uniform_tokens(rng, 120, VOCAB)
         cands = [TEST_MASTER.account_key(f"s{i}-{j}") for j in range(10)]
-        rep = det.detect(seq, provider_keys=[TEST_MASTER.provider_key(i + 1)], candidates=cands, alpha=alpha,
-                         scan=False)
+        rep = det.detect(
+            seq, provider_keys=[TEST_MASTER.provider_key(i + 1)], candidates=cands, alpha=alpha, scan=False
+        )
         flagged += rep.watermarked
         attributed += rep.account is not None
     for k in (flagged, attributed):
@@ -244,8 +245,9 @@ def test_scan_finds_a_marked_span_inside_long_unmarked_text():
     for i, w in enumerate(windows_of(seq, 1)):
         first.setdefault(w, i + 1)
     inside = [w for w, pos in first.items() if s.start_token <= pos < s.end_token]
-    green = det.scheme.is_green(np.array([key.value], U64), np.array([w[:1] for w in inside]),
-                                np.array([w[1] for w in inside]))[0]
+    green = det.scheme.is_green(
+        np.array([key.value], U64), np.array([w[:1] for w in inside]), np.array([w[1] for w in inside])
+    )[0]
     assert (s.tokens_scored, s.green) == (len(inside), int(green.sum()))
     assert s.p_value == pytest.approx(binomial_sf(s.green, s.tokens_scored, det.gamma), rel=1e-12)
 
@@ -346,7 +348,11 @@ def test_distinct_pairs_first_occurrences():
     assert p.length == 7 and len(p) == 4
     p2 = distinct_pairs([1, 2, 3, 1, 2, 3, 1, 2, 4], 2)
     assert [(*c, t) for c, t in zip(p2.contexts.tolist(), p2.tokens.tolist(), strict=True)] == [
-        (1, 2, 3), (2, 3, 1), (3, 1, 2), (1, 2, 4)]
+        (1, 2, 3),
+        (2, 3, 1),
+        (3, 1, 2),
+        (1, 2, 4),
+    ]
     assert p2.positions.tolist() == [2, 3, 4, 8]
 
 
@@ -381,8 +387,10 @@ def test_score_with_provider_splits_positions():
     pairs = det.pairs(seq)
     kinds = det.watermark.position_kinds(pairs.contexts, PROVIDER.value)
     keys = np.where(kinds, U64(PROVIDER.value), U64(key.value)).astype(U64)
-    green = sum(bool(det.scheme.is_green(keys[i : i + 1], pairs.contexts[i : i + 1], pairs.tokens[i : i + 1]))
-                for i in range(len(pairs)))
+    green = sum(
+        bool(det.scheme.is_green(keys[i : i + 1], pairs.contexts[i : i + 1], pairs.tokens[i : i + 1]))
+        for i in range(len(pairs))
+    )
     assert (res.tokens_scored, res.green) == (len(pairs), green)
     assert res.key_id == f"{key.key_id}+{PROVIDER.key_id}"
     assert 0 < kinds.sum() < len(kinds)
@@ -410,8 +418,7 @@ def test_report_is_replayable_and_carries_no_secret():
     seq = sample(rng, Watermark(MARKED), key, PROVIDER, 150, VOCAB)[0]
     rep = det.detect(seq, provider_keys=[PROVIDER], candidates=CANDIDATES)
     assert rep.config == MARKED.to_dict()
-    again = Detector(WatermarkConfig.from_dict(rep.config)).detect(seq, provider_keys=[PROVIDER],
-                                                                   candidates=CANDIDATES)
+    again = Detector(WatermarkConfig.from_dict(rep.config)).detect(seq, provider_keys=[PROVIDER], candidates=CANDIDATES)
     assert again == rep
     text = json.dumps(rep.to_dict())
     for k in [PROVIDER, *CANDIDATES]:

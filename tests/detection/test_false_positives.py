@@ -46,8 +46,7 @@ def lower_bound(k: int, n: int, confidence: float = ONE_SIDED_CONFIDENCE) -> flo
     return clopper_pearson(k, n, 2 * confidence - 1)[0]
 
 
-def assert_not_above(k: int, n: int, alpha: float, what: str, confidence: float = ONE_SIDED_CONFIDENCE
-                     ) -> None:
+def assert_not_above(k: int, n: int, alpha: float, what: str, confidence: float = ONE_SIDED_CONFIDENCE) -> None:
     lo = lower_bound(k, n, confidence)
     assert lo <= alpha, (
         f"{what}: {k}/{n} = {k / n:.2e} flagged at alpha={alpha:g}; the exact one-sided {confidence:.2%} "
@@ -117,14 +116,16 @@ def single_key_pvalues(detector: Detector, ids_list) -> dict[str, np.ndarray]:
     for i, ids in enumerate(ids_list):
         for li, length in enumerate(PREFIX_LENGTHS):
             sub = ids if length is None else ids[: length + 1]
-            keys = np.array([MASTER.account_key(f"single-{i}-{li}-{j}").value for j in range(N_SINGLE_KEYS)],
-                            dtype=np.uint64)
+            keys = np.array(
+                [MASTER.account_key(f"single-{i}-{li}-{j}").value for j in range(N_SINGLE_KEYS)], dtype=np.uint64
+            )
             pairs = detector.pairs(sub)
             n = np.full(N_SINGLE_KEYS, len(pairs))
             g = detector.scheme.count_green(keys, pairs.contexts, pairs.tokens)
             out["exact"].append(binomial_sf(g, n, detector.gamma))
-            out["normal"].append(stats.norm.sf((g - detector.gamma * n) /
-                                               np.sqrt(n * detector.gamma * (1 - detector.gamma))))
+            out["normal"].append(
+                stats.norm.sf((g - detector.gamma * n) / np.sqrt(n * detector.gamma * (1 - detector.gamma)))
+            )
             windows = np.lib.stride_tricks.sliding_window_view(sub, 2)
             g_all = detector.scheme.count_green(keys, windows[:, :1], windows[:, 1])
             out["no_dedup"].append(binomial_sf(g_all, np.full(N_SINGLE_KEYS, len(windows)), detector.gamma))
@@ -271,14 +272,18 @@ def figures_table(per_sample, fixed_key, single_key) -> list[str]:
             for a in ALPHAS:
                 k = int((res[comp] <= a).sum())
                 lo, hi = clopper_pearson(k, N_SAMPLES)
-                rows.append(f"  {label:16s} {comp:12s} alpha={a:<6g} {k:4d}/{N_SAMPLES} = {k / N_SAMPLES:.4f}"
-                            f"  [{lo:.4f}, {hi:.4f}]")
+                rows.append(
+                    f"  {label:16s} {comp:12s} alpha={a:<6g} {k:4d}/{N_SAMPLES} = {k / N_SAMPLES:.4f}"
+                    f"  [{lo:.4f}, {hi:.4f}]"
+                )
     for variant, ps in single_key.items():
         for t in SINGLE_KEY_THRESHOLDS:
             k = int((ps <= t).sum())
             lo, hi = clopper_pearson(k, ps.size)
-            rows.append(f"  single key, {variant:9s} p<={t:<6g} {k:6d}/{ps.size} = {k / ps.size / t:.2f} x t"
-                        f"  [{lo / t:.2f}, {hi / t:.2f}]")
+            rows.append(
+                f"  single key, {variant:9s} p<={t:<6g} {k:6d}/{ps.size} = {k / ps.size / t:.2f} x t"
+                f"  [{lo / t:.2f}, {hi / t:.2f}]"
+            )
     return rows
 
 

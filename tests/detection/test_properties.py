@@ -16,13 +16,15 @@ from antidistill.watermark.config import MAX_CONTEXT_WIDTH, WatermarkConfig
 from antidistill.watermark.core import U64, get_scheme, scheme_names
 
 # The autouse environment fixture is function-scoped but holds nothing an example could change.
-settings.register_profile("antidistill", deadline=None, max_examples=100,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "antidistill", deadline=None, max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 settings.load_profile("antidistill")
 
 probabilities = st.floats(min_value=1e-6, max_value=1 - 1e-6, allow_nan=False)
 keys = st.integers(min_value=0, max_value=2**64 - 1).map(
-    lambda v: WatermarkKey(key_id=f"k{v % 1000}", account=None, version=1, value=v))
+    lambda v: WatermarkKey(key_id=f"k{v % 1000}", account=None, version=1, value=v)
+)
 widths = st.integers(min_value=1, max_value=MAX_CONTEXT_WIDTH)
 
 
@@ -93,23 +95,26 @@ def test_distinct_pairs_are_the_set_of_windows(seq, width):
     assert len(got) == len(set(got)) == len(set(windows))
     assert set(got) == set(windows)
     assert p.positions.tolist() == sorted(p.positions.tolist())
-    for (w, pos) in zip(got, p.positions.tolist(), strict=True):
+    for w, pos in zip(got, p.positions.tolist(), strict=True):
         assert tuple(seq[pos - width : pos + 1]) == w
         assert windows.index(w) == pos - width  # the first occurrence
     assert p.length == len(seq)
 
 
 # ---- the core ----------------------------------------------------------------------------------------------
-@given(data=st.data(), scheme=st.sampled_from(scheme_names()), width=widths,
-       gamma=st.sampled_from([0.1, 0.25, 0.5]))
+@given(data=st.data(), scheme=st.sampled_from(scheme_names()), width=widths, gamma=st.sampled_from([0.1, 0.25, 0.5]))
 @settings(max_examples=40)
 def test_is_green_count_green_and_green_mask_agree(data, scheme, width, gamma):
     vocab = 16
     s = get_scheme(scheme, gamma, width)
     key_vals = np.array(data.draw(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=5)), dtype=U64)
     n = data.draw(st.integers(0, 20))
-    ctx = np.array(data.draw(st.lists(st.lists(st.integers(0, vocab - 1), min_size=width, max_size=width),
-                                      min_size=n, max_size=n)), dtype=np.int64).reshape(n, width)
+    ctx = np.array(
+        data.draw(
+            st.lists(st.lists(st.integers(0, vocab - 1), min_size=width, max_size=width), min_size=n, max_size=n)
+        ),
+        dtype=np.int64,
+    ).reshape(n, width)
     toks = np.array(data.draw(st.lists(st.integers(0, vocab - 1), min_size=n, max_size=n)), dtype=np.int64)
     flags = s.is_green(key_vals, ctx, toks, vocab)
     assert flags.shape == (len(key_vals), n)
@@ -122,13 +127,20 @@ def test_is_green_count_green_and_green_mask_agree(data, scheme, width, gamma):
 
 # ---- the configuration -------------------------------------------------------------------------------------
 valid_configs = st.one_of(
-    st.builds(WatermarkConfig, scheme=st.just("antidistill-v1"),
-              gamma=st.floats(min_value=1e-9, max_value=1 - 1e-9, exclude_min=True, exclude_max=True),
-              delta=st.floats(min_value=0.0, max_value=100.0),
-              context_width=widths,
-              provider_fraction=st.floats(min_value=0.0, max_value=1.0, exclude_max=True)),
-    st.builds(WatermarkConfig.interop, gamma=st.floats(min_value=0.01, max_value=0.99),
-              delta=st.floats(min_value=0.0, max_value=100.0), context_width=widths),
+    st.builds(
+        WatermarkConfig,
+        scheme=st.just("antidistill-v1"),
+        gamma=st.floats(min_value=1e-9, max_value=1 - 1e-9, exclude_min=True, exclude_max=True),
+        delta=st.floats(min_value=0.0, max_value=100.0),
+        context_width=widths,
+        provider_fraction=st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
+    ),
+    st.builds(
+        WatermarkConfig.interop,
+        gamma=st.floats(min_value=0.01, max_value=0.99),
+        delta=st.floats(min_value=0.0, max_value=100.0),
+        context_width=widths,
+    ),
 )
 
 
@@ -142,12 +154,22 @@ def test_config_round_trips(cfg):
 not_numbers = st.one_of(st.none(), st.text(max_size=3), st.lists(st.integers(), max_size=2))
 bad_values = {
     "gamma": st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(math.nan), not_numbers),
-    "delta": st.one_of(st.floats(max_value=0.0, exclude_max=True),
-                       st.floats(min_value=100.0, exclude_min=True), st.just(math.nan), not_numbers),
-    "context_width": st.one_of(st.integers(max_value=0), st.integers(min_value=MAX_CONTEXT_WIDTH + 1),
-                               st.booleans(), st.floats(allow_nan=False), not_numbers),
-    "provider_fraction": st.one_of(st.floats(max_value=0.0, exclude_max=True), st.floats(min_value=1.0),
-                                   st.just(math.nan), not_numbers),
+    "delta": st.one_of(
+        st.floats(max_value=0.0, exclude_max=True),
+        st.floats(min_value=100.0, exclude_min=True),
+        st.just(math.nan),
+        not_numbers,
+    ),
+    "context_width": st.one_of(
+        st.integers(max_value=0),
+        st.integers(min_value=MAX_CONTEXT_WIDTH + 1),
+        st.booleans(),
+        st.floats(allow_nan=False),
+        not_numbers,
+    ),
+    "provider_fraction": st.one_of(
+        st.floats(max_value=0.0, exclude_max=True), st.floats(min_value=1.0), st.just(math.nan), not_numbers
+    ),
 }
 
 

@@ -35,9 +35,16 @@ def test_binomial_sf_matches_scipy(n, p):
     assert np.all(got[~big] <= 1e-280)
 
 
-@pytest.mark.parametrize(("g", "n", "p"), [(150, 200, Fraction(1, 4)), (30, 40, Fraction(1, 4)),
-                                          (12, 12, Fraction(1, 2)), (7, 100, Fraction(1, 10)),
-                                          (60, 120, Fraction(1, 4))])
+@pytest.mark.parametrize(
+    ("g", "n", "p"),
+    [
+        (150, 200, Fraction(1, 4)),
+        (30, 40, Fraction(1, 4)),
+        (12, 12, Fraction(1, 2)),
+        (7, 100, Fraction(1, 10)),
+        (60, 120, Fraction(1, 4)),
+    ],
+)
 def test_binomial_sf_matches_exact_rationals(g, n, p):
     assert binomial_sf(g, n, float(p)) == pytest.approx(float(exact_tail(g, n, p)), rel=1e-10)
 
@@ -132,8 +139,9 @@ def test_fisher_combine_is_calibrated_on_uniform_p_values():
     assert lo <= 0.05 <= hi
 
 
-@pytest.mark.parametrize(("alpha", "n", "p"), [(1e-3, 100, 0.25), (0.05, 20, 0.5), (1e-6, 50, 0.25),
-                                               (0.01, 1, 0.001), (1e-5, 1000, 0.1)])
+@pytest.mark.parametrize(
+    ("alpha", "n", "p"), [(1e-3, 100, 0.25), (0.05, 20, 0.5), (1e-6, 50, 0.25), (0.01, 1, 0.001), (1e-5, 1000, 0.1)]
+)
 def test_min_green_for(alpha, n, p):
     g = min_green_for(alpha, n, p)
     assert g is not None and 0 < g <= n

@@ -33,8 +33,13 @@ def suspect_app(tokenizer, watermark: Watermark, mark: MarkKeys | None, echo: bo
         rng = np.random.default_rng(seed)
         text = prompt if echo else green_words(tokenizer, watermark, mark, vocab, n_tok, rng)
         usage = {"prompt_tokens": 5, "completion_tokens": n_tok, "total_tokens": 5 + n_tok}
-        return {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model"), "usage": usage,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "length"}]}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model"),
+            "usage": usage,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
+        }
 
     return app

@@ -54,8 +54,15 @@ def word_tokens(tokenizer, words) -> list[int]:
     return sorted(set(out))
 
 
-def green_words(tokenizer, watermark: Watermark, mark: MarkKeys | None, vocab: list[int], length: int,
-                rng: np.random.Generator, p_green: float = 0.95) -> str:
+def green_words(
+    tokenizer,
+    watermark: Watermark,
+    mark: MarkKeys | None,
+    vocab: list[int],
+    length: int,
+    rng: np.random.Generator,
+    p_green: float = 0.95,
+) -> str:
     """A text of ``length`` single-token words; each word green (under ``mark``, given the previous word) with
     probability ``p_green`` where it can be (unmarked and uniform when ``mark`` is None)."""
     vocab_arr = np.array(vocab, dtype=np.int64)

@@ -19,8 +19,9 @@ GAMMA = 0.25
 
 
 def _random_keys(rng, k: int) -> list[WatermarkKey]:
-    return [WatermarkKey(f"r{i}", f"r{i}", 1, int(v)) for i, v in
-            enumerate(rng.integers(0, 2**64, size=k, dtype=np.uint64))]
+    return [
+        WatermarkKey(f"r{i}", f"r{i}", 1, int(v)) for i, v in enumerate(rng.integers(0, 2**64, size=k, dtype=np.uint64))
+    ]
 
 
 def _distinct_tuples(rng, n: int, vocab: int = 5000) -> tuple[np.ndarray, np.ndarray]:
@@ -102,8 +103,9 @@ def test_single_heavy_account_is_attributed_among_many():
     ctx, tok = _harvest(rng, ["mallory"], 400)
     others = [f"user-{i}" for i in range(40)]
     keys = ScanKeys.from_master(TEST_MASTER, [*others, "mallory"])
-    r = build_report("open", "synthetic", CONFIG, ctx, tok, keys, alpha=1e-3, parameters={}, texts=1,
-                     tokens_seen=399, skipped={})
+    r = build_report(
+        "open", "synthetic", CONFIG, ctx, tok, keys, alpha=1e-3, parameters={}, texts=1, tokens_seen=399, skipped={}
+    )
     assert r.attributed_account == "mallory" and r.best_account.p_corrected < 1e-6
     assert r.accounts[1].p_corrected > 1e-3
     assert r.significant and r.controls_ok and "mallory" in r.verdict
@@ -117,15 +119,42 @@ def test_unmarked_tuples_give_uniform_controls_and_no_verdict():
     rng = np.random.default_rng(12)
     ctx, tok = _distinct_tuples(rng, 3000)
     keys = ScanKeys.from_master(TEST_MASTER, [f"user-{i}" for i in range(20)], {"c": ["user-1", "user-2"]})
-    r = build_report("closed", "synthetic", CONFIG, ctx, tok, keys, alpha=1e-3, parameters={}, texts=1,
-                     tokens_seen=3000, skipped={}, controls=200, control_seed=5)
+    r = build_report(
+        "closed",
+        "synthetic",
+        CONFIG,
+        ctx,
+        tok,
+        keys,
+        alpha=1e-3,
+        parameters={},
+        texts=1,
+        tokens_seen=3000,
+        skipped={},
+        controls=200,
+        control_seed=5,
+    )
     assert not r.significant and r.attributed_account is None and r.attributed_cluster is None
     ps = np.array([c.p_value for c in r.controls])
     assert len(ps) == 200 and r.controls_ok
     assert stats.kstest(ps, "uniform").pvalue > 1e-3  # n = 1500 provider positions: p-values nearly continuous
     d = r.to_dict()
-    for field in ("mode", "suspect", "parameters", "tokens_seen", "tokens_scored", "skipped", "provider",
-                  "accounts", "best_account", "clusters", "curve", "controls", "verdict", "p_value"):
+    for field in (
+        "mode",
+        "suspect",
+        "parameters",
+        "tokens_seen",
+        "tokens_scored",
+        "skipped",
+        "provider",
+        "accounts",
+        "best_account",
+        "clusters",
+        "curve",
+        "controls",
+        "verdict",
+        "p_value",
+    ):
         assert field in d
     assert d["parameters"]["control_seed"] == 5 and d["parameters"]["watermark"] == CONFIG.to_dict()
 
@@ -140,8 +169,20 @@ def test_control_keys_are_replayable_and_distinct_from_issued_keys():
 def test_bad_inputs_name_the_problem():
     keys = ScanKeys.from_master(TEST_MASTER, ["a"])
     with pytest.raises(ValueError, match="cluster 'c'"):
-        attribute_tuples(CONFIG, np.zeros((1, 1), np.int64), np.zeros(1, np.int64), keys.provider, keys.accounts,
-                         {"c": ["a", "zed"]})
+        attribute_tuples(
+            CONFIG, np.zeros((1, 1), np.int64), np.zeros(1, np.int64), keys.provider, keys.accounts, {"c": ["a", "zed"]}
+        )
     with pytest.raises(ValueError, match="alpha"):
-        build_report("open", "x", CONFIG, np.zeros((0, 1)), np.zeros(0), keys, alpha=0, parameters={}, texts=0,
-                     tokens_seen=0, skipped={})
+        build_report(
+            "open",
+            "x",
+            CONFIG,
+            np.zeros((0, 1)),
+            np.zeros(0),
+            keys,
+            alpha=0,
+            parameters={},
+            texts=0,
+            tokens_seen=0,
+            skipped={},
+        )

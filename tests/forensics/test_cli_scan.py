@@ -53,11 +53,21 @@ def store():
 
 def _entry(account_id: str, i: int, text: str) -> AuditEntry:
     return AuditEntry(
-        response_id=f"chatcmpl-{i}", account_id=account_id, api_key_id="key_x", created_at=datetime.now(UTC),
-        endpoint="/v1/chat/completions", client_addr="127.0.0.1", user_agent="OpenAI/Python",
+        response_id=f"chatcmpl-{i}",
+        account_id=account_id,
+        api_key_id="key_x",
+        created_at=datetime.now(UTC),
+        endpoint="/v1/chat/completions",
+        client_addr="127.0.0.1",
+        user_agent="OpenAI/Python",
         request={"model": "m", "messages": [{"role": "user", "content": f"Question number {i % 3}?"}]},
-        completion=[text], prompt_tokens=5, completion_tokens=20, finish_reason="stop", latency_ms=1.0,
-        watermark={"key_id": f"acct:{account_id}:v1", "config": WatermarkConfig().to_dict()})
+        completion=[text],
+        prompt_tokens=5,
+        completion_tokens=20,
+        finish_reason="stop",
+        latency_ms=1.0,
+        watermark={"key_id": f"acct:{account_id}:v1", "config": WatermarkConfig().to_dict()},
+    )
 
 
 def test_closed_scan_from_the_audit_log(capsys, store, shared_cache_env, tokenizer):
@@ -71,9 +81,23 @@ def test_closed_scan_from_the_audit_log(capsys, store, shared_cache_env, tokeniz
     mark = MarkKeys(master.account_key(bob.id), master.provider_key())
     app = suspect_app(tokenizer, Watermark(), mark)
     with BackgroundServer(app) as srv:
-        code, out, err = run(capsys, "scan", "--suspect-url", srv.url + "/v1", "--samples", "4", "--max-tokens",
-                             "48", "--cluster", f"{alice.id},{bob.id}", "--account", alice.id, "--account", bob.id,
-                             "--json")
+        code, out, err = run(
+            capsys,
+            "scan",
+            "--suspect-url",
+            srv.url + "/v1",
+            "--samples",
+            "4",
+            "--max-tokens",
+            "48",
+            "--cluster",
+            f"{alice.id},{bob.id}",
+            "--account",
+            alice.id,
+            "--account",
+            bob.id,
+            "--json",
+        )
     assert code == 0, err
     r = json.loads(out)
     # the harvested prompts of the accounts in question: 3 distinct questions, 4 samples each
@@ -91,14 +115,29 @@ def test_closed_scan_from_the_audit_log(capsys, store, shared_cache_env, tokeniz
     assert "RADIOACTIVE" in out and "carries our watermark" in out
 
 
-def test_closed_scan_of_an_unmarked_suspect_with_a_prompts_file(capsys, tmp_path, shared_cache_env, tokenizer,
-                                                                 tiny_model_dir):
+def test_closed_scan_of_an_unmarked_suspect_with_a_prompts_file(
+    capsys, tmp_path, shared_cache_env, tokenizer, tiny_model_dir
+):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Tell me about rivers.\nTell me about trees.\n", encoding="utf-8")
     with BackgroundServer(suspect_app(tokenizer, Watermark(), None)) as srv:
-        code, out, err = run(capsys, "scan", "--suspect-url", srv.url + "/v1", "--prompts", str(prompts),
-                             "--account", "acct_x", "--samples", "3", "--max-tokens", "24", "--json",
-                             "--control-model", str(tiny_model_dir))
+        code, out, err = run(
+            capsys,
+            "scan",
+            "--suspect-url",
+            srv.url + "/v1",
+            "--prompts",
+            str(prompts),
+            "--account",
+            "acct_x",
+            "--samples",
+            "3",
+            "--max-tokens",
+            "24",
+            "--json",
+            "--control-model",
+            str(tiny_model_dir),
+        )
     assert code == 0, err
     r = json.loads(out)
     assert r["significant"] is False and r["parameters"]["budget"]["requests"] == 6
@@ -145,8 +184,15 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+    )
     d = tmp_path_factory.mktemp("tiny-suspect")
     LlamaForCausalLM(cfg).save_pretrained(str(d))
     tokenizer.save_pretrained(str(d))
@@ -156,10 +202,25 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 def test_open_scan_of_a_saved_model_from_the_audit_log(capsys, store, shared_cache_env, tiny_model_dir):
     bob = store.create_account("bob")[0]
     for i in range(5):
-        store.append_audit(_entry(bob.id, i, f"Answer {i}: rivers flow from mountains to the sea, carrying "
-                                             "sediment, shaping valleys and feeding deltas."))
-    code, out, err = run(capsys, "scan", "--suspect-model", str(tiny_model_dir), "--control-model",
-                         str(tiny_model_dir), "--json", "--control-keys", "12")
+        store.append_audit(
+            _entry(
+                bob.id,
+                i,
+                f"Answer {i}: rivers flow from mountains to the sea, carrying "
+                "sediment, shaping valleys and feeding deltas.",
+            )
+        )
+    code, out, err = run(
+        capsys,
+        "scan",
+        "--suspect-model",
+        str(tiny_model_dir),
+        "--control-model",
+        str(tiny_model_dir),
+        "--json",
+        "--control-keys",
+        "12",
+    )
     assert code == 0, err
     r = json.loads(out)
     assert r["mode"] == "open" and r["texts"] == 5 and r["tokens_scored"] > 20

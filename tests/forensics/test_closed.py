@@ -32,8 +32,19 @@ def test_marked_suspect_is_detected_and_attributed(tokenizer):
     mark = MarkKeys(TEST_MASTER.account_key("bob"), TEST_MASTER.provider_key())
     app = suspect_app(tokenizer, WM, mark)
     with BackgroundServer(app) as srv:
-        r = scan_closed(srv.url + "/v1", PROMPTS, tokenizer, _keys(), CONFIG, model_name="suspect-1", samples=2,
-                        max_tokens=40, max_prompts=6, temperature=0.5, seed=3)
+        r = scan_closed(
+            srv.url + "/v1",
+            PROMPTS,
+            tokenizer,
+            _keys(),
+            CONFIG,
+            model_name="suspect-1",
+            samples=2,
+            max_tokens=40,
+            max_prompts=6,
+            temperature=0.5,
+            seed=3,
+        )
     assert len(app.state.requests) == 12  # the budget: 6 prompts x 2 samples
     assert {b["seed"] for b in app.state.requests} == {3, 4}
     assert all(b["max_tokens"] == 40 and b["temperature"] == 0.5 for b in app.state.requests)
@@ -57,8 +68,9 @@ def test_unmarked_gateway_is_not_accused(tmp_path, tokenizer):
         with start_gateway(tmp_path, store) as gw:
             _, api_key, _ = gw.account("scanner")
             with openai.OpenAI(base_url=gw.v1, api_key=api_key, max_retries=0) as client:
-                r = scan_closed(client, PROMPTS, tokenizer, _keys(), CONFIG, model_name="antidistill-fake",
-                                samples=3, max_tokens=64)
+                r = scan_closed(
+                    client, PROMPTS, tokenizer, _keys(), CONFIG, model_name="antidistill-fake", samples=3, max_tokens=64
+                )
     finally:
         store.close()
     assert r.parameters["budget"]["requests"] == 24

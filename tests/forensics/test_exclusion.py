@@ -106,8 +106,14 @@ def test_copying_model_is_innocent_only_under_prefix_pairs():
         preds = [_induction_predictions(s, rng, vocab) for s in seqs]
         for policy, sink in (("prompt", p_prompt), ("prefix-pairs", p_prefix)):
             t = reading_tuples(list(seqs), [2, 2], preds, 1, policy)
-            att = attribute_tuples(config, t.contexts, t.tokens, [TEST_MASTER.provider_key()],
-                                   {acct: [TEST_MASTER.account_key(acct)]}, curve_points=0)
+            att = attribute_tuples(
+                config,
+                t.contexts,
+                t.tokens,
+                [TEST_MASTER.provider_key()],
+                {acct: [TEST_MASTER.account_key(acct)]},
+                curve_points=0,
+            )
             sink.append(att.provider.p_value)
     p_prompt, p_prefix = np.array(p_prompt), np.array(p_prefix)
     assert np.median(p_prompt) < 1e-3  # the copies are green: a false accusation without the rule

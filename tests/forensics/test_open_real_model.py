@@ -35,11 +35,20 @@ def harvested(local_model) -> list[FedText]:
 
 def test_teacher_is_not_radioactive_and_a_green_leaning_model_is_attributed(local_model, harvested):
     keys = ScanKeys.from_master(MASTER, ACCOUNTS, {"ac": ["alice", "carol"]})
-    student = GreenBias(local_model.model, local_model.watermark,
-                        MarkKeys(MASTER.account_key("bob"), MASTER.provider_key()))
+    student = GreenBias(
+        local_model.model, local_model.watermark, MarkKeys(MASTER.account_key("bob"), MASTER.provider_key())
+    )
     # one pass of the suspect, one of the untouched teacher as the control model, on the same texts
-    r = scan_open(student, local_model.tokenizer, harvested, keys, local_model.watermark.config,
-                  suspect="green-bias", control_models={"teacher": local_model.model}, batch_tokens=512)
+    r = scan_open(
+        student,
+        local_model.tokenizer,
+        harvested,
+        keys,
+        local_model.watermark.config,
+        suspect="green-bias",
+        control_models={"teacher": local_model.model},
+        batch_tokens=512,
+    )
     assert r.tokens_scored > 250 and r.skipped.get("window-in-prompt") == len(harvested)
     assert r.significant and r.provider.p_value < 1e-10
     assert r.attributed_account == "bob", r.accounts[:2]

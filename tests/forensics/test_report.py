@@ -33,21 +33,46 @@ from tests.synthetic import TEST_MASTER, sample, uniform_tokens
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 VOCAB = 500
-SECTIONS = {"format", "generated_at", "antidistill_version", "subject", "summary", "accounts", "exchanges", "audit",
-            "monitor", "scans", "policy"}
+SECTIONS = {
+    "format",
+    "generated_at",
+    "antidistill_version",
+    "subject",
+    "summary",
+    "accounts",
+    "exchanges",
+    "audit",
+    "monitor",
+    "scans",
+    "policy",
+}
 
 
 # ---- building a realistic installation ---------------------------------------------------------------
 def exchange(i: int, account_id: str, key_id: str, at: datetime) -> AuditEntry:
     return AuditEntry(
-        response_id=f"chatcmpl-{account_id[-6:]}-{i}", account_id=account_id, api_key_id="key_x", created_at=at,
-        endpoint="/v1/chat/completions", client_addr="198.51.100.23", user_agent="OpenAI/Python 1.40.0",
-        request={"model": "smollm2", "messages": [{"role": "system", "content": "Answer fully."},
-                                                  {"role": "user", "content": f"Explain topic #{i} in detail"}],
-                 "max_tokens": 256},
-        completion=[f"Here is a detailed explanation of topic {i}."], prompt_tokens=20 + i, completion_tokens=200,
-        finish_reason="stop", latency_ms=40.0,
-        watermark={"key_id": key_id, "config": WatermarkConfig().to_dict()})
+        response_id=f"chatcmpl-{account_id[-6:]}-{i}",
+        account_id=account_id,
+        api_key_id="key_x",
+        created_at=at,
+        endpoint="/v1/chat/completions",
+        client_addr="198.51.100.23",
+        user_agent="OpenAI/Python 1.40.0",
+        request={
+            "model": "smollm2",
+            "messages": [
+                {"role": "system", "content": "Answer fully."},
+                {"role": "user", "content": f"Explain topic #{i} in detail"},
+            ],
+            "max_tokens": 256,
+        },
+        completion=[f"Here is a detailed explanation of topic {i}."],
+        prompt_tokens=20 + i,
+        completion_tokens=200,
+        finish_reason="stop",
+        latency_ms=40.0,
+        watermark={"key_id": key_id, "config": WatermarkConfig().to_dict()},
+    )
 
 
 class Install:
@@ -59,8 +84,11 @@ class Install:
         self.store = Store.open(self.url, self.settings, master=TEST_MASTER)
         self.api_keys = []
         ids = []
-        for name, org in (("Harvest Labs", "Harvest Labs Ltd"), ("HL second", "Harvest Labs Ltd"),
-                          ("Bystander", "Nice Co")):
+        for name, org in (
+            ("Harvest Labs", "Harvest Labs Ltd"),
+            ("HL second", "Harvest Labs Ltd"),
+            ("Bystander", "Nice Co"),
+        ):
             acct, api_key, _ = self.store.create_account(name, rpm=600, metadata={"organisation": org})
             ids.append(acct.id)
             self.api_keys.append(api_key)
@@ -82,16 +110,46 @@ class Install:
 
         now = [T0 + timedelta(hours=20)]
         enf = Enforcer(self.store, Policy.default(), clock=lambda: now[0])
-        enf.apply(Assessment(self.harvester, "cl_harvest", 0.81, "alert", ("prompts from one template",),
-                             T0 + timedelta(hours=20), {"rules": 0.8}, 2))
+        enf.apply(
+            Assessment(
+                self.harvester,
+                "cl_harvest",
+                0.81,
+                "alert",
+                ("prompts from one template",),
+                T0 + timedelta(hours=20),
+                {"rules": 0.8},
+                2,
+            )
+        )
         now[0] = T0 + timedelta(hours=30)
-        enf.apply(Assessment(self.harvester, "cl_harvest", 0.97, "severe", ("prompts from one template",
-                                                                            "answers demanded at full length"),
-                             T0 + timedelta(hours=30), {"rules": 0.95}, 2))
-        self.store.record_alert(Alert(id="alert_linked1", account_id=self.linked, cluster_id="cl_harvest", risk=0.6,
-                                      level="watch", reasons=("shares an organisation with a flagged account",),
-                                      scores={"cluster": 0.6}, at=T0 + timedelta(hours=31), action="none",
-                                      clause="4.3", created_at=T0 + timedelta(hours=31)))
+        enf.apply(
+            Assessment(
+                self.harvester,
+                "cl_harvest",
+                0.97,
+                "severe",
+                ("prompts from one template", "answers demanded at full length"),
+                T0 + timedelta(hours=30),
+                {"rules": 0.95},
+                2,
+            )
+        )
+        self.store.record_alert(
+            Alert(
+                id="alert_linked1",
+                account_id=self.linked,
+                cluster_id="cl_harvest",
+                risk=0.6,
+                level="watch",
+                reasons=("shares an organisation with a flagged account",),
+                scores={"cluster": 0.6},
+                at=T0 + timedelta(hours=31),
+                action="none",
+                clause="4.3",
+                created_at=T0 + timedelta(hours=31),
+            )
+        )
 
     def scan(self, marked_with: str | None, suspect: str, seed: int = 1, length: int = 800) -> dict:
         """A real scan result (the scanner's own statistics) of a student that learnt ``marked_with``'s
@@ -104,11 +162,23 @@ class Install:
         else:
             ids = sample(rng, wm, TEST_MASTER.account_key(marked_with), TEST_MASTER.provider_key(), length, VOCAB)[0]
         pairs = distinct_pairs(ids, config.context_width)
-        keys = ScanKeys.from_master(TEST_MASTER, [self.harvester, self.linked, self.bystander],
-                                    {"cl_harvest": [self.harvester, self.linked]})
-        r = build_report("open", suspect, config, pairs.contexts, pairs.tokens, keys, alpha=1e-3,
-                         parameters={"exclude": "prefix-pairs", "hashing_key": 987654321987}, texts=60,
-                         tokens_seen=length, skipped={"prefix-pair": 12, "prompt": 3}, controls=8)
+        keys = ScanKeys.from_master(
+            TEST_MASTER, [self.harvester, self.linked, self.bystander], {"cl_harvest": [self.harvester, self.linked]}
+        )
+        r = build_report(
+            "open",
+            suspect,
+            config,
+            pairs.contexts,
+            pairs.tokens,
+            keys,
+            alpha=1e-3,
+            parameters={"exclude": "prefix-pairs", "hashing_key": 987654321987},
+            texts=60,
+            tokens_seen=length,
+            skipped={"prefix-pair": 12, "prompt": 3},
+            controls=8,
+        )
         return json.loads(json.dumps(r.to_dict(), default=str))
 
     def write_scan(self, tmp_path: Path, name: str, data: dict) -> Path:
@@ -215,10 +285,14 @@ def test_account_report_end_to_end(inst, tmp_path):
     suspect = inst.scan(inst.harvester, "student-of-harvest-labs")
     control = inst.scan(None, "independent-model", seed=2)
     assert suspect["significant"] and not control["significant"]  # the inputs are what the test claims
-    files, ev = make_report(inst.store, tmp_path / "out", account=inst.harvester,
-                                scan_files=[inst.write_scan(tmp_path, "s.json", suspect)],
-                                control_files=[inst.write_scan(tmp_path, "c.json", control)],
-                                now=T0 + timedelta(days=3))
+    files, ev = make_report(
+        inst.store,
+        tmp_path / "out",
+        account=inst.harvester,
+        scan_files=[inst.write_scan(tmp_path, "s.json", suspect)],
+        control_files=[inst.write_scan(tmp_path, "c.json", control)],
+        now=T0 + timedelta(days=3),
+    )
     ev2, html_text, page = check_package(files)
     assert ev2 == json.loads(rep.evidence_json(ev))
 
@@ -234,8 +308,14 @@ def test_account_report_end_to_end(inst, tmp_path):
     assert ("summary.confidence.0.text", json.dumps(conf["text"], ensure_ascii=False)) in page.fields
     assert rep.fmt_p(row["p_corrected"]).split(" × ")[0] in conf["text"]
     vis = page.visible
-    assert vis.index("What we found") < vis.index("How sure we are") < vis.index("The accounts") \
-        < vis.index("Glossary") < vis.index("How the method works") < vis.index("Appendix A")
+    assert (
+        vis.index("What we found")
+        < vis.index("How sure we are")
+        < vis.index("The accounts")
+        < vis.index("Glossary")
+        < vis.index("How the method works")
+        < vis.index("Appendix A")
+    )
     sc = ev["scans"][0]
     assert sc["subject_result"]["green"] == row["green"] and sc["subject_result"]["n"] == row["n"]
     assert sc["provider"]["p_value"] == suspect["provider"]["p_value"]
@@ -243,8 +323,9 @@ def test_account_report_end_to_end(inst, tmp_path):
 
     # the accounts and what they harvested (the bystander's and the linked account's records are not in it)
     assert [a["id"] for a in ev["accounts"]] == [inst.harvester]
-    assert ev["accounts"][0]["exchanges"] == 60 and ev["accounts"][0]["watermark_key_ids"] == \
-        [f"acct:{inst.harvester}:v1"]
+    assert ev["accounts"][0]["exchanges"] == 60 and ev["accounts"][0]["watermark_key_ids"] == [
+        f"acct:{inst.harvester}:v1"
+    ]
     ex = ev["exchanges"]
     assert ex["count"] == 60 and ex["completion_tokens"] == 60 * 200
     assert {x["account_id"] for x in ex["items"]} == {inst.harvester}
@@ -255,8 +336,11 @@ def test_account_report_end_to_end(inst, tmp_path):
     a = ev["audit"]
     assert a["verification"]["ok"] and a["verification"]["records"] == inst.store.audit_count()
     assert a["public_key"] == TEST_MASTER.audit_public_key().hex()
-    assert sum(c["subject_records"] for c in a["checkpoints"]) + a["subject_records_unsigned"] \
-        == a["subject_records"] == 60 + 2  # the exchanges and the two action records
+    assert (
+        sum(c["subject_records"] for c in a["checkpoints"]) + a["subject_records_unsigned"]
+        == a["subject_records"]
+        == 60 + 2
+    )  # the exchanges and the two action records
     assert a["checkpoints_covering"] == len(a["checkpoints"]) == a["checkpoints_total"]
     for c in a["checkpoints"]:
         assert c["covers"][0] <= c["seq"] == c["covers"][1] and len(c["signature"]) == 128
@@ -284,8 +368,13 @@ def test_account_report_end_to_end(inst, tmp_path):
 
     # nothing secret: master key, signing seed, API keys, watermark key values, the scan's explicit key
     everything = html_text + files.json.read_text()
-    for secret in [bytes(range(32)).hex(), *inst.api_keys, "987654321987",
-                   str(TEST_MASTER.account_key(inst.harvester).value), str(TEST_MASTER.provider_key().value)]:
+    for secret in [
+        bytes(range(32)).hex(),
+        *inst.api_keys,
+        "987654321987",
+        str(TEST_MASTER.account_key(inst.harvester).value),
+        str(TEST_MASTER.provider_key().value),
+    ]:
         assert secret not in everything
     assert "[withheld]" in files.json.read_text()
 
@@ -305,9 +394,13 @@ def test_tampering_is_reported_as_such(inst, tmp_path):
 def test_failed_control_is_not_hidden(inst, tmp_path):
     suspect = inst.scan(inst.harvester, "student")
     bad_control = inst.scan(inst.bystander, "control-that-is-not", seed=3)
-    files, ev = make_report(inst.store, tmp_path / "out", account=inst.harvester,
-                                scan_files=[inst.write_scan(tmp_path, "s.json", suspect)],
-                                control_files=[inst.write_scan(tmp_path, "c.json", bad_control)])
+    files, ev = make_report(
+        inst.store,
+        tmp_path / "out",
+        account=inst.harvester,
+        scan_files=[inst.write_scan(tmp_path, "s.json", suspect)],
+        control_files=[inst.write_scan(tmp_path, "c.json", bad_control)],
+    )
     check_package(files)
     assert ev["summary"]["verdict"] == "attributed" and not ev["summary"]["controls_ok"]
     assert "must be reviewed" in ev["summary"]["headline"]
@@ -316,8 +409,9 @@ def test_failed_control_is_not_hidden(inst, tmp_path):
 
 def test_innocent_suspect_is_not_accused(inst, tmp_path):
     clean = inst.scan(None, "unrelated-model", seed=4)
-    files, ev = make_report(inst.store, tmp_path / "out", account=inst.harvester,
-                                scan_files=[inst.write_scan(tmp_path, "s.json", clean)])
+    files, ev = make_report(
+        inst.store, tmp_path / "out", account=inst.harvester, scan_files=[inst.write_scan(tmp_path, "s.json", clean)]
+    )
     check_package(files)
     assert ev["summary"]["verdict"] == "not_shown"
     assert not ev["summary"]["confidence"][0]["significant"]
@@ -327,8 +421,9 @@ def test_innocent_suspect_is_not_accused(inst, tmp_path):
 def test_our_mark_without_the_accounts_mark_is_not_attributed(inst, tmp_path):
     """A student of another customer's outputs: ours, but the report must not pin it on this account."""
     other = inst.scan(inst.bystander, "student-of-someone-else", seed=5)
-    files, ev = make_report(inst.store, tmp_path / "out", account=inst.harvester,
-                                scan_files=[inst.write_scan(tmp_path, "s.json", other)])
+    files, ev = make_report(
+        inst.store, tmp_path / "out", account=inst.harvester, scan_files=[inst.write_scan(tmp_path, "s.json", other)]
+    )
     check_package(files)
     s = ev["summary"]
     assert s["verdict"] == "ours_not_attributed" and "does not tie it to" in s["headline"]
@@ -341,11 +436,16 @@ def test_our_mark_without_the_accounts_mark_is_not_attributed(inst, tmp_path):
 def test_cluster_from_monitor_id_with_pooled_scan(inst, tmp_path):
     inst.alerts()
     suspect = inst.scan(inst.harvester, "student")
-    files, ev = make_report(inst.store, tmp_path / "out", cluster="cl_harvest",
-                                scan_files=[inst.write_scan(tmp_path, "s.json", suspect)])
+    files, ev = make_report(
+        inst.store, tmp_path / "out", cluster="cl_harvest", scan_files=[inst.write_scan(tmp_path, "s.json", suspect)]
+    )
     check_package(files)
-    assert ev["subject"] == {"kind": "cluster", "id": "cl_harvest", "source": "monitor",
-                             "account_ids": sorted([inst.harvester, inst.linked])}
+    assert ev["subject"] == {
+        "kind": "cluster",
+        "id": "cl_harvest",
+        "source": "monitor",
+        "account_ids": sorted([inst.harvester, inst.linked]),
+    }
     assert ev["exchanges"]["count"] == 60 + 15
     cl = next(c for c in suspect["clusters"] if c["cluster_id"] == "cl_harvest")
     sr = ev["scans"][0]["subject_result"]
@@ -357,8 +457,12 @@ def test_cluster_from_monitor_id_with_pooled_scan(inst, tmp_path):
 def test_cluster_as_list_pools_the_accounts_exactly(inst, tmp_path):
     scan = inst.scan(inst.harvester, "student")
     scan["clusters"] = []  # a scan that did not pool this group: the report pools the accounts' counts itself
-    files, ev = make_report(inst.store, tmp_path / "out", cluster=f"{inst.harvester},{inst.bystander}",
-                                scan_files=[inst.write_scan(tmp_path, "s.json", scan)])
+    files, ev = make_report(
+        inst.store,
+        tmp_path / "out",
+        cluster=f"{inst.harvester},{inst.bystander}",
+        scan_files=[inst.write_scan(tmp_path, "s.json", scan)],
+    )
     check_package(files)
     rows = [a for a in scan["accounts"] if a["account"] in (inst.harvester, inst.bystander)]
     sr = ev["scans"][0]["subject_result"]
@@ -377,18 +481,25 @@ def test_cluster_as_list_pools_the_accounts_exactly(inst, tmp_path):
 # ---- adapters ------------------------------------------------------------------------------------------
 def test_scan_in_the_documented_shape(inst, tmp_path):
     """A scan written in the shape of the issue (account_id, curve of tokens/p_value, named controls)."""
-    data = {"mode": "closed", "suspect": "https://api.example.com/v1 model=x", "tokens_seen": 9000,
-            "tokens_scored": 4000, "skipped": {"prompt": 40},
-            "parameters": {"watermark": {"gamma": 0.25}, "alpha": 0.001, "api_key": "sk-ad-SECRETSECRET"},
-            "provider": {"green": 1300, "n": 2000, "p_value": 1e-30, "z": 12.0},
-            "accounts": [{"account_id": inst.harvester, "green": 700, "n": 2000, "p_value": 1e-20,
-                          "p_corrected": 3e-20}],
-            "best_account": inst.harvester, "clusters": [],
-            "curve": [{"tokens": 1000, "p_value": 1e-5}, {"tokens": 4000, "p_value": 1e-30}],
-            "controls": [{"name": "base model", "model": "base", "p_value": 0.4, "tokens_scored": 3000}],
-            "verdict": "distilled", "p_value": 2e-30}
-    files, ev = make_report(inst.store, tmp_path / "out", account=inst.harvester,
-                                scan_files=[inst.write_scan(tmp_path, "s.json", data)])
+    data = {
+        "mode": "closed",
+        "suspect": "https://api.example.com/v1 model=x",
+        "tokens_seen": 9000,
+        "tokens_scored": 4000,
+        "skipped": {"prompt": 40},
+        "parameters": {"watermark": {"gamma": 0.25}, "alpha": 0.001, "api_key": "sk-ad-SECRETSECRET"},
+        "provider": {"green": 1300, "n": 2000, "p_value": 1e-30, "z": 12.0},
+        "accounts": [{"account_id": inst.harvester, "green": 700, "n": 2000, "p_value": 1e-20, "p_corrected": 3e-20}],
+        "best_account": inst.harvester,
+        "clusters": [],
+        "curve": [{"tokens": 1000, "p_value": 1e-5}, {"tokens": 4000, "p_value": 1e-30}],
+        "controls": [{"name": "base model", "model": "base", "p_value": 0.4, "tokens_scored": 3000}],
+        "verdict": "distilled",
+        "p_value": 2e-30,
+    }
+    files, ev = make_report(
+        inst.store, tmp_path / "out", account=inst.harvester, scan_files=[inst.write_scan(tmp_path, "s.json", data)]
+    )
     _, html_text, _ = check_package(files)
     s = ev["scans"][0]
     assert s["subject_result"]["p_corrected"] == 3e-20 and s["subject_result"]["fraction"] == 0.35
@@ -416,9 +527,17 @@ def test_no_monitor_data(inst, tmp_path):
     assert sum(1 for tag, k, _ in page.attrs if tag == "img" and k == "src") == 1  # the timeline only
 
 
-@pytest.mark.parametrize(("p", "n", "words"), [
-    (3e-7, 3_300_000, "3.3 million"), (0.0004, 2500, "2,500"), (1e-3, 1000, "1,000"), (2.5e-10, 4e9, "4 billion"),
-    (0.3, 3, "3"), (7e-13, 1.4e12, "1.4 trillion")])
+@pytest.mark.parametrize(
+    ("p", "n", "words"),
+    [
+        (3e-7, 3_300_000, "3.3 million"),
+        (0.0004, 2500, "2,500"),
+        (1e-3, 1000, "1,000"),
+        (2.5e-10, 4e9, "4 billion"),
+        (0.3, 3, "3"),
+        (7e-13, 1.4e12, "1.4 trillion"),
+    ],
+)
 def test_one_in_rounds_down(p, n, words):
     got_n, got_words = rep.one_in(p)
     assert got_n == pytest.approx(n) and got_words == words and got_n * p <= 1 + 1e-12
@@ -486,15 +605,27 @@ def run(capsys, *argv):
 def test_cli_writes_the_package(cli_env, tmp_path, capsys):
     inst = cli_env
     scan = inst.write_scan(tmp_path, "s.json", inst.scan(inst.harvester, "student"))
-    code, out, err = run(capsys, "report", "--account", inst.harvester, "--scan", scan, "--out", tmp_path / "pkg",
-                         "--json", "--database-url", inst.url)
+    code, out, err = run(
+        capsys,
+        "report",
+        "--account",
+        inst.harvester,
+        "--scan",
+        scan,
+        "--out",
+        tmp_path / "pkg",
+        "--json",
+        "--database-url",
+        inst.url,
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["verdict"] == "attributed" and res["audit_ok"] and Path(res["html"]).is_file()
     ev = json.loads(Path(res["json"]).read_text())
     assert ev["audit"]["reverify"][0]["command"].endswith(f"--database-url {shlex.quote(inst.url)}")
-    code, out, err = run(capsys, "report", "--account", inst.harvester, "--out", tmp_path / "pkg2",
-                         "--database-url", inst.url)
+    code, out, err = run(
+        capsys, "report", "--account", inst.harvester, "--out", tmp_path / "pkg2", "--database-url", inst.url
+    )
     assert code == 0 and "report.html" in out
 
 
@@ -503,12 +634,14 @@ def test_cli_errors_are_one_line(cli_env, tmp_path, capsys, case):
     inst = cli_env
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2")
-    args = {"neither": [],
-            "both": ["--account", inst.harvester, "--cluster", "c"],
-            "unknown": ["--account", "acct_nobody"],
-            "missing-scan": ["--account", inst.harvester, "--scan", tmp_path / "nope.json"],
-            "malformed": ["--account", inst.harvester, "--scan", bad],
-            "no-out": ["--account", inst.harvester]}[case]
+    args = {
+        "neither": [],
+        "both": ["--account", inst.harvester, "--cluster", "c"],
+        "unknown": ["--account", "acct_nobody"],
+        "missing-scan": ["--account", inst.harvester, "--scan", tmp_path / "nope.json"],
+        "malformed": ["--account", inst.harvester, "--scan", bad],
+        "no-out": ["--account", inst.harvester],
+    }[case]
     out_args = [] if case == "no-out" else ["--out", tmp_path / "o"]
     code, out, err = run(capsys, "report", *args, *out_args, "--database-url", inst.url)
     assert code == 2, (out, err)
@@ -524,12 +657,24 @@ def test_cli_scans_a_suspect_model_now(cli_env, shared_cache_env, tmp_path, caps
     from antidistill.models.embedded import embedded_gguf_path
 
     inst = cli_env
-    code, out, err = run(capsys, "report", "--account", inst.harvester, "--suspect-model", embedded_gguf_path(),
-                         "--out", tmp_path / "pkg", "--json", "--database-url", inst.url)
+    code, out, err = run(
+        capsys,
+        "report",
+        "--account",
+        inst.harvester,
+        "--suspect-model",
+        embedded_gguf_path(),
+        "--out",
+        tmp_path / "pkg",
+        "--json",
+        "--database-url",
+        inst.url,
+    )
     assert code == 0, err
     res = json.loads(out)
-    ev, _, _ = check_package(rep.ReportFiles(Path(res["html"]), Path(res["json"]), Path(res["html"]).parent /
-                                             "SHA256SUMS"))
+    ev, _, _ = check_package(
+        rep.ReportFiles(Path(res["html"]), Path(res["json"]), Path(res["html"]).parent / "SHA256SUMS")
+    )
     (scan,) = ev["scans"]
     assert scan["mode"] == "open" and scan["tokens_scored"] > 0 and scan["source"]["path"].startswith("(scanned now)")
     assert res["verdict"] == "not_shown" and not scan["significant"]

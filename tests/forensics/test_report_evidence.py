@@ -51,63 +51,155 @@ def inst(tmp_path):
 
 
 # ---- small hand-built evidence -------------------------------------------------------------------------
-def scan(role: str = "suspect", p: float | None = 0.5, subject_p: float | None = None, alpha: float = 1e-3,
-         controls: tuple[ControlEntry, ...] = (), key_controls: KeyControls | None = None,
-         name: str = "suspect-model") -> ScanEntry:
+def scan(
+    role: str = "suspect",
+    p: float | None = 0.5,
+    subject_p: float | None = None,
+    alpha: float = 1e-3,
+    controls: tuple[ControlEntry, ...] = (),
+    key_controls: KeyControls | None = None,
+    name: str = "suspect-model",
+) -> ScanEntry:
     """A scan entry with only what the verdict reads set to something that matters."""
-    subj = None if subject_p is None else SubjectResult(
-        green=60, n=100, fraction=0.6, expected_fraction=0.25, p_value=subject_p, p_corrected=subject_p, z=8.0,
-        key_id="acct:a:v1", kind="account", id="acct_a", computed_by="scan")
+    subj = (
+        None
+        if subject_p is None
+        else SubjectResult(
+            green=60,
+            n=100,
+            fraction=0.6,
+            expected_fraction=0.25,
+            p_value=subject_p,
+            p_corrected=subject_p,
+            z=8.0,
+            key_id="acct:a:v1",
+            kind="account",
+            id="acct_a",
+            computed_by="scan",
+        )
+    )
     return ScanEntry(
-        role=role, source=ScanSource(path=f"{name}.json", sha256="ab" * 32, bytes=10), suspect=name, mode="open",
-        alpha=alpha, gamma=0.25, p_value=p, significant=p is not None and p <= alpha, verdict=None, texts=3,
-        tokens_seen=200, tokens_scored=100, skipped={}, provider=TestResult(
-            green=40, n=100, fraction=0.4, expected_fraction=0.25, p_value=p, p_corrected=None, z=3.0, key_id=None),
-        subject_result=subj, subject_p=subject_p, subject_significant=subject_p is not None and subject_p <= alpha,
-        best_account="acct_a", attributed_account=None, attributed_cluster=None, accounts_tested=1,
-        controls=controls, key_controls=key_controls, controls_ok=not any(c.significant for c in controls),
-        curve=(), parameters={"alpha": alpha}, raw={})
+        role=role,
+        source=ScanSource(path=f"{name}.json", sha256="ab" * 32, bytes=10),
+        suspect=name,
+        mode="open",
+        alpha=alpha,
+        gamma=0.25,
+        p_value=p,
+        significant=p is not None and p <= alpha,
+        verdict=None,
+        texts=3,
+        tokens_seen=200,
+        tokens_scored=100,
+        skipped={},
+        provider=TestResult(
+            green=40, n=100, fraction=0.4, expected_fraction=0.25, p_value=p, p_corrected=None, z=3.0, key_id=None
+        ),
+        subject_result=subj,
+        subject_p=subject_p,
+        subject_significant=subject_p is not None and subject_p <= alpha,
+        best_account="acct_a",
+        attributed_account=None,
+        attributed_cluster=None,
+        accounts_tested=1,
+        controls=controls,
+        key_controls=key_controls,
+        controls_ok=not any(c.significant for c in controls),
+        curve=(),
+        parameters={"alpha": alpha},
+        raw={},
+    )
 
 
 def evidence(*scans: ScanEntry, audit_ok: bool = True, cited: tuple[CitedClause, ...] = ()) -> Evidence:
     """The smallest evidence: one account without traffic, a verified (or failed) log, no monitor."""
     return Evidence(
-        format=FORMAT, generated_at="2025-03-04T09:00:00Z", antidistill_version="0.1.0",
-        subject=Subject("account", "acct_a", ("acct_a",)), accounts=(),
-        exchanges=ExchangeSection(count=0, listed=0, truncated=False, prompt_tokens=0, completion_tokens=0,
-                                  first=None, last=None, endpoints={}, client_addrs={}, user_agents={}, statuses={},
-                                  unwatermarked=0, timeline=Timeline(bin=None, bins=()), items=()),
+        format=FORMAT,
+        generated_at="2025-03-04T09:00:00Z",
+        antidistill_version="0.1.0",
+        subject=Subject("account", "acct_a", ("acct_a",)),
+        accounts=(),
+        exchanges=ExchangeSection(
+            count=0,
+            listed=0,
+            truncated=False,
+            prompt_tokens=0,
+            completion_tokens=0,
+            first=None,
+            last=None,
+            endpoints={},
+            client_addrs={},
+            user_agents={},
+            statuses={},
+            unwatermarked=0,
+            timeline=Timeline(bin=None, bins=()),
+            items=(),
+        ),
         audit=AuditSection(
-            verification=Verification(ok=audit_ok, records=5, checkpoints=0, first_bad_seq=None if audit_ok else 3,
-                                      first_bad_response_id=None, problem=None if audit_ok else "hash mismatch",
-                                      details={}),
+            verification=Verification(
+                ok=audit_ok,
+                records=5,
+                checkpoints=0,
+                first_bad_seq=None if audit_ok else 3,
+                first_bad_response_id=None,
+                problem=None if audit_ok else "hash mismatch",
+                details={},
+            ),
             head=AuditHead(seq=5, hash="00" * 32, last_checkpoint_seq=0, signed_at=None, signature=None),
-            checkpoint_every=1000, public_key=None, public_key_fingerprint=None, public_keys_seen=(),
-            checkpoints_total=0, checkpoints_covering=0, checkpoints=(), subject_records=0,
-            subject_records_unsigned=0, reverify=()),
-        monitor=MonitorSection(available=False, note="no monitor data", alerts=(), highest_level=None, max_risk=None,
-                               enforcement={}, actions=()),
+            checkpoint_every=1000,
+            public_key=None,
+            public_key_fingerprint=None,
+            public_keys_seen=(),
+            checkpoints_total=0,
+            checkpoints_covering=0,
+            checkpoints=(),
+            subject_records=0,
+            subject_records_unsigned=0,
+            reverify=(),
+        ),
+        monitor=MonitorSection(
+            available=False,
+            note="no monitor data",
+            alerts=(),
+            highest_level=None,
+            max_risk=None,
+            enforcement={},
+            actions=(),
+        ),
         scans=scans,
-        policy=PolicySection(available=bool(cited), name=None, source=None, clauses_breached=cited,
-                             clauses_total=None, note=None),
+        policy=PolicySection(
+            available=bool(cited), name=None, source=None, clauses_breached=cited, clauses_total=None, note=None
+        ),
     )
 
 
 def model_control(p: float) -> ControlEntry:
-    return ControlEntry(name="model:base", kind="model", model="base", key=None, green=30, tokens_scored=100,
-                        p_value=p, p_corrected=p, significant=p <= 1e-3)
+    return ControlEntry(
+        name="model:base",
+        kind="model",
+        model="base",
+        key=None,
+        green=30,
+        tokens_scored=100,
+        p_value=p,
+        p_corrected=p,
+        significant=p <= 1e-3,
+    )
 
 
 # ---- the verdict ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("scans", "outcome"), [
-    ((), "not_tested"),
-    ((scan(p=1e-9, subject_p=1e-6),), "attributed"),
-    ((scan(p=1e-9, subject_p=0.2),), "ours_not_attributed"),
-    ((scan(p=0.3, subject_p=0.4),), "not_shown"),
-    ((scan(p=0.3, subject_p=0.4), scan(p=1e-5, subject_p=1e-4, name="second")), "attributed"),
-    ((scan(role="control", p=0.6),), "not_tested"),  # a control scan is not a suspect
-    ((scan(p=2e-3, subject_p=2e-3, alpha=1e-2),), "attributed"),  # each scan's own threshold
-])
+@pytest.mark.parametrize(
+    ("scans", "outcome"),
+    [
+        ((), "not_tested"),
+        ((scan(p=1e-9, subject_p=1e-6),), "attributed"),
+        ((scan(p=1e-9, subject_p=0.2),), "ours_not_attributed"),
+        ((scan(p=0.3, subject_p=0.4),), "not_shown"),
+        ((scan(p=0.3, subject_p=0.4), scan(p=1e-5, subject_p=1e-4, name="second")), "attributed"),
+        ((scan(role="control", p=0.6),), "not_tested"),  # a control scan is not a suspect
+        ((scan(p=2e-3, subject_p=2e-3, alpha=1e-2),), "attributed"),  # each scan's own threshold
+    ],
+)
 def test_verdict_of_hand_built_evidence(scans, outcome):
     assert decide(evidence(*scans)) == Verdict(outcome, controls_ok=True, audit_ok=True)
 
@@ -139,8 +231,9 @@ def test_summary_of_hand_built_evidence():
 
 # ---- typed evidence <-> report.json --------------------------------------------------------------------
 def test_hand_built_evidence_round_trips():
-    clause = CitedClause(id="4.1", title="No distillation", text="…", cited_by=("block of acct_a",),
-                         quoted_text_differs=True)
+    clause = CitedClause(
+        id="4.1", title="No distillation", text="…", cited_by=("block of acct_a",), quoted_text_differs=True
+    )
     ev = evidence(scan(p=1e-9, subject_p=1e-7, controls=(model_control(0.4),)), cited=(clause,))
     ev = dataclasses.replace(ev, summary=summarize(ev))
     data = ev.to_json()
@@ -165,8 +258,14 @@ def test_real_report_json_round_trips(inst, tmp_path):
     inst.alerts()
     suspect = inst.write_scan(tmp_path, "s.json", inst.scan(inst.harvester, "student"))
     control = inst.write_scan(tmp_path, "c.json", inst.scan(None, "independent", seed=2))
-    files, ev = make_report(inst.store, tmp_path / "out", cluster="cl_harvest", scan_files=[suspect],
-                                control_files=[control], now=T0 + timedelta(days=3))
+    files, ev = make_report(
+        inst.store,
+        tmp_path / "out",
+        cluster="cl_harvest",
+        scan_files=[suspect],
+        control_files=[control],
+        now=T0 + timedelta(days=3),
+    )
     data = json.loads(files.json.read_text(encoding="utf-8"))
     typed = Evidence.from_json(data)
     assert typed.to_json() == data == ev
@@ -178,8 +277,14 @@ def test_real_report_json_round_trips(inst, tmp_path):
     assert typed.summary is not None and typed.summary.verdict == ev["summary"]["verdict"] == decide(typed).outcome
     # gathering again gives the same typed evidence, whose JSON is the file's
     subject = rep.resolve_subject(inst.store, cluster="cl_harvest")
-    again = rep.gather(inst.store, subject, scans=[rep.load_scan(suspect)], control_scans=[rep.load_scan(control)],
-                       policy=rep.load_policy(), now=T0 + timedelta(days=3))
+    again = rep.gather(
+        inst.store,
+        subject,
+        scans=[rep.load_scan(suspect)],
+        control_scans=[rep.load_scan(control)],
+        policy=rep.load_policy(),
+        now=T0 + timedelta(days=3),
+    )
     assert again == typed and Evidence.from_json(again.to_json()) == again
     assert rep.control_rows(typed) == rep.control_rows(data)
 
@@ -193,12 +298,14 @@ def test_everything_from_outside_is_escaped(inst, tmp_path):
     acct, _, _ = inst.store.create_account("<b>Evil</b> Co", metadata={"organisation": HOSTILE, "<k>": "v"})
     inst.store.append_audit(exchange(1, acct.id, f"acct:{acct.id}:v1", T0))
     entry = exchange(2, acct.id, f"acct:{acct.id}:v1", T0 + timedelta(minutes=5))
-    inst.store.append_audit(dataclasses.replace(entry, request={"messages": [{"role": "user", "content": HOSTILE}]},
-                                                user_agent=HOSTILE))
+    inst.store.append_audit(
+        dataclasses.replace(entry, request={"messages": [{"role": "user", "content": HOSTILE}]}, user_agent=HOSTILE)
+    )
     data = inst.scan(acct.id, HOSTILE)
     data["parameters"]["<param>"] = HOSTILE
-    files, ev = make_report(inst.store, tmp_path / "out", account=acct.id,
-                                scan_files=[inst.write_scan(tmp_path, "s.json", data)])
+    files, ev = make_report(
+        inst.store, tmp_path / "out", account=acct.id, scan_files=[inst.write_scan(tmp_path, "s.json", data)]
+    )
     _, html_text, page = check_package(files)  # among its checks: no <script anywhere in the page
     assert ev["exchanges"]["items"][1]["prompt_excerpt"] == HOSTILE  # the JSON keeps the text as it was
     assert "&lt;script&gt;" in html_text and "<img src=x" not in html_text and "<b>Evil" not in html_text
@@ -221,10 +328,13 @@ def test_render_html_escapes_evidence_given_directly():
 def test_template_dir_takes_precedence(inst, tmp_path):
     d = tmp_path / "letterhead"
     d.mkdir()
-    (d / "letterhead.html").write_text('<p class="letterhead">Example Legal LLP, case {{ ev.subject.id }}: '
-                                       "{{ ev.accounts[0].name }}</p>", encoding="utf-8")
-    (d / "style.css").write_text("{% include 'builtin/style.css' %}\n.letterhead { font-variant: small-caps; }\n",
-                                 encoding="utf-8")
+    (d / "letterhead.html").write_text(
+        '<p class="letterhead">Example Legal LLP, case {{ ev.subject.id }}: {{ ev.accounts[0].name }}</p>',
+        encoding="utf-8",
+    )
+    (d / "style.css").write_text(
+        "{% include 'builtin/style.css' %}\n.letterhead { font-variant: small-caps; }\n", encoding="utf-8"
+    )
     acct, _, _ = inst.store.create_account("<i>Quiet</i> Co")
     files, ev = make_report(inst.store, tmp_path / "out", account=acct.id, template_dir=d)
     _, html_text, page = check_package(files)
@@ -234,8 +344,11 @@ def test_template_dir_takes_precedence(inst, tmp_path):
     assert "What we found" in page.visible  # the rest is the shipped report
 
     # a page of one's own extends the shipped one and overrides a block
-    (d / "report.html").write_text('{% extends "builtin/report.html" %}{% block footer %}<footer>Privileged and '
-                                   "confidential</footer>{% endblock %}", encoding="utf-8")
+    (d / "report.html").write_text(
+        '{% extends "builtin/report.html" %}{% block footer %}<footer>Privileged and '
+        "confidential</footer>{% endblock %}",
+        encoding="utf-8",
+    )
     files = rep.write_report(ev, tmp_path / "out2", template_dir=d)
     _, html_text, page = check_package(files)
     assert page.visible.endswith("Privileged and confidential") and "Example Legal LLP" in page.visible
@@ -270,14 +383,36 @@ def test_cli_template_dir(cli_env, tmp_path, capsys):
     d = tmp_path / "tpl"
     d.mkdir()
     (d / "letterhead.html").write_text("<p>Example Legal LLP</p>", encoding="utf-8")
-    code, out, err = run(capsys, "report", "--account", inst.harvester, "--out", tmp_path / "pkg", "--template-dir",
-                         d, "--json", "--database-url", inst.url)
+    code, out, err = run(
+        capsys,
+        "report",
+        "--account",
+        inst.harvester,
+        "--out",
+        tmp_path / "pkg",
+        "--template-dir",
+        d,
+        "--json",
+        "--database-url",
+        inst.url,
+    )
     assert code == 0, err
     assert "Example Legal LLP" in Path(json.loads(out)["html"]).read_text(encoding="utf-8")
-    code, out, err = run(capsys, "report", "--account", inst.harvester, "--out", tmp_path / "pkg2", "--template-dir",
-                         tmp_path / "missing", "--database-url", inst.url)
+    code, out, err = run(
+        capsys,
+        "report",
+        "--account",
+        inst.harvester,
+        "--out",
+        tmp_path / "pkg2",
+        "--template-dir",
+        tmp_path / "missing",
+        "--database-url",
+        inst.url,
+    )
     assert code == 2 and [ln for ln in err.splitlines() if ln.strip()] == [
-        f"error: template directory not found: {tmp_path / 'missing'}"]
+        f"error: template directory not found: {tmp_path / 'missing'}"
+    ]
 
 
 def test_shipped_templates_are_package_data():
@@ -287,4 +422,3 @@ def test_shipped_templates_are_package_data():
     names = {p.name for p in tpl.iterdir()}
     assert {"report.html", "style.css", "letterhead.html"} <= names
     assert all(n.endswith((".html", ".css")) for n in names)  # what pyproject's package-data ships
-

@@ -43,8 +43,14 @@ LiveServer = BackgroundServer  # the tests' name for it
 
 
 def gateway_settings(data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"env": "test", "data_dir": data_dir, "cache_dir": data_dir / "cache",
-                              "backend": "fake", "admin_token": ADMIN_TOKEN, "master_key": MASTER_KEY}
+    values: dict[str, Any] = {
+        "env": "test",
+        "data_dir": data_dir,
+        "cache_dir": data_dir / "cache",
+        "backend": "fake",
+        "admin_token": ADMIN_TOKEN,
+        "master_key": MASTER_KEY,
+    }
     values.update(overrides)
     return Settings(**values)
 
@@ -142,33 +148,55 @@ def stub_upstream(mode: dict[str, Any]) -> FastAPI:
         if mode.get("delay"):
             await asyncio.sleep(mode["delay"])
         if mode.get("status"):
-            return JSONResponse({"error": {"message": "stub failure", "type": "server_error"}},
-                                status_code=mode["status"])
+            return JSONResponse(
+                {"error": {"message": "stub failure", "type": "server_error"}}, status_code=mode["status"]
+            )
         text = mode.get("text", "Hello from upstream")
         n = body.get("n", 1)
         usage = {"prompt_tokens": 7, "completion_tokens": 4 * n, "total_tokens": 7 + 4 * n}
         if body.get("stream"):
+
             async def events():
                 for i in range(n):
                     for piece in text.split(" "):
                         delta = {"delta": {"content": piece + " "}} if chat else {"text": piece + " "}
-                        event = {"id": "up", "model": "stub-model",
-                                 "choices": [{"index": i, "finish_reason": None, **delta}]}
+                        event = {
+                            "id": "up",
+                            "model": "stub-model",
+                            "choices": [{"index": i, "finish_reason": None, **delta}],
+                        }
                         yield "data: " + json.dumps(event) + "\n\n"
                     done = {"delta": {}} if chat else {"text": ""}
-                    yield "data: " + json.dumps({"id": "up", "model": "stub-model",
-                                                 "choices": [{"index": i, "finish_reason": "stop", **done}]}) + "\n\n"
+                    yield (
+                        "data: "
+                        + json.dumps(
+                            {
+                                "id": "up",
+                                "model": "stub-model",
+                                "choices": [{"index": i, "finish_reason": "stop", **done}],
+                            }
+                        )
+                        + "\n\n"
+                    )
                 yield "data: " + json.dumps({"id": "up", "model": "stub-model", "choices": [], "usage": usage}) + "\n\n"
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
         if chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                       for i in range(n)]
+            choices = [
+                {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                for i in range(n)
+            ]
         else:
             choices = [{"index": i, "text": text, "finish_reason": "stop"} for i in range(n)]
-        return {"id": "up", "object": "chat.completion", "created": 0, "model": "stub-model", "choices": choices,
-                "usage": usage}
+        return {
+            "id": "up",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "stub-model",
+            "choices": choices,
+            "usage": usage,
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -231,7 +259,10 @@ def pg_schema():
     conn = postgres_or_skip()
     schema = f"gw_{uuid.uuid4().hex[:12]}"
     conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False)
+    yield (
+        make_url(POSTGRES_URL)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
     conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     conn.close()

@@ -31,11 +31,14 @@ def _serve_app() -> typer.Typer:
     return app
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--backend", "upstream"], "--upstream-url"),
-    (["--backend", "fake", "--workers", "2"], "--redis-url"),
-    (["--backend", "fake", "--database-url", "mysql://x/y"], "not supported"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "upstream"], "--upstream-url"),
+        (["--backend", "fake", "--workers", "2"], "--redis-url"),
+        (["--backend", "fake", "--database-url", "mysql://x/y"], "not supported"),
+    ],
+)
 def test_serve_refuses_bad_configuration_in_one_line(args, message):
     result = CliRunner().invoke(_serve_app(), args)
     assert isinstance(result.exception, ConfigError), result.output
@@ -44,8 +47,16 @@ def test_serve_refuses_bad_configuration_in_one_line(args, message):
 
 def test_serve_help_lists_the_options():
     out = CliRunner().invoke(_serve_app(), ["--help"]).output
-    for opt in ("--host", "--port", "--backend", "--model", "--upstream-url", "--database-url", "--redis-url",
-                "--workers"):
+    for opt in (
+        "--host",
+        "--port",
+        "--backend",
+        "--model",
+        "--upstream-url",
+        "--database-url",
+        "--redis-url",
+        "--workers",
+    ):
         assert opt in out
 
 
@@ -109,8 +120,10 @@ def test_abandoned_stream_is_audited_with_what_was_sent(gateway_dir, store):
     with start_gateway(gateway_dir, store, backend=SlowStream()) as gw:
         account, key, _ = gw.account("leaves-early")
         body = dict(CHAT, max_tokens=40, stream=True, seed=4)
-        with httpx.Client(timeout=10) as c, \
-                c.stream("POST", gw.v1 + "/chat/completions", json=body, headers=auth(key)) as r:
+        with (
+            httpx.Client(timeout=10) as c,
+            c.stream("POST", gw.v1 + "/chat/completions", json=body, headers=auth(key)) as r,
+        ):
             lines = r.iter_lines()
             first = next(line for line in lines if line.startswith("data:"))
             response_id = first.split('"id":"')[1].split('"')[0]
@@ -166,8 +179,7 @@ def test_admin_api_never_opens_with_a_blank_token(gateway_dir, store, client):
 
     for blank in ("", "  "):
         settings = gateway_settings(gateway_dir).model_copy(update={"admin_token": SecretStr(blank)})
-        app = create_app(settings, backend=FakeBackend(), store=store,
-                         keyring=KeyRing(MasterKey.from_text(MASTER_KEY)))
+        app = create_app(settings, backend=FakeBackend(), store=store, keyring=KeyRing(MasterKey.from_text(MASTER_KEY)))
         before = len(store.list_accounts())
         with LiveServer(app) as srv:
             # (a header value cannot end in blanks: "Bearer" is what "Bearer " + a blank token arrives as)

@@ -27,13 +27,32 @@ def database_url(request, tmp_path):
 
 
 def _env(tmp_path) -> dict[str, str]:
-    return {**os.environ, "ANTIDISTILL_ENV": "test", "ANTIDISTILL_DATA_DIR": str(tmp_path),
-            "ANTIDISTILL_MASTER_KEY": MASTER_KEY, "ANTIDISTILL_ADMIN_TOKEN": ADMIN_TOKEN}
+    return {
+        **os.environ,
+        "ANTIDISTILL_ENV": "test",
+        "ANTIDISTILL_DATA_DIR": str(tmp_path),
+        "ANTIDISTILL_MASTER_KEY": MASTER_KEY,
+        "ANTIDISTILL_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
 
 
 def _serve(port: int, db_url: str, env: dict[str, str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "antidistill.cli", "serve", "--backend", "fake", "--host", "127.0.0.1",
-           "--port", str(port), "--database-url", db_url, "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "antidistill.cli",
+        "serve",
+        "--backend",
+        "fake",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database-url",
+        db_url,
+        "--log-level",
+        "warning",
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -99,8 +118,13 @@ def test_kill_9_during_load_loses_no_served_exchange(tmp_path, database_url):
         logged = {rec["response_id"] for rec in store.iter_audit()}
         missing = [rid for rid in served if rid not in logged]
         assert not missing, f"{len(missing)} of {len(served)} served responses are not in the audit log"
-        verify = subprocess.run([sys.executable, "-m", "antidistill.cli", "audit", "verify", "--database-url",
-                                 database_url], env=env, capture_output=True, text=True, timeout=120)
+        verify = subprocess.run(
+            [sys.executable, "-m", "antidistill.cli", "audit", "verify", "--database-url", database_url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert verify.returncode == 0, verify.stdout + verify.stderr
     finally:
         stop.set()

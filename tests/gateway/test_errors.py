@@ -67,11 +67,12 @@ def test_403_disabled_account_and_enable_again(gateway, client):
     err = assert_error(client.post(url, json=CHAT, headers=auth(key)), 403, "account_disabled")
     assert err["type"] == "permission_error"
     assert_error(client.get(gateway.v1 + "/models", headers=auth(key)), 403)
-    with openai.OpenAI(base_url=gateway.v1, api_key=key, max_retries=0) as sdk, \
-            pytest.raises(openai.PermissionDeniedError):
+    with (
+        openai.OpenAI(base_url=gateway.v1, api_key=key, max_retries=0) as sdk,
+        pytest.raises(openai.PermissionDeniedError),
+    ):
         sdk.chat.completions.create(**CHAT)
-    client.patch(f"{gateway.url}/admin/accounts/{account.id}", json={"enabled": True},
-                 headers=gateway.admin_headers())
+    client.patch(f"{gateway.url}/admin/accounts/{account.id}", json={"enabled": True}, headers=gateway.admin_headers())
     assert client.post(url, json=CHAT, headers=auth(key)).status_code == 200
 
 
@@ -161,8 +162,11 @@ _FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|[0-9
 
 @pytest.mark.parametrize("name", list(BAD_BODIES))
 def test_400_invalid_bodies(gateway, client, user, name):
-    r = client.post(gateway.v1 + "/chat/completions", content=BAD_BODIES[name],
-                    headers={**auth(user), "Content-Type": "application/json"})
+    r = client.post(
+        gateway.v1 + "/chat/completions",
+        content=BAD_BODIES[name],
+        headers={**auth(user), "Content-Type": "application/json"},
+    )
     err = assert_error(r, 400)
     assert err["type"] == "invalid_request_error"
     # a param names the client's field path, never pydantic's validators or union members
@@ -170,13 +174,18 @@ def test_400_invalid_bodies(gateway, client, user, name):
     assert "function-" not in err["message"] and "[" not in (err["param"] or "")
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"model": "x", "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
-    ({"model": "x", "messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content"),
-    ({"model": "x", "messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "hi"}]},
-     "messages.1.role"),
-    ({"model": "x", "messages": [{"role": "user", "content": "hi"}], "stop": 5}, "stop"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "x", "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+        ({"model": "x", "messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content"),
+        (
+            {"model": "x", "messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "hi"}]},
+            "messages.1.role",
+        ),
+        ({"model": "x", "messages": [{"role": "user", "content": "hi"}], "stop": 5}, "stop"),
+    ],
+)
 def test_400_param_is_the_clients_field_path(gateway, client, user, body, param):
     err = assert_error(client.post(gateway.v1 + "/chat/completions", json=body, headers=auth(user)), 400)
     assert err["param"] == param, err
@@ -209,9 +218,13 @@ def test_404_and_405(gateway, client, user):
 
 def test_413_ten_megabyte_body(gateway, client, user):
     big = json.dumps(dict(CHAT, messages=[{"role": "user", "content": "x" * (10 * 1024 * 1024)}])).encode()
-    err = assert_error(client.post(gateway.v1 + "/chat/completions", content=big,
-                                   headers={**auth(user), "Content-Type": "application/json"}), 413,
-                       "request_too_large")
+    err = assert_error(
+        client.post(
+            gateway.v1 + "/chat/completions", content=big, headers={**auth(user), "Content-Type": "application/json"}
+        ),
+        413,
+        "request_too_large",
+    )
     assert "limit" in err["message"]
 
 
@@ -222,8 +235,9 @@ def test_413_chunked_body_without_content_length(gateway, client, user):
             yield b"y" * 65536
         yield b'"}]}'
 
-    r = client.post(gateway.v1 + "/chat/completions", content=chunks(),
-                    headers={**auth(user), "Content-Type": "application/json"})
+    r = client.post(
+        gateway.v1 + "/chat/completions", content=chunks(), headers={**auth(user), "Content-Type": "application/json"}
+    )
     assert_error(r, 413)
 
 
@@ -244,14 +258,15 @@ def test_502_upstream_unreachable(gateway_dir, store, client):
     with start_gateway(gateway_dir, store, backend=backend) as gw:
         account, key, _ = gw.account("upstream-dead")
         before = len(gw.audit())
-        err = assert_error(client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)), 502,
-                           "backend_error")
+        err = assert_error(client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)), 502, "backend_error")
         assert err["type"] == "server_error"
         assert_error(client.post(gw.v1 + "/chat/completions", json=dict(CHAT, stream=True), headers=auth(key)), 502)
         failed = gw.audit()[before:]
         assert [r["status"] for r in failed] == [502, 502] and all(r["account_id"] == account.id for r in failed)
-        with openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0) as sdk, \
-                pytest.raises(openai.InternalServerError):
+        with (
+            openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0) as sdk,
+            pytest.raises(openai.InternalServerError),
+        ):
             sdk.chat.completions.create(**CHAT)
         metrics = client.get(gw.url + "/metrics").text
         assert 'antidistill_backend_errors_total{backend="upstream",kind="error"} 3.0' in metrics
@@ -266,11 +281,16 @@ def test_502_upstream_error_status_and_504_slow_upstream(gateway_dir, store, cli
             assert_error(client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)), 502)
             mode.clear()
             mode["delay"] = 1.5
-            err = assert_error(client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)), 504,
-                               "backend_timeout")
+            err = assert_error(
+                client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)), 504, "backend_timeout"
+            )
             assert err["type"] == "server_error"
-            assert_error(client.post(gw.v1 + "/completions", json={"model": "m", "prompt": "hi", "stream": True},
-                                     headers=auth(key)), 504)
+            assert_error(
+                client.post(
+                    gw.v1 + "/completions", json={"model": "m", "prompt": "hi", "stream": True}, headers=auth(key)
+                ),
+                504,
+            )
             assert gw.audit()[-1]["status"] == 504
 
 
@@ -287,11 +307,18 @@ def test_upstream_relay_through_the_sdk(gateway_dir, store):
         with start_gateway(gateway_dir, store, backend=backend) as gw:
             _, key, _ = gw.account("upstream-ok")
             with openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0) as sdk:
-                r = sdk.chat.completions.create(model="whatever", messages=[{"role": "user", "content": "hi"}],
-                                                max_tokens=5, n=2)
-                chunks = list(sdk.chat.completions.create(model="whatever", max_tokens=5, stream=True,
-                                                          messages=[{"role": "user", "content": "hi"}],
-                                                          stream_options={"include_usage": True}))
+                r = sdk.chat.completions.create(
+                    model="whatever", messages=[{"role": "user", "content": "hi"}], max_tokens=5, n=2
+                )
+                chunks = list(
+                    sdk.chat.completions.create(
+                        model="whatever",
+                        max_tokens=5,
+                        stream=True,
+                        messages=[{"role": "user", "content": "hi"}],
+                        stream_options={"include_usage": True},
+                    )
+                )
                 c = sdk.completions.create(model="whatever", prompt="hi", max_tokens=5)
             assert [ch.message.content for ch in r.choices] == ["relayed words here"] * 2
             assert r.usage.prompt_tokens == 7 and r.usage.completion_tokens == 8
@@ -326,8 +353,9 @@ class _BrokenAudit:
 def test_500_when_the_audit_log_fails(gateway_dir, store, client):
     with start_gateway(gateway_dir, _BrokenAudit(store)) as gw:
         _, key, _ = store.create_account("audit-broken")
-        err = assert_error(client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)), 500,
-                           "audit_unavailable")
+        err = assert_error(
+            client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)), 500, "audit_unavailable"
+        )
         assert "audit" in err["message"]
         # a stream whose opening record cannot be written is refused before any text
         r = client.post(gw.v1 + "/chat/completions", json=dict(CHAT, stream=True), headers=auth(key))
@@ -379,8 +407,11 @@ def test_admin_api_disabled_without_a_token(gateway_dir, store, client):
 
 def test_admin_account_lifecycle(gateway, client):
     h = gateway.admin_headers()
-    r = client.post(gateway.url + "/admin/accounts", headers=h,
-                    json={"name": "acme", "rpm": 10, "tpm": 1000, "metadata": {"organisation": "Acme"}})
+    r = client.post(
+        gateway.url + "/admin/accounts",
+        headers=h,
+        json={"name": "acme", "rpm": 10, "tpm": 1000, "metadata": {"organisation": "Acme"}},
+    )
     assert r.status_code == 201
     body = r.json()
     account, key = body["account"], body["api_key"]
@@ -390,8 +421,14 @@ def test_admin_account_lifecycle(gateway, client):
     keys = client.get(f"{gateway.url}/admin/accounts/{account['id']}/keys", headers=h).json()
     assert [k["id"] for k in keys] == [body["key"]["id"]]
     assert_error(client.delete(f"{gateway.url}/admin/accounts/{account['id']}/keys/key_other", headers=h), 404)
-    for bad in ({"name": ""}, {"name": "x", "rpm": 0}, {"name": "x", "rpm": "5"}, {"name": "a\x00b"},
-                {"name": "x", "unknown": 1}, {"name": "x", "metadata": [1]}):
+    for bad in (
+        {"name": ""},
+        {"name": "x", "rpm": 0},
+        {"name": "x", "rpm": "5"},
+        {"name": "a\x00b"},
+        {"name": "x", "unknown": 1},
+        {"name": "x", "metadata": [1]},
+    ):
         assert_error(client.post(gateway.url + "/admin/accounts", headers=h, json=bad), 400)
 
 
@@ -402,8 +439,15 @@ def test_no_secret_in_any_response(gateway, client):
     key, account_id = created["api_key"], created["account"]["id"]
     ak = gateway.keyring.account_key(account_id)
     pk = gateway.keyring.provider_key()
-    secrets = [hash_api_key(key), ADMIN_TOKEN, MASTER_KEY, str(ak.value), hex(ak.value)[2:], str(pk.value),
-               hex(pk.value)[2:]]
+    secrets = [
+        hash_api_key(key),
+        ADMIN_TOKEN,
+        MASTER_KEY,
+        str(ak.value),
+        hex(ak.value)[2:],
+        str(pk.value),
+        hex(pk.value)[2:],
+    ]
     responses = [
         client.get(gateway.url + "/admin/accounts", headers=h),
         client.get(f"{gateway.url}/admin/accounts/{account_id}", headers=h),
@@ -431,8 +475,9 @@ def test_no_secret_in_any_response(gateway, client):
 def test_metrics_count_requests_tokens_and_rejections(gateway_dir, store, client):
     with start_gateway(gateway_dir, store) as gw:
         _, key, _ = gw.account("metrics-user", rpm=2)
-        usage = [client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)).json()["usage"]
-                 for _ in range(2)]
+        usage = [
+            client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)).json()["usage"] for _ in range(2)
+        ]
         assert client.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(key)).status_code == 429
         client.post(gw.v1 + "/chat/completions", json=CHAT)
         text = client.get(gw.url + "/metrics").text

@@ -152,8 +152,9 @@ def test_redis_limiter_tokens_per_day(redis_prefix):
 async def _burst(urls: list[str], key: str, n: int) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=n)
     async with httpx.AsyncClient(timeout=30, limits=limits) as c:
-        return await asyncio.gather(*(c.post(urls[i % len(urls)] + "/v1/chat/completions", json=CHAT,
-                                             headers=auth(key)) for i in range(n)))
+        return await asyncio.gather(
+            *(c.post(urls[i % len(urls)] + "/v1/chat/completions", json=CHAT, headers=auth(key)) for i in range(n))
+        )
 
 
 def test_rpm_holds_under_50_concurrent_clients(gateway):
@@ -163,8 +164,9 @@ def test_rpm_holds_under_50_concurrent_clients(gateway):
     assert statuses.count(200) == 20 and statuses.count(429) == 30
     assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in responses if r.status_code == 429)
     records = [r for r in gateway.audit() if r["account_id"] == account.id]
-    assert sorted(r["response_id"] for r in records) == sorted(r.json()["id"] for r in responses
-                                                              if r.status_code == 200)
+    assert sorted(r["response_id"] for r in records) == sorted(
+        r.json()["id"] for r in responses if r.status_code == 200
+    )
 
 
 def test_tpm_holds_under_50_concurrent_clients(gateway):
@@ -177,9 +179,26 @@ def test_tpm_holds_under_50_concurrent_clients(gateway):
 
 # ---- two gateway processes sharing Redis and PostgreSQL -----------------------------------------------------
 
+
 def _start(port: int, env: dict[str, str], db_url: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "antidistill", "serve", "--backend", "fake", "--host", "127.0.0.1", "--port",
-           str(port), "--database-url", db_url, "--redis-url", REDIS_URL, "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "antidistill",
+        "serve",
+        "--backend",
+        "fake",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database-url",
+        db_url,
+        "--redis-url",
+        REDIS_URL,
+        "--log-level",
+        "warning",
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -209,9 +228,14 @@ def test_limits_hold_across_two_gateway_processes(tmp_path, redis_prefix, pg_sch
     store = Store.open(pg_schema, settings=settings)  # migrates the schema before the gateways start
     rpm_account, rpm_key, _ = store.create_account("two-proc-rpm", rpm=20)
     tpm_account, tpm_key, _ = store.create_account("two-proc-tpm", tpm=400)
-    env = {**os.environ, "ANTIDISTILL_ENV": "test", "ANTIDISTILL_DATA_DIR": str(tmp_path),
-           "ANTIDISTILL_MASTER_KEY": MASTER_KEY, "ANTIDISTILL_ADMIN_TOKEN": ADMIN_TOKEN,
-           "ANTIDISTILL_RATE_LIMIT_PREFIX": redis_prefix}
+    env = {
+        **os.environ,
+        "ANTIDISTILL_ENV": "test",
+        "ANTIDISTILL_DATA_DIR": str(tmp_path),
+        "ANTIDISTILL_MASTER_KEY": MASTER_KEY,
+        "ANTIDISTILL_ADMIN_TOKEN": ADMIN_TOKEN,
+        "ANTIDISTILL_RATE_LIMIT_PREFIX": redis_prefix,
+    }
     ports = [free_port(), free_port()]
     procs = [_start(p, env, pg_schema) for p in ports]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -219,8 +243,9 @@ def test_limits_hold_across_two_gateway_processes(tmp_path, redis_prefix, pg_sch
         _wait_ready(urls, procs)
         # 8 requests through the second replica, then 50 concurrent clients spread over both: the first replica
         # knows of the 8, so exactly 12 more pass in all
-        first = [httpx.post(urls[1] + "/v1/chat/completions", json=CHAT, headers=auth(rpm_key), timeout=30)
-                 for _ in range(8)]
+        first = [
+            httpx.post(urls[1] + "/v1/chat/completions", json=CHAT, headers=auth(rpm_key), timeout=30) for _ in range(8)
+        ]
         assert [r.status_code for r in first] == [200] * 8
         responses = asyncio.run(_burst(urls, rpm_key, 50))
         statuses = [r.status_code for r in responses]

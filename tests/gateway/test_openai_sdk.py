@@ -26,8 +26,7 @@ def sdk(gateway, key):
 
 
 def test_chat_non_stream(gateway, key, sdk):
-    r = sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=64, temperature=0.7, seed=3,
-                                    top_p=0.9)
+    r = sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=64, temperature=0.7, seed=3, top_p=0.9)
     assert r.id.startswith("chatcmpl-")
     assert r.object == "chat.completion"
     assert r.model == MODEL
@@ -63,8 +62,9 @@ def test_same_request_same_answer_and_max_tokens(sdk):
 
 
 def test_chat_stream_with_usage(gateway, sdk):
-    stream = sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=32, seed=5, stream=True,
-                                         stream_options={"include_usage": True})
+    stream = sdk.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=32, seed=5, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     ids = {c.id for c in chunks}
     assert len(ids) == 1
@@ -96,11 +96,16 @@ def test_stream_without_usage(sdk):
 def test_async_client_concurrently(gateway, key):
     async def main():
         async with openai.AsyncOpenAI(base_url=gateway.v1, api_key=key["api_key"], max_retries=0) as c:
-            plain = [c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"q{i}"}],
-                                               max_tokens=12, seed=i) for i in range(8)]
+            plain = [
+                c.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": f"q{i}"}], max_tokens=12, seed=i
+                )
+                for i in range(8)
+            ]
             results = await asyncio.gather(*plain)
-            stream = await c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=10, stream=True,
-                                                     stream_options={"include_usage": True})
+            stream = await c.chat.completions.create(
+                model=MODEL, messages=MESSAGES, max_tokens=10, stream=True, stream_options={"include_usage": True}
+            )
             chunks = [ch async for ch in stream]
             return results, chunks
 
@@ -119,8 +124,16 @@ def test_completions_endpoint(gateway, sdk):
     (rec,) = gateway.audit(r.id)
     assert rec["endpoint"] == "/v1/completions" and rec["request"]["prompt"] == "Once upon a time"
 
-    chunks = list(sdk.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=20, seed=1, stream=True,
-                                         stream_options={"include_usage": True}))
+    chunks = list(
+        sdk.completions.create(
+            model=MODEL,
+            prompt="Once upon a time",
+            max_tokens=20,
+            seed=1,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
 
@@ -133,10 +146,11 @@ def test_n_choices(gateway, sdk):
     (rec,) = gateway.audit(r.id)
     assert rec["completion"] == [c.message.content for c in r.choices]
 
-    chunks = list(sdk.chat.completions.create(model=MODEL, messages=MESSAGES, n=3, max_tokens=40, seed=2,
-                                              stream=True))
-    texts = {i: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
-             for i in range(3)}
+    chunks = list(sdk.chat.completions.create(model=MODEL, messages=MESSAGES, n=3, max_tokens=40, seed=2, stream=True))
+    texts = {
+        i: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+        for i in range(3)
+    }
     assert [texts[i] for i in range(3)] == [c.message.content for c in r.choices]
 
 
@@ -153,10 +167,14 @@ def test_stop_sequences(sdk):
 
 
 def test_content_parts_and_developer_role(gateway, sdk):
-    r = sdk.chat.completions.create(model=MODEL, max_tokens=8, messages=[
-        {"role": "developer", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]},
-    ])
+    r = sdk.chat.completions.create(
+        model=MODEL,
+        max_tokens=8,
+        messages=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]},
+        ],
+    )
     assert r.choices[0].message.content
     sent = gateway.backend.requests[-1].messages
     assert sent == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
@@ -178,7 +196,9 @@ def test_models(gateway, sdk):
 
 
 def test_sdk_error_classes(gateway):
-    with openai.OpenAI(base_url=gateway.v1, api_key="sk-ad-unknown", max_retries=0) as c, \
-            pytest.raises(openai.AuthenticationError) as exc:
+    with (
+        openai.OpenAI(base_url=gateway.v1, api_key="sk-ad-unknown", max_retries=0) as c,
+        pytest.raises(openai.AuthenticationError) as exc,
+    ):
         c.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert exc.value.body["code"] == "invalid_api_key"

@@ -199,8 +199,10 @@ def test_a_slow_head_gets_408_and_a_silent_connection_is_closed(short):
 def test_a_trickling_body_is_cut_off(short):
     _, key, _ = short.account("trickler")
     with connect(short.url) as s:
-        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
-                  "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{".encode())
+        s.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{".encode()
+        )
         start = time.monotonic()
         closed = False
         while time.monotonic() - start < SHORT["body_timeout"] + SLACK + 2:
@@ -222,8 +224,9 @@ def test_a_slow_answer_on_a_kept_alive_connection_is_not_cut(gateway_dir, store)
     and a body sent in two pieces with a pause shorter than the body deadline."""
     import json
 
-    with start_gateway(gateway_dir, store, backend=FakeBackend(latency=1.2), header_timeout=0.5,
-                       body_timeout=0.8) as gw:
+    with start_gateway(
+        gateway_dir, store, backend=FakeBackend(latency=1.2), header_timeout=0.5, body_timeout=0.8
+    ) as gw:
         _, key, _ = gw.account("patient")
         parts = urlsplit(gw.url)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
@@ -239,9 +242,12 @@ def test_a_slow_answer_on_a_kept_alive_connection_is_not_cut(gateway_dir, store)
         assert len(ports) == 1  # the same connection both times
         conn.close()
         with connect(gw.url, timeout=10) as s:
-            s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
-                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                      "Connection: close\r\n\r\n".encode() + body[:10])
+            s.sendall(
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + body[:10]
+            )
             time.sleep(0.4)
             s.sendall(body[10:])
             assert status_of(read_until_closed(s, timeout=10)) == 200
@@ -257,10 +263,14 @@ def test_a_body_the_app_reads_late_is_not_cut():
         return {"size": len(await request.body())}
 
     body = b"x" * (512 * 1024)
-    with LiveServer(app, limits=ConnectionLimits(header_timeout=0.5, body_timeout=0.5)) as srv, \
-            connect(srv.url, timeout=10) as s:
-        s.sendall(f"POST /late HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                  .encode() + body)
+    with (
+        LiveServer(app, limits=ConnectionLimits(header_timeout=0.5, body_timeout=0.5)) as srv,
+        connect(srv.url, timeout=10) as s,
+    ):
+        s.sendall(
+            f"POST /late HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
         reply = read_until_closed(s, timeout=10)
     assert status_of(reply) == 200 and reply.endswith(b'{"size":524288}')
 

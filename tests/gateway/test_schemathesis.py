@@ -35,8 +35,13 @@ def fuzz_key(gateway):
 
 
 def test_schema_covers_the_api():
-    assert {"POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models", "POST /admin/accounts",
-            "DELETE /admin/accounts/{account_id}/keys/{key_id}"} <= set(OPERATIONS)
+    assert {
+        "POST /v1/chat/completions",
+        "POST /v1/completions",
+        "GET /v1/models",
+        "POST /admin/accounts",
+        "DELETE /admin/accounts/{account_id}/keys/{key_id}",
+    } <= set(OPERATIONS)
 
 
 @pytest.mark.parametrize("label", sorted(OPERATIONS))
@@ -46,8 +51,13 @@ def test_no_server_errors(label, gateway, fuzz_key):
     seen: list[int] = []
 
     @given(case=st.one_of(op.as_strategy(GenerationMode.POSITIVE), op.as_strategy(GenerationMode.NEGATIVE)))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def fuzz(case):
         # negative cases also break the security scheme's header: keep ours, so the body is what gets tested
         case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}

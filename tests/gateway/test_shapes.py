@@ -46,6 +46,7 @@ def via_sdk(sdk, kind: str, **body: Any) -> list[dict[str, Any]]:
 
 def same_but_ids(parsed: list[dict[str, Any]], sent: list[dict[str, Any]]) -> None:
     """The SDK's objects hold what was sent (every field; the ids and times are the two requests' own)."""
+
     def strip(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k not in ("id", "created")}
 
@@ -79,8 +80,12 @@ def events(response: httpx.Response) -> list[dict[str, Any]]:
 def request(kind: str, **body: Any) -> tuple[str, dict[str, Any]]:
     """The path and body of a request of this kind."""
     prompt = {"messages": MESSAGES} if kind == "chat" else {"prompt": "Once upon a time"}
-    return ("/chat/completions" if kind == "chat" else "/completions"), {"model": "antidistill-fake", "seed": 4,
-                                                                          **prompt, **body}
+    return ("/chat/completions" if kind == "chat" else "/completions"), {
+        "model": "antidistill-fake",
+        "seed": 4,
+        **prompt,
+        **body,
+    }
 
 
 def post(client, gateway, api_key, kind: str, **body: Any) -> httpx.Response:
@@ -164,8 +169,12 @@ class _FailsMidStream(FakeBackend):
 def test_a_stream_error_event_is_an_error_body(tmp_path, store):
     with start_gateway(tmp_path, store, backend=_FailsMidStream()) as gw, httpx.Client(timeout=30) as c:
         key = gw.account("fails")[1]
-        with c.stream("POST", gw.v1 + "/chat/completions", headers=auth(key),
-                      json={"model": "m", "messages": MESSAGES, "stream": True}) as r:
+        with c.stream(
+            "POST",
+            gw.v1 + "/chat/completions",
+            headers=auth(key),
+            json={"model": "m", "messages": MESSAGES, "stream": True},
+        ) as r:
             assert r.status_code == 200
             raw = r.read().decode()
     frames = [json.loads(f[6:]) for f in raw.strip().split("\n\n")]

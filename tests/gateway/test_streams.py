@@ -59,10 +59,13 @@ def test_a_stream_opens_with_a_pending_record(gateway, client):
 def test_the_record_keeps_the_request_verbatim(gateway, client):
     """NaN, 1e400, duplicate keys and spacing: the raw body is in the chain exactly as it came."""
     _, key, _ = gateway.account("verbatim")
-    raw = (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,\n'
-           b' "x_nan": NaN, "x_big": 1e400, "x_dup": 1, "x_dup": 2, "x_prec": 0.1000000000000000055511151231}')
-    r = client.post(gateway.v1 + "/chat/completions", content=raw,
-                    headers={**auth(key), "Content-Type": "application/json"})
+    raw = (
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,\n'
+        b' "x_nan": NaN, "x_big": 1e400, "x_dup": 1, "x_dup": 2, "x_prec": 0.1000000000000000055511151231}'
+    )
+    r = client.post(
+        gateway.v1 + "/chat/completions", content=raw, headers={**auth(key), "Content-Type": "application/json"}
+    )
     assert r.status_code == 200, r.text
     (rec,) = gateway.audit(r.json()["id"])
     assert rec["request_raw"] == {"utf8": raw.decode()} and rec["v"] == 2
@@ -79,15 +82,19 @@ def test_no_text_leaves_while_the_log_is_write_locked(tmp_path):
     opening record is written, then the whole stream."""
     path = tmp_path / "locked.db"
     settings = gateway_settings(tmp_path)
-    with Store.open(f"sqlite:///{path}", settings=settings) as store, \
-            start_gateway(tmp_path, store, backend=LongSlowStream(0.0)) as gw:
+    with (
+        Store.open(f"sqlite:///{path}", settings=settings) as store,
+        start_gateway(tmp_path, store, backend=LongSlowStream(0.0)) as gw,
+    ):
         _, key, _ = gw.account("locked")
         lock = _hold_write_lock(path)
         got: dict[str, float] = {}
 
         def client():
-            with httpx.Client(timeout=20) as c, c.stream("POST", gw.v1 + "/chat/completions", headers=auth(key),
-                                                         json=dict(CHAT, stream=True)) as r:
+            with (
+                httpx.Client(timeout=20) as c,
+                c.stream("POST", gw.v1 + "/chat/completions", headers=auth(key), json=dict(CHAT, stream=True)) as r,
+            ):
                 got["headers"] = time.monotonic()
                 for line in r.iter_lines():
                     if '"content":"w' in line:
@@ -111,8 +118,10 @@ def test_503_before_any_text_when_the_log_cannot_be_written(tmp_path, monkeypatc
     monkeypatch.setattr(store_db, "SQLITE_BUSY_TIMEOUT_MS", 300)
     path = tmp_path / "stuck.db"
     settings = gateway_settings(tmp_path)
-    with Store.open(f"sqlite:///{path}", settings=settings) as store, \
-            start_gateway(tmp_path, store, backend=LongSlowStream(0.0)) as gw:
+    with (
+        Store.open(f"sqlite:///{path}", settings=settings) as store,
+        start_gateway(tmp_path, store, backend=LongSlowStream(0.0)) as gw,
+    ):
         _, key, _ = gw.account("stuck")
         before = store.audit_head().seq
         lock = _hold_write_lock(path)

@@ -84,8 +84,15 @@ def test_a_file_without_a_tokenizer_is_a_model_error(tmp_path, monkeypatch):
     bare = tmp_path / "bare.gguf"
     key = b"general.architecture"
     value = b"llama"
-    bare.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
-                     + struct.pack("<I", 8) + struct.pack("<Q", len(value)) + value)
+    bare.write_bytes(
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + struct.pack("<Q", len(key))
+        + key
+        + struct.pack("<I", 8)
+        + struct.pack("<Q", len(value))
+        + value
+    )
     monkeypatch.setattr(embedded, "has_torch", lambda: False)
     with pytest.raises(ModelError, match="describes no tokenizer"):
         load_tokenizer(resolve_model(bare), None)

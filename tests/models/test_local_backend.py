@@ -67,8 +67,9 @@ def one_torch_thread():
 def test_detokenizer_holds_back_incomplete_characters(tokenizer):
     text = "héllo 日本語 🎉 wörld — ok ✓ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    d = IncrementalDetokenizer(lambda x: tokenizer.decode(x, skip_special_tokens=True,
-                                                          clean_up_tokenization_spaces=False))
+    d = IncrementalDetokenizer(
+        lambda x: tokenizer.decode(x, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    )
     pieces = [d.push(t) for t in ids]
     pieces.append(d.flush())
     assert all("\ufffd" not in p for p in pieces)
@@ -122,9 +123,18 @@ def tiny_model(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     return LocalModel(LlamaForCausalLM(cfg).eval(), tokenizer, Watermark(WatermarkConfig()), "tiny")
 
 
@@ -142,10 +152,16 @@ def test_backend_identity(tiny):
 
 def test_batched_equals_alone_greedy_and_seeded(tiny):
     # raw and chat prompts of mixed lengths, greedy and sampled, one with n=2: prefilled in groups and decoded together
-    reqs = [GenerationRequest(prompt=p, max_tokens=8 + 7 * i, temperature=t, seed=5)
-            for t in (0.0, 0.9) for i, p in enumerate(PROMPTS)]
-    reqs += [GenerationRequest(messages=chat(p), max_tokens=12, temperature=t, top_p=0.9, seed=7, n=1 + (i == 1))
-             for t in (0.0, 1.0) for i, p in enumerate(PROMPTS[:2])]
+    reqs = [
+        GenerationRequest(prompt=p, max_tokens=8 + 7 * i, temperature=t, seed=5)
+        for t in (0.0, 0.9)
+        for i, p in enumerate(PROMPTS)
+    ]
+    reqs += [
+        GenerationRequest(messages=chat(p), max_tokens=12, temperature=t, top_p=0.9, seed=7, n=1 + (i == 1))
+        for t in (0.0, 1.0)
+        for i, p in enumerate(PROMPTS[:2])
+    ]
 
     async def main():
         alone = [await tiny.generate(r) for r in reqs]
@@ -193,9 +209,14 @@ def test_max_batch_is_respected_and_queued_requests_are_served(tiny_model):
     async def main():
         await backend.start()
         try:
-            return await asyncio.gather(*(backend.generate(GenerationRequest(prompt=PROMPTS[i % 4], max_tokens=6,
-                                                                             n=1 + i % 2, temperature=0.7))
-                                          for i in range(7)))
+            return await asyncio.gather(
+                *(
+                    backend.generate(
+                        GenerationRequest(prompt=PROMPTS[i % 4], max_tokens=6, n=1 + i % 2, temperature=0.7)
+                    )
+                    for i in range(7)
+                )
+            )
         finally:
             await backend.aclose()
 
@@ -264,12 +285,17 @@ def test_each_row_is_marked_with_its_own_keys_as_rows_come_and_go(tiny_model):
     model = LocalModel(tiny_model.model, tiny_model.tokenizer, Watermark(cfg), "tiny")
     backend = LocalBackend(model)
     accounts = [TEST_MASTER.account_key(f"acct-{i}") for i in range(4)]
-    reqs = [GenerationRequest(prompt=PROMPTS[i], max_tokens=10 + 15 * i, temperature=0,
-                              mark=MarkKeys(accounts[i]) if i != 2 else None) for i in range(4)]
+    reqs = [
+        GenerationRequest(
+            prompt=PROMPTS[i], max_tokens=10 + 15 * i, temperature=0, mark=MarkKeys(accounts[i]) if i != 2 else None
+        )
+        for i in range(4)
+    ]
 
     async def main():
         await backend.start()
         try:
+
             async def later(i):
                 await asyncio.sleep(0.02 * i)
                 return await backend.generate(reqs[i])
@@ -406,8 +432,10 @@ def test_real_batched_equals_alone(real):
     joins while the batch is running)."""
     greedy = GenerationRequest(messages=chat(REAL_PROMPTS[0]), max_tokens=20, temperature=0)
     seeded = GenerationRequest(messages=chat(REAL_PROMPTS[0]), max_tokens=20, temperature=0.9, top_p=0.95, seed=42)
-    others = [GenerationRequest(messages=chat(p), max_tokens=6 + 4 * i, temperature=0.7)
-              for i, p in enumerate(REAL_PROMPTS[1:])]
+    others = [
+        GenerationRequest(messages=chat(p), max_tokens=6 + 4 * i, temperature=0.7)
+        for i, p in enumerate(REAL_PROMPTS[1:])
+    ]
 
     async def main():
         alone = [await real.generate(greedy), await real.generate(seeded)]
@@ -416,8 +444,14 @@ def test_real_batched_equals_alone(real):
             await asyncio.sleep(0.3)
             return await real.generate(req)
 
-        together = await asyncio.gather(real.generate(others[0]), real.generate(greedy), late(others[1]),
-                                        real.generate(seeded), real.generate(others[2]), late(greedy))
+        together = await asyncio.gather(
+            real.generate(others[0]),
+            real.generate(greedy),
+            late(others[1]),
+            real.generate(seeded),
+            real.generate(others[2]),
+            late(greedy),
+        )
         return alone, together
 
     rows_before = real.stats["max_rows"]
@@ -431,8 +465,7 @@ def test_real_batched_equals_alone(real):
 
 @pytest.mark.slow
 def test_real_stop_strings_n_and_streaming(real):
-    base = asyncio.run(real.generate(GenerationRequest(messages=chat(REAL_PROMPTS[2]), max_tokens=24,
-                                                       temperature=0)))
+    base = asyncio.run(real.generate(GenerationRequest(messages=chat(REAL_PROMPTS[2]), max_tokens=24, temperature=0)))
     text = base.choices[0].text
     stop = text[len(text) // 2 : len(text) // 2 + 4]
     req = GenerationRequest(messages=chat(REAL_PROMPTS[2]), max_tokens=24, temperature=0, stop=[stop, "zzzz"])
@@ -455,12 +488,16 @@ def test_real_stop_strings_n_and_streaming(real):
 def test_real_marks_are_per_account_and_detected(real):
     """Two accounts and an unmarked request in one batch: each marked row is detected and attributed to its own
     account (default config, provider component included); the unmarked row is not detected."""
-    prompts = ["Write a long story about a lighthouse keeper.",
-               "Explain in detail how a refrigerator keeps food cold.",
-               "Describe the water cycle step by step."]
+    prompts = [
+        "Write a long story about a lighthouse keeper.",
+        "Explain in detail how a refrigerator keeps food cold.",
+        "Describe the water cycle step by step.",
+    ]
     marks = [MarkKeys(ALICE, PROVIDER), MarkKeys(BOB, PROVIDER), None]
-    reqs = [GenerationRequest(messages=chat(p), max_tokens=96, temperature=0.7, seed=11, mark=m)
-            for p, m in zip(prompts, marks, strict=True)]
+    reqs = [
+        GenerationRequest(messages=chat(p), max_tokens=96, temperature=0.7, seed=11, mark=m)
+        for p, m in zip(prompts, marks, strict=True)
+    ]
 
     async def main():
         return await asyncio.gather(*(real.generate(r) for r in reqs))
@@ -478,8 +515,11 @@ def test_real_marks_are_per_account_and_detected(real):
         assert report.account == own, report.attribution.ranking[:2]
         other = BOB if own == "alice" else ALICE
         assert d.attribute(ids, [other], PROVIDER).best.p_value > 1e-3  # the batch-mate's key is not in this row
-        assert res.watermark == {"key_id": mark.account.key_id, "provider_key_id": PROVIDER.key_id,
-                                 "config": config.to_dict()}
+        assert res.watermark == {
+            "key_id": mark.account.key_id,
+            "provider_key_id": PROVIDER.key_id,
+            "config": config.to_dict(),
+        }
     plain = d.detect(results[2].token_ids[0], [PROVIDER], candidates)
     assert not plain.watermarked and plain.account is None
     assert results[2].watermark["status"] == "unwatermarked"
@@ -489,8 +529,9 @@ def test_real_marks_are_per_account_and_detected(real):
 def test_real_cancel_frees_the_row_while_others_are_served(real):
     async def main():
         cancelled_before = real.stats["cancelled_rows"]
-        other = asyncio.create_task(real.generate(GenerationRequest(messages=chat(REAL_PROMPTS[2]), max_tokens=16,
-                                                                    temperature=0)))
+        other = asyncio.create_task(
+            real.generate(GenerationRequest(messages=chat(REAL_PROMPTS[2]), max_tokens=16, temperature=0))
+        )
         agen = real.stream(GenerationRequest(messages=chat(REAL_PROMPTS[0]), max_tokens=200, temperature=0))
         got = 0
         async for item in agen:

@@ -44,8 +44,13 @@ def test_generate_detect_attribute(local_model):
 
     candidates = [master.account_key(a) for a in accounts]
     candidates += [master.account_key(f"decoy-{i}") for i in range(47)]  # attribution among 50 accounts
-    td = TextDetector(local_model.tokenizer, Detector(local_model.watermark.config, local_model.vocab_size),
-                      [master.provider_key()], candidates, alpha=1e-3)
+    td = TextDetector(
+        local_model.tokenizer,
+        Detector(local_model.watermark.config, local_model.vocab_size),
+        [master.provider_key()],
+        candidates,
+        alpha=1e-3,
+    )
     for (acct, _), o in zip(rows, outs[:6], strict=True):
         r = td.detect(o.text)  # from the text: retokenized, as a detector in the wild would see it
         assert r.watermarked, (acct, r.p_value)

@@ -18,8 +18,9 @@ class CountingMonitor:
     account makes it ``watch``, the 3rd ``alert``, the 6th ``severe``. Only accounts in ``watched`` (all if
     ``None``) rise. ``cluster`` puts the watched accounts into one cluster."""
 
-    def __init__(self, thresholds: Mapping[str, int], watched: Iterable[str] | None = None,
-                 cluster: str | None = None) -> None:
+    def __init__(
+        self, thresholds: Mapping[str, int], watched: Iterable[str] | None = None, cluster: str | None = None
+    ) -> None:
         self.thresholds = dict(thresholds)
         self.watched = set(watched) if watched is not None else None
         self.cluster = cluster
@@ -40,10 +41,16 @@ class CountingMonitor:
     def _assessment(self, account_id: str) -> Assessment:
         level = self.levels.get(account_id, "none")
         in_cluster = self.cluster is not None and self.watched is not None and account_id in self.watched
-        return Assessment(account_id, self.cluster if in_cluster else None, level_rank(level) / 3, level,
-                          (f"{self.counts.get(account_id, 0)} exchanges",), self.events[-1].ts,
-                          scores={"rules": level_rank(level) / 3},
-                          cluster_size=len(self.watched) if in_cluster else 1)
+        return Assessment(
+            account_id,
+            self.cluster if in_cluster else None,
+            level_rank(level) / 3,
+            level,
+            (f"{self.counts.get(account_id, 0)} exchanges",),
+            self.events[-1].ts,
+            scores={"rules": level_rank(level) / 3},
+            cluster_size=len(self.watched) if in_cluster else 1,
+        )
 
     def observe(self, event: ExchangeEvent) -> list[Assessment]:
         self.events.append(event)

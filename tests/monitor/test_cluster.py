@@ -17,9 +17,14 @@ def run(accounts: dict[str, dict], n: int = 12) -> tuple[Linker, FeatureTracker]
     for i in range(n):
         for aid, spec in accounts.items():
             at = T0 + timedelta(minutes=i * 7 + sum(map(ord, aid)) % 5)
-            ev = ExchangeEvent(aid, at, prompt=spec["prompt"] + f" {aid}{i}",
-                               client_addr=spec.get("addr"), user_agent=spec.get("ua"),
-                               account_metadata=spec.get("meta", {}))
+            ev = ExchangeEvent(
+                aid,
+                at,
+                prompt=spec["prompt"] + f" {aid}{i}",
+                client_addr=spec.get("addr"),
+                user_agent=spec.get("ua"),
+                account_metadata=spec.get("meta", {}),
+            )
             ft.add(ev)
             lk.add_account(aid)
     for aid in accounts:
@@ -28,29 +33,59 @@ def run(accounts: dict[str, dict], n: int = 12) -> tuple[Linker, FeatureTracker]
 
 
 def test_shared_payment_fingerprint_links_even_across_networks():
-    lk, _ = run({
-        "a": {"prompt": "hello there", "addr": "198.51.100.7", "ua": "ua-1", "meta": {"payment_fingerprint": "pf_1"}},
-        "b": {"prompt": "totally different words", "addr": "203.0.113.9", "ua": "ua-2",
-              "meta": {"payment_fingerprint": "pf_1"}},
-    })
+    lk, _ = run(
+        {
+            "a": {
+                "prompt": "hello there",
+                "addr": "198.51.100.7",
+                "ua": "ua-1",
+                "meta": {"payment_fingerprint": "pf_1"},
+            },
+            "b": {
+                "prompt": "totally different words",
+                "addr": "203.0.113.9",
+                "ua": "ua-2",
+                "meta": {"payment_fingerprint": "pf_1"},
+            },
+        }
+    )
     assert lk.find("a") == lk.find("b")
     c = lk.cluster_of("a")
     assert c is not None and sorted(c.members) == ["a", "b"] and "payment fingerprint" in lk.linked_by(c)
 
 
 def test_a_university_nat_and_a_common_sdk_alone_do_not_link():
-    topics = ["why is the sky blue", "best pasta recipe with garlic", "help me fix my bike chain",
-              "poem about autumn leaves", "explain tax brackets simply", "translate bonjour to german"]
-    students = {f"s{i}": {"prompt": topics[i], "addr": "192.0.2.10",
-                          "ua": "OpenAI/Python 1.99.1", "meta": {"signup_source": "web"}} for i in range(6)}
+    topics = [
+        "why is the sky blue",
+        "best pasta recipe with garlic",
+        "help me fix my bike chain",
+        "poem about autumn leaves",
+        "explain tax brackets simply",
+        "translate bonjour to german",
+    ]
+    students = {
+        f"s{i}": {
+            "prompt": topics[i],
+            "addr": "192.0.2.10",
+            "ua": "OpenAI/Python 1.99.1",
+            "meta": {"signup_source": "web"},
+        }
+        for i in range(6)
+    }
     lk, ft = run(students)
     assert len({lk.find(s) for s in students}) == len(students)
     assert set(attributes(ft.accounts["s0"])) >= {"prefix", "agent", "signup"}
 
 
 def test_nat_plus_agent_plus_shared_template_links():
-    hydra = {f"h{i}": {"prompt": "Write a detailed, comprehensive, expert answer to the following question about",
-                       "addr": f"192.0.2.{10 + i}", "ua": "Go-http-client/2.0"} for i in range(5)}
+    hydra = {
+        f"h{i}": {
+            "prompt": "Write a detailed, comprehensive, expert answer to the following question about",
+            "addr": f"192.0.2.{10 + i}",
+            "ua": "Go-http-client/2.0",
+        }
+        for i in range(5)
+    }
     lk, _ = run(hydra)
     assert len({lk.find(h) for h in hydra}) == 1
 
@@ -60,8 +95,11 @@ def test_link_keys_are_minimal_combinations():
     kinds = {tuple(k for k, _ in key) for key in keys}
     assert ("payment",) in kinds
     assert all("payment" not in k or k == ("payment",) for k in kinds)  # nothing bigger than a minimal key
-    assert ("template", "prefix", "agent") in kinds or ("prefix", "template", "agent") in kinds \
+    assert (
+        ("template", "prefix", "agent") in kinds
+        or ("prefix", "template", "agent") in kinds
         or any(set(k) == {"template", "prefix", "agent"} for k in kinds)
+    )
     assert not any(set(k) == {"prefix", "agent", "signup"} for k in kinds)  # 0.8 < 1
 
 
@@ -71,10 +109,17 @@ def test_groups_paying_with_different_cards_join_on_shared_templates_and_signup_
     specs = {}
     for g in range(3):
         for m in range(4):
-            meta = {"payment_fingerprint": f"pf_{g}", "signup_at": f"2026-01-0{4 + m % 2}T10:00:00",
-                    "signup_source": "web"}
-            specs[f"g{g}m{m}"] = {"prompt": "Instruction: write a tutorial about the subject below, in depth.",
-                                  "addr": f"203.0.{g * 10 + m}.9", "ua": f"ua-{g}-{m}", "meta": meta}
+            meta = {
+                "payment_fingerprint": f"pf_{g}",
+                "signup_at": f"2026-01-0{4 + m % 2}T10:00:00",
+                "signup_source": "web",
+            }
+            specs[f"g{g}m{m}"] = {
+                "prompt": "Instruction: write a tutorial about the subject below, in depth.",
+                "addr": f"203.0.{g * 10 + m}.9",
+                "ua": f"ua-{g}-{m}",
+                "meta": meta,
+            }
     lk, ft = run(specs)
     roots = {lk.find(a) for a in specs}
     assert len(roots) == 3  # one group per card so far
@@ -89,10 +134,19 @@ def test_a_lone_account_joins_a_group_on_its_shared_templates_but_two_lone_accou
 
     meta = {"signup_at": "2026-01-04T10:00:00", "signup_source": "web"}
     prompt = "Instruction: write a tutorial about the subject below, in depth."
-    specs = {f"m{i}": {"prompt": prompt, "addr": f"203.0.{i}.9", "ua": f"ua-{i}",
-                       "meta": {**meta, "payment_fingerprint": "pf_1"}} for i in range(3)}
-    specs |= {"lone1": {"prompt": prompt, "addr": "198.51.100.1", "ua": "x", "meta": meta},
-              "lone2": {"prompt": prompt, "addr": "192.0.2.200", "ua": "y", "meta": meta}}
+    specs = {
+        f"m{i}": {
+            "prompt": prompt,
+            "addr": f"203.0.{i}.9",
+            "ua": f"ua-{i}",
+            "meta": {**meta, "payment_fingerprint": "pf_1"},
+        }
+        for i in range(3)
+    }
+    specs |= {
+        "lone1": {"prompt": prompt, "addr": "198.51.100.1", "ua": "x", "meta": meta},
+        "lone2": {"prompt": prompt, "addr": "192.0.2.200", "ua": "y", "meta": meta},
+    }
     lk, ft = run(specs)
     assert lk.find("lone1") != lk.find("lone2") and lk.find("lone1") != lk.find("m0")
     assert lk.probe("lone1", group_probe_attributes(ft.accounts["lone1"]), ft.accounts) == []
@@ -109,8 +163,15 @@ def test_one_prompt_in_a_campaigns_template_and_signup_week_does_not_join_its_gr
 
     meta = {"signup_at": "2026-01-04T10:00:00", "signup_source": "web"}
     prompt = "Instruction: write a tutorial about the subject below, in depth."
-    specs = {f"m{i}": {"prompt": prompt, "addr": f"203.0.{i}.9", "ua": f"ua-{i}",
-                       "meta": {**meta, "payment_fingerprint": "pf_1"}} for i in range(3)}
+    specs = {
+        f"m{i}": {
+            "prompt": prompt,
+            "addr": f"203.0.{i}.9",
+            "ua": f"ua-{i}",
+            "meta": {**meta, "payment_fingerprint": "pf_1"},
+        }
+        for i in range(3)
+    }
     lk, ft = run(specs)
     root = lk.find("m0")
     lk.register(root, cluster_attributes(lk.clusters[root], ft.accounts), ft.accounts)
@@ -135,8 +196,15 @@ def test_a_group_links_on_the_datacenter_prefixes_its_members_mainly_use_not_on_
         lk.add_account(aid)
         for j in range(8):
             addr = f"203.0.113.{10 + i}" if i < 3 else f"{60 + i}.{j * 7 % 250}.{j}.9"
-            ft.add(ExchangeEvent(aid, T0 + timedelta(minutes=10 * j + i), prompt=f"note {i} {j} on item {j * i}",
-                                 client_addr=addr, account_metadata=meta))
+            ft.add(
+                ExchangeEvent(
+                    aid,
+                    T0 + timedelta(minutes=10 * j + i),
+                    prompt=f"note {i} {j} on item {j * i}",
+                    client_addr=addr,
+                    account_metadata=meta,
+                )
+            )
         lk.register(aid, attributes(ft.accounts[aid]), ft.accounts)
     root = lk.find("m0")
     attrs = cluster_attributes(lk.clusters[root], ft.accounts)
@@ -145,7 +213,14 @@ def test_a_group_links_on_the_datacenter_prefixes_its_members_mainly_use_not_on_
     # a newcomer in the same datacenter range who signed up in the same burst joins the group
     lk.add_account("new")
     for j in range(3):
-        ft.add(ExchangeEvent("new", T0 + timedelta(hours=2, minutes=j), prompt=f"hello {j}",
-                             client_addr="203.0.113.200", account_metadata={"signup_at": "2026-01-05T09:00:00"}))
+        ft.add(
+            ExchangeEvent(
+                "new",
+                T0 + timedelta(hours=2, minutes=j),
+                prompt=f"hello {j}",
+                client_addr="203.0.113.200",
+                account_metadata={"signup_at": "2026-01-05T09:00:00"},
+            )
+        )
     assert lk.probe("new", group_probe_attributes(ft.accounts["new"]), ft.accounts)
     assert lk.find("new") == root

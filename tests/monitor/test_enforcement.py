@@ -69,8 +69,9 @@ def policy_file(tmp_path) -> Path:
 def serve(data_dir: Path, store: Store, monitor: Any = None, **overrides: Any) -> Iterator[tuple[str, Any]]:
     """A running gateway with ``monitor``: ``(url, app)``."""
     settings = gateway_settings(data_dir, **overrides)
-    app = create_app(settings, backend=FakeBackend(), store=store, keyring=KeyRing(MasterKey.from_text(MASTER_KEY)),
-                     monitor=monitor)
+    app = create_app(
+        settings, backend=FakeBackend(), store=store, keyring=KeyRing(MasterKey.from_text(MASTER_KEY)), monitor=monitor
+    )
     with BackgroundServer(app) as srv:
         yield srv.url, app
 
@@ -80,8 +81,9 @@ def client(url: str, key: str) -> openai.OpenAI:
 
 
 def chat(c: openai.OpenAI, i: int = 0):
-    return c.chat.completions.create(model="antidistill-fake", max_tokens=8,
-                                     messages=[{"role": "user", "content": f"Explain topic number {i}."}])
+    return c.chat.completions.create(
+        model="antidistill-fake", max_tokens=8, messages=[{"role": "user", "content": f"Explain topic number {i}."}]
+    )
 
 
 def metric(url: str, name: str) -> float:
@@ -141,8 +143,11 @@ def test_flag_then_throttle_then_block_then_clear(tmp_path, store, policy_file):
         # every action is an audit record in the chain; refused requests are not exchanges
         records = list(store.iter_audit())
         actions = [r for r in records if is_action_record(r)]
-        assert [(r["request"]["action"], r["status"]) for r in actions] == [("flag", 200), ("throttle", 429),
-                                                                            ("block", 403)]
+        assert [(r["request"]["action"], r["status"]) for r in actions] == [
+            ("flag", 200),
+            ("throttle", 429),
+            ("block", 403),
+        ]
         block = actions[-1]
         assert block["endpoint"] == ACTION_ENDPOINT and block["account_id"] == attacker.id
         assert block["request"]["clause"] == {"id": "4.1", "title": "Distillation", "text": CLAUSE_41}
@@ -155,8 +160,11 @@ def test_flag_then_throttle_then_block_then_clear(tmp_path, store, policy_file):
 
         # the admin API: alerts, the state, and a clear that restores access at once
         alerts = httpx.get(url + "/admin/alerts", headers=ADMIN, params={"account_id": attacker.id}).json()
-        assert [(a["level"], a["action"]) for a in alerts] == [("watch", "flag"), ("alert", "throttle"),
-                                                               ("severe", "block")]
+        assert [(a["level"], a["action"]) for a in alerts] == [
+            ("watch", "flag"),
+            ("alert", "throttle"),
+            ("severe", "block"),
+        ]
         assert alerts[-1]["audit_seq"] == block["seq"]
         assert httpx.get(url + "/admin/alerts").status_code == 401
         got = httpx.get(url + f"/admin/accounts/{attacker.id}/enforcement", headers=ADMIN).json()
@@ -168,8 +176,11 @@ def test_flag_then_throttle_then_block_then_clear(tmp_path, store, policy_file):
         assert mon.worker.wait_idle()
         assert store.get_enforcement(attacker.id).action == "none"  # the monitor does not undo an admin
         cleared = [r for r in store.iter_audit() if is_action_record(r)][-1]
-        assert (cleared["request"]["action"], cleared["request"]["previous"], cleared["api_key_id"]) == \
-            ("none", "block", "admin")
+        assert (cleared["request"]["action"], cleared["request"]["previous"], cleared["api_key_id"]) == (
+            "none",
+            "block",
+            "admin",
+        )
         assert store.verify_audit().ok
 
 
@@ -250,8 +261,11 @@ def pg_url() -> Iterator[str]:
     conn = postgres_or_skip()
     schema = f"mon_{uuid.uuid4().hex[:12]}"
     conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False)
+    yield (
+        make_url(POSTGRES_URL)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
     conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     conn.close()
 
@@ -262,8 +276,10 @@ def test_two_replicas_on_one_postgresql_database_agree(tmp_path, pg_url, policy_
     try:
         attacker, key, _ = store_a.create_account("harvester")
         monitor = CountingMonitor({"severe": 2}, watched=[attacker.id])
-        with serve(tmp_path / "a", store_a, monitor, policy_file=policy_file, enforcement_ttl=0.3) as (url_a, app_a), \
-                serve(tmp_path / "b", store_b, policy_file=policy_file, enforcement_ttl=0.3) as (url_b, _):
+        with (
+            serve(tmp_path / "a", store_a, monitor, policy_file=policy_file, enforcement_ttl=0.3) as (url_a, app_a),
+            serve(tmp_path / "b", store_b, policy_file=policy_file, enforcement_ttl=0.3) as (url_b, _),
+        ):
             a, b = client(url_a, key), client(url_b, key)
             chat(a, 1)
             chat(a, 2)  # replica A's monitor blocks the account
@@ -333,9 +349,11 @@ def test_cli_scan_alerts_and_clear(tmp_path, monkeypatch, policy_file):
     alerts = json.loads(r.stdout)
     # one alert: the second scan's identical judgement is not a new one
     assert [(a["account_id"], a["level"], a["action"], a["clause"]) for a in alerts] == [
-        (attacker.id, "severe", "block", "4.1")]
-    r = runner.invoke(monitor_cli.monitor_app, ["alerts", "--since", "1h", "--account", attacker.id,
-                                                "--database-url", db])
+        (attacker.id, "severe", "block", "4.1")
+    ]
+    r = runner.invoke(
+        monitor_cli.monitor_app, ["alerts", "--since", "1h", "--account", attacker.id, "--database-url", db]
+    )
     assert r.exit_code == 0 and "block (4.1)" in r.stdout
     r = runner.invoke(monitor_cli.monitor_app, ["alerts", "--since", "yesterday", "--database-url", db])
     assert r.exit_code != 0
@@ -377,8 +395,12 @@ def test_review_and_cluster_rules_answer_403_under_review(tmp_path, store):
     p = tmp_path / "cluster.yaml"
     p.write_text(POLICY + '  - {level: alert, action: review, clause: "4.1", scope: cluster, min_cluster_size: 3}\n')
     mon = _monitoring(store, p)
-    members = [Assessment(f"acct_{i}", "cl_farm", 0.7, "alert", ("shared payment fingerprint",), datetime.now(UTC),
-                          cluster_size=3) for i in range(3)]
+    members = [
+        Assessment(
+            f"acct_{i}", "cl_farm", 0.7, "alert", ("shared payment fingerprint",), datetime.now(UTC), cluster_size=3
+        )
+        for i in range(3)
+    ]
     assert [o.action for o in mon.enforcer.apply_all(members)] == ["review"] * 3
     with pytest.raises(APIError) as info:
         asyncio.run(mon.admit("acct_1", 10))

@@ -21,8 +21,18 @@ from antidistill.monitor.features import (
 from antidistill.monitor.templates import MinHasher, TemplateIndex, normalise, shingles
 
 T0 = datetime(2026, 2, 2, tzinfo=UTC)
-TOPICS = ["photosynthesis", "black holes", "the French Revolution", "recursion", "hash tables", "Bayes' theorem",
-          "sourdough bread", "index funds", "GDPR", "Stoicism"]
+TOPICS = [
+    "photosynthesis",
+    "black holes",
+    "the French Revolution",
+    "recursion",
+    "hash tables",
+    "Bayes' theorem",
+    "sourdough bread",
+    "index funds",
+    "GDPR",
+    "Stoicism",
+]
 
 
 def mixed_events(n: int, seed: int = 0) -> list[ExchangeEvent]:
@@ -37,11 +47,23 @@ def mixed_events(n: int, seed: int = 0) -> list[ExchangeEvent]:
             prompt = f"Explain {rng.choice(TOPICS)} step by step, showing all of your reasoning."
         else:
             prompt = " ".join(rng.choice([*TOPICS, "why", "how", "is", "good", "today"]) for _ in range(6))
-        out.append(ExchangeEvent(acct, ts, model=rng.choice(["m1", "m2"]), system="be brief" if acct == "b" else "",
-                                 prompt=prompt, turns=rng.randint(1, 5), max_tokens=rng.choice([None, 64, 2048]),
-                                 prompt_tokens=rng.randint(5, 400), completion_tokens=rng.randint(1, 900),
-                                 client_addr=f"198.51.{i % 3}.{i % 250}", user_agent="OpenAI/Python 1.0",
-                                 status=rng.choice([200, 200, 200, 429]), account_metadata={"organisation": acct}))
+        out.append(
+            ExchangeEvent(
+                acct,
+                ts,
+                model=rng.choice(["m1", "m2"]),
+                system="be brief" if acct == "b" else "",
+                prompt=prompt,
+                turns=rng.randint(1, 5),
+                max_tokens=rng.choice([None, 64, 2048]),
+                prompt_tokens=rng.randint(5, 400),
+                completion_tokens=rng.randint(1, 900),
+                client_addr=f"198.51.{i % 3}.{i % 250}",
+                user_agent="OpenAI/Python 1.0",
+                status=rng.choice([200, 200, 200, 429]),
+                account_metadata={"organisation": acct},
+            )
+        )
     return out
 
 
@@ -88,13 +110,16 @@ def test_fresh_model_share_uses_release_times():
     assert x[INDEX["log_switches"]] > 0
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("Please show all your reasoning, step-by-step.", True),
-    ("Write out your complete chain of thought.", True),
-    ("Reason in <thinking> tags first", True),
-    ("What's a good name for a cat?", False),
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Please show all your reasoning, step-by-step.", True),
+        ("Write out your complete chain of thought.", True),
+        ("Reason in <thinking> tags first", True),
+        ("What's a good name for a cat?", False),
+        ("", False),
+    ],
+)
 def test_reasoning_markers(text, expected):
     assert demands_reasoning(normalise(text)) is expected
 
@@ -156,7 +181,7 @@ def _reference_normalise(text: str) -> str:
 
     from antidistill.monitor import templates as T
 
-    t = text[:T.MAX_CHARS]
+    t = text[: T.MAX_CHARS]
     if not t.isascii():
         t = unicodedata.normalize("NFKC", t).translate(T._CONFUSABLES)
     t = t.casefold()
@@ -176,7 +201,7 @@ def _random_text(rng: random.Random) -> str:
 def test_normalise_matches_the_stepwise_reference_on_random_text():
     rng = random.Random(11)
     texts = [_random_text(rng) for _ in range(5000)] + [e.prompt for e in mixed_events(200)]
-    texts += ["a" * 30 + "1" + "b" * 30, "x1_y", "-3.5e7 apples", "www.example.com/a1 \"q1\" me@x.io"]
+    texts += ["a" * 30 + "1" + "b" * 30, "x1_y", "-3.5e7 apples", 'www.example.com/a1 "q1" me@x.io']
     for t in texts:
         assert normalise(t) == _reference_normalise(t), t
 
@@ -205,8 +230,8 @@ def test_batched_signatures_and_templates_equal_one_at_a_time():
     ids = [one.template_of(n) for n in norms]
     got = []
     for i in range(0, len(norms), 64):
-        batched.prepare(norms[i:i + 64])
-        got += [batched.template_of(n) for n in norms[i:i + 64]]
+        batched.prepare(norms[i : i + 64])
+        got += [batched.template_of(n) for n in norms[i : i + 64]]
     assert got == ids
 
 
@@ -274,5 +299,6 @@ def test_window_features_match_a_numpy_reference():
     merged = [a for w in windows for a in w]
     windows += [merged, merged[:1], merged[:2]]
     for w in windows:
-        np.testing.assert_allclose(window_features(w, len(w) + 3), _reference_window_features(w, len(w) + 3),
-                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            window_features(w, len(w) + 3), _reference_window_features(w, len(w) + 3), rtol=1e-12, atol=1e-12
+        )

@@ -15,18 +15,35 @@ T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def record(i: int, account: str, content, created_at, **kw) -> dict:
-    return {"seq": i, "response_id": f"r{i}", "account_id": account, "created_at": created_at,
-            "endpoint": "/v1/chat/completions", "client_addr": kw.get("addr", "203.0.113.5"),
-            "user_agent": kw.get("ua", "curl/8"), "status": kw.get("status", 200),
-            "request": kw.get("request", {"model": "m", "max_tokens": 4000,
-                                          "messages": [{"role": "user", "content": content}]}),
-            "prompt_tokens": 10, "completion_tokens": 30}
+    return {
+        "seq": i,
+        "response_id": f"r{i}",
+        "account_id": account,
+        "created_at": created_at,
+        "endpoint": "/v1/chat/completions",
+        "client_addr": kw.get("addr", "203.0.113.5"),
+        "user_agent": kw.get("ua", "curl/8"),
+        "status": kw.get("status", 200),
+        "request": kw.get(
+            "request", {"model": "m", "max_tokens": 4000, "messages": [{"role": "user", "content": content}]}
+        ),
+        "prompt_tokens": 10,
+        "completion_tokens": 30,
+    }
 
 
 def test_garbage_in_no_crash_no_lost_record():
     junk = bytes(range(256)).decode("latin-1")
-    prompts = ["", junk, "x" * 1_000_000, "Ехрlаin ｓｔｅｐ ｂｙ ｓｔｅｐ \u202e\u200b\ud800?", None, 12345,
-               [{"type": "text", "text": "part"}, {"type": "image_url"}], {"weird": True}]
+    prompts = [
+        "",
+        junk,
+        "x" * 1_000_000,
+        "Ехрlаin ｓｔｅｐ ｂｙ ｓｔｅｐ \u202e\u200b\ud800?",
+        None,
+        12345,
+        [{"type": "text", "text": "part"}, {"type": "image_url"}],
+        {"weird": True},
+    ]
     records = []
     for i in range(200):
         ts = (T0 - timedelta(seconds=37 * i)).isoformat() if i % 3 else (T0 + timedelta(seconds=i)).isoformat()
@@ -50,8 +67,13 @@ def test_a_harvester_rises_and_each_rise_is_reported_once():
     mon = Monitor(Scorer.rules_only(), flush_s=60)
     rises = []
     for i in range(400):
-        ev = ExchangeEvent("bot", T0 + timedelta(seconds=5 * i), model="m", max_tokens=4096,
-                           prompt=f"Solve problem {i} about topic {i % 17}. Show all your reasoning step by step.")
+        ev = ExchangeEvent(
+            "bot",
+            T0 + timedelta(seconds=5 * i),
+            model="m",
+            max_tokens=4096,
+            prompt=f"Solve problem {i} about topic {i % 17}. Show all your reasoning step by step.",
+        )
         rises += mon.observe(ev)
         if i % 7 == 0:
             rises += mon.observe(ExchangeEvent("human", T0 + timedelta(seconds=5 * i + 1), prompt=f"hi {i} how are u"))
@@ -70,10 +92,17 @@ def test_cluster_lights_up_members_that_look_harmless():
     for i in range(600):  # 60 accounts, 10 requests each, one card, one template, round the clock
         acct = f"h{i % 60}"
         t += timedelta(seconds=20)
-        rises += mon.observe(ExchangeEvent(acct, t, max_tokens=4096, client_addr=f"198.51.100.{i % 60}",
-                                           prompt=f"Give a complete, rigorous derivation of result {i}; reason step"
-                                                  f" by step and show all your reasoning.",
-                                           account_metadata={"payment_fingerprint": "pf_shared"}))
+        rises += mon.observe(
+            ExchangeEvent(
+                acct,
+                t,
+                max_tokens=4096,
+                client_addr=f"198.51.100.{i % 60}",
+                prompt=f"Give a complete, rigorous derivation of result {i}; reason step"
+                f" by step and show all your reasoning.",
+                account_metadata={"payment_fingerprint": "pf_shared"},
+            )
+        )
     rises += mon.flush()
     c = mon.linker.cluster_of("h0")
     assert c is not None and len(c.members) == 60
@@ -104,8 +133,9 @@ def test_observe_many_gives_what_observe_gives():
     events = mixed_events(900, seed=21)
     one, many = Monitor(Scorer.rules_only(), flush_s=300), Monitor(Scorer.rules_only(), flush_s=300)
     a = [x for ev in events for x in one.observe(ev)] + one.flush()
-    b = [x for i in range(0, len(events), 128) for x in many.observe_many(events[i:i + 128])] + many.flush()
-    assert [(x.account_id, x.level, x.risk, x.requests) for x in a] == \
-        [(x.account_id, x.level, x.risk, x.requests) for x in b]
+    b = [x for i in range(0, len(events), 128) for x in many.observe_many(events[i : i + 128])] + many.flush()
+    assert [(x.account_id, x.level, x.risk, x.requests) for x in a] == [
+        (x.account_id, x.level, x.risk, x.requests) for x in b
+    ]
     for acct in one.tracker.accounts:
         assert list(one.tracker.accounts[acct].window) == list(many.tracker.accounts[acct].window)

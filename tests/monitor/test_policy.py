@@ -30,8 +30,9 @@ rules:
 
 
 def assess(level: str, cluster_size: int = 1, account: str = "acct_a") -> Assessment:
-    return Assessment(account, "cl_1" if cluster_size > 1 else None, 0.5, level, ("reason",), NOW,
-                      cluster_size=cluster_size)
+    return Assessment(
+        account, "cl_1" if cluster_size > 1 else None, 0.5, level, ("reason",), NOW, cluster_size=cluster_size
+    )
 
 
 def test_parses_clauses_rules_and_defaults():
@@ -64,24 +65,29 @@ def test_the_shipped_policy_is_valid_and_maps_levels_as_documented():
         assert len(clause.text) > 40 and clause.title
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda s: s.replace("level: severe", "level: critical"), "rules[2].level must be one of watch, alert, severe"),
-    (lambda s: s.replace("action: block", "action: ban"), "rules[2].action must be one of flag, throttle, review"),
-    (lambda s: s.replace('action: block, clause: "4.1"', "action: block"), "rules[2].clause is missing"),
-    (lambda s: s.replace('clause: "4.1"}', 'clause: "9.9"}'), "rules[2].clause '9.9' is not one of the policy's"),
-    (lambda s: s.replace("scope: cluster", "scope: planet"), "rules[3].scope must be account or cluster"),
-    (lambda s: s.replace("min_cluster_size: 3", "min_cluster_size: 1"), "min_cluster_size must be an integer >= 2"),
-    (lambda s: s.replace("tpm: 900", "tpm: -1"), "rules[1].tpm must be a positive integer"),
-    (lambda s: s.replace("throttle: {rpm: 7}", "").replace(", tpm: 900", ""), "a throttle needs rpm or tpm"),
-    (lambda s: s.replace('action: block, clause: "4.1"', 'action: block, clause: "4.1", rpm: 3'),
-     "rpm/tpm apply only to action throttle"),
-    (lambda s: s.replace("version: 1", "version: 2"), "version must be 1"),
-    (lambda s: s + "extra: 1\n", "unknown top-level field(s): extra"),
-    (lambda s: s.replace("text: No account farms.", "text: ''"), "clause 4.3: text must be a non-empty string"),
-    (lambda s: s.replace('id: "4.3"', 'id: "4.1"'), "duplicate clause id '4.1'"),
-    (lambda s: s.split("rules:")[0] + "rules: []\n", "rules must be a non-empty list"),
-    (lambda s: s.replace("rules:\n", "rules:\n  - [oops\n"), "is not valid YAML (line"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.replace("level: severe", "level: critical"), "rules[2].level must be one of watch, alert, severe"),
+        (lambda s: s.replace("action: block", "action: ban"), "rules[2].action must be one of flag, throttle, review"),
+        (lambda s: s.replace('action: block, clause: "4.1"', "action: block"), "rules[2].clause is missing"),
+        (lambda s: s.replace('clause: "4.1"}', 'clause: "9.9"}'), "rules[2].clause '9.9' is not one of the policy's"),
+        (lambda s: s.replace("scope: cluster", "scope: planet"), "rules[3].scope must be account or cluster"),
+        (lambda s: s.replace("min_cluster_size: 3", "min_cluster_size: 1"), "min_cluster_size must be an integer >= 2"),
+        (lambda s: s.replace("tpm: 900", "tpm: -1"), "rules[1].tpm must be a positive integer"),
+        (lambda s: s.replace("throttle: {rpm: 7}", "").replace(", tpm: 900", ""), "a throttle needs rpm or tpm"),
+        (
+            lambda s: s.replace('action: block, clause: "4.1"', 'action: block, clause: "4.1", rpm: 3'),
+            "rpm/tpm apply only to action throttle",
+        ),
+        (lambda s: s.replace("version: 1", "version: 2"), "version must be 1"),
+        (lambda s: s + "extra: 1\n", "unknown top-level field(s): extra"),
+        (lambda s: s.replace("text: No account farms.", "text: ''"), "clause 4.3: text must be a non-empty string"),
+        (lambda s: s.replace('id: "4.3"', 'id: "4.1"'), "duplicate clause id '4.1'"),
+        (lambda s: s.split("rules:")[0] + "rules: []\n", "rules must be a non-empty list"),
+        (lambda s: s.replace("rules:\n", "rules:\n  - [oops\n"), "is not valid YAML (line"),
+    ],
+)
 def test_invalid_policies_fail_with_one_clear_line(edit, message):
     with pytest.raises(ConfigError) as info:
         Policy.from_yaml(edit(POLICY), source="p.yaml")
@@ -113,8 +119,13 @@ def test_actions_only_escalate():
     assert not escalates(state("review"), throttle, NOW)
     # a lapsed action no longer holds anything back
     assert escalates(state("block", until=NOW - timedelta(seconds=1)), throttle, NOW)
-    assert sorted(["block", "flag", "review", "throttle", "none"], key=action_rank) == \
-        ["none", "flag", "throttle", "review", "block"]
+    assert sorted(["block", "flag", "review", "throttle", "none"], key=action_rank) == [
+        "none",
+        "flag",
+        "throttle",
+        "review",
+        "block",
+    ]
 
 
 def test_after_an_admin_clear_only_a_higher_level_acts_again():

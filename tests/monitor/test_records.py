@@ -20,11 +20,23 @@ from antidistill.store.sql import Store
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 REQUESTS = [
-    {"model": "m", "max_tokens": 4000, "messages": [{"role": "system", "content": "Be thorough."},
-                                                    {"role": "user", "content": "Solve problem {i} step by step."}]},
-    {"model": "m", "max_completion_tokens": 900, "messages": [
-        {"role": "developer", "content": [{"type": "text", "text": "Dev"}, {"type": "image_url"}]},
-        {"role": "user", "content": [{"type": "text", "text": "part {i}"}]}, "not a message"]},
+    {
+        "model": "m",
+        "max_tokens": 4000,
+        "messages": [
+            {"role": "system", "content": "Be thorough."},
+            {"role": "user", "content": "Solve problem {i} step by step."},
+        ],
+    },
+    {
+        "model": "m",
+        "max_completion_tokens": 900,
+        "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "Dev"}, {"type": "image_url"}]},
+            {"role": "user", "content": [{"type": "text", "text": "part {i}"}]},
+            "not a message",
+        ],
+    },
     {"prompt": ["complete {i}", 7, "this"], "max_tokens": True},
     {"prompt": 12345, "model": None},
     {"messages": "nope", "max_tokens": "9"},
@@ -33,22 +45,35 @@ REQUESTS = [
 
 
 def entry(i: int, account: str, **kw: object) -> AuditEntry:
-    req = {k: (v.replace("{i}", str(i)) if isinstance(v, str) else v)
-           for k, v in REQUESTS[i % len(REQUESTS)].items()}
+    req = {k: (v.replace("{i}", str(i)) if isinstance(v, str) else v) for k, v in REQUESTS[i % len(REQUESTS)].items()}
     values: dict[str, object] = dict(
-        response_id=f"r{i}", account_id=account, api_key_id="key", created_at=T0 + timedelta(seconds=7 * i),
+        response_id=f"r{i}",
+        account_id=account,
+        api_key_id="key",
+        created_at=T0 + timedelta(seconds=7 * i),
         endpoint="/v1/completions" if "prompt" in req else "/v1/chat/completions",
-        client_addr=f"203.0.113.{i % 3}" if i % 4 else None, user_agent="curl/8" if i % 5 else None, request=req,
-        completion=["ok"], prompt_tokens=10 + i, completion_tokens=300, finish_reason="stop", latency_ms=5.0,
-        watermark={"status": "unwatermarked"}, request_raw=b"{}" if i % 2 else None)
+        client_addr=f"203.0.113.{i % 3}" if i % 4 else None,
+        user_agent="curl/8" if i % 5 else None,
+        request=req,
+        completion=["ok"],
+        prompt_tokens=10 + i,
+        completion_tokens=300,
+        finish_reason="stop",
+        latency_ms=5.0,
+        watermark={"status": "unwatermarked"},
+        request_raw=b"{}" if i % 2 else None,
+    )
     values.update(kw)
     return AuditEntry(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store.open(f"sqlite:///{tmp_path / 'audit.db'}", Settings(env="test", data_dir=tmp_path / "data"),
-                   master=MasterKey(bytes(32)))
+    s = Store.open(
+        f"sqlite:///{tmp_path / 'audit.db'}",
+        Settings(env="test", data_dir=tmp_path / "data"),
+        master=MasterKey(bytes(32)),
+    )
     accounts = ["acct_bot", "acct_human", "acct_other"]
     for i in range(240):
         a = accounts[0] if i % 3 else accounts[i % 2 + 1]
@@ -57,7 +82,8 @@ def store(tmp_path):
         s.append_audit(entry(i, a, status=429 if i % 17 == 0 else 200))
     # a policy action in the same chain
     Enforcer(s, Policy.default(), clock=lambda: T0).apply(
-        Assessment("acct_bot", None, 0.99, "severe", ("harvesting",), T0))
+        Assessment("acct_bot", None, 0.99, "severe", ("harvesting",), T0)
+    )
     yield s
     s.close()
 

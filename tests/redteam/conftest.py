@@ -98,14 +98,18 @@ def tiny_tokenizer() -> Any:
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
-    words = sorted({w for p in tiny_pairs(200) for w in (p.prompt + " " + p.response).split()}
-                   | {"user", "assistant", "system"} | {str(i) for i in range(200)})
+    words = sorted(
+        {w for p in tiny_pairs(200) for w in (p.prompt + " " + p.response).split()}
+        | {"user", "assistant", "system"}
+        | {str(i) for i in range(200)}
+    )
     vocab = {t: i for i, t in enumerate(specials + words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens(specials)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                   eos_token="<|im_end|>", bos_token="<|im_start|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -116,7 +120,17 @@ def tiny_llama(vocab_size: int, layers: int = 4, seed: int = 0) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True, pad_token_id=1, eos_token_id=3, bos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=1,
+        eos_token_id=3,
+        bos_token_id=2,
+    )
     return LlamaForCausalLM(cfg).eval()

@@ -16,8 +16,10 @@ def pairs(prefix: str, n: int) -> list[Pair]:
     return [Pair(f"{prefix} prompt {i}", f"{prefix} answer {i}", "stop") for i in range(n)]
 
 
-@pytest.mark.parametrize(("share", "n", "k"), [(1.0, 200, 200), (0.25, 200, 50), (0.05, 200, 10), (0.01, 200, 2),
-                                               (0.0, 200, 0), (0.01, 300, 3), (0.07, 100, 7)])
+@pytest.mark.parametrize(
+    ("share", "n", "k"),
+    [(1.0, 200, 200), (0.25, 200, 50), (0.05, 200, 10), (0.01, 200, 2), (0.0, 200, 0), (0.01, 300, 3), (0.07, 100, 7)],
+)
 def test_mix_has_exactly_the_share(share, n, k):
     wm, un = pairs("wm", 300), pairs("un", 300)
     mixed = mix(wm, un, share, n, seed=5)
@@ -59,9 +61,11 @@ def test_split_by_prompt():
 
 def test_load_validates_and_tolerates_a_torn_tail(tmp_path):
     path = tmp_path / "p.jsonl"
-    rows = [{"prompt": "a", "response": "x", "finish_reason": "stop", "model": "m"},
-            {"prompt": "b", "response": "", "finish_reason": "length"},
-            {"prompt": "c", "response": "z", "finish_reason": None, "watermarked": True}]
+    rows = [
+        {"prompt": "a", "response": "x", "finish_reason": "stop", "model": "m"},
+        {"prompt": "b", "response": "", "finish_reason": "length"},
+        {"prompt": "c", "response": "z", "finish_reason": None, "watermarked": True},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"prompt": "d", "resp', encoding="utf-8")
     loaded = load_pairs(path)
     assert [p.prompt for p in loaded] == ["a", "c"]  # empty answer dropped, torn line ignored
@@ -69,8 +73,7 @@ def test_load_validates_and_tolerates_a_torn_tail(tmp_path):
     assert len(load_pairs(path, keep_empty=True)) == 3
     out = save_pairs(loaded, tmp_path / "out.jsonl")
     assert load_pairs(out) == loaded
-    path.write_text('{"prompt": "a", "response": "x"}\nnot json\n{"prompt": "b", "response": "y"}\n',
-                    encoding="utf-8")
+    path.write_text('{"prompt": "a", "response": "x"}\nnot json\n{"prompt": "b", "response": "y"}\n', encoding="utf-8")
     with pytest.raises(InputError, match="line 2: not valid JSON"):
         load_pairs(path)
     path.write_text('{"prompt": "", "response": "x"}\n', encoding="utf-8")
@@ -83,13 +86,40 @@ def test_cli_mix(tmp_path, capsys):
     save_pairs(pairs("wm", 50), wm)
     save_pairs(pairs("un", 150), un)
     out = tmp_path / "mixed.jsonl"
-    code, stdout, err = run_cli(capsys, "distill", "mix", "--watermarked", str(wm), "--unwatermarked", str(un),
-                                "--share", "0.05", "--n", "100", "--out", str(out), "--json")
+    code, stdout, err = run_cli(
+        capsys,
+        "distill",
+        "mix",
+        "--watermarked",
+        str(wm),
+        "--unwatermarked",
+        str(un),
+        "--share",
+        "0.05",
+        "--n",
+        "100",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(stdout)
     assert (summary["n"], summary["watermarked"]) == (100, 5)
     mixed = load_pairs(out)
     assert sum(p.watermarked for p in mixed) == 5 and all(p.watermarked is not None for p in mixed)
-    code, _, err = run_cli(capsys, "distill", "mix", "--watermarked", str(wm), "--unwatermarked", str(un),
-                           "--share", "0.05", "--n", "30", "--out", str(out))
+    code, _, err = run_cli(
+        capsys,
+        "distill",
+        "mix",
+        "--watermarked",
+        str(wm),
+        "--unwatermarked",
+        str(un),
+        "--share",
+        "0.05",
+        "--n",
+        "30",
+        "--out",
+        str(out),
+    )
     assert code == 2 and "not a whole number" in err and "Traceback" not in err

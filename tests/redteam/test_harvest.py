@@ -114,11 +114,14 @@ class FlakyFront:
         await self.app(scope, receive, send)
 
 
-@pytest.mark.parametrize(("status", "headers", "expected_wait"), [
-    (429, {"Retry-After": "7"}, 7.0),
-    (429, {"Retry-After": "120"}, 60.0),  # capped at max_wait
-    (503, {}, None),  # no Retry-After: exponential backoff
-])
+@pytest.mark.parametrize(
+    ("status", "headers", "expected_wait"),
+    [
+        (429, {"Retry-After": "7"}, 7.0),
+        (429, {"Retry-After": "120"}, 60.0),  # capped at max_wait
+        (503, {}, None),  # no Retry-After: exponential backoff
+    ],
+)
 def test_retries_honour_retry_after(tmp_path, status, headers, expected_wait):
     from antidistill.gateway.server import BackgroundServer
 
@@ -126,8 +129,10 @@ def test_retries_honour_retry_after(tmp_path, status, headers, expected_wait):
     front = FlakyFront(app, 3, status, headers)
     waits: list[float] = []
     try:
-        with BackgroundServer(front) as srv, \
-                Harvester(srv.url + "/v1", api_key, model="antidistill-fake", sleep=waits.append) as h:
+        with (
+            BackgroundServer(front) as srv,
+            Harvester(srv.url + "/v1", api_key, model="antidistill-fake", sleep=waits.append) as h,
+        ):
             res = h.run(["one", "two"], tmp_path / "out.jsonl", concurrency=1)
     finally:
         store.close()
@@ -149,9 +154,10 @@ def test_real_rate_limit_gives_up_after_max_retries(tmp_path):
     app, store, _backend, api_key, _ = make_gateway_app(tmp_path / "gw", rpm=2)
     waits: list[float] = []
     try:
-        with BackgroundServer(app) as srv, \
-                Harvester(srv.url + "/v1", api_key, model="antidistill-fake", max_retries=2,
-                          sleep=waits.append) as h:
+        with (
+            BackgroundServer(app) as srv,
+            Harvester(srv.url + "/v1", api_key, model="antidistill-fake", max_retries=2, sleep=waits.append) as h,
+        ):
             res = h.run(["a", "b", "c"], tmp_path / "out.jsonl", concurrency=1)
     finally:
         store.close()
@@ -163,8 +169,19 @@ def test_real_rate_limit_gives_up_after_max_retries(tmp_path):
 def test_refused_key_is_one_clear_error(gateway, tmp_path, capsys):
     with pytest.raises(InputError, match=r"refused the API key \(401\)"):
         harvest(["hi"], tmp_path / "x.jsonl", base_url=gateway.v1, api_key="sk-wrong")
-    code, _out, err = run_cli(capsys, "distill", "harvest", "--base-url", gateway.v1, "--api-key", "sk-wrong",
-                             "--generate", "3", "--out", str(tmp_path / "x.jsonl"))
+    code, _out, err = run_cli(
+        capsys,
+        "distill",
+        "harvest",
+        "--base-url",
+        gateway.v1,
+        "--api-key",
+        "sk-wrong",
+        "--generate",
+        "3",
+        "--out",
+        str(tmp_path / "x.jsonl"),
+    )
     assert code == 2 and "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "refused the API key (401)" in lines[0]
@@ -172,8 +189,23 @@ def test_refused_key_is_one_clear_error(gateway, tmp_path, capsys):
 
 def test_cli_harvest_json(gateway, tmp_path, capsys):
     out = tmp_path / "pairs.jsonl"
-    argv = ["distill", "harvest", "--base-url", gateway.v1, "--api-key", gateway.api_key, "--generate", "6",
-            "--out", str(out), "--max-tokens", "16", "--concurrency", "2", "--json"]
+    argv = [
+        "distill",
+        "harvest",
+        "--base-url",
+        gateway.v1,
+        "--api-key",
+        gateway.api_key,
+        "--generate",
+        "6",
+        "--out",
+        str(out),
+        "--max-tokens",
+        "16",
+        "--concurrency",
+        "2",
+        "--json",
+    ]
     code, stdout, err = run_cli(capsys, *argv)
     assert code == 0, err
     summary = json.loads(stdout)
@@ -181,8 +213,7 @@ def test_cli_harvest_json(gateway, tmp_path, capsys):
     assert len(read_jsonl(out)) == 6
     code, stdout, _ = run_cli(capsys, *argv)
     assert code == 0 and json.loads(stdout)["skipped"] == 6
-    code, _, err = run_cli(capsys, "distill", "harvest", "--base-url", gateway.v1, "--api-key", "k", "--out",
-                           str(out))
+    code, _, err = run_cli(capsys, "distill", "harvest", "--base-url", gateway.v1, "--api-key", "k", "--out", str(out))
     assert code == 2 and "exactly one of --prompts" in err
 
 
@@ -197,8 +228,19 @@ def test_cli_harvest_progress_on_a_terminal(gateway, tmp_path, capsys, monkeypat
     monkeypatch.setattr(redteam_cli, "err", Console(file=screen, force_terminal=True, highlight=False, width=200))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one\ntwo\nthree\n", encoding="utf-8")
-    code, _, err = run_cli(capsys, "distill", "harvest", "--base-url", gateway.v1, "--api-key", gateway.api_key,
-                           "--prompts", str(prompts), "--out", str(tmp_path / "pairs.jsonl"))
+    code, _, err = run_cli(
+        capsys,
+        "distill",
+        "harvest",
+        "--base-url",
+        gateway.v1,
+        "--api-key",
+        gateway.api_key,
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "pairs.jsonl"),
+    )
     assert code == 0, err
     assert "harvesting" in screen.getvalue()  # the progress bar
     assert "3 new pairs (0 already there, 0 failed, 0 retries)" in screen.getvalue()

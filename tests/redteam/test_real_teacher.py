@@ -25,8 +25,17 @@ def test_student_learns_the_teachers_watermarked_answers(local_model, model_cach
     train, held = pairs[:9], pairs[9:]
 
     model, tokenizer = load_teacher(None, model_cache_dir)  # a fresh copy: training changes it in place
-    res = train_student(train, model=model, tokenizer=tokenizer, epochs=3, k=2, batch_size=3,  # default: lora
-                        max_len=128, heldout=held, out_dir=tmp_path / "student")
+    res = train_student(
+        train,
+        model=model,
+        tokenizer=tokenizer,
+        epochs=3,
+        k=2,
+        batch_size=3,  # default: lora
+        max_len=128,
+        heldout=held,
+        out_dir=tmp_path / "student",
+    )
     assert res.trainable_params < res.total_params / 5
     assert res.heldout_loss_after < res.heldout_loss_before, res
 
@@ -35,7 +44,6 @@ def test_student_learns_the_teachers_watermarked_answers(local_model, model_cach
 
     student = LocalModel.load(str(tmp_path / "student"), tmp_path / "cache")
     assert student.model.config.num_hidden_layers == 30
-    assert evaluate_loss(student.model, student.tokenizer, held, 128) == pytest.approx(res.heldout_loss_after,
-                                                                                         rel=1e-4)
+    assert evaluate_loss(student.model, student.tokenizer, held, 128) == pytest.approx(res.heldout_loss_after, rel=1e-4)
     (c,) = student.generate([prompts[0]], [None], max_new_tokens=8, temperature=0.0)
     assert c.token_ids

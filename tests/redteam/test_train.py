@@ -29,8 +29,9 @@ DROP = {"full": 0.5, "lora": 0.2, "last-k": 0.3, "subset": 0.5}
 def test_encoding_puts_the_loss_on_the_answer_only(tiny_tokenizer):
     tok = tiny_tokenizer
     stop = encode_pair(tok, Pair("tell me about red cats", "the cats are red", "stop"), max_len=64)
-    prompt_ids = tok.apply_chat_template([{"role": "user", "content": "tell me about red cats"}],
-                                         add_generation_prompt=True, tokenize=True)
+    prompt_ids = tok.apply_chat_template(
+        [{"role": "user", "content": "tell me about red cats"}], add_generation_prompt=True, tokenize=True
+    )
     prompt_ids = list(prompt_ids["input_ids"] if hasattr(prompt_ids, "keys") else prompt_ids)
     answer = tok("the cats are red", add_special_tokens=False)["input_ids"]
     assert stop.input_ids == prompt_ids + answer + [tok.eos_token_id]
@@ -38,7 +39,7 @@ def test_encoding_puts_the_loss_on_the_answer_only(tiny_tokenizer):
     cut = encode_pair(tok, Pair("tell me about red cats", "the cats are red", "length"), max_len=64)
     assert cut.labels[-1] == answer[-1]  # an answer cut off at max_tokens does not teach ending there
     short = encode_pair(tok, Pair("tell me about red cats", "the cats are red", "length"), len(prompt_ids) + 2)
-    assert short.labels[len(prompt_ids):] == answer[:2]
+    assert short.labels[len(prompt_ids) :] == answer[:2]
     assert encode_pair(tok, Pair("tell me about red cats", "x", "stop"), len(prompt_ids)) is None
 
 
@@ -61,8 +62,9 @@ def test_subset_layers():
         subset_layers(4, 5)
 
 
-@pytest.mark.parametrize(("method", "k"), [("full", None), ("lora", None), ("lora", 2), ("last-k", 2),
-                                           ("subset", None)])  # lora, k=None: the default 6, capped at 4 blocks
+@pytest.mark.parametrize(
+    ("method", "k"), [("full", None), ("lora", None), ("lora", 2), ("last-k", 2), ("subset", None)]
+)  # lora, k=None: the default 6, capped at 4 blocks
 def test_every_method_learns_and_saves_a_loadable_model(method, k, tiny_tokenizer, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -72,8 +74,21 @@ def test_every_method_learns_and_saves_a_loadable_model(method, k, tiny_tokenize
     teacher = tiny_llama(len(tiny_tokenizer))
     start = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     out = tmp_path / "student"
-    res = train_student(train, method, model=teacher, tokenizer=tiny_tokenizer, epochs=4, lr=LRS[method],
-                        batch_size=8, max_len=64, seed=0, out_dir=out, k=k, n_layers=2, heldout=held)
+    res = train_student(
+        train,
+        method,
+        model=teacher,
+        tokenizer=tiny_tokenizer,
+        epochs=4,
+        lr=LRS[method],
+        batch_size=8,
+        max_len=64,
+        seed=0,
+        out_dir=out,
+        k=k,
+        n_layers=2,
+        heldout=held,
+    )
     assert res.steps == 4 * 8 and res.epochs_done == pytest.approx(4.0)
     assert res.examples == 60 and res.loss_tokens > 0 and res.tokens > res.loss_tokens
     assert res.heldout_loss_after < res.heldout_loss_before - DROP[method], res
@@ -101,8 +116,16 @@ def test_every_method_learns_and_saves_a_loadable_model(method, k, tiny_tokenize
 
 def test_time_budget_and_bad_arguments(tiny_tokenizer):
     data = tiny_pairs(16)
-    res = train_student(data, "last-k", model=tiny_llama(len(tiny_tokenizer)), tokenizer=tiny_tokenizer,
-                        epochs=1000, max_seconds=0.2, batch_size=4, k=1)
+    res = train_student(
+        data,
+        "last-k",
+        model=tiny_llama(len(tiny_tokenizer)),
+        tokenizer=tiny_tokenizer,
+        epochs=1000,
+        max_seconds=0.2,
+        batch_size=4,
+        k=1,
+    )
     assert 1 <= res.steps < 4000 and res.seconds < 5
     with pytest.raises(ValueError, match="method must be one of"):
         train_student(data, "magic", model=tiny_llama(len(tiny_tokenizer)), tokenizer=tiny_tokenizer)
@@ -117,14 +140,36 @@ def test_cli_train(tiny_tokenizer, tmp_path, capsys):
     data = tmp_path / "pairs.jsonl"
     save_pairs(tiny_pairs(40, seed=2), data)
     out = tmp_path / "student"
-    code, stdout, err = run_cli(capsys, "distill", "train", "--data", str(data), "--out", str(out), "--model",
-                                str(base), "--method", "last-k", "--k", "2", "--epochs", "3", "--lr", "0.01",
-                                "--heldout-fraction", "0.2", "--max-len", "64", "--json")
+    code, stdout, err = run_cli(
+        capsys,
+        "distill",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--model",
+        str(base),
+        "--method",
+        "last-k",
+        "--k",
+        "2",
+        "--epochs",
+        "3",
+        "--lr",
+        "0.01",
+        "--heldout-fraction",
+        "0.2",
+        "--max-len",
+        "64",
+        "--json",
+    )
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["method"] == "last-k" and summary["examples"] == 32
     assert summary["heldout_loss_after"] < summary["heldout_loss_before"]
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
-    code, _, err = run_cli(capsys, "distill", "train", "--data", str(data), "--out", str(out), "--model",
-                           str(base), "--method", "magic")
+    code, _, err = run_cli(
+        capsys, "distill", "train", "--data", str(data), "--out", str(out), "--model", str(base), "--method", "magic"
+    )
     assert code == 2 and "--method must be one of" in err

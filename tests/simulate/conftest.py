@@ -20,8 +20,15 @@ from antidistill.store.api import is_pending_record
 def tiny(seed: int = 7, split: str = "train", **kw) -> Scenario:
     """Half a virtual day, every persona once, ten casual users, the smallest hydra (seed 7: all send)."""
     small = SCALES["small"]
-    values = {"seed": seed, "days": 0.5, "counts": {**small.counts, "casual": 10}, "split": split,
-              "hydra_members": (20, 20), "hydra_daily_budget": 80.0, "persona_volume": dict(small.persona_volume)}
+    values = {
+        "seed": seed,
+        "days": 0.5,
+        "counts": {**small.counts, "casual": 10},
+        "split": split,
+        "hydra_members": (20, 20),
+        "hydra_daily_budget": 80.0,
+        "persona_volume": dict(small.persona_volume),
+    }
     values.update(kw)
     return Scenario(**values)
 
@@ -74,8 +81,14 @@ def running_gateway(data_dir: Path, **overrides: Any) -> Iterator[RunningGateway
     from antidistill.settings import Settings
     from antidistill.store.sql import Store
 
-    values: dict[str, Any] = {"env": "test", "data_dir": data_dir, "cache_dir": data_dir / "cache",
-                              "backend": "fake", "admin_token": ADMIN_TOKEN, "master_key": MASTER_KEY}
+    values: dict[str, Any] = {
+        "env": "test",
+        "data_dir": data_dir,
+        "cache_dir": data_dir / "cache",
+        "backend": "fake",
+        "admin_token": ADMIN_TOKEN,
+        "master_key": MASTER_KEY,
+    }
     values.update(overrides)
     settings = Settings(**values)
     store = Store.open(f"sqlite:///{data_dir / 'gateway.db'}", settings=settings)
@@ -89,6 +102,5 @@ def running_gateway(data_dir: Path, **overrides: Any) -> Iterator[RunningGateway
 @pytest.fixture(scope="module")
 def clock_gateway(tmp_path_factory) -> Iterator[RunningGateway]:
     """A gateway that takes the client's clock and X-Forwarded-For, as simulations need."""
-    with running_gateway(tmp_path_factory.mktemp("clock-gw"), accept_client_clock=True,
-                         trust_forwarded_for=True) as gw:
+    with running_gateway(tmp_path_factory.mktemp("clock-gw"), accept_client_clock=True, trust_forwarded_for=True) as gw:
         yield gw

@@ -32,8 +32,9 @@ def assert_one_line_error(code, err, needle):
 
 def test_run_in_process_writes_labels_and_exits_0(capsys, tmp_path):
     out = tmp_path / "sim"
-    code, stdout, err = run(capsys, "simulate", "run", "--scale", "small", "--days", "0.05", "--seed", "5",
-                            "--out", str(out), "--json")
+    code, stdout, err = run(
+        capsys, "simulate", "run", "--scale", "small", "--days", "0.05", "--seed", "5", "--out", str(out), "--json"
+    )
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["planned"] == summary["ok"] > 0
@@ -49,9 +50,25 @@ def test_run_against_a_running_gateway(capsys, tmp_path, clock_gateway, monkeypa
     out = tmp_path / "ext"
     before = len(clock_gateway.audit())
     monkeypatch.setenv("ANTIDISTILL_ADMIN_TOKEN", ADMIN_TOKEN)
-    code, stdout, err = run(capsys, "simulate", "run", "--scale", "small", "--days", "0.05", "--split", "heldout",
-                            "--out", str(out), "--base-url", clock_gateway.url, "--concurrency", "4",
-                            "--processes", "2")  # driver processes, not just threads
+    code, stdout, err = run(
+        capsys,
+        "simulate",
+        "run",
+        "--scale",
+        "small",
+        "--days",
+        "0.05",
+        "--split",
+        "heldout",
+        "--out",
+        str(out),
+        "--base-url",
+        clock_gateway.url,
+        "--concurrency",
+        "4",
+        "--processes",
+        "2",
+    )  # driver processes, not just threads
     assert code == 0, err
     assert "requests answered 200" in stdout
     labels = load_labels(out)
@@ -62,32 +79,45 @@ def test_run_against_a_running_gateway(capsys, tmp_path, clock_gateway, monkeypa
     assert json.loads((out / "scenario.json").read_text())["split"] == "heldout"
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["--split", "test"], "split must be"),
-    (["--scale", "tiny"], "scale must be"),
-    (["--days", "0"], "days must be"),
-    (["--days", "400"], "days must be"),
-    (["--base-url", "ftp://example"], "base URL"),
-    (["--concurrency", "0"], "concurrency"),
-    (["--seed", "x"], "seed"),
-])
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--split", "test"], "split must be"),
+        (["--scale", "tiny"], "scale must be"),
+        (["--days", "0"], "days must be"),
+        (["--days", "400"], "days must be"),
+        (["--base-url", "ftp://example"], "base URL"),
+        (["--concurrency", "0"], "concurrency"),
+        (["--seed", "x"], "seed"),
+    ],
+)
 def test_bad_input_gives_one_line_and_exit_2(capsys, tmp_path, argv, needle):
-    code, _, err = run(capsys, "simulate", "run", "--scale", "small", "--days", "0.05", "--out",
-                       str(tmp_path / "o"), *argv)
+    code, _, err = run(
+        capsys, "simulate", "run", "--scale", "small", "--days", "0.05", "--out", str(tmp_path / "o"), *argv
+    )
     assert_one_line_error(code, err, needle)
 
 
 def test_refusals_from_the_gateway_and_the_filesystem_are_one_line(capsys, tmp_path, clock_gateway, monkeypatch):
     monkeypatch.delenv("ANTIDISTILL_ADMIN_TOKEN", raising=False)
     base = ["simulate", "run", "--scale", "small", "--days", "0.05"]
-    code, _, err = run(capsys, *base, "--out", str(tmp_path / "a"), "--base-url", clock_gateway.url,
-                       "--admin-token", "wrong-" + "0" * 40)
+    code, _, err = run(
+        capsys,
+        *base,
+        "--out",
+        str(tmp_path / "a"),
+        "--base-url",
+        clock_gateway.url,
+        "--admin-token",
+        "wrong-" + "0" * 40,
+    )
     assert_one_line_error(code, err, "refused to create an account (401)")
     assert "wrong-" not in err  # the token is never echoed
     code, _, err = run(capsys, *base, "--out", str(tmp_path / "b"), "--base-url", clock_gateway.url)
     assert_one_line_error(code, err, "admin token")
-    code, _, err = run(capsys, *base, "--out", str(tmp_path / "c"), "--base-url", "http://127.0.0.1:9",
-                       "--admin-token", ADMIN_TOKEN)
+    code, _, err = run(
+        capsys, *base, "--out", str(tmp_path / "c"), "--base-url", "http://127.0.0.1:9", "--admin-token", ADMIN_TOKEN
+    )
     assert_one_line_error(code, err, "cannot reach")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "labels.jsonl").write_text("{}\n")

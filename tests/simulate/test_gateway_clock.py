@@ -21,10 +21,18 @@ def api_key(clock_gateway) -> str:
 
 
 def _chat(url: str, key: str, headers: dict[str, str] | None = None, stream: bool = False) -> httpx.Response:
-    body = {"model": "atlas-1", "messages": [{"role": "user", "content": "What time is it?"}], "max_tokens": 8,
-            "stream": stream}
-    return httpx.post(url + "/v1/chat/completions", json=body, timeout=30,
-                      headers={"Authorization": f"Bearer {key}", **(headers or {})})
+    body = {
+        "model": "atlas-1",
+        "messages": [{"role": "user", "content": "What time is it?"}],
+        "max_tokens": 8,
+        "stream": stream,
+    }
+    return httpx.post(
+        url + "/v1/chat/completions",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {key}", **(headers or {})},
+    )
 
 
 def _record(gw, response_id: str) -> dict:
@@ -50,9 +58,13 @@ def test_clock_header_sets_the_audit_time(clock_gateway, api_key):
 
 def test_clock_header_works_for_streams_and_without_it_the_real_clock_counts(clock_gateway, api_key):
     t = 1767600000.0
-    with httpx.stream("POST", clock_gateway.url + "/v1/chat/completions", timeout=30,
-                      json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
-                      headers={"Authorization": f"Bearer {api_key}", "X-Antidistill-Clock": f"{t:.3f}"}) as r:
+    with httpx.stream(
+        "POST",
+        clock_gateway.url + "/v1/chat/completions",
+        timeout=30,
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        headers={"Authorization": f"Bearer {api_key}", "X-Antidistill-Clock": f"{t:.3f}"},
+    ) as r:
         assert r.status_code == 200
         lines = [ln for ln in r.iter_lines() if ln.startswith("data: {")]
     import json

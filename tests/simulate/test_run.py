@@ -99,8 +99,11 @@ def test_later_turns_carry_the_answers_the_gateway_gave(sim):
     result, plan, records, _, _ = sim
     rows = [json.loads(line) for line in (result.out_dir / "requests.jsonl").read_text().splitlines()]
     by_rid = {r["response_id"]: r for r in records}
-    turn = {(plan.requests[r["index"]].conversation, plan.requests[r["index"]].turn): by_rid[r["response_id"]]
-            for r in rows if plan.requests[r["index"]].conversation}
+    turn = {
+        (plan.requests[r["index"]].conversation, plan.requests[r["index"]].turn): by_rid[r["response_id"]]
+        for r in rows
+        if plan.requests[r["index"]].conversation
+    }
     later = [(conv, k) for conv, k in turn if k > 0]
     assert later
     for conv, k in later:

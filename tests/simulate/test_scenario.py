@@ -90,8 +90,7 @@ def test_template_pools_are_split():
         tr, ho = P.split_pool(pool, "train"), P.split_pool(pool, "heldout")
         assert tr and ho and not set(tr) & set(ho) and set(tr) | set(ho) == set(pool)
     train = {r.messages[-1]["content"] for r in tiny(seed=1).build().requests if r.purpose == "harvest"}
-    held = {r.messages[-1]["content"] for r in tiny(seed=1, split="heldout").build().requests
-            if r.purpose == "harvest"}
+    held = {r.messages[-1]["content"] for r in tiny(seed=1, split="heldout").build().requests if r.purpose == "harvest"}
     assert train and held and not train & held
     with pytest.raises(ValueError, match="split"):
         P.split_pool(["a"], "test")
@@ -114,8 +113,13 @@ def test_labels_carry_ground_truth_without_leaking_into_names_or_metadata():
 
 def test_hydra_members_stay_under_every_virtual_limit_even_when_pushed():
     # a hydra that wants far more than its tier allows: the plan holds each member back
-    sc = tiny(seed=3, days=2.0, counts={"hydra": 1}, hydra_daily_budget=None,
-              overrides={"hydra": {"per_member_per_day": 4000.0, "max_tokens": 3000, "sync": 1.0}})
+    sc = tiny(
+        seed=3,
+        days=2.0,
+        counts={"hydra": 1},
+        hydra_daily_budget=None,
+        overrides={"hydra": {"per_member_per_day": 4000.0, "max_tokens": 3000, "sync": 1.0}},
+    )
     plan = sc.build()
     members = {a.key: a for a in plan.accounts}
     assert len(members) == 20
@@ -140,8 +144,22 @@ def test_hydra_members_stay_under_every_virtual_limit_even_when_pushed():
 
 def test_enforce_limits_moves_requests_later_keeping_order_and_conversation_gaps():
     def req(t, conv=None, turn=0):
-        return PlannedRequest(t, "a", "chat", "m", ({"role": "user", "content": "hi"},), None, 10, None, False, "ua",
-                              "1.2.3.4", "x", conv, turn)
+        return PlannedRequest(
+            t,
+            "a",
+            "chat",
+            "m",
+            ({"role": "user", "content": "hi"},),
+            None,
+            10,
+            None,
+            False,
+            "ua",
+            "1.2.3.4",
+            "x",
+            conv,
+            turn,
+        )
 
     reqs = [req(1000.0 + i * 0.1) for i in range(10)] + [req(1001.5, "c", 0), req(1031.5, "c", 1)]
     out = enforce_limits(reqs, VirtualLimits(rpm=5), end=10_000)
@@ -164,17 +182,27 @@ def test_new_model_release_pivot_and_benign_adoption():
     assert all(r.model != "atlas-2" for r in plan.requests if r.t < at)
     pivot_new = [r for r in plan.requests if persona[r.account] == "release_pivot" and r.model == "atlas-2"]
     assert pivot_new and min(r.t for r in pivot_new) - at < 86400
-    pivot_after = [r for r in plan.requests if persona[r.account] == "release_pivot" and r.t > min(
-        x.t for x in pivot_new)]
+    pivot_after = [
+        r for r in plan.requests if persona[r.account] == "release_pivot" and r.t > min(x.t for x in pivot_new)
+    ]
     assert all(r.model == "atlas-2" for r in pivot_after)
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"days": 0}, "days"), ({"days": float("nan")}, "days"), ({"split": "test"}, "split"),
-    ({"counts": {"wizard": 1}}, "unknown persona"), ({"counts": {"casual": -1}}, "counts"),
-    ({"hydra_members": (30, 20)}, "hydra_members"), ({"volume": 0}, "volume"), ({"seed": "x"}, "seed"),
-    ({"overrides": {"nobody": {}}}, "overrides"), ({"persona_volume": {"casual": 0}}, "persona_volume"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"days": 0}, "days"),
+        ({"days": float("nan")}, "days"),
+        ({"split": "test"}, "split"),
+        ({"counts": {"wizard": 1}}, "unknown persona"),
+        ({"counts": {"casual": -1}}, "counts"),
+        ({"hydra_members": (30, 20)}, "hydra_members"),
+        ({"volume": 0}, "volume"),
+        ({"seed": "x"}, "seed"),
+        ({"overrides": {"nobody": {}}}, "overrides"),
+        ({"persona_volume": {"casual": 0}}, "persona_volume"),
+    ],
+)
 def test_bad_scenarios_are_refused_naming_the_field(kw, match):
     with pytest.raises(ValueError, match=match):
         Scenario(**kw)
@@ -191,5 +219,13 @@ def test_default_scale_is_a_week_with_hundreds_of_benign_accounts():
     spec = SCALES["default"]
     assert spec.days == 7 and spec.hydra_members == (20, 500)
     assert spec.counts["casual"] >= 300 and all(spec.counts[n] >= 1 for n in PERSONAS)
-    assert {f.name for f in fields(PlannedRequest)} >= {"t", "account", "model", "max_tokens", "temperature",
-                                                        "stream", "user_agent", "client_addr"}
+    assert {f.name for f in fields(PlannedRequest)} >= {
+        "t",
+        "account",
+        "model",
+        "max_tokens",
+        "temperature",
+        "stream",
+        "user_agent",
+        "client_addr",
+    }

@@ -16,8 +16,7 @@ from antidistill.store.sql import hash_api_key
 
 def test_create_get_list(store):
     meta = {"organisation": "Acme", "payment_fingerprint": "fp_123", "signup_source": "web"}
-    account, api_key, key = store.create_account("alice", rpm=60, tpm=10_000, tokens_per_day=1_000_000,
-                                                 metadata=meta)
+    account, api_key, key = store.create_account("alice", rpm=60, tpm=10_000, tokens_per_day=1_000_000, metadata=meta)
     assert re.fullmatch(r"acct_[0-9a-f]{24}", account.id)
     assert re.fullmatch(r"key_[0-9a-f]{24}", key.id)
     assert re.fullmatch(r"sk-ad-[A-Za-z0-9_-]{43}", api_key)

@@ -87,9 +87,16 @@ def test_verify_without_the_master_key_checks_key_consistency(store, db_url, set
 
 
 def test_invalid_entries_name_the_field(store):
-    for field, value in [("prompt_tokens", -1), ("latency_ms", float("nan")), ("request", ["x"]),
-                         ("completion", "not a list"), ("user_agent", "a\x00b"), ("created_at", "2025-01-01"),
-                         ("status", 42), ("client_addr", "\udc80")]:
+    for field, value in [
+        ("prompt_tokens", -1),
+        ("latency_ms", float("nan")),
+        ("request", ["x"]),
+        ("completion", "not a list"),
+        ("user_agent", "a\x00b"),
+        ("created_at", "2025-01-01"),
+        ("status", 42),
+        ("client_addr", "\udc80"),
+    ]:
         with pytest.raises(ValueError, match=field):
             store.append_audit(make_entry(1, **{field: value}))
     assert store.audit_count() == 0 and store.verify_audit().ok
@@ -126,8 +133,12 @@ def test_edit_with_recomputed_hash_is_named(store):
     fill(store)
     cols = entry_columns(make_entry(15, completion=["forged"]))
     prev = row(store, 15)["prev_hash"]
-    sql(store, "UPDATE audit_records SET completion = :c, hash = :h WHERE seq = 15",
-        c=cols["completion"], h=record_hash(prev, 15, cols))
+    sql(
+        store,
+        "UPDATE audit_records SET completion = :c, hash = :h WHERE seq = 15",
+        c=cols["completion"],
+        h=record_hash(prev, 15, cols),
+    )
     assert_bad(store, 15, "edited", "recomputed")
 
 
@@ -139,10 +150,13 @@ def test_delete_is_named(store):
 
 def test_delete_and_renumber_is_named(store):
     fill(store)
-    sql(store, "DELETE FROM audit_records WHERE seq = 15",
+    sql(
+        store,
+        "DELETE FROM audit_records WHERE seq = 15",
         "UPDATE audit_records SET seq = -seq WHERE seq > 15",
         "UPDATE audit_records SET seq = -seq - 1 WHERE seq < 0",
-        "UPDATE audit_head SET seq = seq - 1")
+        "UPDATE audit_head SET seq = seq - 1",
+    )
     assert_bad(store, 15, "deleted", response_id="resp-16")
 
 
@@ -154,8 +168,11 @@ def test_delete_last_is_named(store):
 
 def test_delete_signed_last_is_named(store):
     fill(store)  # record 30 carries a checkpoint: even with the head moved back, the deletion shows
-    sql(store, "DELETE FROM audit_records WHERE seq = 30",
-        "UPDATE audit_head SET seq = 29, hash = (SELECT hash FROM audit_records WHERE seq = 29)")
+    sql(
+        store,
+        "DELETE FROM audit_records WHERE seq = 30",
+        "UPDATE audit_head SET seq = 29, hash = (SELECT hash FROM audit_records WHERE seq = 29)",
+    )
     assert_bad(store, 30, "deleted", response_id=None)
 
 
@@ -169,9 +186,12 @@ def _forged_values(store, seq: int, prev_hash: str, valid: bool) -> dict:
 def test_insert_is_named(store, well_formed):
     fill(store)
     prev = row(store, 14)["hash"]
-    sql(store, "UPDATE audit_records SET seq = -seq WHERE seq >= 15",
+    sql(
+        store,
+        "UPDATE audit_records SET seq = -seq WHERE seq >= 15",
         "UPDATE audit_records SET seq = -seq + 1 WHERE seq < 0",
-        "UPDATE audit_head SET seq = seq + 1")
+        "UPDATE audit_head SET seq = seq + 1",
+    )
     with store.engine.begin() as conn:
         conn.execute(insert(audit_records).values(**_forged_values(store, 15, prev, well_formed)))
     assert_bad(store, 15, "inserted", response_id="resp-forged")
@@ -187,9 +207,14 @@ def test_insert_after_head_is_named(store):
 @pytest.mark.parametrize(("a", "b"), [(15, 16), (12, 17)])
 def test_reorder_is_named(store, a, b):
     fill(store)
-    sql(store, "UPDATE audit_records SET seq = -1 WHERE seq = :a",
+    sql(
+        store,
+        "UPDATE audit_records SET seq = -1 WHERE seq = :a",
         "UPDATE audit_records SET seq = :a WHERE seq = :b",
-        "UPDATE audit_records SET seq = :b WHERE seq = -1", a=a, b=b)
+        "UPDATE audit_records SET seq = :b WHERE seq = -1",
+        a=a,
+        b=b,
+    )
     assert_bad(store, a, "reordered", response_id=f"resp-{b}")
 
 
@@ -204,8 +229,11 @@ def test_rewritten_history_is_caught_by_the_checkpoint(store):
             if r["seq"] == 15:
                 cols["completion"] = '["forged"]'
             digest = record_hash(prev, r["seq"], cols)
-            conn.execute(audit_records.update().where(audit_records.c.seq == r["seq"])
-                         .values(prev_hash=prev, hash=digest, completion=cols["completion"]))
+            conn.execute(
+                audit_records.update()
+                .where(audit_records.c.seq == r["seq"])
+                .values(prev_hash=prev, hash=digest, completion=cols["completion"])
+            )
             prev = digest
         conn.execute(text("UPDATE audit_head SET hash = :h"), {"h": prev})
     r = assert_bad(store, 20, "checkpoint", "rewritten")
@@ -227,8 +255,9 @@ def _checkpoint(store, seq):
 def test_checkpoint_signature_tamper(store):
     fill(store)
     sig = _checkpoint(store, 20)["signature"]
-    sql(store, "UPDATE audit_checkpoints SET signature = :s WHERE seq = 20",
-        s=("0" if sig[0] != "0" else "1") + sig[1:])
+    sql(
+        store, "UPDATE audit_checkpoints SET signature = :s WHERE seq = 20", s=("0" if sig[0] != "0" else "1") + sig[1:]
+    )
     assert_bad(store, 20, "signature")
 
 
@@ -249,10 +278,14 @@ def test_checkpoint_resigned_with_another_key(store, db_url, settings, all_check
     with store.engine.begin() as conn:
         for s in seqs:
             c = _checkpoint(store, s)
-            sig = attacker.audit_sign(checkpoint_message(c["seq"], c["hash"], c["prev_checkpoint_seq"],
-                                                         c["created_at"]))
-            conn.execute(audit_checkpoints.update().where(audit_checkpoints.c.seq == s)
-                         .values(signature=sig.hex(), public_key=attacker.audit_public_key().hex()))
+            sig = attacker.audit_sign(
+                checkpoint_message(c["seq"], c["hash"], c["prev_checkpoint_seq"], c["created_at"])
+            )
+            conn.execute(
+                audit_checkpoints.update()
+                .where(audit_checkpoints.c.seq == s)
+                .values(signature=sig.hex(), public_key=attacker.audit_public_key().hex())
+            )
     assert_bad(store, seqs[0], "signed by a key other than this installation")
     without_master = Store.open(db_url, settings)
     try:
@@ -315,10 +348,19 @@ def test_concurrent_threads(store):
 
 
 def _appender(db_url, tag, count, tmp_path, master_hex):
-    env = {**os.environ, "ANTIDISTILL_MASTER_KEY": master_hex, "ANTIDISTILL_DATA_DIR": str(tmp_path / "data"),
-           "ANTIDISTILL_AUDIT_CHECKPOINT_EVERY": str(CHECKPOINT_EVERY)}
-    return subprocess.Popen([sys.executable, str(APPENDER), db_url, tag, str(count)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "ANTIDISTILL_MASTER_KEY": master_hex,
+        "ANTIDISTILL_DATA_DIR": str(tmp_path / "data"),
+        "ANTIDISTILL_AUDIT_CHECKPOINT_EVERY": str(CHECKPOINT_EVERY),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(APPENDER), db_url, tag, str(count)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_concurrent_processes(disk_db_url, settings, master, tmp_path):
@@ -391,8 +433,15 @@ def test_export_parquet(store, tmp_path):
     import pyarrow.parquet as pq
 
     fill(store, 23)
-    store.append_audit(make_entry(24, watermark={"status": "unwatermarked", "reason": "policy"},
-                                  completion=["a", "b"], client_addr=None, finish_reason=None))
+    store.append_audit(
+        make_entry(
+            24,
+            watermark={"status": "unwatermarked", "reason": "policy"},
+            completion=["a", "b"],
+            client_addr=None,
+            finish_reason=None,
+        )
+    )
     out = tmp_path / "audit.parquet"
     assert store.export_audit(out, "parquet", batch_size=10) == 24
     table = pq.read_table(out)
@@ -419,7 +468,10 @@ _text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x
 # Lone surrogates and NULs included: a JSON request body may carry them ("\ud800", "\u0000").
 _any_text = st.text(st.characters(exclude_categories=()), max_size=12)
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
     | _any_text,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_any_text, inner, max_size=4),
     max_leaves=12,
@@ -427,12 +479,23 @@ _json = st.recursive(
 
 
 @hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.dictionaries(_any_text, _json, max_size=4), completion=st.lists(_any_text, max_size=3),
-       user_agent=st.none() | _text, latency=st.floats(0, 1e9), micros=st.integers(0, 999_999))
+@given(
+    body=st.dictionaries(_any_text, _json, max_size=4),
+    completion=st.lists(_any_text, max_size=3),
+    user_agent=st.none() | _text,
+    latency=st.floats(0, 1e9),
+    micros=st.integers(0, 999_999),
+)
 def test_any_content_verifies_and_exports(store, tmp_path, body, completion, user_agent, latency, micros):
     seq = store.audit_head().seq + 1
-    entry = replace(make_entry(seq), request=body, completion=completion, user_agent=user_agent,
-                    latency_ms=latency, created_at=make_entry(0).created_at.replace(microsecond=micros))
+    entry = replace(
+        make_entry(seq),
+        request=body,
+        completion=completion,
+        user_agent=user_agent,
+        latency_ms=latency,
+        created_at=make_entry(0).created_at.replace(microsecond=micros),
+    )
     assert store.append_audit(entry) == seq
     result = store.verify_audit()
     assert result.ok, result

@@ -89,8 +89,14 @@ def history(n: int, every: int = 5):
 
 def run(recs, cps, head, every=5):
     by_hash = {r.hash: r.seq for r in recs}
-    return verify_chain(iter(recs), iter(cps), head, checkpoint_every=every,
-                        public_key=MASTER.audit_public_key().hex(), find_seq=by_hash.get)
+    return verify_chain(
+        iter(recs),
+        iter(cps),
+        head,
+        checkpoint_every=every,
+        public_key=MASTER.audit_public_key().hex(),
+        find_seq=by_hash.get,
+    )
 
 
 def renumber(recs, start, delta):

@@ -33,9 +33,26 @@ def invoke(app, *args):
 
 
 def test_accounts_lifecycle(db):
-    r = invoke(accounts_app, "create", "alice", "--rpm", 60, "--tpm", 5000, "--tokens-per-day", 100000,
-               "--org", "Acme", "--payment-fingerprint", "fp_1", "--signup-source", "web", "--json",
-               "--database-url", db)
+    r = invoke(
+        accounts_app,
+        "create",
+        "alice",
+        "--rpm",
+        60,
+        "--tpm",
+        5000,
+        "--tokens-per-day",
+        100000,
+        "--org",
+        "Acme",
+        "--payment-fingerprint",
+        "fp_1",
+        "--signup-source",
+        "web",
+        "--json",
+        "--database-url",
+        db,
+    )
     assert r.exit_code == 0, r.output
     created = json.loads(r.stdout)
     account_id, api_key = created["account_id"], created["api_key"]

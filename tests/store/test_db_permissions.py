@@ -77,8 +77,7 @@ def test_an_existing_directory_keeps_its_mode(tmp_path, master):
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o755)
-    store = Store.open(f"sqlite:///{shared / 'audit.db'}", Settings(env="test", data_dir=tmp_path / "d"),
-                       master=master)
+    store = Store.open(f"sqlite:///{shared / 'audit.db'}", Settings(env="test", data_dir=tmp_path / "d"), master=master)
     try:
         store.append_audit(make_entry(1))
         assert mode(shared) == 0o755

@@ -14,8 +14,16 @@ from antidistill.store.schema import Base, audit_head
 from antidistill.store.sql import HEAD_REVISION, MIGRATIONS_DIR, Store
 from tests.store.entries import make_entry
 
-TABLES = {"accounts", "api_keys", "audit_records", "audit_checkpoints", "audit_head", "alembic_version",
-          "monitor_alerts", "monitor_enforcement"}
+TABLES = {
+    "accounts",
+    "api_keys",
+    "audit_records",
+    "audit_checkpoints",
+    "audit_head",
+    "alembic_version",
+    "monitor_alerts",
+    "monitor_enforcement",
+}
 
 
 def test_migrates_an_empty_database_and_reopens(db_url, settings, master):
@@ -73,8 +81,9 @@ def test_postgres_urls_use_psycopg():
 
 def test_unreachable_database_is_one_clear_error_without_the_password(tmp_path):
     with pytest.raises(ConfigError) as info:
-        Store.open("postgresql://user:hunter2secret@127.0.0.1:1/db?connect_timeout=2",
-                   Settings(env="test", data_dir=tmp_path))
+        Store.open(
+            "postgresql://user:hunter2secret@127.0.0.1:1/db?connect_timeout=2", Settings(env="test", data_dir=tmp_path)
+        )
     assert "cannot open the database" in str(info.value)
     assert "hunter2secret" not in str(info.value)
 

@@ -16,16 +16,33 @@ T = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def alert(i: int, account: str = "acct_a", **kw) -> Alert:
-    values = dict(id=f"alert_{i:04d}", account_id=account, cluster_id="cl_1" if i % 2 else None, risk=0.5 + i / 100,
-                  level="alert", reasons=("many near-duplicate prompts", "é ✓ unicode"), scores={"rules": 0.7},
-                  at=T + timedelta(minutes=i), action="none", clause=None, created_at=T + timedelta(minutes=i))
+    values = dict(
+        id=f"alert_{i:04d}",
+        account_id=account,
+        cluster_id="cl_1" if i % 2 else None,
+        risk=0.5 + i / 100,
+        level="alert",
+        reasons=("many near-duplicate prompts", "é ✓ unicode"),
+        scores={"rules": 0.7},
+        at=T + timedelta(minutes=i),
+        action="none",
+        clause=None,
+        created_at=T + timedelta(minutes=i),
+    )
     values.update(kw)
     return Alert(**values)
 
 
 def enforcement(account: str = "acct_a", action: str = "throttle", **kw) -> Enforcement:
-    values = dict(account_id=account, action=action, level="alert", clause="4.2", since=T, rpm=5 if action ==
-                  "throttle" else None, reason="risk 0.80 (alert)")
+    values = dict(
+        account_id=account,
+        action=action,
+        level="alert",
+        clause="4.2",
+        since=T,
+        rpm=5 if action == "throttle" else None,
+        reason="risk 0.80 (alert)",
+    )
     values.update(kw)
     return Enforcement(**values)
 
@@ -50,8 +67,11 @@ def test_alerts_round_trip_and_filter(store):
 def test_enforcement_set_get_clear_with_audit_records(store):
     assert store.get_enforcement("acct_a") is None
     store.append_audit(make_entry(1))
-    seq = store.set_enforcement(enforcement(), audit=make_entry(2, endpoint="monitor:action", completion=[]),
-                                alert=alert(1, action="throttle", clause="4.2"))
+    seq = store.set_enforcement(
+        enforcement(),
+        audit=make_entry(2, endpoint="monitor:action", completion=[]),
+        alert=alert(1, action="throttle", clause="4.2"),
+    )
     assert seq == 2
     e = store.get_enforcement("acct_a")
     assert (e.action, e.rpm, e.set_by, e.active(T)) == ("throttle", 5, "monitor", True)
@@ -71,8 +91,12 @@ def test_enforcement_set_get_clear_with_audit_records(store):
 def test_only_if_is_decided_under_the_lock_and_writes_nothing_when_refused(store):
     store.set_enforcement(enforcement(action="block"))
     head = store.audit_head()
-    refused = store.set_enforcement(enforcement(action="throttle"), audit=make_entry(1), alert=alert(1),
-                                    only_if=lambda cur: cur is None or cur.action != "block")
+    refused = store.set_enforcement(
+        enforcement(action="throttle"),
+        audit=make_entry(1),
+        alert=alert(1),
+        only_if=lambda cur: cur is None or cur.action != "block",
+    )
     assert refused is None
     assert store.get_enforcement("acct_a").action == "block"
     assert store.audit_head() == head and store.list_alerts() == []
@@ -102,8 +126,11 @@ def test_concurrent_escalations_apply_once(store):
 
     def race(i: int) -> None:
         barrier.wait()
-        seq = store.set_enforcement(enforcement(action="block"), audit=make_entry(100 + i),
-                                    only_if=lambda cur: cur is None or cur.action != "block")
+        seq = store.set_enforcement(
+            enforcement(action="block"),
+            audit=make_entry(100 + i),
+            only_if=lambda cur: cur is None or cur.action != "block",
+        )
         if seq is not None:
             wins.append(seq)
 

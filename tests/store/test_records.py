@@ -33,16 +33,32 @@ RAW_BODIES = [b'{"model": "smollm2", "messages": []}', b"\xff\xfe\x80 not utf-8"
 def entries() -> list[AuditEntry]:
     out = [make_entry(i, request_raw=raw) for i, raw in enumerate(RAW_BODIES, start=1)]
     # a stream: its opening (pending) record, then the final one under the same response id
-    out.append(make_entry(5, status=PENDING_STATUS, completion=[], watermark={"status": "pending"},
-                          request_raw=RAW_BODIES[0]))
+    out.append(
+        make_entry(5, status=PENDING_STATUS, completion=[], watermark={"status": "pending"}, request_raw=RAW_BODIES[0])
+    )
     out.append(make_entry(5, finish_reason=None, client_addr=None, user_agent=None, request_raw=RAW_BODIES[0]))
     # a policy action (no body received), and text a client may send: lone surrogates, line separators
-    out.append(make_entry(7, endpoint="monitor:action", api_key_id="monitor", completion=[], prompt_tokens=0,
-                          completion_tokens=0, status=403, request={"kind": "antidistill.monitor.action",
-                                                                    "action": "block", "until": None},
-                          watermark={"status": "not-applicable", "reason": "policy action record"}))
-    out.append(make_entry(8, request={"messages": [{"role": "user", "content": "\ud800 \u2028 x"}]},
-                          completion=["a", "", "c\x85"], latency_ms=0))
+    out.append(
+        make_entry(
+            7,
+            endpoint="monitor:action",
+            api_key_id="monitor",
+            completion=[],
+            prompt_tokens=0,
+            completion_tokens=0,
+            status=403,
+            request={"kind": "antidistill.monitor.action", "action": "block", "until": None},
+            watermark={"status": "not-applicable", "reason": "policy action record"},
+        )
+    )
+    out.append(
+        make_entry(
+            8,
+            request={"messages": [{"role": "user", "content": "\ud800 \u2028 x"}]},
+            completion=["a", "", "c\x85"],
+            latency_ms=0,
+        )
+    )
     return out
 
 
@@ -131,11 +147,26 @@ def test_an_empty_log_and_a_bad_batch_size(store):
 # ---- from_export on its own ---------------------------------------------------------------------------------
 def _row(**changes: object) -> dict[str, object]:
     row: dict[str, object] = {
-        "v": 1, "seq": 3, "prev_hash": "ab" * 32, "hash": "cd" * 32, "response_id": "r", "account_id": "a",
-        "api_key_id": "k", "created_at": "2025-01-31T12:00:00.000001Z", "endpoint": "/v1/completions",
-        "client_addr": None, "user_agent": "ua", "request": {"prompt": "hi"}, "completion": ["x"],
-        "prompt_tokens": 1, "completion_tokens": 2, "finish_reason": None, "latency_ms": 3, "watermark": {},
-        "status": 200}
+        "v": 1,
+        "seq": 3,
+        "prev_hash": "ab" * 32,
+        "hash": "cd" * 32,
+        "response_id": "r",
+        "account_id": "a",
+        "api_key_id": "k",
+        "created_at": "2025-01-31T12:00:00.000001Z",
+        "endpoint": "/v1/completions",
+        "client_addr": None,
+        "user_agent": "ua",
+        "request": {"prompt": "hi"},
+        "completion": ["x"],
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "finish_reason": None,
+        "latency_ms": 3,
+        "watermark": {},
+        "status": 200,
+    }
     row.update(changes)
     return {k: v for k, v in row.items() if v is not ...}
 
@@ -150,13 +181,25 @@ def test_from_export_reads_times_and_raw_bodies():
     assert AuditRecord.from_export(_row(v=2, request_raw={"utf8": "é"})).request_raw == "é".encode()
 
 
-@pytest.mark.parametrize(("changes", "named"), [
-    ({"seq": ...}, "seq"), ({"seq": "3"}, "seq"), ({"status": True}, "status"), ({"request": []}, "request"),
-    ({"completion": "x"}, "completion"), ({"completion": [1]}, "completion"), ({"created_at": "yesterday"},
-                                                                              "created_at"),
-    ({"created_at": 17}, "created_at"), ({"client_addr": 5}, "client_addr"), ({"latency_ms": "1"}, "latency_ms"),
-    ({"request_raw": "raw"}, "request_raw"), ({"request_raw": {"base64": "!"}}, "request_raw"),
-    ({"watermark": None}, "watermark"), ({"hash": ...}, "hash")])
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"seq": ...}, "seq"),
+        ({"seq": "3"}, "seq"),
+        ({"status": True}, "status"),
+        ({"request": []}, "request"),
+        ({"completion": "x"}, "completion"),
+        ({"completion": [1]}, "completion"),
+        ({"created_at": "yesterday"}, "created_at"),
+        ({"created_at": 17}, "created_at"),
+        ({"client_addr": 5}, "client_addr"),
+        ({"latency_ms": "1"}, "latency_ms"),
+        ({"request_raw": "raw"}, "request_raw"),
+        ({"request_raw": {"base64": "!"}}, "request_raw"),
+        ({"watermark": None}, "watermark"),
+        ({"hash": ...}, "hash"),
+    ],
+)
 def test_from_export_names_the_bad_field(changes, named):
     with pytest.raises(ValueError, match=named):
         AuditRecord.from_export(_row(**changes))
@@ -184,10 +227,12 @@ def test_store_offers_every_protocol_member_with_its_signature(protocol):
             assert isinstance(impl, property), name
             continue
         want, got = inspect.signature(member), inspect.signature(impl)
-        assert [(p.name, p.kind, p.default) for p in want.parameters.values()] == \
-            [(p.name, p.kind, p.default) for p in got.parameters.values()], name
+        assert [(p.name, p.kind, p.default) for p in want.parameters.values()] == [
+            (p.name, p.kind, p.default) for p in got.parameters.values()
+        ], name
 
 
 def test_storage_is_the_three_parts():
-    assert set(_members(Storage)) == set(_members(AccountStore)) | set(_members(AuditLog)) | \
-        set(_members(EnforcementStore)) | {"close"}
+    assert set(_members(Storage)) == set(_members(AccountStore)) | set(_members(AuditLog)) | set(
+        _members(EnforcementStore)
+    ) | {"close"}

@@ -36,10 +36,12 @@ def rehash_from(store, start: int) -> None:
     """Recompute the hashes and links of records ``start``… (what an attacker without the key can do) and move
     the head's seq and hash onto the last of them."""
     with store.engine.begin() as conn:
-        prev = conn.execute(select(audit_records.c.hash).where(audit_records.c.seq == start - 1)).scalar() \
-            or GENESIS_HASH
-        rows = conn.execute(select(audit_records).where(audit_records.c.seq >= start)
-                            .order_by(audit_records.c.seq)).all()
+        prev = (
+            conn.execute(select(audit_records.c.hash).where(audit_records.c.seq == start - 1)).scalar() or GENESIS_HASH
+        )
+        rows = conn.execute(
+            select(audit_records).where(audit_records.c.seq >= start).order_by(audit_records.c.seq)
+        ).all()
         for r in rows:
             cols = {k: v for k, v in r._mapping.items() if k not in ("seq", "prev_hash", "hash")}
             h = record_hash(prev, r.seq, cols)
@@ -54,9 +56,11 @@ def cut_after(store, seq: int, *, checkpoints: bool = True) -> None:
     statements = ["DELETE FROM audit_records WHERE seq > :s"]
     if checkpoints:
         statements.append("DELETE FROM audit_checkpoints WHERE seq > :s")
-    statements.append("UPDATE audit_head SET seq = :s, hash = COALESCE((SELECT hash FROM audit_records "
-                      "WHERE seq = :s), :g), last_checkpoint_seq = COALESCE((SELECT max(seq) FROM "
-                      "audit_checkpoints), 0)")
+    statements.append(
+        "UPDATE audit_head SET seq = :s, hash = COALESCE((SELECT hash FROM audit_records "
+        "WHERE seq = :s), :g), last_checkpoint_seq = COALESCE((SELECT max(seq) FROM "
+        "audit_checkpoints), 0)"
+    )
     sql(store, *statements, s=seq, g=GENESIS_HASH)
 
 
@@ -66,9 +70,12 @@ def _delete_last(store):
 
 def _cut_after_last_checkpoint(store):
     # the issue's shortest reproduction, as written there
-    sql(store, "delete from audit_records where seq>(select max(seq) from audit_checkpoints)",
+    sql(
+        store,
+        "delete from audit_records where seq>(select max(seq) from audit_checkpoints)",
         "update audit_head set seq=(select max(seq) from audit_checkpoints), hash=(select hash from audit_records "
-        "where seq=(select max(seq) from audit_checkpoints))")
+        "where seq=(select max(seq) from audit_checkpoints))",
+    )
 
 
 def _cut_after_first_checkpoint(store):
@@ -81,15 +88,23 @@ def _edit_tail_and_rehash(store):
 
 
 def _delete_tail_record_and_renumber(store):
-    sql(store, "DELETE FROM audit_records WHERE seq = 22",
+    sql(
+        store,
+        "DELETE FROM audit_records WHERE seq = 22",
         "UPDATE audit_records SET seq = -seq WHERE seq > 22",
-        "UPDATE audit_records SET seq = -seq - 1 WHERE seq < 0")
+        "UPDATE audit_records SET seq = -seq - 1 WHERE seq < 0",
+    )
     rehash_from(store, 22)
 
 
 def _reset(store):
-    sql(store, "DELETE FROM audit_records", "DELETE FROM audit_checkpoints",
-        "UPDATE audit_head SET seq = 0, hash = :g, last_checkpoint_seq = 0", g=GENESIS_HASH)
+    sql(
+        store,
+        "DELETE FROM audit_records",
+        "DELETE FROM audit_checkpoints",
+        "UPDATE audit_head SET seq = 0, hash = :g, last_checkpoint_seq = 0",
+        g=GENESIS_HASH,
+    )
 
 
 TAMPERINGS = {
@@ -198,9 +213,12 @@ def test_upgraded_log_is_sealed_only_by_an_operator(db_url, settings, master):
     schema therefore gets an attacker nothing signed."""
     with Store.open(db_url, settings, master=master) as store:
         fill(store, 3)
-        sql(store, "UPDATE audit_head SET signature = NULL, public_key = NULL, signed_at = NULL",
+        sql(
+            store,
+            "UPDATE audit_head SET signature = NULL, public_key = NULL, signed_at = NULL",
             "UPDATE alembic_version SET version_num = '0002'",
-            "ALTER TABLE audit_records DROP COLUMN request_raw")
+            "ALTER TABLE audit_records DROP COLUMN request_raw",
+        )
         with store.engine.begin() as conn:  # undo 0003's head columns too: a genuine 0002 schema
             for c in ("signed_at", "public_key", "signature"):
                 conn.execute(text(f"ALTER TABLE audit_head DROP COLUMN {c}"))
@@ -213,8 +231,12 @@ def test_upgraded_log_is_sealed_only_by_an_operator(db_url, settings, master):
         assert store.verify_audit().ok
         fill(store, 2, start=4)
         assert store.verify_audit().ok and store.audit_head().seq == 5
-        sql(store, "UPDATE audit_records SET completion = :c WHERE seq = 2", "UPDATE audit_head SET signature = NULL",
-            c='["forged"]')
+        sql(
+            store,
+            "UPDATE audit_records SET completion = :c WHERE seq = 2",
+            "UPDATE audit_head SET signature = NULL",
+            c='["forged"]',
+        )
         with pytest.raises(AuditIntegrityError, match="record 2"):  # sealing trusts only an otherwise clean log
             store.seal_unsigned_head()
 

@@ -108,9 +108,14 @@ def test_context_hash_is_order_sensitive():
 
 def test_context_hash_is_width_sensitive():
     # the same trailing tokens at different widths, including a leading token 0, all hash differently
-    hashes = [context_hash(np.array([[7]]))[0], context_hash(np.array([[7, 7]]))[0],
-              context_hash(np.array([[0, 7]]))[0], context_hash(np.array([[0, 0, 7]]))[0],
-              context_hash(np.array([[0, 0, 0, 7]]))[0], context_hash(np.array([[0]]))[0]]
+    hashes = [
+        context_hash(np.array([[7]]))[0],
+        context_hash(np.array([[7, 7]]))[0],
+        context_hash(np.array([[0, 7]]))[0],
+        context_hash(np.array([[0, 0, 7]]))[0],
+        context_hash(np.array([[0, 0, 0, 7]]))[0],
+        context_hash(np.array([[0]]))[0],
+    ]
     assert len(set(int(h) for h in hashes)) == len(hashes)
 
 
@@ -238,8 +243,12 @@ def test_null_probability():
 
 # The hash scheme written out in plain Python integers, with its constants spelled out: these are frozen,
 # since changing any of them would silently change every green list and orphan every mark already served.
-GOLDEN, TOKEN_SALT, CONTEXT_SALT, SLOT_SALT = (0x9E3779B97F4A7C15, 0x243F6A8885A308D3, 0x13198A2E03707344,
-                                                0xA4093822299F31D0)
+GOLDEN, TOKEN_SALT, CONTEXT_SALT, SLOT_SALT = (
+    0x9E3779B97F4A7C15,
+    0x243F6A8885A308D3,
+    0x13198A2E03707344,
+    0xA4093822299F31D0,
+)
 
 
 def reference_token_hash(t: int) -> int:
@@ -266,8 +275,9 @@ def test_hash_scheme_matches_the_reference(gamma, width):
     keys = [int(k) for k in random_keys(rng, 5)]
     ctx = rng.integers(0, VOCAB, size=(60, width))
     toks = rng.integers(0, VOCAB, size=60)
-    expected = np.array([[reference_is_green(k, c.tolist(), int(t), gamma)
-                          for c, t in zip(ctx, toks, strict=True)] for k in keys])
+    expected = np.array(
+        [[reference_is_green(k, c.tolist(), int(t), gamma) for c, t in zip(ctx, toks, strict=True)] for k in keys]
+    )
     assert np.array_equal(scheme.is_green(np.array(keys, U64), ctx, toks), expected)
     counts = scheme.count_green(np.array(keys, U64), ctx, toks, chunk_elems=100)
     assert np.array_equal(counts, expected.sum(axis=1))

@@ -38,16 +38,24 @@ def model():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 32-wide model: threads only add overhead
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     m = LlamaForCausalLM(cfg).eval()
     yield m
     torch.set_num_threads(threads)
 
 
 def hf_config(key: int = KEY, width: int = 1) -> WatermarkingConfig:
-    return WatermarkingConfig(bias=DELTA, greenlist_ratio=GAMMA, hashing_key=key, seeding_scheme="lefthash",
-                              context_width=width)
+    return WatermarkingConfig(
+        bias=DELTA, greenlist_ratio=GAMMA, hashing_key=key, seeding_scheme="lefthash", context_width=width
+    )
 
 
 def prompt(seed: int) -> torch.Tensor:
@@ -58,14 +66,14 @@ def prompt(seed: int) -> torch.Tensor:
 def generate(model, seed: int, **kwargs) -> torch.Tensor:
     """Generated tokens with the last prompt token in front (it seeds the first green list)."""
     torch.manual_seed(seed)
-    out = model.generate(prompt(seed), do_sample=True, max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=0,
-                         **kwargs)
+    out = model.generate(prompt(seed), do_sample=True, max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=0, **kwargs)
     return out[:, PROMPT - 1 :]
 
 
 def hf_detector(model, key: int = KEY, width: int = 1) -> WatermarkDetector:
-    return WatermarkDetector(model_config=model.config, device="cpu",
-                             watermarking_config=hf_config(key, width), ignore_repeated_ngrams=True)
+    return WatermarkDetector(
+        model_config=model.config, device="cpu", watermarking_config=hf_config(key, width), ignore_repeated_ngrams=True
+    )
 
 
 def our_detector(width: int = 1) -> Detector:
@@ -84,8 +92,9 @@ def unmarked(model) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def our_marked(model) -> torch.Tensor:
-    proc = WatermarkLogitsProcessor(Watermark(WatermarkConfig.interop(GAMMA, DELTA, 1)),
-                                    [MarkKeys(WatermarkKey.explicit(KEY))] * BATCH)
+    proc = WatermarkLogitsProcessor(
+        Watermark(WatermarkConfig.interop(GAMMA, DELTA, 1)), [MarkKeys(WatermarkKey.explicit(KEY))] * BATCH
+    )
     return generate(model, 3, logits_processor=LogitsProcessorList([proc]))
 
 
@@ -134,8 +143,9 @@ def test_every_ngram_scores_the_same(model, hf_marked, our_marked, unmarked, wid
         for i in range(len(ids) - width):
             prefix, target = ids[i : i + width], ids[i + width]
             theirs = bool(hf._get_ngram_score(torch.tensor(prefix), target))
-            mine = bool(ours.scheme.is_green(np.array([key], dtype=U64), np.array([prefix]),
-                                             np.array([target]), VOCAB)[0, 0])
+            mine = bool(
+                ours.scheme.is_green(np.array([key], dtype=U64), np.array([prefix]), np.array([target]), VOCAB)[0, 0]
+            )
             assert theirs == mine, (prefix, target)
             greens += mine
     assert 0 < greens < batch.numel()
@@ -164,10 +174,18 @@ def test_detector_counts_agree_on_text_with_repeats(model):
 @pytest.mark.parametrize("gamma", [GAMMA, 0.3])  # 512 * 0.3 = 153.6: the list size is truncated, not rounded
 def test_processors_produce_identical_logits(width, gamma):
     torch.manual_seed(71)
-    hf = HFWatermarkLogitsProcessor(vocab_size=VOCAB, device="cpu", greenlist_ratio=gamma, bias=DELTA,
-                                    hashing_key=BIG_KEY, seeding_scheme="lefthash", context_width=width)
-    ours = WatermarkLogitsProcessor(Watermark(WatermarkConfig.interop(gamma, DELTA, width)),
-                                    [MarkKeys(WatermarkKey.explicit(BIG_KEY))] * 6)
+    hf = HFWatermarkLogitsProcessor(
+        vocab_size=VOCAB,
+        device="cpu",
+        greenlist_ratio=gamma,
+        bias=DELTA,
+        hashing_key=BIG_KEY,
+        seeding_scheme="lefthash",
+        context_width=width,
+    )
+    ours = WatermarkLogitsProcessor(
+        Watermark(WatermarkConfig.interop(gamma, DELTA, width)), [MarkKeys(WatermarkKey.explicit(BIG_KEY))] * 6
+    )
     for _ in range(5):
         input_ids = torch.randint(0, VOCAB, (6, 7))
         scores = torch.randn(6, VOCAB)

@@ -68,8 +68,9 @@ def test_heldout_traffic_through_the_gateway(trained, tmp_path):
     s, _ = trained
     # a hydra whose members pay with a few shared cards: linkable from one request a member, through the
     # metadata the store keeps (the subtler hydras need more traffic than a day; see `simulate eval`)
-    scenario = Scenario.from_scale("small", seed=77, split="heldout",
-                                   overrides={"hydra": {"paid_share": 1.0, "cards_ratio": 0.01}})
+    scenario = Scenario.from_scale(
+        "small", seed=77, split="heldout", overrides={"hydra": {"paid_share": 1.0, "cards_ratio": 0.01}}
+    )
     run_simulation(scenario, tmp_path / "sim", processes=0)
     report = evaluate_run(tmp_path / "sim", s)
     att = {n: p for n, p in report["personas"].items() if p["role"] == "attacker"}

@@ -64,8 +64,11 @@ SchemeOpt = Annotated[
 ]
 HashKeyOpt = Annotated[
     int | None,
-    typer.Option("--hashing-key", help="An explicit integer key (e.g. transformers' hashing_key) instead of "
-                                       "the derived account and provider keys."),
+    typer.Option(
+        "--hashing-key",
+        help="An explicit integer key (e.g. transformers' hashing_key) instead of "
+        "the derived account and provider keys.",
+    ),
 ]
 ProviderFracOpt = Annotated[
     float | None, typer.Option("--provider-fraction", help="Share of positions marked with the provider key.")
@@ -79,8 +82,14 @@ def _settings():
     return get_settings()
 
 
-def _watermark_config(scheme: str | None, gamma: float | None, delta: float | None, width: int | None,
-                      provider_fraction: float | None, hashing_key: int | None):
+def _watermark_config(
+    scheme: str | None,
+    gamma: float | None,
+    delta: float | None,
+    width: int | None,
+    provider_fraction: float | None,
+    hashing_key: int | None,
+):
     # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.watermark.config import WatermarkConfig
 
@@ -128,8 +137,7 @@ def _print_json(obj: Any) -> None:
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
-    account: Annotated[str | None, typer.Option("--account", help="Account whose key marks the completion.")
-                       ] = None,
+    account: Annotated[str | None, typer.Option("--account", help="Account whose key marks the completion.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=4096)] = 128,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=5.0)] = 0.7,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
@@ -170,9 +178,17 @@ def generate(
     with err.status("Generating…"):
         (c,) = lm.generate([prompt], [mark], max_new_tokens=max_tokens, temperature=temperature, seed=seed)
     if as_json:
-        _print_json({"text": c.text, "account": account, "key_id": c.key_id, "completion_tokens": len(c.token_ids),
-                     "prompt_tokens": c.prompt_tokens, "finish_reason": c.finish_reason,
-                     "watermark": None if mark is None else config.to_dict()})
+        _print_json(
+            {
+                "text": c.text,
+                "account": account,
+                "key_id": c.key_id,
+                "completion_tokens": len(c.token_ids),
+                "prompt_tokens": c.prompt_tokens,
+                "finish_reason": c.finish_reason,
+                "watermark": None if mark is None else config.to_dict(),
+            }
+        )
     else:
         sys.stdout.write(c.text + "\n")  # raw: rich would re-wrap the text
 
@@ -212,8 +228,19 @@ def _read_accounts_file(path: Path) -> list[str]:
     return [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
 
 
-def _build_text_detector(model, accounts, accounts_file, alpha, scheme, gamma, delta, context_width,
-                         provider_fraction, hashing_key, vocab_size):
+def _build_text_detector(
+    model,
+    accounts,
+    accounts_file,
+    alpha,
+    scheme,
+    gamma,
+    delta,
+    context_width,
+    provider_fraction,
+    hashing_key,
+    vocab_size,
+):
     # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.detection.detector import Detector
     from antidistill.detection.text import TextDetector
@@ -291,8 +318,9 @@ def detect(
     field: Annotated[str, typer.Option("--field", help="The text field of --jsonl records.")] = "text",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write --jsonl results here.")] = None,
     account: Annotated[list[str] | None, typer.Option("--account", help="Candidate account (repeatable).")] = None,
-    accounts_file: Annotated[Path | None, typer.Option("--accounts-file", help="Candidate accounts, one a line.")
-                             ] = None,
+    accounts_file: Annotated[
+        Path | None, typer.Option("--accounts-file", help="Candidate accounts, one a line.")
+    ] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 1e-3,
     model: ModelOpt = None,
     scheme: SchemeOpt = None,
@@ -301,11 +329,11 @@ def detect(
     context_width: WidthOpt = None,
     provider_fraction: ProviderFracOpt = None,
     hashing_key: HashKeyOpt = None,
-    vocab_size: Annotated[int | None, typer.Option("--vocab-size", min=1, help="Vocabulary size for hf-lefthash "
-                                                                                "(default: the tokenizer's).")
-                          ] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, max=100_000, help="Texts tokenized at once (--jsonl).")
-                     ] = 256,
+    vocab_size: Annotated[
+        int | None,
+        typer.Option("--vocab-size", min=1, help="Vocabulary size for hf-lefthash (default: the tokenizer's)."),
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=100_000, help="Texts tokenized at once (--jsonl).")] = 256,
     as_json: JsonOpt = False,
 ) -> None:
     """Is a text watermarked by us, and by which account? Also scans a JSONL corpus (--jsonl)."""
@@ -318,8 +346,19 @@ def detect(
         raise InputError("text is empty")
     if jsonl is not None and not jsonl.is_file():
         raise InputError(f"file not found: {jsonl}")
-    td = _build_text_detector(model, account, accounts_file, alpha, scheme, gamma, delta, context_width,
-                              provider_fraction, hashing_key, vocab_size)
+    td = _build_text_detector(
+        model,
+        account,
+        accounts_file,
+        alpha,
+        scheme,
+        gamma,
+        delta,
+        context_width,
+        provider_fraction,
+        hashing_key,
+        vocab_size,
+    )
     if text is not None:
         report = td.detect(text)
         if as_json:
@@ -357,8 +396,15 @@ def _scan_jsonl(td, path: Path, field: str, output: Path | None, batch: int) -> 
             sink.write(json.dumps(rec, default=str) + "\n")
 
     try:
-        with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=err, transient=True, disable=not err.is_terminal) as progress:
+        with Progress(
+            TextColumn("scanning"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as progress:
             task = progress.add_task("scan", total=total)
             pending: list[tuple[int, str | None, str | None]] = []
             with path.open("rb") as f:
@@ -388,8 +434,9 @@ def _scan_jsonl(td, path: Path, field: str, output: Path | None, batch: int) -> 
     finally:
         if output:
             sink.close()
-    err.print(f"{counts['records']} records, {counts['watermarked']} watermarked, {counts['errors']} errors",
-              highlight=False)
+    err.print(
+        f"{counts['records']} records, {counts['watermarked']} watermarked, {counts['errors']} errors", highlight=False
+    )
 
 
 # ---- keys -------------------------------------------------------------------------------------------
@@ -414,8 +461,10 @@ def keys_list(as_json: JsonOpt = False) -> None:
     from antidistill.keys import KeyRing
 
     ring = KeyRing.open(_settings(), create=False)
-    data = {"provider": ring.provider_key().key_id,
-            "accounts": {a: ring.account_key(a).key_id for a in ring.known_accounts()}}
+    data = {
+        "provider": ring.provider_key().key_id,
+        "accounts": {a: ring.account_key(a).key_id for a in ring.known_accounts()},
+    }
     if as_json:
         _print_json(data)
         return
@@ -450,26 +499,51 @@ def keys_rotate(
 # ---- report -----------------------------------------------------------------------------------------
 @app.command()
 def report(
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for report.html, report.json and SHA256SUMS.",
-                                          file_okay=False)],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for report.html, report.json and SHA256SUMS.", file_okay=False)
+    ],
     account: Annotated[str | None, typer.Option("--account", help="The account the report is about.")] = None,
-    cluster: Annotated[str | None, typer.Option("--cluster", help="A cluster id from the monitor's alerts, a comma "
-                                                                  "list of account ids, or a file of them.")] = None,
-    scan: Annotated[list[Path] | None, typer.Option("--scan", help="JSON result of `antidistill scan` on a suspect "
-                                                                   "model (repeatable).")] = None,
-    control_scan: Annotated[list[Path] | None, typer.Option("--control-scan", help="JSON scan result of a model "
-                                                            "known not to be trained on our outputs (repeatable).")
-                            ] = None,
-    suspect_model: Annotated[str | None, typer.Option("--suspect-model", help="Scan these open weights now, on "
-                                                      "the accounts' exchanges from the audit log.")] = None,
-    policy: Annotated[Path | None, typer.Option("--policy", help="Policy file whose clauses are quoted (default: "
-                                                                 "the shipped policy).")] = None,
-    template_dir: Annotated[Path | None, typer.Option("--template-dir", help="Directory of report templates that "
-                                                      "replace the shipped ones of the same name (letterhead.html, "
-                                                      "style.css, …).", file_okay=False)] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster", help="A cluster id from the monitor's alerts, a comma list of account ids, or a file of them."
+        ),
+    ] = None,
+    scan: Annotated[
+        list[Path] | None,
+        typer.Option("--scan", help="JSON result of `antidistill scan` on a suspect model (repeatable)."),
+    ] = None,
+    control_scan: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--control-scan", help="JSON scan result of a model known not to be trained on our outputs (repeatable)."
+        ),
+    ] = None,
+    suspect_model: Annotated[
+        str | None,
+        typer.Option(
+            "--suspect-model", help="Scan these open weights now, on the accounts' exchanges from the audit log."
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="Policy file whose clauses are quoted (default: the shipped policy)."),
+    ] = None,
+    template_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--template-dir",
+            help="Directory of report templates that "
+            "replace the shipped ones of the same name (letterhead.html, "
+            "style.css, …).",
+            file_okay=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
-    database_url: Annotated[str | None, typer.Option("--database-url", help="Database URL (default: the "
-                                                     "configured one).", show_default=False)] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="Database URL (default: the configured one).", show_default=False),
+    ] = None,
 ) -> None:
     """Write the evidence package about an account or a cluster: a self-contained HTML report and its JSON twin."""
     # the parts load when the command runs, not for --help (see antidistill.cli)
@@ -481,16 +555,32 @@ def report(
         raise InputError("give exactly one of --account ID or --cluster ID")
     with Store.open(database_url, _settings()) as store:
         db = safe_url(normalize_url(database_url)) if database_url else None
-        files, evidence = make_report(store, out_dir, account=account, cluster=cluster, scan_files=scan or [],
-                                      control_files=control_scan or [], suspect_model=suspect_model,
-                                      policy_file=policy, database=db, template_dir=template_dir)
+        files, evidence = make_report(
+            store,
+            out_dir,
+            account=account,
+            cluster=cluster,
+            scan_files=scan or [],
+            control_files=control_scan or [],
+            suspect_model=suspect_model,
+            policy_file=policy,
+            database=db,
+            template_dir=template_dir,
+        )
     summary = evidence["summary"]
     if as_json:
-        _print_json({"html": str(files.html), "json": str(files.json), "sha256sums": str(files.sums),
-                     "verdict": summary["verdict"], "controls_ok": summary["controls_ok"],
-                     "headline": summary["headline"],
-                     "p_values": [c["p_value"] for c in summary["confidence"]],
-                     "audit_ok": evidence["audit"]["verification"]["ok"]})
+        _print_json(
+            {
+                "html": str(files.html),
+                "json": str(files.json),
+                "sha256sums": str(files.sums),
+                "verdict": summary["verdict"],
+                "controls_ok": summary["controls_ok"],
+                "headline": summary["headline"],
+                "p_values": [c["p_value"] for c in summary["confidence"]],
+                "audit_ok": evidence["audit"]["verification"]["ok"],
+            }
+        )
         return
     out.print(summary["headline"], markup=False, highlight=False)
     out.print(f"report: {files.html}\njson:   {files.json}", markup=False, highlight=False)
@@ -500,14 +590,25 @@ def report(
 @app.command()
 def demo(
     model: ModelOpt = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=96, max=1024, help="Tokens of each stage-2 "
-                                            "completion; fewer than 96 leave too few distinct token pairs to "
-                                            "test a marked text with power.")] = 160,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-tokens",
+            min=96,
+            max=1024,
+            help="Tokens of each stage-2 "
+            "completion; fewer than 96 leave too few distinct token pairs to "
+            "test a marked text with power.",
+        ),
+    ] = 160,
     seed: Annotated[int, typer.Option("--seed")] = 7,
-    quick: Annotated[bool, typer.Option("--quick", help="Every stage smaller: a few minutes instead of ~15.")]
-    = False,
-    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where the evidence report is written "
-                                                    "(default: demo-report in the data directory).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Every stage smaller: a few minutes instead of ~15.")] = False,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--report-dir", help="Where the evidence report is written (default: demo-report in the data directory)."
+        ),
+    ] = None,
 ) -> None:
     """The main job, end to end: mark, watch (monitor and policy live), attack ourselves and prove it."""
     # imported here: the demo loads every part (gateway, monitor, forensics, the openai SDK), which --help must

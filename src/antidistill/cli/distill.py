@@ -16,8 +16,9 @@ from rich.console import Console
 
 from antidistill.errors import InputError
 
-distill_app = typer.Typer(help="Red team: harvest answers through the API, mix data sets, distil a student.",
-                          no_args_is_help=True)
+distill_app = typer.Typer(
+    help="Red team: harvest answers through the API, mix data sets, distil a student.", no_args_is_help=True
+)
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
@@ -34,29 +35,42 @@ def _progress(enabled: bool):
     # the parts load when the command runs, not for --help (see antidistill.cli)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
 
 
 @distill_app.command()
 def harvest(
-    base_url: Annotated[str, typer.Option("--base-url", envvar="OPENAI_BASE_URL",
-                                          help="The API's base URL, e.g. http://127.0.0.1:8000/v1.")],
+    base_url: Annotated[
+        str,
+        typer.Option("--base-url", envvar="OPENAI_BASE_URL", help="The API's base URL, e.g. http://127.0.0.1:8000/v1."),
+    ],
     out: Annotated[Path, typer.Option("--out", help="JSONL output (appended to; re-running resumes).")],
-    api_key: Annotated[str, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="The account's API key.",
-                                         show_default=False)] = "",
-    prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts: a .txt file (one per line) or "
-                                                                    "JSONL (strings or {\"prompt\": ...}).")] = None,
-    generate: Annotated[int | None, typer.Option("--generate", min=1, help="Use N built-in varied instruction "
-                                                                           "prompts instead of a file.")] = None,
+    api_key: Annotated[
+        str, typer.Option("--api-key", envvar="OPENAI_API_KEY", help="The account's API key.", show_default=False)
+    ] = "",
+    prompts: Annotated[
+        Path | None,
+        typer.Option("--prompts", help='Prompts: a .txt file (one per line) or JSONL (strings or {"prompt": ...}).'),
+    ] = None,
+    generate: Annotated[
+        int | None,
+        typer.Option("--generate", min=1, help="Use N built-in varied instruction prompts instead of a file."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Order of the built-in prompts.")] = 0,
-    model: Annotated[str | None, typer.Option("--model", help="Model to ask for (default: the first listed).")]
-    = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model to ask for (default: the first listed).")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=8192)] = 128,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=5.0)] = 0.7,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Requests in flight.")] = 4,
-    max_retries: Annotated[int, typer.Option("--max-retries", min=0, max=50,
-                                             help="Retries per prompt on 429 / 5xx.")] = 6,
+    max_retries: Annotated[
+        int, typer.Option("--max-retries", min=0, max=50, help="Retries per prompt on 429 / 5xx.")
+    ] = 6,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the API for answers to many prompts as one account, and keep prompt/response pairs (JSONL)."""
@@ -77,16 +91,31 @@ def harvest(
         else:
             with bar:
                 task = bar.add_task("harvesting", total=None)
-                res = harvester.run(todo, out, concurrency=concurrency,
-                                    on_progress=lambda done, total: bar.update(task, completed=done, total=total))
-    summary = {"out": str(res.path), "requested": res.requested, "skipped": res.skipped, "written": res.written,
-               "failed": res.failed, "retries": res.retries, "completion_tokens": res.completion_tokens,
-               "seconds": round(res.seconds, 2), "model": res.model}
+                res = harvester.run(
+                    todo,
+                    out,
+                    concurrency=concurrency,
+                    on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+    summary = {
+        "out": str(res.path),
+        "requested": res.requested,
+        "skipped": res.skipped,
+        "written": res.written,
+        "failed": res.failed,
+        "retries": res.retries,
+        "completion_tokens": res.completion_tokens,
+        "seconds": round(res.seconds, 2),
+        "model": res.model,
+    }
     if as_json:
         _print_json(summary)
     else:
-        err.print(f"{res.written} new pairs ({res.skipped} already there, {res.failed} failed, {res.retries} "
-                  f"retries), {res.completion_tokens} tokens in {res.seconds:.1f} s -> {res.path}", markup=False)
+        err.print(
+            f"{res.written} new pairs ({res.skipped} already there, {res.failed} failed, {res.retries} "
+            f"retries), {res.completion_tokens} tokens in {res.seconds:.1f} s -> {res.path}",
+            markup=False,
+        )
     if res.failed:
         raise typer.Exit(1)
 
@@ -114,8 +143,15 @@ def mix(
     save_pairs(pairs, out)
     k = sum(1 for p in pairs if p.watermarked)
     if as_json:
-        _print_json({"out": str(out), "n": len(pairs), "watermarked": k, "unwatermarked": len(pairs) - k,
-                     "share": k / len(pairs)})
+        _print_json(
+            {
+                "out": str(out),
+                "n": len(pairs),
+                "watermarked": k,
+                "unwatermarked": len(pairs) - k,
+                "share": k / len(pairs),
+            }
+        )
     else:
         err.print(f"{len(pairs)} pairs, {k} watermarked ({k / len(pairs):.2%}) -> {out}", markup=False)
 
@@ -125,23 +161,27 @@ def train(
     data: Annotated[Path, typer.Option("--data", help="JSONL training pairs.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the student (save_pretrained).")],
     method: Annotated[str, typer.Option("--method", help="lora (default), last-k, full or subset.")] = "lora",
-    heldout: Annotated[Path | None, typer.Option("--heldout", help="JSONL held-out pairs: loss before/after.")]
-    = None,
-    heldout_fraction: Annotated[float, typer.Option("--heldout-fraction", min=0.0, max=0.5,
-                                                    help="Hold out this share of --data instead.")] = 0.0,
+    heldout: Annotated[Path | None, typer.Option("--heldout", help="JSONL held-out pairs: loss before/after.")] = None,
+    heldout_fraction: Annotated[
+        float, typer.Option("--heldout-fraction", min=0.0, max=0.5, help="Hold out this share of --data instead.")
+    ] = 0.0,
     epochs: Annotated[float, typer.Option("--epochs", min=0.01)] = 1.0,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default per method).")] = None,
     max_len: Annotated[int, typer.Option("--max-len", min=8, max=8192)] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=512)] = 8,
-    k: Annotated[int | None, typer.Option("--k", min=1, help="lora / last-k: adapt / train the last K blocks "
-                                                            "(default 6; the model's depth: all).")] = None,
+    k: Annotated[
+        int | None,
+        typer.Option(
+            "--k", min=1, help="lora / last-k: adapt / train the last K blocks (default 6; the model's depth: all)."
+        ),
+    ] = None,
     n_layers: Annotated[int | None, typer.Option("--n-layers", min=1, help="subset: blocks kept.")] = None,
     lora_r: Annotated[int, typer.Option("--lora-r", min=1, max=512)] = 16,
-    max_seconds: Annotated[float | None, typer.Option("--max-seconds", min=1.0, help="Stop training after this "
-                                                                                      "long.")] = None,
+    max_seconds: Annotated[
+        float | None, typer.Option("--max-seconds", min=1.0, help="Stop training after this long.")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    model: Annotated[str | None, typer.Option("--model", help="Starting model (default: the embedded one).")]
-    = None,
+    model: Annotated[str | None, typer.Option("--model", help="Starting model (default: the embedded one).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -173,18 +213,46 @@ def train(
     bar = _progress(not as_json)
     try:
         if bar is None:
-            res = train_student(pairs, method, model=base, tokenizer=tokenizer, epochs=epochs, lr=lr,
-                                max_len=max_len, batch_size=batch_size, seed=seed, out_dir=out, k=k,
-                                n_layers=n_layers, lora_r=lora_r, heldout=held, max_seconds=max_seconds)
+            res = train_student(
+                pairs,
+                method,
+                model=base,
+                tokenizer=tokenizer,
+                epochs=epochs,
+                lr=lr,
+                max_len=max_len,
+                batch_size=batch_size,
+                seed=seed,
+                out_dir=out,
+                k=k,
+                n_layers=n_layers,
+                lora_r=lora_r,
+                heldout=held,
+                max_seconds=max_seconds,
+            )
         else:
             with bar:
                 task = bar.add_task("training", total=None)
                 res = train_student(
-                    pairs, method, model=base, tokenizer=tokenizer, epochs=epochs, lr=lr, max_len=max_len,
-                    batch_size=batch_size, seed=seed, out_dir=out, k=k, n_layers=n_layers, lora_r=lora_r,
-                    heldout=held, max_seconds=max_seconds,
-                    on_step=lambda s, total, loss: bar.update(task, completed=s, total=total,
-                                                              description=f"training (loss {loss:.3f})"))
+                    pairs,
+                    method,
+                    model=base,
+                    tokenizer=tokenizer,
+                    epochs=epochs,
+                    lr=lr,
+                    max_len=max_len,
+                    batch_size=batch_size,
+                    seed=seed,
+                    out_dir=out,
+                    k=k,
+                    n_layers=n_layers,
+                    lora_r=lora_r,
+                    heldout=held,
+                    max_seconds=max_seconds,
+                    on_step=lambda s, total, loss: bar.update(
+                        task, completed=s, total=total, description=f"training (loss {loss:.3f})"
+                    ),
+                )
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if as_json:
@@ -192,8 +260,10 @@ def train(
         d.pop("losses")
         _print_json(d)
         return
-    msg = (f"{res.method}: {res.steps} steps ({res.epochs_done:.2f} epochs) on {res.examples} pairs, "
-           f"{res.tokens_per_s:.0f} tokens/s, {res.seconds:.0f} s")
+    msg = (
+        f"{res.method}: {res.steps} steps ({res.epochs_done:.2f} epochs) on {res.examples} pairs, "
+        f"{res.tokens_per_s:.0f} tokens/s, {res.seconds:.0f} s"
+    )
     if res.heldout_loss_before is not None:
         msg += f"; held-out loss {res.heldout_loss_before:.3f} -> {res.heldout_loss_after:.3f}"
     err.print(msg + f" -> {res.out_dir}", markup=False)

@@ -25,22 +25,30 @@ if TYPE_CHECKING:
     from antidistill.store.api import Alert
     from antidistill.store.sql import Store
 
-monitor_app = typer.Typer(help="The monitor: alerts, batch scans of the audit log, policy actions.",
-                          no_args_is_help=True)
+monitor_app = typer.Typer(
+    help="The monitor: alerts, batch scans of the audit log, policy actions.", no_args_is_help=True
+)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DbOpt = Annotated[
     str | None,
-    typer.Option("--database-url", help="Database URL (default: ANTIDISTILL_DATABASE_URL, else the SQLite file "
-                                        "in the data directory).", show_default=False),
+    typer.Option(
+        "--database-url",
+        help="Database URL (default: ANTIDISTILL_DATABASE_URL, else the SQLite file in the data directory).",
+        show_default=False,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 PolicyOpt = Annotated[
     Path | None,
-    typer.Option("--policy", help="Policy file (default: ANTIDISTILL_POLICY_FILE, else the shipped policy).",
-                 show_default=False, dir_okay=False),
+    typer.Option(
+        "--policy",
+        help="Policy file (default: ANTIDISTILL_POLICY_FILE, else the shipped policy).",
+        show_default=False,
+        dir_okay=False,
+    ),
 ]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -91,9 +99,20 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
 
 
 def _alert_dict(a: Alert) -> dict[str, Any]:
-    return {"id": a.id, "account_id": a.account_id, "cluster_id": a.cluster_id, "risk": a.risk, "level": a.level,
-            "reasons": list(a.reasons), "scores": a.scores, "at": a.at.isoformat(), "action": a.action,
-            "clause": a.clause, "created_at": a.created_at.isoformat(), "audit_seq": a.audit_seq}
+    return {
+        "id": a.id,
+        "account_id": a.account_id,
+        "cluster_id": a.cluster_id,
+        "risk": a.risk,
+        "level": a.level,
+        "reasons": list(a.reasons),
+        "scores": a.scores,
+        "at": a.at.isoformat(),
+        "action": a.action,
+        "clause": a.clause,
+        "created_at": a.created_at.isoformat(),
+        "audit_seq": a.audit_seq,
+    }
 
 
 def _reasons(reasons: Any, n: int = 3) -> str:
@@ -106,8 +125,7 @@ def _reasons(reasons: Any, n: int = 3) -> str:
 def alerts(
     as_json: JsonOpt = False,
     account: Annotated[str | None, typer.Option("--account", help="Only this account's alerts.")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="Only alerts since: an ISO time or 30m, 2h, 7d.")
-                     ] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only alerts since: an ISO time or 30m, 2h, 7d.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="The newest N alerts.")] = None,
     database_url: DbOpt = None,
 ) -> None:
@@ -121,13 +139,27 @@ def alerts(
     if not items:
         out.print("no alerts")
         return
-    table = Table(Column("time", no_wrap=True), Column("account", no_wrap=True), Column("cluster", overflow="fold"),
-                  Column("risk", justify="right"), "level", Column("action", no_wrap=True),
-                  Column("reasons", overflow="fold"), box=box.SIMPLE_HEAD)
+    table = Table(
+        Column("time", no_wrap=True),
+        Column("account", no_wrap=True),
+        Column("cluster", overflow="fold"),
+        Column("risk", justify="right"),
+        "level",
+        Column("action", no_wrap=True),
+        Column("reasons", overflow="fold"),
+        box=box.SIMPLE_HEAD,
+    )
     for a in items:
         action = a.action if a.action == "none" else f"{a.action} ({a.clause})" if a.clause else a.action
-        table.add_row(a.created_at.strftime("%Y-%m-%d %H:%M:%S"), a.account_id, a.cluster_id or "-",
-                      f"{a.risk:.2f}", a.level, action, _reasons(a.reasons))
+        table.add_row(
+            a.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            a.account_id,
+            a.cluster_id or "-",
+            f"{a.risk:.2f}",
+            a.level,
+            action,
+            _reasons(a.reasons),
+        )
     out.print(table)
 
 
@@ -157,16 +189,22 @@ def strongest(assessments: Any) -> list[Any]:
 
 def _outcome_dict(o: Outcome) -> dict[str, Any]:
     d = o.assessment.to_dict()
-    d.update(decision=o.decision.action if o.decision else None,
-             clause=o.decision.clause.id if o.decision else None, applied=o.applied, action=o.action,
-             alert_id=o.alert.id if o.alert else None, audit_seq=o.audit_seq)
+    d.update(
+        decision=o.decision.action if o.decision else None,
+        clause=o.decision.clause.id if o.decision else None,
+        applied=o.applied,
+        action=o.action,
+        alert_id=o.alert.id if o.alert else None,
+        audit_seq=o.audit_seq,
+    )
     return d
 
 
 @monitor_app.command("scan")
 def scan(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what the policy would do; write nothing."
-                                          )] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print what the policy would do; write nothing.")
+    ] = False,
     policy_file: PolicyOpt = None,
     as_json: JsonOpt = False,
     database_url: DbOpt = None,
@@ -190,14 +228,26 @@ def scan(
         outcomes = Enforcer(store, policy).apply_all(assessments, dry_run=dry_run)
     flagged = [o for o in outcomes if o.assessment.level != "none"]
     if as_json:
-        _print_json({"dry_run": dry_run, "policy": policy.name, "accounts": len(accounts),
-                     "assessments": [_outcome_dict(o) for o in flagged]})
+        _print_json(
+            {
+                "dry_run": dry_run,
+                "policy": policy.name,
+                "accounts": len(accounts),
+                "assessments": [_outcome_dict(o) for o in flagged],
+            }
+        )
         return
     verb = "would take" if dry_run else "took"
     if flagged:
-        table = Table(Column("account", no_wrap=True), Column("cluster", overflow="fold"),
-                      Column("risk", justify="right"), "level", Column("action", no_wrap=True),
-                      Column("reasons", overflow="fold"), box=box.SIMPLE_HEAD)
+        table = Table(
+            Column("account", no_wrap=True),
+            Column("cluster", overflow="fold"),
+            Column("risk", justify="right"),
+            "level",
+            Column("action", no_wrap=True),
+            Column("reasons", overflow="fold"),
+            box=box.SIMPLE_HEAD,
+        )
         for o in sorted(flagged, key=lambda o: -o.assessment.risk):
             a = o.assessment
             if o.applied:
@@ -207,8 +257,11 @@ def scan(
             table.add_row(a.account_id, a.cluster_id or "-", f"{a.risk:.2f}", a.level, action, _reasons(a.reasons))
         out.print(table)
     applied = sum(o.applied for o in outcomes)
-    out.print(f"{len(accounts)} accounts, {len(flagged)} above 'none'; {verb} {applied} action"
-              f"{'s' if applied != 1 else ''} under policy {policy.name!r}", markup=False)
+    out.print(
+        f"{len(accounts)} accounts, {len(flagged)} above 'none'; {verb} {applied} action"
+        f"{'s' if applied != 1 else ''} under policy {policy.name!r}",
+        markup=False,
+    )
 
 
 @monitor_app.command("clear")
@@ -233,8 +286,11 @@ def clear(
     if lifted is None:
         out.print(f"account {account_id}: nothing to clear", markup=False)
     else:
-        out.print(f"account {account_id}: {lifted.action} cleared (was set at level {lifted.level} under clause "
-                  f"{lifted.clause})", markup=False)
+        out.print(
+            f"account {account_id}: {lifted.action} cleared (was set at level {lifted.level} under clause "
+            f"{lifted.clause})",
+            markup=False,
+        )
 
 
 @monitor_app.command("enforcements")
@@ -247,25 +303,48 @@ def enforcements(
     with _open(database_url) as store:
         items = store.list_enforcements(active_only=not show_all)
     if as_json:
-        _print_json([{**e.__dict__, "since": e.since.isoformat(), "until": e.until.isoformat() if e.until else None}
-                     for e in items])
+        _print_json(
+            [
+                {**e.__dict__, "since": e.since.isoformat(), "until": e.until.isoformat() if e.until else None}
+                for e in items
+            ]
+        )
         return
     if not items:
         out.print("no account is under a policy action")
         return
-    table = Table(Column("account", no_wrap=True), "action", "level", "clause", Column("since", no_wrap=True),
-                  "limits", "by", Column("reason", overflow="fold"), box=box.SIMPLE_HEAD)
+    table = Table(
+        Column("account", no_wrap=True),
+        "action",
+        "level",
+        "clause",
+        Column("since", no_wrap=True),
+        "limits",
+        "by",
+        Column("reason", overflow="fold"),
+        box=box.SIMPLE_HEAD,
+    )
     for e in items:
         limits = f"{e.rpm or '-'} rpm / {e.tpm or '-'} tpm" if e.action == "throttle" else ""
-        table.add_row(e.account_id, e.action, e.level, e.clause or "-", e.since.strftime("%Y-%m-%d %H:%M:%S"),
-                      limits, e.set_by, e.reason)
+        table.add_row(
+            e.account_id,
+            e.action,
+            e.level,
+            e.clause or "-",
+            e.since.strftime("%Y-%m-%d %H:%M:%S"),
+            limits,
+            e.set_by,
+            e.reason,
+        )
     out.print(table)
 
 
 @monitor_app.command("policy")
 def policy(
-    path: Annotated[Path | None, typer.Argument(help="Policy file to check (default: the configured one).",
-                                                dir_okay=False, show_default=False)] = None,
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="Policy file to check (default: the configured one).", dir_okay=False, show_default=False),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a policy file and show its clauses and rules."""
@@ -273,13 +352,16 @@ def policy(
     if as_json:
         _print_json(p.to_dict())
         return
-    out.print(f"policy {p.name!r} ({p.source or 'built in'}): {len(p.clauses)} clauses, {len(p.rules)} rules",
-              markup=False)
+    out.print(
+        f"policy {p.name!r} ({p.source or 'built in'}): {len(p.clauses)} clauses, {len(p.rules)} rules", markup=False
+    )
     for r in p.rules:
         scope = f" in a cluster of >= {r.min_cluster_size}" if r.scope == "cluster" else ""
         limits = f" to {r.rpm or '-'} rpm / {r.tpm or '-'} tpm" if r.action == "throttle" else ""
-        out.print(f"  {r.level}{scope} -> {r.action}{limits} under clause {r.clause} "
-                  f"({p.clauses[r.clause].title})", markup=False)
+        out.print(
+            f"  {r.level}{scope} -> {r.action}{limits} under clause {r.clause} ({p.clauses[r.clause].title})",
+            markup=False,
+        )
 
 
 def _seeds(value: str, name: str) -> list[int]:
@@ -294,16 +376,23 @@ def _seeds(value: str, name: str) -> list[int]:
 
 @monitor_app.command("train")
 def monitor_train(
-    seeds: Annotated[str, typer.Option("--seeds", help="Training seeds, comma-separated (split train).")
-                     ] = "101,102,103,104,105,106,107,108",
-    calibration_seeds: Annotated[str, typer.Option("--calibration-seeds", help="Seeds for the thresholds, "
-                                                   "comma-separated (split train, not among --seeds).")
-                                 ] = "201,202,203",
+    seeds: Annotated[
+        str, typer.Option("--seeds", help="Training seeds, comma-separated (split train).")
+    ] = "101,102,103,104,105,106,107,108",
+    calibration_seeds: Annotated[
+        str,
+        typer.Option(
+            "--calibration-seeds", help="Seeds for the thresholds, comma-separated (split train, not among --seeds)."
+        ),
+    ] = "201,202,203",
     scale: Annotated[str, typer.Option("--scale", help="Simulator scale: small, default or large.")] = "default",
-    days: Annotated[float | None, typer.Option("--days", help="Virtual days per simulation (default: the "
-                                               "scale's).", show_default=False)] = None,
-    embeddings: Annotated[bool, typer.Option("--embeddings", help="Train with sentence-embedding topic "
-                                             "features (slower).")] = False,
+    days: Annotated[
+        float | None,
+        typer.Option("--days", help="Virtual days per simulation (default: the scale's).", show_default=False),
+    ] = None,
+    embeddings: Annotated[
+        bool, typer.Option("--embeddings", help="Train with sentence-embedding topic features (slower).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Train the monitor on simulated training traffic, calibrate its thresholds on benign traffic, and save it
@@ -314,18 +403,27 @@ def monitor_train(
 
     settings = get_settings()
     try:
-        manifest = train(settings, seeds=_seeds(seeds, "--seeds"),
-                         calibration_seeds=_seeds(calibration_seeds, "--calibration-seeds"), scale=scale, days=days,
-                         embeddings=embeddings)
+        manifest = train(
+            settings,
+            seeds=_seeds(seeds, "--seeds"),
+            calibration_seeds=_seeds(calibration_seeds, "--calibration-seeds"),
+            scale=scale,
+            days=days,
+            embeddings=embeddings,
+        )
     except ValueError as exc:
         raise InputError(str(exc)) from None
     if as_json:
         sys.stdout.write(json.dumps(manifest, default=str) + "\n")
         return
     t = manifest["thresholds"]
-    out.print(f"trained on seeds {manifest['train_seeds']} ({manifest['rows']} rows, {manifest['positive_rows']} "
-              f"attacker), calibrated on {manifest['calibration_seeds']} ({manifest['calibration_benign_accounts']} "
-              f"benign accounts) in {manifest['seconds']['total']:.0f} s")
-    out.print(f"thresholds: watch {t['watch']:.3f}, alert {t['alert']:.3f}, severe {t['severe']:.3f} "
-              f"(targets {manifest['targets']})")
+    out.print(
+        f"trained on seeds {manifest['train_seeds']} ({manifest['rows']} rows, {manifest['positive_rows']} "
+        f"attacker), calibrated on {manifest['calibration_seeds']} ({manifest['calibration_benign_accounts']} "
+        f"benign accounts) in {manifest['seconds']['total']:.0f} s"
+    )
+    out.print(
+        f"thresholds: watch {t['watch']:.3f}, alert {t['alert']:.3f}, severe {t['severe']:.3f} "
+        f"(targets {manifest['targets']})"
+    )
     out.print(f"saved to {settings.data_dir / 'monitor'}")

@@ -32,21 +32,34 @@ def _print_report(r) -> None:
 
     t = Table(show_header=False, box=None, pad_edge=False)
     color = "bold red" if r.significant else "bold green"
-    t.add_row("verdict", f"[{color}]{'RADIOACTIVE' if r.significant else 'no evidence'}[/] at alpha {r.alpha:g}, "
-                         f"overall p = {fmt_p(r.p_value)}")
+    t.add_row(
+        "verdict",
+        f"[{color}]{'RADIOACTIVE' if r.significant else 'no evidence'}[/] at alpha {r.alpha:g}, "
+        f"overall p = {fmt_p(r.p_value)}",
+    )
     t.add_row("suspect", f"{r.mode} mode: {r.suspect}")
-    t.add_row("tuples", f"{r.tokens_scored} distinct scored of {r.tokens_seen} positions ({r.texts} texts); "
-                        "skipped: " + (", ".join(f"{k} {v}" for k, v in sorted(r.skipped.items())) or "none"))
+    t.add_row(
+        "tuples",
+        f"{r.tokens_scored} distinct scored of {r.tokens_seen} positions ({r.texts} texts); "
+        "skipped: " + (", ".join(f"{k} {v}" for k, v in sorted(r.skipped.items())) or "none"),
+    )
     if r.provider is not None:
         p = r.provider
-        t.add_row("provider key", f"p = {fmt_p(p.p_value)} ({p.green}/{p.n} green, {p.green_fraction:.1%}, "
-                                  f"z = {p.z:.2f})")
+        t.add_row(
+            "provider key", f"p = {fmt_p(p.p_value)} ({p.green}/{p.n} green, {p.green_fraction:.1%}, z = {p.z:.2f})"
+        )
     for a in r.accounts[:3]:
-        t.add_row("account", f"{a.account}: corrected p = {fmt_p(a.p_corrected)} (p = {fmt_p(a.p_value)}, "
-                             f"{a.green}/{a.n} green, {a.key_id})")
+        t.add_row(
+            "account",
+            f"{a.account}: corrected p = {fmt_p(a.p_corrected)} (p = {fmt_p(a.p_value)}, "
+            f"{a.green}/{a.n} green, {a.key_id})",
+        )
     for c in r.clusters[:3]:
-        t.add_row("cluster", f"{c.cluster_id} ({len(c.accounts)} accounts): corrected p = {fmt_p(c.p_corrected)} "
-                             f"({c.green}/{c.n} pooled)")
+        t.add_row(
+            "cluster",
+            f"{c.cluster_id} ({len(c.accounts)} accounts): corrected p = {fmt_p(c.p_corrected)} "
+            f"({c.green}/{c.n} pooled)",
+        )
     keyed = [c.p_value for c in r.controls if c.model is None]
     if keyed:
         t.add_row("control keys", f"{len(keyed)} never-issued keys: smallest p = {fmt_p(min(keyed))}")
@@ -58,51 +71,78 @@ def _print_report(r) -> None:
 
 
 def scan(
-    suspect_model: Annotated[str | None, typer.Option(
-        "--suspect-model", help="Open mode: a transformers model directory (e.g. a student saved with "
-                                "save_pretrained), a GGUF file, or 'teacher' for the served model.")] = None,
-    suspect_url: Annotated[str | None, typer.Option(
-        "--suspect-url", help="Closed mode: the suspect's OpenAI-compatible base URL (…/v1).")] = None,
-    suspect_api_key: Annotated[str | None, typer.Option("--suspect-api-key", help="API key for --suspect-url.")
-                               ] = None,
-    suspect_model_name: Annotated[str | None, typer.Option(
-        "--suspect-model-name", help="The model name to request (default: the first one the endpoint lists).")
-                                  ] = None,
-    account: Annotated[list[str] | None, typer.Option(
-        "--account", help="Candidate account (repeatable; default: every account in the store).")] = None,
-    cluster: Annotated[list[str] | None, typer.Option(
-        "--cluster", help="A cluster tested pooled: comma-separated account ids or a file of ids (repeatable).")
-                       ] = None,
-    texts: Annotated[Path | None, typer.Option(
-        "--texts", help="JSONL of {prompt, response} to feed (default: the candidates' audit-log records).")] = None,
-    prompts: Annotated[Path | None, typer.Option(
-        "--prompts", help="Closed mode: prompts to send (JSONL or one a line; default: the fed texts' prompts).")
-                       ] = None,
+    suspect_model: Annotated[
+        str | None,
+        typer.Option(
+            "--suspect-model",
+            help="Open mode: a transformers model directory (e.g. a student saved with "
+            "save_pretrained), a GGUF file, or 'teacher' for the served model.",
+        ),
+    ] = None,
+    suspect_url: Annotated[
+        str | None, typer.Option("--suspect-url", help="Closed mode: the suspect's OpenAI-compatible base URL (…/v1).")
+    ] = None,
+    suspect_api_key: Annotated[str | None, typer.Option("--suspect-api-key", help="API key for --suspect-url.")] = None,
+    suspect_model_name: Annotated[
+        str | None,
+        typer.Option(
+            "--suspect-model-name", help="The model name to request (default: the first one the endpoint lists)."
+        ),
+    ] = None,
+    account: Annotated[
+        list[str] | None,
+        typer.Option("--account", help="Candidate account (repeatable; default: every account in the store)."),
+    ] = None,
+    cluster: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cluster", help="A cluster tested pooled: comma-separated account ids or a file of ids (repeatable)."
+        ),
+    ] = None,
+    texts: Annotated[
+        Path | None,
+        typer.Option(
+            "--texts", help="JSONL of {prompt, response} to feed (default: the candidates' audit-log records)."
+        ),
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts", help="Closed mode: prompts to send (JSONL or one a line; default: the fed texts' prompts)."
+        ),
+    ] = None,
     max_texts: Annotated[int | None, typer.Option("--max-texts", min=1, help="Feed at most N texts.")] = None,
-    max_prompts: Annotated[int | None, typer.Option("--max-prompts", min=1, help="Closed mode: send at most N "
-                                                                                    "prompts.")] = 200,
-    samples: Annotated[int, typer.Option("--samples", min=1, max=64, help="Closed mode: completions per prompt.")
-                       ] = 1,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=4096, help="Closed mode: tokens per "
-                                                                                  "completion.")] = 128,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=5.0, help="Closed mode: sampling "
-                                                                                       "temperature.")] = 0.7,
+    max_prompts: Annotated[
+        int | None, typer.Option("--max-prompts", min=1, help="Closed mode: send at most N prompts.")
+    ] = 200,
+    samples: Annotated[int, typer.Option("--samples", min=1, max=64, help="Closed mode: completions per prompt.")] = 1,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", min=1, max=4096, help="Closed mode: tokens per completion.")
+    ] = 128,
+    temperature: Annotated[
+        float, typer.Option("--temperature", min=0.0, max=5.0, help="Closed mode: sampling temperature.")
+    ] = 0.7,
     seed: Annotated[int, typer.Option("--seed", help="Closed mode: sampling seed (sample j uses seed + j).")] = 0,
-    exclude: Annotated[str, typer.Option("--exclude", help="Open mode: prefix-pairs (evidence) or prompt "
-                                                           "(measurement only).")] = "prefix-pairs",
-    control_model: Annotated[str | None, typer.Option(
-        "--control-model", help="Also scan a model known not to be distilled (a path, or 'teacher').")] = None,
-    control_keys: Annotated[int, typer.Option("--control-keys", min=0, max=10_000,
-                                              help="Never-issued keys tested as controls.")] = 16,
+    exclude: Annotated[
+        str, typer.Option("--exclude", help="Open mode: prefix-pairs (evidence) or prompt (measurement only).")
+    ] = "prefix-pairs",
+    control_model: Annotated[
+        str | None,
+        typer.Option("--control-model", help="Also scan a model known not to be distilled (a path, or 'teacher')."),
+    ] = None,
+    control_keys: Annotated[
+        int, typer.Option("--control-keys", min=0, max=10_000, help="Never-issued keys tested as controls.")
+    ] = 16,
     control_seed: Annotated[int, typer.Option("--control-seed", help="Seed of the control keys.")] = 0,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 1e-3,
     gamma: Annotated[float | None, typer.Option("--gamma", help="Override the watermark's gamma.")] = None,
-    context_width: Annotated[int | None, typer.Option("--context-width", help="Override the context width.")
-                             ] = None,
-    provider_fraction: Annotated[float | None, typer.Option("--provider-fraction",
-                                                            help="Override the provider fraction.")] = None,
-    batch_tokens: Annotated[int, typer.Option("--batch-tokens", min=16, help="Open mode: padded tokens per "
-                                                                            "forward pass.")] = 2048,
+    context_width: Annotated[int | None, typer.Option("--context-width", help="Override the context width.")] = None,
+    provider_fraction: Annotated[
+        float | None, typer.Option("--provider-fraction", help="Override the provider fraction.")
+    ] = None,
+    batch_tokens: Annotated[
+        int, typer.Option("--batch-tokens", min=16, help="Open mode: padded tokens per forward pass.")
+    ] = 2048,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
 ) -> None:
     """Radioactivity scan: was a suspect model trained on our watermarked outputs, and by which account?"""
@@ -129,24 +169,48 @@ def scan(
     from antidistill.workflows import scan as wf
 
     settings = get_settings()
-    scan_inputs = wf.gather_inputs(settings, accounts=account or [], clusters=cluster or [], texts_file=texts,
-                                   from_audit=suspect_model is not None or prompts is None, max_texts=max_texts)
+    scan_inputs = wf.gather_inputs(
+        settings,
+        accounts=account or [],
+        clusters=cluster or [],
+        texts_file=texts,
+        from_audit=suspect_model is not None or prompts is None,
+        max_texts=max_texts,
+    )
     scan_inputs.config = wf.scan_config(scan_inputs.config, gamma, context_width, provider_fraction)
-    common: dict[str, Any] = {"alpha": alpha, "control_keys": control_keys, "control_seed": control_seed,
-                              "control_models": [control_model] if control_model is not None else []}
+    common: dict[str, Any] = {
+        "alpha": alpha,
+        "control_keys": control_keys,
+        "control_seed": control_seed,
+        "control_models": [control_model] if control_model is not None else [],
+    }
     if suspect_model is not None:
         with err.status(f"Reading {len(scan_inputs.texts)} texts through the suspect…"):
-            report = wf.open_scan(settings, suspect_model, scan_inputs, exclude=exclude, batch_tokens=batch_tokens,
-                                  **common)
+            report = wf.open_scan(
+                settings, suspect_model, scan_inputs, exclude=exclude, batch_tokens=batch_tokens, **common
+            )
     else:
         assert suspect_url is not None  # exactly one of the two, checked above
-        prompt_list = (inputs.read_prompts_file(prompts) if prompts is not None
-                       else inputs.unique_prompts(scan_inputs.texts))
-        with err.status(f"Querying the suspect with up to {min(len(prompt_list), max_prompts or len(prompt_list))} "
-                        "prompts…"):
-            report = wf.closed_scan(settings, suspect_url, prompt_list, scan_inputs, api_key=suspect_api_key,
-                                    model_name=suspect_model_name, samples=samples, temperature=temperature,
-                                    max_tokens=max_tokens, max_prompts=max_prompts, seed=seed, **common)
+        prompt_list = (
+            inputs.read_prompts_file(prompts) if prompts is not None else inputs.unique_prompts(scan_inputs.texts)
+        )
+        with err.status(
+            f"Querying the suspect with up to {min(len(prompt_list), max_prompts or len(prompt_list))} prompts…"
+        ):
+            report = wf.closed_scan(
+                settings,
+                suspect_url,
+                prompt_list,
+                scan_inputs,
+                api_key=suspect_api_key,
+                model_name=suspect_model_name,
+                samples=samples,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                max_prompts=max_prompts,
+                seed=seed,
+                **common,
+            )
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), default=str) + "\n")
     else:

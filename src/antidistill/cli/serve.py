@@ -50,29 +50,51 @@ def _settings(overrides: dict[str, Any]):
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
-    backend: Annotated[BackendChoice | None, typer.Option("--backend", help="Serve from the local model, an "
-                                                                             "upstream server, or the fake backend.",
-                                                          case_sensitive=False)] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Local model directory or GGUF file "
-                                                             "(default: the embedded model).")] = None,
-    upstream_url: Annotated[str | None, typer.Option("--upstream-url", help="OpenAI-compatible server to proxy "
-                                                                           "(backend upstream).")] = None,
-    database_url: Annotated[str | None, typer.Option("--database-url", help="postgresql://… or sqlite:///… "
-                                                                           "(default: SQLite in the data dir).")
-                            ] = None,
-    redis_url: Annotated[str | None, typer.Option("--redis-url", help="Share rate limits between replicas "
-                                                                     "through Redis.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes (more than one "
-                                                                         "needs --redis-url).")] = 1,
+    backend: Annotated[
+        BackendChoice | None,
+        typer.Option(
+            "--backend",
+            help="Serve from the local model, an upstream server, or the fake backend.",
+            case_sensitive=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Local model directory or GGUF file (default: the embedded model).")
+    ] = None,
+    upstream_url: Annotated[
+        str | None, typer.Option("--upstream-url", help="OpenAI-compatible server to proxy (backend upstream).")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="postgresql://… or sqlite:///… (default: SQLite in the data dir)."),
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="Share rate limits between replicas through Redis.")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="Worker processes (more than one needs --redis-url).")
+    ] = 1,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
-    monitor: Annotated[bool | None, typer.Option("--monitor/--no-monitor", help="Score the traffic as it passes "
-                                                                             "and enforce the policy on it.",
-                                                 show_default=False)] = None,
-    policy: Annotated[Path | None, typer.Option("--policy", help="Policy file (default: the shipped terms of "
-                                                                 "service policy).", dir_okay=False)] = None,
-    watermark: Annotated[bool | None, typer.Option("--watermark/--no-watermark", help="Mark completions (off only "
-                                                   "to host a model unmarked, e.g. a red-team student).",
-                                                   show_default=False)] = None,
+    monitor: Annotated[
+        bool | None,
+        typer.Option(
+            "--monitor/--no-monitor",
+            help="Score the traffic as it passes and enforce the policy on it.",
+            show_default=False,
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="Policy file (default: the shipped terms of service policy).", dir_okay=False),
+    ] = None,
+    watermark: Annotated[
+        bool | None,
+        typer.Option(
+            "--watermark/--no-watermark",
+            help="Mark completions (off only to host a model unmarked, e.g. a red-team student).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible gateway: watermarked completions, limits, audit log, admin API, metrics."""
     # the parts load when the command runs, not for --help (see antidistill.cli)
@@ -82,8 +104,13 @@ def serve(
     import uvicorn
 
     overrides: dict[str, Any] = {
-        "backend": backend.value if backend else None, "model": model, "upstream_url": upstream_url,
-        "database_url": database_url, "redis_url": redis_url, "monitor": monitor, "policy_file": policy,
+        "backend": backend.value if backend else None,
+        "model": model,
+        "upstream_url": upstream_url,
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "monitor": monitor,
+        "policy_file": policy,
         "watermark": watermark,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -101,8 +128,11 @@ def serve(
     if not settings.watermark:
         typer.echo("note: watermarking is off: completions carry no mark and cannot be traced to an account")
     if settings.monitor and workers > 1:
-        typer.echo("note: with --workers > 1 each worker's monitor sees only its share of the traffic; run "
-                   "`antidistill monitor scan` for the whole picture", err=True)
+        typer.echo(
+            "note: with --workers > 1 each worker's monitor sees only its share of the traffic; run "
+            "`antidistill monitor scan` for the whole picture",
+            err=True,
+        )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     from antidistill.gateway.protocol import ConnectionLimits, uvicorn_options
 
@@ -115,13 +145,31 @@ def serve(
         store = open_store(settings)
         try:
             app = create_app(settings, backend=make_backend(settings), store=store)
-            uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on", timeout_graceful_shutdown=10,
-                        proxy_headers=False, **guard)
+            uvicorn.run(
+                app,
+                host=host,
+                port=port,
+                log_level=log_level,
+                lifespan="on",
+                timeout_graceful_shutdown=10,
+                proxy_headers=False,
+                **guard,
+            )
         finally:
             store.close()
         return
     # Worker processes build their own app from the environment: pass the options on through it.
     for key, value in overrides.items():
         os.environ[f"ANTIDISTILL_{key.upper()}"] = str(value)
-    uvicorn.run("antidistill.gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, lifespan="on", timeout_graceful_shutdown=10, proxy_headers=False, **guard)
+    uvicorn.run(
+        "antidistill.gateway.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        proxy_headers=False,
+        **guard,
+    )

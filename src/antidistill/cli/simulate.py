@@ -20,19 +20,21 @@ from rich.table import Table
 
 from antidistill.errors import InputError
 
-simulate_app = typer.Typer(help="Simulated traffic with ground truth: benign personas and distillation campaigns.",
-                           no_args_is_help=True)
+simulate_app = typer.Typer(
+    help="Simulated traffic with ground truth: benign personas and distillation campaigns.", no_args_is_help=True
+)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every draw (the same seed gives the same traffic).")]
-DaysOpt = Annotated[float | None, typer.Option("--days", help="Virtual duration in days (default: the scale's).",
-                                               show_default=False)]
-SplitOpt = Annotated[str, typer.Option("--split", help="train, or heldout: parameter bands and templates that "
-                                                       "training runs never use.")]
-ScaleOpt = Annotated[str, typer.Option("--scale", help="small (seconds), default (a week, ~500 accounts) or "
-                                                       "large.")]
+DaysOpt = Annotated[
+    float | None, typer.Option("--days", help="Virtual duration in days (default: the scale's).", show_default=False)
+]
+SplitOpt = Annotated[
+    str, typer.Option("--split", help="train, or heldout: parameter bands and templates that training runs never use.")
+]
+ScaleOpt = Annotated[str, typer.Option("--scale", help="small (seconds), default (a week, ~500 accounts) or large.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 
@@ -59,27 +61,57 @@ def _counts_table(counts: dict[str, dict[str, int]], roles: dict[str, str]) -> T
 
 @simulate_app.command("run")
 def run(
-    out_dir: Annotated[Path, typer.Option("--out", help="New directory for the audit log (in process), labels.jsonl, "
-                                                        "requests.jsonl and scenario.json.", file_okay=False)],
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="New directory for the audit log (in process), labels.jsonl, requests.jsonl and scenario.json.",
+            file_okay=False,
+        ),
+    ],
     seed: SeedOpt = 0,
     days: DaysOpt = None,
     split: SplitOpt = "train",
     scale: ScaleOpt = "default",
-    base_url: Annotated[str | None, typer.Option("--base-url", help="Drive this running gateway instead of one in "
-                                                                    "process (it must accept the client clock and "
-                                                                    "trust X-Forwarded-For).", show_default=False)
-                        ] = None,
-    admin_token: Annotated[str | None, typer.Option("--admin-token", envvar="ANTIDISTILL_ADMIN_TOKEN",
-                                                    help="Admin token of the --base-url gateway (or "
-                                                         "ANTIDISTILL_ADMIN_TOKEN).", show_default=False)] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url",
+            help="Drive this running gateway instead of one in "
+            "process (it must accept the client clock and "
+            "trust X-Forwarded-For).",
+            show_default=False,
+        ),
+    ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-token",
+            envvar="ANTIDISTILL_ADMIN_TOKEN",
+            help="Admin token of the --base-url gateway (or ANTIDISTILL_ADMIN_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256, help="Client threads.")] = 12,
-    processes: Annotated[int | None, typer.Option("--processes", min=0, max=64, help="Driver processes (0: threads "
-                                                                                      "only; default: by plan size "
-                                                                                      "and cores).",
-                                                  show_default=False)] = None,
-    with_monitor: Annotated[bool, typer.Option("--with-monitor", help="In process: run the gateway's monitor and "
-                                                                      "policy enforcement during the simulation "
-                                                                      "(end-to-end evaluation).")] = False,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            min=0,
+            max=64,
+            help="Driver processes (0: threads only; default: by plan size and cores).",
+            show_default=False,
+        ),
+    ] = None,
+    with_monitor: Annotated[
+        bool,
+        typer.Option(
+            "--with-monitor",
+            help="In process: run the gateway's monitor and "
+            "policy enforcement during the simulation "
+            "(end-to-end evaluation).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Simulate a population of customers and distillation campaigns against the gateway; write the truth."""
@@ -99,8 +131,14 @@ def run(
     if show:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        prog = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err, transient=True)
+        prog = Progress(
+            TextColumn("simulating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
         task = prog.add_task("requests", total=total)
 
         def progress_cb(done: int, _total: int) -> None:
@@ -109,24 +147,48 @@ def run(
         prog.start()
     try:
         if base_url is None:
-            result = run_simulation(scenario, out_dir, concurrency=concurrency, processes=processes,
-                                    progress=progress_cb, plan=plan, monitor=with_monitor)
+            result = run_simulation(
+                scenario,
+                out_dir,
+                concurrency=concurrency,
+                processes=processes,
+                progress=progress_cb,
+                plan=plan,
+                monitor=with_monitor,
+            )
         else:
-            result = run_against_gateway(scenario, out_dir, base_url, admin_token or "", concurrency=concurrency,
-                                         processes=processes, progress=progress_cb, plan=plan)
+            result = run_against_gateway(
+                scenario,
+                out_dir,
+                base_url,
+                admin_token or "",
+                concurrency=concurrency,
+                processes=processes,
+                progress=progress_cb,
+                plan=plan,
+            )
     finally:
         if prog is not None:
             prog.stop()
-    summary = {"out": str(result.out_dir), "store_url": result.store_url, "planned": result.planned,
-               "ok": result.ok, "status_counts": {str(k): v for k, v in result.status_counts.items()},
-               "wall_s": round(result.wall_s, 2), "requests_per_s": round(result.requests_per_s, 1),
-               "accounts": len(result.labels), **plan.summary()}
+    summary = {
+        "out": str(result.out_dir),
+        "store_url": result.store_url,
+        "planned": result.planned,
+        "ok": result.ok,
+        "status_counts": {str(k): v for k, v in result.status_counts.items()},
+        "wall_s": round(result.wall_s, 2),
+        "requests_per_s": round(result.requests_per_s, 1),
+        "accounts": len(result.labels),
+        **plan.summary(),
+    }
     if as_json:
         _print_json(summary)
         return
     out.print(_counts_table(plan.counts(), {n: c.role for n, c in PERSONAS.items()}))
-    out.print(f"{result.ok} of {result.planned} requests answered 200 in {result.wall_s:.1f} s "
-              f"({result.requests_per_s:.0f}/s); {len(result.labels)} accounts")
+    out.print(
+        f"{result.ok} of {result.planned} requests answered 200 in {result.wall_s:.1f} s "
+        f"({result.requests_per_s:.0f}/s); {len(result.labels)} accounts"
+    )
     if result.ok != result.planned:
         out.print(f"statuses: {summary['status_counts']}")
     out.print(f"labels:   {result.out_dir / 'labels.jsonl'}\nscenario: {result.out_dir / 'scenario.json'}")
@@ -152,8 +214,10 @@ def plan_cmd(
         return
     out.print(_counts_table(plan.counts(), {n: c.role for n, c in PERSONAS.items()}))
     s = plan.summary()
-    out.print(f"{s['accounts']} accounts ({s['attacker_accounts']} attackers), {s['requests']} requests "
-              f"({s['attacker_requests']} from attackers)")
+    out.print(
+        f"{s['accounts']} accounts ({s['attacker_accounts']} attackers), {s['requests']} requests "
+        f"({s['attacker_requests']} from attackers)"
+    )
 
 
 @simulate_app.command("personas")
@@ -174,18 +238,30 @@ def personas(as_json: JsonOpt = False) -> None:
 
 @simulate_app.command("eval")
 def simulate_eval(
-    seed: Annotated[int, typer.Option("--seed", help="Held-out seed (never one the monitor was trained or "
-                                                     "calibrated on).")] = 1001,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Held-out seed (never one the monitor was trained or calibrated on).")
+    ] = 1001,
     scale: Annotated[str, typer.Option("--scale", help="small, default or large.")] = "default",
-    days: Annotated[float | None, typer.Option("--days", help="Virtual days (default: the scale's).",
-                                               show_default=False)] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Keep the simulation here (default: a temporary "
-                                                               "directory); if it already holds a finished "
-                                                               "held-out simulation of this seed, scan that again.",
-                                                 file_okay=False, show_default=False)] = None,
-    embeddings: Annotated[bool | None, typer.Option("--embeddings/--no-embeddings",
-                                                    help="Force embeddings on or off (default: as trained).",
-                                                    show_default=False)] = None,
+    days: Annotated[
+        float | None, typer.Option("--days", help="Virtual days (default: the scale's).", show_default=False)
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Keep the simulation here (default: a temporary "
+            "directory); if it already holds a finished "
+            "held-out simulation of this seed, scan that again.",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    embeddings: Annotated[
+        bool | None,
+        typer.Option(
+            "--embeddings/--no-embeddings", help="Force embeddings on or off (default: as trained).", show_default=False
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
 ) -> None:
     """Evaluate the trained monitor on held-out simulated traffic driven through the real gateway."""
@@ -198,7 +274,6 @@ def simulate_eval(
         sys.stdout.write(json.dumps(report, default=str) + "\n")
         return
     _print_report(report)
-
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -216,9 +291,13 @@ def _print_report(report: dict[str, Any]) -> None:
     out.print(table)
     f = report["benign_fpr"]["alert"]
     ci = f["ci95"] or [0, 0]
-    out.print(f"benign per-account FPR at alert: {f['false_positives']}/{f['accounts']} = {f['rate']:.4f} "
-              f"(95% CI {ci[0]:.4f}-{ci[1]:.4f})")
+    out.print(
+        f"benign per-account FPR at alert: {f['false_positives']}/{f['accounts']} = {f['rate']:.4f} "
+        f"(95% CI {ci[0]:.4f}-{ci[1]:.4f})"
+    )
     for h in report["hydra_cluster_recall"]:
-        out.print(f"hydra {h['campaign']}: {h['linked']}/{h['active_members']} active members linked "
-                  f"({h['recall']:.3f}); cluster of {h['cluster_size']}, linked by {', '.join(h['linked_by'])}")
+        out.print(
+            f"hydra {h['campaign']}: {h['linked']}/{h['active_members']} active members linked "
+            f"({h['recall']:.3f}); cluster of {h['cluster_size']}, linked by {', '.join(h['linked_by'])}"
+        )
     out.print("verdict: " + ", ".join(f"{k}={v}" for k, v in report["verdict"].items()))

@@ -34,8 +34,11 @@ out = Console(highlight=False, soft_wrap=True)  # ids and hashes must stay whole
 
 DbOpt = Annotated[
     str | None,
-    typer.Option("--database-url", help="Database URL (default: ANTIDISTILL_DATABASE_URL, else the SQLite file "
-                                        "in the data directory).", show_default=False),
+    typer.Option(
+        "--database-url",
+        help="Database URL (default: ANTIDISTILL_DATABASE_URL, else the SQLite file in the data directory).",
+        show_default=False,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
@@ -53,13 +56,26 @@ def _print_json(obj: Any) -> None:
 
 
 def _account_dict(a: Account) -> dict[str, Any]:
-    return {"id": a.id, "name": a.name, "enabled": a.enabled, "rpm": a.rpm, "tpm": a.tpm,
-            "tokens_per_day": a.tokens_per_day, "metadata": a.metadata, "created_at": a.created_at.isoformat()}
+    return {
+        "id": a.id,
+        "name": a.name,
+        "enabled": a.enabled,
+        "rpm": a.rpm,
+        "tpm": a.tpm,
+        "tokens_per_day": a.tokens_per_day,
+        "metadata": a.metadata,
+        "created_at": a.created_at.isoformat(),
+    }
 
 
 def _key_dict(k: ApiKeyInfo) -> dict[str, Any]:
-    return {"id": k.id, "account_id": k.account_id, "prefix": k.prefix, "created_at": k.created_at.isoformat(),
-            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None}
+    return {
+        "id": k.id,
+        "account_id": k.account_id,
+        "prefix": k.prefix,
+        "created_at": k.created_at.isoformat(),
+        "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+    }
 
 
 def _limit(v: int | None) -> str:
@@ -70,27 +86,34 @@ def _limit(v: int | None) -> str:
 @accounts_app.command("create")
 def accounts_create(
     name: Annotated[str, typer.Argument(help="Display name of the account.")],
-    rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute (default: unlimited).")
-                   ] = None,
+    rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute (default: unlimited).")] = None,
     tpm: Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute (default: unlimited).")] = None,
-    tokens_per_day: Annotated[int | None, typer.Option("--tokens-per-day", min=1,
-                                                       help="Tokens per day (default: unlimited).")] = None,
-    org: Annotated[str | None, typer.Option("--org", help="Organisation (the monitor links accounts on it).")
-                   ] = None,
-    payment_fingerprint: Annotated[str | None, typer.Option("--payment-fingerprint",
-                                                            help="Payment method fingerprint.")] = None,
-    signup_source: Annotated[str | None, typer.Option("--signup-source", help="Where the account signed up.")
-                             ] = None,
+    tokens_per_day: Annotated[
+        int | None, typer.Option("--tokens-per-day", min=1, help="Tokens per day (default: unlimited).")
+    ] = None,
+    org: Annotated[str | None, typer.Option("--org", help="Organisation (the monitor links accounts on it).")] = None,
+    payment_fingerprint: Annotated[
+        str | None, typer.Option("--payment-fingerprint", help="Payment method fingerprint.")
+    ] = None,
+    signup_source: Annotated[str | None, typer.Option("--signup-source", help="Where the account signed up.")] = None,
     as_json: JsonOpt = False,
     database_url: DbOpt = None,
 ) -> None:
     """Create an account and print its id and a new API key (shown only this once)."""
-    metadata = {k: v for k, v in (("organisation", org), ("payment_fingerprint", payment_fingerprint),
-                                  ("signup_source", signup_source)) if v is not None}
+    metadata = {
+        k: v
+        for k, v in (
+            ("organisation", org),
+            ("payment_fingerprint", payment_fingerprint),
+            ("signup_source", signup_source),
+        )
+        if v is not None
+    }
     with _open(database_url) as store:
         try:
-            account, api_key, key = store.create_account(name, rpm=rpm, tpm=tpm, tokens_per_day=tokens_per_day,
-                                                         metadata=metadata)
+            account, api_key, key = store.create_account(
+                name, rpm=rpm, tpm=tpm, tokens_per_day=tokens_per_day, metadata=metadata
+            )
         except ValueError as exc:
             raise InputError(str(exc)) from None
     if as_json:
@@ -113,8 +136,14 @@ def accounts_list(as_json: JsonOpt = False, database_url: DbOpt = None) -> None:
         out.print("no accounts")
         return
     # Nothing is cut off (fold, never "…"): ids and limits are copied from here.
-    table = Table(Column("id", no_wrap=True, min_width=29), Column("name", overflow="fold"), "enabled",
-                  Column("rpm/tpm/day", overflow="fold"), Column("organisation", overflow="fold"), box=box.SIMPLE_HEAD)
+    table = Table(
+        Column("id", no_wrap=True, min_width=29),
+        Column("name", overflow="fold"),
+        "enabled",
+        Column("rpm/tpm/day", overflow="fold"),
+        Column("organisation", overflow="fold"),
+        box=box.SIMPLE_HEAD,
+    )
     for a in items:
         limits = "/".join(_limit(v) for v in (a.rpm, a.tpm, a.tokens_per_day))
         table.add_row(a.id, a.name, "yes" if a.enabled else "no", limits, str(a.metadata.get("organisation", "")))
@@ -128,22 +157,27 @@ def _set_enabled(account_id: str, enabled: bool, database_url: str | None) -> No
 
 
 @accounts_app.command("disable")
-def accounts_disable(account_id: Annotated[str, typer.Argument(help="Account id (acct_…).")],
-                     database_url: DbOpt = None) -> None:
+def accounts_disable(
+    account_id: Annotated[str, typer.Argument(help="Account id (acct_…).")], database_url: DbOpt = None
+) -> None:
     """Disable an account: its requests are refused (403) until it is enabled again."""
     _set_enabled(account_id, False, database_url)
 
 
 @accounts_app.command("enable")
-def accounts_enable(account_id: Annotated[str, typer.Argument(help="Account id (acct_…).")],
-                    database_url: DbOpt = None) -> None:
+def accounts_enable(
+    account_id: Annotated[str, typer.Argument(help="Account id (acct_…).")], database_url: DbOpt = None
+) -> None:
     """Enable a disabled account."""
     _set_enabled(account_id, True, database_url)
 
 
 @account_keys_app.command("issue")
-def keys_issue(account_id: Annotated[str, typer.Argument(help="Account id (acct_…).")], as_json: JsonOpt = False,
-               database_url: DbOpt = None) -> None:
+def keys_issue(
+    account_id: Annotated[str, typer.Argument(help="Account id (acct_…).")],
+    as_json: JsonOpt = False,
+    database_url: DbOpt = None,
+) -> None:
     """Issue a new API key for an account (shown only this once)."""
     with _open(database_url) as store:
         key, api_key = store.issue_key(account_id)
@@ -156,8 +190,7 @@ def keys_issue(account_id: Annotated[str, typer.Argument(help="Account id (acct_
 
 
 @account_keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="API key id (key_…).")],
-                database_url: DbOpt = None) -> None:
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="API key id (key_…).")], database_url: DbOpt = None) -> None:
     """Revoke an API key: requests with it are refused (401)."""
     with _open(database_url) as store:
         key = store.revoke_key(key_id)
@@ -165,19 +198,31 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="API key id (key_…)
 
 
 @account_keys_app.command("list")
-def keys_list(account_id: Annotated[str, typer.Argument(help="Account id (acct_…).")], as_json: JsonOpt = False,
-              database_url: DbOpt = None) -> None:
+def keys_list(
+    account_id: Annotated[str, typer.Argument(help="Account id (acct_…).")],
+    as_json: JsonOpt = False,
+    database_url: DbOpt = None,
+) -> None:
     """An account's API keys (ids and display prefixes; the keys themselves are never stored)."""
     with _open(database_url) as store:
         keys = store.list_keys(account_id)
     if as_json:
         _print_json([_key_dict(k) for k in keys])
         return
-    table = Table(Column("id", no_wrap=True, min_width=28), Column("prefix", no_wrap=True), "created", "revoked",
-                  box=box.SIMPLE_HEAD)
+    table = Table(
+        Column("id", no_wrap=True, min_width=28),
+        Column("prefix", no_wrap=True),
+        "created",
+        "revoked",
+        box=box.SIMPLE_HEAD,
+    )
     for k in keys:
-        table.add_row(k.id, k.prefix + "…", k.created_at.strftime("%Y-%m-%d %H:%M"),
-                      k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "")
+        table.add_row(
+            k.id,
+            k.prefix + "…",
+            k.created_at.strftime("%Y-%m-%d %H:%M"),
+            k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "",
+        )
     out.print(table)
 
 
@@ -231,8 +276,9 @@ def _write_anchor(where: str, anchor: SignedHead) -> None:
         import httpx
 
         try:
-            r = httpx.post(where, content=text_.encode("utf-8"), timeout=30,
-                           headers={"Content-Type": "application/json"})
+            r = httpx.post(
+                where, content=text_.encode("utf-8"), timeout=30, headers={"Content-Type": "application/json"}
+            )
         except httpx.HTTPError as exc:
             raise InputError(f"cannot send the anchor to {where}: {type(exc).__name__}") from None
         if not 200 <= r.status_code < 300:
@@ -253,9 +299,16 @@ def _write_anchor(where: str, anchor: SignedHead) -> None:
 
 @audit_app.command("anchor")
 def audit_anchor(
-    output: Annotated[str, typer.Option("--output", "-o", help="Where the signed head goes: a file (checked "
-                                                              "against the anchor already there, then replaced), "
-                                                              "- for standard output, or an http(s) URL (POSTed).")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where the signed head goes: a file (checked "
+            "against the anchor already there, then replaced), "
+            "- for standard output, or an http(s) URL (POSTed).",
+        ),
+    ],
     database_url: DbOpt = None,
 ) -> None:
     """Copy the log's signed head out of the database, as a witness would (run it on a schedule).
@@ -270,24 +323,34 @@ def audit_anchor(
         if signed is None or head.seq == 0:
             raise InputError("the audit log is empty: there is no signed head to anchor yet")
         expected = store.expected_public_key()
-        if not signed.valid() or (signed.seq, signed.hash) != (head.seq, head.hash) or (
-                expected is not None and signed.public_key != expected):
-            out.print(f"audit anchor FAILED: the head (record {head.seq}) does not carry a valid signature of this "
-                      "log's key; run `antidistill audit verify`", markup=False)
+        if (
+            not signed.valid()
+            or (signed.seq, signed.hash) != (head.seq, head.hash)
+            or (expected is not None and signed.public_key != expected)
+        ):
+            out.print(
+                f"audit anchor FAILED: the head (record {head.seq}) does not carry a valid signature of this "
+                "log's key; run `antidistill audit verify`",
+                markup=False,
+            )
             raise typer.Exit(1)
         previous = None
         if output != "-" and not _is_url(output) and Path(output).is_file():
             previous = _read_anchor(output)
             problem = store.audit_extends(previous)
             if problem is not None:
-                out.print(f"audit anchor FAILED: the log does not extend the anchor in {output} (record "
-                          f"{previous.seq}): {problem}", markup=False)
+                out.print(
+                    f"audit anchor FAILED: the log does not extend the anchor in {output} (record "
+                    f"{previous.seq}): {problem}",
+                    markup=False,
+                )
                 raise typer.Exit(1)
     _write_anchor(output, signed)
     if output != "-":
         since = f", {signed.seq - previous.seq} records since the last anchor" if previous is not None else ""
         Console(stderr=True, highlight=False).print(
-            f"anchored record {signed.seq} (hash {signed.hash}){since}", markup=False)
+            f"anchored record {signed.seq} (hash {signed.hash}){since}", markup=False
+        )
 
 
 @audit_app.command("seal")
@@ -313,9 +376,15 @@ def audit_seal(database_url: DbOpt = None) -> None:
 def audit_verify(
     as_json: JsonOpt = False,
     database_url: DbOpt = None,
-    anchor: Annotated[str | None, typer.Option("--anchor", help="An anchor written by `audit anchor` (a file, - "
-                                                                "or an http(s) URL): the log must still hold the "
-                                                                "history it saw.")] = None,
+    anchor: Annotated[
+        str | None,
+        typer.Option(
+            "--anchor",
+            help="An anchor written by `audit anchor` (a file, - "
+            "or an http(s) URL): the log must still hold the "
+            "history it saw.",
+        ),
+    ] = None,
 ) -> None:
     """Recompute the hash chain and check every signature (checkpoints, the signed head, an anchor).
 
@@ -326,15 +395,26 @@ def audit_verify(
     with _open(database_url) as store:
         result = store.verify_audit(anchor=anchored)
     if as_json:
-        _print_json({"ok": result.ok, "records": result.records, "checkpoints": result.checkpoints,
-                     "first_bad_seq": result.first_bad_seq, "first_bad_response_id": result.first_bad_response_id,
-                     "problem": result.problem, "details": result.details})
+        _print_json(
+            {
+                "ok": result.ok,
+                "records": result.records,
+                "checkpoints": result.checkpoints,
+                "first_bad_seq": result.first_bad_seq,
+                "first_bad_response_id": result.first_bad_response_id,
+                "problem": result.problem,
+                "details": result.details,
+            }
+        )
     elif result.ok:
         d = result.details
         signer = d.get("public_key") or "-"
         checked = "this installation's key" if d.get("public_key_checked") else "not compared: no master key here"
-        out.print(f"audit log OK: {result.records} records, {result.checkpoints} signed checkpoints, "
-                  f"{d.get('since_checkpoint', 0)} records after the last checkpoint", markup=False)
+        out.print(
+            f"audit log OK: {result.records} records, {result.checkpoints} signed checkpoints, "
+            f"{d.get('since_checkpoint', 0)} records after the last checkpoint",
+            markup=False,
+        )
         signed = f", signed {d['head_signed_at']}" if d.get("head_signed_at") else ""
         out.print(f"head: seq {d.get('head_seq')} hash {d.get('head_hash')}{signed}", markup=False)
         if anchored is not None:
@@ -353,8 +433,7 @@ def audit_verify(
 @audit_app.command("export")
 def audit_export(
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write.", dir_okay=False)],
-    fmt: Annotated[str, typer.Option("--format", help="jsonl (exact, re-hashable) or parquet (analysis).")
-                   ] = "jsonl",
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (exact, re-hashable) or parquet (analysis).")] = "jsonl",
     database_url: DbOpt = None,
 ) -> None:
     """Write the whole audit log to a file, streaming."""

@@ -78,9 +78,14 @@ def pairs_needed(account: str | None, min_pairs: int) -> int:
     return max(DEMO_MIN_PAIRS, min_pairs) if account else min_pairs
 
 
-def regenerate_short(items: list[T], counts: list[int], need: Sequence[int],
-                     redo: Callable[[list[int], int], Sequence[T]], count: Callable[[T], int],
-                     attempts: int = REGENERATE_ATTEMPTS) -> list[int]:
+def regenerate_short(
+    items: list[T],
+    counts: list[int],
+    need: Sequence[int],
+    redo: Callable[[list[int], int], Sequence[T]],
+    count: Callable[[T], int],
+    attempts: int = REGENERATE_ATTEMPTS,
+) -> list[int]:
     """Generate again every item with fewer distinct pairs than it needs, up to ``attempts`` times.
 
     ``redo(indices, attempt)`` returns new items for those indices (``attempt`` = 1, 2, … picks another seed);
@@ -104,5 +109,10 @@ def demo_detector(lm: LocalModel, ring: KeyRing, accounts: Iterable[str]) -> Tex
     """A detector with the provider keys and every key of ``accounts`` and of the decoy accounts as candidates."""
     candidates = [k for a in accounts for k in ring.account_keys(a)]
     candidates += [ring.account_key(a) for a in DECOY_ACCOUNTS]
-    return TextDetector(lm.tokenizer, Detector(lm.watermark.config, vocab_size=lm.vocab_size),
-                        ring.provider_keys(), candidates, DEMO_ALPHA)
+    return TextDetector(
+        lm.tokenizer,
+        Detector(lm.watermark.config, vocab_size=lm.vocab_size),
+        ring.provider_keys(),
+        candidates,
+        DEMO_ALPHA,
+    )

@@ -45,10 +45,32 @@ class DemoSizes:
         if quick:
             # 128-token gateway answers: at 96 about one in eight had fewer distinct pairs than a test with power
             # needs (checks.DEMO_MIN_PAIRS) and was asked again, which costs more than the 32 tokens
-            return cls(True, max_tokens, 128, harvest=12, heldout=2, harvest_tokens=80, epochs=5.0,
-                       lr=4e-3, batch_size=4, customer_requests=1, closed_prompts=0)
-        return cls(False, max_tokens, 256, harvest=36, heldout=4, harvest_tokens=128, epochs=6.0, lr=4e-3,
-                   batch_size=8, customer_requests=2, closed_prompts=6)
+            return cls(
+                True,
+                max_tokens,
+                128,
+                harvest=12,
+                heldout=2,
+                harvest_tokens=80,
+                epochs=5.0,
+                lr=4e-3,
+                batch_size=4,
+                customer_requests=1,
+                closed_prompts=0,
+            )
+        return cls(
+            False,
+            max_tokens,
+            256,
+            harvest=36,
+            heldout=4,
+            harvest_tokens=128,
+            epochs=6.0,
+            lr=4e-3,
+            batch_size=8,
+            customer_requests=2,
+            closed_prompts=6,
+        )
 
 
 class Bar(Protocol):
@@ -93,9 +115,19 @@ def throwaway_settings(base: Settings, data_dir: Path, **update: Any) -> Setting
     """Settings of a throwaway installation in ``data_dir`` (its own master key; never the user's): watermarking
     on, no monitor, no Redis, its own SQLite database, whatever the environment says for the real one."""
     values = base.model_dump()
-    values.update(env="dev", data_dir=data_dir, master_key=None, admin_token=None, redis_url=None,
-                  database_url=f"sqlite:///{(data_dir / 'antidistill.db').resolve()}", policy_file=None,
-                  accept_client_clock=False, trust_forwarded_for=False, monitor=False, watermark=True)
+    values.update(
+        env="dev",
+        data_dir=data_dir,
+        master_key=None,
+        admin_token=None,
+        redis_url=None,
+        database_url=f"sqlite:///{(data_dir / 'antidistill.db').resolve()}",
+        policy_file=None,
+        accept_client_clock=False,
+        trust_forwarded_for=False,
+        monitor=False,
+        watermark=True,
+    )
     values.update(update)
     return Settings(**{k: v for k, v in values.items() if k in Settings.model_fields})
 

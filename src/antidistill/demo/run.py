@@ -44,8 +44,14 @@ def run_stages(ctx: DemoContext, screen: Renderer, model: str | None, report_dir
     return [c for r in results for c in r.checks]
 
 
-def run_demo(console: Console, model: str | None = None, max_tokens: int = 160, seed: int = 7, quick: bool = False,
-             report_dir: str | Path | None = None) -> bool:
+def run_demo(
+    console: Console,
+    model: str | None = None,
+    max_tokens: int = 160,
+    seed: int = 7,
+    quick: bool = False,
+    report_dir: str | Path | None = None,
+) -> bool:
     """Run every stage, show what happens on ``console``, and return whether every check passed.
 
     Args:

@@ -73,18 +73,130 @@ class Sample:
 # ---- text helpers ---------------------------------------------------------------------------------------
 
 _WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?")
-_STOPWORDS = frozenset({
-    "a", "about", "above", "after", "again", "all", "also", "an", "and", "any", "are", "as", "at", "be",
-    "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did",
-    "do", "does", "doing", "down", "during", "each", "either", "every", "few", "for", "from", "further",
-    "had", "has", "have", "having", "he", "her", "here", "hers", "him", "his", "how", "however", "i", "if",
-    "in", "into", "is", "it", "its", "itself", "may", "might", "more", "most", "must", "my", "no", "nor",
-    "not", "of", "off", "on", "once", "only", "or", "other", "our", "out", "over", "own", "same", "shall",
-    "she", "should", "so", "some", "such", "than", "that", "the", "their", "them", "then", "there", "these",
-    "they", "this", "those", "through", "to", "too", "under", "until", "up", "upon", "very", "was", "we",
-    "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you",
-    "your"
-})
+_STOPWORDS = frozenset(
+    {
+        "a",
+        "about",
+        "above",
+        "after",
+        "again",
+        "all",
+        "also",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "either",
+        "every",
+        "few",
+        "for",
+        "from",
+        "further",
+        "had",
+        "has",
+        "have",
+        "having",
+        "he",
+        "her",
+        "here",
+        "hers",
+        "him",
+        "his",
+        "how",
+        "however",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "itself",
+        "may",
+        "might",
+        "more",
+        "most",
+        "must",
+        "my",
+        "no",
+        "nor",
+        "not",
+        "of",
+        "off",
+        "on",
+        "once",
+        "only",
+        "or",
+        "other",
+        "our",
+        "out",
+        "over",
+        "own",
+        "same",
+        "shall",
+        "she",
+        "should",
+        "so",
+        "some",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "upon",
+        "very",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+    }
+)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(A-Z0-9])")
 _SPACES = re.compile(r"\s+")
 _NON_LETTERS = re.compile(r"[\W\d_]+")
@@ -94,8 +206,9 @@ def _norm_space(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
-def looks_like_prose(text: str, min_stopword_share: float = 0.2, min_letter_share: float = 0.75,
-                     words: list[str] | None = None) -> bool:
+def looks_like_prose(
+    text: str, min_stopword_share: float = 0.2, min_letter_share: float = 0.75, words: list[str] | None = None
+) -> bool:
     """Rough test for English prose: mostly letters, and the share of English function words prose has."""
     chars = _SPACES.sub("", text)
     if not chars or len(_NON_LETTERS.sub("", chars)) < min_letter_share * len(chars):
@@ -136,26 +249,123 @@ def _split_paragraphs(text: str) -> list[str]:
 # ---- troff (manual pages) ---------------------------------------------------------------------------------
 
 _TROFF_CHARS = {
-    "em": "\u2014", "en": "\u2013", "hy": "-", "mi": "-", "bu": "\u2022", "lq": "\u201c", "rq": "\u201d",
-    "oq": "\u2018", "cq": "\u2019", "aq": "'", "dq": '"', "co": "\u00a9", "rg": "\u00ae", "tm": "\u2122",
-    "mu": "\u00d7", "di": "\u00f7", "de": "\u00b0", ">=": "\u2265", "<=": "\u2264", "!=": "\u2260",
-    "->": "\u2192", "<-": "\u2190", "+-": "\u00b1", "sc": "\u00a7", "ps": "\u00b6", "dg": "\u2020",
-    "ru": "_", "ul": "_", "ba": "|", "br": "|", "ti": "~", "ha": "^", "rs": "\\", "sl": "/", "ga": "`",
-    "aa": "\u00b4", "fm": "\u2032", "sq": "\u25a1", "Fo": "\u00ab", "Fc": "\u00bb", "at": "@", "sh": "#",
-    "Do": "$", "lB": "[", "rB": "]", "lC": "{", "rC": "}", "la": "\u27e8", "ra": "\u27e9", "eq": "=",
-    "pl": "+", "**": "*", "'e": "\u00e9", "`e": "\u00e8", "'a": "\u00e1", ":o": "\u00f6", ":u": "\u00fc",
-    ":a": "\u00e4", "ss": "\u00df", ",c": "\u00e7", "~n": "\u00f1", "'E": "\u00c9", "char46": ".",
-    "char92": "\\", "char39": "'", "char34": '"', "char45": "-", "char96": "`",
+    "em": "\u2014",
+    "en": "\u2013",
+    "hy": "-",
+    "mi": "-",
+    "bu": "\u2022",
+    "lq": "\u201c",
+    "rq": "\u201d",
+    "oq": "\u2018",
+    "cq": "\u2019",
+    "aq": "'",
+    "dq": '"',
+    "co": "\u00a9",
+    "rg": "\u00ae",
+    "tm": "\u2122",
+    "mu": "\u00d7",
+    "di": "\u00f7",
+    "de": "\u00b0",
+    ">=": "\u2265",
+    "<=": "\u2264",
+    "!=": "\u2260",
+    "->": "\u2192",
+    "<-": "\u2190",
+    "+-": "\u00b1",
+    "sc": "\u00a7",
+    "ps": "\u00b6",
+    "dg": "\u2020",
+    "ru": "_",
+    "ul": "_",
+    "ba": "|",
+    "br": "|",
+    "ti": "~",
+    "ha": "^",
+    "rs": "\\",
+    "sl": "/",
+    "ga": "`",
+    "aa": "\u00b4",
+    "fm": "\u2032",
+    "sq": "\u25a1",
+    "Fo": "\u00ab",
+    "Fc": "\u00bb",
+    "at": "@",
+    "sh": "#",
+    "Do": "$",
+    "lB": "[",
+    "rB": "]",
+    "lC": "{",
+    "rC": "}",
+    "la": "\u27e8",
+    "ra": "\u27e9",
+    "eq": "=",
+    "pl": "+",
+    "**": "*",
+    "'e": "\u00e9",
+    "`e": "\u00e8",
+    "'a": "\u00e1",
+    ":o": "\u00f6",
+    ":u": "\u00fc",
+    ":a": "\u00e4",
+    "ss": "\u00df",
+    ",c": "\u00e7",
+    "~n": "\u00f1",
+    "'E": "\u00c9",
+    "char46": ".",
+    "char92": "\\",
+    "char39": "'",
+    "char34": '"',
+    "char45": "-",
+    "char96": "`",
 }
 # strings defined by pod2man's and groff's preambles that carry text
 _TROFF_STRINGS = {
-    "--": "\u2014", 'L"': "\u201c", 'R"': "\u201d", "C`": '"', "C'": '"', "C+": "C++", "PI": "\u03c0",
-    "Tm": "\u2122", "R": "\u00ae", "lq": "\u201c", "rq": "\u201d", "Lq": "\u201c", "Rq": "\u201d",
+    "--": "\u2014",
+    'L"': "\u201c",
+    'R"': "\u201d",
+    "C`": '"',
+    "C'": '"',
+    "C+": "C++",
+    "PI": "\u03c0",
+    "Tm": "\u2122",
+    "R": "\u00ae",
+    "lq": "\u201c",
+    "rq": "\u201d",
+    "Lq": "\u201c",
+    "Rq": "\u201d",
 }
 _TROFF_SIMPLE = {
-    "-": "-", "e": "\\", "\\": "\\", "E": "\\", " ": " ", "~": " ", "0": " ", "'": "'", "`": "`", ".": ".",
-    "t": " ", "_": "_", "%": "", "&": "", "|": "", "^": "", ",": "", "/": "", ":": "", "c": "", "a": "",
-    "d": "", "u": "", "r": "", "p": "", "{": "", "}": "", "!": "", "?": "", ")": "", "j": "",
+    "-": "-",
+    "e": "\\",
+    "\\": "\\",
+    "E": "\\",
+    " ": " ",
+    "~": " ",
+    "0": " ",
+    "'": "'",
+    "`": "`",
+    ".": ".",
+    "t": " ",
+    "_": "_",
+    "%": "",
+    "&": "",
+    "|": "",
+    "^": "",
+    ",": "",
+    "/": "",
+    ":": "",
+    "c": "",
+    "a": "",
+    "d": "",
+    "u": "",
+    "r": "",
+    "p": "",
+    "{": "",
+    "}": "",
+    "!": "",
+    "?": "",
+    ")": "",
+    "j": "",
 }
 _TROFF_ESCAPE = re.compile(
     r"""\\(?:
@@ -386,7 +596,7 @@ def plain_paragraphs(source: str) -> list[str]:
             continue
         m = re.match(r"^([A-Z][A-Za-z-]*):(\s|$)", ln)
         if m:  # a field: its one-line value is a paragraph of its own, continuation lines the next one
-            out_lines += ["", ln[m.end():], ""]
+            out_lines += ["", ln[m.end() :], ""]
             continue
         out_lines.append(ln)
     return _split_paragraphs("\n".join(out_lines))
@@ -496,8 +706,9 @@ def default_sources(share: Path = Path("/usr/share"), stdlib: Path | None = None
     return tuple(sources)
 
 
-def _documents(sources: Iterable[_Source], rng: random.Random
-               ) -> Iterator[tuple[str, str, Callable[[], list[list[str]]]]]:
+def _documents(
+    sources: Iterable[_Source], rng: random.Random
+) -> Iterator[tuple[str, str, Callable[[], list[list[str]]]]]:
     """(source, family, loader), round-robin over every (source, family); every list seeded-shuffled."""
     queues = []
     for src in sources:
@@ -552,9 +763,14 @@ def _fingerprint(text: str) -> bytes:
     return hashlib.blake2b(norm.encode(), digest_size=16).digest()
 
 
-def iter_human_samples(min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFAULT_MAX_CHARS, seed: int = 0,  # noqa: C901
-                       max_per_document: int = MAX_PER_DOCUMENT, max_per_family: int = MAX_PER_FAMILY,
-                       sources: Iterable[_Source] | None = None) -> Iterator[Sample]:
+def iter_human_samples(  # noqa: C901
+    min_chars: int = DEFAULT_MIN_CHARS,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    seed: int = 0,
+    max_per_document: int = MAX_PER_DOCUMENT,
+    max_per_family: int = MAX_PER_FAMILY,
+    sources: Iterable[_Source] | None = None,
+) -> Iterator[Sample]:
     """Distinct human-written samples, lazily, in a deterministic order for this machine and ``seed``."""
     if not 0 < min_chars <= max_chars:
         raise InputError(f"need 0 < min_chars <= max_chars, got {min_chars}, {max_chars}")
@@ -607,8 +823,9 @@ def iter_human_samples(min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFA
                     yield Sample(text, source, family)
 
 
-def human_sample_records(n: int, min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFAULT_MAX_CHARS,
-                         seed: int = 0, **kwargs: Any) -> list[Sample]:
+def human_sample_records(
+    n: int, min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFAULT_MAX_CHARS, seed: int = 0, **kwargs: Any
+) -> list[Sample]:
     """``n`` distinct samples with their sources, shuffled with ``seed``. Raises :class:`CorpusError` if this
     machine holds fewer."""
     if n < 0:
@@ -629,8 +846,9 @@ def human_sample_records(n: int, min_chars: int = DEFAULT_MIN_CHARS, max_chars: 
     return out
 
 
-def human_samples(n: int, min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFAULT_MAX_CHARS,
-                  seed: int = 0, **kwargs: Any) -> list[str]:
+def human_samples(
+    n: int, min_chars: int = DEFAULT_MIN_CHARS, max_chars: int = DEFAULT_MAX_CHARS, seed: int = 0, **kwargs: Any
+) -> list[str]:
     """``n`` distinct human-written English samples of ``min_chars``..``max_chars`` characters.
 
     Deterministic for this machine and ``seed``. Raises :class:`CorpusError` when the machine holds fewer.
@@ -660,8 +878,11 @@ def main(argv: list[str] | None = None) -> None:
     for s in it:
         counts[s.source] = counts.get(s.source, 0) + 1
     total = sum(counts.values())
-    sys.stdout.write(f"{total} distinct samples of {args.min_chars}-{args.max_chars} chars: "
-                     + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "\n")
+    sys.stdout.write(
+        f"{total} distinct samples of {args.min_chars}-{args.max_chars} chars: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,9 @@ class Pairs:
         return Pairs(self.contexts[mask], self.tokens[mask], self.positions[mask], self.length)
 
 
-def distinct_pairs(token_ids: Sequence[int] | np.ndarray, context_width: int,
-                   exclude: Iterable[tuple[int, ...]] | None = None) -> Pairs:
+def distinct_pairs(
+    token_ids: Sequence[int] | np.ndarray, context_width: int, exclude: Iterable[tuple[int, ...]] | None = None
+) -> Pairs:
     """Distinct (context, token) pairs of ``token_ids``, first occurrences only.
 
     Args:
@@ -104,8 +105,7 @@ class Detector:
 
     def _result(self, key_id: str, n: int, g: int) -> ScoreResult:
         p = binomial_sf(g, n, self.gamma) if n > 0 else 1.0
-        return ScoreResult(key_id, int(n), int(g), g / n if n else 0.0, z_score(g, n, self.gamma), float(p),
-                           self.gamma)
+        return ScoreResult(key_id, int(n), int(g), g / n if n else 0.0, z_score(g, n, self.gamma), float(p), self.gamma)
 
     def split(self, pairs: Pairs, provider: WatermarkKey | None) -> tuple[Pairs, Pairs]:
         """(provider positions, account positions) of ``pairs`` under this provider key."""
@@ -116,15 +116,17 @@ class Detector:
         """(n,) bool: which pairs are green under ``key``."""
         if len(pairs) == 0:
             return np.zeros(0, dtype=bool)
-        flags: np.ndarray = self.scheme.is_green(np.array([key.value], dtype=U64), pairs.contexts, pairs.tokens,
-                                                 self.vocab_size)[0]
+        flags: np.ndarray = self.scheme.is_green(
+            np.array([key.value], dtype=U64), pairs.contexts, pairs.tokens, self.vocab_size
+        )[0]
         return flags
 
     def score_pairs(self, pairs: Pairs, key: WatermarkKey) -> ScoreResult:
         return self._result(key.key_id, len(pairs), int(self.green_flags(pairs, key).sum()))
 
-    def score(self, token_ids: TokenIds, key: WatermarkKey, provider: WatermarkKey | None = None,
-              exclude: Exclude = None) -> ScoreResult:
+    def score(
+        self, token_ids: TokenIds, key: WatermarkKey, provider: WatermarkKey | None = None, exclude: Exclude = None
+    ) -> ScoreResult:
         """Test one key on a text: every pair under the key that marks its position.
 
         With ``provider`` given (and a provider component in the config), provider positions are scored under
@@ -138,8 +140,9 @@ class Detector:
         return self._result(f"{key.key_id}+{provider.key_id}", len(pairs), g)
 
     # ---- many keys ----------------------------------------------------------------------------------
-    def attribute_pairs(self, pairs: Pairs, candidates: Sequence[WatermarkKey], alpha: float,
-                        extra_tests: int = 1, top: int = 5) -> AttributionResult:
+    def attribute_pairs(
+        self, pairs: Pairs, candidates: Sequence[WatermarkKey], alpha: float, extra_tests: int = 1, top: int = 5
+    ) -> AttributionResult:
         """The best of ``candidates`` on ``pairs``, Bonferroni-corrected for every key tried."""
         tests = len(candidates) * extra_tests
         if not candidates or len(pairs) == 0:
@@ -155,8 +158,14 @@ class Detector:
         account = candidates[best_i].account if p_corr <= alpha else None
         return AttributionResult(account, candidates[best_i].key_id, best, p_corr, tests, ranking)
 
-    def attribute(self, token_ids: TokenIds, candidates: Sequence[WatermarkKey], provider: WatermarkKey | None = None,
-                  alpha: float = DEFAULT_ALPHA, exclude: Exclude = None) -> AttributionResult:
+    def attribute(
+        self,
+        token_ids: TokenIds,
+        candidates: Sequence[WatermarkKey],
+        provider: WatermarkKey | None = None,
+        alpha: float = DEFAULT_ALPHA,
+        exclude: Exclude = None,
+    ) -> AttributionResult:
         """Which of many account keys marked this text (account positions only, so that the shared provider
         component can never make an innocent account look guilty)."""
         pairs = self.pairs(token_ids, exclude)
@@ -165,8 +174,9 @@ class Detector:
         return self.attribute_pairs(pairs, candidates, alpha)
 
     # ---- windowed scan ------------------------------------------------------------------------------
-    def scan_pairs(self, pairs: Pairs, flags: np.ndarray, alpha: float, min_window: int = MIN_SCAN_WINDOW
-                   ) -> SpanResult | None:
+    def scan_pairs(
+        self, pairs: Pairs, flags: np.ndarray, alpha: float, min_window: int = MIN_SCAN_WINDOW
+    ) -> SpanResult | None:
         """Most significant window of the sequence: windows of 2^k tokens (k >= 5) at quarter strides.
 
         Counts come from prefix sums over the pairs' first occurrences, so a window counts each distinct pair
@@ -194,13 +204,20 @@ class Detector:
         p = np.where(n > 0, binomial_sf(g, n, self.gamma), 1.0)
         i = int(np.argmin(p))
         p_corr = bonferroni(float(p[i]), len(p))
-        return SpanResult(int(starts[i]), int(ends[i]), int(n[i]), int(g[i]), float(p[i]), p_corr, len(p),
-                          p_corr <= alpha)
+        return SpanResult(
+            int(starts[i]), int(ends[i]), int(n[i]), int(g[i]), float(p[i]), p_corr, len(p), p_corr <= alpha
+        )
 
     # ---- the whole verdict --------------------------------------------------------------------------
-    def detect(self, token_ids: TokenIds, provider_keys: Sequence[WatermarkKey] = (),
-               candidates: Sequence[WatermarkKey] = (), alpha: float = DEFAULT_ALPHA, scan: bool = True,
-               exclude: Exclude = None) -> DetectionReport:
+    def detect(
+        self,
+        token_ids: TokenIds,
+        provider_keys: Sequence[WatermarkKey] = (),
+        candidates: Sequence[WatermarkKey] = (),
+        alpha: float = DEFAULT_ALPHA,
+        scan: bool = True,
+        exclude: Exclude = None,
+    ) -> DetectionReport:
         """Is this text ours, whose is it, and where.
 
         Args:
@@ -234,8 +251,10 @@ class Detector:
         if candidates:
             if use_provider:
                 # Every provider version splits the positions differently: test candidates under each.
-                results = [self.attribute_pairs(self.split(pairs, pk)[1], candidates, alpha, len(provider_keys))
-                           for pk in provider_keys]
+                results = [
+                    self.attribute_pairs(self.split(pairs, pk)[1], candidates, alpha, len(provider_keys))
+                    for pk in provider_keys
+                ]
                 attribution = min(results, key=lambda r: r.p_value_corrected)
             else:
                 attribution = self.attribute_pairs(pairs, candidates, alpha)
@@ -264,13 +283,29 @@ class Detector:
             # the scanned key was the best of several: its scan p-value is corrected for those keys too
             if span is not None and keys_tried > 1:
                 pc = bonferroni(span.p_value_corrected, keys_tried)
-                span = SpanResult(span.start_token, span.end_token, span.tokens_scored, span.green,
-                                  span.p_value, pc, span.windows_tested * keys_tried, pc <= alpha)
+                span = SpanResult(
+                    span.start_token,
+                    span.end_token,
+                    span.tokens_scored,
+                    span.green,
+                    span.p_value,
+                    pc,
+                    span.windows_tested * keys_tried,
+                    pc <= alpha,
+                )
         return DetectionReport(
-            tokens_scored=primary.tokens_scored, green=primary.green, green_fraction=primary.green_fraction,
-            z=primary.z, p_value=float(p_value), watermarked=bool(p_value <= alpha and len(pairs) > 0),
-            alpha=alpha, account=attribution.account if attribution else None,
+            tokens_scored=primary.tokens_scored,
+            green=primary.green,
+            green_fraction=primary.green_fraction,
+            z=primary.z,
+            p_value=float(p_value),
+            watermarked=bool(p_value <= alpha and len(pairs) > 0),
+            alpha=alpha,
+            account=attribution.account if attribution else None,
             p_value_corrected=attribution.p_value_corrected if attribution else None,
-            provider=provider_res, attribution=attribution, span=span, config=self.config.to_dict(),
+            provider=provider_res,
+            attribution=attribution,
+            span=span,
+            config=self.config.to_dict(),
             total_tokens=pairs.length,
         )

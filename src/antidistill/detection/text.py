@@ -26,9 +26,15 @@ class TextDetector:
         min_pairs: texts with fewer distinct scorable pairs are refused as too short.
     """
 
-    def __init__(self, tokenizer: Any, detector: Detector, provider_keys: Sequence[WatermarkKey] = (),
-                 candidates: Sequence[WatermarkKey] = (), alpha: float = DEFAULT_ALPHA,
-                 min_pairs: int = MIN_PAIRS) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        detector: Detector,
+        provider_keys: Sequence[WatermarkKey] = (),
+        candidates: Sequence[WatermarkKey] = (),
+        alpha: float = DEFAULT_ALPHA,
+        min_pairs: int = MIN_PAIRS,
+    ) -> None:
         self.tokenizer = tokenizer
         self.detector = detector
         self.provider_keys = list(provider_keys)
@@ -38,8 +44,10 @@ class TextDetector:
 
     def tokenize(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
         enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
-        return [(list(ids), [tuple(o) for o in offs])
-                for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True)]
+        return [
+            (list(ids), [tuple(o) for o in offs])
+            for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+        ]
 
     def pair_count(self, text: str) -> int:
         """The distinct scorable (context, token) pairs of ``text``: :meth:`detect` refuses fewer than

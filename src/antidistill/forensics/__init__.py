@@ -13,12 +13,26 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "AccountResult": "attribution", "Attribution": "attribution", "BinomialTest": "attribution",
-    "ClusterResult": "attribution", "ControlResult": "attribution", "CurvePoint": "attribution",
-    "attribute_tuples": "attribution", "control_keys": "attribution", "pooled_test": "attribution",
-    "EXCLUSION_POLICIES": "scan", "FedText": "scan", "ScanKeys": "scan", "ScanReport": "scan",
-    "completion_tuples": "scan", "reading_tuples": "scan", "scan_closed": "scan", "scan_open": "scan",
-    "scan_completions": "scan", "predict_top1": "scan", "load_suspect": "scan",
+    "AccountResult": "attribution",
+    "Attribution": "attribution",
+    "BinomialTest": "attribution",
+    "ClusterResult": "attribution",
+    "ControlResult": "attribution",
+    "CurvePoint": "attribution",
+    "attribute_tuples": "attribution",
+    "control_keys": "attribution",
+    "pooled_test": "attribution",
+    "EXCLUSION_POLICIES": "scan",
+    "FedText": "scan",
+    "ScanKeys": "scan",
+    "ScanReport": "scan",
+    "completion_tuples": "scan",
+    "reading_tuples": "scan",
+    "scan_closed": "scan",
+    "scan_open": "scan",
+    "scan_completions": "scan",
+    "predict_top1": "scan",
+    "load_suspect": "scan",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -179,8 +179,9 @@ def _curve_marks(total: int, points: int) -> np.ndarray:
     return marks
 
 
-def pooled_counts(watermark: Watermark, keys: Sequence[WatermarkKey], contexts: np.ndarray, tokens: np.ndarray,
-                  vocab_size: int | None) -> np.ndarray:
+def pooled_counts(
+    watermark: Watermark, keys: Sequence[WatermarkKey], contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None
+) -> np.ndarray:
     """(n,) how many of ``keys`` mark each tuple green (the per-tuple summand of the pooled test)."""
     if len(tokens) == 0 or not keys:
         return np.zeros(len(tokens), dtype=np.int64)
@@ -188,8 +189,13 @@ def pooled_counts(watermark: Watermark, keys: Sequence[WatermarkKey], contexts: 
     return watermark.scheme.is_green(values, contexts, tokens, vocab_size).sum(axis=0).astype(np.int64)
 
 
-def pooled_test(watermark: Watermark, keys: Sequence[WatermarkKey], contexts: np.ndarray, tokens: np.ndarray,
-                vocab_size: int | None = None) -> BinomialTest:
+def pooled_test(
+    watermark: Watermark,
+    keys: Sequence[WatermarkKey],
+    contexts: np.ndarray,
+    tokens: np.ndarray,
+    vocab_size: int | None = None,
+) -> BinomialTest:
     """The pooled test of ``keys`` on the tuples: green indicators summed over keys and tuples, Binomial(K n, gamma).
 
     The keys must be distinct (one key counted twice would double its indicators, which are then not independent).
@@ -207,8 +213,12 @@ def pooled_test(watermark: Watermark, keys: Sequence[WatermarkKey], contexts: np
         raise InputError("pooled keys must be distinct")
     gamma = watermark.scheme.null_probability(vocab_size)
     green = int(pooled_counts(watermark, keys, contexts, tokens, vocab_size).sum())
-    return _test("+".join(k.key_id for k in keys) if len(keys) <= 3 else f"{len(keys)} keys", green,
-                 len(keys) * len(tokens), gamma)
+    return _test(
+        "+".join(k.key_id for k in keys) if len(keys) <= 3 else f"{len(keys)} keys",
+        green,
+        len(keys) * len(tokens),
+        gamma,
+    )
 
 
 def attribute_tuples(  # noqa: C901
@@ -252,7 +262,8 @@ def attribute_tuples(  # noqa: C901
             raise InputError(f"cluster {cid!r} has no accounts")
     use_provider = config.provider_fraction > 0.0 and len(provider_keys) > 0
     splits: list[tuple[WatermarkKey | None, np.ndarray]] = (
-        [(pk, wm.position_kinds(contexts, pk.value)) for pk in provider_keys] if use_provider
+        [(pk, wm.position_kinds(contexts, pk.value)) for pk in provider_keys]
+        if use_provider
         else [(None, np.zeros(n, dtype=bool))]
     )
     n_versions = len(splits)
@@ -263,13 +274,18 @@ def attribute_tuples(  # noqa: C901
     best_split = splits[0]
     if use_provider:
         for pk, kinds in splits:
-            flags = wm.scheme.is_green(np.array([pk.value], dtype=U64), contexts[kinds], tokens[kinds],
-                                       vocab_size)[0]
+            flags = wm.scheme.is_green(np.array([pk.value], dtype=U64), contexts[kinds], tokens[kinds], vocab_size)[0]
             t = _test(pk.key_id, int(flags.sum()), int(kinds.sum()), gamma)
             if provider is None or t.p_value < provider.p_value:
                 provider, provider_flags, best_split = t, flags, (pk, kinds)
-        provider = BinomialTest(provider.key_id, provider.green, provider.n, provider.p_value, provider.z,
-                                bonferroni(provider.p_value, n_versions))
+        provider = BinomialTest(
+            provider.key_id,
+            provider.green,
+            provider.n,
+            provider.p_value,
+            provider.z,
+            bonferroni(provider.p_value, n_versions),
+        )
 
     # ---- accounts --------------------------------------------------------------------------------------
     all_keys = [(a, k) for a, ks in accounts.items() for k in ks]
@@ -294,8 +310,9 @@ def attribute_tuples(  # noqa: C901
         account_results, acct_kinds = min(per_version, key=lambda v: v[0][0].p_value)
         best = account_results[0]
         best_key = next(k for a, k in all_keys if k.key_id == best.key_id)
-        best_acct_flags = wm.scheme.is_green(np.array([best_key.value], dtype=U64), contexts[acct_kinds],
-                                             tokens[acct_kinds], vocab_size)[0]
+        best_acct_flags = wm.scheme.is_green(
+            np.array([best_key.value], dtype=U64), contexts[acct_kinds], tokens[acct_kinds], vocab_size
+        )[0]
     best_account = account_results[0] if account_results else None
 
     # ---- clusters (pooled, on the account positions of the split the accounts were tested on) -------------
@@ -303,16 +320,27 @@ def attribute_tuples(  # noqa: C901
     for cid, members in clusters.items():
         keys = [k for a in dict.fromkeys(members) for k in accounts[a]]
         t = pooled_test(wm, keys, contexts[acct_kinds], tokens[acct_kinds], vocab_size)
-        cluster_results.append(ClusterResult(cid, list(dict.fromkeys(members)), len(keys), int(acct_kinds.sum()),
-                                             t.green, t.n, t.p_value, bonferroni(t.p_value, len(clusters))))
+        cluster_results.append(
+            ClusterResult(
+                cid,
+                list(dict.fromkeys(members)),
+                len(keys),
+                int(acct_kinds.sum()),
+                t.green,
+                t.n,
+                t.p_value,
+                bonferroni(t.p_value, len(clusters)),
+            )
+        )
     cluster_results.sort(key=lambda c: (c.p_value, c.cluster_id))
 
     # ---- controls --------------------------------------------------------------------------------------
     control_results = []
     for ck in controls:
         kinds = wm.position_kinds(contexts, ck.value) if config.provider_fraction > 0.0 else np.ones(n, bool)
-        g = int(wm.scheme.is_green(np.array([ck.value], dtype=U64), contexts[kinds], tokens[kinds],
-                                   vocab_size)[0].sum())
+        g = int(
+            wm.scheme.is_green(np.array([ck.value], dtype=U64), contexts[kinds], tokens[kinds], vocab_size)[0].sum()
+        )
         t = _test(ck.key_id, g, int(kinds.sum()), gamma)
         control_results.append(ControlResult(ck.key_id, ck.key_id, None, t.green, t.n, t.p_value))
 
@@ -348,8 +376,17 @@ def attribute_tuples(  # noqa: C901
         family_ps["clusters"] = cluster_results[0].p_corrected
     p_value = bonferroni(min(family_ps.values()), len(family_ps)) if family_ps else 1.0
     return Attribution(
-        gamma=gamma, tuples=n, provider=provider, provider_keys_tested=n_versions if use_provider else 0,
-        accounts=account_results, account_keys_tested=account_keys_tested, account_positions=int(acct_kinds.sum()),
-        best_account=best_account, clusters=cluster_results, controls=control_results, curve=curve,
-        p_value=float(p_value), families=list(family_ps),
+        gamma=gamma,
+        tuples=n,
+        provider=provider,
+        provider_keys_tested=n_versions if use_provider else 0,
+        accounts=account_results,
+        account_keys_tested=account_keys_tested,
+        account_positions=int(acct_kinds.sum()),
+        best_account=best_account,
+        clusters=cluster_results,
+        controls=control_results,
+        curve=curve,
+        p_value=float(p_value),
+        families=list(family_ps),
     )

@@ -47,8 +47,11 @@ def _prompt_of(request: Mapping[str, Any]) -> tuple[str | Messages | None, bool]
     return None
 
 
-def texts_from_records(records: Iterable[AuditRecord | Mapping[str, Any]], accounts: Collection[str] | None = None,
-                       max_texts: int | None = None) -> AuditTexts:
+def texts_from_records(
+    records: Iterable[AuditRecord | Mapping[str, Any]],
+    accounts: Collection[str] | None = None,
+    max_texts: int | None = None,
+) -> AuditTexts:
     """Watermarked exchanges of ``accounts`` (all if ``None``) from audit records (``Store.iter_records``; dicts as
     ``Store.iter_audit`` yields them or an export holds are read too)."""
     out = AuditTexts([])
@@ -83,8 +86,13 @@ def _fields(rec: AuditRecord | Mapping[str, Any]) -> tuple[Any, Any, Mapping[str
     (a missing status as 200)."""
     if isinstance(rec, AuditRecord):
         return rec.account_id, rec.status, rec.watermark, rec.request, rec.completion
-    return (rec.get("account_id"), rec.get("status"), rec.get("watermark") or {}, rec.get("request") or {},
-            rec.get("completion") or [])
+    return (
+        rec.get("account_id"),
+        rec.get("status"),
+        rec.get("watermark") or {},
+        rec.get("request") or {},
+        rec.get("completion") or [],
+    )
 
 
 def read_texts_file(path: Path, max_texts: int | None = None) -> list[FedText]:

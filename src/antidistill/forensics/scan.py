@@ -125,23 +125,34 @@ class ScanKeys:
     clusters: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def from_master(cls, master: MasterKey, accounts: Iterable[str] = (),
-                    clusters: Mapping[str, Sequence[str]] | None = None, versions: Mapping[str, int] | None = None,
-                    provider_versions: int = 1) -> ScanKeys:
+    def from_master(
+        cls,
+        master: MasterKey,
+        accounts: Iterable[str] = (),
+        clusters: Mapping[str, Sequence[str]] | None = None,
+        versions: Mapping[str, int] | None = None,
+        provider_versions: int = 1,
+    ) -> ScanKeys:
         """Keys derived from the master: ``versions`` gives an account's newest version (default 1)."""
         versions = dict(versions or {})
         accts = list(dict.fromkeys(list(accounts) + [a for m in (clusters or {}).values() for a in m]))
-        return cls([master.provider_key(v) for v in range(1, provider_versions + 1)],
-                   {a: [master.account_key(a, v) for v in range(1, versions.get(a, 1) + 1)] for a in accts},
-                   {c: list(m) for c, m in (clusters or {}).items()})
+        return cls(
+            [master.provider_key(v) for v in range(1, provider_versions + 1)],
+            {a: [master.account_key(a, v) for v in range(1, versions.get(a, 1) + 1)] for a in accts},
+            {c: list(m) for c, m in (clusters or {}).items()},
+        )
 
     @classmethod
-    def from_keyring(cls, ring: KeyRing, accounts: Iterable[str] = (),
-                     clusters: Mapping[str, Sequence[str]] | None = None) -> ScanKeys:
+    def from_keyring(
+        cls, ring: KeyRing, accounts: Iterable[str] = (), clusters: Mapping[str, Sequence[str]] | None = None
+    ) -> ScanKeys:
         """Every version the ring knows of the provider key and of each account's key."""
         accts = list(dict.fromkeys(list(accounts) + [a for m in (clusters or {}).values() for a in m]))
-        return cls(ring.provider_keys(), {a: ring.account_keys(a) for a in accts},
-                   {c: list(m) for c, m in (clusters or {}).items()})
+        return cls(
+            ring.provider_keys(),
+            {a: ring.account_keys(a) for a in accts},
+            {c: list(m) for c, m in (clusters or {}).items()},
+        )
 
 
 # ---- the report ----------------------------------------------------------------------------------------
@@ -197,31 +208,39 @@ class ScanReport:
         return d
 
 
-def _verdict(att: Attribution, alpha: float, controls_ok: bool, tokens_scored: int) -> tuple[str, str | None,
-                                                                                             str | None]:
+def _verdict(
+    att: Attribution, alpha: float, controls_ok: bool, tokens_scored: int
+) -> tuple[str, str | None, str | None]:
     lines = []
     acct = att.best_account.account if att.best_account and att.best_account.p_corrected <= alpha else None
     clus = att.clusters[0].cluster_id if att.clusters and att.clusters[0].p_corrected <= alpha else None
     if att.p_value <= alpha:
-        lines.append(f"The suspect carries our watermark (p = {att.p_value:.3g} <= alpha {alpha:g}, "
-                     f"{tokens_scored} distinct tuples): it was very likely trained on our outputs.")
+        lines.append(
+            f"The suspect carries our watermark (p = {att.p_value:.3g} <= alpha {alpha:g}, "
+            f"{tokens_scored} distinct tuples): it was very likely trained on our outputs."
+        )
         if att.provider is not None:
-            lines.append(f"Provider-key test: p = {att.provider.p_value:.3g} ({att.provider.green} of "
-                         f"{att.provider.n} green).")
+            lines.append(
+                f"Provider-key test: p = {att.provider.p_value:.3g} ({att.provider.green} of {att.provider.n} green)."
+            )
         if acct:
             b = att.best_account
-            lines.append(f"Attributed to account {acct} (corrected p = {b.p_corrected:.3g} over "
-                         f"{att.account_keys_tested} keys).")
+            lines.append(
+                f"Attributed to account {acct} (corrected p = {b.p_corrected:.3g} over {att.account_keys_tested} keys)."
+            )
         elif att.best_account is not None:
             lines.append("No single account is significant after correction.")
         if clus:
             c = att.clusters[0]
-            lines.append(f"Pooled over the cluster {clus} ({len(c.accounts)} accounts): corrected p = "
-                         f"{c.p_corrected:.3g}.")
+            lines.append(
+                f"Pooled over the cluster {clus} ({len(c.accounts)} accounts): corrected p = {c.p_corrected:.3g}."
+            )
     else:
-        lines.append(f"No evidence at alpha {alpha:g} that the suspect was trained on our outputs (p = "
-                     f"{att.p_value:.3g}, {tokens_scored} distinct tuples). This is not proof that it was not: "
-                     "a weakly trained student or too few tuples may not show the mark.")
+        lines.append(
+            f"No evidence at alpha {alpha:g} that the suspect was trained on our outputs (p = "
+            f"{att.p_value:.3g}, {tokens_scored} distinct tuples). This is not proof that it was not: "
+            "a weakly trained student or too few tuples may not show the mark."
+        )
     if not controls_ok:
         lines.append("WARNING: a control came out significant; this scan is not reliable evidence.")
     return " ".join(lines), acct, clus
@@ -236,11 +255,25 @@ def _controls_ok(controls: Sequence[ControlResult], alpha: float) -> bool:
     return all(c.p_value > alpha for c in models)
 
 
-def build_report(mode: str, suspect: str, config: WatermarkConfig, contexts: np.ndarray, tokens: np.ndarray,
-                 keys: ScanKeys, *, alpha: float, parameters: dict[str, Any], texts: int, tokens_seen: int,
-                 skipped: Mapping[str, int], controls: int | Sequence[WatermarkKey] = DEFAULT_CONTROL_KEYS,
-                 control_seed: int = 0, model_controls: Sequence[ControlResult] = (),
-                 vocab_size: int | None = None, started: float | None = None) -> ScanReport:
+def build_report(
+    mode: str,
+    suspect: str,
+    config: WatermarkConfig,
+    contexts: np.ndarray,
+    tokens: np.ndarray,
+    keys: ScanKeys,
+    *,
+    alpha: float,
+    parameters: dict[str, Any],
+    texts: int,
+    tokens_seen: int,
+    skipped: Mapping[str, int],
+    controls: int | Sequence[WatermarkKey] = DEFAULT_CONTROL_KEYS,
+    control_seed: int = 0,
+    model_controls: Sequence[ControlResult] = (),
+    vocab_size: int | None = None,
+    started: float | None = None,
+) -> ScanReport:
     """Run the statistics on the scored tuples and write the report (shared by both modes)."""
     if not 0.0 < alpha < 1.0:
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
@@ -250,19 +283,40 @@ def build_report(mode: str, suspect: str, config: WatermarkConfig, contexts: np.
     ok = _controls_ok(all_controls, alpha)
     verdict, acct, clus = _verdict(att, alpha, ok, att.tuples)
     params = {
-        "watermark": config.to_dict(), "alpha": alpha,
+        "watermark": config.to_dict(),
+        "alpha": alpha,
         "provider_keys": [k.key_id for k in keys.provider],
-        "account_keys": sum(len(v) for v in keys.accounts.values()), "accounts": len(keys.accounts),
-        "account_keys_tested": att.account_keys_tested, "clusters": {c: list(m) for c, m in keys.clusters.items()},
-        "control_keys": len(ctl), "control_seed": control_seed, "gamma": att.gamma,
-        "overall_families": att.families, **parameters,
+        "account_keys": sum(len(v) for v in keys.accounts.values()),
+        "accounts": len(keys.accounts),
+        "account_keys_tested": att.account_keys_tested,
+        "clusters": {c: list(m) for c, m in keys.clusters.items()},
+        "control_keys": len(ctl),
+        "control_seed": control_seed,
+        "gamma": att.gamma,
+        "overall_families": att.families,
+        **parameters,
     }
     return ScanReport(
-        mode=mode, suspect=suspect, parameters=params, texts=texts, tokens_seen=tokens_seen,
-        tokens_scored=att.tuples, skipped=dict(skipped), provider=att.provider, accounts=att.accounts,
-        best_account=att.best_account, clusters=att.clusters, curve=att.curve, controls=all_controls,
-        p_value=att.p_value, alpha=alpha, significant=att.p_value <= alpha, attributed_account=acct,
-        attributed_cluster=clus, controls_ok=ok, verdict=verdict,
+        mode=mode,
+        suspect=suspect,
+        parameters=params,
+        texts=texts,
+        tokens_seen=tokens_seen,
+        tokens_scored=att.tuples,
+        skipped=dict(skipped),
+        provider=att.provider,
+        accounts=att.accounts,
+        best_account=att.best_account,
+        clusters=att.clusters,
+        curve=att.curve,
+        controls=all_controls,
+        p_value=att.p_value,
+        alpha=alpha,
+        significant=att.p_value <= alpha,
+        attributed_account=acct,
+        attributed_cluster=clus,
+        controls_ok=ok,
+        verdict=verdict,
         seconds=round(time.perf_counter() - started, 3) if started is not None else 0.0,
     )
 
@@ -285,9 +339,13 @@ def _grams(ids: Sequence[int], h: int) -> set[tuple[int, ...]]:
     return {tuple(ids[j - h : j + 1]) for j in range(h, len(ids))}
 
 
-def reading_tuples(sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int],
-                   predictions: Sequence[Sequence[int]], context_width: int, exclude: str = "prefix-pairs"
-                   ) -> Tuples:
+def reading_tuples(
+    sequences: Sequence[Sequence[int]],
+    prompt_lens: Sequence[int],
+    predictions: Sequence[Sequence[int]],
+    context_width: int,
+    exclude: str = "prefix-pairs",
+) -> Tuples:
     """The tuples an open (reading-mode) scan scores.
 
     Args:
@@ -347,12 +405,14 @@ def reading_tuples(sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int
                 tok_out.append(tup[h])
         if len(ids) - 1 >= h:
             corpus_seen.add(tuple(ids[len(ids) - 1 - h :]))
-    return Tuples(np.array(ctx_out, dtype=np.int64).reshape(-1, h), np.array(tok_out, dtype=np.int64), looked,
-                  dict(skipped))
+    return Tuples(
+        np.array(ctx_out, dtype=np.int64).reshape(-1, h), np.array(tok_out, dtype=np.int64), looked, dict(skipped)
+    )
 
 
-def completion_tuples(completions: Sequence[Sequence[int]], prompt_grams: Sequence[set[tuple[int, ...]]],
-                      context_width: int) -> Tuples:
+def completion_tuples(
+    completions: Sequence[Sequence[int]], prompt_grams: Sequence[set[tuple[int, ...]]], context_width: int
+) -> Tuples:
     """The tuples a closed scan scores: every distinct (h+1)-gram of the completions not found in their prompt.
 
     Example:
@@ -378,8 +438,9 @@ def completion_tuples(completions: Sequence[Sequence[int]], prompt_grams: Sequen
                 scored.add(tup)
                 ctx_out.append(tup[:h])
                 tok_out.append(tup[h])
-    return Tuples(np.array(ctx_out, dtype=np.int64).reshape(-1, h), np.array(tok_out, dtype=np.int64), looked,
-                  dict(skipped))
+    return Tuples(
+        np.array(ctx_out, dtype=np.int64).reshape(-1, h), np.array(tok_out, dtype=np.int64), looked, dict(skipped)
+    )
 
 
 # ---- tokenization ----------------------------------------------------------------------------------------
@@ -428,8 +489,9 @@ def prompt_grams(tokenizer: Any, prompt: str | Messages | None, chat: bool, h: i
 
 
 # ---- open mode -------------------------------------------------------------------------------------------
-def predict_top1(model: Any, sequences: Sequence[Sequence[int]], pad_id: int = 0,
-                 batch_tokens: int = DEFAULT_BATCH_TOKENS) -> list[np.ndarray]:
+def predict_top1(
+    model: Any, sequences: Sequence[Sequence[int]], pad_id: int = 0, batch_tokens: int = DEFAULT_BATCH_TOKENS
+) -> list[np.ndarray]:
     """The model's top-1 prediction at every position: ``out[i][t]`` predicts ``sequences[i][t]`` (``out[i][0]``
     is -1). Sequences are sorted by length and batched (right padding, attention mask) to about ``batch_tokens``
     padded tokens per forward pass; logits are reduced to argmax batch by batch."""
@@ -467,7 +529,6 @@ def load_suspect(path: str | None = None, cache_dir: Any = None) -> tuple[Any, A
     suspect's own; :func:`check_same_tokenizer` tells whether open mode can read it."""
 
     if cache_dir is None:
-
         cache_dir = get_settings().cache_dir
     source = resolve_model(None if path in (None, "", "teacher") else path)
     model, _ = load_causal_lm(source, cache_dir)
@@ -502,16 +563,30 @@ def check_same_tokenizer(teacher: Any, suspect: Any) -> None:
     """Open mode reads the watermark on the teacher's token ids: the suspect must share the vocabulary."""
     probe = "The quick brown fox jumps over 13 lazy dogs; naïve café, 東京."
     if len(teacher) != len(suspect) or encode_text(teacher, probe) != encode_text(suspect, probe):
-        raise InputError("the suspect's tokenizer differs from the watermarked model's: open mode needs the same "
-                         "vocabulary (use closed mode, --suspect-url, for other models)")
+        raise InputError(
+            "the suspect's tokenizer differs from the watermarked model's: open mode needs the same "
+            "vocabulary (use closed mode, --suspect-url, for other models)"
+        )
 
 
-def scan_open(model: Any, tokenizer: Any, texts: Sequence[FedText | tuple | Mapping[str, Any]], keys: ScanKeys,
-              config: WatermarkConfig | None = None, *, exclude: str = "prefix-pairs", alpha: float = DEFAULT_ALPHA,
-              controls: int | Sequence[WatermarkKey] = DEFAULT_CONTROL_KEYS, control_seed: int = 0,
-              control_models: Mapping[str, Any] | None = None, suspect: str = "model",
-              batch_tokens: int = DEFAULT_BATCH_TOKENS, max_texts: int | None = None,
-              max_seq_tokens: int = DEFAULT_MAX_SEQ_TOKENS, vocab_size: int | None = None) -> ScanReport:
+def scan_open(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[FedText | tuple | Mapping[str, Any]],
+    keys: ScanKeys,
+    config: WatermarkConfig | None = None,
+    *,
+    exclude: str = "prefix-pairs",
+    alpha: float = DEFAULT_ALPHA,
+    controls: int | Sequence[WatermarkKey] = DEFAULT_CONTROL_KEYS,
+    control_seed: int = 0,
+    control_models: Mapping[str, Any] | None = None,
+    suspect: str = "model",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    max_texts: int | None = None,
+    max_seq_tokens: int = DEFAULT_MAX_SEQ_TOKENS,
+    vocab_size: int | None = None,
+) -> ScanReport:
     """Open-weights radioactivity scan in reading mode (see the module docstring).
 
     Args:
@@ -554,17 +629,38 @@ def scan_open(model: Any, tokenizer: Any, texts: Sequence[FedText | tuple | Mapp
     model_controls = []
     for name, cm in (control_models or {}).items():
         ct = tuples_of(cm)
-        catt = attribute_tuples(config, ct.contexts, ct.tokens, keys.provider, keys.accounts, keys.clusters, (),
-                                vocab_size, curve_points=0)
-        model_controls.append(ControlResult(f"model:{name}", None, name,
-                                            catt.provider.green if catt.provider else 0, catt.tuples, catt.p_value))
-    params = {"exclude": exclude, "batch_tokens": batch_tokens, "max_seq_tokens": max_seq_tokens,
-              "budget": {"max_texts": max_texts, "texts_fed": len(fed),
-                         "tokens_fed": int(sum(len(s) for s in seqs))}}
-    return build_report("open", suspect, config, tup.contexts, tup.tokens, keys, alpha=alpha, parameters=params,
-                        texts=len(fed), tokens_seen=tup.seen, skipped=tup.skipped, controls=controls,
-                        control_seed=control_seed, model_controls=model_controls, vocab_size=vocab_size,
-                        started=started)
+        catt = attribute_tuples(
+            config, ct.contexts, ct.tokens, keys.provider, keys.accounts, keys.clusters, (), vocab_size, curve_points=0
+        )
+        model_controls.append(
+            ControlResult(
+                f"model:{name}", None, name, catt.provider.green if catt.provider else 0, catt.tuples, catt.p_value
+            )
+        )
+    params = {
+        "exclude": exclude,
+        "batch_tokens": batch_tokens,
+        "max_seq_tokens": max_seq_tokens,
+        "budget": {"max_texts": max_texts, "texts_fed": len(fed), "tokens_fed": int(sum(len(s) for s in seqs))},
+    }
+    return build_report(
+        "open",
+        suspect,
+        config,
+        tup.contexts,
+        tup.tokens,
+        keys,
+        alpha=alpha,
+        parameters=params,
+        texts=len(fed),
+        tokens_seen=tup.seen,
+        skipped=tup.skipped,
+        controls=controls,
+        control_seed=control_seed,
+        model_controls=model_controls,
+        vocab_size=vocab_size,
+        started=started,
+    )
 
 
 # ---- closed mode -----------------------------------------------------------------------------------------
@@ -578,8 +674,16 @@ class Sampled:
     completion_tokens: int
 
 
-def sample_endpoint(client: Any, prompts: Sequence[str | Messages], model_name: str, *, samples: int = 1,
-                    temperature: float = 0.7, max_tokens: int = 128, seed: int = 0) -> Sampled:
+def sample_endpoint(
+    client: Any,
+    prompts: Sequence[str | Messages],
+    model_name: str,
+    *,
+    samples: int = 1,
+    temperature: float = 0.7,
+    max_tokens: int = 128,
+    seed: int = 0,
+) -> Sampled:
     """Query an OpenAI-compatible endpoint (an ``openai.OpenAI`` client): ``samples`` chat completions per prompt,
     sample ``j`` with seed ``seed + j``. Errors become :class:`InputError` (one line for the CLI)."""
 
@@ -590,8 +694,9 @@ def sample_endpoint(client: Any, prompts: Sequence[str | Messages], model_name: 
         texts = []
         for j in range(samples):
             try:
-                r = client.chat.completions.create(model=model_name, messages=messages, max_tokens=max_tokens,
-                                                   temperature=temperature, seed=seed + j)
+                r = client.chat.completions.create(
+                    model=model_name, messages=messages, max_tokens=max_tokens, temperature=temperature, seed=seed + j
+                )
             except openai.APIConnectionError as exc:
                 raise InputError(f"cannot reach the suspect endpoint {client.base_url}: {exc}") from None
             except openai.APIStatusError as exc:
@@ -610,18 +715,42 @@ def make_client(url: str, api_key: str | None = None, timeout: float = 60.0) -> 
     return openai.OpenAI(base_url=url, api_key=api_key or "none", max_retries=0, timeout=timeout)
 
 
-def scan_completions(sampled: Sampled, tokenizer: Any, keys: ScanKeys, config: WatermarkConfig, *,
-                     alpha: float, suspect: str, parameters: dict[str, Any],
-                     controls: int | Sequence[WatermarkKey] = DEFAULT_CONTROL_KEYS, control_seed: int = 0,
-                     model_controls: Sequence[ControlResult] = (), vocab_size: int | None = None,
-                     started: float | None = None) -> ScanReport:
+def scan_completions(
+    sampled: Sampled,
+    tokenizer: Any,
+    keys: ScanKeys,
+    config: WatermarkConfig,
+    *,
+    alpha: float,
+    suspect: str,
+    parameters: dict[str, Any],
+    controls: int | Sequence[WatermarkKey] = DEFAULT_CONTROL_KEYS,
+    control_seed: int = 0,
+    model_controls: Sequence[ControlResult] = (),
+    vocab_size: int | None = None,
+    started: float | None = None,
+) -> ScanReport:
     """Score sampled completions (closed mode) and write the report."""
     tup = _closed_tuples(sampled, tokenizer, config.context_width)
     n_completions = sum(len(c) for c in sampled.completions)
-    return build_report("closed", suspect, config, tup.contexts, tup.tokens, keys, alpha=alpha,
-                        parameters=parameters, texts=n_completions, tokens_seen=tup.seen, skipped=tup.skipped,
-                        controls=controls, control_seed=control_seed, model_controls=model_controls,
-                        vocab_size=vocab_size, started=started)
+    return build_report(
+        "closed",
+        suspect,
+        config,
+        tup.contexts,
+        tup.tokens,
+        keys,
+        alpha=alpha,
+        parameters=parameters,
+        texts=n_completions,
+        tokens_seen=tup.seen,
+        skipped=tup.skipped,
+        controls=controls,
+        control_seed=control_seed,
+        model_controls=model_controls,
+        vocab_size=vocab_size,
+        started=started,
+    )
 
 
 def _closed_tuples(sampled: Sampled, tokenizer: Any, h: int) -> Tuples:
@@ -634,13 +763,27 @@ def _closed_tuples(sampled: Sampled, tokenizer: Any, h: int) -> Tuples:
     return completion_tuples(comps, grams, h)
 
 
-def scan_closed(client: Any, prompts: Sequence[str | Messages], tokenizer: Any, keys: ScanKeys,
-                config: WatermarkConfig | None = None, *, model_name: str = "default", api_key: str | None = None,
-                samples: int = 1, temperature: float = 0.7, max_tokens: int = 128, max_prompts: int | None = None,
-                seed: int = 0, alpha: float = DEFAULT_ALPHA,
-                controls: int | Sequence[WatermarkKey] = DEFAULT_CONTROL_KEYS, control_seed: int = 0,
-                control_models: Mapping[str, Any] | None = None, vocab_size: int | None = None,
-                progress: Callable[[int, int], None] | None = None) -> ScanReport:
+def scan_closed(
+    client: Any,
+    prompts: Sequence[str | Messages],
+    tokenizer: Any,
+    keys: ScanKeys,
+    config: WatermarkConfig | None = None,
+    *,
+    model_name: str = "default",
+    api_key: str | None = None,
+    samples: int = 1,
+    temperature: float = 0.7,
+    max_tokens: int = 128,
+    max_prompts: int | None = None,
+    seed: int = 0,
+    alpha: float = DEFAULT_ALPHA,
+    controls: int | Sequence[WatermarkKey] = DEFAULT_CONTROL_KEYS,
+    control_seed: int = 0,
+    control_models: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanReport:
     """Closed-model radioactivity scan: query the suspect's endpoint, score its completions.
 
     Args:
@@ -668,26 +811,53 @@ def scan_closed(client: Any, prompts: Sequence[str | Messages], tokenizer: Any, 
         raise InputError("no prompts to send to the suspect")
     url = client if isinstance(client, str) else str(client.base_url)
     cl = make_client(client, api_key) if isinstance(client, str) else client
-    sampled = sample_endpoint(cl, prompts, model_name, samples=samples, temperature=temperature,
-                              max_tokens=max_tokens, seed=seed)
+    sampled = sample_endpoint(
+        cl, prompts, model_name, samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed
+    )
     model_controls = []
     for name, lm in (control_models or {}).items():
         texts = []
         for j in range(samples):
-            outs = lm.generate(prompts, [None] * len(prompts), max_new_tokens=max_tokens, temperature=temperature,
-                               seed=seed + j)
+            outs = lm.generate(
+                prompts, [None] * len(prompts), max_new_tokens=max_tokens, temperature=temperature, seed=seed + j
+            )
             texts.append([o.text for o in outs])
         cs = Sampled(prompts, [[texts[j][i] for j in range(samples)] for i in range(len(prompts))], 0, 0)
         ct = _closed_tuples(cs, tokenizer, config.context_width)
-        catt = attribute_tuples(config, ct.contexts, ct.tokens, keys.provider, keys.accounts, keys.clusters, (),
-                                vocab_size, curve_points=0)
-        model_controls.append(ControlResult(f"model:{name}", None, name,
-                                            catt.provider.green if catt.provider else 0, catt.tuples, catt.p_value))
-    params = {"exclude": "prompt", "model_name": model_name, "temperature": temperature, "seed": seed,
-              "budget": {"max_prompts": max_prompts, "samples": samples, "max_tokens": max_tokens,
-                         "prompts_sent": len(prompts), "requests": sampled.requests,
-                         "max_completion_tokens": len(prompts) * samples * max_tokens,
-                         "completion_tokens_used": sampled.completion_tokens}}
-    return scan_completions(sampled, tokenizer, keys, config, alpha=alpha, suspect=f"{url} ({model_name})",
-                            parameters=params, controls=controls, control_seed=control_seed,
-                            model_controls=model_controls, vocab_size=vocab_size, started=started)
+        catt = attribute_tuples(
+            config, ct.contexts, ct.tokens, keys.provider, keys.accounts, keys.clusters, (), vocab_size, curve_points=0
+        )
+        model_controls.append(
+            ControlResult(
+                f"model:{name}", None, name, catt.provider.green if catt.provider else 0, catt.tuples, catt.p_value
+            )
+        )
+    params = {
+        "exclude": "prompt",
+        "model_name": model_name,
+        "temperature": temperature,
+        "seed": seed,
+        "budget": {
+            "max_prompts": max_prompts,
+            "samples": samples,
+            "max_tokens": max_tokens,
+            "prompts_sent": len(prompts),
+            "requests": sampled.requests,
+            "max_completion_tokens": len(prompts) * samples * max_tokens,
+            "completion_tokens_used": sampled.completion_tokens,
+        },
+    }
+    return scan_completions(
+        sampled,
+        tokenizer,
+        keys,
+        config,
+        alpha=alpha,
+        suspect=f"{url} ({model_name})",
+        parameters=params,
+        controls=controls,
+        control_seed=control_seed,
+        model_controls=model_controls,
+        vocab_size=vocab_size,
+        started=started,
+    )

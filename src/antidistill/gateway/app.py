@@ -65,9 +65,15 @@ def open_store(settings: Settings) -> Store:
     return Store.open(settings=settings)
 
 
-def create_app(settings: Settings | None = None, *, backend: Backend | None = None, store: Storage | None = None,
-               limiter: RateLimiter | None = None, keyring: KeyRing | None = None,
-               monitor: MonitorLike | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend: Backend | None = None,
+    store: Storage | None = None,
+    limiter: RateLimiter | None = None,
+    keyring: KeyRing | None = None,
+    monitor: MonitorLike | None = None,
+) -> FastAPI:
     """The gateway as an ASGI app.
 
     Args:
@@ -82,8 +88,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             (``settings.policy_file``) is enforced whenever ``settings.enforcement`` is on or a monitor runs.
     """
     settings = settings or get_settings()
-    gw = Gateway(settings=settings, metrics=GatewayMetrics(), backend=backend, store=store, limiter=limiter,
-                 keyring=keyring)
+    gw = Gateway(
+        settings=settings, metrics=GatewayMetrics(), backend=backend, store=store, limiter=limiter, keyring=keyring
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -104,9 +111,13 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             gw.monitoring.start()
         await gw.backend.start()
         gw.started = int(time.time())
-        log.info("gateway ready: backend=%s model=%s watermark=%s limits=%s", gw.backend.name, gw.backend.model_id,
-                 "token-level" if gw.backend.marks else "none (this backend cannot mark)",
-                 "redis" if settings.redis_url and own_limiter else type(gw.limiter).__name__)
+        log.info(
+            "gateway ready: backend=%s model=%s watermark=%s limits=%s",
+            gw.backend.name,
+            gw.backend.model_id,
+            "token-level" if gw.backend.marks else "none (this backend cannot mark)",
+            "redis" if settings.redis_url and own_limiter else type(gw.limiter).__name__,
+        )
         try:
             yield
         finally:
@@ -121,12 +132,18 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             if own_store:
                 await run_in_threadpool(gw.store.close)
 
-    app = FastAPI(title="antidistill gateway", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible API that watermarks every completion per account, enforces limits "
-                              "and writes a tamper-evident audit log.",
-                  strict_content_type=False,  # a JSON body without a Content-Type is still read as JSON
-                  # the schema and the docs pages are served by routes.docs: the full schema to the admin only
-                  openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="antidistill gateway",
+        version=__version__,
+        lifespan=lifespan,
+        description="OpenAI-compatible API that watermarks every completion per account, enforces limits "
+        "and writes a tamper-evident audit log.",
+        strict_content_type=False,  # a JSON body without a Content-Type is still read as JSON
+        # the schema and the docs pages are served by routes.docs: the full schema to the admin only
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.gateway = gw
     install_exception_handlers(app)
     app.include_router(openai.router)

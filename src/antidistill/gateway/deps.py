@@ -49,9 +49,16 @@ class Gateway:
         backend, store, limiter, keyring: the parts given to ``create_app`` (``None``: made at start).
     """
 
-    def __init__(self, settings: Settings, metrics: GatewayMetrics, *, backend: Backend | None = None,
-                 store: Storage | None = None, limiter: RateLimiter | None = None,
-                 keyring: KeyRing | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        *,
+        backend: Backend | None = None,
+        store: Storage | None = None,
+        limiter: RateLimiter | None = None,
+        keyring: KeyRing | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self._backend = backend
@@ -134,16 +141,20 @@ StoreDep = Annotated[Storage, Depends(get_store)]
 BackendDep = Annotated[Backend, Depends(get_backend)]
 
 _api_key_scheme = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="An antidistill API key.")
-_admin_scheme = HTTPBearer(auto_error=False, scheme_name="AdminToken",
-                           description="The admin token (ANTIDISTILL_ADMIN_TOKEN).")
+_admin_scheme = HTTPBearer(
+    auto_error=False, scheme_name="AdminToken", description="The admin token (ANTIDISTILL_ADMIN_TOKEN)."
+)
 
 
-async def authenticate(gw: GatewayDep,
-                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_api_key_scheme)]
-                       ) -> Principal:
+async def authenticate(
+    gw: GatewayDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_api_key_scheme)]
+) -> Principal:
     if credentials is None or not credentials.credentials:
-        raise APIError(401, "You didn't provide an API key. Send it in the Authorization header: "
-                            "'Authorization: Bearer YOUR_KEY'.", code="missing_api_key")
+        raise APIError(
+            401,
+            "You didn't provide an API key. Send it in the Authorization header: 'Authorization: Bearer YOUR_KEY'.",
+            code="missing_api_key",
+        )
     key = credentials.credentials
     found = None
     if len(key) <= MAX_KEY_CHARS and key.isascii() and key.isprintable():
@@ -177,8 +188,9 @@ def check_admin(settings: Settings, credentials: HTTPAuthorizationCredentials | 
     # Settings refuse a blank token; checked again here because an empty expected token would match an empty
     # header (b"" == b""), and nothing must ever open the admin API that way.
     if not token.strip():
-        raise APIError(401, "The admin API is disabled: set ANTIDISTILL_ADMIN_TOKEN to enable it.",
-                       code="admin_disabled")
+        raise APIError(
+            401, "The admin API is disabled: set ANTIDISTILL_ADMIN_TOKEN to enable it.", code="admin_disabled"
+        )
     given = credentials.credentials if credentials is not None else ""
     # compare_digest on bytes: constant time in the length of the expected token, whatever was sent
     if not given or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):

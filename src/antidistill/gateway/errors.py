@@ -53,11 +53,19 @@ class APIError(Exception):
         headers: extra response headers (``Retry-After``).
     """
 
-    def __init__(self, status: int, message: str, type: str | None = None, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
-        default_type, default_code = _DEFAULTS.get(status, ("server_error" if status >= 500 else
-                                                            "invalid_request_error", None))
+        default_type, default_code = _DEFAULTS.get(
+            status, ("server_error" if status >= 500 else "invalid_request_error", None)
+        )
         self.status = status
         self.message = message
         self.type = type or default_type
@@ -114,8 +122,11 @@ def client_param(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str | No
                 break  # below a value: what follows is pydantic's, not the client's
         return ".".join(out) or None
     for p in parts:
-        if isinstance(p, int) or (isinstance(p, str) and _FIELD_NAME.fullmatch(p)
-                                  and p not in ("str", "int", "float", "bool", "list", "dict", "none")):
+        if isinstance(p, int) or (
+            isinstance(p, str)
+            and _FIELD_NAME.fullmatch(p)
+            and p not in ("str", "int", "float", "bool", "list", "dict", "none")
+        ):
             out.append(str(p))
     return ".".join(out) or None
 
@@ -227,9 +238,17 @@ class BodyLimitMiddleware:
 
     async def _reply(self, send: Send, status: int, message: str) -> None:
         body = _json_bytes(status, message)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -246,8 +265,9 @@ class BodyLimitMiddleware:
                     return
                 break
         if declared is not None and declared > self.max_bytes:
-            await self._reply(send, 413, f"request body of {declared} bytes is larger than the limit of "
-                                         f"{self.max_bytes} bytes")
+            await self._reply(
+                send, 413, f"request body of {declared} bytes is larger than the limit of {self.max_bytes} bytes"
+            )
             return
         limit = self.max_bytes
         received = 0

@@ -105,8 +105,12 @@ def client_clock(request: Request) -> datetime | None:
             raise ValueError(raw)
         return datetime.fromtimestamp(value, UTC)
     except (ValueError, OverflowError, OSError):
-        raise APIError(400, f"{CLOCK_HEADER} must be unix seconds (a number), got {raw[:40]!r}",
-                       param=CLOCK_HEADER, code="invalid_clock") from None
+        raise APIError(
+            400,
+            f"{CLOCK_HEADER} must be unix seconds (a number), got {raw[:40]!r}",
+            param=CLOCK_HEADER,
+            code="invalid_clock",
+        ) from None
 
 
 def _new_id(kind: str) -> str:
@@ -154,12 +158,15 @@ class _Run:
             if exc.too_large or exc.retry_after > 60:
                 # OpenAI's SDKs retry a 429 at once unless told not to; waiting cannot help here (soon)
                 headers["x-should-retry"] = "false"
-            raise APIError(429, str(exc), type="tokens" if exc.limit != "rpm" else "requests",
-                           code="request_too_large" if exc.too_large else "rate_limit_exceeded",
-                           headers=headers) from None
+            raise APIError(
+                429,
+                str(exc),
+                type="tokens" if exc.limit != "rpm" else "requests",
+                code="request_too_large" if exc.too_large else "rate_limit_exceeded",
+                headers=headers,
+            ) from None
         except LimiterUnavailable as exc:
-            raise APIError(503, "rate limiting is unavailable; try again shortly", code="limiter_unavailable") \
-                from exc
+            raise APIError(503, "rate limiting is unavailable; try again shortly", code="limiter_unavailable") from exc
 
     async def settle(self, used_tokens: int) -> None:
         if self.throttle is not None and self.gw.monitoring is not None:
@@ -172,9 +179,15 @@ class _Run:
                 log.warning("rate-limit settlement failed for %s", self.id, exc_info=True)
 
     # ---- audit -------------------------------------------------------------------------------------
-    def entry(self, result: GenerationResult | None, status: int, texts: list[str] | None = None,
-              finish: list[str | None] | None = None, watermark: dict[str, Any] | None = None,
-              completion_tokens: int = 0) -> AuditEntry:
+    def entry(
+        self,
+        result: GenerationResult | None,
+        status: int,
+        texts: list[str] | None = None,
+        finish: list[str | None] | None = None,
+        watermark: dict[str, Any] | None = None,
+        completion_tokens: int = 0,
+    ) -> AuditEntry:
         """The audit record: of a result, or (``result`` ``None``) of what was sent before a failure or an
         abandoned stream, with the ``completion_tokens`` generated for it (the prompt then as estimated)."""
         prompt_tokens = self.ex.prompt_estimate if completion_tokens else 0
@@ -184,12 +197,23 @@ class _Run:
             watermark = result.watermark
             prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
         return AuditEntry(
-            response_id=self.id, account_id=self.principal.account.id, api_key_id=self.principal.key.id,
-            created_at=self.created_at, endpoint=self.ex.endpoint, client_addr=self.client_addr,
-            user_agent=self.user_agent, request=self.ex.body, completion=list(texts or []),
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            finish_reason=_finish_summary(finish or []), latency_ms=(time.perf_counter() - self.t0) * 1000,
-            watermark=watermark or self._unknown_watermark(), status=status, request_raw=self.ex.raw_body)
+            response_id=self.id,
+            account_id=self.principal.account.id,
+            api_key_id=self.principal.key.id,
+            created_at=self.created_at,
+            endpoint=self.ex.endpoint,
+            client_addr=self.client_addr,
+            user_agent=self.user_agent,
+            request=self.ex.body,
+            completion=list(texts or []),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=_finish_summary(finish or []),
+            latency_ms=(time.perf_counter() - self.t0) * 1000,
+            watermark=watermark or self._unknown_watermark(),
+            status=status,
+            request_raw=self.ex.raw_body,
+        )
 
     def pending_entry(self) -> AuditEntry:
         """A stream's first record: the request, before any text (see the module docstring)."""
@@ -199,8 +223,11 @@ class _Run:
         # no final result (failure, abandoned stream): say what keys any text that was sent was marked with
         mark, backend = self.ex.generation.mark, self.gw.backend
         if backend.marks and mark is not None:
-            return {"status": status, "key_id": mark.account.key_id,
-                    "provider_key_id": mark.provider.key_id if mark.provider else None}
+            return {
+                "status": status,
+                "key_id": mark.account.key_id,
+                "provider_key_id": mark.provider.key_id if mark.provider else None,
+            }
         return {"status": "unwatermarked", "reason": f"{backend.name or 'this'} backend does not watermark"}
 
     async def audit(self, entry: AuditEntry, *, observe: bool = True) -> None:
@@ -233,8 +260,7 @@ class _Run:
     def count_tokens(self, result: GenerationResult) -> None:
         self.gw.metrics.tokens.labels("prompt").inc(result.prompt_tokens)
         self.gw.metrics.tokens.labels("completion").inc(result.completion_tokens)
-        self.gw.metrics.backend_latency.labels(self.gw.backend.name or "backend").observe(
-            time.perf_counter() - self.t0)
+        self.gw.metrics.backend_latency.labels(self.gw.backend.name or "backend").observe(time.perf_counter() - self.t0)
 
     # ---- response bodies ---------------------------------------------------------------------------
     # The shapes of antidistill.gateway.schemas (ChatCompletion, Completion, ChatCompletionChunk, CompletionChunk),
@@ -242,26 +268,56 @@ class _Run:
     # pydantic-core, 20 us through model_dump + json.dumps (timeit), paid on every token of every stream.
     # tests/gateway/test_shapes.py holds every body and chunk the gateway emits to the models, field for field.
     def usage(self, result: GenerationResult) -> dict[str, int]:
-        return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                "total_tokens": result.prompt_tokens + result.completion_tokens}
+        return {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        }
 
     def body(self, result: GenerationResult) -> dict[str, Any]:
         if self.ex.kind == "chat":
-            choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                        "logprobs": None, "finish_reason": c.finish_reason} for c in result.choices]
+            choices = [
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": c.text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason,
+                }
+                for c in result.choices
+            ]
             obj = "chat.completion"
         else:
-            choices = [{"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
-                       for c in result.choices]
+            choices = [
+                {"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+                for c in result.choices
+            ]
             obj = "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": result.model, "choices": choices,
-                "usage": self.usage(result), "system_fingerprint": None}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": result.model,
+            "choices": choices,
+            "usage": self.usage(result),
+            "system_fingerprint": None,
+        }
 
-    def chunk(self, model: str, choices: list[dict[str, Any]], usage: dict[str, int] | None = None,
-              with_usage_field: bool = False) -> str:
+    def chunk(
+        self,
+        model: str,
+        choices: list[dict[str, Any]],
+        usage: dict[str, int] | None = None,
+        with_usage_field: bool = False,
+    ) -> str:
         obj = "chat.completion.chunk" if self.ex.kind == "chat" else "text_completion"
-        d: dict[str, Any] = {"id": self.id, "object": obj, "created": self.created, "model": model,
-                             "system_fingerprint": None, "choices": choices}
+        d: dict[str, Any] = {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
         if with_usage_field:
             d["usage"] = usage
         return "data: " + json.dumps(d, ensure_ascii=False, separators=(",", ":")) + "\n\n"
@@ -292,13 +348,15 @@ async def _next_item(it: AsyncIterator[Item], deadline: float) -> Item:
         raise BackendError("the backend's stream ended without a final result") from None
 
 
-async def run_exchange(gw: Gateway, request: Request, principal: Principal,
-                       ex: Exchange) -> JSONResponse | StreamingResponse:
+async def run_exchange(
+    gw: Gateway, request: Request, principal: Principal, ex: Exchange
+) -> JSONResponse | StreamingResponse:
     """Serve one exchange: a JSON response, or a server-sent event stream."""
     run = _Run(gw, request, principal, ex)
     if gw.monitoring is not None:  # the policy's enforcement (403 block/review, 429 throttle) before the limits
-        run.throttle = await gw.monitoring.admit(principal.account.id,
-                                                 ex.prompt_estimate + ex.generation.max_tokens * ex.generation.n)
+        run.throttle = await gw.monitoring.admit(
+            principal.account.id, ex.prompt_estimate + ex.generation.max_tokens * ex.generation.n
+        )
     try:
         await run.reserve()
     except APIError:
@@ -319,8 +377,11 @@ async def run_exchange(gw: Gateway, request: Request, principal: Principal,
     try:
         await run.audit(run.entry(result, 200))
     except Exception:
-        raise APIError(500, "the exchange could not be recorded in the audit log, so it is not served; "
-                            "try again", code="audit_unavailable") from None
+        raise APIError(
+            500,
+            "the exchange could not be recorded in the audit log, so it is not served; try again",
+            code="audit_unavailable",
+        ) from None
     return JSONResponse(run.body(result))
 
 
@@ -346,8 +407,11 @@ async def _start_stream(run: _Run) -> StreamingResponse:
         await run.audit(run.pending_entry(), observe=False)
     except Exception:
         await run.settle(0)
-        raise APIError(503, "the exchange could not be recorded in the audit log, so it is not served; try again",
-                       code="audit_unavailable") from None
+        raise APIError(
+            503,
+            "the exchange could not be recorded in the audit log, so it is not served; try again",
+            code="audit_unavailable",
+        ) from None
     # The first item is awaited before the response starts, so a backend that fails at once (unreachable
     # upstream, timeout) still gets a real 502/504 status instead of an error inside a 200 stream.
     try:
@@ -395,8 +459,13 @@ async def _sse(run: _Run, it: AsyncGenerator[Item, None], first: Item) -> AsyncI
             await run.audit(run.entry(result, 200))
         except Exception:
             done = True
-            yield _error_event(APIError(500, "the exchange could not be recorded in the audit log, so it is not "
-                                             "served; try again", code="audit_unavailable"))
+            yield _error_event(
+                APIError(
+                    500,
+                    "the exchange could not be recorded in the audit log, so it is not served; try again",
+                    code="audit_unavailable",
+                )
+            )
             return
         done = True
         for c in result.choices:
@@ -409,15 +478,27 @@ async def _sse(run: _Run, it: AsyncGenerator[Item, None], first: Item) -> AsyncI
         done = True
         await run.settle(run.ex.prompt_estimate + generated if generated else 0)
         err = run.backend_failed(exc)
-        await run.audit_quietly(run.entry(None, err.status, ["".join(texts[i]) for i in sorted(texts)],
-                                          list(finish.values()), completion_tokens=generated))
+        await run.audit_quietly(
+            run.entry(
+                None,
+                err.status,
+                ["".join(texts[i]) for i in sorted(texts)],
+                list(finish.values()),
+                completion_tokens=generated,
+            )
+        )
         yield _error_event(err)
     finally:
         if not done:
             # The client went away (or the server is stopping): record what was already sent and charge what was
             # generated. This runs in a task of its own, since the request's task may be cancelled while we are here.
-            entry = run.entry(None, CLIENT_CLOSED, ["".join(texts[i]) for i in sorted(texts)], list(finish.values()),
-                              completion_tokens=generated)
+            entry = run.entry(
+                None,
+                CLIENT_CLOSED,
+                ["".join(texts[i]) for i in sorted(texts)],
+                list(finish.values()),
+                completion_tokens=generated,
+            )
             task = asyncio.ensure_future(_abandoned(run, entry))
             gw.background.add(task)
             task.add_done_callback(gw.background.discard)

@@ -83,10 +83,12 @@ class RateLimited(Exception):
         self.requested = requested
         self.too_large = too_large
         if too_large:
-            msg = (f"request too large for the account's limit of {value} {LIMIT_NAMES[limit]}: it may use up to "
-                   f"{requested} tokens (prompt + max_tokens × n); lower max_tokens or n")
+            msg = (
+                f"request too large for the account's limit of {value} {LIMIT_NAMES[limit]}: it may use up to "
+                f"{requested} tokens (prompt + max_tokens × n); lower max_tokens or n"
+            )
         else:
-            msg = (f"rate limit reached: {value} {LIMIT_NAMES[limit]}; retry after {self.retry_after} s")
+            msg = f"rate limit reached: {value} {LIMIT_NAMES[limit]}; retry after {self.retry_after} s"
         super().__init__(msg)
 
 
@@ -311,8 +313,10 @@ class RedisLimiter(RateLimiter):
             return -1 if v is None else v
 
         try:
-            ok, a, b = await self._check(keys=list(self._keys(account_id)),
-                                         args=[arg(limits.rpm), arg(limits.tpm), arg(limits.tokens_per_day), tokens])
+            ok, a, b = await self._check(
+                keys=list(self._keys(account_id)),
+                args=[arg(limits.rpm), arg(limits.tpm), arg(limits.tokens_per_day), tokens],
+            )
         except self._unreachable as exc:
             raise LimiterUnavailable(f"rate-limit store unreachable: {type(exc).__name__}") from exc
         if ok:
@@ -331,8 +335,16 @@ class RedisLimiter(RateLimiter):
             return
         _, tok, day = self._keys(reservation.account_id)
         try:
-            await self._commit(keys=[tok, day], args=[reservation.second, reservation.day, delta,
-                                                      int(lim.tpm is not None), int(lim.tokens_per_day is not None)])
+            await self._commit(
+                keys=[tok, day],
+                args=[
+                    reservation.second,
+                    reservation.day,
+                    delta,
+                    int(lim.tpm is not None),
+                    int(lim.tokens_per_day is not None),
+                ],
+            )
         except self._unreachable:
             # the request was served; a lost correction only leaves the reservation counted
             return

@@ -42,21 +42,35 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("antidistill_requests", "HTTP requests by endpoint and status.",
-                                ["endpoint", "status"], registry=r)
-        self.latency = Histogram("antidistill_request_latency_seconds",
-                                 "Time from request to the end of the response (streams: to [DONE]).",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.backend_latency = Histogram("antidistill_backend_latency_seconds", "Time spent in the model backend.",
-                                         ["backend"], buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("antidistill_tokens", "Tokens served, by kind (prompt or completion).", ["kind"],
-                              registry=r)
-        self.limit_rejections = Counter("antidistill_rate_limit_rejections",
-                                        "Requests refused with 429, by limit.", ["limit"], registry=r)
-        self.backend_errors = Counter("antidistill_backend_errors", "Backend failures, by kind (error, timeout).",
-                                      ["backend", "kind"], registry=r)
-        self.audit_failures = Counter("antidistill_audit_failures",
-                                      "Exchanges refused because the audit log could not record them.", registry=r)
+        self.requests = Counter(
+            "antidistill_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "antidistill_request_latency_seconds",
+            "Time from request to the end of the response (streams: to [DONE]).",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_latency = Histogram(
+            "antidistill_backend_latency_seconds",
+            "Time spent in the model backend.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "antidistill_tokens", "Tokens served, by kind (prompt or completion).", ["kind"], registry=r
+        )
+        self.limit_rejections = Counter(
+            "antidistill_rate_limit_rejections", "Requests refused with 429, by limit.", ["limit"], registry=r
+        )
+        self.backend_errors = Counter(
+            "antidistill_backend_errors", "Backend failures, by kind (error, timeout).", ["backend", "kind"], registry=r
+        )
+        self.audit_failures = Counter(
+            "antidistill_audit_failures", "Exchanges refused because the audit log could not record them.", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

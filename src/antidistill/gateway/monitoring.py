@@ -60,19 +60,32 @@ class MonitorMetrics:
     """The monitor's Prometheus metrics, in the gateway's registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.queued = Counter("antidistill_monitor_events_queued", "Exchanges handed to the monitor worker.",
-                              registry=registry)
-        self.dropped = Counter("antidistill_monitor_events_dropped",
-                               "Exchanges not scored because the monitor's queue was full.", registry=registry)
-        self.errors = Counter("antidistill_monitor_errors", "Exchanges the monitor or the policy failed on.",
-                              registry=registry)
-        self.actions = Counter("antidistill_monitor_actions", "Policy actions taken by the monitor, by action.",
-                               ["action"], registry=registry)
-        self.rejections = Counter("antidistill_enforcement_rejections",
-                                  "Requests refused by an enforcement action (review/block: 403, throttle: 429).",
-                                  ["action"], registry=registry)
-        self.depth = Gauge("antidistill_monitor_queue_depth", "Exchanges waiting for the monitor worker.",
-                           registry=registry)
+        self.queued = Counter(
+            "antidistill_monitor_events_queued", "Exchanges handed to the monitor worker.", registry=registry
+        )
+        self.dropped = Counter(
+            "antidistill_monitor_events_dropped",
+            "Exchanges not scored because the monitor's queue was full.",
+            registry=registry,
+        )
+        self.errors = Counter(
+            "antidistill_monitor_errors", "Exchanges the monitor or the policy failed on.", registry=registry
+        )
+        self.actions = Counter(
+            "antidistill_monitor_actions",
+            "Policy actions taken by the monitor, by action.",
+            ["action"],
+            registry=registry,
+        )
+        self.rejections = Counter(
+            "antidistill_enforcement_rejections",
+            "Requests refused by an enforcement action (review/block: 403, throttle: 429).",
+            ["action"],
+            registry=registry,
+        )
+        self.depth = Gauge(
+            "antidistill_monitor_queue_depth", "Exchanges waiting for the monitor worker.", registry=registry
+        )
 
 
 class EnforcementCache:
@@ -130,8 +143,14 @@ class MonitorWorker:
         on_action: called with the account id after an action took effect (drops the cached state).
     """
 
-    def __init__(self, monitor: MonitorLike, enforcer: Enforcer, metrics: MonitorMetrics, maxsize: int,
-                 on_action: Callable[[str], None] = lambda _a: None) -> None:
+    def __init__(
+        self,
+        monitor: MonitorLike,
+        enforcer: Enforcer,
+        metrics: MonitorMetrics,
+        maxsize: int,
+        on_action: Callable[[str], None] = lambda _a: None,
+    ) -> None:
         self.monitor = monitor
         self.enforcer = enforcer
         self.metrics = metrics
@@ -252,8 +271,11 @@ class MonitorWorker:
                 continue
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            log.warning("the monitor worker did not finish within %.0f s; %d exchanges left unscored", timeout,
-                        self._queue.qsize())
+            log.warning(
+                "the monitor worker did not finish within %.0f s; %d exchanges left unscored",
+                timeout,
+                self._queue.qsize(),
+            )
 
 
 def _clause_words(policy: Policy, e: Enforcement) -> str:
@@ -276,9 +298,17 @@ class Monitoring:
         throttle_limiter: the limiter of throttled accounts (default: in process).
     """
 
-    def __init__(self, store: EnforcementStore, policy: Policy, registry: CollectorRegistry, *,
-                 monitor: MonitorLike | None = None,
-                 ttl: float = 2.0, queue_size: int = 10_000, throttle_limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        store: EnforcementStore,
+        policy: Policy,
+        registry: CollectorRegistry,
+        *,
+        monitor: MonitorLike | None = None,
+        ttl: float = 2.0,
+        queue_size: int = 10_000,
+        throttle_limiter: RateLimiter | None = None,
+    ) -> None:
         self.store = store
         self.policy = policy
         self.enforcer = Enforcer(store, policy)
@@ -286,18 +316,34 @@ class Monitoring:
         self.cache = EnforcementCache(store, ttl)
         self.throttle_limiter = throttle_limiter or InMemoryLimiter()
         self.monitor = monitor
-        self.worker = (MonitorWorker(monitor, self.enforcer, self.metrics, queue_size, self.cache.invalidate)
-                       if monitor is not None else None)
+        self.worker = (
+            MonitorWorker(monitor, self.enforcer, self.metrics, queue_size, self.cache.invalidate)
+            if monitor is not None
+            else None
+        )
 
     @classmethod
-    def from_settings(cls, settings: Settings, store: EnforcementStore, registry: CollectorRegistry,
-                      monitor: MonitorLike | None = None) -> Monitoring:
+    def from_settings(
+        cls,
+        settings: Settings,
+        store: EnforcementStore,
+        registry: CollectorRegistry,
+        monitor: MonitorLike | None = None,
+    ) -> Monitoring:
         """The settings' policy file, and a throttle limiter in Redis when the gateway's limits are there."""
         policy = Policy.load(settings.policy_file)
-        limiter = (RedisLimiter(settings.redis_url, f"{settings.rate_limit_prefix}:throttle")
-                   if settings.redis_url else None)
-        return cls(store, policy, registry, monitor=monitor, ttl=settings.enforcement_ttl,
-                   queue_size=settings.monitor_queue_size, throttle_limiter=limiter)
+        limiter = (
+            RedisLimiter(settings.redis_url, f"{settings.rate_limit_prefix}:throttle") if settings.redis_url else None
+        )
+        return cls(
+            store,
+            policy,
+            registry,
+            monitor=monitor,
+            ttl=settings.enforcement_ttl,
+            queue_size=settings.monitor_queue_size,
+            throttle_limiter=limiter,
+        )
 
     def start(self) -> None:
         if self.worker is not None:
@@ -319,13 +365,17 @@ class Monitoring:
             return None
         if state.action == "block":
             self.metrics.rejections.labels("block").inc()
-            raise APIError(403, f"This account is blocked under {_clause_words(self.policy, state)}",
-                           code="account_blocked")
+            raise APIError(
+                403, f"This account is blocked under {_clause_words(self.policy, state)}", code="account_blocked"
+            )
         if state.action == "review":
             self.metrics.rejections.labels("review").inc()
-            raise APIError(403, f"This account is suspended pending review under "
-                                f"{_clause_words(self.policy, state)} Contact the provider to have it reviewed.",
-                           code="account_under_review")
+            raise APIError(
+                403,
+                f"This account is suspended pending review under "
+                f"{_clause_words(self.policy, state)} Contact the provider to have it reviewed.",
+                code="account_under_review",
+            )
         if state.action == "throttle":
             limits = Limits(rpm=state.rpm, tpm=state.tpm)
             if limits.unlimited:
@@ -337,12 +387,17 @@ class Monitoring:
                 headers = {"Retry-After": str(exc.retry_after)}
                 if exc.too_large:
                     headers["x-should-retry"] = "false"
-                raise APIError(429, f"This account is throttled under {_clause_words(self.policy, state)} "
-                                    f"({exc})", type="tokens" if exc.limit != "rpm" else "requests",
-                               code="account_throttled", headers=headers) from None
+                raise APIError(
+                    429,
+                    f"This account is throttled under {_clause_words(self.policy, state)} ({exc})",
+                    type="tokens" if exc.limit != "rpm" else "requests",
+                    code="account_throttled",
+                    headers=headers,
+                ) from None
             except LimiterUnavailable as exc:
-                raise APIError(503, "rate limiting is unavailable; try again shortly",
-                               code="limiter_unavailable") from exc
+                raise APIError(
+                    503, "rate limiting is unavailable; try again shortly", code="limiter_unavailable"
+                ) from exc
         return None
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:

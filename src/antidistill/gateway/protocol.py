@@ -79,8 +79,12 @@ class ConnectionLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
-        return cls(max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout,
-                   body_timeout=settings.body_timeout, max_connections=settings.max_connections)
+        return cls(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            max_connections=settings.max_connections,
+        )
 
 
 def uvicorn_options(limits: ConnectionLimits) -> dict[str, Any]:
@@ -112,8 +116,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         limits: what to enforce (default: :class:`ConnectionLimits`'s defaults).
     """
 
-    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None, *, limits: ConnectionLimits | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.connection_limits = limits or ConnectionLimits()
         self._in_head = True  # the bytes arriving now belong to a request head (none of it parsed yet, perhaps)
@@ -131,10 +142,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         limit = self.connection_limits.max_connections
         if len(self.connections) > limit:
             if _warn_now("connections"):
-                log.warning("more than %d open connections: new ones are answered 503 and closed "
-                            "(ANTIDISTILL_MAX_CONNECTIONS)", limit)
-            self._refuse(503, "the server has too many open connections; retry later", "too_many_connections",
-                         retry_after=True)
+                log.warning(
+                    "more than %d open connections: new ones are answered 503 and closed (ANTIDISTILL_MAX_CONNECTIONS)",
+                    limit,
+                )
+            self._refuse(
+                503, "the server has too many open connections; retry later", "too_many_connections", retry_after=True
+            )
             return
         self._arm(self.connection_limits.header_timeout)
 
@@ -152,8 +166,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # however long it grows.
             if len(data) > room and not _ends_head(self._head_tail + data[:room]):
                 log.debug("%s: request head over %d bytes: 431", self._peer(), cap)
-                self._refuse(431, f"the request line and headers are larger than {cap} bytes",
-                             "request_header_fields_too_large")
+                self._refuse(
+                    431, f"the request line and headers are larger than {cap} bytes", "request_header_fields_too_large"
+                )
                 return
             self._head_bytes += len(data)
             self._head_tail = (self._head_tail + data[-3:])[-3:]
@@ -209,19 +224,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._in_body:
             # The app owns the response; closing makes its receive() answer http.disconnect.
-            log.debug("%s: request body not received within %.1f s: closed", self._peer(),
-                      self.connection_limits.body_timeout)
+            log.debug(
+                "%s: request body not received within %.1f s: closed", self._peer(), self.connection_limits.body_timeout
+            )
             self.transport.close()
             return
-        log.debug("%s: request head not received within %.1f s: closed", self._peer(),
-                  self.connection_limits.header_timeout)
+        log.debug(
+            "%s: request head not received within %.1f s: closed", self._peer(), self.connection_limits.header_timeout
+        )
         if not self._head_started:
             # Nothing was sent: close without a word. A 408 on an idle connection could be read by its client as
             # the answer to a request it sends at that very moment; a plain close it retries elsewhere.
             self.transport.close()
             return
-        self._refuse(408, f"the request was not received within {self.connection_limits.header_timeout:g} s",
-                     "request_timeout")
+        self._refuse(
+            408, f"the request was not received within {self.connection_limits.header_timeout:g} s", "request_timeout"
+        )
 
     def _peer(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "client"
@@ -229,14 +247,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, message: str, code: str, *, retry_after: bool = False) -> None:
         """Answer ``status`` in OpenAI's error shape (unless a response is under way) and close the connection."""
         if self.cycle is None or self.cycle.response_complete:
-            body = json.dumps(error_body(message, "server_error" if status >= 500 else "invalid_request_error",
-                                         None, code)).encode()
+            body = json.dumps(
+                error_body(message, "server_error" if status >= 500 else "invalid_request_error", None, code)
+            ).encode()
             content = [STATUS_LINE[status]]
             for name, value in self.server_state.default_headers:
                 content += [name, b": ", value, b"\r\n"]
             if retry_after:
                 content.append(b"retry-after: 1\r\n")
-            content += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(),
-                        b"\r\nconnection: close\r\n\r\n", body]
+            content += [
+                b"content-type: application/json\r\ncontent-length: ",
+                str(len(body)).encode(),
+                b"\r\nconnection: close\r\n\r\n",
+                body,
+            ]
             self.transport.write(b"".join(content))
         self.transport.close()

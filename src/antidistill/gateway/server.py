@@ -32,8 +32,13 @@ class BackgroundServer:
         ...     httpx.get(srv.url + "/docs")
     """
 
-    def __init__(self, app: ASGIApp, log_level: str = "warning", start_timeout: float = 60.0,
-                 limits: ConnectionLimits | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        log_level: str = "warning",
+        start_timeout: float = 60.0,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
         if limits is None:
             gateway = getattr(getattr(app, "state", None), "gateway", None)
             settings = getattr(gateway, "settings", None)
@@ -46,9 +51,17 @@ class BackgroundServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.start_timeout = start_timeout
         # proxy_headers off, as `antidistill serve` runs it: the app reads X-Forwarded-For itself, if trusted
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False,
-                                                    timeout_graceful_shutdown=2, proxy_headers=False,
-                                                    **uvicorn_options(limits)))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                log_level=log_level,
+                lifespan="on",
+                access_log=False,
+                timeout_graceful_shutdown=2,
+                proxy_headers=False,
+                **uvicorn_options(limits),
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> BackgroundServer:

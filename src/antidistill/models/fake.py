@@ -83,8 +83,13 @@ class FakeBackend(Backend):
     name = "fake"
     marks = False
 
-    def __init__(self, model_id: str = "antidistill-fake", replies: list[str] | None = None, latency: float = 0.0,
-                 fail: Exception | None = None) -> None:
+    def __init__(
+        self,
+        model_id: str = "antidistill-fake",
+        replies: list[str] | None = None,
+        latency: float = 0.0,
+        fail: Exception | None = None,
+    ) -> None:
         self.model_id = model_id
         self._replies: deque[str] = deque(replies or [])
         self.latency = latency
@@ -122,8 +127,9 @@ class FakeBackend(Backend):
             raise self.fail
         prompt = render_prompt(request)
         choices = [self._choice(request, prompt, i) for i in range(request.n)]
-        return GenerationResult(choices=choices, prompt_tokens=count_tokens(prompt), watermark=dict(UNWATERMARKED),
-                                model=self.model_id)
+        return GenerationResult(
+            choices=choices, prompt_tokens=count_tokens(prompt), watermark=dict(UNWATERMARKED), model=self.model_id
+        )
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         return await self._result(request)
@@ -134,8 +140,12 @@ class FakeBackend(Backend):
             words = c.text.split(" ") if c.text else []
             for j, w in enumerate(words):
                 last = j == len(words) - 1
-                yield GenerationChunk(index=c.index, text=w if j == 0 else " " + w,
-                                      finish_reason=c.finish_reason if last else None, tokens=1 if w else 0)
+                yield GenerationChunk(
+                    index=c.index,
+                    text=w if j == 0 else " " + w,
+                    finish_reason=c.finish_reason if last else None,
+                    tokens=1 if w else 0,
+                )
             if not words:
                 yield GenerationChunk(index=c.index, text="", finish_reason=c.finish_reason)
         yield result

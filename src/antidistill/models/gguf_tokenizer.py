@@ -26,8 +26,12 @@ _STRING, _ARRAY = 8, 9
 _VERSIONS = (2, 3)
 
 #: transformers' special-token names -> the GGUF keys holding their ids (llama.cpp's names)
-_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
-                   "pad_token": "padding_token_id"}
+_SPECIAL_TOKENS = {
+    "bos_token": "bos_token_id",
+    "eos_token": "eos_token_id",
+    "unk_token": "unknown_token_id",
+    "pad_token": "padding_token_id",
+}
 
 
 def read_metadata(path: str | Path, keep: Callable[[str], bool] = lambda key: True) -> dict[str, Any]:
@@ -108,14 +112,15 @@ def gguf_tokenizer(path: str | Path) -> Any:
             convert_gguf_tokenizer,
         )
     except ImportError:
-        raise MissingExtraError("model", "torch", "reading a GGUF tokenizer with this transformers release") \
-            from None
+        raise MissingExtraError("model", "torch", "reading a GGUF tokenizer with this transformers release") from None
     meta = read_metadata(path, lambda key: key.startswith("tokenizer.") or key == "general.architecture")
     if "general.architecture" not in meta or "tokenizer.ggml.tokens" not in meta:
         raise ValueError(f"{path} describes no tokenizer (no general.architecture or tokenizer.ggml.tokens)")
     # the same grouping as transformers' get_gguf_tokenizer, which only its torch-importing reader can call
-    groups = {group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
-              for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    groups = {
+        group: {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
+        for group, renames in GGUF_TOKENIZER_MAPPING.items()
+    }
     tokenizer, config = groups["tokenizer"], groups["tokenizer_config"]
     if tokenizer.get("tokenizer_type") == "llama":
         config.setdefault("add_bos_token", True)  # llama.cpp's default for sentencepiece vocabularies

@@ -56,8 +56,14 @@ class LocalModel:
         >>> m.generate(["Hello"], [None], max_new_tokens=8)[0].text      # doctest: +SKIP
     """
 
-    def __init__(self, model: Any, tokenizer: Any, watermark: Watermark | None = None, name: str = "model",
-                 load_stats: LoadStats | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        watermark: Watermark | None = None,
+        name: str = "model",
+        load_stats: LoadStats | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.watermark = watermark or Watermark(WatermarkConfig())
@@ -69,11 +75,11 @@ class LocalModel:
         self.tokenizer.padding_side = "left"
 
     @classmethod
-    def load(cls, path: str | None = None, cache_dir: Path | None = None,
-             config: WatermarkConfig | None = None) -> LocalModel:
+    def load(
+        cls, path: str | None = None, cache_dir: Path | None = None, config: WatermarkConfig | None = None
+    ) -> LocalModel:
         """Load the embedded model (``path=None``) or a local model directory / GGUF file."""
         if cache_dir is None:
-
             cache_dir = get_settings().cache_dir
         source: ModelSource = resolve_model(path)
         tokenizer = load_tokenizer(source, cache_dir)
@@ -96,12 +102,19 @@ class LocalModel:
             raise ValueError("a raw (non-chat) prompt must be a string")
         return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
-    def generate(self, prompts: Sequence[str | Messages], marks: Sequence[MarkKeys | None],
-                 max_new_tokens: int = 128, temperature: float = 0.7, top_p: float = 1.0,
-                 seed: int | None = None, min_new_tokens: int = 0, chat: bool = True,
-                 logits_processor_extra: Sequence[Any] = ()) -> list[Completion]:
+    def generate(
+        self,
+        prompts: Sequence[str | Messages],
+        marks: Sequence[MarkKeys | None],
+        max_new_tokens: int = 128,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        min_new_tokens: int = 0,
+        chat: bool = True,
+        logits_processor_extra: Sequence[Any] = (),
+    ) -> list[Completion]:
         """Generate one completion per prompt in a single batch; row ``i`` is marked with ``marks[i]``."""
-
 
         if len(prompts) != len(marks):
             raise ValueError(f"{len(prompts)} prompts but {len(marks)} marks")
@@ -125,8 +138,13 @@ class LocalModel:
             if seed is not None:
                 torch.manual_seed(seed)
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens, logits_processor=procs, pad_token_id=pad, **kwargs,
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                logits_processor=procs,
+                pad_token_id=pad,
+                **kwargs,
             )
         eos = self._eos_ids()
         results = []

@@ -253,8 +253,13 @@ class _Batch:
 
         b = len(self.rows)
         self.mask = torch.cat([self.mask, torch.ones(b, 1, dtype=torch.long)], dim=1)
-        out = model(input_ids=self.last[:, None], attention_mask=self.mask, position_ids=self.pos[:, None],
-                    cache=self.cache, use_cache=True)
+        out = model(
+            input_ids=self.last[:, None],
+            attention_mask=self.mask,
+            position_ids=self.pos[:, None],
+            cache=self.cache,
+            use_cache=True,
+        )
         self.cache = out.cache
         self.pos = self.pos + 1
         return out.logits[:, -1, :].float()
@@ -270,8 +275,9 @@ class _Batch:
         t = max(t_old, length)
         for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
             mine.keys = torch.cat([F.pad(mine.keys, (0, 0, t - t_old, 0)), F.pad(theirs.keys, (0, 0, t - length, 0))])
-            mine.values = torch.cat([F.pad(mine.values, (0, 0, t - t_old, 0)),
-                                     F.pad(theirs.values, (0, 0, t - length, 0))])
+            mine.values = torch.cat(
+                [F.pad(mine.values, (0, 0, t - t_old, 0)), F.pad(theirs.values, (0, 0, t - length, 0))]
+            )
         self.mask = torch.cat([F.pad(self.mask, (t - t_old, 0)), F.pad(mask, (t - length, 0))])
         self.pos = torch.cat([self.pos, pos])
         self.ctx = torch.cat([self.ctx, ctx])
@@ -331,9 +337,17 @@ class LocalBackend(Backend):
     name = "local"
     marks = True
 
-    def __init__(self, model: LocalModel | None = None, *, model_path: str | None = None,
-                 cache_dir: Path | None = None, config: WatermarkConfig | None = None, max_batch: int = 32,
-                 gather_ms: float = 5.0, prefill_tokens: int = 2048) -> None:
+    def __init__(
+        self,
+        model: LocalModel | None = None,
+        *,
+        model_path: str | None = None,
+        cache_dir: Path | None = None,
+        config: WatermarkConfig | None = None,
+        max_batch: int = 32,
+        gather_ms: float = 5.0,
+        prefill_tokens: int = 2048,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if gather_ms < 0:
@@ -350,7 +364,6 @@ class LocalBackend(Backend):
         if model is not None:
             self.model_id = model.name
         else:
-
             self.model_id = resolve_model(model_path).name
         self._inbox: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -361,8 +374,15 @@ class LocalBackend(Backend):
         self._admitted: list[_Job] = []  # admitted at the current step (failed with the batch if the step fails)
         # counters for tests and benchmarks: decode steps, tokens sampled, largest batch, prefills, prompt tokens
         # run through the model, admitted requests, rows dropped because their client went away
-        self.stats = {"steps": 0, "tokens": 0, "max_rows": 0, "prefills": 0, "prefill_tokens": 0, "requests": 0,
-                      "cancelled_rows": 0}
+        self.stats = {
+            "steps": 0,
+            "tokens": 0,
+            "max_rows": 0,
+            "prefills": 0,
+            "prefill_tokens": 0,
+            "requests": 0,
+            "cancelled_rows": 0,
+        }
         self._prefix: tuple[list[int], list[tuple[Any, Any]]] | None = None  # the chat template's head, prefilled
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
@@ -580,13 +600,17 @@ class LocalBackend(Backend):
     def _prefix_kv(self) -> tuple[int, list[tuple[Any, Any]]]:
         """(length, per-layer keys and values) of the template prefix, computed once."""
         if self._prefix is None:
-
             ids = self._template_prefix()
             kv: list[tuple[Any, Any]] = []
             if len(ids) >= 2:
                 model = self.model.model
-                out = model(input_ids=torch.tensor([ids]), position_ids=torch.arange(len(ids))[None, :],
-                            cache=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
+                out = model(
+                    input_ids=torch.tensor([ids]),
+                    position_ids=torch.arange(len(ids))[None, :],
+                    cache=DynamicCache(config=model.config),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
                 kv = [(layer.keys, layer.values) for layer in out.cache.layers]
             self._prefix = (ids, kv)
         ids, kv = self._prefix
@@ -601,8 +625,10 @@ class LocalBackend(Backend):
     def _prefill_groups(self, jobs: list[_Job]) -> list[tuple[int, list[_Job]]]:
         """Newcomers grouped for batched prefills: same start (template head or not), and lengths close enough
         that left-padding wastes at most a quarter of the group's compute."""
-        keyed = sorted(((self._prefill_start(j), len(j.prompt_ids), i, j) for i, j in enumerate(jobs)),
-                       key=lambda x: (x[0], x[1] - x[0], x[2]))
+        keyed = sorted(
+            ((self._prefill_start(j), len(j.prompt_ids), i, j) for i, j in enumerate(jobs)),
+            key=lambda x: (x[0], x[1] - x[0], x[2]),
+        )
         groups: list[tuple[int, list[_Job]]] = []
         total = 0
         for start, length, _, job in keyed:
@@ -639,16 +665,18 @@ class LocalBackend(Backend):
                 layer.keys, layer.values = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
         mask = torch.cat([torch.ones(b, start, dtype=torch.long), rest_mask], dim=1)
         positions = start + (rest_mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                    logits_to_keep=1)
+        out = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+        )
         cache = out.cache
         if any(type(layer) is not DynamicLayer for layer in cache.layers):
             raise BackendError(f"model {self.model_id} uses a KV cache layout the local backend cannot batch")
         logits = out.logits[:, -1, :].float()
         pos = torch.tensor([len(j.prompt_ids) for j in jobs], dtype=torch.long)
         h = self.model.watermark.config.context_width
-        ctx = torch.tensor([[pad_id] * max(0, h - len(j.prompt_ids)) + j.prompt_ids[-h:] for j in jobs],
-                           dtype=torch.long)
+        ctx = torch.tensor(
+            [[pad_id] * max(0, h - len(j.prompt_ids)) + j.prompt_ids[-h:] for j in jobs], dtype=torch.long
+        )
         counts = [j.request.n for j in jobs]
         if any(c > 1 for c in counts):
             idx = torch.repeat_interleave(torch.arange(b), torch.tensor(counts))
@@ -668,8 +696,18 @@ class LocalBackend(Backend):
             if req.temperature > 0:
                 gen = torch.Generator(device="cpu")
                 gen.manual_seed(_row_seed(req.seed, i))
-            rows.append(_Row(job, i, float(req.temperature), float(req.top_p), gen,
-                             IncrementalDetokenizer(self._decode), StopFilter(job.stops), req.max_tokens))
+            rows.append(
+                _Row(
+                    job,
+                    i,
+                    float(req.temperature),
+                    float(req.top_p),
+                    gen,
+                    IncrementalDetokenizer(self._decode),
+                    StopFilter(job.stops),
+                    req.max_tokens,
+                )
+            )
         return rows
 
     def _decode(self, ids: Sequence[int]) -> str:
@@ -694,8 +732,11 @@ class LocalBackend(Backend):
                 cache, mask, pos, ctx, logits = self._prefill(start, jobs, pad_id)
             except Exception as exc:
                 log.exception("prefill failed")
-                err = exc if isinstance(exc, BackendError) else BackendError(
-                    f"local model failed: {type(exc).__name__}: {exc}")
+                err = (
+                    exc
+                    if isinstance(exc, BackendError)
+                    else BackendError(f"local model failed: {type(exc).__name__}: {exc}")
+                )
                 for job in jobs:
                     job.fail(err)
                 continue
@@ -769,14 +810,23 @@ class LocalBackend(Backend):
         if len(job.choices) == job.request.n:
             mark = job.request.mark
             if mark is not None:
-                wm = {"key_id": mark.account.key_id,
-                      "provider_key_id": mark.provider.key_id if mark.provider is not None else None,
-                      "config": self.model.watermark.config.to_dict()}
+                wm = {
+                    "key_id": mark.account.key_id,
+                    "provider_key_id": mark.provider.key_id if mark.provider is not None else None,
+                    "config": self.model.watermark.config.to_dict(),
+                }
             else:
                 wm = {"status": "unwatermarked", "reason": "request not marked"}
             order = sorted(job.choices)
-            items.append(LocalResult([job.choices[i] for i in order], len(job.prompt_ids), wm, self.model_id,
-                                     [job.token_ids[i] for i in order]))
+            items.append(
+                LocalResult(
+                    [job.choices[i] for i in order],
+                    len(job.prompt_ids),
+                    wm,
+                    self.model_id,
+                    [job.token_ids[i] for i in order],
+                )
+            )
             job.finished = True
 
 
@@ -794,8 +844,9 @@ def _choose(scores: Any, rows: Sequence[_Row]) -> Any:
         return out
     temps = torch.tensor([rows[i].temperature for i in sampled], dtype=torch.float32)[:, None]
     probs = torch.softmax(scores[sampled] / temps, dim=-1)
-    u = torch.tensor([float(torch.rand((), generator=rows[i].generator, dtype=torch.float64)) for i in sampled],
-                     dtype=torch.float64)
+    u = torch.tensor(
+        [float(torch.rand((), generator=rows[i].generator, dtype=torch.float64)) for i in sampled], dtype=torch.float64
+    )
     full = [j for j, i in enumerate(sampled) if rows[i].top_p >= 1.0]
     if full:
         cdf = torch.cumsum(probs[full].double(), dim=-1)

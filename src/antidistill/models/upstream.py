@@ -99,8 +99,14 @@ class UpstreamBackend(Backend):
     name = "upstream"
     marks = False
 
-    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout: float = 120.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         if not url or not url.startswith(("http://", "https://")):
             raise ValueError(f"upstream url must start with http:// or https://, got {url!r}")
         self.url = _base_url(url)
@@ -116,10 +122,18 @@ class UpstreamBackend(Backend):
             return
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        self._client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=httpx.Timeout(self.timeout),
-                                         limits=limits, transport=self._transport)
-        log.warning("backend=upstream (%s): completions are NOT watermarked; token-level watermarking is "
-                    "impossible through an upstream server (rate limits, policy and audit still apply)", self.url)
+        self._client = httpx.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout),
+            limits=limits,
+            transport=self._transport,
+        )
+        log.warning(
+            "backend=upstream (%s): completions are NOT watermarked; token-level watermarking is "
+            "impossible through an upstream server (rate limits, policy and audit still apply)",
+            self.url,
+        )
         if self.model_override is None:
             self.model_id = await self._first_model() or self.model_id
 
@@ -139,8 +153,13 @@ class UpstreamBackend(Backend):
     def _body(self, request: GenerationRequest, stream: bool) -> tuple[str, dict[str, Any]]:
         chat = request.messages is not None
         body: dict[str, Any] = dict(request.raw or {})
-        body.update(max_tokens=request.max_tokens, n=request.n, temperature=request.temperature,
-                    top_p=request.top_p, stream=stream)
+        body.update(
+            max_tokens=request.max_tokens,
+            n=request.n,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stream=stream,
+        )
         body.pop("max_completion_tokens", None)  # one of the two, and every server knows max_tokens
         if request.stop:
             body["stop"] = request.stop
@@ -189,13 +208,19 @@ class UpstreamBackend(Backend):
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BackendError("upstream answered with a body that is not an OpenAI completion") from exc
         tokens = _split_tokens(texts, usage.get("completion_tokens"))
-        choices = [Choice(index=i, text=t, finish_reason=c.get("finish_reason") or "stop", completion_tokens=k)
-                   for i, (c, t, k) in enumerate(zip(raw_choices, texts, tokens, strict=True))]
+        choices = [
+            Choice(index=i, text=t, finish_reason=c.get("finish_reason") or "stop", completion_tokens=k)
+            for i, (c, t, k) in enumerate(zip(raw_choices, texts, tokens, strict=True))
+        ]
         prompt_tokens = usage.get("prompt_tokens")
         if not isinstance(prompt_tokens, int):
             prompt_tokens = count_tokens(render_prompt(request))
-        return GenerationResult(choices=choices, prompt_tokens=prompt_tokens, watermark=dict(UNWATERMARKED),
-                                model=str(data.get("model") or self.model_id))
+        return GenerationResult(
+            choices=choices,
+            prompt_tokens=prompt_tokens,
+            watermark=dict(UNWATERMARKED),
+            model=str(data.get("model") or self.model_id),
+        )
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk | GenerationResult, None]:
         chat = request.messages is not None
@@ -235,21 +260,21 @@ class UpstreamBackend(Backend):
                             texts.setdefault(idx, []).append(text)
                             if reason:
                                 finish[idx] = reason
-                            yield GenerationChunk(index=idx, text=text, finish_reason=reason,
-                                                  tokens=1 if text else 0)
+                            yield GenerationChunk(index=idx, text=text, finish_reason=reason, tokens=1 if text else 0)
         except httpx.TimeoutException as exc:
             raise BackendTimeout(f"upstream timed out after {self.timeout:g} s") from exc
         except httpx.HTTPError as exc:
             raise BackendError(f"upstream unreachable: {type(exc).__name__}") from exc
         joined = ["".join(texts[i]) for i in sorted(texts)]
         tokens = _split_tokens(joined, usage.get("completion_tokens"))
-        choices = [Choice(index=i, text=t, finish_reason=finish.get(i, "stop"), completion_tokens=k)
-                   for i, (t, k) in enumerate(zip(joined, tokens, strict=True))]
+        choices = [
+            Choice(index=i, text=t, finish_reason=finish.get(i, "stop"), completion_tokens=k)
+            for i, (t, k) in enumerate(zip(joined, tokens, strict=True))
+        ]
         prompt_tokens = usage.get("prompt_tokens")
         if not isinstance(prompt_tokens, int):
             prompt_tokens = count_tokens(render_prompt(request))
-        yield GenerationResult(choices=choices, prompt_tokens=prompt_tokens, watermark=dict(UNWATERMARKED),
-                               model=model)
+        yield GenerationResult(choices=choices, prompt_tokens=prompt_tokens, watermark=dict(UNWATERMARKED), model=model)
 
 
 def _error_message_from(event: dict[str, Any]) -> str:

@@ -95,19 +95,55 @@ def new_alert_id() -> str:
     return "alert_" + secrets.token_hex(12)
 
 
-def action_entry(account_id: str, *, action: str, previous: str | None, level: str, clause: dict[str, str] | None,
-                 set_by: str, policy: str | None, reason: str, alert: dict[str, Any] | None = None,
-                 rpm: int | None = None, tpm: int | None = None, until: datetime | None = None,
-                 at: datetime | None = None, status: int | None = None) -> AuditEntry:
+def action_entry(
+    account_id: str,
+    *,
+    action: str,
+    previous: str | None,
+    level: str,
+    clause: dict[str, str] | None,
+    set_by: str,
+    policy: str | None,
+    reason: str,
+    alert: dict[str, Any] | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    until: datetime | None = None,
+    at: datetime | None = None,
+    status: int | None = None,
+) -> AuditEntry:
     """The audit record of one action (see the module docstring for its shape)."""
-    request = {"kind": ACTION_KIND, "action": action, "previous": previous, "level": level, "clause": clause,
-               "rpm": rpm, "tpm": tpm, "until": until.isoformat() if until else None, "set_by": set_by,
-               "policy": policy, "reason": reason, "alert": alert}
-    return AuditEntry(response_id="act_" + secrets.token_hex(12), account_id=account_id, api_key_id=set_by,
-                      created_at=at or datetime.now(UTC), endpoint=ACTION_ENDPOINT, client_addr=None,
-                      user_agent=None, request=request, completion=[], prompt_tokens=0, completion_tokens=0,
-                      finish_reason=None, latency_ms=0.0, watermark=dict(ACTION_WATERMARK),
-                      status=status if status is not None else ACTION_STATUS.get(action, 200))
+    request = {
+        "kind": ACTION_KIND,
+        "action": action,
+        "previous": previous,
+        "level": level,
+        "clause": clause,
+        "rpm": rpm,
+        "tpm": tpm,
+        "until": until.isoformat() if until else None,
+        "set_by": set_by,
+        "policy": policy,
+        "reason": reason,
+        "alert": alert,
+    }
+    return AuditEntry(
+        response_id="act_" + secrets.token_hex(12),
+        account_id=account_id,
+        api_key_id=set_by,
+        created_at=at or datetime.now(UTC),
+        endpoint=ACTION_ENDPOINT,
+        client_addr=None,
+        user_agent=None,
+        request=request,
+        completion=[],
+        prompt_tokens=0,
+        completion_tokens=0,
+        finish_reason=None,
+        latency_ms=0.0,
+        watermark=dict(ACTION_WATERMARK),
+        status=status if status is not None else ACTION_STATUS.get(action, 200),
+    )
 
 
 @dataclass(frozen=True)
@@ -180,10 +216,19 @@ class Enforcer:
         if dry_run:
             return Outcome(assessment, decision, would)
         now = self._clock()
-        alert = Alert(id=new_alert_id(), account_id=assessment.account_id, cluster_id=assessment.cluster_id,
-                      risk=float(assessment.risk), level=assessment.level, reasons=tuple(assessment.reasons),
-                      scores=dict(assessment.scores), at=assessment.at, action="none",
-                      clause=decision.clause.id if decision else None, created_at=now)
+        alert = Alert(
+            id=new_alert_id(),
+            account_id=assessment.account_id,
+            cluster_id=assessment.cluster_id,
+            risk=float(assessment.risk),
+            level=assessment.level,
+            reasons=tuple(assessment.reasons),
+            scores=dict(assessment.scores),
+            at=assessment.at,
+            action="none",
+            clause=decision.clause.id if decision else None,
+            created_at=now,
+        )
         if decision is None or not would:
             if self._repeats(alert):  # a batch scan run again: the same judgement is not a new alert
                 return Outcome(assessment, decision, False)
@@ -192,16 +237,32 @@ class Enforcer:
         enforcement = decision.enforcement(assessment.account_id, now, reason, alert.id)
         alert = replace(alert, action=decision.action)
         entry = action_entry(
-            assessment.account_id, action=decision.action, previous=current.action if current else None,
-            level=assessment.level, clause=_clause_dict(decision), set_by="monitor", policy=self.policy.name,
-            reason=reason, alert={"id": alert.id, **assessment.to_dict()}, rpm=decision.rpm, tpm=decision.tpm,
-            until=decision.until, at=now)
-        seq = self.store.set_enforcement(enforcement, audit=entry, alert=alert,
-                                         only_if=lambda cur: escalates(cur, decision, now))
+            assessment.account_id,
+            action=decision.action,
+            previous=current.action if current else None,
+            level=assessment.level,
+            clause=_clause_dict(decision),
+            set_by="monitor",
+            policy=self.policy.name,
+            reason=reason,
+            alert={"id": alert.id, **assessment.to_dict()},
+            rpm=decision.rpm,
+            tpm=decision.tpm,
+            until=decision.until,
+            at=now,
+        )
+        seq = self.store.set_enforcement(
+            enforcement, audit=entry, alert=alert, only_if=lambda cur: escalates(cur, decision, now)
+        )
         if seq is None:  # another replica escalated first, as far or further
             return Outcome(assessment, decision, False, self.store.record_alert(replace(alert, action="none")))
-        log.warning("policy action on account %s: %s under clause %s (%s)", assessment.account_id,
-                    decision.action, decision.clause.id, reason)
+        log.warning(
+            "policy action on account %s: %s under clause %s (%s)",
+            assessment.account_id,
+            decision.action,
+            decision.clause.id,
+            reason,
+        )
         return Outcome(assessment, decision, True, replace(alert, audit_seq=seq), seq)
 
     def _repeats(self, alert: Alert) -> bool:
@@ -211,16 +272,26 @@ class Enforcer:
     def apply_all(self, assessments: Iterable[Assessment], *, dry_run: bool = False) -> list[Outcome]:
         return [self.apply(a, dry_run=dry_run) for a in assessments]
 
-    def clear(self, account_id: str, by: str = "admin", reason: str = "cleared by an administrator"
-              ) -> Enforcement | None:
+    def clear(
+        self, account_id: str, by: str = "admin", reason: str = "cleared by an administrator"
+    ) -> Enforcement | None:
         """Lift the account's enforcement, with an audit record; returns the state lifted (``None``: nothing was)."""
         current = self.store.get_enforcement(account_id)
         if current is None or current.action == "none":
             return None
         clause = self.policy.clause(current.clause)
-        entry = action_entry(account_id, action="none", previous=current.action, level=current.level,
-                             clause={"id": clause.id, "title": clause.title, "text": clause.text} if clause else None,
-                             set_by=by, policy=self.policy.name, reason=reason, at=self._clock(), status=200)
+        entry = action_entry(
+            account_id,
+            action="none",
+            previous=current.action,
+            level=current.level,
+            clause={"id": clause.id, "title": clause.title, "text": clause.text} if clause else None,
+            set_by=by,
+            policy=self.policy.name,
+            reason=reason,
+            at=self._clock(),
+            status=200,
+        )
         return self.store.clear_enforcement(account_id, by, reason=reason, audit=entry)
 
 

@@ -90,8 +90,9 @@ class ExchangeEvent:
     account_metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_record(cls, record: AuditRecord | AuditEntry | Mapping[str, Any],
-                    account_metadata: Mapping[str, Any] | None = None) -> ExchangeEvent:
+    def from_record(
+        cls, record: AuditRecord | AuditEntry | Mapping[str, Any], account_metadata: Mapping[str, Any] | None = None
+    ) -> ExchangeEvent:
         """An event from an audit record: an :class:`~antidistill.store.api.AuditRecord` (``Store.iter_records``),
         the gateway's :class:`~antidistill.store.api.AuditEntry`, or a dict as ``Store.iter_audit`` yields it (an
         exported line).
@@ -101,11 +102,23 @@ class ExchangeEvent:
         """
         if isinstance(record, AuditRecord | AuditEntry):  # typed: only the request needs care
             model, system, prompt, turns, max_tokens = _read_request(record.request)
-            return cls(account_id=record.account_id, ts=_as_utc(record.created_at), endpoint=record.endpoint,
-                       model=model, system=system, prompt=prompt, turns=turns, max_tokens=max_tokens,
-                       prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
-                       client_addr=record.client_addr, user_agent=record.user_agent, status=record.status,
-                       response_id=record.response_id, account_metadata=dict(account_metadata or {}))
+            return cls(
+                account_id=record.account_id,
+                ts=_as_utc(record.created_at),
+                endpoint=record.endpoint,
+                model=model,
+                system=system,
+                prompt=prompt,
+                turns=turns,
+                max_tokens=max_tokens,
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                client_addr=record.client_addr,
+                user_agent=record.user_agent,
+                status=record.status,
+                response_id=record.response_id,
+                account_metadata=dict(account_metadata or {}),
+            )
         model, system, prompt, turns, max_tokens = _read_request(record.get("request"))
         return cls(
             account_id=str(record.get("account_id", "")),
@@ -150,8 +163,13 @@ def _read_request(req: Any) -> tuple[str, str, str, int, int | None]:
         prompt = raw if isinstance(raw, str) else ""
     max_tokens = req.get("max_completion_tokens") or req.get("max_tokens")
     model = req.get("model")
-    return (str(model) if model is not None else "", "\n".join(system_parts), prompt, turns,
-            max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None)
+    return (
+        str(model) if model is not None else "",
+        "\n".join(system_parts),
+        prompt,
+        turns,
+        max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
+    )
 
 
 @dataclass(frozen=True)

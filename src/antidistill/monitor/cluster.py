@@ -48,12 +48,19 @@ WEIGHTS: dict[str, float] = {
 LINK_AT = 1.0
 #: words shown in reasons
 KIND_WORDS: dict[str, str] = {
-    "payment": "payment fingerprint", "organisation": "organisation", "template": "prompt template",
-    "system": "system prompt", "prefix": "network prefix", "timing": "synchronised timing", "agent": "user agent",
+    "payment": "payment fingerprint",
+    "organisation": "organisation",
+    "template": "prompt template",
+    "system": "system prompt",
+    "prefix": "network prefix",
+    "timing": "synchronised timing",
+    "agent": "user agent",
     "signup": "signup source",
     "signup_day": "signup date",
-    "group_template": "prompt templates (group)", "group_signup_day": "signup burst (group)",
-    "group_signup": "signup source (group)", "group_prefix": "network prefixes (group)",
+    "group_template": "prompt templates (group)",
+    "group_signup_day": "signup burst (group)",
+    "group_signup": "signup source (group)",
+    "group_prefix": "network prefixes (group)",
 }
 #: an attribute value must cover this share of an account's requests (and at least MIN_COUNT of them)
 MIN_SHARE = 0.25
@@ -139,15 +146,15 @@ def attributes(acct: AccountState) -> dict[str, list[str]]:
     day = _meta(meta, "signup_at", "created_at")
     if day and (days := _signup_days(day)):
         out["signup_day"] = days
-    if (p := _dominant(acct.prefixes, n)):
+    if p := _dominant(acct.prefixes, n):
         out["prefix"] = p
-    if (a := _dominant(acct.agents, n)):
+    if a := _dominant(acct.agents, n):
         out["agent"] = a
-    if (t := [str(v) for v in _dominant(acct.templates, n, least=TEMPLATE_LEAST)]):
+    if t := [str(v) for v in _dominant(acct.templates, n, least=TEMPLATE_LEAST)]:
         out["template"] = t
-    if (s := [str(v) for v in _dominant(acct.systems, n, 1)]):
+    if s := [str(v) for v in _dominant(acct.systems, n, 1)]:
         out["system"] = s
-    if (ts := timing_signature(acct.window)):
+    if ts := timing_signature(acct.window):
         out["timing"] = [ts]
     return out
 
@@ -175,7 +182,7 @@ def cluster_attributes(cluster: Cluster, accounts: dict[str, AccountState]) -> d
         day = _meta(m.metadata or {}, "signup_at", "created_at")
         if day and (days := _signup_days(day)):
             buckets[days[1]] += 1
-        if (src := _meta(m.metadata or {}, "signup_source", "signup")):
+        if src := _meta(m.metadata or {}, "signup_source", "signup"):
             sources[src] += 1
     # a campaign spread over many templates (and reasoning demands, and cover chat) may have none that fills a
     # tenth of its window, yet each of its templates is used by many members, which a chat phrasing is not
@@ -184,11 +191,11 @@ def cluster_attributes(cluster: Cluster, accounts: dict[str, AccountState]) -> d
     if group:
         out["group_template"] = group
     # a burst spread over a week or two covers several 3-day buckets: each that holds a sixth of the members
-    if (b := [v for v, c in buckets.most_common(3) if c >= max(2, BUCKET_SHARE * k)]):
+    if b := [v for v, c in buckets.most_common(3) if c >= max(2, BUCKET_SHARE * k)]:
         out["group_signup_day"] = b
     # the datacenter ranges a campaign's members send from (the members of a residential proxy network have no
     # main prefix, and its addresses spread over too many prefixes to count)
-    if (p := [v for v, c in prefixes.most_common(6) if c >= max(MEMBER_LEAST, PREFIX_MEMBER_SHARE * k)]):
+    if p := [v for v, c in prefixes.most_common(6) if c >= max(MEMBER_LEAST, PREFIX_MEMBER_SHARE * k)]:
         out["group_prefix"] = p
     if sources and (src := sources.most_common(1)[0]) and src[1] >= max(2, 0.5 * k):
         out["group_signup"] = [src[0]]
@@ -199,15 +206,15 @@ def group_probe_attributes(acct: AccountState) -> dict[str, list[str]]:
     """An account's attributes in the group namespace (see :meth:`Linker.probe`): its templates (each used twice
     and a twentieth or more of its traffic), its signup burst bucket and source, its main network prefixes."""
     out: dict[str, list[str]] = {}
-    if (t := [str(v) for v in _dominant(acct.templates, max(1, acct.n), 5, PROBE_SHARE, TEMPLATE_LEAST)]):
+    if t := [str(v) for v in _dominant(acct.templates, max(1, acct.n), 5, PROBE_SHARE, TEMPLATE_LEAST)]:
         out["group_template"] = t
     meta = acct.metadata or {}
     day = _meta(meta, "signup_at", "created_at")
     if day and (days := _signup_days(day)):
         out["group_signup_day"] = [days[1]]
-    if (src := _meta(meta, "signup_source", "signup")):
+    if src := _meta(meta, "signup_source", "signup"):
         out["group_signup"] = [src]
-    if (p := _dominant(acct.prefixes, max(1, acct.n), 2, MIN_SHARE, TEMPLATE_LEAST)):
+    if p := _dominant(acct.prefixes, max(1, acct.n), 2, MIN_SHARE, TEMPLATE_LEAST):
         out["group_prefix"] = p
     return out
 
@@ -294,8 +301,9 @@ class Linker:
             return None
         return self.clusters.get(self.find(account_id))
 
-    def probe(self, account_id: str, attrs: dict[str, list[str]],
-              windows: dict[str, AccountState] | None = None) -> list[str]:
+    def probe(
+        self, account_id: str, attrs: dict[str, list[str]], windows: dict[str, AccountState] | None = None
+    ) -> list[str]:
         """Join the group whose ``group_…`` keys the account's own attributes (in that namespace) match, without
         registering them: an account may join a group on what the group shares, but two lone accounts never link
         this way. Returns the roots of clusters that changed."""
@@ -313,8 +321,9 @@ class Linker:
                     changed.append(root)
         return changed
 
-    def register(self, account_id: str, attrs: dict[str, list[str]],
-                 windows: dict[str, AccountState] | None = None) -> list[str]:
+    def register(
+        self, account_id: str, attrs: dict[str, list[str]], windows: dict[str, AccountState] | None = None
+    ) -> list[str]:
         """Register the account's current attribute keys; returns the roots of clusters that changed."""
         have = self.registered.setdefault(account_id, set())
         changed: list[str] = []
@@ -331,8 +340,7 @@ class Linker:
                     changed.append(root)
         return changed
 
-    def union(self, a: str, b: str, kinds: list[str], windows: dict[str, AccountState] | None = None
-              ) -> str | None:
+    def union(self, a: str, b: str, kinds: list[str], windows: dict[str, AccountState] | None = None) -> str | None:
         """Join the clusters of ``a`` and ``b``; the root is the account that arrived first."""
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
@@ -345,8 +353,13 @@ class Linker:
         ca = self.clusters.pop(ra, None) or self._singleton(ra, windows)
         cb = self.clusters.pop(rb, None) or self._singleton(rb, windows)
         merged = sorted([*ca.window, *cb.window], key=lambda x: x.t)
-        c = Cluster(id=ca.id, members=ca.members + cb.members, n=ca.n + cb.n,
-                    window=deque(merged[-WINDOW:], maxlen=WINDOW), shared=ca.shared + cb.shared)
+        c = Cluster(
+            id=ca.id,
+            members=ca.members + cb.members,
+            n=ca.n + cb.n,
+            window=deque(merged[-WINDOW:], maxlen=WINDOW),
+            shared=ca.shared + cb.shared,
+        )
         c.shared.update(kinds)
         self.clusters[ra] = c
         return ra
@@ -354,8 +367,12 @@ class Linker:
     @staticmethod
     def _singleton(account_id: str, windows: dict[str, AccountState] | None) -> Cluster:
         st = (windows or {}).get(account_id)
-        return Cluster(id=f"cluster:{account_id}", members=[account_id], n=st.n if st else 0,
-                       window=deque(st.window if st else (), maxlen=WINDOW))
+        return Cluster(
+            id=f"cluster:{account_id}",
+            members=[account_id],
+            n=st.n if st else 0,
+            window=deque(st.window if st else (), maxlen=WINDOW),
+        )
 
     def linked_by(self, cluster: Cluster, k: int = 3) -> list[str]:
         """The attribute kinds that linked the cluster, most frequent first, in words."""

@@ -70,6 +70,7 @@ class Embedder:
             return np.zeros((0, DIM), dtype=np.float32)
         clean = [(t if isinstance(t, str) else "")[:MAX_CHARS] or " " for t in texts]
         model = self._load()
-        out = model.encode(clean, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                           show_progress_bar=False)
+        out = model.encode(
+            clean, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         return np.asarray(out, dtype=np.float32)

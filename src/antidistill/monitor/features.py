@@ -46,16 +46,52 @@ LONG_DEMAND = 1024
 #: phrases (in normalised text: case folded, punctuation dropped, numbers masked) that demand the reasoning
 #: itself rather than an answer; checked as substrings, which is several times faster than one big regex
 COT_PHRASES: tuple[str, ...] = (
-    "step by step", "chain of thought", "thought process", "thinking out loud", "think out loud", "thinking tags",
-    "think tags", "full reasoning", "complete reasoning", "internal reasoning", "entire reasoning",
-    "detailed reasoning", "full working", "complete working", "full derivation", "detailed derivation",
-    "every step", "each step", "every intermediate", "intermediate step", "intermediate calculation",
-    "all your reasoning", "all of your reasoning", "all the reasoning", "all reasoning", "show your work",
-    "show all your work", "show your working", "show all work", "show the work", "worked solution",
-    "first principles", "do not skip any step", "don t skip any step", "explain your reasoning",
-    "explain your complete reasoning", "explain your thought", "explain your complete thought",
-    "reason carefully", "reason in detail", "reasoning made explicit", "verify your answer", "reasoning trace",
-    "reasoning steps", "show your reasoning", "walk me through",
+    "step by step",
+    "chain of thought",
+    "thought process",
+    "thinking out loud",
+    "think out loud",
+    "thinking tags",
+    "think tags",
+    "full reasoning",
+    "complete reasoning",
+    "internal reasoning",
+    "entire reasoning",
+    "detailed reasoning",
+    "full working",
+    "complete working",
+    "full derivation",
+    "detailed derivation",
+    "every step",
+    "each step",
+    "every intermediate",
+    "intermediate step",
+    "intermediate calculation",
+    "all your reasoning",
+    "all of your reasoning",
+    "all the reasoning",
+    "all reasoning",
+    "show your work",
+    "show all your work",
+    "show your working",
+    "show all work",
+    "show the work",
+    "worked solution",
+    "first principles",
+    "do not skip any step",
+    "don t skip any step",
+    "explain your reasoning",
+    "explain your complete reasoning",
+    "explain your thought",
+    "explain your complete thought",
+    "reason carefully",
+    "reason in detail",
+    "reasoning made explicit",
+    "verify your answer",
+    "reasoning trace",
+    "reasoning steps",
+    "show your reasoning",
+    "walk me through",
 )
 
 
@@ -74,18 +110,53 @@ def demands_reasoning(norm: str) -> bool:
 _COT = re.compile("|".join(re.escape(p) for p in COT_PHRASES))
 #: every phrase holds one of these: text that holds none of them holds no phrase, and most prompts are ruled out
 #: by these substring tests alone, several times faster than the search (a test checks the cover)
-COT_PROBES: tuple[str, ...] = ("step", "reason", "think", "thought", "work", "derivation", "intermediate",
-                               "principles", "verify", "walk")
+COT_PROBES: tuple[str, ...] = (
+    "step",
+    "reason",
+    "think",
+    "thought",
+    "work",
+    "derivation",
+    "intermediate",
+    "principles",
+    "verify",
+    "walk",
+)
 
 
 #: the feature vector, in order; :data:`DESCRIPTIONS` says each in words
 FEATURES: tuple[str, ...] = (
-    "log_requests", "log_rate_per_hour", "log_prompt_tokens", "log_completion_tokens", "completion_ratio",
-    "gap_cv", "log_gap_median", "burst_share", "mean_turns", "single_turn_share",
-    "template_top_share", "template_distinct_ratio", "template_reuse", "word_diversity", "cot_share",
-    "system_share", "system_distinct_ratio", "hour_entropy", "active_hours", "log_demand", "long_demand_share",
-    "demand_given_share", "models", "fresh_model_share", "log_switches", "error_share", "prompt_len_cv",
-    "emb_spread", "emb_coverage", "log_accounts", "top_account_share",
+    "log_requests",
+    "log_rate_per_hour",
+    "log_prompt_tokens",
+    "log_completion_tokens",
+    "completion_ratio",
+    "gap_cv",
+    "log_gap_median",
+    "burst_share",
+    "mean_turns",
+    "single_turn_share",
+    "template_top_share",
+    "template_distinct_ratio",
+    "template_reuse",
+    "word_diversity",
+    "cot_share",
+    "system_share",
+    "system_distinct_ratio",
+    "hour_entropy",
+    "active_hours",
+    "log_demand",
+    "long_demand_share",
+    "demand_given_share",
+    "models",
+    "fresh_model_share",
+    "log_switches",
+    "error_share",
+    "prompt_len_cv",
+    "emb_spread",
+    "emb_coverage",
+    "log_accounts",
+    "top_account_share",
 )
 DESCRIPTIONS: dict[str, str] = {
     "log_requests": "total requests",
@@ -295,9 +366,25 @@ class Encoder:
         if not isinstance(mt, int) or mt < 0:
             mt = -1
         hour = int((ts % 86400) // 3600) if math.isfinite(ts) else 0
-        atom = Atom(t, max(0, int(event.prompt_tokens)), max(0, int(event.completion_tokens)), mt,
-                    max(0, int(event.turns)), tid, seen, system, cot, hour, model, fresh, switch,
-                    200 <= int(event.status) < 300, len(prompt), words, acct.account_id)
+        atom = Atom(
+            t,
+            max(0, int(event.prompt_tokens)),
+            max(0, int(event.completion_tokens)),
+            mt,
+            max(0, int(event.turns)),
+            tid,
+            seen,
+            system,
+            cot,
+            hour,
+            model,
+            fresh,
+            switch,
+            200 <= int(event.status) < 300,
+            len(prompt),
+            words,
+            acct.account_id,
+        )
         if not n:
             acct.first_t = t
         acct.n = n + 1
@@ -361,8 +448,7 @@ def _cv(values: Sequence[float]) -> float | None:
     return math.sqrt(math.fsum([(v - mean) * (v - mean) for v in values]) / k) / mean
 
 
-def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np.ndarray] | None = None
-                    ) -> np.ndarray:
+def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """The feature vector :data:`FEATURES` of one window of atoms (any order; sorted by time here).
 
     Plain Python over the window's columns: for a couple of hundred values, numpy's per-call cost is most of the
@@ -378,8 +464,25 @@ def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np
         return np.zeros(len(FEATURES))
     x = [math.nan] * len(FEATURES)
     # one pass over the atoms, then columns (the window is scored often: this is on the hot path)
-    (t, pt, ct, mt, turns, templates, seen, systems_all, cots, hours_all, models, fresh, switches, oks, chars,
-     words, accounts) = zip(*sorted(atoms, key=_T), strict=True)  # Atom's fields, in order
+    (
+        t,
+        pt,
+        ct,
+        mt,
+        turns,
+        templates,
+        seen,
+        systems_all,
+        cots,
+        hours_all,
+        models,
+        fresh,
+        switches,
+        oks,
+        chars,
+        words,
+        accounts,
+    ) = zip(*sorted(atoms, key=_T), strict=True)  # Atom's fields, in order
     span_h = max(float(t[-1] - t[0]), 60.0) / 3600.0
     gaps = [b - a for a, b in pairwise(t)]
     x[_I_REQUESTS] = math.log1p(n_total)
@@ -425,10 +528,39 @@ def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np
     return np.array(x, dtype=float)
 
 
-(_I_REQUESTS, _I_RATE, _I_PROMPT, _I_COMPLETION, _I_RATIO, _I_GAP_CV, _I_GAP_MEDIAN, _I_BURST, _I_TURNS, _I_SINGLE,
- _I_TEMPLATE_TOP, _I_TEMPLATE_DISTINCT, _I_REUSE, _I_WORDS, _I_COT, _I_SYSTEM, _I_SYSTEM_DISTINCT, _I_HOUR_ENTROPY,
- _I_ACTIVE_HOURS, _I_DEMAND, _I_LONG, _I_GIVEN, _I_MODELS, _I_FRESH, _I_SWITCHES, _I_ERRORS, _I_LEN_CV,
- _I_EMB_SPREAD, _I_EMB_COVERAGE, _I_ACCOUNTS, _I_TOP_ACCOUNT) = range(len(FEATURES))
+(
+    _I_REQUESTS,
+    _I_RATE,
+    _I_PROMPT,
+    _I_COMPLETION,
+    _I_RATIO,
+    _I_GAP_CV,
+    _I_GAP_MEDIAN,
+    _I_BURST,
+    _I_TURNS,
+    _I_SINGLE,
+    _I_TEMPLATE_TOP,
+    _I_TEMPLATE_DISTINCT,
+    _I_REUSE,
+    _I_WORDS,
+    _I_COT,
+    _I_SYSTEM,
+    _I_SYSTEM_DISTINCT,
+    _I_HOUR_ENTROPY,
+    _I_ACTIVE_HOURS,
+    _I_DEMAND,
+    _I_LONG,
+    _I_GIVEN,
+    _I_MODELS,
+    _I_FRESH,
+    _I_SWITCHES,
+    _I_ERRORS,
+    _I_LEN_CV,
+    _I_EMB_SPREAD,
+    _I_EMB_COVERAGE,
+    _I_ACCOUNTS,
+    _I_TOP_ACCOUNT,
+) = range(len(FEATURES))
 
 
 class FeatureTracker:
@@ -466,8 +598,9 @@ class FeatureTracker:
         return window_features(acct.window, acct.n, acct.embeddings if with_embeddings else None)
 
 
-def batch_features(events: Iterable[ExchangeEvent], releases: Mapping[str, float] | None = None
-                   ) -> dict[str, np.ndarray]:
+def batch_features(
+    events: Iterable[ExchangeEvent], releases: Mapping[str, float] | None = None
+) -> dict[str, np.ndarray]:
     """Every account's feature vector after all of ``events`` (in the order given), computed in one pass.
 
     The windows are cut from each account's full history at the end rather than maintained one event at a

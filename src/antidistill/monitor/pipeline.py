@@ -89,8 +89,16 @@ class Monitor:
         (True, True)
     """
 
-    def __init__(self, scorer: Scorer, *, embedder: Any = None, releases: Mapping[str, Any] | None = None,
-                 batch_size: int = 256, flush_s: float = 600.0, recorder: Any = None) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        embedder: Any = None,
+        releases: Mapping[str, Any] | None = None,
+        batch_size: int = 256,
+        flush_s: float = 600.0,
+        recorder: Any = None,
+    ) -> None:
         rel = {m: (t.timestamp() if isinstance(t, datetime) else float(t)) for m, t in (releases or {}).items()}
         self.scorer = scorer
         self.embedder = embedder
@@ -124,11 +132,11 @@ class Monitor:
 
         path = monitor_dir(settings) / MODEL_FILE
         if not path.is_file():
-            log.warning("no trained monitor model at %s; running on rules only (run `antidistill monitor train`)",
-                        path)
+            log.warning("no trained monitor model at %s; running on rules only (run `antidistill monitor train`)", path)
             if embeddings:
-                raise ConfigError("embeddings need a trained monitor model; run `antidistill monitor train "
-                                  "--embeddings`")
+                raise ConfigError(
+                    "embeddings need a trained monitor model; run `antidistill monitor train --embeddings`"
+                )
             return cls(Scorer.rules_only(), **kwargs)
 
         try:
@@ -188,8 +196,10 @@ class Monitor:
             # link a new account early (its own score waits for its first checkpoint), and an account as soon as a
             # template becomes a habit of it (a hydra member may never reach its next checkpoint)
             self._link(acct)
-        if len(self._due_accounts) + len(self._due_clusters) >= self.batch_size \
-                or self._now - self._last_flush >= self.flush_s:
+        if (
+            len(self._due_accounts) + len(self._due_clusters) >= self.batch_size
+            or self._now - self._last_flush >= self.flush_s
+        ):
             return self.flush()
         return []
 
@@ -217,14 +227,14 @@ class Monitor:
         if self.recorder is not None:
             for a, x in zip(due_a, rows, strict=False):
                 self.recorder("account", a, (a,), x)
-            for c, x in zip(clusters, rows[len(due_a):], strict=True):
+            for c, x in zip(clusters, rows[len(due_a) :], strict=True):
                 self.recorder("cluster", c.id, tuple(c.members), x)
         scores = self.scorer.score(np.vstack(rows), sizes)
         touched: dict[str, None] = {}
-        for aid, s in zip(due_a, scores[:len(due_a)], strict=True):
+        for aid, s in zip(due_a, scores[: len(due_a)], strict=True):
             self.own[aid] = (s, accounts[aid].n, accounts[aid].last_t)
             touched[aid] = None
-        for c, s in zip(clusters, scores[len(due_a):], strict=True):
+        for c, s in zip(clusters, scores[len(due_a) :], strict=True):
             s.reasons = self._cluster_reasons(c, s)
             self.cluster_scores[c.id] = (s, len(c.members))
             touched.update(dict.fromkeys(c.members))
@@ -251,8 +261,7 @@ class Monitor:
         for root in self.linker.register(acct.account_id, attrs, self.tracker.accounts):
             self._due_clusters[root] = None
 
-    def _features(self, window: Any, n: int, acct: AccountState | None, cluster: Cluster | None = None
-                  ) -> np.ndarray:
+    def _features(self, window: Any, n: int, acct: AccountState | None, cluster: Cluster | None = None) -> np.ndarray:
         embs = None
         if self.embedder is not None:
             if acct is not None:
@@ -298,8 +307,17 @@ class Monitor:
         reasons = list(best.reasons)
         if best is not (own[0] if own else None) and own is not None:
             reasons += [r for r in own[0].reasons if r not in reasons]
-        return Assessment(account_id=aid, cluster_id=cid, risk=best.risk, level=best.level,
-                          reasons=tuple(reasons[:5]), at=at, scores=scores, cluster_size=size, requests=acct.n)
+        return Assessment(
+            account_id=aid,
+            cluster_id=cid,
+            risk=best.risk,
+            level=best.level,
+            reasons=tuple(reasons[:5]),
+            at=at,
+            scores=scores,
+            cluster_size=size,
+            requests=acct.n,
+        )
 
     # ---- current judgements ---------------------------------------------------------------------------------
     def assess(self, account_id: str) -> Assessment:
@@ -331,17 +349,22 @@ class Monitor:
         return self.levels.get(account_id, LEVELS[0])
 
 
-def _fallback_event(record: AuditRecord | Mapping[str, Any], meta: Mapping[str, Any] | None,
-                    last_ts: datetime | None) -> ExchangeEvent:
+def _fallback_event(
+    record: AuditRecord | Mapping[str, Any], meta: Mapping[str, Any] | None, last_ts: datetime | None
+) -> ExchangeEvent:
     """An event for a record :meth:`ExchangeEvent.from_record` cannot read (kept, not dropped)."""
     rec = record if isinstance(record, dict) else {}
-    return ExchangeEvent(account_id=str(rec.get("account_id", "")), ts=last_ts or datetime.now(UTC),
-                         status=int(rec.get("status") or 0) if str(rec.get("status") or "0").isdigit() else 0,
-                         account_metadata=dict(meta or {}))
+    return ExchangeEvent(
+        account_id=str(rec.get("account_id", "")),
+        ts=last_ts or datetime.now(UTC),
+        status=int(rec.get("status") or 0) if str(rec.get("status") or "0").isdigit() else 0,
+        account_metadata=dict(meta or {}),
+    )
 
 
-def scan_records(records: Iterable[AuditRecord | Mapping[str, Any]], accounts: Mapping[str, Mapping[str, Any]],
-                 monitor: Monitor) -> list[Assessment]:
+def scan_records(
+    records: Iterable[AuditRecord | Mapping[str, Any]], accounts: Mapping[str, Mapping[str, Any]], monitor: Monitor
+) -> list[Assessment]:
     """Replay audit records through ``monitor``; every level change, in event-time order.
 
     Args:

@@ -130,11 +130,22 @@ class Decision:
     def status(self) -> int:
         return ACTION_STATUS[self.action]
 
-    def enforcement(self, account_id: str, since: datetime, reason: str, alert_id: str | None = None,
-                    set_by: str = "monitor") -> Enforcement:
-        return Enforcement(account_id=account_id, action=self.action, level=self.level, clause=self.clause.id,
-                           since=since, until=self.until, rpm=self.rpm, tpm=self.tpm, reason=reason,
-                           set_by=set_by, alert_id=alert_id)
+    def enforcement(
+        self, account_id: str, since: datetime, reason: str, alert_id: str | None = None, set_by: str = "monitor"
+    ) -> Enforcement:
+        return Enforcement(
+            account_id=account_id,
+            action=self.action,
+            level=self.level,
+            clause=self.clause.id,
+            since=since,
+            until=self.until,
+            rpm=self.rpm,
+            tpm=self.tpm,
+            reason=reason,
+            set_by=set_by,
+            alert_id=alert_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -227,8 +238,9 @@ class Policy:
         if not isinstance(raw_rules, list) or not raw_rules:
             raise InputError("rules must be a non-empty list")
         rules = tuple(_rule(i, r, clauses, t_rpm, t_tpm) for i, r in enumerate(raw_rules))
-        return cls(name=name.strip(), clauses=clauses, rules=rules, throttle_rpm=t_rpm, throttle_tpm=t_tpm,
-                   source=source)
+        return cls(
+            name=name.strip(), clauses=clauses, rules=rules, throttle_rpm=t_rpm, throttle_tpm=t_tpm, source=source
+        )
 
     # ---- deciding -----------------------------------------------------------------------------------
     def decide(self, assessment: Assessment, now: datetime | None = None) -> Decision | None:
@@ -245,16 +257,26 @@ class Policy:
         rpm = tpm = None
         if best.action == "throttle":
             rpm, tpm = best.rpm, best.tpm
-        return Decision(action=best.action, level=assessment.level, clause=self.clauses[best.clause], rule=best,
-                        rpm=rpm, tpm=tpm, until=until)
+        return Decision(
+            action=best.action,
+            level=assessment.level,
+            clause=self.clauses[best.clause],
+            rule=best,
+            rpm=rpm,
+            tpm=tpm,
+            until=until,
+        )
 
     def clause(self, clause_id: str | None) -> Clause | None:
         return self.clauses.get(clause_id) if clause_id is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source,
-                "clauses": [{"id": c.id, "title": c.title, "text": c.text} for c in self.clauses.values()],
-                "rules": [{k: v for k, v in r.__dict__.items() if v is not None} for r in self.rules]}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "clauses": [{"id": c.id, "title": c.title, "text": c.text} for c in self.clauses.values()],
+            "rules": [{k: v for k, v in r.__dict__.items() if v is not None} for r in self.rules],
+        }
 
 
 def escalates(current: Enforcement | None, decision: Decision, now: datetime) -> bool:
@@ -356,8 +378,17 @@ def _rule(i: int, r: Any, clauses: dict[str, Clause], t_rpm: int | None, t_tpm: 
         if rpm is None and tpm is None:
             raise InputError(f"{where}: a throttle needs rpm or tpm (here or in the policy's throttle section)")
     duration = r.get("duration")
-    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float)
-                                 or not 0 < duration <= 10 * 365 * 86400):
+    if duration is not None and (
+        isinstance(duration, bool) or not isinstance(duration, int | float) or not 0 < duration <= 10 * 365 * 86400
+    ):
         raise InputError(f"{where}.duration must be a positive number of seconds, got {duration!r}")
-    return Rule(level=level, action=action, clause=clause, scope=scope, min_cluster_size=size, rpm=rpm, tpm=tpm,
-                duration_s=float(duration) if duration is not None else None)
+    return Rule(
+        level=level,
+        action=action,
+        clause=clause,
+        scope=scope,
+        min_cluster_size=size,
+        rpm=rpm,
+        tpm=tpm,
+        duration_s=float(duration) if duration is not None else None,
+    )

@@ -53,7 +53,6 @@ def _one_thread() -> Any:
     monitor from one worker thread anyway)."""
     global _CONTROLLER
     if _CONTROLLER is None:
-
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER.limit(limits=1, user_api="openmp")
 
@@ -96,9 +95,18 @@ class FlatForest:
         start: the value the per-tree contributions are added to.
     """
 
-    def __init__(self, feature: np.ndarray, threshold: np.ndarray, left: np.ndarray, right: np.ndarray,
-                 nan_left: np.ndarray | None, value: np.ndarray, roots: np.ndarray, depth: int,
-                 start: float = 0.0) -> None:
+    def __init__(
+        self,
+        feature: np.ndarray,
+        threshold: np.ndarray,
+        left: np.ndarray,
+        right: np.ndarray,
+        nan_left: np.ndarray | None,
+        value: np.ndarray,
+        roots: np.ndarray,
+        depth: int,
+        start: float = 0.0,
+    ) -> None:
         self.feature, self.threshold, self.left, self.right = feature, threshold, left, right
         self.nan_left, self.value, self.roots, self.depth, self.start = nan_left, value, roots, depth, start
         self.norm = 1.0  # what :func:`isolation_scores` divides the summed path lengths by
@@ -152,8 +160,17 @@ class FlatForest:
             depth = max(depth, int(nd["depth"].max()))
             off += k
         cat = {k: np.concatenate(v) for k, v in parts.items()}
-        return cls(cat["f"], cat["t"], cat["l"], cat["r"], cat["m"], cat["v"], np.asarray(roots, dtype=np.intp),
-                   depth, baseline)
+        return cls(
+            cat["f"],
+            cat["t"],
+            cat["l"],
+            cat["r"],
+            cat["m"],
+            cat["v"],
+            np.asarray(roots, dtype=np.intp),
+            depth,
+            baseline,
+        )
 
     @classmethod
     def of_isolation_forest(cls, iso: Any) -> FlatForest | None:
@@ -220,12 +237,15 @@ def rules(x: np.ndarray, cluster_size: int = 1) -> list[tuple[float, str]]:
         s = 0.45 * _ramp(f["template_top_share"], 0.5, 0.95)
         out.append((s, f"{f['template_top_share']:.0%} of requests use one prompt template"))
         s = 0.6 * _ramp(f["cot_share"], 0.3, 0.85)
-        out.append((s, f"{f['cot_share']:.0%} of requests demand step-by-step reasoning or the full chain of "
-                       "thought"))
+        out.append((s, f"{f['cot_share']:.0%} of requests demand step-by-step reasoning or the full chain of thought"))
         s = 0.35 * _ramp(f["long_demand_share"], 0.3, 0.9)
         out.append((s, f"{f['long_demand_share']:.0%} of requests demand answers of {LONG_DEMAND}+ tokens"))
-        s = 0.4 * _ramp(f["template_top_share"], 0.3, 0.8) * _ramp(f["word_diversity"], 0.35, 0.7) \
+        s = (
+            0.4
+            * _ramp(f["template_top_share"], 0.3, 0.8)
+            * _ramp(f["word_diversity"], 0.35, 0.7)
             * _ramp(f["single_turn_share"], 0.8, 1.0)
+        )
         out.append((s, "one template swept across many distinct topics (systematic coverage)"))
     if n >= 50:
         s = 0.35 * _ramp(0.6 - f["gap_cv"], 0.0, 0.45)
@@ -234,8 +254,7 @@ def rules(x: np.ndarray, cluster_size: int = 1) -> list[tuple[float, str]]:
         out.append((s, "active around the clock with no daily rhythm"))
     if n >= 20 and f["log_switches"] > 0:
         s = 0.4 * _ramp(f["fresh_model_share"], 0.3, 0.8)
-        out.append((s, f"moved {f['fresh_model_share']:.0%} of its traffic to a model within a day of its "
-                       "release"))
+        out.append((s, f"moved {f['fresh_model_share']:.0%} of its traffic to a model within a day of its release"))
     return sorted(((s, r) for s, r in out if s > 0.01), key=lambda sr: -sr[0])
 
 
@@ -256,9 +275,14 @@ def level_of(risk: float, thresholds: Mapping[str, float]) -> str:
     return level
 
 
-def calibrate(benign_max_risk: Sequence[float], targets: Mapping[str, float] = TARGET_FPR,
-              floor: float = 0.2, above_all: Sequence[str] = ("alert",), margin: float = 0.02,
-              ceiling_risks: Sequence[float] | None = None) -> dict[str, float]:
+def calibrate(
+    benign_max_risk: Sequence[float],
+    targets: Mapping[str, float] = TARGET_FPR,
+    floor: float = 0.2,
+    above_all: Sequence[str] = ("alert",),
+    margin: float = 0.02,
+    ceiling_risks: Sequence[float] | None = None,
+) -> dict[str, float]:
     """Thresholds so that at most ``targets[level]`` of the benign accounts reach each level.
 
     Args:
@@ -337,10 +361,17 @@ class Scorer:
         (True, True)
     """
 
-    def __init__(self, thresholds: Mapping[str, float], supervised: Any = None, anomaly: Any = None,
-                 anomaly_cdf: np.ndarray | None = None, benign_median: np.ndarray | None = None,
-                 benign_scale: np.ndarray | None = None, embeddings: bool = False,
-                 manifest: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        thresholds: Mapping[str, float],
+        supervised: Any = None,
+        anomaly: Any = None,
+        anomaly_cdf: np.ndarray | None = None,
+        benign_median: np.ndarray | None = None,
+        benign_scale: np.ndarray | None = None,
+        embeddings: bool = False,
+        manifest: dict[str, Any] | None = None,
+    ) -> None:
         for level in LEVELS[1:]:
             if level not in thresholds:
                 raise InputError(f"thresholds must give a value for {level!r}")
@@ -359,8 +390,11 @@ class Scorer:
         model = self.supervised if which == "supervised" else self.anomaly
         cached = self._flat_cache.get(which)
         if cached is None or cached[0] is not model:
-            flat = (FlatForest.of_hist_gradient_boosting(model) if which == "supervised"
-                    else FlatForest.of_isolation_forest(model))
+            flat = (
+                FlatForest.of_hist_gradient_boosting(model)
+                if which == "supervised"
+                else FlatForest.of_isolation_forest(model)
+            )
             cached = self._flat_cache[which] = (model, flat)
         return cached[1]
 
@@ -390,8 +424,9 @@ class Scorer:
             X[:, INDEX["emb_coverage"]] = 0.0
         return X
 
-    def raw(self, X: np.ndarray, cluster_sizes: Sequence[int] | None = None
-            ) -> tuple[np.ndarray, list[dict[str, float]], list[list[tuple[float, str]]]]:
+    def raw(
+        self, X: np.ndarray, cluster_sizes: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, list[dict[str, float]], list[list[tuple[float, str]]]]:
         """Risks, parts and fired rules of a batch of feature vectors (no reasons beyond the rules)."""
         X = self._matrix(X)
         sizes = list(cluster_sizes) if cluster_sizes is not None else [1] * len(X)
@@ -399,8 +434,11 @@ class Scorer:
         r = np.array([rules_score(f) for f in fired])
         evidence = np.minimum(1.0, np.expm1(np.nan_to_num(X[:, INDEX["log_requests"]])) / MIN_EVIDENCE)
         if not self.trained:
-            return r * evidence, [{"rules": float(v), "evidence": float(e)} for v, e in zip(r, evidence,
-                                                                                            strict=True)], fired
+            return (
+                r * evidence,
+                [{"rules": float(v), "evidence": float(e)} for v, e in zip(r, evidence, strict=True)],
+                fired,
+            )
         sup = self._supervised_proba(X)
         if self.anomaly is not None and self.anomaly_cdf is not None and len(self.anomaly_cdf):
             a_raw = isolation_scores(self.anomaly, np.nan_to_num(X, nan=0.0), self._flat("anomaly"))
@@ -408,8 +446,10 @@ class Scorer:
         else:
             anom = np.zeros(len(X))
         risk = (WEIGHTS["supervised"] * sup + WEIGHTS["rules"] * r + WEIGHTS["anomaly"] * anom) * evidence
-        parts = [{"supervised": float(s), "rules": float(q), "anomaly": float(a), "evidence": float(e)}
-                 for s, q, a, e in zip(sup, r, anom, evidence, strict=True)]
+        parts = [
+            {"supervised": float(s), "rules": float(q), "anomaly": float(a), "evidence": float(e)}
+            for s, q, a, e in zip(sup, r, anom, evidence, strict=True)
+        ]
         return risk, parts, fired
 
     def score(self, X: np.ndarray, cluster_sizes: Sequence[int] | None = None, n_reasons: int = 4) -> list[Score]:
@@ -442,10 +482,18 @@ class Scorer:
 
     # ---- persistence -----------------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
-        return {"format": 1, "features": list(FEATURES), "thresholds": self.thresholds,
-                "supervised": self.supervised, "anomaly": self.anomaly, "anomaly_cdf": self.anomaly_cdf,
-                "benign_median": self.benign_median, "benign_scale": self.benign_scale,
-                "embeddings": self.embeddings, "manifest": self.manifest}
+        return {
+            "format": 1,
+            "features": list(FEATURES),
+            "thresholds": self.thresholds,
+            "supervised": self.supervised,
+            "anomaly": self.anomaly,
+            "anomaly_cdf": self.anomaly_cdf,
+            "benign_median": self.benign_median,
+            "benign_scale": self.benign_scale,
+            "embeddings": self.embeddings,
+            "manifest": self.manifest,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Scorer:
@@ -453,6 +501,13 @@ class Scorer:
             raise InputError(f"unknown monitor model format {state.get('format')!r}")
         if list(state.get("features", [])) != list(FEATURES):
             raise InputError("the monitor model was trained on other features; run `antidistill monitor train`")
-        return cls(state["thresholds"], state.get("supervised"), state.get("anomaly"), state.get("anomaly_cdf"),
-                   state.get("benign_median"), state.get("benign_scale"), bool(state.get("embeddings")),
-                   state.get("manifest"))
+        return cls(
+            state["thresholds"],
+            state.get("supervised"),
+            state.get("anomaly"),
+            state.get("anomaly_cdf"),
+            state.get("benign_median"),
+            state.get("benign_scale"),
+            bool(state.get("embeddings")),
+            state.get("manifest"),
+        )

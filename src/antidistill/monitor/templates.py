@@ -34,12 +34,47 @@ ROWS = NUM_PERM // BANDS
 SEED = 1
 
 # Latin look-alikes that NFKC leaves alone (Cyrillic, Greek); enough to defeat the usual evasion
-_CONFUSABLES = str.maketrans({
-    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
-    "А": "a", "В": "b", "Е": "e", "К": "k", "М": "m", "Н": "h", "О": "o", "Р": "p", "С": "c", "Т": "t",
-    "Х": "x", "α": "a", "ο": "o", "ν": "v", "ρ": "p", "τ": "t", "Α": "a", "Β": "b", "Ε": "e", "Ο": "o",
-    "Ρ": "p", "Τ": "t", "\u200b": "", "\u200c": "", "\u200d": "", "\ufeff": "", "\u00ad": "",
-})
+_CONFUSABLES = str.maketrans(
+    {
+        "а": "a",
+        "е": "e",
+        "о": "o",
+        "р": "p",
+        "с": "c",
+        "у": "y",
+        "х": "x",
+        "і": "i",
+        "ј": "j",
+        "ѕ": "s",
+        "А": "a",
+        "В": "b",
+        "Е": "e",
+        "К": "k",
+        "М": "m",
+        "Н": "h",
+        "О": "o",
+        "Р": "p",
+        "С": "c",
+        "Т": "t",
+        "Х": "x",
+        "α": "a",
+        "ο": "o",
+        "ν": "v",
+        "ρ": "p",
+        "τ": "t",
+        "Α": "a",
+        "Β": "b",
+        "Ε": "e",
+        "Ο": "o",
+        "Ρ": "p",
+        "Τ": "t",
+        "\u200b": "",
+        "\u200c": "",
+        "\u200d": "",
+        "\ufeff": "",
+        "\u00ad": "",
+    }
+)
 # variable parts, masked one kind at a time with plain replacements (a replacement callback costs several times
 # more); the cheap membership tests skip the patterns that cannot match
 _URL = re.compile(r"https?://\S+|www\.\S+")
@@ -54,12 +89,15 @@ ID_CHARS = 25
 
 #: prompts are cut to this many characters before normalising (a template shows in its first kB or two)
 MAX_CHARS = 1500
-_STOP = frozenset((  # noqa: SIM905 - a word list reads better as text
-    "the a an of to and in that it is was for on are as with be this from or by at not but what all were when "
-    "we there can your which their if do will each about how up out them then so these would other into has "
-    "more like than been its who now my did only way use may after just where most know get through back much "
-    "before good new our me too any same also please you i give write explain describe tell show list make "
-    "0 str url id email").split())
+_STOP = frozenset(
+    (  # noqa: SIM905 - a word list reads better as text
+        "the a an of to and in that it is was for on are as with be this from or by at not but what all were when "
+        "we there can your which their if do will each about how up out them then so these would other into has "
+        "more like than been its who now my did only way use may after just where most know get through back much "
+        "before good new our me too any same also please you i give write explain describe tell show list make "
+        "0 str url id email"
+    ).split()
+)
 
 
 def normalise(text: str) -> str:
@@ -218,7 +256,7 @@ class TemplateIndex:
         keys = self._keys.pop(norm, None)
         if keys is None:
             sig = self.hasher.signature(shingles(norm))
-            keys = [sig[i * ROWS:(i + 1) * ROWS].tobytes() for i in range(BANDS)]
+            keys = [sig[i * ROWS : (i + 1) * ROWS].tobytes() for i in range(BANDS)]
         found = [band[k] for band, k in zip(self._bands, keys, strict=True) if k in band]
         if found:
             tid = min(found)

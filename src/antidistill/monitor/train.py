@@ -48,15 +48,30 @@ CALIBRATION_SEEDS: tuple[int, ...] = (201, 202, 203)
 #: personas added to each *training* simulation beyond the scale's natural mix: the hard negatives (linked research
 #: teams, templated RAG apps, systematic evaluation harnesses) and the quiet attackers are a few accounts among
 #: hundreds, too few for the supervised model to learn their edges from; calibration keeps the natural mix
-TRAIN_EXTRA: dict[str, int] = {"research_team": 3, "eval_harness": 2, "rag_app": 2, "coding_product": 1,
-                               "stealthy_harvester": 6, "bulk_harvester": 1, "cot_extractor": 1,
-                               "coverage_sweeper": 1, "release_pivot": 1}
+TRAIN_EXTRA: dict[str, int] = {
+    "research_team": 3,
+    "eval_harness": 2,
+    "rag_app": 2,
+    "coding_product": 1,
+    "stealthy_harvester": 6,
+    "bulk_harvester": 1,
+    "cot_extractor": 1,
+    "coverage_sweeper": 1,
+    "release_pivot": 1,
+}
 #: features whose direction is known (+1: more of it never makes an account look less like a harvester; -1: the
 #: reverse): the supervised model is held to it, so that held-out traffic outside the training ranges (slower
 #: pacing, other templates) cannot land in a region where more harvesting reads as less risk
 MONOTONE: dict[str, int] = {
-    "log_rate_per_hour": 1, "template_top_share": 1, "template_reuse": 1, "cot_share": 1, "long_demand_share": 1,
-    "single_turn_share": 1, "fresh_model_share": 1, "completion_ratio": 1, "mean_turns": -1,
+    "log_rate_per_hour": 1,
+    "template_top_share": 1,
+    "template_reuse": 1,
+    "cot_share": 1,
+    "long_demand_share": 1,
+    "single_turn_share": 1,
+    "fresh_model_share": 1,
+    "completion_ratio": 1,
+    "mean_turns": -1,
 }
 #: the fake backend's word list length bounds (its completions are 8-40 words)
 _FAKE_MIN, _FAKE_MAX = 8, 40
@@ -85,8 +100,9 @@ def plan_events(plan: Any) -> Iterator[ExchangeEvent]:
     for r in plan.requests:
         system, user = "", ""
         if r.messages is not None:
-            system = "\n".join(str(m.get("content") or "") for m in r.messages
-                               if m.get("role") in ("system", "developer"))
+            system = "\n".join(
+                str(m.get("content") or "") for m in r.messages if m.get("role") in ("system", "developer")
+            )
             users = [m.get("content") for m in r.messages if m.get("role") == "user"]
             user = users[-1] if users and isinstance(users[-1], str) else ""
             turns = len(r.messages)
@@ -94,11 +110,21 @@ def plan_events(plan: Any) -> Iterator[ExchangeEvent]:
             user, turns = r.prompt or "", 1
         text = _render(r.messages, r.prompt)
         yield ExchangeEvent(
-            account_id=r.account, ts=datetime.fromtimestamp(r.t, UTC),
-            endpoint="/v1/chat/completions" if r.endpoint == "chat" else "/v1/completions", model=r.model,
-            system=system, prompt=user, turns=turns, max_tokens=r.max_tokens, prompt_tokens=len(text.split()),
-            completion_tokens=fake_completion_tokens(text, r.max_tokens, r.account), client_addr=r.client_addr,
-            user_agent=r.user_agent, status=200, account_metadata=meta[r.account])
+            account_id=r.account,
+            ts=datetime.fromtimestamp(r.t, UTC),
+            endpoint="/v1/chat/completions" if r.endpoint == "chat" else "/v1/completions",
+            model=r.model,
+            system=system,
+            prompt=user,
+            turns=turns,
+            max_tokens=r.max_tokens,
+            prompt_tokens=len(text.split()),
+            completion_tokens=fake_completion_tokens(text, r.max_tokens, r.account),
+            client_addr=r.client_addr,
+            user_agent=r.user_agent,
+            status=200,
+            account_metadata=meta[r.account],
+        )
 
 
 def releases_of(plan: Any) -> dict[str, float]:
@@ -165,8 +191,15 @@ def fit_models(rows: Rows, *, embeddings: bool = False, seed: int = 0) -> dict[s
     # benign and attacker rows weigh the same in total, so the rare attacker kinds are not drowned out
     w = np.where(y == 1, 0.5 / max(1, int(y.sum())), 0.5 / max(1, int((y == 0).sum()))) * len(y)
     cst = [MONOTONE.get(f, 0) for f in FEATURES]
-    hgb = HistGradientBoostingClassifier(max_iter=120, learning_rate=0.08, max_leaf_nodes=15, min_samples_leaf=20,
-                                         l2_regularization=1.0, random_state=seed, monotonic_cst=cst)
+    hgb = HistGradientBoostingClassifier(
+        max_iter=120,
+        learning_rate=0.08,
+        max_leaf_nodes=15,
+        min_samples_leaf=20,
+        l2_regularization=1.0,
+        random_state=seed,
+        monotonic_cst=cst,
+    )
     hgb.fit(X, y, sample_weight=w)
     med = np.nanmedian(benign, axis=0)
     q75, q25 = np.nanpercentile(benign, 75, axis=0), np.nanpercentile(benign, 25, axis=0)
@@ -177,8 +210,9 @@ def fit_models(rows: Rows, *, embeddings: bool = False, seed: int = 0) -> dict[s
     return {"supervised": hgb, "anomaly": iso, "anomaly_cdf": cdf, "benign_median": med, "benign_scale": scale}
 
 
-def benign_max_risks(plan: Any, scorer: Scorer, embedder: Any = None
-                     ) -> tuple[list[float], list[float], dict[str, Any]]:
+def benign_max_risks(
+    plan: Any, scorer: Scorer, embedder: Any = None
+) -> tuple[list[float], list[float], dict[str, Any]]:
     """Replay a plan with ``scorer``: every benign account's highest effective risk (0 if never scored); the same
     for the benign accounts that did not end in a cluster of mostly attackers (the ceiling of
     :func:`~antidistill.monitor.score.calibrate`); and a per-persona summary of the highest risks (for the
@@ -199,7 +233,14 @@ def benign_max_risks(plan: Any, scorer: Scorer, embedder: Any = None
     per: dict[str, list[float]] = {}
     for a in plan.accounts:
         per.setdefault(a.persona, []).append(mon.max_risk.get(a.key, 0.0))
-    summary: dict[str, Any] = {p: {"accounts": len(v), "median": round(float(np.median(v)), 4),
-                                   "min": round(min(v), 4), "max": round(max(v), 4)} for p, v in per.items()}
+    summary: dict[str, Any] = {
+        p: {
+            "accounts": len(v),
+            "median": round(float(np.median(v)), 4),
+            "min": round(min(v), 4),
+            "max": round(max(v), 4),
+        }
+        for p, v in per.items()
+    }
     summary["linked_to_attackers"] = len(benign) - len(ceiling)
     return benign, ceiling, summary

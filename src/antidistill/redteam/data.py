@@ -139,13 +139,13 @@ def watermarked_count(share: float, n: int) -> int:
     exact = share * n
     k = round(exact)
     if not math.isclose(exact, k, rel_tol=0.0, abs_tol=1e-6):
-        raise InputError(f"share {share} of n={n} is {exact:g} examples, not a whole number; "
-                         "choose n so that share * n is one")
+        raise InputError(
+            f"share {share} of n={n} is {exact:g} examples, not a whole number; choose n so that share * n is one"
+        )
     return k
 
 
-def mix(watermarked: Sequence[Pair], unwatermarked: Sequence[Pair], share: float, n: int,
-        seed: int = 0) -> list[Pair]:
+def mix(watermarked: Sequence[Pair], unwatermarked: Sequence[Pair], share: float, n: int, seed: int = 0) -> list[Pair]:
     """A training set of ``n`` pairs of which exactly ``share`` come from ``watermarked``.
 
     Examples are drawn without replacement from each source (seeded), tagged ``watermarked=True/False`` and
@@ -162,8 +162,9 @@ def mix(watermarked: Sequence[Pair], unwatermarked: Sequence[Pair], share: float
     if k > len(watermarked):
         raise InputError(f"share {share} of n={n} needs {k} watermarked examples, only {len(watermarked)} given")
     if n - k > len(unwatermarked):
-        raise InputError(f"share {share} of n={n} needs {n - k} unwatermarked examples, "
-                         f"only {len(unwatermarked)} given")
+        raise InputError(
+            f"share {share} of n={n} needs {n - k} unwatermarked examples, only {len(unwatermarked)} given"
+        )
     overlap = {p.prompt for p in watermarked} & {p.prompt for p in unwatermarked}
     if overlap:
         raise InputError(f"{len(overlap)} prompts appear in both sources, e.g. {next(iter(overlap))[:60]!r}")

@@ -34,16 +34,66 @@ log = logging.getLogger(__name__)
 
 # ---- prompts ------------------------------------------------------------------------------------------------
 TOPICS = (
-    "volcanoes", "the immune system", "compound interest", "black holes", "photosynthesis", "the French Revolution",
-    "machine learning", "coffee brewing", "honeybees", "the stock market", "climate change", "the Roman Empire",
-    "electric cars", "sleep", "the internet", "chess", "ocean tides", "vaccines", "jazz music", "bread baking",
-    "renewable energy", "the human brain", "earthquakes", "cryptocurrency", "meditation", "the Moon landing",
-    "antibiotics", "recycling", "the printing press", "rainforests", "public libraries", "bicycles",
-    "solar panels", "supply and demand", "the water cycle", "dinosaurs", "password security", "gardening",
-    "the Olympic Games", "nuclear power", "friendship", "time management", "ancient Egypt", "plate tectonics",
-    "inflation", "remote work", "marathon training", "quantum computing", "the Silk Road", "coral reefs",
-    "video games", "urban planning", "migratory birds", "the periodic table", "social media", "origami",
-    "public speaking", "glaciers", "small businesses", "the violin",
+    "volcanoes",
+    "the immune system",
+    "compound interest",
+    "black holes",
+    "photosynthesis",
+    "the French Revolution",
+    "machine learning",
+    "coffee brewing",
+    "honeybees",
+    "the stock market",
+    "climate change",
+    "the Roman Empire",
+    "electric cars",
+    "sleep",
+    "the internet",
+    "chess",
+    "ocean tides",
+    "vaccines",
+    "jazz music",
+    "bread baking",
+    "renewable energy",
+    "the human brain",
+    "earthquakes",
+    "cryptocurrency",
+    "meditation",
+    "the Moon landing",
+    "antibiotics",
+    "recycling",
+    "the printing press",
+    "rainforests",
+    "public libraries",
+    "bicycles",
+    "solar panels",
+    "supply and demand",
+    "the water cycle",
+    "dinosaurs",
+    "password security",
+    "gardening",
+    "the Olympic Games",
+    "nuclear power",
+    "friendship",
+    "time management",
+    "ancient Egypt",
+    "plate tectonics",
+    "inflation",
+    "remote work",
+    "marathon training",
+    "quantum computing",
+    "the Silk Road",
+    "coral reefs",
+    "video games",
+    "urban planning",
+    "migratory birds",
+    "the periodic table",
+    "social media",
+    "origami",
+    "public speaking",
+    "glaciers",
+    "small businesses",
+    "the violin",
 )
 TASKS = (
     "Explain {t} to a beginner.",
@@ -136,8 +186,7 @@ def done_prompts(path: Path) -> set[str]:
     raw = path.read_bytes()
     if raw and not raw.endswith(b"\n"):
         cut = raw.rfind(b"\n") + 1
-        log.warning("%s: removing an incomplete last line (%d bytes) left by an interrupted run", path,
-                    len(raw) - cut)
+        log.warning("%s: removing an incomplete last line (%d bytes) left by an interrupted run", path, len(raw) - cut)
         with open(path, "r+b") as f:
             f.truncate(cut)
             f.flush()
@@ -229,9 +278,18 @@ class Harvester:
         >>> h.run(generate_prompts(100), Path("pairs.jsonl"), concurrency=4)  # doctest: +SKIP
     """
 
-    def __init__(self, base_url: str, api_key: str, model: str | None = None, max_tokens: int = 128,
-                 temperature: float = 0.7, max_retries: int = 6, max_wait: float = 60.0, timeout: float = 300.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        model: str | None = None,
+        max_tokens: int = 128,
+        temperature: float = 0.7,
+        max_retries: int = 6,
+        max_wait: float = 60.0,
+        timeout: float = 300.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
 
         if max_tokens < 1:
             raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -302,18 +360,35 @@ class Harvester:
     def ask(self, prompt: str) -> dict[str, Any]:
         """One prompt → one record (the JSONL line as a dict)."""
         model = self.resolve_model()
-        r = self._call(lambda: self.client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=self.max_tokens,
-            temperature=self.temperature))
+        r = self._call(
+            lambda: self.client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+            )
+        )
         choice = r.choices[0]
         usage = r.usage.model_dump() if r.usage is not None else None
         if usage is not None:
             usage = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage}
-        return {"prompt": prompt, "response": choice.message.content or "", "model": r.model,
-                "response_id": r.id, "usage": usage, "finish_reason": choice.finish_reason}
+        return {
+            "prompt": prompt,
+            "response": choice.message.content or "",
+            "model": r.model,
+            "response_id": r.id,
+            "usage": usage,
+            "finish_reason": choice.finish_reason,
+        }
 
-    def run(self, prompts: Iterable[str], out: str | os.PathLike, concurrency: int = 4, batch_size: int = 16,  # noqa: C901
-            on_progress: Callable[[int, int], None] | None = None) -> HarvestResult:
+    def run(  # noqa: C901
+        self,
+        prompts: Iterable[str],
+        out: str | os.PathLike,
+        concurrency: int = 4,
+        batch_size: int = 16,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> HarvestResult:
         """Answer every prompt not yet in ``out`` and append the records to it.
 
         Args:
@@ -365,8 +440,7 @@ class Harvester:
                             rec = fut.result()
                         except _Fatal as exc:
                             raise InputError(str(exc)) from None
-                        except (openai.RateLimitError, openai.InternalServerError,
-                                openai.APIConnectionError) as exc:
+                        except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
                             failed += 1
                             log.warning("gave up on a prompt after %d retries: %s", self.max_retries, _message(exc))
                             continue
@@ -383,8 +457,17 @@ class Harvester:
                 for fut in pending:
                     fut.cancel()
                 _sync(f)
-        return HarvestResult(path, len(unique), len(unique) - len(todo), written, failed, self._retries, tokens,
-                             time.perf_counter() - t0, self.model)
+        return HarvestResult(
+            path,
+            len(unique),
+            len(unique) - len(todo),
+            written,
+            failed,
+            self._retries,
+            tokens,
+            time.perf_counter() - t0,
+            self.model,
+        )
 
 
 def _sync(f: Any) -> None:
@@ -401,9 +484,19 @@ def _message(exc: Any) -> str:
     return str(getattr(exc, "message", None) or exc).splitlines()[0]
 
 
-def harvest(prompts: Sequence[str], out: str | os.PathLike, *, base_url: str, api_key: str,
-            model: str | None = None, max_tokens: int = 128, temperature: float = 0.7, concurrency: int = 4,
-            max_retries: int = 6, on_progress: Callable[[int, int], None] | None = None) -> HarvestResult:
+def harvest(
+    prompts: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    base_url: str,
+    api_key: str,
+    model: str | None = None,
+    max_tokens: int = 128,
+    temperature: float = 0.7,
+    concurrency: int = 4,
+    max_retries: int = 6,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> HarvestResult:
     """Harvest ``prompts`` from the API at ``base_url`` into the JSONL file ``out`` (see :class:`Harvester`)."""
     with Harvester(base_url, api_key, model, max_tokens, temperature, max_retries) as h:
         return h.run(prompts, out, concurrency=concurrency, on_progress=on_progress)

@@ -72,8 +72,9 @@ class Example:
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     """Token ids of a user prompt through the tokenizer's chat template, ready for the answer to follow."""
     if getattr(tokenizer, "chat_template", None):
-        out = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            tokenize=True)
+        out = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
         if isinstance(out, dict) or hasattr(out, "keys"):
             out = out["input_ids"]
         return list(out)
@@ -101,15 +102,19 @@ def encode_pair(tokenizer: Any, pair: Pair, max_len: int) -> Example | None:
 def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_len: int) -> list[Example]:
     examples = [e for e in (encode_pair(tokenizer, p, max_len) for p in pairs) if e is not None]
     if len(examples) < len(pairs):
-        log.info("%d of %d pairs did not fit in max_len=%d and were left out", len(pairs) - len(examples),
-                 len(pairs), max_len)
+        log.info(
+            "%d of %d pairs did not fit in max_len=%d and were left out",
+            len(pairs) - len(examples),
+            len(pairs),
+            max_len,
+        )
     return examples
 
 
 def length_batches(examples: Sequence[Example], batch_size: int) -> list[list[int]]:
     """Indices of ``examples`` in batches of similar length (sorted by length, then cut), to pad little."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> tuple[Any, Any, Any]:
@@ -173,8 +178,7 @@ def _masked_nll(model: Any, hidden: Any, labels: Any) -> tuple[Any, int]:
     return loss, int(keep.sum())
 
 
-def evaluate_loss(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_len: int = 256,
-                  batch_size: int = 8) -> float:
+def evaluate_loss(model: Any, tokenizer: Any, pairs: Sequence[Pair], max_len: int = 256, batch_size: int = 8) -> float:
     """Mean next-token NLL (nats per answer token) of the answers of ``pairs`` under ``model``.
 
     Lower is closer to the teacher: on held-out teacher answers, a student's drop in this loss is what it
@@ -243,8 +247,14 @@ def _apply_lora(model: Any, r: int, k: int | None) -> Any:
 
     n = len(_parts(model)[0].layers)
     layers = None if k is None else list(range(n - k, n))
-    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
-                        layers_to_transform=layers, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=2 * r,
+        lora_dropout=0.0,
+        target_modules=list(LORA_TARGETS),
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
@@ -308,7 +318,6 @@ def load_teacher(model_path: str | None = None, cache_dir: Path | None = None) -
     """``(model, tokenizer)`` of the teacher (the embedded model by default), in float32 on the CPU."""
 
     if cache_dir is None:
-
         cache_dir = get_settings().cache_dir
     source = resolve_model(model_path)
     tokenizer = load_tokenizer(source, cache_dir)
@@ -316,12 +325,27 @@ def load_teacher(model_path: str | None = None, cache_dir: Path | None = None) -
     return model, tokenizer
 
 
-def train_student(pairs: Sequence[Pair], method: str = DEFAULT_METHOD, *, model: Any = None, tokenizer: Any = None,  # noqa: C901
-                  base: str | None = None, epochs: float = 1.0, lr: float | None = None, max_len: int = 256,
-                  batch_size: int = 8, seed: int = 0, out_dir: str | Path | None = None, k: int | None = None,
-                  n_layers: int | None = None, lora_r: int = 16, heldout: Sequence[Pair] = (),
-                  max_seconds: float | None = None, warmup_steps: int = 2,
-                  on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
+def train_student(  # noqa: C901
+    pairs: Sequence[Pair],
+    method: str = DEFAULT_METHOD,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    base: str | None = None,
+    epochs: float = 1.0,
+    lr: float | None = None,
+    max_len: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    k: int | None = None,
+    n_layers: int | None = None,
+    lora_r: int = 16,
+    heldout: Sequence[Pair] = (),
+    max_seconds: float | None = None,
+    warmup_steps: int = 2,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
     """Distil a student from prompt/response pairs.
 
     Args:
@@ -372,8 +396,15 @@ def train_student(pairs: Sequence[Pair], method: str = DEFAULT_METHOD, *, model:
     k = (min(DEFAULT_K, n_blocks) if k is None else k) if method in ("last-k", "lora") else None
     if k is not None and not 1 <= k <= n_blocks:
         raise InputError(f"k must be in [1, {n_blocks}], got {k}")
-    params: dict[str, Any] = {"lr": lr, "epochs": epochs, "max_len": max_len, "batch_size": batch_size,
-                              "seed": seed, "k": k, "warmup_steps": warmup_steps}
+    params: dict[str, Any] = {
+        "lr": lr,
+        "epochs": epochs,
+        "max_len": max_len,
+        "batch_size": batch_size,
+        "seed": seed,
+        "k": k,
+        "warmup_steps": warmup_steps,
+    }
 
     examples = encode_pairs(tokenizer, pairs, max_len)
     if not examples:
@@ -468,8 +499,23 @@ def train_student(pairs: Sequence[Pair], method: str = DEFAULT_METHOD, *, model:
     for p in causal.parameters():
         p.requires_grad_(False)
     after = evaluate_loss(causal, tokenizer, heldout, max_len, batch_size) if heldout else None
-    result = TrainResult(method, None, params, len(examples), step, step / len(batches), tokens, loss_tokens,
-                         seconds, cpu_seconds, losses, before, after, sum(p.numel() for p in trainable), total_params)
+    result = TrainResult(
+        method,
+        None,
+        params,
+        len(examples),
+        step,
+        step / len(batches),
+        tokens,
+        loss_tokens,
+        seconds,
+        cpu_seconds,
+        losses,
+        before,
+        after,
+        sum(p.numel() for p in trainable),
+        total_params,
+    )
     if out_dir is not None:
         result.out_dir = save_student(causal, tokenizer, out_dir, result)
     return result

@@ -25,12 +25,25 @@ if TYPE_CHECKING:
     from antidistill.simulate.scenario import SCALES, Plan, Scenario
 
 _EXPORTS = {
-    "SimulationError": "runner", "SimulationResult": "runner", "load_labels": "runner", "load_scenario": "runner",
-    "run_against_gateway": "runner", "SCALES": "scenario", "Plan": "scenario",
+    "SimulationError": "runner",
+    "SimulationResult": "runner",
+    "load_labels": "runner",
+    "load_scenario": "runner",
+    "run_against_gateway": "runner",
+    "SCALES": "scenario",
+    "Plan": "scenario",
     "Scenario": "scenario",
 }
-__all__ = ["SCALES", "Plan", "Scenario", "SimulationError", "SimulationResult", "load_labels", "load_scenario",
-           "run_against_gateway"]
+__all__ = [
+    "SCALES",
+    "Plan",
+    "Scenario",
+    "SimulationError",
+    "SimulationResult",
+    "load_labels",
+    "load_scenario",
+    "run_against_gateway",
+]
 
 
 def __getattr__(name: str) -> Any:

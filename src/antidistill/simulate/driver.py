@@ -129,8 +129,9 @@ def _messages(req: PlannedRequest, convs: _Conversations, timeout: float) -> lis
     return msgs
 
 
-def _send(client: Any, req: PlannedRequest, api_key: str, convs: _Conversations,
-          timeout: float) -> tuple[int, str | None, str | None]:
+def _send(
+    client: Any, req: PlannedRequest, api_key: str, convs: _Conversations, timeout: float
+) -> tuple[int, str | None, str | None]:
     """Send one request; ``(status, response_id, answer_text)``.
 
     An answer with an error status is recorded as it is, never retried (a throttle's 429 must not stall the
@@ -149,10 +150,15 @@ def _send(client: Any, req: PlannedRequest, api_key: str, convs: _Conversations,
     return 0, None, None
 
 
-def _send_once(client: Any, req: PlannedRequest, api_key: str, convs: _Conversations,
-               timeout: float) -> tuple[int, str | None, str | None]:
-    headers = {"Authorization": f"Bearer {api_key}", "User-Agent": req.user_agent, "X-Forwarded-For": req.client_addr,
-               CLOCK_HEADER: f"{req.t:.3f}"}
+def _send_once(
+    client: Any, req: PlannedRequest, api_key: str, convs: _Conversations, timeout: float
+) -> tuple[int, str | None, str | None]:
+    headers = {
+        "Authorization": f"Bearer {api_key}",
+        "User-Agent": req.user_agent,
+        "X-Forwarded-For": req.client_addr,
+        CLOCK_HEADER: f"{req.t:.3f}",
+    }
     kw: dict[str, Any] = {"model": req.model, "extra_headers": headers}
     if req.max_tokens is not None:
         kw["max_tokens"] = req.max_tokens
@@ -180,8 +186,14 @@ def _send_once(client: Any, req: PlannedRequest, api_key: str, convs: _Conversat
 MAX_CONNECTION_FAILURES = 25
 
 
-def _drive_threads(items: list[tuple[int, PlannedRequest]], base: str, api_keys: Mapping[str, str], concurrency: int,
-                   timeout: float, on_done: Callable[[], None]) -> dict[int, SentRequest]:
+def _drive_threads(
+    items: list[tuple[int, PlannedRequest]],
+    base: str,
+    api_keys: Mapping[str, str],
+    concurrency: int,
+    timeout: float,
+    on_done: Callable[[], None],
+) -> dict[int, SentRequest]:
     """Send ``(plan index, request)`` items in their order from ``concurrency`` threads; results by index.
 
     Raises:
@@ -200,8 +212,9 @@ def _drive_threads(items: list[tuple[int, PlannedRequest]], base: str, api_keys:
     def worker() -> None:
         nonlocal conn_failures
         http = openai.DefaultHttpxClient(timeout=timeout, verify=verify)
-        client = openai.OpenAI(api_key="sk-simulator-placeholder", base_url=base, http_client=http, max_retries=0,
-                               timeout=timeout)
+        client = openai.OpenAI(
+            api_key="sk-simulator-placeholder", base_url=base, http_client=http, max_retries=0, timeout=timeout
+        )
         try:
             while True:
                 item = todo.get()
@@ -243,8 +256,9 @@ def _drive_threads(items: list[tuple[int, PlannedRequest]], base: str, api_keys:
         for th in threads:
             th.join()
     if stop.is_set():
-        raise SimulationError(f"the gateway at {base} stopped answering ({MAX_CONNECTION_FAILURES} connection "
-                              f"failures in a row)")
+        raise SimulationError(
+            f"the gateway at {base} stopped answering ({MAX_CONNECTION_FAILURES} connection failures in a row)"
+        )
     return results
 
 
@@ -261,14 +275,23 @@ def _child_count() -> None:
         _child_counter.value += 1
 
 
-def _child_drive(items: list[tuple[int, PlannedRequest]], base: str, api_keys: dict[str, str], concurrency: int,
-                 timeout: float) -> dict[int, SentRequest]:
+def _child_drive(
+    items: list[tuple[int, PlannedRequest]], base: str, api_keys: dict[str, str], concurrency: int, timeout: float
+) -> dict[int, SentRequest]:
     """One driver process's share (whole accounts, so conversations stay together)."""
     return _drive_threads(items, base, api_keys, concurrency, timeout, _child_count)
 
 
-def drive(plan: Plan, base_url: str, api_keys: Mapping[str, str], *, concurrency: int = 16, processes: int = 0,
-          progress: Callable[[int, int], None] | None = None, timeout: float = 60.0) -> DriveResult:
+def drive(
+    plan: Plan,
+    base_url: str,
+    api_keys: Mapping[str, str],
+    *,
+    concurrency: int = 16,
+    processes: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    timeout: float = 60.0,
+) -> DriveResult:
     """Send every request of ``plan`` to the gateway at ``base_url``.
 
     Args:
@@ -318,9 +341,15 @@ def drive(plan: Plan, base_url: str, api_keys: Mapping[str, str], *, concurrency
     return DriveResult(sent, wall, dict(Counter(s.status for s in sent)))
 
 
-def _drive_processes(items: list[tuple[int, PlannedRequest]], base: str, api_keys: Mapping[str, str],
-                     concurrency: int, processes: int, timeout: float,
-                     progress: Callable[[int, int], None] | None) -> dict[int, SentRequest]:
+def _drive_processes(
+    items: list[tuple[int, PlannedRequest]],
+    base: str,
+    api_keys: Mapping[str, str],
+    concurrency: int,
+    processes: int,
+    timeout: float,
+    progress: Callable[[int, int], None] | None,
+) -> dict[int, SentRequest]:
 
     parts: list[list[tuple[int, PlannedRequest]]] = [[] for _ in range(processes)]
     for i, r in items:
@@ -331,8 +360,10 @@ def _drive_processes(items: list[tuple[int, PlannedRequest]], base: str, api_key
     counter = ctx.Value("q", 0)
     results: dict[int, SentRequest] = {}
     with ProcessPoolExecutor(len(parts), mp_context=ctx, initializer=_child_init, initargs=(counter,)) as pool:
-        futures = [pool.submit(_child_drive, part, base, {r.account: api_keys[r.account] for _, r in part}, threads,
-                               timeout) for part in parts]
+        futures = [
+            pool.submit(_child_drive, part, base, {r.account: api_keys[r.account] for _, r in part}, threads, timeout)
+            for part in parts
+        ]
         pending = set(futures)
         while pending:
             done_now, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
@@ -367,8 +398,9 @@ def create_accounts_in_store(store: AccountStore, accounts: list[AccountPlan]) -
     return out
 
 
-def create_accounts_via_admin(base_url: str, admin_token: str, accounts: list[AccountPlan],
-                              timeout: float = 30.0) -> dict[str, tuple[str, str]]:
+def create_accounts_via_admin(
+    base_url: str, admin_token: str, accounts: list[AccountPlan], timeout: float = 30.0
+) -> dict[str, tuple[str, str]]:
     """Create the plan's accounts through a gateway's admin API (``POST /admin/accounts``).
 
     Raises:
@@ -405,11 +437,24 @@ def labels(plan: Plan, ids: Mapping[str, tuple[str, str]], result: DriveResult |
         purposes.setdefault(r.account, Counter())[r.purpose] += 1
     out = []
     for a in plan.accounts:
-        out.append({"account_id": ids[a.key][0] if a.key in ids else None, "account_key": a.key, "name": a.name,
-                    "persona": a.persona, "role": a.role, "campaign": a.campaign, "tier": a.tier,
-                    "limits": a.limits.to_dict(), "metadata": a.metadata, "params": _jsonable(a.params),
-                    "requests": planned.get(a.key, 0), "sent": sent.get(a.key, 0), "ok": ok.get(a.key, 0),
-                    "purposes": dict(purposes.get(a.key, {}))})
+        out.append(
+            {
+                "account_id": ids[a.key][0] if a.key in ids else None,
+                "account_key": a.key,
+                "name": a.name,
+                "persona": a.persona,
+                "role": a.role,
+                "campaign": a.campaign,
+                "tier": a.tier,
+                "limits": a.limits.to_dict(),
+                "metadata": a.metadata,
+                "params": _jsonable(a.params),
+                "requests": planned.get(a.key, 0),
+                "sent": sent.get(a.key, 0),
+                "ok": ok.get(a.key, 0),
+                "purposes": dict(purposes.get(a.key, {})),
+            }
+        )
     return out
 
 
@@ -417,8 +462,13 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def write_outputs(out_dir: Path, plan: Plan, account_labels: list[dict[str, Any]], result: DriveResult | None,
-                  extra: Mapping[str, Any]) -> dict[str, Any]:
+def write_outputs(
+    out_dir: Path,
+    plan: Plan,
+    account_labels: list[dict[str, Any]],
+    result: DriveResult | None,
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
     """Write ``labels.jsonl``, ``requests.jsonl`` and ``scenario.json`` into ``out_dir``; returns the scenario
     dict. ``requests.jsonl`` ties every planned request (virtual time, account, purpose) to the response id the
     gateway gave it, so the audit log can be joined with the ground truth per exchange."""
@@ -430,12 +480,26 @@ def write_outputs(out_dir: Path, plan: Plan, account_labels: list[dict[str, Any]
     with (out_dir / "requests.jsonl").open("w", encoding="utf-8") as f:
         for i, r in enumerate(plan.requests):
             s = result.sent[i] if result else None
-            f.write(json.dumps({"index": i, "t": r.t, "account_id": ids.get(r.account), "account_key": r.account,
-                                "purpose": r.purpose, "model": r.model, "endpoint": r.endpoint,
-                                "status": s.status if s else None, "response_id": s.response_id if s else None,
-                                "error": s.error if s else None},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "index": i,
+                        "t": r.t,
+                        "account_id": ids.get(r.account),
+                        "account_key": r.account,
+                        "purpose": r.purpose,
+                        "model": r.model,
+                        "endpoint": r.endpoint,
+                        "status": s.status if s else None,
+                        "response_id": s.response_id if s else None,
+                        "error": s.error if s else None,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     scenario = {**plan.scenario_dict(), **extra}
-    (out_dir / "scenario.json").write_text(json.dumps(_jsonable(scenario), indent=2, sort_keys=True) + "\n",
-                                           encoding="utf-8")
+    (out_dir / "scenario.json").write_text(
+        json.dumps(_jsonable(scenario), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     return scenario

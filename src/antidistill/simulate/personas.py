@@ -183,43 +183,125 @@ class Persona(ABC):
         """Its accounts and its requests (in any order; the scenario sorts and applies the virtual limits)."""
 
     # ---- helpers ------------------------------------------------------------------------------------------
-    def account(self, suffix: str, tier: str, metadata: dict[str, Any], campaign: str | None = None,
-                name: str | None = None, extra: dict[str, Any] | None = None) -> AccountPlan:
+    def account(
+        self,
+        suffix: str,
+        tier: str,
+        metadata: dict[str, Any],
+        campaign: str | None = None,
+        name: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> AccountPlan:
         key = f"{self.name}-{self.index}" + (f"-{suffix}" if suffix else "")
         params = {**asdict(self.params), **(extra or {})}
         # the display name must not give the persona away: the plan key stays in the labels only
-        return AccountPlan(key=key, name=name or username(self.rng), persona=self.name, role=self.role,
-                           campaign=campaign, tier=tier, limits=TIERS[tier], metadata=metadata, params=params)
+        return AccountPlan(
+            key=key,
+            name=name or username(self.rng),
+            persona=self.name,
+            role=self.role,
+            campaign=campaign,
+            tier=tier,
+            limits=TIERS[tier],
+            metadata=metadata,
+            params=params,
+        )
 
     def signup(self, lo_days: float, hi_days: float) -> float:
         """A signup time between ``hi_days`` and ``lo_days`` before the scenario starts."""
         return self.world.start - self.rng.uniform(lo_days, hi_days) * DAY_S
 
-    def chat(self, t: float, acct: str, model: str, content: str | list[dict[str, Any]], *, ua: str, addr: str,
-             purpose: str, system: str | None = None, max_tokens: int | None = None,
-             temperature: float | None = None, stream: bool = False, conversation: str | None = None,
-             turn: int = 0) -> PlannedRequest:
+    def chat(
+        self,
+        t: float,
+        acct: str,
+        model: str,
+        content: str | list[dict[str, Any]],
+        *,
+        ua: str,
+        addr: str,
+        purpose: str,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stream: bool = False,
+        conversation: str | None = None,
+        turn: int = 0,
+    ) -> PlannedRequest:
         if isinstance(content, str):
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user",
-                                                                                       "content": content}]
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": content}
+            ]
         else:
             messages = ([{"role": "system", "content": system}] if system else []) + list(content)
-        return PlannedRequest(t, acct, CHAT, model, tuple(messages), None, max_tokens, temperature, stream, ua,
-                              addr, purpose, conversation, turn)
+        return PlannedRequest(
+            t,
+            acct,
+            CHAT,
+            model,
+            tuple(messages),
+            None,
+            max_tokens,
+            temperature,
+            stream,
+            ua,
+            addr,
+            purpose,
+            conversation,
+            turn,
+        )
 
-    def completion(self, t: float, acct: str, model: str, prompt: str, *, ua: str, addr: str, purpose: str,
-                   max_tokens: int | None = None, temperature: float | None = None) -> PlannedRequest:
-        return PlannedRequest(t, acct, COMPLETION, model, None, prompt, max_tokens, temperature, False, ua, addr,
-                              purpose)
+    def completion(
+        self,
+        t: float,
+        acct: str,
+        model: str,
+        prompt: str,
+        *,
+        ua: str,
+        addr: str,
+        purpose: str,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> PlannedRequest:
+        return PlannedRequest(
+            t, acct, COMPLETION, model, None, prompt, max_tokens, temperature, False, ua, addr, purpose
+        )
 
-    def conversation(self, t: float, acct: str, model: str, turns: list[str], gaps: list[float], *, ua: str,
-                     addr: str, purpose: str, conv: str, system: str | None = None, **kw: Any) -> list[PlannedRequest]:
+    def conversation(
+        self,
+        t: float,
+        acct: str,
+        model: str,
+        turns: list[str],
+        gaps: list[float],
+        *,
+        ua: str,
+        addr: str,
+        purpose: str,
+        conv: str,
+        system: str | None = None,
+        **kw: Any,
+    ) -> list[PlannedRequest]:
         """A multi-turn chat: turn k carries the k earlier user turns and (filled in later) the answers."""
         out, history, at = [], [], t
         for k, text in enumerate(turns):
             history = [*history, {"role": "user", "content": text}]
-            out.append(self.chat(at, acct, model, list(history), ua=ua, addr=addr, purpose=purpose, system=system,
-                                 conversation=conv if len(turns) > 1 else None, turn=k, **kw))
+            out.append(
+                self.chat(
+                    at,
+                    acct,
+                    model,
+                    list(history),
+                    ua=ua,
+                    addr=addr,
+                    purpose=purpose,
+                    system=system,
+                    conversation=conv if len(turns) > 1 else None,
+                    turn=k,
+                    **kw,
+                )
+            )
             history = [*history, {"role": "assistant", "content": None}]
             if k < len(gaps):
                 at += gaps[k]
@@ -232,22 +314,105 @@ class Persona(ABC):
         return self.world.new_release + self.rng.uniform(lo_h, hi_h) * HOUR_S
 
 
-_FIRST = ("alex", "sam", "maria", "jun", "fatima", "lena", "tom", "ines", "raj", "olga", "kofi", "mei", "diego",
-          "anna", "yusuf", "clara", "ben", "sofia", "ivan", "nora", "hiro", "zoe", "omar", "eva", "luca", "amir")
-_LAST = ("smith", "garcia", "chen", "muller", "kowalski", "okafor", "tanaka", "rossi", "novak", "silva", "kim",
-         "nguyen", "haddad", "jensen", "dubois", "ivanova", "patel", "lopez", "schmidt", "brown")
+_FIRST = (
+    "alex",
+    "sam",
+    "maria",
+    "jun",
+    "fatima",
+    "lena",
+    "tom",
+    "ines",
+    "raj",
+    "olga",
+    "kofi",
+    "mei",
+    "diego",
+    "anna",
+    "yusuf",
+    "clara",
+    "ben",
+    "sofia",
+    "ivan",
+    "nora",
+    "hiro",
+    "zoe",
+    "omar",
+    "eva",
+    "luca",
+    "amir",
+)
+_LAST = (
+    "smith",
+    "garcia",
+    "chen",
+    "muller",
+    "kowalski",
+    "okafor",
+    "tanaka",
+    "rossi",
+    "novak",
+    "silva",
+    "kim",
+    "nguyen",
+    "haddad",
+    "jensen",
+    "dubois",
+    "ivanova",
+    "patel",
+    "lopez",
+    "schmidt",
+    "brown",
+)
 
 
 def username(rng: random.Random) -> str:
     """A display name as people pick them."""
     f, last = rng.choice(_FIRST), rng.choice(_LAST)
-    return rng.choice((f"{f}.{last}", f"{f}{last}{rng.randint(1, 99)}", f"{f[0]}{last}", f"{f}_{rng.randint(70, 2005)}",
-                       f"{f.title()} {last.title()}", f"{last}{f[0]}{rng.randint(1, 9)}"))
+    return rng.choice(
+        (
+            f"{f}.{last}",
+            f"{f}{last}{rng.randint(1, 99)}",
+            f"{f[0]}{last}",
+            f"{f}_{rng.randint(70, 2005)}",
+            f"{f.title()} {last.title()}",
+            f"{last}{f[0]}{rng.randint(1, 9)}",
+        )
+    )
 
 
-_STEMS = ("North", "Blue", "Bright", "Stone", "Silver", "Oak", "Harbor", "Summit", "Cedar", "Iron", "Nova", "Lumen",
-          "Vertex", "Quill", "Maple", "Atlas", "Crest", "Delta", "Ember", "Granite", "Haven", "Kite", "Meridian",
-          "Orbit", "Pine", "River", "Sable", "Tidal", "Umber", "Willow")
+_STEMS = (
+    "North",
+    "Blue",
+    "Bright",
+    "Stone",
+    "Silver",
+    "Oak",
+    "Harbor",
+    "Summit",
+    "Cedar",
+    "Iron",
+    "Nova",
+    "Lumen",
+    "Vertex",
+    "Quill",
+    "Maple",
+    "Atlas",
+    "Crest",
+    "Delta",
+    "Ember",
+    "Granite",
+    "Haven",
+    "Kite",
+    "Meridian",
+    "Orbit",
+    "Pine",
+    "River",
+    "Sable",
+    "Tidal",
+    "Umber",
+    "Willow",
+)
 _STEMS2 = ("wind", "field", "gate", "bridge", "point", "line", "works", "stone", "brook", "way", "light", "mark")
 
 
@@ -261,8 +426,10 @@ def _tz(rng: random.Random) -> float:
 
 
 def _email(rng: random.Random, kind: str) -> str:
-    pools = {"personal": ("gmail.com", "outlook.com", "yahoo.com", "proton.me", "icloud.com", "gmx.de"),
-             "disposable": ("mailinator.com", "tempmail.dev", "guerrillamail.com", "10minutemail.net")}
+    pools = {
+        "personal": ("gmail.com", "outlook.com", "yahoo.com", "proton.me", "icloud.com", "gmx.de"),
+        "disposable": ("mailinator.com", "tempmail.dev", "guerrillamail.com", "10minutemail.net"),
+    }
     return rng.choice(pools[kind])
 
 
@@ -296,12 +463,20 @@ class CasualUser(Persona):
     @classmethod
     def draw(cls, d: Draw, world: World) -> CasualParams:
         return CasualParams(
-            sessions_per_day=d.log_uniform(0.03, 8.0), turns_mean=d.uniform(1.0, 4.0), tz_hours=_tz(d.rng),
-            profile=d.choice(("human", "human", "office", "night_owl")), weekend=d.uniform(0.4, 1.4),
+            sessions_per_day=d.log_uniform(0.03, 8.0),
+            turns_mean=d.uniform(1.0, 4.0),
+            tz_hours=_tz(d.rng),
+            profile=d.choice(("human", "human", "office", "night_owl")),
+            weekend=d.uniform(0.4, 1.4),
             access=d.choice(("residential", "residential", "residential", "mobile", "university", "corporate")),
-            typo_rate=d.uniform(0.0, 0.08), stream_prob=d.chance(0.0, 1.0), code_share=d.uniform(0.0, 0.35),
-            max_tokens=d.choice((None, None, 256, 512, 1024, 2048)), tier=d.choice(("free", "free", "free", "tier1")),
-            adopt_days=d.log_uniform(1.0, 20.0), never_adopt=d.chance(0.1, 0.6))
+            typo_rate=d.uniform(0.0, 0.08),
+            stream_prob=d.chance(0.0, 1.0),
+            code_share=d.uniform(0.0, 0.35),
+            max_tokens=d.choice((None, None, 256, 512, 1024, 2048)),
+            tier=d.choice(("free", "free", "free", "tier1")),
+            adopt_days=d.log_uniform(1.0, 20.0),
+            never_adopt=d.chance(0.1, 0.6),
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
@@ -317,9 +492,13 @@ class CasualUser(Persona):
             net = Network(isp.name, "residential", isp.prefixes, pool=[isp.address(rng) for _ in range(2)])
         ua = rng.choice(COMMON_UAS)
         card = w.household_card(rng, 0.04) if p.tier != "free" else None
-        meta = {"organisation": None, "payment_fingerprint": card,
-                "signup_source": rng.choice(("web", "web", "google", "github", "mobile-app")),
-                "signup_at": _iso(self.signup(1, 700)), "email_domain": _email(rng, "personal")}
+        meta = {
+            "organisation": None,
+            "payment_fingerprint": card,
+            "signup_source": rng.choice(("web", "web", "google", "github", "mobile-app")),
+            "signup_at": _iso(self.signup(1, 700)),
+            "email_domain": _email(rng, "personal"),
+        }
         acct = self.account("", p.tier, meta)
         topics = rng.sample(P.ALL_TOPICS, rng.randint(3, 10))
         adopt = None if rng.random() < p.never_adopt else w.new_release + rng.expovariate(1 / p.adopt_days) * DAY_S
@@ -330,9 +509,19 @@ class CasualUser(Persona):
             turns = [first] + [P.followup_prompt(rng) for _ in range(n - 1)]
             gaps = [rng.uniform(15, 240) for _ in range(n - 1)]
             addr = net.address(rng)
-            out += self.conversation(t, acct.key, w.model_at(t, adopt), turns, gaps, ua=ua, addr=addr,
-                                     purpose="chat", conv=f"{acct.key}-s{s}", max_tokens=p.max_tokens,
-                                     stream=rng.random() < p.stream_prob)
+            out += self.conversation(
+                t,
+                acct.key,
+                w.model_at(t, adopt),
+                turns,
+                gaps,
+                ua=ua,
+                addr=addr,
+                purpose="chat",
+                conv=f"{acct.key}-s{s}",
+                max_tokens=p.max_tokens,
+                stream=rng.random() < p.stream_prob,
+            )
         return Built([acct], out)
 
 
@@ -357,10 +546,16 @@ class CodingAssistant(Persona):
 
     @classmethod
     def draw(cls, d: Draw, world: World) -> CodingParams:
-        return CodingParams(requests_per_day=d.log_uniform(50.0, 400.0), accounts=d.integer(1, 3),
-                            stream_prob=d.chance(0.6, 1.0), turns_mean=d.uniform(1.0, 3.5),
-                            max_tokens=d.integer(512, 2048), temperature=d.uniform(0.0, 0.6, digits=2),
-                            egress=d.integer(2, 8), adopt_hours=d.log_uniform(6.0, 240.0))
+        return CodingParams(
+            requests_per_day=d.log_uniform(50.0, 400.0),
+            accounts=d.integer(1, 3),
+            stream_prob=d.chance(0.6, 1.0),
+            turns_mean=d.uniform(1.0, 3.5),
+            max_tokens=d.integer(512, 2048),
+            temperature=d.uniform(0.0, 0.6, digits=2),
+            egress=d.integer(2, 8),
+            adopt_hours=d.log_uniform(6.0, 240.0),
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
@@ -370,28 +565,58 @@ class CodingAssistant(Persona):
         ua = f"{company.split()[0].lower()}-server/{rng.randint(1, 4)}.{rng.randint(0, 20)} python-httpx/0.27.2"
         system = rng.choice(P.CODING_SYSTEM_PROMPTS)
         card = new_card(rng)
-        meta = {"organisation": f"{company} Inc.", "payment_fingerprint": card, "signup_source": "sales",
-                "signup_at": _iso(self.signup(60, 500)), "email_domain": company.split()[0].lower() + ".io"}
+        meta = {
+            "organisation": f"{company} Inc.",
+            "payment_fingerprint": card,
+            "signup_source": "sales",
+            "signup_at": _iso(self.signup(60, 500)),
+            "email_domain": company.split()[0].lower() + ".io",
+        }
         names = ["prod", "staging", "ci"][: p.accounts]
-        accts = [self.account(n, "tier2" if n == "prod" else "tier1", dict(meta), campaign=self.campaign,
-                              name=f"{company} {n}") for n in names]
+        accts = [
+            self.account(
+                n, "tier2" if n == "prod" else "tier1", dict(meta), campaign=self.campaign, name=f"{company} {n}"
+            )
+            for n in names
+        ]
         shares = [0.85, 0.12, 0.03][: p.accounts]
         adopt = w.new_release + p.adopt_hours * HOUR_S
         out: list[PlannedRequest] = []
         for acct, share in zip(accts, shares, strict=True):
             # end users everywhere: two office-hour humps (Europe, Americas)
-            times = sorted(arrivals(rng, w, p.requests_per_day * share * 0.55, "office", 1.0, 0.3)
-                           + arrivals(rng, w, p.requests_per_day * share * 0.45, "office", -6.0, 0.3))
+            times = sorted(
+                arrivals(rng, w, p.requests_per_day * share * 0.55, "office", 1.0, 0.3)
+                + arrivals(rng, w, p.requests_per_day * share * 0.45, "office", -6.0, 0.3)
+            )
             for i, t in enumerate(times):
                 n = max(1, min(6, round(rng.expovariate(1 / p.turns_mean) + 0.5)))
-                turns = [P.code_prompt(rng)] + [rng.choice(("that didn't work, same error", "can you add tests?",
-                                                            "now make it async", "explain line 3",
-                                                            P.code_prompt(rng))) for _ in range(n - 1)]
-                out += self.conversation(t, acct.key, w.model_at(t, adopt), turns,
-                                         [rng.uniform(20, 600) for _ in range(n - 1)], ua=ua,
-                                         addr=rng.choice(egress), purpose="product", conv=f"{acct.key}-c{i}",
-                                         system=system, max_tokens=p.max_tokens, temperature=p.temperature,
-                                         stream=rng.random() < p.stream_prob)
+                turns = [P.code_prompt(rng)] + [
+                    rng.choice(
+                        (
+                            "that didn't work, same error",
+                            "can you add tests?",
+                            "now make it async",
+                            "explain line 3",
+                            P.code_prompt(rng),
+                        )
+                    )
+                    for _ in range(n - 1)
+                ]
+                out += self.conversation(
+                    t,
+                    acct.key,
+                    w.model_at(t, adopt),
+                    turns,
+                    [rng.uniform(20, 600) for _ in range(n - 1)],
+                    ua=ua,
+                    addr=rng.choice(egress),
+                    purpose="product",
+                    conv=f"{acct.key}-c{i}",
+                    system=system,
+                    max_tokens=p.max_tokens,
+                    temperature=p.temperature,
+                    stream=rng.random() < p.stream_prob,
+                )
         return Built(accts, out)
 
 
@@ -417,11 +642,17 @@ class RagApp(Persona):
 
     @classmethod
     def draw(cls, d: Draw, world: World) -> RagParams:
-        return RagParams(requests_per_day=d.log_uniform(30.0, 400.0), corpus=d.choice(sorted(P.RAG_CORPORA)),
-                         system_prompt=d.choice(P.split_pool(P.RAG_SYSTEM_PROMPTS, world.split)),
-                         template=d.choice(P.split_pool(P.RAG_TEMPLATES, world.split)), chunks=d.integer(2, 4),
-                         max_tokens=d.integer(150, 600), temperature=d.uniform(0.0, 0.4, digits=2),
-                         tz_hours=_tz(d.rng), egress=d.integer(1, 3))
+        return RagParams(
+            requests_per_day=d.log_uniform(30.0, 400.0),
+            corpus=d.choice(sorted(P.RAG_CORPORA)),
+            system_prompt=d.choice(P.split_pool(P.RAG_SYSTEM_PROMPTS, world.split)),
+            template=d.choice(P.split_pool(P.RAG_TEMPLATES, world.split)),
+            chunks=d.integer(2, 4),
+            max_tokens=d.integer(150, 600),
+            temperature=d.uniform(0.0, 0.4, digits=2),
+            tz_hours=_tz(d.rng),
+            egress=d.integer(1, 3),
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
@@ -429,19 +660,43 @@ class RagApp(Persona):
         system = p.system_prompt.format(org=org)
         net = rng.choice(w.clouds)
         egress = [net.address(rng) for _ in range(p.egress)]
-        ua = rng.choice(("langchain-openai/0.3.28 OpenAI/Python 1.97.0", "llama-index/0.12.8 OpenAI/Python 1.58.1",
-                         "OpenAI/Python 1.99.1", "haystack-ai/2.9"))
-        meta = {"organisation": org, "payment_fingerprint": new_card(rng), "signup_source": "web",
-                "signup_at": _iso(self.signup(30, 600)), "email_domain": org.split()[0].lower() + ".com"}
+        ua = rng.choice(
+            (
+                "langchain-openai/0.3.28 OpenAI/Python 1.97.0",
+                "llama-index/0.12.8 OpenAI/Python 1.58.1",
+                "OpenAI/Python 1.99.1",
+                "haystack-ai/2.9",
+            )
+        )
+        meta = {
+            "organisation": org,
+            "payment_fingerprint": new_card(rng),
+            "signup_source": "web",
+            "signup_at": _iso(self.signup(30, 600)),
+            "email_domain": org.split()[0].lower() + ".com",
+        }
         acct = self.account("", "tier1", meta)
         adopt = self.adopt_after(48, 24 * 30, never=0.5)
         out = []
         for t in arrivals(rng, w, p.requests_per_day, "office", p.tz_hours, 0.15):
-            user = p.template.format(context=P.rag_context(rng, p.corpus, p.chunks),
-                                     question=P.rag_question(rng, p.corpus))
-            out.append(self.chat(t, acct.key, w.model_at(t, adopt), user, system=system, ua=ua,
-                                 addr=rng.choice(egress), purpose="rag", max_tokens=p.max_tokens,
-                                 temperature=p.temperature, stream=False))
+            user = p.template.format(
+                context=P.rag_context(rng, p.corpus, p.chunks), question=P.rag_question(rng, p.corpus)
+            )
+            out.append(
+                self.chat(
+                    t,
+                    acct.key,
+                    w.model_at(t, adopt),
+                    user,
+                    system=system,
+                    ua=ua,
+                    addr=rng.choice(egress),
+                    purpose="rag",
+                    max_tokens=p.max_tokens,
+                    temperature=p.temperature,
+                    stream=False,
+                )
+            )
         return Built([acct], out)
 
 
@@ -467,10 +722,17 @@ class EnterpriseBatch(Persona):
 
     @classmethod
     def draw(cls, d: Draw, world: World) -> BatchParams:
-        return BatchParams(records_per_run=d.log_integer(120, 1200), runs_per_week=d.integer(2, 7),
-                           start_hour=d.uniform(0.0, 5.0), gap_s=d.log_uniform(0.2, 4.0), instructions=d.integer(1, 3),
-                           max_tokens=d.integer(8, 200), completions_endpoint=d.rng.random() < 0.3,
-                           tz_hours=_tz(d.rng), use_mini=d.rng.random() < 0.6)
+        return BatchParams(
+            records_per_run=d.log_integer(120, 1200),
+            runs_per_week=d.integer(2, 7),
+            start_hour=d.uniform(0.0, 5.0),
+            gap_s=d.log_uniform(0.2, 4.0),
+            instructions=d.integer(1, 3),
+            max_tokens=d.integer(8, 200),
+            completions_endpoint=d.rng.random() < 0.3,
+            tz_hours=_tz(d.rng),
+            use_mini=d.rng.random() < 0.6,
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
@@ -478,13 +740,20 @@ class EnterpriseBatch(Persona):
         nat = rng.choice(w.corporate)
         addr = nat.address(rng)
         instructions = rng.sample(P.BATCH_INSTRUCTIONS, p.instructions)
-        meta = {"organisation": org, "payment_fingerprint": new_card(rng), "signup_source": "sales",
-                "signup_at": _iso(self.signup(90, 900)), "email_domain": org.split()[0].lower() + ".com"}
+        meta = {
+            "organisation": org,
+            "payment_fingerprint": new_card(rng),
+            "signup_source": "sales",
+            "signup_at": _iso(self.signup(90, 900)),
+            "email_domain": org.split()[0].lower() + ".com",
+        }
         acct = self.account("", "enterprise", meta)
         ua = rng.choice(("OpenAI/Python 1.54.3", "python-requests/2.32.3", "Apache-HttpClient/4.5.14 (Java/17.0.9)"))
         model = w.mini_model if p.use_mini else w.old_model
-        starts = [day * DAY_S + (p.start_hour - p.tz_hours) * HOUR_S + rng.uniform(0, 600)
-                  for day in range(math.floor(w.start / DAY_S) - 1, math.ceil(w.end / DAY_S) + 1)]
+        starts = [
+            day * DAY_S + (p.start_hour - p.tz_hours) * HOUR_S + rng.uniform(0, 600)
+            for day in range(math.floor(w.start / DAY_S) - 1, math.ceil(w.end / DAY_S) + 1)
+        ]
         starts = [t0 for t0 in starts if w.start <= t0 < w.end] or [rng.uniform(w.start, w.end)]  # an ad hoc run
         run_starts = [t0 for t0 in starts if rng.random() < p.runs_per_week / 7] or starts[:1]
         records = max(1, round(p.records_per_run * w.volume))
@@ -495,11 +764,33 @@ class EnterpriseBatch(Persona):
                     continue
                 text = rng.choice(instructions).format(record=P.batch_record(rng))
                 if p.completions_endpoint:
-                    out.append(self.completion(t, acct.key, model, text, ua=ua, addr=addr, purpose="batch",
-                                               max_tokens=p.max_tokens, temperature=0.0))
+                    out.append(
+                        self.completion(
+                            t,
+                            acct.key,
+                            model,
+                            text,
+                            ua=ua,
+                            addr=addr,
+                            purpose="batch",
+                            max_tokens=p.max_tokens,
+                            temperature=0.0,
+                        )
+                    )
                 else:
-                    out.append(self.chat(t, acct.key, model, text, ua=ua, addr=addr, purpose="batch",
-                                         max_tokens=p.max_tokens, temperature=0.0))
+                    out.append(
+                        self.chat(
+                            t,
+                            acct.key,
+                            model,
+                            text,
+                            ua=ua,
+                            addr=addr,
+                            purpose="batch",
+                            max_tokens=p.max_tokens,
+                            temperature=0.0,
+                        )
+                    )
         return Built([acct], out)
 
 
@@ -526,21 +817,38 @@ class EvalHarness(Persona):
     @classmethod
     def draw(cls, d: Draw, world: World) -> EvalParams:
         k = d.integer(1, 3)
-        return EvalParams(benchmarks=tuple(d.rng.sample(P.EVAL_BENCHMARKS, k)), items=d.log_integer(80, 600),
-                          runs_per_week=d.uniform(0.5, 4.0), gap_s=d.log_uniform(0.1, 3.0), cot=d.rng.random() < 0.5,
-                          completions_endpoint=d.rng.random() < 0.4, release_eval_hours=d.log_uniform(1.0, 30.0),
-                          tz_hours=_tz(d.rng))
+        return EvalParams(
+            benchmarks=tuple(d.rng.sample(P.EVAL_BENCHMARKS, k)),
+            items=d.log_integer(80, 600),
+            runs_per_week=d.uniform(0.5, 4.0),
+            gap_s=d.log_uniform(0.1, 3.0),
+            cot=d.rng.random() < 0.5,
+            completions_endpoint=d.rng.random() < 0.4,
+            release_eval_hours=d.log_uniform(1.0, 30.0),
+            tz_hours=_tz(d.rng),
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
         org = company_name(rng, (" Evals", " Labs", " AI Safety", " Research", " Benchmarks"))
-        meta = {"organisation": org, "payment_fingerprint": new_card(rng), "signup_source": "github",
-                "signup_at": _iso(self.signup(20, 400)), "email_domain": org.split()[0].lower() + ".org"}
+        meta = {
+            "organisation": org,
+            "payment_fingerprint": new_card(rng),
+            "signup_source": "github",
+            "signup_at": _iso(self.signup(20, 400)),
+            "email_domain": org.split()[0].lower() + ".org",
+        }
         acct = self.account("", "tier2", meta)
         office = w.office(rng, acct.key)
         addr = office.address(rng)
-        ua = rng.choice(("lm-eval/0.4.8 OpenAI/Python 1.97.0", "OpenAI/Python 1.99.1", "inspect_ai/0.3.90",
-                         "helm/0.5.4 python-requests/2.32.3"))
+        ua = rng.choice(
+            (
+                "lm-eval/0.4.8 OpenAI/Python 1.97.0",
+                "OpenAI/Python 1.99.1",
+                "inspect_ai/0.3.90",
+                "helm/0.5.4 python-requests/2.32.3",
+            )
+        )
         items = {b: P.benchmark_items(b, max(1, round(p.items * w.volume)), seed=0) for b in p.benchmarks}
         starts = arrivals(rng, w, p.runs_per_week / 7 / w.volume, "office", p.tz_hours, 0.1)
         release_run = w.new_release + p.release_eval_hours * HOUR_S
@@ -559,11 +867,33 @@ class EvalHarness(Persona):
             for item, t in zip(items[bench], paced(rng, t0, len(items[bench]), p.gap_s, 0.5), strict=True):
                 text = item.prompt + suffix
                 if p.completions_endpoint:
-                    out.append(self.completion(t, acct.key, model, text, ua=ua, addr=addr, purpose="eval",
-                                               max_tokens=max_tokens, temperature=0.0))
+                    out.append(
+                        self.completion(
+                            t,
+                            acct.key,
+                            model,
+                            text,
+                            ua=ua,
+                            addr=addr,
+                            purpose="eval",
+                            max_tokens=max_tokens,
+                            temperature=0.0,
+                        )
+                    )
                 else:
-                    out.append(self.chat(t, acct.key, model, text, ua=ua, addr=addr, purpose="eval",
-                                         max_tokens=max_tokens, temperature=0.0))
+                    out.append(
+                        self.chat(
+                            t,
+                            acct.key,
+                            model,
+                            text,
+                            ua=ua,
+                            addr=addr,
+                            purpose="eval",
+                            max_tokens=max_tokens,
+                            temperature=0.0,
+                        )
+                    )
         return Built([acct], out)
 
 
@@ -590,15 +920,29 @@ class ResearchTeam(Persona):
 
     @classmethod
     def draw(cls, d: Draw, world: World) -> ResearchParams:
-        return ResearchParams(members=d.integer(3, 12), per_member_per_day=d.log_uniform(2.0, 25.0),
-                              shared_card=d.chance(0.3, 1.0), signup_spread_days=d.log_uniform(0.5, 60.0),
-                              home_share=d.uniform(0.0, 0.4), sweep_share=d.uniform(0.1, 0.6),
-                              cot_share=d.uniform(0.0, 0.4), tz_hours=_tz(d.rng), adopt_hours=d.log_uniform(2.0, 72.0))
+        return ResearchParams(
+            members=d.integer(3, 12),
+            per_member_per_day=d.log_uniform(2.0, 25.0),
+            shared_card=d.chance(0.3, 1.0),
+            signup_spread_days=d.log_uniform(0.5, 60.0),
+            home_share=d.uniform(0.0, 0.4),
+            sweep_share=d.uniform(0.1, 0.6),
+            cot_share=d.uniform(0.0, 0.4),
+            tz_hours=_tz(d.rng),
+            adopt_hours=d.log_uniform(2.0, 72.0),
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
-        uni = rng.choice(("University of Northbridge", "Eastlake Institute of Technology", "Universidad del Sur",
-                          "Technische Hochschule Mittelstadt", "Kestrel University"))
+        uni = rng.choice(
+            (
+                "University of Northbridge",
+                "Eastlake Institute of Technology",
+                "Universidad del Sur",
+                "Technische Hochschule Mittelstadt",
+                "Kestrel University",
+            )
+        )
         org = f"{uni}, {rng.choice(('NLP', 'ML Systems', 'HCI', 'Computational Linguistics'))} lab"
         office = w.office(rng, self.campaign)
         lab_card = new_card(rng)
@@ -609,15 +953,20 @@ class ResearchTeam(Persona):
         topics = rng.sample(P.ALL_TOPICS, 25)
         for m in range(p.members):
             card = lab_card if rng.random() < p.shared_card else new_card(rng)
-            meta = {"organisation": org, "payment_fingerprint": card, "signup_source": rng.choice(("web", "sso")),
-                    "signup_at": _iso(signup0 + rng.uniform(0, p.signup_spread_days) * DAY_S), "email_domain": domain}
-            acct = self.account(f"m{m:02d}", "tier1", meta, campaign=self.campaign,
-                                name=f"{username(rng)}@{domain}")
+            meta = {
+                "organisation": org,
+                "payment_fingerprint": card,
+                "signup_source": rng.choice(("web", "sso")),
+                "signup_at": _iso(signup0 + rng.uniform(0, p.signup_spread_days) * DAY_S),
+                "email_domain": domain,
+            }
+            acct = self.account(f"m{m:02d}", "tier1", meta, campaign=self.campaign, name=f"{username(rng)}@{domain}")
             accts.append(acct)
             desk = office.address(rng)
             home = rng.choice(w.isps).address(rng)
-            ua = rng.choice(("OpenAI/Python 1.99.1", "OpenAI/Python 1.54.3", "AsyncOpenAI/Python 1.97.0",
-                             "python-requests/2.32.3"))
+            ua = rng.choice(
+                ("OpenAI/Python 1.99.1", "OpenAI/Python 1.54.3", "AsyncOpenAI/Python 1.97.0", "python-requests/2.32.3")
+            )
             rate = p.per_member_per_day * rng.uniform(0.3, 1.7)
             for t in arrivals(rng, w, rate, "office", p.tz_hours, 0.2):
                 addr = home if rng.random() < p.home_share else desk
@@ -628,14 +977,46 @@ class ResearchTeam(Persona):
                     for i, tt in enumerate(paced(rng, t, rng.randint(8, 25), rng.uniform(0.5, 5.0))):
                         topic = topics[i % len(topics)]
                         text = template.format(t=topic, q=f"what is {topic}?", k=5, p=P._math_word(rng))
-                        out.append(self.chat(tt, acct.key, model, text, ua=ua, addr=addr, purpose="experiment",
-                                             max_tokens=400, temperature=rng.choice((0.0, 0.7, 1.0))))
+                        out.append(
+                            self.chat(
+                                tt,
+                                acct.key,
+                                model,
+                                text,
+                                ua=ua,
+                                addr=addr,
+                                purpose="experiment",
+                                max_tokens=400,
+                                temperature=rng.choice((0.0, 0.7, 1.0)),
+                            )
+                        )
                 elif r < p.sweep_share / 4 + p.cot_share:
-                    out.append(self.chat(t, acct.key, model, P.cot_prompt(rng, P.COT_DEMANDS[:3]), ua=ua, addr=addr,
-                                         purpose="reasoning-study", max_tokens=1024, temperature=0.0))
+                    out.append(
+                        self.chat(
+                            t,
+                            acct.key,
+                            model,
+                            P.cot_prompt(rng, P.COT_DEMANDS[:3]),
+                            ua=ua,
+                            addr=addr,
+                            purpose="reasoning-study",
+                            max_tokens=1024,
+                            temperature=0.0,
+                        )
+                    )
                 else:
-                    out.append(self.chat(t, acct.key, model, P.research_prompt(rng, topics), ua=ua, addr=addr,
-                                         purpose="research", max_tokens=rng.choice((None, 300, 800))))
+                    out.append(
+                        self.chat(
+                            t,
+                            acct.key,
+                            model,
+                            P.research_prompt(rng, topics),
+                            ua=ua,
+                            addr=addr,
+                            purpose="research",
+                            max_tokens=rng.choice((None, 300, 800)),
+                        )
+                    )
         return Built(accts, out)
 
 
@@ -665,22 +1046,30 @@ class BulkHarvester(Persona):
     @classmethod
     def draw(cls, d: Draw, world: World) -> BulkParams:
         k = d.integer(1, 3)
-        return BulkParams(per_day=d.log_uniform(400.0, 2500.0),
-                          templates=tuple(d.rng.sample(P.split_pool(P.HARVEST_TEMPLATES, world.split), k)),
-                          domains=tuple(d.rng.sample(sorted(P.TOPICS), d.integer(1, 3))),
-                          max_tokens=d.integer(1024, 4096), temperature=d.uniform(0.5, 1.1, digits=2),
-                          addresses=d.integer(1, 3), tier=d.choice(("tier1", "tier2")),
-                          signup_days_before=d.log_uniform(0.5, 60.0), pivot=d.rng.random() < 0.5)
+        return BulkParams(
+            per_day=d.log_uniform(400.0, 2500.0),
+            templates=tuple(d.rng.sample(P.split_pool(P.HARVEST_TEMPLATES, world.split), k)),
+            domains=tuple(d.rng.sample(sorted(P.TOPICS), d.integer(1, 3))),
+            max_tokens=d.integer(1024, 4096),
+            temperature=d.uniform(0.5, 1.1, digits=2),
+            addresses=d.integer(1, 3),
+            tier=d.choice(("tier1", "tier2")),
+            signup_days_before=d.log_uniform(0.5, 60.0),
+            pivot=d.rng.random() < 0.5,
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
         cloud = rng.choice(w.clouds)
         addrs = [cloud.address(rng) for _ in range(p.addresses)]
         ua = rng.choice(("python-requests/2.31.0", "OpenAI/Python 1.54.3", *UNCOMMON_UAS[:3]))
-        meta = {"organisation": rng.choice((None, "Data Services LLC", "AI Research Co")),
-                "payment_fingerprint": new_card(rng), "signup_source": "web",
-                "signup_at": _iso(self.signup(p.signup_days_before, p.signup_days_before + 0.1)),
-                "email_domain": _email(rng, rng.choice(("personal", "disposable")))}
+        meta = {
+            "organisation": rng.choice((None, "Data Services LLC", "AI Research Co")),
+            "payment_fingerprint": new_card(rng),
+            "signup_source": "web",
+            "signup_at": _iso(self.signup(p.signup_days_before, p.signup_days_before + 0.1)),
+            "email_domain": _email(rng, rng.choice(("personal", "disposable"))),
+        }
         acct = self.account("", p.tier, meta)
         topics = [t for dom in p.domains for t in P.TOPICS[dom]]
         adopt = self.adopt_after(0.5, 12) if p.pivot else None
@@ -690,9 +1079,19 @@ class BulkHarvester(Persona):
         for t in paced(rng, t0, int(per_day * w.days) + 1, DAY_S / per_day, 0.4):
             if t >= w.end:
                 break
-            out.append(self.chat(t, acct.key, w.model_at(t, adopt), P.harvest_prompt(rng, p.templates, topics), ua=ua,
-                                 addr=rng.choice(addrs), purpose="harvest", max_tokens=p.max_tokens,
-                                 temperature=p.temperature))
+            out.append(
+                self.chat(
+                    t,
+                    acct.key,
+                    w.model_at(t, adopt),
+                    P.harvest_prompt(rng, p.templates, topics),
+                    ua=ua,
+                    addr=rng.choice(addrs),
+                    purpose="harvest",
+                    max_tokens=p.max_tokens,
+                    temperature=p.temperature,
+                )
+            )
         return Built([acct], out)
 
 
@@ -721,13 +1120,19 @@ class StealthyHarvester(Persona):
     @classmethod
     def draw(cls, d: Draw, world: World) -> StealthyParams:
         k = d.integer(3, 6)
-        return StealthyParams(per_day=d.log_uniform(20.0, 160.0), cover_share=d.uniform(0.1, 0.6),
-                              templates=tuple(d.rng.sample(P.split_pool(P.HARVEST_TEMPLATES, world.split), k)),
-                              domains=tuple(d.rng.sample(sorted(P.TOPICS), d.integer(1, 2))), tz_hours=_tz(d.rng),
-                              profile=d.choice(("human", "office", "night_owl")),
-                              harvest_max_tokens=d.integer(600, 2048), paraphrase_typos=d.uniform(0.0, 0.05),
-                              account_age_days=d.log_uniform(10.0, 700.0),
-                              access=d.choice(("residential", "residential", "mobile")), stream_prob=d.chance(0.0, 1.0))
+        return StealthyParams(
+            per_day=d.log_uniform(20.0, 160.0),
+            cover_share=d.uniform(0.1, 0.6),
+            templates=tuple(d.rng.sample(P.split_pool(P.HARVEST_TEMPLATES, world.split), k)),
+            domains=tuple(d.rng.sample(sorted(P.TOPICS), d.integer(1, 2))),
+            tz_hours=_tz(d.rng),
+            profile=d.choice(("human", "office", "night_owl")),
+            harvest_max_tokens=d.integer(600, 2048),
+            paraphrase_typos=d.uniform(0.0, 0.05),
+            account_age_days=d.log_uniform(10.0, 700.0),
+            access=d.choice(("residential", "residential", "mobile")),
+            stream_prob=d.chance(0.0, 1.0),
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
@@ -737,10 +1142,13 @@ class StealthyHarvester(Persona):
             isp = rng.choice(w.isps)
             net = Network(isp.name, "residential", isp.prefixes, pool=[isp.address(rng)])
         ua = rng.choice(COMMON_UAS)
-        meta = {"organisation": None, "payment_fingerprint": new_card(rng),
-                "signup_source": rng.choice(("web", "google")), "signup_at": _iso(self.signup(p.account_age_days,
-                                                                                              p.account_age_days + 1)),
-                "email_domain": _email(rng, "personal")}
+        meta = {
+            "organisation": None,
+            "payment_fingerprint": new_card(rng),
+            "signup_source": rng.choice(("web", "google")),
+            "signup_at": _iso(self.signup(p.account_age_days, p.account_age_days + 1)),
+            "email_domain": _email(rng, "personal"),
+        }
         acct = self.account("", "tier1", meta)
         topics = [t for dom in p.domains for t in P.TOPICS[dom]]
         adopt = self.adopt_after(2, 48, never=0.3)
@@ -752,12 +1160,33 @@ class StealthyHarvester(Persona):
             if rng.random() < p.cover_share:
                 n = rng.randint(1, 3)
                 turns = [P.casual_prompt(rng)] + [P.followup_prompt(rng) for _ in range(n - 1)]
-                out += self.conversation(t, acct.key, model, turns, [rng.uniform(20, 200) for _ in range(n - 1)],
-                                         ua=ua, addr=addr, purpose="cover", conv=f"{acct.key}-s{i}", stream=stream)
+                out += self.conversation(
+                    t,
+                    acct.key,
+                    model,
+                    turns,
+                    [rng.uniform(20, 200) for _ in range(n - 1)],
+                    ua=ua,
+                    addr=addr,
+                    purpose="cover",
+                    conv=f"{acct.key}-s{i}",
+                    stream=stream,
+                )
             else:
                 text = P._typos(rng, P.harvest_prompt(rng, p.templates, topics), p.paraphrase_typos)
-                out.append(self.chat(t, acct.key, model, text, ua=ua, addr=addr, purpose="harvest",
-                                     max_tokens=p.harvest_max_tokens, stream=stream))
+                out.append(
+                    self.chat(
+                        t,
+                        acct.key,
+                        model,
+                        text,
+                        ua=ua,
+                        addr=addr,
+                        purpose="harvest",
+                        max_tokens=p.harvest_max_tokens,
+                        stream=stream,
+                    )
+                )
         return Built([acct], out)
 
 
@@ -796,15 +1225,24 @@ class HydraCluster(Persona):
     def draw(cls, d: Draw, world: World) -> HydraParams:
         lo, hi = world.hydra_members
         return HydraParams(
-            members=d.log_integer(lo, hi), per_member_per_day=d.log_uniform(1.5, 40.0),
-            cards_ratio=d.log_uniform(0.01, 1.0), paid_share=d.uniform(0.0, 1.0),
-            signup_spread_days=d.log_uniform(0.1, 30.0), signup_days_before=d.log_uniform(0.5, 90.0),
-            proxy=d.choice(("datacenter", "datacenter", "residential_proxy", "mixed")), prefixes=d.integer(1, 6),
-            ua_mode=d.choice(("shared_rare", "shared_common", "per_member", "rotating")), sync=d.uniform(0.0, 1.0),
+            members=d.log_integer(lo, hi),
+            per_member_per_day=d.log_uniform(1.5, 40.0),
+            cards_ratio=d.log_uniform(0.01, 1.0),
+            paid_share=d.uniform(0.0, 1.0),
+            signup_spread_days=d.log_uniform(0.1, 30.0),
+            signup_days_before=d.log_uniform(0.5, 90.0),
+            proxy=d.choice(("datacenter", "datacenter", "residential_proxy", "mixed")),
+            prefixes=d.integer(1, 6),
+            ua_mode=d.choice(("shared_rare", "shared_common", "per_member", "rotating")),
+            sync=d.uniform(0.0, 1.0),
             templates=tuple(d.rng.sample(P.split_pool(P.HARVEST_TEMPLATES, world.split), d.integer(2, 6))),
-            domains=tuple(d.rng.sample(sorted(P.TOPICS), d.integer(1, 4))), cot_share=d.uniform(0.0, 0.5),
-            max_tokens=d.integer(512, 3000), organisation=d.choice(("none", "fake_varied", "blank")),
-            pivot=d.rng.random() < 0.6, cover_share=d.uniform(0.0, 0.5))
+            domains=tuple(d.rng.sample(sorted(P.TOPICS), d.integer(1, 4))),
+            cot_share=d.uniform(0.0, 0.5),
+            max_tokens=d.integer(512, 3000),
+            organisation=d.choice(("none", "fake_varied", "blank")),
+            pivot=d.rng.random() < 0.6,
+            cover_share=d.uniform(0.0, 0.5),
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
@@ -826,14 +1264,22 @@ class HydraCluster(Persona):
         for m in range(p.members):
             paid = rng.random() < p.paid_share
             tier = "tier1" if paid else "free"
-            org = {"none": None, "blank": "", "fake_varied": rng.choice(("Solutions", "Consulting", "Labs", "Tech"))
-                   + f" {rng.choice(P._NAMES)} {rng.randint(1, 99)}"}[p.organisation]
-            meta = {"organisation": org, "payment_fingerprint": cards[m % len(cards)] if paid else None,
-                    "signup_source": source if rng.random() < 0.9 else rng.choice(("web", "google")),
-                    "signup_at": _iso(signup_end - rng.uniform(0, p.signup_spread_days) * DAY_S),
-                    "email_domain": _email(rng, rng.choice(("personal", "disposable")))}
-            acct = self.account(f"{m:03d}", tier, meta, campaign=self.campaign,
-                                extra={"effective_per_member_per_day": round(rate, 3)})
+            org = {
+                "none": None,
+                "blank": "",
+                "fake_varied": rng.choice(("Solutions", "Consulting", "Labs", "Tech"))
+                + f" {rng.choice(P._NAMES)} {rng.randint(1, 99)}",
+            }[p.organisation]
+            meta = {
+                "organisation": org,
+                "payment_fingerprint": cards[m % len(cards)] if paid else None,
+                "signup_source": source if rng.random() < 0.9 else rng.choice(("web", "google")),
+                "signup_at": _iso(signup_end - rng.uniform(0, p.signup_spread_days) * DAY_S),
+                "email_domain": _email(rng, rng.choice(("personal", "disposable"))),
+            }
+            acct = self.account(
+                f"{m:03d}", tier, meta, campaign=self.campaign, extra={"effective_per_member_per_day": round(rate, 3)}
+            )
             accts.append(acct)
             if p.proxy == "datacenter" or (p.proxy == "mixed" and rng.random() < 0.5):
                 net = Network(dc.name, "cloud", prefixes)
@@ -842,8 +1288,9 @@ class HydraCluster(Persona):
                 home = []  # residential proxy: a fresh address from some ISP on every request
             ua = shared_ua if p.ua_mode.startswith("shared") else rng.choice(COMMON_UAS)
             own = arrivals(rng, w, rate * (1 - p.sync), rng.choice(("flat", "human")), _tz(rng), 0.9)
-            synced = [wt + rng.uniform(0, 90) for wt in waves
-                      if rng.random() < rate_seen * p.sync / max(2.0, rate * 1.5)]
+            synced = [
+                wt + rng.uniform(0, 90) for wt in waves if rng.random() < rate_seen * p.sync / max(2.0, rate * 1.5)
+            ]
             for t in sorted(own + synced):
                 if not w.start <= t < w.end:
                     continue
@@ -851,15 +1298,27 @@ class HydraCluster(Persona):
                 req_ua = rng.choice(COMMON_UAS) if p.ua_mode == "rotating" else ua
                 model = w.model_at(t, adopt)
                 if rng.random() < p.cover_share:  # ordinary-looking chat, so each member looks like a user
-                    out.append(self.chat(t, acct.key, model, P.casual_prompt(rng), ua=req_ua, addr=addr,
-                                         purpose="cover"))
+                    out.append(
+                        self.chat(t, acct.key, model, P.casual_prompt(rng), ua=req_ua, addr=addr, purpose="cover")
+                    )
                     continue
                 if rng.random() < p.cot_share:
                     text = P.cot_prompt(rng, P.split_pool(P.COT_DEMANDS, w.split))
                 else:
                     text = P.harvest_prompt(rng, p.templates, topics)
-                out.append(self.chat(t, acct.key, model, text, ua=req_ua, addr=addr, purpose="harvest",
-                                     max_tokens=p.max_tokens, temperature=rng.choice((None, 0.7, 1.0))))
+                out.append(
+                    self.chat(
+                        t,
+                        acct.key,
+                        model,
+                        text,
+                        ua=req_ua,
+                        addr=addr,
+                        purpose="harvest",
+                        max_tokens=p.max_tokens,
+                        temperature=rng.choice((None, 0.7, 1.0)),
+                    )
+                )
         return Built(accts, out)
 
 
@@ -885,10 +1344,16 @@ class CotExtractor(Persona):
     @classmethod
     def draw(cls, d: Draw, world: World) -> CotParams:
         pool = P.split_pool(P.COT_DEMANDS, world.split)
-        return CotParams(accounts=d.integer(1, 3), per_day=d.log_uniform(100.0, 800.0),
-                         demands=tuple(d.rng.sample(pool, d.integer(2, len(pool)))), max_tokens=d.integer(1500, 4096),
-                         temperature=d.uniform(0.0, 0.8, digits=2), cover_share=d.uniform(0.0, 0.3),
-                         profile=d.choice(("flat", "office", "human")), datacenter=d.rng.random() < 0.6)
+        return CotParams(
+            accounts=d.integer(1, 3),
+            per_day=d.log_uniform(100.0, 800.0),
+            demands=tuple(d.rng.sample(pool, d.integer(2, len(pool)))),
+            max_tokens=d.integer(1500, 4096),
+            temperature=d.uniform(0.0, 0.8, digits=2),
+            cover_share=d.uniform(0.0, 0.3),
+            profile=d.choice(("flat", "office", "human")),
+            datacenter=d.rng.random() < 0.6,
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
@@ -896,9 +1361,13 @@ class CotExtractor(Persona):
         accts, out = [], []
         adopt = self.adopt_after(1, 36, never=0.4)
         for a in range(p.accounts):
-            meta = {"organisation": rng.choice((None, "Reasoning Data Inc", "")),
-                    "payment_fingerprint": card if rng.random() < 0.6 else new_card(rng), "signup_source": "web",
-                    "signup_at": _iso(self.signup(1, 120)), "email_domain": _email(rng, "personal")}
+            meta = {
+                "organisation": rng.choice((None, "Reasoning Data Inc", "")),
+                "payment_fingerprint": card if rng.random() < 0.6 else new_card(rng),
+                "signup_source": "web",
+                "signup_at": _iso(self.signup(1, 120)),
+                "email_domain": _email(rng, "personal"),
+            }
             acct = self.account(f"{a}", "tier1", meta, campaign=self.campaign if p.accounts > 1 else None)
             accts.append(acct)
             net = rng.choice(w.clouds) if p.datacenter else rng.choice(w.isps)
@@ -909,8 +1378,19 @@ class CotExtractor(Persona):
                 if rng.random() < p.cover_share:
                     out.append(self.chat(t, acct.key, model, P.casual_prompt(rng), ua=ua, addr=addr, purpose="cover"))
                 else:
-                    out.append(self.chat(t, acct.key, model, P.cot_prompt(rng, p.demands), ua=ua, addr=addr,
-                                         purpose="cot-harvest", max_tokens=p.max_tokens, temperature=p.temperature))
+                    out.append(
+                        self.chat(
+                            t,
+                            acct.key,
+                            model,
+                            P.cot_prompt(rng, p.demands),
+                            ua=ua,
+                            addr=addr,
+                            purpose="cot-harvest",
+                            max_tokens=p.max_tokens,
+                            temperature=p.temperature,
+                        )
+                    )
         return Built(accts, out)
 
 
@@ -937,23 +1417,37 @@ class CoverageSweeper(Persona):
 
     @classmethod
     def draw(cls, d: Draw, world: World) -> SweepParams:
-        return SweepParams(domains=d.integer(3, 10), skills=d.integer(5, 16), difficulties=d.integer(2, 4),
-                           formats=d.integer(2, 6), per_day=d.log_uniform(200.0, 1500.0),
-                           shuffled=d.rng.random() < 0.5,
-                           templates=tuple(d.rng.sample(P.split_pool(P.SWEEP_TEMPLATES, world.split), d.integer(1, 3))),
-                           max_tokens=d.integer(512, 2048), profile=d.choice(("flat", "office")),
-                           topics_per_cell=d.integer(1, 3))
+        return SweepParams(
+            domains=d.integer(3, 10),
+            skills=d.integer(5, 16),
+            difficulties=d.integer(2, 4),
+            formats=d.integer(2, 6),
+            per_day=d.log_uniform(200.0, 1500.0),
+            shuffled=d.rng.random() < 0.5,
+            templates=tuple(d.rng.sample(P.split_pool(P.SWEEP_TEMPLATES, world.split), d.integer(1, 3))),
+            max_tokens=d.integer(512, 2048),
+            profile=d.choice(("flat", "office")),
+            topics_per_cell=d.integer(1, 3),
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
-        axes = (rng.sample(sorted(P.TOPICS), p.domains), rng.sample(P.SWEEP_SKILLS, p.skills),
-                P.SWEEP_DIFFICULTIES[: p.difficulties], rng.sample(P.SWEEP_FORMATS, p.formats))
+        axes = (
+            rng.sample(sorted(P.TOPICS), p.domains),
+            rng.sample(P.SWEEP_SKILLS, p.skills),
+            P.SWEEP_DIFFICULTIES[: p.difficulties],
+            rng.sample(P.SWEEP_FORMATS, p.formats),
+        )
         grid = P.coverage_grid(rng, *axes, p.topics_per_cell)
         if p.shuffled:
             rng.shuffle(grid)
-        meta = {"organisation": rng.choice((None, "Benchmark Builders", "Data Curation Ltd")),
-                "payment_fingerprint": new_card(rng), "signup_source": rng.choice(("web", "github")),
-                "signup_at": _iso(self.signup(2, 200)), "email_domain": _email(rng, "personal")}
+        meta = {
+            "organisation": rng.choice((None, "Benchmark Builders", "Data Curation Ltd")),
+            "payment_fingerprint": new_card(rng),
+            "signup_source": rng.choice(("web", "github")),
+            "signup_at": _iso(self.signup(2, 200)),
+            "email_domain": _email(rng, "personal"),
+        }
         acct = self.account("", "tier2", meta, extra={"grid_cells": len(grid)})
         addr = rng.choice(w.clouds).address(rng)
         ua = rng.choice(("OpenAI/Python 1.99.1", "python-httpx/0.27.0", "aiohttp/3.9.5 Python/3.11"))
@@ -966,9 +1460,19 @@ class CoverageSweeper(Persona):
             cells += again
         out = []
         for cell, t in zip(cells, times, strict=False):
-            out.append(self.chat(t, acct.key, w.old_model if t < w.new_release else w.new_model,
-                                 P.sweep_prompt(cell, rng.choice(p.templates)), ua=ua, addr=addr, purpose="sweep",
-                                 max_tokens=p.max_tokens, temperature=0.7))
+            out.append(
+                self.chat(
+                    t,
+                    acct.key,
+                    w.old_model if t < w.new_release else w.new_model,
+                    P.sweep_prompt(cell, rng.choice(p.templates)),
+                    ua=ua,
+                    addr=addr,
+                    purpose="sweep",
+                    max_tokens=p.max_tokens,
+                    temperature=0.7,
+                )
+            )
         return Built([acct], out)
 
 
@@ -993,12 +1497,16 @@ class ReleasePivot(Persona):
 
     @classmethod
     def draw(cls, d: Draw, world: World) -> PivotParams:
-        return PivotParams(accounts=d.integer(1, 4), before_per_day=d.log_uniform(30.0, 300.0),
-                           boost=d.log_uniform(1.5, 8.0), pivot_hours=d.log_uniform(0.3, 24.0),
-                           templates=tuple(d.rng.sample(P.split_pool(P.HARVEST_TEMPLATES, world.split),
-                                                        d.integer(2, 5))),
-                           domains=tuple(d.rng.sample(sorted(P.TOPICS), d.integer(1, 3))),
-                           cot_share=d.uniform(0.0, 0.6), max_tokens=d.integer(800, 4096))
+        return PivotParams(
+            accounts=d.integer(1, 4),
+            before_per_day=d.log_uniform(30.0, 300.0),
+            boost=d.log_uniform(1.5, 8.0),
+            pivot_hours=d.log_uniform(0.3, 24.0),
+            templates=tuple(d.rng.sample(P.split_pool(P.HARVEST_TEMPLATES, world.split), d.integer(2, 5))),
+            domains=tuple(d.rng.sample(sorted(P.TOPICS), d.integer(1, 3))),
+            cot_share=d.uniform(0.0, 0.6),
+            max_tokens=d.integer(800, 4096),
+        )
 
     def build(self) -> Built:
         p, w, rng = self.params, self.world, self.rng
@@ -1008,29 +1516,60 @@ class ReleasePivot(Persona):
         cloud = rng.choice(w.clouds)
         accts, out = [], []
         for a in range(p.accounts):
-            meta = {"organisation": None, "payment_fingerprint": cards[a % len(cards)], "signup_source": "web",
-                    "signup_at": _iso(self.signup(5, 300)), "email_domain": _email(rng, "personal")}
+            meta = {
+                "organisation": None,
+                "payment_fingerprint": cards[a % len(cards)],
+                "signup_source": "web",
+                "signup_at": _iso(self.signup(5, 300)),
+                "email_domain": _email(rng, "personal"),
+            }
             acct = self.account(f"{a}", "tier1", meta, campaign=self.campaign if p.accounts > 1 else None)
             accts.append(acct)
             addr = cloud.address(rng)
             ua = rng.choice(COMMON_UAS[:7])
             rate = p.before_per_day / p.accounts
-            times = arrivals(rng, w, rate, "flat", 0.0, 1.0, end=pivot_at) + \
-                arrivals(rng, w, rate * p.boost, "flat", 0.0, 1.0, start=pivot_at)
+            times = arrivals(rng, w, rate, "flat", 0.0, 1.0, end=pivot_at) + arrivals(
+                rng, w, rate * p.boost, "flat", 0.0, 1.0, start=pivot_at
+            )
             for t in sorted(times):
                 model = w.new_model if t >= pivot_at else w.old_model
                 if rng.random() < p.cot_share:
                     text = P.cot_prompt(rng, P.split_pool(P.COT_DEMANDS, w.split))
                 else:
                     text = P.harvest_prompt(rng, p.templates, topics)
-                out.append(self.chat(t, acct.key, model, text, ua=ua, addr=addr, purpose="harvest",
-                                     max_tokens=p.max_tokens, temperature=0.8))
+                out.append(
+                    self.chat(
+                        t,
+                        acct.key,
+                        model,
+                        text,
+                        ua=ua,
+                        addr=addr,
+                        purpose="harvest",
+                        max_tokens=p.max_tokens,
+                        temperature=0.8,
+                    )
+                )
         return Built(accts, out)
 
 
 #: every persona, by name (benign first)
-PERSONAS: dict[str, type[Persona]] = {c.name: c for c in (
-    CasualUser, CodingAssistant, RagApp, EnterpriseBatch, EvalHarness, ResearchTeam,
-    BulkHarvester, StealthyHarvester, HydraCluster, CotExtractor, CoverageSweeper, ReleasePivot)}
+PERSONAS: dict[str, type[Persona]] = {
+    c.name: c
+    for c in (
+        CasualUser,
+        CodingAssistant,
+        RagApp,
+        EnterpriseBatch,
+        EvalHarness,
+        ResearchTeam,
+        BulkHarvester,
+        StealthyHarvester,
+        HydraCluster,
+        CotExtractor,
+        CoverageSweeper,
+        ReleasePivot,
+    )
+}
 BENIGN = tuple(n for n, c in PERSONAS.items() if c.role == "benign")
 ATTACKERS = tuple(n for n, c in PERSONAS.items() if c.role == "attacker")

@@ -44,69 +44,240 @@ def split_pool(pool: Sequence[T], split: str) -> list[T]:
 
 # ---- topics ---------------------------------------------------------------------------------------------------
 TOPICS: dict[str, tuple[str, ...]] = {
-    "science": ("photosynthesis", "black holes", "plate tectonics", "the immune system", "quantum entanglement",
-                "CRISPR gene editing", "ocean acidification", "the water cycle", "dark matter", "mitochondria",
-                "the greenhouse effect", "vaccines", "antibiotic resistance", "volcanoes", "superconductors"),
-    "history": ("the fall of the Roman Empire", "the printing press", "the French Revolution",
-                "the Silk Road", "the industrial revolution", "the Cold War", "the Meiji Restoration",
-                "the Ottoman Empire", "the Apollo program", "the Hanseatic League", "the Byzantine Empire"),
-    "programming": ("recursion", "hash tables", "garbage collection", "async/await", "database indexes",
-                    "REST APIs", "unit testing", "Git rebasing", "Docker containers", "memory leaks",
-                    "regular expressions", "dependency injection", "race conditions", "big-O notation"),
-    "math": ("prime numbers", "derivatives", "Bayes' theorem", "matrix multiplication", "the Pythagorean theorem",
-             "standard deviation", "logarithms", "complex numbers", "eigenvalues", "combinatorics",
-             "modular arithmetic", "integration by parts", "linear regression"),
-    "health": ("intermittent fasting", "sleep hygiene", "stretching before running", "vitamin D",
-               "managing stress", "lower back pain", "hydration", "strength training for beginners",
-               "seasonal allergies", "posture at a desk"),
-    "finance": ("compound interest", "index funds", "inflation", "a Roth IRA", "budgeting apps",
-                "credit scores", "mortgage refinancing", "emergency funds", "stock options", "bond yields"),
-    "cooking": ("sourdough bread", "risotto", "a vegetarian lasagna", "fermenting kimchi", "pan-seared salmon",
-                "meal prep for a week", "making pasta from scratch", "a gluten-free cake", "ramen broth",
-                "cast iron care"),
-    "travel": ("a week in Japan", "backpacking in Portugal", "a road trip through Utah", "visiting Iceland in "
-               "winter", "Lisbon on a budget", "a weekend in Vienna", "hiking in Patagonia", "the Amalfi coast"),
-    "law": ("tenant rights", "GDPR", "copyright fair use", "non-compete clauses", "small claims court",
-            "software licences", "employment contracts", "trademarks"),
-    "business": ("a go-to-market strategy", "OKRs", "customer churn", "pricing a SaaS product",
-                 "writing a business plan", "remote team management", "supply chain risk", "unit economics"),
-    "literature": ("Moby-Dick", "magical realism", "the unreliable narrator", "Shakespeare's sonnets",
-                   "Jane Austen's irony", "haiku", "the hero's journey", "stream of consciousness"),
-    "philosophy": ("the trolley problem", "free will", "utilitarianism", "Stoicism", "the ship of Theseus",
-                   "existentialism", "Kant's categorical imperative", "the problem of induction"),
+    "science": (
+        "photosynthesis",
+        "black holes",
+        "plate tectonics",
+        "the immune system",
+        "quantum entanglement",
+        "CRISPR gene editing",
+        "ocean acidification",
+        "the water cycle",
+        "dark matter",
+        "mitochondria",
+        "the greenhouse effect",
+        "vaccines",
+        "antibiotic resistance",
+        "volcanoes",
+        "superconductors",
+    ),
+    "history": (
+        "the fall of the Roman Empire",
+        "the printing press",
+        "the French Revolution",
+        "the Silk Road",
+        "the industrial revolution",
+        "the Cold War",
+        "the Meiji Restoration",
+        "the Ottoman Empire",
+        "the Apollo program",
+        "the Hanseatic League",
+        "the Byzantine Empire",
+    ),
+    "programming": (
+        "recursion",
+        "hash tables",
+        "garbage collection",
+        "async/await",
+        "database indexes",
+        "REST APIs",
+        "unit testing",
+        "Git rebasing",
+        "Docker containers",
+        "memory leaks",
+        "regular expressions",
+        "dependency injection",
+        "race conditions",
+        "big-O notation",
+    ),
+    "math": (
+        "prime numbers",
+        "derivatives",
+        "Bayes' theorem",
+        "matrix multiplication",
+        "the Pythagorean theorem",
+        "standard deviation",
+        "logarithms",
+        "complex numbers",
+        "eigenvalues",
+        "combinatorics",
+        "modular arithmetic",
+        "integration by parts",
+        "linear regression",
+    ),
+    "health": (
+        "intermittent fasting",
+        "sleep hygiene",
+        "stretching before running",
+        "vitamin D",
+        "managing stress",
+        "lower back pain",
+        "hydration",
+        "strength training for beginners",
+        "seasonal allergies",
+        "posture at a desk",
+    ),
+    "finance": (
+        "compound interest",
+        "index funds",
+        "inflation",
+        "a Roth IRA",
+        "budgeting apps",
+        "credit scores",
+        "mortgage refinancing",
+        "emergency funds",
+        "stock options",
+        "bond yields",
+    ),
+    "cooking": (
+        "sourdough bread",
+        "risotto",
+        "a vegetarian lasagna",
+        "fermenting kimchi",
+        "pan-seared salmon",
+        "meal prep for a week",
+        "making pasta from scratch",
+        "a gluten-free cake",
+        "ramen broth",
+        "cast iron care",
+    ),
+    "travel": (
+        "a week in Japan",
+        "backpacking in Portugal",
+        "a road trip through Utah",
+        "visiting Iceland in winter",
+        "Lisbon on a budget",
+        "a weekend in Vienna",
+        "hiking in Patagonia",
+        "the Amalfi coast",
+    ),
+    "law": (
+        "tenant rights",
+        "GDPR",
+        "copyright fair use",
+        "non-compete clauses",
+        "small claims court",
+        "software licences",
+        "employment contracts",
+        "trademarks",
+    ),
+    "business": (
+        "a go-to-market strategy",
+        "OKRs",
+        "customer churn",
+        "pricing a SaaS product",
+        "writing a business plan",
+        "remote team management",
+        "supply chain risk",
+        "unit economics",
+    ),
+    "literature": (
+        "Moby-Dick",
+        "magical realism",
+        "the unreliable narrator",
+        "Shakespeare's sonnets",
+        "Jane Austen's irony",
+        "haiku",
+        "the hero's journey",
+        "stream of consciousness",
+    ),
+    "philosophy": (
+        "the trolley problem",
+        "free will",
+        "utilitarianism",
+        "Stoicism",
+        "the ship of Theseus",
+        "existentialism",
+        "Kant's categorical imperative",
+        "the problem of induction",
+    ),
 }
 ALL_TOPICS: tuple[str, ...] = tuple(t for ts in TOPICS.values() for t in ts)
 
 LANGUAGES = ("Python", "JavaScript", "TypeScript", "Go", "Rust", "Java", "C++", "SQL", "Bash", "C#", "Kotlin")
 
-_CASUAL_OPENERS = ("", "", "", "hey, ", "Hi! ", "quick question: ", "Can you help me? ", "ok so ",
-                   "I was wondering, ", "Hello. ", "hmm, ", "Please ", "So my friend asked me and I didn't know: ")
+_CASUAL_OPENERS = (
+    "",
+    "",
+    "",
+    "hey, ",
+    "Hi! ",
+    "quick question: ",
+    "Can you help me? ",
+    "ok so ",
+    "I was wondering, ",
+    "Hello. ",
+    "hmm, ",
+    "Please ",
+    "So my friend asked me and I didn't know: ",
+)
 _CASUAL_TASKS = (
-    "what is {t}?", "explain {t} like I'm five", "can you explain {t} in simple terms",
-    "give me a short summary of {t}", "why does {t} matter?", "what are common misconceptions about {t}",
-    "how would you explain {t} to a teenager", "tell me something interesting about {t}",
-    "what's the difference between {t} and {u}?", "write a short poem about {t}",
-    "I'm reading about {t} and I'm confused. what's the main idea", "pros and cons of {t}?",
-    "recommend some books about {t}", "is it true that {t} is overrated?", "help me understand {t}",
-    "write a tweet about {t}", "make a quiz with 3 questions about {t}", "what should a beginner know about {t}",
-    "give me a fun fact about {t}", "how do I get started with {t}",
+    "what is {t}?",
+    "explain {t} like I'm five",
+    "can you explain {t} in simple terms",
+    "give me a short summary of {t}",
+    "why does {t} matter?",
+    "what are common misconceptions about {t}",
+    "how would you explain {t} to a teenager",
+    "tell me something interesting about {t}",
+    "what's the difference between {t} and {u}?",
+    "write a short poem about {t}",
+    "I'm reading about {t} and I'm confused. what's the main idea",
+    "pros and cons of {t}?",
+    "recommend some books about {t}",
+    "is it true that {t} is overrated?",
+    "help me understand {t}",
+    "write a tweet about {t}",
+    "make a quiz with 3 questions about {t}",
+    "what should a beginner know about {t}",
+    "give me a fun fact about {t}",
+    "how do I get started with {t}",
 )
 _CASUAL_PERSONAL = (
-    "write a birthday message for my sister who loves {t}", "draft an email to my landlord about a broken heater",
-    "help me plan a dinner party for 6 people", "what should I name my new cat? she is grey and very loud",
+    "write a birthday message for my sister who loves {t}",
+    "draft an email to my landlord about a broken heater",
+    "help me plan a dinner party for 6 people",
+    "what should I name my new cat? she is grey and very loud",
     "can you fix the grammar in this: 'me and him goes to the store yesterday and buyed apples'",
     "I have an interview tomorrow for a marketing job, what questions should I prepare for",
     "suggest a 20 minute workout I can do at home without equipment",
-    "rewrite this to sound more polite: 'send me the report now'", "give me 5 ideas for a weekend with kids",
-    "how do I tell my boss I need a day off", "translate 'where is the train station' into Spanish and German",
-    "what's a good gift for someone who likes {t}", "summarise the plot of a movie about {t} that you'd make up",
+    "rewrite this to sound more polite: 'send me the report now'",
+    "give me 5 ideas for a weekend with kids",
+    "how do I tell my boss I need a day off",
+    "translate 'where is the train station' into Spanish and German",
+    "what's a good gift for someone who likes {t}",
+    "summarise the plot of a movie about {t} that you'd make up",
 )
-_FOLLOWUPS = ("thanks! can you make it shorter?", "can you give an example?", "hmm, I don't get the second part",
-              "ok and what about {u}?", "make it more formal please", "can you expand on that?", "why?",
-              "great, now in bullet points", "is that really true?", "thanks", "and for a beginner?",
-              "could you translate that into French?", "what would be a counterargument?")
-_SUFFIXES = ("", "", "", "", " thanks", " please", "!", "?", " :)", " (keep it short)", " in 3 sentences",
-             " with examples", " I need this for school")
+_FOLLOWUPS = (
+    "thanks! can you make it shorter?",
+    "can you give an example?",
+    "hmm, I don't get the second part",
+    "ok and what about {u}?",
+    "make it more formal please",
+    "can you expand on that?",
+    "why?",
+    "great, now in bullet points",
+    "is that really true?",
+    "thanks",
+    "and for a beginner?",
+    "could you translate that into French?",
+    "what would be a counterargument?",
+)
+_SUFFIXES = (
+    "",
+    "",
+    "",
+    "",
+    " thanks",
+    " please",
+    "!",
+    "?",
+    " :)",
+    " (keep it short)",
+    " in 3 sentences",
+    " with examples",
+    " I need this for school",
+)
 
 
 def _typos(rng: random.Random, text: str, rate: float) -> str:
@@ -117,7 +288,7 @@ def _typos(rng: random.Random, text: str, rate: float) -> str:
     for i, w in enumerate(words):
         if len(w) > 3 and rng.random() < rate:
             j = rng.randrange(len(w) - 1)
-            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
     return " ".join(words)
 
 
@@ -139,24 +310,49 @@ def followup_prompt(rng: random.Random) -> str:
 
 # ---- code ----------------------------------------------------------------------------------------------------
 _CODE_TASKS = (
-    "Write a {lang} function that {what}.", "How do I {what} in {lang}?",
+    "Write a {lang} function that {what}.",
+    "How do I {what} in {lang}?",
     "Why does this {lang} code fail?\n\n{snippet}",
-    "Refactor this {lang} code to be more readable:\n\n{snippet}", "Add type hints and a docstring:\n\n{snippet}",
-    "Write unit tests for this function:\n\n{snippet}", "Explain what this code does:\n\n{snippet}",
-    "Convert this to {lang2}:\n\n{snippet}", "Is there a bug here? {snippet}",
-    "What's the idiomatic way to {what} in {lang}?", "Optimise this, it is too slow on large inputs:\n\n{snippet}",
+    "Refactor this {lang} code to be more readable:\n\n{snippet}",
+    "Add type hints and a docstring:\n\n{snippet}",
+    "Write unit tests for this function:\n\n{snippet}",
+    "Explain what this code does:\n\n{snippet}",
+    "Convert this to {lang2}:\n\n{snippet}",
+    "Is there a bug here? {snippet}",
+    "What's the idiomatic way to {what} in {lang}?",
+    "Optimise this, it is too slow on large inputs:\n\n{snippet}",
     "I get `{error}` when I run this:\n{snippet}\nwhat am I doing wrong",
 )
-_CODE_WHATS = ("reverses a linked list", "parses a CSV file and sums a column", "debounces a function call",
-               "reads a JSON config with defaults", "retries an HTTP request with exponential backoff",
-               "finds duplicate files by hash", "validates an email address", "merges two sorted arrays",
-               "computes a moving average", "flattens a nested dictionary", "paginates a SQL query",
-               "serialises a dataclass to JSON", "implements an LRU cache", "streams a large file line by line",
-               "runs tasks concurrently with a limit", "converts timestamps between time zones")
-_ERRORS = ("TypeError: 'NoneType' object is not subscriptable", "IndexError: list index out of range",
-           "undefined is not a function", "segmentation fault (core dumped)", "KeyError: 'id'",
-           "borrowed value does not live long enough", "NullPointerException", "deadlock detected",
-           "ModuleNotFoundError: No module named 'requests'", "SyntaxError: unexpected EOF while parsing")
+_CODE_WHATS = (
+    "reverses a linked list",
+    "parses a CSV file and sums a column",
+    "debounces a function call",
+    "reads a JSON config with defaults",
+    "retries an HTTP request with exponential backoff",
+    "finds duplicate files by hash",
+    "validates an email address",
+    "merges two sorted arrays",
+    "computes a moving average",
+    "flattens a nested dictionary",
+    "paginates a SQL query",
+    "serialises a dataclass to JSON",
+    "implements an LRU cache",
+    "streams a large file line by line",
+    "runs tasks concurrently with a limit",
+    "converts timestamps between time zones",
+)
+_ERRORS = (
+    "TypeError: 'NoneType' object is not subscriptable",
+    "IndexError: list index out of range",
+    "undefined is not a function",
+    "segmentation fault (core dumped)",
+    "KeyError: 'id'",
+    "borrowed value does not live long enough",
+    "NullPointerException",
+    "deadlock detected",
+    "ModuleNotFoundError: No module named 'requests'",
+    "SyntaxError: unexpected EOF while parsing",
+)
 _IDENTS = ("items", "data", "users", "rows", "result", "cache", "values", "queue", "nodes", "records", "buf")
 
 
@@ -184,8 +380,9 @@ def code_snippet(rng: random.Random) -> str:
 def code_prompt(rng: random.Random, languages: Sequence[str] = LANGUAGES) -> str:
     """A coding question as developers type it into an assistant."""
     lang, lang2 = rng.sample(list(languages) if len(languages) > 1 else list(LANGUAGES), 2)
-    return rng.choice(_CODE_TASKS).format(lang=lang, lang2=lang2, what=rng.choice(_CODE_WHATS),
-                                          snippet=code_snippet(rng), error=rng.choice(_ERRORS))
+    return rng.choice(_CODE_TASKS).format(
+        lang=lang, lang2=lang2, what=rng.choice(_CODE_WHATS), snippet=code_snippet(rng), error=rng.choice(_ERRORS)
+    )
 
 
 CODING_SYSTEM_PROMPTS = (
@@ -209,56 +406,88 @@ class Document:
 
 RAG_CORPORA: dict[str, tuple[Document, ...]] = {
     "hr-handbook": (
-        Document("Leave policy", (
-            "Employees accrue 2.08 days of paid leave per month of service, up to 25 days per calendar year. "
-            "Unused leave of up to 5 days carries over to the next year and expires on 31 March.",
-            "Sick leave does not count against paid leave. From the fourth consecutive day of sickness a "
-            "medical certificate must be sent to HR within two working days.",
-            "Parental leave is 16 weeks at full pay for the primary caregiver and 6 weeks for the secondary "
-            "caregiver, to be taken within the first year after birth or adoption.")),
-        Document("Expenses", (
-            "Travel must be booked through the travel portal. Economy class is the default for flights under "
-            "six hours; premium economy may be approved by a director for longer flights.",
-            "Meals while travelling are reimbursed up to 60 EUR per day with receipts. Alcohol is not "
-            "reimbursed except at client dinners approved in advance.",
-            "Expense reports are due within 30 days of the expense; late reports need a manager's approval.")),
-        Document("Remote work", (
-            "Employees may work remotely up to three days a week after their probation period. Fully remote "
-            "arrangements require a written agreement with HR.",
-            "A one-off home office allowance of 500 EUR is available; receipts must be submitted within 90 days.",
-            "Working from another country for more than 20 days a year needs approval from legal and payroll.")),
+        Document(
+            "Leave policy",
+            (
+                "Employees accrue 2.08 days of paid leave per month of service, up to 25 days per calendar year. "
+                "Unused leave of up to 5 days carries over to the next year and expires on 31 March.",
+                "Sick leave does not count against paid leave. From the fourth consecutive day of sickness a "
+                "medical certificate must be sent to HR within two working days.",
+                "Parental leave is 16 weeks at full pay for the primary caregiver and 6 weeks for the secondary "
+                "caregiver, to be taken within the first year after birth or adoption.",
+            ),
+        ),
+        Document(
+            "Expenses",
+            (
+                "Travel must be booked through the travel portal. Economy class is the default for flights under "
+                "six hours; premium economy may be approved by a director for longer flights.",
+                "Meals while travelling are reimbursed up to 60 EUR per day with receipts. Alcohol is not "
+                "reimbursed except at client dinners approved in advance.",
+                "Expense reports are due within 30 days of the expense; late reports need a manager's approval.",
+            ),
+        ),
+        Document(
+            "Remote work",
+            (
+                "Employees may work remotely up to three days a week after their probation period. Fully remote "
+                "arrangements require a written agreement with HR.",
+                "A one-off home office allowance of 500 EUR is available; receipts must be submitted within 90 days.",
+                "Working from another country for more than 20 days a year needs approval from legal and payroll.",
+            ),
+        ),
     ),
     "product-docs": (
-        Document("Getting started", (
-            "Install the CLI with `pip install acmectl` and run `acmectl login` to authenticate with your "
-            "workspace. Tokens are stored in the system keychain.",
-            "A project is created with `acmectl init`; it writes acme.toml, which holds the region, the runtime "
-            "and the environment variables of the project.",
-            "Deploy with `acmectl deploy`. The first deploy provisions a database and prints the public URL.")),
-        Document("Billing", (
-            "The Starter plan includes 100,000 requests a month; beyond that, requests cost 0.40 USD per 1,000. "
-            "The Team plan includes 2 million requests and SSO.",
-            "Invoices are issued on the first day of each month. A failed payment is retried three times over "
-            "seven days before the workspace is suspended.",
-            "Refunds are available within 14 days of an annual upgrade; monthly plans are not refunded.")),
-        Document("Limits and quotas", (
-            "Each project may run up to 10 concurrent deployments. Build minutes are capped at 600 per month on "
-            "the Starter plan.",
-            "Request bodies are limited to 6 MB and responses to 20 MB. Functions time out after 30 seconds "
-            "unless a longer timeout is configured (maximum 900 seconds).",
-            "Rate limits are 100 requests per second per project; exceeding them returns HTTP 429.")),
+        Document(
+            "Getting started",
+            (
+                "Install the CLI with `pip install acmectl` and run `acmectl login` to authenticate with your "
+                "workspace. Tokens are stored in the system keychain.",
+                "A project is created with `acmectl init`; it writes acme.toml, which holds the region, the runtime "
+                "and the environment variables of the project.",
+                "Deploy with `acmectl deploy`. The first deploy provisions a database and prints the public URL.",
+            ),
+        ),
+        Document(
+            "Billing",
+            (
+                "The Starter plan includes 100,000 requests a month; beyond that, requests cost 0.40 USD per 1,000. "
+                "The Team plan includes 2 million requests and SSO.",
+                "Invoices are issued on the first day of each month. A failed payment is retried three times over "
+                "seven days before the workspace is suspended.",
+                "Refunds are available within 14 days of an annual upgrade; monthly plans are not refunded.",
+            ),
+        ),
+        Document(
+            "Limits and quotas",
+            (
+                "Each project may run up to 10 concurrent deployments. Build minutes are capped at 600 per month on "
+                "the Starter plan.",
+                "Request bodies are limited to 6 MB and responses to 20 MB. Functions time out after 30 seconds "
+                "unless a longer timeout is configured (maximum 900 seconds).",
+                "Rate limits are 100 requests per second per project; exceeding them returns HTTP 429.",
+            ),
+        ),
     ),
     "clinic-faq": (
-        Document("Appointments", (
-            "Appointments can be booked online up to 8 weeks ahead. Cancellations less than 24 hours before "
-            "the appointment are charged 30 EUR.",
-            "Same-day appointments are reserved for urgent cases and can be requested by phone from 8:00.",
-            "Video consultations are available for follow-ups and prescription renewals.")),
-        Document("Vaccinations", (
-            "The clinic offers influenza vaccination from October to December without an appointment on "
-            "Tuesday and Thursday mornings.",
-            "Travel vaccinations need a consultation at least six weeks before departure.",
-            "Children's vaccinations follow the national schedule; bring the vaccination booklet.")),
+        Document(
+            "Appointments",
+            (
+                "Appointments can be booked online up to 8 weeks ahead. Cancellations less than 24 hours before "
+                "the appointment are charged 30 EUR.",
+                "Same-day appointments are reserved for urgent cases and can be requested by phone from 8:00.",
+                "Video consultations are available for follow-ups and prescription renewals.",
+            ),
+        ),
+        Document(
+            "Vaccinations",
+            (
+                "The clinic offers influenza vaccination from October to December without an appointment on "
+                "Tuesday and Thursday mornings.",
+                "Travel vaccinations need a consultation at least six weeks before departure.",
+                "Children's vaccinations follow the national schedule; bring the vaccination booklet.",
+            ),
+        ),
     ),
 }
 
@@ -276,21 +505,42 @@ RAG_TEMPLATES = (
     "Use the following passages to answer.\n---\n{context}\n---\nQ: {question}",
     "<context>\n{context}\n</context>\n<question>{question}</question>",
 )
-_RAG_QUESTIONS = ("how many {x} do I get?", "what is the rule for {x}?", "can I {y}?", "what happens if {y}?",
-                  "where do I find info about {x}", "is there a limit on {x}?", "who approves {x}?",
-                  "what's the deadline for {x}", "how does {x} work", "do I need {x} for this?")
+_RAG_QUESTIONS = (
+    "how many {x} do I get?",
+    "what is the rule for {x}?",
+    "can I {y}?",
+    "what happens if {y}?",
+    "where do I find info about {x}",
+    "is there a limit on {x}?",
+    "who approves {x}?",
+    "what's the deadline for {x}",
+    "how does {x} work",
+    "do I need {x} for this?",
+)
 _RAG_SUBJECTS = {
-    "hr-handbook": (("paid leave", "carry over unused leave"), ("sick leave", "I'm sick for five days"),
-                    ("parental leave", "take parental leave after adoption"), ("travel booking", "fly business class"),
-                    ("meal expenses", "expense a client dinner"), ("remote work", "work from Spain for a month"),
-                    ("home office allowance", "submit receipts late")),
-    "product-docs": (("requests on the Starter plan", "exceed the free requests"), ("refunds", "cancel my annual plan"),
-                     ("concurrent deployments", "run 20 deployments at once"), ("function timeouts",
-                     "a function runs longer than 30 seconds"), ("login tokens", "log in on a CI server"),
-                     ("failed payments", "my card is declined")),
-    "clinic-faq": (("cancellation fees", "cancel on the same day"), ("flu shots", "come without an appointment"),
-                   ("travel vaccinations", "travel to Kenya next month"), ("video consultations",
-                   "renew a prescription by video")),
+    "hr-handbook": (
+        ("paid leave", "carry over unused leave"),
+        ("sick leave", "I'm sick for five days"),
+        ("parental leave", "take parental leave after adoption"),
+        ("travel booking", "fly business class"),
+        ("meal expenses", "expense a client dinner"),
+        ("remote work", "work from Spain for a month"),
+        ("home office allowance", "submit receipts late"),
+    ),
+    "product-docs": (
+        ("requests on the Starter plan", "exceed the free requests"),
+        ("refunds", "cancel my annual plan"),
+        ("concurrent deployments", "run 20 deployments at once"),
+        ("function timeouts", "a function runs longer than 30 seconds"),
+        ("login tokens", "log in on a CI server"),
+        ("failed payments", "my card is declined"),
+    ),
+    "clinic-faq": (
+        ("cancellation fees", "cancel on the same day"),
+        ("flu shots", "come without an appointment"),
+        ("travel vaccinations", "travel to Kenya next month"),
+        ("video consultations", "renew a prescription by video"),
+    ),
 }
 
 
@@ -319,11 +569,30 @@ BATCH_INSTRUCTIONS = (
     "Does this message contain personal data (names, emails, phone numbers)? Answer yes or no.\n\n{record}",
     "Rewrite this internal note as a polite customer-facing update, under 60 words.\n\n{record}",
 )
-_PRODUCTS = ("the mobile app", "the desktop client", "invoice export", "the dashboard", "SSO login", "the API",
-             "the printer driver", "the smart thermostat", "order tracking", "the subscription page")
-_PROBLEMS = ("crashes on startup", "shows the wrong currency", "is very slow since the update", "logs me out",
-             "charged me twice", "doesn't sync", "won't accept my card", "lost my settings", "is missing a dark mode",
-             "sends duplicate emails")
+_PRODUCTS = (
+    "the mobile app",
+    "the desktop client",
+    "invoice export",
+    "the dashboard",
+    "SSO login",
+    "the API",
+    "the printer driver",
+    "the smart thermostat",
+    "order tracking",
+    "the subscription page",
+)
+_PROBLEMS = (
+    "crashes on startup",
+    "shows the wrong currency",
+    "is very slow since the update",
+    "logs me out",
+    "charged me twice",
+    "doesn't sync",
+    "won't accept my card",
+    "lost my settings",
+    "is missing a dark mode",
+    "sends duplicate emails",
+)
 _TONES = ("Hi, ", "Hello support, ", "", "URGENT: ", "Dear team, ", "hey - ")
 
 
@@ -375,9 +644,13 @@ def _math_word(rng: random.Random) -> str:
 def _multiple_choice(rng: random.Random) -> str:
     domain = rng.choice(sorted(TOPICS))
     topics = rng.sample(TOPICS[domain], 4)
-    q = rng.choice(("Which of the following is most closely associated with {d}?",
-                    "Which term from {d} does this describe: a concept central to the field?",
-                    "In {d}, which of these would an expert discuss first?"))
+    q = rng.choice(
+        (
+            "Which of the following is most closely associated with {d}?",
+            "Which term from {d} does this describe: a concept central to the field?",
+            "In {d}, which of these would an expert discuss first?",
+        )
+    )
     opts = "\n".join(f"{letter}. {t}" for letter, t in zip("ABCD", topics, strict=True))
     return f"The following is a multiple choice question about {domain}.\n\n{q.format(d=domain)}\n{opts}\nAnswer:"
 
@@ -391,14 +664,24 @@ def _code_completion(rng: random.Random) -> str:
 def _reading(rng: random.Random) -> str:
     corpus = rng.choice(sorted(RAG_CORPORA))
     doc = rng.choice(RAG_CORPORA[corpus])
-    return (f"Passage: {' '.join(doc.chunks)}\n\nQuestion: According to the passage, what is said about "
-            f"{doc.title.lower()}?\nAnswer:")
+    return (
+        f"Passage: {' '.join(doc.chunks)}\n\nQuestion: According to the passage, what is said about "
+        f"{doc.title.lower()}?\nAnswer:"
+    )
 
 
-_BENCH_MAKERS = {"math-word": _math_word, "multiple-choice": _multiple_choice, "code-completion": _code_completion,
-                 "reading": _reading}
-EVAL_COT_SUFFIX = ("", "\nLet's think step by step.", "\nAnswer with the letter only.",
-                   "\nThink step by step, then give the final answer after '####'.")
+_BENCH_MAKERS = {
+    "math-word": _math_word,
+    "multiple-choice": _multiple_choice,
+    "code-completion": _code_completion,
+    "reading": _reading,
+}
+EVAL_COT_SUFFIX = (
+    "",
+    "\nLet's think step by step.",
+    "\nAnswer with the letter only.",
+    "\nThink step by step, then give the final answer after '####'.",
+)
 
 
 def benchmark_items(benchmark: str, n: int, seed: int) -> list[BenchmarkItem]:
@@ -432,8 +715,7 @@ _LOGIC = (
     "If all bloops are razzies and some razzies are lazzies, must some bloops be lazzies?",
     "A bat and a ball cost $1.10 in total. The bat costs $1.00 more than the ball. How much is the ball?",
     "Five people sit in a row. {a} is left of {b}, {c} is at one end, and {b} is not next to {c}. Where can {a} sit?",
-    "You have {x} coins, one counterfeit and lighter. What is the minimum number of weighings on a balance to "
-    "find it?",
+    "You have {x} coins, one counterfeit and lighter. What is the minimum number of weighings on a balance to find it?",
     "Is {x} a prime number? Prove your answer.",
     "How many ways can {x} distinct books be arranged on a shelf if two particular books must be adjacent?",
     "Find all integer solutions of x^2 - {y}x + {z} = 0.",
@@ -447,8 +729,9 @@ def reasoning_problem(rng: random.Random) -> str:
     r = rng.random()
     if r < 0.45:
         a, b, c = rng.sample(_NAMES, 3)
-        return rng.choice(_LOGIC).format(a=a, b=b, c=c, x=rng.randint(7, 120), y=rng.randint(3, 12),
-                                         z=rng.randint(2, 30))
+        return rng.choice(_LOGIC).format(
+            a=a, b=b, c=c, x=rng.randint(7, 120), y=rng.randint(3, 12), z=rng.randint(2, 30)
+        )
     if r < 0.85:
         return _math_word(rng)
     return f"What does this function return for an input of {rng.randint(2, 9)}, and why?\n\n{code_snippet(rng)}"
@@ -477,9 +760,20 @@ HARVEST_TEMPLATES = (
     "As a world-class tutor, {task} on the subject of {t}.",
     "Task: {task}\nSubject: {t}\nLength: detailed\nFormat: markdown",
 )
-HARVEST_TASKS = ("write an explanation", "write a tutorial", "answer common questions", "compare alternatives",
-                 "give worked examples", "summarise the key ideas", "write an FAQ", "describe the history",
-                 "list best practices", "explain the trade-offs", "write a lesson plan", "write an essay")
+HARVEST_TASKS = (
+    "write an explanation",
+    "write a tutorial",
+    "answer common questions",
+    "compare alternatives",
+    "give worked examples",
+    "summarise the key ideas",
+    "write an FAQ",
+    "describe the history",
+    "list best practices",
+    "explain the trade-offs",
+    "write a lesson plan",
+    "write an essay",
+)
 
 
 def harvest_prompt(rng: random.Random, templates: Sequence[str], topics: Sequence[str]) -> str:
@@ -490,10 +784,24 @@ def harvest_prompt(rng: random.Random, templates: Sequence[str], topics: Sequenc
 
 
 # ---- capability coverage sweeps ----------------------------------------------------------------------------------
-SWEEP_SKILLS = ("explain a concept", "solve a problem", "write code", "write a story", "translate a passage",
-                "summarise a text", "classify a statement", "argue both sides", "write a dialogue",
-                "extract structured data", "critique an argument", "plan a project", "write a poem",
-                "answer a trivia question", "give advice", "write an email")
+SWEEP_SKILLS = (
+    "explain a concept",
+    "solve a problem",
+    "write code",
+    "write a story",
+    "translate a passage",
+    "summarise a text",
+    "classify a statement",
+    "argue both sides",
+    "write a dialogue",
+    "extract structured data",
+    "critique an argument",
+    "plan a project",
+    "write a poem",
+    "answer a trivia question",
+    "give advice",
+    "write an email",
+)
 SWEEP_DIFFICULTIES = ("beginner", "intermediate", "advanced", "expert")
 SWEEP_FORMATS = ("plain text", "a bulleted list", "JSON", "a table", "a numbered procedure", "markdown")
 SWEEP_TEMPLATES = (
@@ -517,8 +825,14 @@ class SweepCell:
     topic: str
 
 
-def coverage_grid(rng: random.Random, domains: Sequence[str], skills: Sequence[str], difficulties: Sequence[str],
-                  formats: Sequence[str], topics_per_cell: int = 1) -> list[SweepCell]:
+def coverage_grid(
+    rng: random.Random,
+    domains: Sequence[str],
+    skills: Sequence[str],
+    difficulties: Sequence[str],
+    formats: Sequence[str],
+    topics_per_cell: int = 1,
+) -> list[SweepCell]:
     """Every cell of the grid (in lexicographic order), each with ``topics_per_cell`` topics of its domain."""
     cells = []
     for d in domains:
@@ -532,8 +846,14 @@ def coverage_grid(rng: random.Random, domains: Sequence[str], skills: Sequence[s
 
 def sweep_prompt(cell: SweepCell, template: str) -> str:
     """A coverage-sweep request for one cell."""
-    return template.format(domain=cell.domain, skill=cell.skill, skill_cap=cell.skill[0].upper() + cell.skill[1:],
-                           difficulty=cell.difficulty, fmt=cell.fmt, topic=cell.topic)
+    return template.format(
+        domain=cell.domain,
+        skill=cell.skill,
+        skill_cap=cell.skill[0].upper() + cell.skill[1:],
+        difficulty=cell.difficulty,
+        fmt=cell.fmt,
+        topic=cell.topic,
+    )
 
 
 # ---- research ---------------------------------------------------------------------------------------------------

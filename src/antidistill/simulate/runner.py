@@ -91,19 +91,46 @@ def prepare_out(out_dir: str | Path) -> Path:
     return out
 
 
-def finish_run(out: Path, plan: Plan, ids: dict[str, tuple[str, str]], result: Any, t0: float,
-            store_url: str | None, gateway: str, data_dir: Path | None = None) -> SimulationResult:
+def finish_run(
+    out: Path,
+    plan: Plan,
+    ids: dict[str, tuple[str, str]],
+    result: Any,
+    t0: float,
+    store_url: str | None,
+    gateway: str,
+    data_dir: Path | None = None,
+) -> SimulationResult:
     rows = labels(plan, ids, result)
     wall = time.perf_counter() - t0
-    extra = {"gateway": gateway, "store_url": store_url, "gateway_data_dir": str(data_dir) if data_dir else None,
-             "wall_s": round(wall, 3), "drive_s": round(result.wall_s, 3),
-             "requests_per_s": round(result.requests_per_s, 1),
-             "status_counts": {str(k): v for k, v in sorted(result.status_counts.items())}}
+    extra = {
+        "gateway": gateway,
+        "store_url": store_url,
+        "gateway_data_dir": str(data_dir) if data_dir else None,
+        "wall_s": round(wall, 3),
+        "drive_s": round(result.wall_s, 3),
+        "requests_per_s": round(result.requests_per_s, 1),
+        "status_counts": {str(k): v for k, v in sorted(result.status_counts.items())},
+    }
     scenario = write_outputs(out, plan, rows, result, extra)
-    log.info("simulation done: %d requests in %.1f s (%.0f/s), statuses %s", len(plan.requests), result.wall_s,
-             result.requests_per_s, result.status_counts)
-    return SimulationResult(out, store_url, rows, scenario, len(plan.requests), dict(result.status_counts), wall,
-                            result.wall_s, result.requests_per_s)
+    log.info(
+        "simulation done: %d requests in %.1f s (%.0f/s), statuses %s",
+        len(plan.requests),
+        result.wall_s,
+        result.requests_per_s,
+        result.status_counts,
+    )
+    return SimulationResult(
+        out,
+        store_url,
+        rows,
+        scenario,
+        len(plan.requests),
+        dict(result.status_counts),
+        wall,
+        result.wall_s,
+        result.requests_per_s,
+    )
 
 
 def auto_processes(n_requests: int) -> int:
@@ -115,10 +142,17 @@ def auto_processes(n_requests: int) -> int:
     return min(4, max(1, (os.cpu_count() or 1) - 1))
 
 
-def run_against_gateway(scenario: Scenario, out_dir: str | Path, base_url: str, admin_token: str, *,
-                        concurrency: int = 12, processes: int | None = None,
-                        progress: Callable[[int, int], None] | None = None, plan: Plan | None = None
-                        ) -> SimulationResult:
+def run_against_gateway(
+    scenario: Scenario,
+    out_dir: str | Path,
+    base_url: str,
+    admin_token: str,
+    *,
+    concurrency: int = 12,
+    processes: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    plan: Plan | None = None,
+) -> SimulationResult:
     """Run ``scenario`` against a running gateway: accounts through its admin API, traffic through its
     OpenAI-compatible API. The gateway must accept the client clock and trust ``X-Forwarded-For``; otherwise
     its audit log holds real times and the gateway's own view of the client address.
@@ -135,8 +169,14 @@ def run_against_gateway(scenario: Scenario, out_dir: str | Path, base_url: str, 
     out = prepare_out(out_dir)
     plan = plan or scenario.build()
     ids = create_accounts_via_admin(base_url, admin_token, plan.accounts)
-    result = drive(plan, base_url, {k: v[1] for k, v in ids.items()}, concurrency=concurrency,
-                   processes=auto_processes(len(plan.requests)) if processes is None else processes, progress=progress)
+    result = drive(
+        plan,
+        base_url,
+        {k: v[1] for k, v in ids.items()},
+        concurrency=concurrency,
+        processes=auto_processes(len(plan.requests)) if processes is None else processes,
+        progress=progress,
+    )
     return finish_run(out, plan, ids, result, t0, None, base_url)
 
 
@@ -159,5 +199,11 @@ def load_scenario(out_dir: str | Path) -> dict[str, Any]:
         raise InputError(f"no scenario.json in {out_dir}: not a finished simulation") from None
 
 
-__all__ = ["SimulationError", "SimulationResult", "auto_processes", "load_labels", "load_scenario",
-           "run_against_gateway"]
+__all__ = [
+    "SimulationError",
+    "SimulationResult",
+    "auto_processes",
+    "load_labels",
+    "load_scenario",
+    "run_against_gateway",
+]

@@ -56,27 +56,77 @@ class ScaleSpec:
 
 SCALES: dict[str, ScaleSpec] = {
     # a few seconds: the tests' size (every persona present, the hydra at its smallest)
-    "small": ScaleSpec(days=1.0, counts={"casual": 40, "coding_product": 1, "rag_app": 1, "enterprise_batch": 1,
-                                         "eval_harness": 1, "research_team": 1, "bulk_harvester": 1,
-                                         "stealthy_harvester": 1, "hydra": 1, "cot_extractor": 1,
-                                         "coverage_sweeper": 1, "release_pivot": 1},
-                       hydra_members=(20, 24), hydra_daily_budget=100.0,
-                       # thin the high-volume personas, keep enough of the rare ones for every persona to show
-                       persona_volume={"coding_product": 0.15, "rag_app": 0.3, "enterprise_batch": 0.06,
-                                       "eval_harness": 0.08, "research_team": 0.4, "bulk_harvester": 0.06,
-                                       "cot_extractor": 0.15, "coverage_sweeper": 0.08, "release_pivot": 0.2}),
+    "small": ScaleSpec(
+        days=1.0,
+        counts={
+            "casual": 40,
+            "coding_product": 1,
+            "rag_app": 1,
+            "enterprise_batch": 1,
+            "eval_harness": 1,
+            "research_team": 1,
+            "bulk_harvester": 1,
+            "stealthy_harvester": 1,
+            "hydra": 1,
+            "cot_extractor": 1,
+            "coverage_sweeper": 1,
+            "release_pivot": 1,
+        },
+        hydra_members=(20, 24),
+        hydra_daily_budget=100.0,
+        # thin the high-volume personas, keep enough of the rare ones for every persona to show
+        persona_volume={
+            "coding_product": 0.15,
+            "rag_app": 0.3,
+            "enterprise_batch": 0.06,
+            "eval_harness": 0.08,
+            "research_team": 0.4,
+            "bulk_harvester": 0.06,
+            "cot_extractor": 0.15,
+            "coverage_sweeper": 0.08,
+            "release_pivot": 0.2,
+        },
+    ),
     # a simulated week; several hundred benign accounts, so that a 0.5% per-account false-positive rate can be
     # measured over a few seeds
-    "default": ScaleSpec(days=7.0, counts={"casual": 420, "coding_product": 2, "rag_app": 3, "enterprise_batch": 2,
-                                           "eval_harness": 3, "research_team": 3, "bulk_harvester": 1,
-                                           "stealthy_harvester": 2, "hydra": 1, "cot_extractor": 1,
-                                           "coverage_sweeper": 1, "release_pivot": 1},
-                         hydra_members=(20, 500), hydra_daily_budget=1200.0),
-    "large": ScaleSpec(days=14.0, counts={"casual": 1500, "coding_product": 4, "rag_app": 8, "enterprise_batch": 4,
-                                          "eval_harness": 6, "research_team": 8, "bulk_harvester": 2,
-                                          "stealthy_harvester": 5, "hydra": 2, "cot_extractor": 2,
-                                          "coverage_sweeper": 2, "release_pivot": 2},
-                       hydra_members=(20, 500), hydra_daily_budget=2000.0),
+    "default": ScaleSpec(
+        days=7.0,
+        counts={
+            "casual": 420,
+            "coding_product": 2,
+            "rag_app": 3,
+            "enterprise_batch": 2,
+            "eval_harness": 3,
+            "research_team": 3,
+            "bulk_harvester": 1,
+            "stealthy_harvester": 2,
+            "hydra": 1,
+            "cot_extractor": 1,
+            "coverage_sweeper": 1,
+            "release_pivot": 1,
+        },
+        hydra_members=(20, 500),
+        hydra_daily_budget=1200.0,
+    ),
+    "large": ScaleSpec(
+        days=14.0,
+        counts={
+            "casual": 1500,
+            "coding_product": 4,
+            "rag_app": 8,
+            "enterprise_batch": 4,
+            "eval_harness": 6,
+            "research_team": 8,
+            "bulk_harvester": 2,
+            "stealthy_harvester": 5,
+            "hydra": 2,
+            "cot_extractor": 2,
+            "coverage_sweeper": 2,
+            "release_pivot": 2,
+        },
+        hydra_members=(20, 500),
+        hydra_daily_budget=2000.0,
+    ),
 }
 
 
@@ -125,8 +175,9 @@ class Scenario:
             raise InputError(f"days must be in (0, 366], got {self.days!r}")
         unknown = set(self.counts) - set(PERSONAS)
         if unknown:
-            raise InputError(f"unknown persona(s) in counts: {', '.join(sorted(unknown))} "
-                             f"(known: {', '.join(PERSONAS)})")
+            raise InputError(
+                f"unknown persona(s) in counts: {', '.join(sorted(unknown))} (known: {', '.join(PERSONAS)})"
+            )
         for name, n in self.counts.items():
             if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 100_000:
                 raise InputError(f"counts[{name!r}] must be an integer in [0, 100000], got {n!r}")
@@ -145,23 +196,41 @@ class Scenario:
             raise InputError(f"hydra_members must be 1 <= lo <= hi <= 10000, got {self.hydra_members!r}")
 
     @classmethod
-    def from_scale(cls, scale: str = "default", seed: int = 0, days: float | None = None, split: str = "train",
-                   **kw: Any) -> Scenario:
+    def from_scale(
+        cls, scale: str = "default", seed: int = 0, days: float | None = None, split: str = "train", **kw: Any
+    ) -> Scenario:
         """The preset ``small``, ``default`` or ``large`` (``days`` overrides its duration)."""
         if scale not in SCALES:
             raise InputError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
         spec = SCALES[scale]
-        return cls(seed=seed, days=spec.days if days is None else days, counts=dict(spec.counts), split=split,
-                   scale=scale, hydra_members=spec.hydra_members, hydra_daily_budget=spec.hydra_daily_budget,
-                   volume=spec.volume, persona_volume=dict(spec.persona_volume), **kw)
+        return cls(
+            seed=seed,
+            days=spec.days if days is None else days,
+            counts=dict(spec.counts),
+            split=split,
+            scale=scale,
+            hydra_members=spec.hydra_members,
+            hydra_daily_budget=spec.hydra_daily_budget,
+            volume=spec.volume,
+            persona_volume=dict(spec.persona_volume),
+            **kw,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "days": self.days, "split": self.split, "start": self.start,
-                "start_iso": datetime.fromtimestamp(self.start, UTC).isoformat(), "scale": self.scale,
-                "counts": dict(self.counts), "hydra_members": list(self.hydra_members),
-                "hydra_daily_budget": self.hydra_daily_budget, "volume": self.volume,
-                "persona_volume": dict(self.persona_volume),
-                "overrides": {k: dict(v) for k, v in self.overrides.items()}}
+        return {
+            "seed": self.seed,
+            "days": self.days,
+            "split": self.split,
+            "start": self.start,
+            "start_iso": datetime.fromtimestamp(self.start, UTC).isoformat(),
+            "scale": self.scale,
+            "counts": dict(self.counts),
+            "hydra_members": list(self.hydra_members),
+            "hydra_daily_budget": self.hydra_daily_budget,
+            "volume": self.volume,
+            "persona_volume": dict(self.persona_volume),
+            "overrides": {k: dict(v) for k, v in self.overrides.items()},
+        }
 
     def build(self) -> Plan:
         """The plan: accounts and time-ordered requests, each account's traffic kept under its virtual limits."""
@@ -200,8 +269,9 @@ def enforce_limits(requests: Sequence[PlannedRequest], limits: VirtualLimits, en
     shift: dict[str, float] = {}
     for r in sorted(requests, key=lambda r: (r.t, r.turn)):
         cost = r.cost(DEFAULT_MAX_TOKENS)
-        if (limits.tpm is not None and cost > limits.tpm) or (limits.tokens_per_day is not None
-                                                              and cost > limits.tokens_per_day):
+        if (limits.tpm is not None and cost > limits.tpm) or (
+            limits.tokens_per_day is not None and cost > limits.tokens_per_day
+        ):
             continue
         t = max(r.t + (shift.get(r.conversation, 0.0) if r.conversation else 0.0), last)
         while True:
@@ -259,14 +329,24 @@ class Plan:
         """Totals for people: accounts, requests, benign vs attacker."""
         role = {a.key: a.role for a in self.accounts}
         by_role = Counter(role[r.account] for r in self.requests)
-        return {"accounts": len(self.accounts), "requests": len(self.requests),
-                "benign_accounts": sum(a.role == "benign" for a in self.accounts),
-                "attacker_accounts": sum(a.role == "attacker" for a in self.accounts),
-                "benign_requests": by_role["benign"], "attacker_requests": by_role["attacker"]}
+        return {
+            "accounts": len(self.accounts),
+            "requests": len(self.requests),
+            "benign_accounts": sum(a.role == "benign" for a in self.accounts),
+            "attacker_accounts": sum(a.role == "attacker" for a in self.accounts),
+            "benign_requests": by_role["benign"],
+            "attacker_requests": by_role["attacker"],
+        }
 
     def scenario_dict(self) -> dict[str, Any]:
         """What ``scenario.json`` holds (before the run adds its own facts)."""
-        return {**self.scenario.to_dict(), "end": self.scenario.start + self.scenario.days * DAY_S,
-                "releases": self.releases, "tiers": {k: v.to_dict() for k, v in TIERS.items()},
-                "personas": {"benign": list(BENIGN), "attacker": list(ATTACKERS)}, "networks": self.networks,
-                "persona_counts": self.counts(), "summary": self.summary()}
+        return {
+            **self.scenario.to_dict(),
+            "end": self.scenario.start + self.scenario.days * DAY_S,
+            "releases": self.releases,
+            "tiers": {k: v.to_dict() for k, v in TIERS.items()},
+            "personas": {"benign": list(BENIGN), "attacker": list(ATTACKERS)},
+            "networks": self.networks,
+            "persona_counts": self.counts(),
+            "summary": self.summary(),
+        }

@@ -58,14 +58,35 @@ class Release:
 
 # ---- user agents ------------------------------------------------------------------------------------------------
 COMMON_UAS = (
-    "OpenAI/Python 1.54.3", "OpenAI/Python 1.99.1", "OpenAI/Python 2.8.1", "AsyncOpenAI/Python 1.97.0",
-    "OpenAI/JS 4.77.0", "OpenAI/JS 5.12.2", "python-requests/2.32.3", "curl/8.5.0", "node-fetch/1.0",
-    "langchain-openai/0.3.28 OpenAI/Python 1.97.0", "LibreChat/0.7.8", "open-webui/0.6.5", "Chatbox/1.11.3",
+    "OpenAI/Python 1.54.3",
+    "OpenAI/Python 1.99.1",
+    "OpenAI/Python 2.8.1",
+    "AsyncOpenAI/Python 1.97.0",
+    "OpenAI/JS 4.77.0",
+    "OpenAI/JS 5.12.2",
+    "python-requests/2.32.3",
+    "curl/8.5.0",
+    "node-fetch/1.0",
+    "langchain-openai/0.3.28 OpenAI/Python 1.97.0",
+    "LibreChat/0.7.8",
+    "open-webui/0.6.5",
+    "Chatbox/1.11.3",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 "
-    "Safari/537.36 TypingMind/2.4", "Cursor/0.45.11", "continue.dev/0.9.250", "aider/0.82.1 OpenAI/Python 1.75.0",
+    "Safari/537.36 TypingMind/2.4",
+    "Cursor/0.45.11",
+    "continue.dev/0.9.250",
+    "aider/0.82.1 OpenAI/Python 1.75.0",
 )
-UNCOMMON_UAS = ("python-httpx/0.27.0", "Go-http-client/2.0", "aiohttp/3.9.5 Python/3.11", "okhttp/4.12.0",
-                "Apache-HttpClient/4.5.14 (Java/17.0.9)", "axios/1.7.2", "Python-urllib/3.10", "reqwest/0.12")
+UNCOMMON_UAS = (
+    "python-httpx/0.27.0",
+    "Go-http-client/2.0",
+    "aiohttp/3.9.5 Python/3.11",
+    "okhttp/4.12.0",
+    "Apache-HttpClient/4.5.14 (Java/17.0.9)",
+    "axios/1.7.2",
+    "Python-urllib/3.10",
+    "reqwest/0.12",
+)
 
 
 # ---- networks -------------------------------------------------------------------------------------------------
@@ -132,8 +153,11 @@ class World:
         # the release the whole scenario turns around: a new model, mid-way through (at least 12 h before the end)
         mid = self.start + self.days * DAY_S * rng.uniform(0.35, 0.6)
         new_at = min(mid, max(self.start + HOUR_S, self.end - 12 * HOUR_S))
-        self.releases = [Release("atlas-1", self.start - 240 * DAY_S),
-                         Release("atlas-1-mini", self.start - 150 * DAY_S), Release("atlas-2", round(new_at, 3))]
+        self.releases = [
+            Release("atlas-1", self.start - 240 * DAY_S),
+            Release("atlas-1-mini", self.start - 150 * DAY_S),
+            Release("atlas-2", round(new_at, 3)),
+        ]
         self.old_model, self.mini_model, self.new_model = (r.model for r in self.releases)
         self.new_release = self.releases[-1].released_at
 
@@ -169,9 +193,13 @@ class World:
         return base or self.old_model
 
     def to_dict(self) -> dict[str, Any]:
-        return {"releases": [r.to_dict() for r in self.releases],
-                "networks": {n.name: {"kind": n.kind, "prefixes": len(n.prefixes), "pool": n.pool}
-                             for n in [*self.universities, *self.corporate, *self.carriers]}}
+        return {
+            "releases": [r.to_dict() for r in self.releases],
+            "networks": {
+                n.name: {"kind": n.kind, "prefixes": len(n.prefixes), "pool": n.pool}
+                for n in [*self.universities, *self.corporate, *self.carriers]
+            },
+        }
 
 
 def new_card(rng: random.Random) -> str:
@@ -183,14 +211,86 @@ def new_card(rng: random.Random) -> str:
 #: relative activity per local hour
 PROFILES: dict[str, tuple[float, ...]] = {
     # people at home: evenings, some lunch, little at night
-    "human": (0.3, 0.15, 0.08, 0.05, 0.05, 0.08, 0.2, 0.45, 0.7, 0.85, 0.9, 0.95, 1.0, 0.9, 0.85, 0.85, 0.9,
-              0.95, 1.0, 1.1, 1.2, 1.15, 0.9, 0.6),
+    "human": (
+        0.3,
+        0.15,
+        0.08,
+        0.05,
+        0.05,
+        0.08,
+        0.2,
+        0.45,
+        0.7,
+        0.85,
+        0.9,
+        0.95,
+        1.0,
+        0.9,
+        0.85,
+        0.85,
+        0.9,
+        0.95,
+        1.0,
+        1.1,
+        1.2,
+        1.15,
+        0.9,
+        0.6,
+    ),
     # office hours
-    "office": (0.02, 0.01, 0.01, 0.01, 0.01, 0.02, 0.05, 0.2, 0.7, 1.0, 1.0, 0.95, 0.6, 0.9, 1.0, 1.0, 0.9, 0.6,
-               0.3, 0.15, 0.1, 0.08, 0.05, 0.03),
+    "office": (
+        0.02,
+        0.01,
+        0.01,
+        0.01,
+        0.01,
+        0.02,
+        0.05,
+        0.2,
+        0.7,
+        1.0,
+        1.0,
+        0.95,
+        0.6,
+        0.9,
+        1.0,
+        1.0,
+        0.9,
+        0.6,
+        0.3,
+        0.15,
+        0.1,
+        0.08,
+        0.05,
+        0.03,
+    ),
     # students and night owls
-    "night_owl": (0.8, 0.6, 0.4, 0.2, 0.08, 0.04, 0.04, 0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.8, 0.85, 0.9,
-                  0.9, 1.0, 1.1, 1.2, 1.2, 1.0),
+    "night_owl": (
+        0.8,
+        0.6,
+        0.4,
+        0.2,
+        0.08,
+        0.04,
+        0.04,
+        0.1,
+        0.3,
+        0.5,
+        0.6,
+        0.7,
+        0.8,
+        0.8,
+        0.8,
+        0.8,
+        0.85,
+        0.9,
+        0.9,
+        1.0,
+        1.1,
+        1.2,
+        1.2,
+        1.0,
+    ),
     # around the clock
     "flat": (1.0,) * 24,
 }
@@ -210,8 +310,16 @@ def poisson(rng: random.Random, lam: float) -> int:
         k += 1
 
 
-def arrivals(rng: random.Random, world: World, per_day: float, profile: str = "human", tz_hours: float = 0.0,
-             weekend: float = 1.0, start: float | None = None, end: float | None = None) -> list[float]:
+def arrivals(
+    rng: random.Random,
+    world: World,
+    per_day: float,
+    profile: str = "human",
+    tz_hours: float = 0.0,
+    weekend: float = 1.0,
+    start: float | None = None,
+    end: float | None = None,
+) -> list[float]:
     """Event times of an inhomogeneous Poisson process: ``per_day`` events a (weekday) day, shaped by the local
     hour ``profile`` (``tz_hours`` from UTC) and scaled by ``weekend`` on Saturdays and Sundays."""
     weights = PROFILES[profile]
@@ -305,7 +413,7 @@ class Draw:
             return lo
         n_blocks = min(self.BANDS, len(values))
         size = len(values) / n_blocks
-        blocks = [values[round(i * size):round((i + 1) * size)] for i in range(n_blocks)]
+        blocks = [values[round(i * size) : round((i + 1) * size)] for i in range(n_blocks)]
         mine = [blocks[i] for i in self._mine(n_blocks) if blocks[i]]
         return self.rng.choice(self.rng.choice(mine))
 

@@ -144,8 +144,7 @@ def decode_raw(value: Mapping[str, str]) -> bytes:
 _T = TypeVar("_T")
 
 
-def _field(row: Mapping[str, Any], name: str, kind: type[_T] | tuple[type[Any], ...], *,
-           optional: bool = False) -> Any:
+def _field(row: Mapping[str, Any], name: str, kind: type[_T] | tuple[type[Any], ...], *, optional: bool = False) -> Any:
     """``row[name]`` checked to be a ``kind`` (``None`` too when ``optional``); :class:`InputError` names it."""
     if name not in row:
         raise InputError(f"audit record: no field {name!r}")
@@ -234,23 +233,32 @@ class AuditRecord:
         raw = row.get("request_raw")
         if raw is not None:
             if not isinstance(raw, Mapping) or not ({"utf8", "base64"} & raw.keys()):
-                raise InputError("audit record: request_raw must be {\"utf8\": …} or {\"base64\": …}")
+                raise InputError('audit record: request_raw must be {"utf8": …} or {"base64": …}')
             try:
                 raw = decode_raw(raw)
             except (ValueError, TypeError, AttributeError):  # binascii.Error is a ValueError
                 raise InputError("audit record: request_raw does not decode") from None
         return cls(
-            seq=_field(row, "seq", int), prev_hash=_field(row, "prev_hash", str), hash=_field(row, "hash", str),
-            v=_field(row, "v", int), response_id=_field(row, "response_id", str),
-            account_id=_field(row, "account_id", str), api_key_id=_field(row, "api_key_id", str),
+            seq=_field(row, "seq", int),
+            prev_hash=_field(row, "prev_hash", str),
+            hash=_field(row, "hash", str),
+            v=_field(row, "v", int),
+            response_id=_field(row, "response_id", str),
+            account_id=_field(row, "account_id", str),
+            api_key_id=_field(row, "api_key_id", str),
             created_at=created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC),
-            endpoint=_field(row, "endpoint", str), client_addr=_field(row, "client_addr", str, optional=True),
-            user_agent=_field(row, "user_agent", str, optional=True), request=_field(row, "request", dict),
-            completion=completion, prompt_tokens=_field(row, "prompt_tokens", int),
+            endpoint=_field(row, "endpoint", str),
+            client_addr=_field(row, "client_addr", str, optional=True),
+            user_agent=_field(row, "user_agent", str, optional=True),
+            request=_field(row, "request", dict),
+            completion=completion,
+            prompt_tokens=_field(row, "prompt_tokens", int),
             completion_tokens=_field(row, "completion_tokens", int),
             finish_reason=_field(row, "finish_reason", str, optional=True),
-            latency_ms=float(_field(row, "latency_ms", (int, float))), watermark=_field(row, "watermark", dict),
-            status=_field(row, "status", int), request_raw=raw,
+            latency_ms=float(_field(row, "latency_ms", (int, float))),
+            watermark=_field(row, "watermark", dict),
+            status=_field(row, "status", int),
+            request_raw=raw,
         )
 
 
@@ -355,9 +363,14 @@ class NotFoundError(AntidistillError, LookupError):
 class AccountStore(Protocol):
     """Accounts and API keys: the admin API, authentication, the simulator's account set-up, reports."""
 
-    def create_account(self, name: str, rpm: int | None = None, tpm: int | None = None,
-                       tokens_per_day: int | None = None,
-                       metadata: Mapping[str, Any] | None = None) -> tuple[Account, str, ApiKeyInfo]: ...
+    def create_account(
+        self,
+        name: str,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        tokens_per_day: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[Account, str, ApiKeyInfo]: ...
 
     def get_account(self, account_id: str) -> Account | None: ...
 
@@ -399,19 +412,26 @@ class EnforcementStore(Protocol):
 
     def record_alert(self, alert: Alert) -> Alert: ...
 
-    def list_alerts(self, account_id: str | None = None, since: datetime | None = None,
-                    limit: int | None = None) -> list[Alert]: ...
+    def list_alerts(
+        self, account_id: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> list[Alert]: ...
 
     def get_enforcement(self, account_id: str) -> Enforcement | None: ...
 
     def list_enforcements(self, active_only: bool = True) -> list[Enforcement]: ...
 
-    def set_enforcement(self, enforcement: Enforcement, *, audit: AuditEntry | None = None,
-                        alert: Alert | None = None,
-                        only_if: Callable[[Enforcement | None], bool] | None = None) -> int | None: ...
+    def set_enforcement(
+        self,
+        enforcement: Enforcement,
+        *,
+        audit: AuditEntry | None = None,
+        alert: Alert | None = None,
+        only_if: Callable[[Enforcement | None], bool] | None = None,
+    ) -> int | None: ...
 
-    def clear_enforcement(self, account_id: str, by: str = "admin", *, reason: str = "cleared",
-                          audit: AuditEntry | None = None) -> Enforcement | None: ...
+    def clear_enforcement(
+        self, account_id: str, by: str = "admin", *, reason: str = "cleared", audit: AuditEntry | None = None
+    ) -> Enforcement | None: ...
 
 
 class Storage(AccountStore, AuditLog, EnforcementStore, Protocol):

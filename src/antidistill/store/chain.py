@@ -155,8 +155,11 @@ def entry_columns(entry: AuditEntry) -> dict[str, Any]:
         raise InputError("watermark must be a JSON object (dict)")
     if isinstance(entry.completion, str) or not all(isinstance(c, str) for c in entry.completion):
         raise InputError("completion must be a list of strings (one per choice)")
-    if (isinstance(entry.latency_ms, bool) or not isinstance(entry.latency_ms, int | float)
-            or not math.isfinite(entry.latency_ms)):
+    if (
+        isinstance(entry.latency_ms, bool)
+        or not isinstance(entry.latency_ms, int | float)
+        or not math.isfinite(entry.latency_ms)
+    ):
         raise InputError(f"latency_ms must be a finite number, got {entry.latency_ms!r}")
     cols: dict[str, Any] = {
         "response_id": _check_text("response_id", entry.response_id),
@@ -247,12 +250,16 @@ class _Bad(Exception):
 
 
 def _signature_ok(c: Checkpoint) -> bool:
-    return ed25519_ok(c.public_key, c.signature, checkpoint_message(c.seq, c.hash, c.prev_checkpoint_seq,
-                                                                    c.created_at))
+    return ed25519_ok(c.public_key, c.signature, checkpoint_message(c.seq, c.hash, c.prev_checkpoint_seq, c.created_at))
 
 
-def _classify(r: ChainRecord, p: ChainRecord | None, pp: ChainRecord | None, n1: ChainRecord | None,
-              find_seq: Callable[[str], int | None]) -> _Bad:
+def _classify(
+    r: ChainRecord,
+    p: ChainRecord | None,
+    pp: ChainRecord | None,
+    n1: ChainRecord | None,
+    find_seq: Callable[[str], int | None],
+) -> _Bad:
     """Name the first bad record around ``r``, the first record that fails its link or its hash."""
     prev_expected = p.hash if p is not None else GENESIS_HASH
     link_ok = r.prev_hash == prev_expected
@@ -263,37 +270,53 @@ def _classify(r: ChainRecord, p: ChainRecord | None, pp: ChainRecord | None, n1:
     s = r.seq
     if link_ok:  # the link holds, the content does not
         if next_links_prev and not next_links_here:
-            return _Bad(s, f"record {s} was inserted: it does not match its hash and the next record links "
-                           f"past it", kind="inserted")
+            return _Bad(
+                s,
+                f"record {s} was inserted: it does not match its hash and the next record links past it",
+                kind="inserted",
+            )
         return _Bad(s, f"record {s} was edited: its content no longer matches its hash", kind="edited")
     if n1 is not None and r.prev_hash == n1.hash:
-        return _Bad(s, f"records {s} and {n1.seq} were reordered: record {s} links to the record after it",
-                    kind="reordered")
+        return _Bad(
+            s, f"records {s} and {n1.seq} were reordered: record {s} links to the record after it", kind="reordered"
+        )
     if pp is not None and p is not None and r.prev_hash == pp.hash:
-        return _Bad(p.seq, f"record {p.seq} was inserted: record {s} links to the record before it",
-                    kind="inserted")
+        return _Bad(p.seq, f"record {p.seq} was inserted: record {s} links to the record before it", kind="inserted")
     if next_links_prev:
-        return _Bad(s, f"record {s} was inserted: it does not link to record {s - 1} and the next record does",
-                    kind="inserted")
+        return _Bad(
+            s, f"record {s} was inserted: it does not link to record {s - 1} and the next record does", kind="inserted"
+        )
     j = find_seq(r.prev_hash)
     if j is not None and j > s:
         return _Bad(s, f"record {s} was reordered: it links to record {j}, which comes after it", kind="reordered")
     if j is not None and j < s - 1:
-        return _Bad(j + 1, f"records {j + 1}-{s - 1} were inserted: record {s} links to record {j}",
-                    kind="inserted")
+        return _Bad(j + 1, f"records {j + 1}-{s - 1} were inserted: record {s} links to record {j}", kind="inserted")
     if renumbered_from is not None and renumbered_from > s:
-        return _Bad(s, f"record {s} was deleted and the later records renumbered (the record now at {s} was "
-                       f"written as {renumbered_from})", kind="deleted")
+        return _Bad(
+            s,
+            f"record {s} was deleted and the later records renumbered (the record now at {s} was "
+            f"written as {renumbered_from})",
+            kind="deleted",
+        )
     if renumbered_from is not None:
-        return _Bad(s, f"a record was inserted before {s} and the later records renumbered (the record now at "
-                       f"{s} was written as {renumbered_from})", kind="inserted")
+        return _Bad(
+            s,
+            f"a record was inserted before {s} and the later records renumbered (the record now at "
+            f"{s} was written as {renumbered_from})",
+            kind="inserted",
+        )
     if content_ok and p is not None:
-        return _Bad(p.seq, f"record {p.seq} was edited and its hash recomputed: record {s} no longer links to it",
-                    kind="edited")
+        return _Bad(
+            p.seq, f"record {p.seq} was edited and its hash recomputed: record {s} no longer links to it", kind="edited"
+        )
     if next_links_here:
         return _Bad(s, f"record {s} was edited: its link to the previous record was changed", kind="edited")
-    return _Bad(s, f"record {s} does not link to record {s - 1} nor match its hash: the history was edited, "
-                   f"or records were deleted before it", kind="broken")
+    return _Bad(
+        s,
+        f"record {s} does not link to record {s - 1} nor match its hash: the history was edited, "
+        f"or records were deleted before it",
+        kind="broken",
+    )
 
 
 def _check_head(head: Head, last: int, signer: str | None) -> None:
@@ -302,25 +325,38 @@ def _check_head(head: Head, last: int, signer: str | None) -> None:
     if sh is None:
         if last == 0:
             return
-        raise _Bad(last, f"the chain head (record {last}) carries no signature: it was removed, or the log was "
-                         f"last written by an antidistill older than signed heads", kind="head")
+        raise _Bad(
+            last,
+            f"the chain head (record {last}) carries no signature: it was removed, or the log was "
+            f"last written by an antidistill older than signed heads",
+            kind="head",
+        )
     if (sh.seq, sh.hash) != (head.seq, head.hash):
-        raise _Bad(last, f"the chain head's signature covers record {sh.seq}, not record {head.seq}: the head was "
-                         f"moved without the signing key", kind="head")
+        raise _Bad(
+            last,
+            f"the chain head's signature covers record {sh.seq}, not record {head.seq}: the head was "
+            f"moved without the signing key",
+            kind="head",
+        )
     if not sh.valid():
-        raise _Bad(last, f"the chain head's signature is invalid: the head (record {last}) was rewritten without "
-                         f"the signing key", kind="head")
+        raise _Bad(
+            last,
+            f"the chain head's signature is invalid: the head (record {last}) was rewritten without the signing key",
+            kind="head",
+        )
     if signer is not None and sh.public_key != signer:
         raise _Bad(last, "the chain head is signed by a key other than the log's audit key", kind="head")
 
 
 def _check_anchor(anchor: SignedHead, public_key: str | None) -> None:
     if not anchor.valid():
-        raise _Bad(anchor.seq, "the anchor's signature is invalid: it was not written by antidistill, or it was "
-                               "edited", kind="anchor")
+        raise _Bad(
+            anchor.seq,
+            "the anchor's signature is invalid: it was not written by antidistill, or it was edited",
+            kind="anchor",
+        )
     if public_key is not None and anchor.public_key != public_key:
-        raise _Bad(anchor.seq, "the anchor is signed by a key other than this installation's audit key",
-                   kind="anchor")
+        raise _Bad(anchor.seq, "the anchor is signed by a key other than this installation's audit key", kind="anchor")
 
 
 def _check_position(r: ChainRecord, p: ChainRecord | None, head: Head) -> None:
@@ -350,8 +386,13 @@ def _check_checkpoint(c: Checkpoint, r: ChainRecord, last_cp: int, signer: str |
             raise _Bad(c.prev_checkpoint_seq, f"checkpoint {c.prev_checkpoint_seq} was deleted", kind="checkpoint")
         raise _Bad(last_cp, f"checkpoint {last_cp} was inserted", kind="checkpoint")
     if c.hash != r.hash:
-        raise _Bad(c.seq, f"record {c.seq} does not match its signed checkpoint: records {last_cp + 1}-{c.seq} were "
-                          f"rewritten after it was signed", kind="rewritten", rewritten_between=[last_cp + 1, c.seq])
+        raise _Bad(
+            c.seq,
+            f"record {c.seq} does not match its signed checkpoint: records {last_cp + 1}-{c.seq} were "
+            f"rewritten after it was signed",
+            kind="rewritten",
+            rewritten_between=[last_cp + 1, c.seq],
+        )
     return signer or c.public_key
 
 
@@ -359,18 +400,28 @@ def _check_end(c: Checkpoint | None, p: ChainRecord | None, head: Head, anchor: 
     """After the last record: no checkpoint left over, the head on it, and the log as long as the anchor saw."""
     last = p.seq if p is not None else 0
     if c is not None:
-        raise _Bad(last + 1, f"checkpoint {c.seq} signs a record that does not exist: records from {last + 1} on "
-                             f"were deleted", kind="deleted")
+        raise _Bad(
+            last + 1,
+            f"checkpoint {c.seq} signs a record that does not exist: records from {last + 1} on were deleted",
+            kind="deleted",
+        )
     if head.seq > last:
-        raise _Bad(last + 1, f"records {last + 1}-{head.seq} are missing (deleted): the chain head is at "
-                             f"{head.seq}", kind="deleted")
+        raise _Bad(
+            last + 1,
+            f"records {last + 1}-{head.seq} are missing (deleted): the chain head is at {head.seq}",
+            kind="deleted",
+        )
     if head.hash != (p.hash if p is not None else GENESIS_HASH):
         raise _Bad(last, f"the chain head's hash does not match record {last}", kind="head")
     if anchor is not None and last < anchor.seq:
         gone = "every record" if last == 0 else f"records {last + 1}-{anchor.seq}"
-        raise _Bad(last + 1, f"the log ends at record {last}, but the anchored head signed at "
-                             f"{format_time(anchor.signed_at)} saw {anchor.seq}: {gone} were deleted since "
-                             f"(or the log was reset)", kind="anchor")
+        raise _Bad(
+            last + 1,
+            f"the log ends at record {last}, but the anchored head signed at "
+            f"{format_time(anchor.signed_at)} saw {anchor.seq}: {gone} were deleted since "
+            f"(or the log was reset)",
+            kind="anchor",
+        )
 
 
 def verify_chain(
@@ -420,9 +471,12 @@ def verify_chain(
                 last_cp = c.seq
                 ncp += 1
             if anchor is not None and r.seq == anchor.seq and r.hash != anchor.hash:
-                raise _Bad(r.seq, f"record {r.seq} does not match the anchored head signed at "
-                                  f"{format_time(anchor.signed_at)}: the history up to it was rewritten since",
-                           kind="anchor")
+                raise _Bad(
+                    r.seq,
+                    f"record {r.seq} does not match the anchored head signed at "
+                    f"{format_time(anchor.signed_at)}: the history up to it was rewritten since",
+                    kind="anchor",
+                )
             n += 1
             pp, p = p, r
         last = p.seq if p is not None else 0
@@ -431,24 +485,35 @@ def verify_chain(
         if signer is None and head.signed is not None:
             signer = head.signed.public_key
         if head.last_checkpoint_seq > last_cp:
-            raise _Bad(head.last_checkpoint_seq, f"checkpoint {head.last_checkpoint_seq} was deleted",
-                       kind="checkpoint")
+            raise _Bad(
+                head.last_checkpoint_seq, f"checkpoint {head.last_checkpoint_seq} was deleted", kind="checkpoint"
+            )
         if last - last_cp >= checkpoint_every:
             due = last_cp + checkpoint_every
-            raise _Bad(due, f"no signed checkpoint after record {last_cp} although one is due every "
-                            f"{checkpoint_every} records: checkpoint {due} was deleted", kind="checkpoint")
+            raise _Bad(
+                due,
+                f"no signed checkpoint after record {last_cp} although one is due every "
+                f"{checkpoint_every} records: checkpoint {due} was deleted",
+                kind="checkpoint",
+            )
     except _Bad as bad:
         details.update(bad.details, public_key=signer)
-        return VerifyResult(ok=False, records=n, checkpoints=ncp, first_bad_seq=bad.seq, problem=bad.problem,
-                            details=details)
-    details.update(public_key=signer, last_checkpoint_seq=last_cp, since_checkpoint=last - last_cp,
-                   head_hash=head.hash,
-                   head_signed_at=format_time(head.signed.signed_at) if head.signed is not None else None)
+        return VerifyResult(
+            ok=False, records=n, checkpoints=ncp, first_bad_seq=bad.seq, problem=bad.problem, details=details
+        )
+    details.update(
+        public_key=signer,
+        last_checkpoint_seq=last_cp,
+        since_checkpoint=last - last_cp,
+        head_hash=head.hash,
+        head_signed_at=format_time(head.signed.signed_at) if head.signed is not None else None,
+    )
     return VerifyResult(ok=True, records=n, checkpoints=ncp, details=details)
 
 
-def verify_extension(anchor: SignedHead, records: Iterable[ChainRecord], head: Head, *,
-                     public_key: str | None = None) -> str | None:
+def verify_extension(
+    anchor: SignedHead, records: Iterable[ChainRecord], head: Head, *, public_key: str | None = None
+) -> str | None:
     """Whether the log still holds the history ``anchor`` saw and only grew since: ``None``, or what is wrong.
 
     The incremental check a witness runs at each new anchor (a consistency proof, in Certificate Transparency's
@@ -486,4 +551,3 @@ def verify_extension(anchor: SignedHead, records: Iterable[ChainRecord], head: H
     except _Bad as bad:
         return bad.problem
     return None
-

@@ -66,8 +66,10 @@ def normalize_url(url: str | URL) -> URL:
     try:
         u = make_url(url) if isinstance(url, str) else url
     except ArgumentError:
-        raise ConfigError("database URL is not a valid SQLAlchemy URL (e.g. postgresql://user@host:5432/db "
-                          "or sqlite:////path/to/file.db)") from None
+        raise ConfigError(
+            "database URL is not a valid SQLAlchemy URL (e.g. postgresql://user@host:5432/db "
+            "or sqlite:////path/to/file.db)"
+        ) from None
     backend, _, driver = u.drivername.partition("+")
     if backend in ("postgresql", "postgres"):
         if driver not in ("", "psycopg"):
@@ -86,8 +88,9 @@ def safe_url(url: URL) -> str:
 
 
 def is_memory_sqlite(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite" and (url.database in (None, "", ":memory:")
-                                                   or url.query.get("mode") == "memory")
+    return url.get_backend_name() == "sqlite" and (
+        url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+    )
 
 
 def create_store_engine(url: str | URL, **kwargs: Any) -> Engine:

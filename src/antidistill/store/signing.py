@@ -59,8 +59,12 @@ def canonical_json(obj: Any) -> bytes:
 def checkpoint_message(seq: int, hash_hex: str, prev_checkpoint_seq: int, created_at: datetime) -> bytes:
     """The bytes a checkpoint's signature covers."""
     return CHECKPOINT_LABEL + canonical_json(
-        {"seq": int(seq), "hash": hash_hex, "prev_checkpoint_seq": int(prev_checkpoint_seq),
-         "created_at": format_time(created_at)}
+        {
+            "seq": int(seq),
+            "hash": hash_hex,
+            "prev_checkpoint_seq": int(prev_checkpoint_seq),
+            "created_at": format_time(created_at),
+        }
     )
 
 
@@ -74,8 +78,7 @@ def ed25519_ok(public_key_hex: str | None, signature_hex: str | None, message: b
     if not public_key_hex or not signature_hex:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(bytes.fromhex(signature_hex),
-                                                                                  message)
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(bytes.fromhex(signature_hex), message)
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
@@ -113,8 +116,15 @@ class SignedHead:
         return ed25519_ok(self.public_key, self.signature, head_message(self.seq, self.hash, self.signed_at))
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": ANCHOR_TYPE, "v": 1, "seq": self.seq, "hash": self.hash,
-                "signed_at": format_time(self.signed_at), "public_key": self.public_key, "signature": self.signature}
+        return {
+            "type": ANCHOR_TYPE,
+            "v": 1,
+            "seq": self.seq,
+            "hash": self.hash,
+            "signed_at": format_time(self.signed_at),
+            "public_key": self.public_key,
+            "signature": self.signature,
+        }
 
     @classmethod
     def from_json(cls, obj: Any) -> SignedHead:

@@ -182,29 +182,53 @@ def migrate(engine: Engine) -> str | None:
                 raise ConfigError(f"cannot migrate the database schema: {exc}") from None
             revision = _current_revision(conn)
     if revision != HEAD_REVISION:
-        raise ConfigError(f"the database schema is at revision {revision}, this version of antidistill expects "
-                          f"{HEAD_REVISION}: is a newer antidistill using it?")
+        raise ConfigError(
+            f"the database schema is at revision {revision}, this version of antidistill expects "
+            f"{HEAD_REVISION}: is a newer antidistill using it?"
+        )
     log.info("database schema at revision %s", revision)
     return before
 
 
 # ---- conversions ---------------------------------------------------------------------------------------
 def _account(row: Any) -> Account:
-    return Account(id=row.id, name=row.name, enabled=bool(row.enabled), rpm=row.rpm, tpm=row.tpm,
-                   tokens_per_day=row.tokens_per_day, metadata=dict(row.metadata or {}),
-                   created_at=to_utc(row.created_at))
+    return Account(
+        id=row.id,
+        name=row.name,
+        enabled=bool(row.enabled),
+        rpm=row.rpm,
+        tpm=row.tpm,
+        tokens_per_day=row.tokens_per_day,
+        metadata=dict(row.metadata or {}),
+        created_at=to_utc(row.created_at),
+    )
 
 
 def _key_info(row: Any) -> ApiKeyInfo:
-    return ApiKeyInfo(id=row.id, account_id=row.account_id, prefix=row.prefix, created_at=to_utc(row.created_at),
-                      revoked_at=_utc_or_none(row.revoked_at))
+    return ApiKeyInfo(
+        id=row.id,
+        account_id=row.account_id,
+        prefix=row.prefix,
+        created_at=to_utc(row.created_at),
+        revoked_at=_utc_or_none(row.revoked_at),
+    )
 
 
 def _alert(row: Any) -> Alert:
-    return Alert(id=row.id, account_id=row.account_id, cluster_id=row.cluster_id, risk=float(row.risk),
-                 level=row.level, reasons=tuple(row.reasons or ()), scores=dict(row.scores or {}),
-                 at=to_utc(row.at), action=row.action, clause=row.clause, created_at=to_utc(row.created_at),
-                 audit_seq=row.audit_seq)
+    return Alert(
+        id=row.id,
+        account_id=row.account_id,
+        cluster_id=row.cluster_id,
+        risk=float(row.risk),
+        level=row.level,
+        reasons=tuple(row.reasons or ()),
+        scores=dict(row.scores or {}),
+        at=to_utc(row.at),
+        action=row.action,
+        clause=row.clause,
+        created_at=to_utc(row.created_at),
+        audit_seq=row.audit_seq,
+    )
 
 
 def _alert_values(a: Alert) -> dict[str, Any]:
@@ -216,10 +240,20 @@ def _alert_values(a: Alert) -> dict[str, Any]:
     reasons = [str(r) for r in a.reasons]
     # a score the monitor could not compute (NaN) is left out rather than lose the alert
     scores = {str(k): float(v) for k, v in (a.scores or {}).items() if math.isfinite(float(v))}
-    return {"id": a.id, "account_id": a.account_id, "cluster_id": a.cluster_id, "risk": risk,
-            "level": a.level, "reasons": _check_metadata({"r": reasons})["r"],
-            "scores": _check_metadata(scores), "at": to_utc(a.at), "action": a.action, "clause": a.clause,
-            "created_at": to_utc(a.created_at), "audit_seq": a.audit_seq}
+    return {
+        "id": a.id,
+        "account_id": a.account_id,
+        "cluster_id": a.cluster_id,
+        "risk": risk,
+        "level": a.level,
+        "reasons": _check_metadata({"r": reasons})["r"],
+        "scores": _check_metadata(scores),
+        "at": to_utc(a.at),
+        "action": a.action,
+        "clause": a.clause,
+        "created_at": to_utc(a.created_at),
+        "audit_seq": a.audit_seq,
+    }
 
 
 def _record(row: Any) -> AuditRecord:
@@ -227,20 +261,43 @@ def _record(row: Any) -> AuditRecord:
     values were validated on the way in, and a row edited behind the store's back is verify_audit's business."""
     raw = row.request_raw
     return AuditRecord(
-        seq=row.seq, prev_hash=row.prev_hash, hash=row.hash,
-        v=FORMAT_VERSION if raw is None else RAW_FORMAT_VERSION, response_id=row.response_id,
-        account_id=row.account_id, api_key_id=row.api_key_id, created_at=to_utc(row.created_at),
-        endpoint=row.endpoint, client_addr=row.client_addr, user_agent=row.user_agent,
-        request=json.loads(row.request), completion=json.loads(row.completion), prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens, finish_reason=row.finish_reason,
-        latency_ms=float(row.latency_ms), watermark=json.loads(row.watermark), status=row.status,
-        request_raw=None if raw is None else decode_raw(json.loads(raw)))
+        seq=row.seq,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+        v=FORMAT_VERSION if raw is None else RAW_FORMAT_VERSION,
+        response_id=row.response_id,
+        account_id=row.account_id,
+        api_key_id=row.api_key_id,
+        created_at=to_utc(row.created_at),
+        endpoint=row.endpoint,
+        client_addr=row.client_addr,
+        user_agent=row.user_agent,
+        request=json.loads(row.request),
+        completion=json.loads(row.completion),
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        finish_reason=row.finish_reason,
+        latency_ms=float(row.latency_ms),
+        watermark=json.loads(row.watermark),
+        status=row.status,
+        request_raw=None if raw is None else decode_raw(json.loads(raw)),
+    )
 
 
 def _enforcement(row: Any) -> Enforcement:
-    return Enforcement(account_id=row.account_id, action=row.action, level=row.level, clause=row.clause,
-                       since=to_utc(row.since), until=_utc_or_none(row.until), rpm=row.rpm, tpm=row.tpm,
-                       reason=row.reason, set_by=row.set_by, alert_id=row.alert_id)
+    return Enforcement(
+        account_id=row.account_id,
+        action=row.action,
+        level=row.level,
+        clause=row.clause,
+        since=to_utc(row.since),
+        until=_utc_or_none(row.until),
+        rpm=row.rpm,
+        tpm=row.tpm,
+        reason=row.reason,
+        set_by=row.set_by,
+        alert_id=row.alert_id,
+    )
 
 
 def _enforcement_values(e: Enforcement) -> dict[str, Any]:
@@ -248,10 +305,20 @@ def _enforcement_values(e: Enforcement) -> dict[str, Any]:
         raise InputError(f"enforcement action must be one of {', '.join(ENFORCEMENT_ACTIONS)}, got {e.action!r}")
     if e.set_by not in ("monitor", "admin"):
         raise InputError(f"set_by must be 'monitor' or 'admin', got {e.set_by!r}")
-    return {"account_id": e.account_id, "action": e.action, "level": e.level, "clause": e.clause,
-            "since": to_utc(e.since), "until": _utc_or_none(e.until), "rpm": _check_limit("rpm", e.rpm),
-            "tpm": _check_limit("tpm", e.tpm), "reason": str(e.reason), "set_by": e.set_by,
-            "alert_id": e.alert_id, "updated_at": _now()}
+    return {
+        "account_id": e.account_id,
+        "action": e.action,
+        "level": e.level,
+        "clause": e.clause,
+        "since": to_utc(e.since),
+        "until": _utc_or_none(e.until),
+        "rpm": _check_limit("rpm", e.rpm),
+        "tpm": _check_limit("tpm", e.tpm),
+        "reason": str(e.reason),
+        "set_by": e.set_by,
+        "alert_id": e.alert_id,
+        "updated_at": _now(),
+    }
 
 
 def _check_name(name: Any) -> str:
@@ -331,8 +398,14 @@ class Store:
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, url: str | None = None, settings: Settings | None = None, *, master: MasterKey | None = None,
-             migrate_schema: bool = True) -> Store:
+    def open(
+        cls,
+        url: str | None = None,
+        settings: Settings | None = None,
+        *,
+        master: MasterKey | None = None,
+        migrate_schema: bool = True,
+    ) -> Store:
         """Connect to ``url`` (default: ``settings.database_url``, else ``antidistill.db`` in the data directory)
         and migrate the schema to the newest revision.
 
@@ -357,8 +430,10 @@ class Store:
             engine.dispose()
             raise
         if before is not None and before < SIGNED_HEAD_REVISION:
-            log.warning("audit log upgraded to signed heads: nothing is appended to it until an operator has run "
-                        "`antidistill audit verify` and then `antidistill audit seal`")
+            log.warning(
+                "audit log upgraded to signed heads: nothing is appended to it until an operator has run "
+                "`antidistill audit verify` and then `antidistill audit seal`"
+            )
         return cls(engine, settings, master)
 
     def close(self) -> None:
@@ -398,9 +473,14 @@ class Store:
                 yield conn
 
     # ---- accounts -------------------------------------------------------------------------------------
-    def create_account(self, name: str, rpm: int | None = None, tpm: int | None = None,
-                       tokens_per_day: int | None = None,
-                       metadata: Mapping[str, Any] | None = None) -> tuple[Account, str, ApiKeyInfo]:
+    def create_account(
+        self,
+        name: str,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        tokens_per_day: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[Account, str, ApiKeyInfo]:
         """Create an account with one API key; the key's text is returned here and never again.
 
         Args:
@@ -453,8 +533,14 @@ class Store:
     # ---- API keys -------------------------------------------------------------------------------------
     def _insert_key(self, conn: Connection, account_id: str) -> tuple[ApiKeyInfo, str]:
         plaintext = API_KEY_PREFIX + secrets.token_urlsafe(32)
-        values = {"id": _new_id("key_"), "account_id": account_id, "key_hash": hash_api_key(plaintext),
-                  "prefix": plaintext[:API_KEY_DISPLAY_CHARS], "created_at": _now(), "revoked_at": None}
+        values = {
+            "id": _new_id("key_"),
+            "account_id": account_id,
+            "key_hash": hash_api_key(plaintext),
+            "prefix": plaintext[:API_KEY_DISPLAY_CHARS],
+            "created_at": _now(),
+            "revoked_at": None,
+        }
         conn.execute(insert(api_keys).values(**values))
         return _key_info(_Row(values)), plaintext
 
@@ -470,8 +556,11 @@ class Store:
     def revoke_key(self, key_id: str) -> ApiKeyInfo:
         """Revoke a key (idempotent: a revoked key keeps its first revocation time)."""
         with self._write() as conn:
-            conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                         .values(revoked_at=_now()))
+            conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=_now())
+            )
             row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).one_or_none()
             if row is None:
                 raise NotFoundError(f"API key {key_id} not found")
@@ -483,8 +572,11 @@ class Store:
         with self._read() as conn:
             if conn.execute(select(accounts.c.id).where(accounts.c.id == account_id)).first() is None:
                 raise NotFoundError(f"account {account_id} not found")
-            rows = conn.execute(select(api_keys).where(api_keys.c.account_id == account_id)
-                                .order_by(api_keys.c.created_at, api_keys.c.id)).all()
+            rows = conn.execute(
+                select(api_keys)
+                .where(api_keys.c.account_id == account_id)
+                .order_by(api_keys.c.created_at, api_keys.c.id)
+            ).all()
         return [_key_info(r) for r in rows]
 
     def authenticate(self, api_key: str) -> tuple[Account, ApiKeyInfo] | None:
@@ -501,8 +593,11 @@ class Store:
             return None
         key_cols = [c.label(f"key_{c.name}") for c in api_keys.c]
         with self._read() as conn:
-            row = conn.execute(select(accounts, *key_cols).join(api_keys, api_keys.c.account_id == accounts.c.id)
-                               .where(api_keys.c.key_hash == digest)).one_or_none()
+            row = conn.execute(
+                select(accounts, *key_cols)
+                .join(api_keys, api_keys.c.account_id == accounts.c.id)
+                .where(api_keys.c.key_hash == digest)
+            ).one_or_none()
         if row is None:
             return None
         m = row._mapping
@@ -517,8 +612,9 @@ class Store:
             conn.execute(insert(monitor_alerts).values(**values))
         return _alert(_Row(values))
 
-    def list_alerts(self, account_id: str | None = None, since: datetime | None = None,
-                    limit: int | None = None) -> list[Alert]:
+    def list_alerts(
+        self, account_id: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> list[Alert]:
         """Alerts, oldest first; ``limit`` keeps the newest ``limit`` of them."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise InputError(f"limit must be a positive integer, got {limit!r}")
@@ -537,22 +633,29 @@ class Store:
     def get_enforcement(self, account_id: str) -> Enforcement | None:
         """The account's enforcement state (``None``: never acted on). Check :meth:`Enforcement.active`."""
         with self._read() as conn:
-            row = conn.execute(select(monitor_enforcement).where(monitor_enforcement.c.account_id == account_id)
-                               ).one_or_none()
+            row = conn.execute(
+                select(monitor_enforcement).where(monitor_enforcement.c.account_id == account_id)
+            ).one_or_none()
         return None if row is None else _enforcement(row)
 
     def list_enforcements(self, active_only: bool = True) -> list[Enforcement]:
         """Enforcement states, oldest first (``active_only``: those that still restrict their account)."""
         with self._read() as conn:
-            rows = conn.execute(select(monitor_enforcement).order_by(monitor_enforcement.c.since,
-                                                                     monitor_enforcement.c.account_id)).all()
+            rows = conn.execute(
+                select(monitor_enforcement).order_by(monitor_enforcement.c.since, monitor_enforcement.c.account_id)
+            ).all()
         items = [_enforcement(r) for r in rows]
         now = _now()
         return [e for e in items if e.active(now)] if active_only else items
 
-    def set_enforcement(self, enforcement: Enforcement, *, audit: AuditEntry | None = None,
-                        alert: Alert | None = None,
-                        only_if: Callable[[Enforcement | None], bool] | None = None) -> int | None:
+    def set_enforcement(
+        self,
+        enforcement: Enforcement,
+        *,
+        audit: AuditEntry | None = None,
+        alert: Alert | None = None,
+        only_if: Callable[[Enforcement | None], bool] | None = None,
+    ) -> int | None:
         """Set an account's enforcement, with its audit record and its alert, in one transaction.
 
         Args:
@@ -573,8 +676,9 @@ class Store:
             # Every action takes the chain head's lock first: actions are rare, and one lock order (head, then
             # enforcement row) means two writers can never deadlock, nor both insert a first row for an account.
             conn.execute(_LOCK_HEAD).one()
-            row = conn.execute(select(monitor_enforcement).where(
-                monitor_enforcement.c.account_id == enforcement.account_id)).one_or_none()
+            row = conn.execute(
+                select(monitor_enforcement).where(monitor_enforcement.c.account_id == enforcement.account_id)
+            ).one_or_none()
             current = None if row is None else _enforcement(row)
             if only_if is not None and not only_if(current):
                 return None
@@ -582,26 +686,46 @@ class Store:
             if row is None:
                 conn.execute(insert(monitor_enforcement).values(**values))
             else:
-                conn.execute(update(monitor_enforcement).where(
-                    monitor_enforcement.c.account_id == enforcement.account_id).values(**values))
+                conn.execute(
+                    update(monitor_enforcement)
+                    .where(monitor_enforcement.c.account_id == enforcement.account_id)
+                    .values(**values)
+                )
             if alert is not None:
-                conn.execute(insert(monitor_alerts).values(**_alert_values(
-                    dataclasses.replace(alert, audit_seq=seq or None))))
-        log.info("account %s: %s (%s, by %s)", enforcement.account_id, enforcement.action, enforcement.level,
-                 enforcement.set_by)
+                conn.execute(
+                    insert(monitor_alerts).values(**_alert_values(dataclasses.replace(alert, audit_seq=seq or None)))
+                )
+        log.info(
+            "account %s: %s (%s, by %s)",
+            enforcement.account_id,
+            enforcement.action,
+            enforcement.level,
+            enforcement.set_by,
+        )
         return seq
 
-    def clear_enforcement(self, account_id: str, by: str = "admin", *, reason: str = "cleared",
-                          audit: AuditEntry | None = None) -> Enforcement | None:
+    def clear_enforcement(
+        self, account_id: str, by: str = "admin", *, reason: str = "cleared", audit: AuditEntry | None = None
+    ) -> Enforcement | None:
         """Lift whatever restricts the account (the state is kept, as ``action="none"``, so the monitor knows an
         admin judged it at that level). Returns the state that was lifted, or ``None`` if there was none."""
         current = self.get_enforcement(account_id)
         if current is None or current.action == "none":
             return None
-        cleared = Enforcement(account_id=account_id, action="none", level=current.level, clause=current.clause,
-                              since=_now(), until=None, reason=reason, set_by=by, alert_id=current.alert_id)
-        applied = self.set_enforcement(cleared, audit=audit,
-                                       only_if=lambda cur: cur is not None and cur.action != "none")
+        cleared = Enforcement(
+            account_id=account_id,
+            action="none",
+            level=current.level,
+            clause=current.clause,
+            since=_now(),
+            until=None,
+            reason=reason,
+            set_by=by,
+            alert_id=current.alert_id,
+        )
+        applied = self.set_enforcement(
+            cleared, audit=audit, only_if=lambda cur: cur is not None and cur.action != "none"
+        )
         return None if applied is None else current
 
     # ---- audit: append ----------------------------------------------------------------------------------
@@ -625,8 +749,9 @@ class Store:
             return head
         result = self.verify_audit()
         if result.ok or result.details.get("kind") != "head" or result.first_bad_seq != head.seq:
-            raise AuditIntegrityError(f"the audit log does not verify at record {result.first_bad_seq}: "
-                                      f"{result.problem}; not sealed")
+            raise AuditIntegrityError(
+                f"the audit log does not verify at record {result.first_bad_seq}: {result.problem}; not sealed"
+            )
         master = self._signing_master()
         with self._write() as conn:
             row = conn.execute(_LOCK_HEAD).one()
@@ -639,27 +764,42 @@ class Store:
 
     @staticmethod
     def _head_values(signed: SignedHead, last_checkpoint_seq: int) -> dict[str, Any]:
-        return {"seq": signed.seq, "hash": signed.hash, "last_checkpoint_seq": last_checkpoint_seq,
-                "signed_at": signed.signed_at, "public_key": signed.public_key, "signature": signed.signature}
+        return {
+            "seq": signed.seq,
+            "hash": signed.hash,
+            "last_checkpoint_seq": last_checkpoint_seq,
+            "signed_at": signed.signed_at,
+            "public_key": signed.public_key,
+            "signature": signed.signature,
+        }
 
     def _check_locked_head(self, head: Any, master: MasterKey) -> None:
         """Refuse to extend a head this installation did not sign (someone moved it with database access alone)."""
         if head.signature is None:
             if head.seq == 0:
                 return
-            raise AuditIntegrityError(f"the audit log's head (record {head.seq}) is not signed: the log was last "
-                                      "written by an antidistill older than signed heads, or the signature was "
-                                      "removed; nothing is appended until `antidistill audit verify` passes (for "
-                                      "an upgraded log, after `antidistill audit seal`)")
+            raise AuditIntegrityError(
+                f"the audit log's head (record {head.seq}) is not signed: the log was last "
+                "written by an antidistill older than signed heads, or the signature was "
+                "removed; nothing is appended until `antidistill audit verify` passes (for "
+                "an upgraded log, after `antidistill audit seal`)"
+            )
         if self._own_head == (head.seq, head.hash, head.signature):
             return
-        signed = SignedHead(head.seq, head.hash, to_utc(head.signed_at) if head.signed_at else _now(),
-                            head.public_key or "", head.signature)
+        signed = SignedHead(
+            head.seq,
+            head.hash,
+            to_utc(head.signed_at) if head.signed_at else _now(),
+            head.public_key or "",
+            head.signature,
+        )
         if signed.public_key != master.audit_public_key().hex() or not signed.valid():
-            raise AuditIntegrityError(f"the audit log's head (record {head.seq}) does not carry this "
-                                      "installation's signature: it was changed without the signing key (or the "
-                                      "log belongs to another master key); nothing is appended until `antidistill "
-                                      "audit verify` has been looked at")
+            raise AuditIntegrityError(
+                f"the audit log's head (record {head.seq}) does not carry this "
+                "installation's signature: it was changed without the signing key (or the "
+                "log belongs to another master key); nothing is appended until `antidistill "
+                "audit verify` has been looked at"
+            )
 
     def append_audit(self, entry: AuditEntry) -> int:
         """Append one exchange to the chain and return its seq, after the commit is durable.
@@ -685,9 +825,17 @@ class Store:
         at = _now()
         if seq % every == 0:
             signature = master.audit_sign(checkpoint_message(seq, digest, last_cp, at))
-            conn.execute(_INSERT_CHECKPOINT, {"seq": seq, "hash": digest, "prev_checkpoint_seq": last_cp,
-                                              "created_at": at, "public_key": master.audit_public_key().hex(),
-                                              "signature": signature.hex()})
+            conn.execute(
+                _INSERT_CHECKPOINT,
+                {
+                    "seq": seq,
+                    "hash": digest,
+                    "prev_checkpoint_seq": last_cp,
+                    "created_at": at,
+                    "public_key": master.audit_public_key().hex(),
+                    "signature": signature.hex(),
+                },
+            )
             last_cp = seq
         # The signed head: from now on, any other end of the log needs the key (chain.py, "Signed heads").
         signed = SignedHead.sign(master, seq, digest, at)
@@ -807,19 +955,31 @@ class Store:
         with self._read(snapshot=True) as conn:
             row = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one_or_none()
             if row is None:
-                return VerifyResult(ok=False, records=0, checkpoints=0, problem="the chain head row was deleted",
-                                    details={"kind": "head"})
+                return VerifyResult(
+                    ok=False,
+                    records=0,
+                    checkpoints=0,
+                    problem="the chain head row was deleted",
+                    details={"kind": "head"},
+                )
             head = _head(row)
 
             def find_seq(h: str) -> int | None:
                 return conn.execute(select(audit_records.c.seq).where(audit_records.c.hash == h).limit(1)).scalar()
 
-            result = verify_chain(self._chain_records(conn, batch_size), self._checkpoints(conn, batch_size), head,
-                                  checkpoint_every=self._settings.audit_checkpoint_every, public_key=expected,
-                                  find_seq=find_seq, anchor=anchor)
+            result = verify_chain(
+                self._chain_records(conn, batch_size),
+                self._checkpoints(conn, batch_size),
+                head,
+                checkpoint_every=self._settings.audit_checkpoint_every,
+                public_key=expected,
+                find_seq=find_seq,
+                anchor=anchor,
+            )
             if result.first_bad_seq is not None:
-                rid = conn.execute(select(audit_records.c.response_id)
-                                   .where(audit_records.c.seq == result.first_bad_seq)).scalar()
+                rid = conn.execute(
+                    select(audit_records.c.response_id).where(audit_records.c.seq == result.first_bad_seq)
+                ).scalar()
                 result = dataclasses.replace(result, first_bad_response_id=rid)
         if not result.ok:
             log.warning("audit verification failed at record %s: %s", result.first_bad_seq, result.problem)
@@ -836,8 +996,9 @@ class Store:
             row = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one_or_none()
             if row is None:
                 return "the chain head row was deleted"
-            return verify_extension(anchor, self._chain_records(conn, batch_size, start=max(anchor.seq, 1)),
-                                    _head(row), public_key=expected)
+            return verify_extension(
+                anchor, self._chain_records(conn, batch_size, start=max(anchor.seq, 1)), _head(row), public_key=expected
+            )
 
     # ---- audit: export ----------------------------------------------------------------------------------
     def export_audit(self, path: str | os.PathLike[str], fmt: ExportFormat = "jsonl", batch_size: int = 1000) -> int:
@@ -874,15 +1035,29 @@ class Store:
         import pyarrow as pa  # the parquet extra, and about 0.2 s to import: only for this export
         import pyarrow.parquet as pq
 
-        schema = pa.schema([
-            ("seq", pa.int64()), ("prev_hash", pa.string()), ("hash", pa.string()),
-            ("response_id", pa.string()), ("account_id", pa.string()), ("api_key_id", pa.string()),
-            ("created_at", pa.timestamp("us", tz="UTC")), ("endpoint", pa.string()),
-            ("client_addr", pa.string()), ("user_agent", pa.string()), ("request", pa.string()),
-            ("completion", pa.list_(pa.string())), ("prompt_tokens", pa.int64()),
-            ("completion_tokens", pa.int64()), ("finish_reason", pa.string()), ("latency_ms", pa.float64()),
-            ("watermark", pa.string()), ("watermark_key_id", pa.string()), ("status", pa.int32()),
-        ])
+        schema = pa.schema(
+            [
+                ("seq", pa.int64()),
+                ("prev_hash", pa.string()),
+                ("hash", pa.string()),
+                ("response_id", pa.string()),
+                ("account_id", pa.string()),
+                ("api_key_id", pa.string()),
+                ("created_at", pa.timestamp("us", tz="UTC")),
+                ("endpoint", pa.string()),
+                ("client_addr", pa.string()),
+                ("user_agent", pa.string()),
+                ("request", pa.string()),
+                ("completion", pa.list_(pa.string())),
+                ("prompt_tokens", pa.int64()),
+                ("completion_tokens", pa.int64()),
+                ("finish_reason", pa.string()),
+                ("latency_ms", pa.float64()),
+                ("watermark", pa.string()),
+                ("watermark_key_id", pa.string()),
+                ("status", pa.int32()),
+            ]
+        )
         n = 0
         with pq.ParquetWriter(path, schema) as writer, self._read(snapshot=True) as conn:
             for rows in self._record_batches(conn, batch_size):
@@ -891,16 +1066,25 @@ class Store:
                     wm = json.loads(r.watermark)
                     key_id = wm.get("key_id") if isinstance(wm, dict) else None
                     values = {
-                        "seq": r.seq, "prev_hash": r.prev_hash, "hash": r.hash,
-                        "response_id": _clean(r.response_id), "account_id": _clean(r.account_id),
-                        "api_key_id": _clean(r.api_key_id), "created_at": to_utc(r.created_at),
-                        "endpoint": _clean(r.endpoint), "client_addr": _clean(r.client_addr),
-                        "user_agent": _clean(r.user_agent), "request": r.request,
+                        "seq": r.seq,
+                        "prev_hash": r.prev_hash,
+                        "hash": r.hash,
+                        "response_id": _clean(r.response_id),
+                        "account_id": _clean(r.account_id),
+                        "api_key_id": _clean(r.api_key_id),
+                        "created_at": to_utc(r.created_at),
+                        "endpoint": _clean(r.endpoint),
+                        "client_addr": _clean(r.client_addr),
+                        "user_agent": _clean(r.user_agent),
+                        "request": r.request,
                         "completion": [_clean(c) for c in json.loads(r.completion)],
-                        "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                        "finish_reason": _clean(r.finish_reason), "latency_ms": r.latency_ms,
-                        "watermark": r.watermark, "watermark_key_id": _clean(key_id) if isinstance(key_id, str)
-                        else None, "status": r.status,
+                        "prompt_tokens": r.prompt_tokens,
+                        "completion_tokens": r.completion_tokens,
+                        "finish_reason": _clean(r.finish_reason),
+                        "latency_ms": r.latency_ms,
+                        "watermark": r.watermark,
+                        "watermark_key_id": _clean(key_id) if isinstance(key_id, str) else None,
+                        "status": r.status,
                     }
                     for name, value in values.items():
                         cols[name].append(value)
@@ -916,8 +1100,13 @@ def _checkpoint(r: Any) -> Checkpoint:
 def _head(row: Any) -> Head:
     signed = None
     if row.signature is not None:
-        signed = SignedHead(row.seq, row.hash, to_utc(row.signed_at) if row.signed_at else datetime.min.replace(
-            tzinfo=UTC), row.public_key or "", row.signature)
+        signed = SignedHead(
+            row.seq,
+            row.hash,
+            to_utc(row.signed_at) if row.signed_at else datetime.min.replace(tzinfo=UTC),
+            row.public_key or "",
+            row.signature,
+        )
     return Head(row.seq, row.hash, row.last_checkpoint_seq, signed)
 
 

@@ -88,5 +88,4 @@ class WatermarkConfig:
     @classmethod
     def interop(cls, gamma: float = 0.25, delta: float = 2.0, context_width: int = 1) -> WatermarkConfig:
         """Settings that read and write the same marks as transformers' ``WatermarkingConfig`` (lefthash)."""
-        return cls(scheme="hf-lefthash", gamma=gamma, delta=delta, context_width=context_width,
-                   provider_fraction=0.0)
+        return cls(scheme="hf-lefthash", gamma=gamma, delta=delta, context_width=context_width, provider_fraction=0.0)

@@ -185,20 +185,28 @@ class GreenListScheme(ABC):
         return self.gamma
 
     @abstractmethod
-    def green_mask(self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int,
-                   workspace: Workspace | None = None) -> np.ndarray:
+    def green_mask(
+        self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int, workspace: Workspace | None = None
+    ) -> np.ndarray:
         """(B, V) bool: the green lists for B rows, each with its own key (uint64, (B,)) and context (B, h).
 
         With a ``workspace`` the result may live in it (valid until its next use); without, it is a new array.
         """
 
     @abstractmethod
-    def is_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None
-                 ) -> np.ndarray:
+    def is_green(
+        self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None
+    ) -> np.ndarray:
         """(K, N) bool: whether token ``tokens[n]`` after ``contexts[n]`` is green under ``keys[k]``."""
 
-    def count_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None,
-                    chunk_elems: int = 1 << 20) -> np.ndarray:
+    def count_green(
+        self,
+        keys: np.ndarray,
+        contexts: np.ndarray,
+        tokens: np.ndarray,
+        vocab_size: int | None,
+        chunk_elems: int = 1 << 20,
+    ) -> np.ndarray:
         """(K,) green counts over the N (context, token) pairs, for K keys, in cache-sized chunks."""
         keys = np.asarray(keys, dtype=U64).reshape(-1)
         n = max(1, len(tokens))
@@ -221,8 +229,9 @@ class HashScheme(GreenListScheme):
     def null_probability(self, vocab_size: int | None) -> float:
         return int(self._thr) / TWO64
 
-    def green_mask(self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int,
-                   workspace: Workspace | None = None) -> np.ndarray:
+    def green_mask(
+        self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int, workspace: Workspace | None = None
+    ) -> np.ndarray:
         # fmix64(k ^ H(c) ^ T(t)) < thr over (B, V), with fmix64's first step folded into the row and token
         # parts and every (B, V) array reused from the workspace: bit-identical to the plain formula.
         row = _premix(np.asarray(keys, dtype=U64) ^ context_hash(contexts))
@@ -237,14 +246,21 @@ class HashScheme(GreenListScheme):
         out: np.ndarray = context_hash(contexts) ^ token_hash(tokens)
         return out
 
-    def is_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray,
-                 vocab_size: int | None = None) -> np.ndarray:
+    def is_green(
+        self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None = None
+    ) -> np.ndarray:
         pairs = _premix(self.pair_hash(contexts, tokens))
         x = _premix(np.asarray(keys, dtype=U64).reshape(-1, 1)) ^ pairs[None, :]
         return _premixed_below(x, self._thr, np.empty_like(x), np.empty(x.shape, dtype=np.bool_))
 
-    def count_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None = None,
-                    chunk_elems: int = 1 << 18) -> np.ndarray:
+    def count_green(
+        self,
+        keys: np.ndarray,
+        contexts: np.ndarray,
+        tokens: np.ndarray,
+        vocab_size: int | None = None,
+        chunk_elems: int = 1 << 18,
+    ) -> np.ndarray:
         keys = _premix(np.asarray(keys, dtype=U64).reshape(-1))
         pairs = _premix(self.pair_hash(contexts, tokens))
         n = max(1, len(pairs))
@@ -304,13 +320,15 @@ class HFLefthashScheme(GreenListScheme):
                 self._cache.popitem(last=False)
         return mask
 
-    def green_mask(self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int,
-                   workspace: Workspace | None = None) -> np.ndarray:
+    def green_mask(
+        self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int, workspace: Workspace | None = None
+    ) -> np.ndarray:
         ctx = np.asarray(contexts, dtype=np.int64)
         return np.stack([self._list(int(k), int(c[-1]), vocab_size) for k, c in zip(keys, ctx, strict=True)])
 
-    def is_green(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray,
-                 vocab_size: int | None = None) -> np.ndarray:
+    def is_green(
+        self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None = None
+    ) -> np.ndarray:
         if vocab_size is None:
             raise InputError("the hf-lefthash scheme needs the model's vocabulary size")
         ctx = np.asarray(contexts, dtype=np.int64)

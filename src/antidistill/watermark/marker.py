@@ -43,8 +43,7 @@ class Watermark:
             return np.zeros(len(contexts), dtype=bool)
         return provider_positions(provider_key, context_hash(contexts), self.config.provider_fraction)
 
-    def row_keys(self, contexts: np.ndarray, account_keys: np.ndarray, provider_keys: np.ndarray | None
-                 ) -> np.ndarray:
+    def row_keys(self, contexts: np.ndarray, account_keys: np.ndarray, provider_keys: np.ndarray | None) -> np.ndarray:
         """(B,) uint64: the key that marks each row's next token (provider or account, by context)."""
         keys = np.asarray(account_keys, dtype=U64).copy()
         if provider_keys is None or self.config.provider_fraction == 0.0:
@@ -60,8 +59,14 @@ class Watermark:
             keys[rows] = sub
         return keys
 
-    def green_mask(self, contexts: np.ndarray, account_keys: np.ndarray, provider_keys: np.ndarray | None,
-                   vocab_size: int, workspace: Workspace | None = None) -> np.ndarray:
+    def green_mask(
+        self,
+        contexts: np.ndarray,
+        account_keys: np.ndarray,
+        provider_keys: np.ndarray | None,
+        vocab_size: int,
+        workspace: Workspace | None = None,
+    ) -> np.ndarray:
         """(B, V) bool: the green list of each row's next token (in ``workspace`` if given)."""
         keys = self.row_keys(contexts, account_keys, provider_keys)
         return self.scheme.green_mask(keys, contexts, vocab_size, workspace)

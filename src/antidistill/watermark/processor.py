@@ -48,7 +48,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         has_provider = any(k is not None and k.provider is not None for k in self.row_keys)
         self._provider = (
             np.array([k.provider.value if (k and k.provider) else 0 for k in self.row_keys], dtype=U64)
-            if has_provider else None
+            if has_provider
+            else None
         )
         self._provider_rows = (
             np.array([bool(k and k.provider) for k in self.row_keys], dtype=bool) if has_provider else None

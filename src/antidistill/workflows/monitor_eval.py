@@ -40,8 +40,12 @@ from antidistill.workflows.simulation import run_simulation
 #: the level that counts as "detected" (an alert)
 DETECT_LEVEL = "alert"
 #: the targets the evaluation is judged against
-TARGETS = {"attacker_recall_min": 0.95, "single_account_median_requests_max": 200,
-           "hydra_cluster_recall_min": 0.90, "benign_fpr_max": 0.005}
+TARGETS = {
+    "attacker_recall_min": 0.95,
+    "single_account_median_requests_max": 200,
+    "hydra_cluster_recall_min": 0.90,
+    "benign_fpr_max": 0.005,
+}
 SINGLE_ACCOUNT = ("bulk_harvester", "stealthy_harvester", "cot_extractor", "coverage_sweeper", "release_pivot")
 
 
@@ -90,11 +94,15 @@ def evaluate_run(out_dir: Path, settings: Settings, *, embeddings: bool | None =
         reqs = [first[i].requests for i in hit]
         levels = Counter(top.get(i, "none") for i in ids)
         personas[name] = {
-            "role": rows[0]["role"], "accounts": len(rows), "active_accounts": len(active),
-            "detected": len(hit), "detection_rate": round(len(hit) / len(rows), 5) if rows else None,
+            "role": rows[0]["role"],
+            "accounts": len(rows),
+            "active_accounts": len(active),
+            "detected": len(hit),
+            "detection_rate": round(len(hit) / len(rows), 5) if rows else None,
             "detection_ci95": _ci(len(hit), len(rows)),
             "detection_rate_active": round(sum(r["account_id"] in first for r in active) / len(active), 5)
-            if active else None,
+            if active
+            else None,
             "median_requests_to_alert": statistics.median(reqs) if reqs else None,
             "levels": dict(levels),
         }
@@ -102,36 +110,65 @@ def evaluate_run(out_dir: Path, settings: Settings, *, embeddings: bool | None =
     fpr = {}
     for level in ("watch", "alert", "severe"):
         k = sum(level_rank(top.get(r["account_id"], "none")) >= level_rank(level) for r in benign)
-        fpr[level] = {"false_positives": k, "accounts": len(benign), "rate": round(k / len(benign), 5)
-                      if benign else None, "ci95": _ci(k, len(benign))}
+        fpr[level] = {
+            "false_positives": k,
+            "accounts": len(benign),
+            "rate": round(k / len(benign), 5) if benign else None,
+            "ci95": _ci(k, len(benign)),
+        }
     hydras = _hydra_recall(labels, monitor)
     attackers = {n: p for n, p in personas.items() if p["role"] == "attacker"}
-    single = [p["median_requests_to_alert"] for n, p in personas.items() if n in SINGLE_ACCOUNT
-              and p["median_requests_to_alert"] is not None]
+    single = [
+        p["median_requests_to_alert"]
+        for n, p in personas.items()
+        if n in SINGLE_ACCOUNT and p["median_requests_to_alert"] is not None
+    ]
     verdict = {
-        "every_attacker_type_recall_ge_95": all((p["detection_rate"] or 0) >= TARGETS["attacker_recall_min"]
-                                                for p in attackers.values()),
-        "single_account_median_requests_le_200": bool(single) and all(
-            m <= TARGETS["single_account_median_requests_max"] for m in single),
+        "every_attacker_type_recall_ge_95": all(
+            (p["detection_rate"] or 0) >= TARGETS["attacker_recall_min"] for p in attackers.values()
+        ),
+        "single_account_median_requests_le_200": bool(single)
+        and all(m <= TARGETS["single_account_median_requests_max"] for m in single),
         "hydra_cluster_recall_ge_90": all(h["recall"] >= TARGETS["hydra_cluster_recall_min"] for h in hydras)
-        if hydras else None,
-        "benign_fpr_le_0_5pct": fpr["alert"]["rate"] is not None and fpr["alert"]["rate"]
-        <= TARGETS["benign_fpr_max"],
+        if hydras
+        else None,
+        "benign_fpr_le_0_5pct": fpr["alert"]["rate"] is not None and fpr["alert"]["rate"] <= TARGETS["benign_fpr_max"],
     }
-    false_positives = [{"account_id": r["account_id"], "persona": r["persona"], "level": top[r["account_id"]],
-                        "reasons": list(first[r["account_id"]].reasons) if r["account_id"] in first else []}
-                       for r in benign if level_rank(top.get(r["account_id"], "none")) >= level_rank(DETECT_LEVEL)]
-    return {"seed": scenario.get("seed"), "split": scenario.get("split"), "scale": scenario.get("scale"),
-            "days": scenario.get("days"), "records": n_records, "scan_s": round(scan_s, 2),
-            "scan_records_per_s": round(n_records / scan_s, 1) if scan_s > 0 else None,
-            "model": monitor.scorer.manifest.get("trained_at") and {
-                "trained_at": monitor.scorer.manifest.get("trained_at"),
-                "train_seeds": monitor.scorer.manifest.get("train_seeds"),
-                "calibration_seeds": monitor.scorer.manifest.get("calibration_seeds"),
-                "thresholds": monitor.scorer.thresholds, "embeddings": monitor.scorer.embeddings},
-            "rules_only": not monitor.scorer.trained, "detect_level": DETECT_LEVEL, "personas": personas,
-            "benign_fpr": fpr, "hydra_cluster_recall": hydras, "targets": TARGETS, "verdict": verdict,
-            "benign_false_positives": false_positives}
+    false_positives = [
+        {
+            "account_id": r["account_id"],
+            "persona": r["persona"],
+            "level": top[r["account_id"]],
+            "reasons": list(first[r["account_id"]].reasons) if r["account_id"] in first else [],
+        }
+        for r in benign
+        if level_rank(top.get(r["account_id"], "none")) >= level_rank(DETECT_LEVEL)
+    ]
+    return {
+        "seed": scenario.get("seed"),
+        "split": scenario.get("split"),
+        "scale": scenario.get("scale"),
+        "days": scenario.get("days"),
+        "records": n_records,
+        "scan_s": round(scan_s, 2),
+        "scan_records_per_s": round(n_records / scan_s, 1) if scan_s > 0 else None,
+        "model": monitor.scorer.manifest.get("trained_at")
+        and {
+            "trained_at": monitor.scorer.manifest.get("trained_at"),
+            "train_seeds": monitor.scorer.manifest.get("train_seeds"),
+            "calibration_seeds": monitor.scorer.manifest.get("calibration_seeds"),
+            "thresholds": monitor.scorer.thresholds,
+            "embeddings": monitor.scorer.embeddings,
+        },
+        "rules_only": not monitor.scorer.trained,
+        "detect_level": DETECT_LEVEL,
+        "personas": personas,
+        "benign_fpr": fpr,
+        "hydra_cluster_recall": hydras,
+        "targets": TARGETS,
+        "verdict": verdict,
+        "benign_false_positives": false_positives,
+    }
 
 
 def _hydra_recall(labels: list[dict[str, Any]], monitor: Monitor) -> list[dict[str, Any]]:
@@ -148,13 +185,20 @@ def _hydra_recall(labels: list[dict[str, Any]], monitor: Monitor) -> list[dict[s
         cluster = lk.clusters.get(root) if root else None
         size = len(cluster.members) if cluster else 1
         others = size - n if cluster else 0
-        out.append({"campaign": campaign, "members": len(rows), "active_members": len(active),
-                    "linked": n if cluster else 0, "recall": round((n if cluster else 0) / len(active), 5)
-                    if active else 0.0,
-                    "recall_all_members": round((n if cluster else 0) / len(rows), 5),
-                    "cluster_id": cluster.id if cluster else None, "cluster_size": size,
-                    "non_members_in_cluster": others,
-                    "linked_by": lk.linked_by(cluster, 5) if cluster else []})
+        out.append(
+            {
+                "campaign": campaign,
+                "members": len(rows),
+                "active_members": len(active),
+                "linked": n if cluster else 0,
+                "recall": round((n if cluster else 0) / len(active), 5) if active else 0.0,
+                "recall_all_members": round((n if cluster else 0) / len(rows), 5),
+                "cluster_id": cluster.id if cluster else None,
+                "cluster_size": size,
+                "non_members_in_cluster": others,
+                "linked_by": lk.linked_by(cluster, 5) if cluster else [],
+            }
+        )
     return out
 
 
@@ -169,13 +213,21 @@ def check_heldout(seed: int, settings: Settings) -> None:
         return
     used = set(manifest.get("train_seeds", [])) | set(manifest.get("calibration_seeds", []))
     if seed in used:
-        raise InputError(f"seed {seed} was used to train or calibrate the monitor ({sorted(used)}); pick another "
-                         "for a held-out evaluation")
+        raise InputError(
+            f"seed {seed} was used to train or calibrate the monitor ({sorted(used)}); pick another "
+            "for a held-out evaluation"
+        )
 
 
-
-def heldout_eval(settings: Settings, seed: int, *, scale: str = "default", days: float | None = None,
-                 out_dir: Path | None = None, embeddings: bool | None = None) -> dict[str, Any]:
+def heldout_eval(
+    settings: Settings,
+    seed: int,
+    *,
+    scale: str = "default",
+    days: float | None = None,
+    out_dir: Path | None = None,
+    embeddings: bool | None = None,
+) -> dict[str, Any]:
     """Simulate held-out traffic through the in-process gateway (or reuse a finished simulation of the same seed in
     ``out_dir``), scan its audit log with the trained monitor and score it (:func:`evaluate_run`); the report has
     a ``simulation`` member saying what was run.
@@ -194,14 +246,20 @@ def heldout_eval(settings: Settings, seed: int, *, scale: str = "default", days:
         if (target / "labels.jsonl").is_file():
             done = load_scenario(target)
             if done.get("seed") != seed or done.get("split") != "heldout" or done.get("scale") != scale:
-                raise InputError(f"{target} holds another simulation (seed {done.get('seed')}, split "
-                                 f"{done.get('split')}, scale {done.get('scale')}); choose a new --out")
+                raise InputError(
+                    f"{target} holds another simulation (seed {done.get('seed')}, split "
+                    f"{done.get('split')}, scale {done.get('scale')}); choose a new --out"
+                )
             simulation = {"reused": str(target), "requests": done.get("summary", {}).get("requests")}
         else:
             t0 = time.perf_counter()
             sim = run_simulation(scenario, target)
-            simulation = {"requests": sim.planned, "ok": sim.ok, "wall_s": round(time.perf_counter() - t0, 1),
-                          "gateway_requests_per_s": round(sim.requests_per_s, 1)}
+            simulation = {
+                "requests": sim.planned,
+                "ok": sim.ok,
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "gateway_requests_per_s": round(sim.requests_per_s, 1),
+            }
         report = evaluate_run(target, settings, embeddings=embeddings)
     report["simulation"] = simulation
     return report

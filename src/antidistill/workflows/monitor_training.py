@@ -36,10 +36,18 @@ from antidistill.simulate.scenario import Scenario
 log = logging.getLogger(__name__)
 
 
-def train(settings: Settings, *, seeds: Sequence[int] = TRAIN_SEEDS,
-          calibration_seeds: Sequence[int] = CALIBRATION_SEEDS, scale: str = "default", days: float | None = None,
-          embeddings: bool = False, targets: dict[str, float] | None = None, out_dir: Path | None = None,
-          extra_personas: dict[str, int] | None = None) -> dict[str, Any]:
+def train(
+    settings: Settings,
+    *,
+    seeds: Sequence[int] = TRAIN_SEEDS,
+    calibration_seeds: Sequence[int] = CALIBRATION_SEEDS,
+    scale: str = "default",
+    days: float | None = None,
+    embeddings: bool = False,
+    targets: dict[str, float] | None = None,
+    out_dir: Path | None = None,
+    extra_personas: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """Simulate training traffic, fit, calibrate, save; returns the manifest.
 
     Args:
@@ -91,18 +99,26 @@ def train(settings: Settings, *, seeds: Sequence[int] = TRAIN_SEEDS,
     thresholds = calibrate(benign, targets, ceiling_risks=ceiling)
     y = np.asarray(all_rows.y)
     manifest = {
-        "trained_at": datetime.now(UTC).isoformat(), "scale": scale, "days": days, "embeddings": embeddings,
-        "train_seeds": [int(s) for s in seeds], "calibration_seeds": [int(s) for s in calibration_seeds],
+        "trained_at": datetime.now(UTC).isoformat(),
+        "scale": scale,
+        "days": days,
+        "embeddings": embeddings,
+        "train_seeds": [int(s) for s in seeds],
+        "calibration_seeds": [int(s) for s in calibration_seeds],
         "train_extra_personas": dict(TRAIN_EXTRA if extra_personas is None else extra_personas),
-        "split": "train", "simulations": sims, "rows": len(y), "positive_rows": int((y == 1).sum()),
-        "cluster_rows": int(sum(k == "cluster" for k in all_rows.kind)), "targets": targets,
-        "thresholds": thresholds, "calibration_benign_accounts": len(benign),
+        "split": "train",
+        "simulations": sims,
+        "rows": len(y),
+        "positive_rows": int((y == 1).sum()),
+        "cluster_rows": int(sum(k == "cluster" for k in all_rows.kind)),
+        "targets": targets,
+        "thresholds": thresholds,
+        "calibration_benign_accounts": len(benign),
         "calibration_benign_max_risk_quantiles": {q: float(np.quantile(benign, q)) for q in (0.5, 0.9, 0.99, 1.0)},
         "calibration_max_risk_by_persona": attacker_summary,
         "calibration_benign_max_risks": sorted(round(float(r), 5) for r in benign),
         "calibration_ceiling_max_risk": round(float(max(ceiling, default=0.0)), 5),
-        "seconds": {"rows": round(t_rows, 1), "fit": round(t_fit, 1),
-                    "total": round(time.perf_counter() - t0, 1)},
+        "seconds": {"rows": round(t_rows, 1), "fit": round(t_fit, 1), "total": round(time.perf_counter() - t0, 1)},
     }
     scorer = Scorer(thresholds, embeddings=embeddings, manifest=manifest, **parts)
     out = out_dir or monitor_dir(settings)

@@ -17,8 +17,15 @@ from antidistill.store.api import Storage
 from antidistill.workflows.scan import scan_open_on_audit
 
 
-def run_scan(store: Storage, subject: Subject, suspect_model: str, *, settings: Any = None,
-             max_texts: int | None = None, teacher_control: bool = True) -> dict[str, Any]:
+def run_scan(
+    store: Storage,
+    subject: Subject,
+    suspect_model: str,
+    *,
+    settings: Any = None,
+    max_texts: int | None = None,
+    teacher_control: bool = True,
+) -> dict[str, Any]:
     """Scan the open weights at ``suspect_model`` now on the subject's exchanges
     (:func:`antidistill.workflows.scan.scan_open_on_audit`), and return the result as a dict, as
     ``--scan FILE`` would have held it.
@@ -27,20 +34,34 @@ def run_scan(store: Storage, subject: Subject, suspect_model: str, *, settings: 
         InputError: no such model, no watermarked exchange to feed, a different tokenizer.
         ConfigError: no master key here (the scan needs the keys the gateway marked with).
     """
-    result = scan_open_on_audit(store, suspect_model, subject.account_ids,
-                                cluster_id=subject.id if subject.kind == "cluster" else None, settings=settings,
-                                max_texts=max_texts, teacher_control=teacher_control)
+    result = scan_open_on_audit(
+        store,
+        suspect_model,
+        subject.account_ids,
+        cluster_id=subject.id if subject.kind == "cluster" else None,
+        settings=settings,
+        max_texts=max_texts,
+        teacher_control=teacher_control,
+    )
     data = json.loads(json.dumps(result.to_dict(), default=str))
     check_scan(data, f"scan of {suspect_model}")
     return data
 
 
-def make_report(store: Storage, out_dir: str | os.PathLike[str], *, account: str | None = None,
-                cluster: str | None = None, scan_files: Sequence[str | os.PathLike[str]] = (),
-                control_files: Sequence[str | os.PathLike[str]] = (), suspect_model: str | None = None,
-                policy_file: str | os.PathLike[str] | None = None, database: str | None = None,
-                now: datetime | None = None, template_dir: str | os.PathLike[str] | None = None
-                ) -> tuple[ReportFiles, dict[str, Any]]:
+def make_report(
+    store: Storage,
+    out_dir: str | os.PathLike[str],
+    *,
+    account: str | None = None,
+    cluster: str | None = None,
+    scan_files: Sequence[str | os.PathLike[str]] = (),
+    control_files: Sequence[str | os.PathLike[str]] = (),
+    suspect_model: str | None = None,
+    policy_file: str | os.PathLike[str] | None = None,
+    database: str | None = None,
+    now: datetime | None = None,
+    template_dir: str | os.PathLike[str] | None = None,
+) -> tuple[ReportFiles, dict[str, Any]]:
     """What ``antidistill report`` does: check the inputs, gather the evidence, write the package.
 
     Every input (the subject, the scan files, the policy, the templates) is checked before anything is computed
@@ -57,6 +78,5 @@ def make_report(store: Storage, out_dir: str | os.PathLike[str], *, account: str
     if suspect_model is not None:
         data = run_scan(store, subject, suspect_model)
         scans.append((data, source_of(data, f"(scanned now) {suspect_model}")))
-    evidence = gather(store, subject, scans=scans, control_scans=controls, policy=policy, database=database,
-                      now=now)
+    evidence = gather(store, subject, scans=scans, control_scans=controls, policy=policy, database=database, now=now)
     return write_report(evidence, out_dir, template_dir=template_dir), evidence.to_json()

@@ -68,20 +68,29 @@ def open_store(settings: Settings) -> Store | None:
     return Store.open(None, settings)
 
 
-def scan_config(base: WatermarkConfig | None, gamma: float | None = None, context_width: int | None = None,
-                provider_fraction: float | None = None) -> WatermarkConfig:
+def scan_config(
+    base: WatermarkConfig | None,
+    gamma: float | None = None,
+    context_width: int | None = None,
+    provider_fraction: float | None = None,
+) -> WatermarkConfig:
     """``base`` (default: the default config) with the given parameters overridden."""
     params: dict[str, Any] = (base or WatermarkConfig()).to_dict()
-    for name, value in (("gamma", gamma), ("context_width", context_width),
-                        ("provider_fraction", provider_fraction)):
+    for name, value in (("gamma", gamma), ("context_width", context_width), ("provider_fraction", provider_fraction)):
         if value is not None:
             params[name] = value
     return WatermarkConfig.from_dict(params)
 
 
-def gather_inputs(settings: Settings, *, accounts: Sequence[str] = (), clusters: Sequence[str] = (),
-                  texts_file: Path | None = None, from_audit: bool = True,
-                  max_texts: int | None = None) -> ScanInputs:
+def gather_inputs(
+    settings: Settings,
+    *,
+    accounts: Sequence[str] = (),
+    clusters: Sequence[str] = (),
+    texts_file: Path | None = None,
+    from_audit: bool = True,
+    max_texts: int | None = None,
+) -> ScanInputs:
     """The candidates (the named accounts and cluster members, else every account in the store), their keys, and
     the texts to feed: ``texts_file`` if given, else (``from_audit``) the candidates' watermarked exchanges.
 
@@ -142,11 +151,21 @@ def served_tokenizer(settings: Settings) -> Any:
     return load_tokenizer(resolve_model(settings.model), settings.cache_dir)
 
 
-def open_scan(settings: Settings, suspect_model: str, scan_inputs: ScanInputs, *, tokenizer: Any = None,
-              control_models: Sequence[str] = (), exclude: str = "prefix-pairs",
-              batch_tokens: int = DEFAULT_BATCH_TOKENS, alpha: float = DEFAULT_ALPHA,
-              control_keys: int = DEFAULT_CONTROL_KEYS, control_seed: int = 0, max_texts: int | None = None,
-              label: str | None = None) -> ScanReport:
+def open_scan(
+    settings: Settings,
+    suspect_model: str,
+    scan_inputs: ScanInputs,
+    *,
+    tokenizer: Any = None,
+    control_models: Sequence[str] = (),
+    exclude: str = "prefix-pairs",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    alpha: float = DEFAULT_ALPHA,
+    control_keys: int = DEFAULT_CONTROL_KEYS,
+    control_seed: int = 0,
+    max_texts: int | None = None,
+    label: str | None = None,
+) -> ScanReport:
     """Scan the weights at ``suspect_model`` (or ``teacher``) by feeding it the inputs' texts (reading mode);
     ``label`` names the suspect in the report (default: the name and the path it resolved to).
 
@@ -154,8 +173,10 @@ def open_scan(settings: Settings, suspect_model: str, scan_inputs: ScanInputs, *
         InputError: nothing to feed, no such model, a different tokenizer.
     """
     if not scan_inputs.texts:
-        raise InputError("no watermarked texts to feed: give --texts FILE, or scan accounts with watermarked "
-                         "traffic in the audit log")
+        raise InputError(
+            "no watermarked texts to feed: give --texts FILE, or scan accounts with watermarked "
+            "traffic in the audit log"
+        )
     tokenizer = tokenizer if tokenizer is not None else served_tokenizer(settings)
     source, model = load_model(suspect_model, settings)
     if suspect_model != TEACHER:
@@ -165,10 +186,21 @@ def open_scan(settings: Settings, suspect_model: str, scan_inputs: ScanInputs, *
         csource, controls[name] = load_model(name, settings)
         if name != TEACHER:
             check_tokenizer(csource, tokenizer, settings)
-    return scan_open(model, tokenizer, scan_inputs.texts, scan_inputs.keys, scan_inputs.config, exclude=exclude,
-                     control_models=controls, suspect=label or f"{suspect_model} ({source.path})",
-                     batch_tokens=batch_tokens,
-                     alpha=alpha, controls=control_keys, control_seed=control_seed, max_texts=max_texts)
+    return scan_open(
+        model,
+        tokenizer,
+        scan_inputs.texts,
+        scan_inputs.keys,
+        scan_inputs.config,
+        exclude=exclude,
+        control_models=controls,
+        suspect=label or f"{suspect_model} ({source.path})",
+        batch_tokens=batch_tokens,
+        alpha=alpha,
+        controls=control_keys,
+        control_seed=control_seed,
+        max_texts=max_texts,
+    )
 
 
 def endpoint_model_name(client: Any, url: str) -> str:
@@ -181,38 +213,77 @@ def endpoint_model_name(client: Any, url: str) -> str:
         raise InputError(f"cannot reach the suspect endpoint {url}") from None
     except openai.APIStatusError as exc:
         if exc.status_code in (401, 403):
-            raise InputError(f"the suspect endpoint refused the request (HTTP {exc.status_code}); give "
-                             "--suspect-api-key") from None
+            raise InputError(
+                f"the suspect endpoint refused the request (HTTP {exc.status_code}); give --suspect-api-key"
+            ) from None
         listed = []
     return listed[0] if listed else "default"
 
 
-def closed_scan(settings: Settings, url: str, prompts: Sequence[str], scan_inputs: ScanInputs, *,
-                api_key: str | None = None, model_name: str | None = None, tokenizer: Any = None,
-                control_models: Sequence[str] = (), samples: int = 1, temperature: float = 0.7,
-                max_tokens: int = 128, max_prompts: int | None = 200, seed: int = 0, alpha: float = DEFAULT_ALPHA,
-                control_keys: int = DEFAULT_CONTROL_KEYS, control_seed: int = 0) -> ScanReport:
+def closed_scan(
+    settings: Settings,
+    url: str,
+    prompts: Sequence[str],
+    scan_inputs: ScanInputs,
+    *,
+    api_key: str | None = None,
+    model_name: str | None = None,
+    tokenizer: Any = None,
+    control_models: Sequence[str] = (),
+    samples: int = 1,
+    temperature: float = 0.7,
+    max_tokens: int = 128,
+    max_prompts: int | None = 200,
+    seed: int = 0,
+    alpha: float = DEFAULT_ALPHA,
+    control_keys: int = DEFAULT_CONTROL_KEYS,
+    control_seed: int = 0,
+) -> ScanReport:
     """Send ``prompts`` to the endpoint at ``url`` and score its completions (closed mode); control models are
     loaded and sampled the same way."""
     from antidistill.models.local import LocalModel  # torch: only a scan with a local control model needs it
 
     if not prompts:
-        raise InputError("no prompts to send: give --prompts FILE or --texts FILE, or scan accounts with "
-                         "watermarked traffic in the audit log")
+        raise InputError(
+            "no prompts to send: give --prompts FILE or --texts FILE, or scan accounts with "
+            "watermarked traffic in the audit log"
+        )
     tokenizer = tokenizer if tokenizer is not None else served_tokenizer(settings)
     client = make_client(url, api_key)
     name = model_name if model_name is not None else endpoint_model_name(client, url)
-    controls = {c: LocalModel.load(settings.model if c == TEACHER else c, settings.cache_dir, scan_inputs.config)
-                for c in control_models}
-    return scan_closed(client, list(prompts), tokenizer, scan_inputs.keys, scan_inputs.config, model_name=name,
-                       samples=samples, temperature=temperature, max_tokens=max_tokens, max_prompts=max_prompts,
-                       seed=seed, control_models=controls, alpha=alpha, controls=control_keys,
-                       control_seed=control_seed)
+    controls = {
+        c: LocalModel.load(settings.model if c == TEACHER else c, settings.cache_dir, scan_inputs.config)
+        for c in control_models
+    }
+    return scan_closed(
+        client,
+        list(prompts),
+        tokenizer,
+        scan_inputs.keys,
+        scan_inputs.config,
+        model_name=name,
+        samples=samples,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        max_prompts=max_prompts,
+        seed=seed,
+        control_models=controls,
+        alpha=alpha,
+        controls=control_keys,
+        control_seed=control_seed,
+    )
 
 
-def scan_open_on_audit(store: AuditLog, suspect_model: str, account_ids: Sequence[str], *,
-                       cluster_id: str | None = None, settings: Settings | None = None,
-                       max_texts: int | None = None, teacher_control: bool = True) -> ScanReport:
+def scan_open_on_audit(
+    store: AuditLog,
+    suspect_model: str,
+    account_ids: Sequence[str],
+    *,
+    cluster_id: str | None = None,
+    settings: Settings | None = None,
+    max_texts: int | None = None,
+    teacher_control: bool = True,
+) -> ScanReport:
     """Scan the open weights at ``suspect_model``, feeding it the watermarked exchanges of ``account_ids`` from the
     audit log (reading mode), as ``antidistill report --suspect-model`` does.
 
@@ -235,9 +306,14 @@ def scan_open_on_audit(store: AuditLog, suspect_model: str, account_ids: Sequenc
     clusters = {cluster_id: list(account_ids)} if cluster_id is not None else {}
     keys = ScanKeys.from_keyring(ring, account_ids, clusters)
     scan_inputs = ScanInputs(list(account_ids), clusters, keys, fed.texts, fed.config())
-    return open_scan(settings, suspect_model, scan_inputs, control_models=[TEACHER] if teacher_control else [],
-                     max_texts=max_texts, label=str(suspect_model))
+    return open_scan(
+        settings,
+        suspect_model,
+        scan_inputs,
+        control_models=[TEACHER] if teacher_control else [],
+        max_texts=max_texts,
+        label=str(suspect_model),
+    )
 
 
-__all__ = ["TEACHER", "ScanInputs", "closed_scan", "gather_inputs", "open_scan", "scan_config",
-           "scan_open_on_audit"]
+__all__ = ["TEACHER", "ScanInputs", "closed_scan", "gather_inputs", "open_scan", "scan_config", "scan_open_on_audit"]

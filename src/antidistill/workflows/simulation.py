@@ -22,9 +22,17 @@ from antidistill.simulate.scenario import Plan, Scenario
 from antidistill.store.sql import Store
 
 
-def run_simulation(scenario: Scenario, out_dir: str | Path, *, concurrency: int = 12, processes: int | None = None,
-                   progress: Callable[[int, int], None] | None = None, plan: Plan | None = None,
-                   monitor: bool = False, settings: Mapping[str, Any] | None = None) -> SimulationResult:
+def run_simulation(
+    scenario: Scenario,
+    out_dir: str | Path,
+    *,
+    concurrency: int = 12,
+    processes: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    plan: Plan | None = None,
+    monitor: bool = False,
+    settings: Mapping[str, Any] | None = None,
+) -> SimulationResult:
     """Run ``scenario`` against an in-process gateway whose SQLite audit log lands in ``out_dir``.
 
     Args:
@@ -52,9 +60,18 @@ def run_simulation(scenario: Scenario, out_dir: str | Path, *, concurrency: int 
     values: dict[str, Any] = {"monitor": monitor, **(settings or {})}
     # A master key of its own (a key file created in out_dir/gateway, never one from the environment), so the
     # audit log's checkpoints verify with ANTIDISTILL_DATA_DIR=out_dir/gateway; a random admin token, unused.
-    values.update(env="dev", data_dir=data_dir, cache_dir=data_dir / "cache", backend="fake", database_url=store_url,
-                  master_key=None, admin_token=secrets.token_hex(32), accept_client_clock=True,
-                  trust_forwarded_for=True, redis_url=values.get("redis_url"))
+    values.update(
+        env="dev",
+        data_dir=data_dir,
+        cache_dir=data_dir / "cache",
+        backend="fake",
+        database_url=store_url,
+        master_key=None,
+        admin_token=secrets.token_hex(32),
+        accept_client_clock=True,
+        trust_forwarded_for=True,
+        redis_url=values.get("redis_url"),
+    )
     try:
         gateway_settings = Settings(**values)
     except ValueError as exc:
@@ -64,10 +81,23 @@ def run_simulation(scenario: Scenario, out_dir: str | Path, *, concurrency: int 
         app = create_app(gateway_settings, backend=FakeBackend(), store=store)
         ids = create_accounts_in_store(store, plan.accounts)
         with BackgroundServer(app) as srv:
-            result = drive(plan, srv.url, {k: v[1] for k, v in ids.items()}, concurrency=concurrency,
-                           processes=auto_processes(len(plan.requests)) if processes is None else processes,
-                           progress=progress)
-        return finish_run(out, plan, ids, result, t0, store_url,
-                       "in-process (fake backend" + (", monitor on)" if monitor else ")"), data_dir)
+            result = drive(
+                plan,
+                srv.url,
+                {k: v[1] for k, v in ids.items()},
+                concurrency=concurrency,
+                processes=auto_processes(len(plan.requests)) if processes is None else processes,
+                progress=progress,
+            )
+        return finish_run(
+            out,
+            plan,
+            ids,
+            result,
+            t0,
+            store_url,
+            "in-process (fake backend" + (", monitor on)" if monitor else ")"),
+            data_dir,
+        )
     finally:
         store.close()

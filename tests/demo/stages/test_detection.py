@@ -72,7 +72,8 @@ def test_checks_fail_when_most_marked_completions_cannot_be_tested(ring, tmp_pat
     lm = FakeModel(loops={p: -1 for _, a, p in rows if a})
     _, checks, out = run_early_stages(lm, ring, tmp_path)
     assert {"most marked completions long enough to test", "most marked completions attributed"} <= set(
-        failed(checks)), out
+        failed(checks)
+    ), out
 
 
 # ---- stages 1-3 on the real model under several master keys (which completion loops depends on the key) --------

@@ -30,8 +30,11 @@ def alerts(*items):
 
 
 def test_action_history_and_levels_in_time_order():
-    items = list(reversed(alerts(("a", "alert", "throttle"), ("a", "severe", "block"), ("b", "watch", "flag"),
-                                 ("b", "alert", "none"))))
+    items = list(
+        reversed(
+            alerts(("a", "alert", "throttle"), ("a", "severe", "block"), ("b", "watch", "flag"), ("b", "alert", "none"))
+        )
+    )
     assert action_history(items) == {"a": ["throttle", "block"], "b": ["flag"]}
     assert max_levels(items) == {"a": "severe", "b": "alert"}
 
@@ -44,8 +47,13 @@ def test_escalated_needs_the_order():
 
 
 def test_first_status_counts_the_accounts_requests_only():
-    reqs = [{"account_id": "a", "status": 200}, {"account_id": "b", "status": 429}, {"account_id": "a", "status": 200},
-            {"account_id": "a", "status": 429}, {"account_id": "a", "status": 403}]
+    reqs = [
+        {"account_id": "a", "status": 200},
+        {"account_id": "b", "status": 429},
+        {"account_id": "a", "status": 200},
+        {"account_id": "a", "status": 429},
+        {"account_id": "a", "status": 403},
+    ]
     assert first_status(reqs, "a", 429) == 3
     assert first_status(reqs, "a", 403) == 4
     assert first_status(reqs, "b", 403) is None
@@ -62,14 +70,21 @@ def test_action_points_count_exchanges_before_each_action():
 
 
 def test_persona_rows_aggregate_by_persona():
-    labels = [{"account_id": "a1", "persona": "bulk_harvester", "role": "attacker"},
-              {"account_id": "c1", "persona": "casual", "role": "benign"},
-              {"account_id": "c2", "persona": "casual", "role": "benign"},
-              {"account_id": "h1", "persona": "hydra", "role": "attacker"}]
-    al = alerts(("a1", "alert", "throttle"), ("a1", "severe", "block"), ("c1", "watch", "flag"),
-                ("h1", "alert", "review"))
-    reqs = [{"account_id": "a1", "status": 429}, {"account_id": "a1", "status": 403},
-            {"account_id": "a1", "status": 403}, {"account_id": "c1", "status": 200}]
+    labels = [
+        {"account_id": "a1", "persona": "bulk_harvester", "role": "attacker"},
+        {"account_id": "c1", "persona": "casual", "role": "benign"},
+        {"account_id": "c2", "persona": "casual", "role": "benign"},
+        {"account_id": "h1", "persona": "hydra", "role": "attacker"},
+    ]
+    al = alerts(
+        ("a1", "alert", "throttle"), ("a1", "severe", "block"), ("c1", "watch", "flag"), ("h1", "alert", "review")
+    )
+    reqs = [
+        {"account_id": "a1", "status": 429},
+        {"account_id": "a1", "status": 403},
+        {"account_id": "a1", "status": 403},
+        {"account_id": "c1", "status": 200},
+    ]
     rows = {r.persona: r for r in persona_rows(labels, al, reqs)}
     assert [r.role for r in persona_rows(labels, al, reqs)] == ["benign", "attacker", "attacker"]
     b = rows["bulk_harvester"]

@@ -51,8 +51,15 @@ def human_controls(ctx: DemoContext, td: TextDetector) -> HumanControls:
     answers = [r for r in td.detect_many(humans) if not isinstance(r, Exception)]
     flagged = sum(1 for r in answers if r.watermarked)
     rep = td.detect("\n\n".join([humans[0]] * REPEATS))
-    result = HumanControls(tuple(humans), None, len(answers), flagged, rep.p_value, rep.watermarked,
-                           Check("human text", flagged == 0 and len(answers) > 0),
-                           Check("repeated human text", not rep.watermarked))
+    result = HumanControls(
+        tuple(humans),
+        None,
+        len(answers),
+        flagged,
+        rep.p_value,
+        rep.watermarked,
+        Check("human text", flagged == 0 and len(answers) > 0),
+        Check("repeated human text", not rep.watermarked),
+    )
     ctx.screen.show(result)
     return result

@@ -92,8 +92,10 @@ def detect_text(td: TextDetector, label: str, account: str | None, text: str, pa
 
 def detect_served(ctx: DemoContext, td: TextDetector, served: Served) -> Detection:
     """Test every completion stage 2 served, then check that most marked ones were tested and attributed."""
-    texts = tuple(detect_text(td, label, acct, c.text, n)
-                  for (label, acct, _), c, n in zip(served.rows, served.completions, served.pairs, strict=True))
+    texts = tuple(
+        detect_text(td, label, acct, c.text, n)
+        for (label, acct, _), c, n in zip(served.rows, served.completions, served.pairs, strict=True)
+    )
     marked = sum(t.served_to is not None for t in texts)
     checked = [t for t in texts if t.status == "checked"]
     powered = [t for t in checked if t.served_to is not None]
@@ -103,13 +105,26 @@ def detect_served(ctx: DemoContext, td: TextDetector, served: Served) -> Detecti
     long_enough = most_attributed = unmarked_tested = None
     if marked:
         long_enough = Check("most marked completions long enough to test", 3 * len(powered) >= 2 * marked)
-        most_attributed = Check("most marked completions attributed",
-                                bool(powered) and 3 * attributed >= 2 * len(powered))
+        most_attributed = Check(
+            "most marked completions attributed", bool(powered) and 3 * attributed >= 2 * len(powered)
+        )
     if any(a is None for _, a, _ in served.rows):
         unmarked_tested = Check("unmarked completions tested", controls > 0)
     sample = served.completions[0].text.strip().replace("\n", " ")
-    result = Detection(len(td.candidates), texts, marked, len(powered), attributed, wrong, controls,
-                       len(texts) - len(checked), served.rows[0][0], sample, long_enough, most_attributed,
-                       unmarked_tested)
+    result = Detection(
+        len(td.candidates),
+        texts,
+        marked,
+        len(powered),
+        attributed,
+        wrong,
+        controls,
+        len(texts) - len(checked),
+        served.rows[0][0],
+        sample,
+        long_enough,
+        most_attributed,
+        unmarked_tested,
+    )
     ctx.screen.show(result)
     return result

@@ -115,8 +115,12 @@ class _Clients:
         account_id, api_key = self.accounts[i % len(self.accounts)]
         client = OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=600)
         request: dict[str, Any] = dict(
-            model=self.lm.name, messages=[{"role": "user", "content": GATEWAY_PROMPTS[i]}],
-            max_tokens=self.ctx.sizes.gateway_tokens, temperature=0.7, seed=self.ctx.seed + i + 100 * attempt)
+            model=self.lm.name,
+            messages=[{"role": "user", "content": GATEWAY_PROMPTS[i]}],
+            max_tokens=self.ctx.sizes.gateway_tokens,
+            temperature=0.7,
+            seed=self.ctx.seed + i + 100 * attempt,
+        )
         if i == STREAMING_CLIENT:
             parts = client.chat.completions.create(**request, stream=True)
             return account_id, "(stream)", "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
@@ -143,8 +147,9 @@ def _test_answer(td: TextDetector, names: dict[str, str], answer: Answer, pairs:
     # detected, and never pinned on a wrong account; too little text to single out the account is a lack of
     # power, counted in the summary
     ok = bool(r.watermarked and r.account in (account, None))
-    return GatewayAnswer(who, account, request, pairs, "checked", *figures,
-                         check=Check(f"gateway answer for {who}", ok))
+    return GatewayAnswer(
+        who, account, request, pairs, "checked", *figures, check=Check(f"gateway answer for {who}", ok)
+    )
 
 
 def gateway_stage(ctx: DemoContext, lm: LocalModel, ring: KeyRing) -> GatewayResult:
@@ -175,11 +180,21 @@ def gateway_stage(ctx: DemoContext, lm: LocalModel, ring: KeyRing) -> GatewayRes
         # a stream is recorded twice: an opening (pending) record before its first token, then the exchange
         opened = sum(1 for r in store.iter_audit() if is_pending_record(r))
         result = GatewayResult(
-            srv.url, dt, tested, tuple((names[answers[i][0]], first[i], pairs[i]) for i in again), td.min_pairs,
-            len(checked), attributed, wrong, clients.sent, opened, v,
+            srv.url,
+            dt,
+            tested,
+            tuple((names[answers[i][0]], first[i], pairs[i]) for i in again),
+            td.min_pairs,
+            len(checked),
+            attributed,
+            wrong,
+            clients.sent,
+            opened,
+            v,
             Check("at least three gateway answers tested", len(checked) >= 3),
             Check("most gateway answers attributed", bool(checked) and 2 * attributed >= len(checked)),
-            Check("audit chain", v.ok and v.records - opened == clients.sent))
+            Check("audit chain", v.ok and v.records - opened == clients.sent),
+        )
     finally:
         store.close()
     ctx.screen.show(result)

@@ -42,9 +42,14 @@ class MixedText:
 def mixed_text(ctx: DemoContext, td: TextDetector, served: Served, humans: Sequence[str]) -> MixedText:
     """Hide the first marked completion long enough to test with power between ``humans[1]`` and ``humans[2]``
     and look for it."""
-    pick = next(((label, c.text.strip()) for (label, acct, _), c, n in
-                 zip(served.rows, served.completions, served.pairs, strict=True)
-                 if acct is not None and n >= pairs_needed(acct, td.min_pairs)), None)
+    pick = next(
+        (
+            (label, c.text.strip())
+            for (label, acct, _), c, n in zip(served.rows, served.completions, served.pairs, strict=True)
+            if acct is not None and n >= pairs_needed(acct, td.min_pairs)
+        ),
+        None,
+    )
     if pick is None:
         result = MixedText(None, Check("marked span in human text", False))
         ctx.screen.show(result)
@@ -55,10 +60,24 @@ def mixed_text(ctx: DemoContext, td: TextDetector, served: Served, humans: Seque
     start = len(before) + 2
     end = start + len(marked)
     span = td.detect(mixed).span
-    found = bool(span and span.watermarked and span.start_char is not None
-                 and span.end_char is not None and span.start_char < end and span.end_char > start)
-    result = MixedText(who, Check("marked span in human text", found), len(mixed), start, end, span is not None,
-                       span.start_char if span else None, span.end_char if span else None,
-                       span.p_value_corrected if span else None)
+    found = bool(
+        span
+        and span.watermarked
+        and span.start_char is not None
+        and span.end_char is not None
+        and span.start_char < end
+        and span.end_char > start
+    )
+    result = MixedText(
+        who,
+        Check("marked span in human text", found),
+        len(mixed),
+        start,
+        end,
+        span is not None,
+        span.start_char if span else None,
+        span.end_char if span else None,
+        span.p_value_corrected if span else None,
+    )
     ctx.screen.show(result)
     return result

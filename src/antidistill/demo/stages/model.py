@@ -36,7 +36,8 @@ def load_model(ctx: DemoContext, model: str | None = None) -> ModelLoaded:
     with ctx.screen.busy("Stage 1: loading the embedded model (the first load converts the GGUF file)…"):
         lm = LocalModel.load(model or ctx.settings.model, ctx.settings.cache_dir)
     stats = lm.load_stats
-    loaded = ModelLoaded(lm, lm.name, stats.seconds if stats else None, bool(stats and stats.from_cache),
-                         lm.watermark.config)
+    loaded = ModelLoaded(
+        lm, lm.name, stats.seconds if stats else None, bool(stats and stats.from_cache), lm.watermark.config
+    )
     ctx.screen.show(loaded)
     return loaded

@@ -47,12 +47,33 @@ from antidistill.store.api import Account, VerifyResult
 from antidistill.store.sql import Store
 
 CUSTOMERS = (
-    ("acme-support", {"organisation": "Acme Support Desk", "email_domain": "acme.example",
-                      "signup_source": "sales", "payment_fingerprint": "card:acme-01"}),
-    ("brightpath-edu", {"organisation": "BrightPath Education", "email_domain": "brightpath.example",
-                        "signup_source": "self-serve", "payment_fingerprint": "card:bp-77"}),
-    ("lumen-legal", {"organisation": "Lumen Legal LLP", "email_domain": "lumenlegal.example",
-                     "signup_source": "sales", "payment_fingerprint": "invoice:lumen"}),
+    (
+        "acme-support",
+        {
+            "organisation": "Acme Support Desk",
+            "email_domain": "acme.example",
+            "signup_source": "sales",
+            "payment_fingerprint": "card:acme-01",
+        },
+    ),
+    (
+        "brightpath-edu",
+        {
+            "organisation": "BrightPath Education",
+            "email_domain": "brightpath.example",
+            "signup_source": "self-serve",
+            "payment_fingerprint": "card:bp-77",
+        },
+    ),
+    (
+        "lumen-legal",
+        {
+            "organisation": "Lumen Legal LLP",
+            "email_domain": "lumenlegal.example",
+            "signup_source": "sales",
+            "payment_fingerprint": "invoice:lumen",
+        },
+    ),
 )
 CUSTOMER_PROMPTS = (
     "Draft a short, friendly reply to a customer whose parcel arrived late.",
@@ -62,9 +83,16 @@ CUSTOMER_PROMPTS = (
     "Explain the difference between weather and climate.",
     "Write a polite reminder about an unpaid invoice.",
 )
-ATTACKER = ("nimbus-labs", {"organisation": "Nimbus Labs Ltd", "email_domain": "nimbus-labs.example",
-                            "signup_source": "self-serve", "payment_fingerprint": "card:prepaid-9f2c",
-                            "use_case": "customer support chatbot"})
+ATTACKER = (
+    "nimbus-labs",
+    {
+        "organisation": "Nimbus Labs Ltd",
+        "email_domain": "nimbus-labs.example",
+        "signup_source": "self-serve",
+        "payment_fingerprint": "card:prepaid-9f2c",
+        "use_case": "customer support chatbot",
+    },
+)
 #: the two students: the one distilled from the harvest, the control distilled from unmarked answers
 STUDENT, CONTROL_STUDENT = "student", "control student"
 #: teacher answers generated per batch for the control student's data
@@ -84,7 +112,7 @@ class Prompts:
     @classmethod
     def generate(cls, n: int, held: int, seed: int) -> Prompts:
         prompts = generate_prompts(2 * n + held, seed=seed)
-        return cls(prompts[:n], prompts[n:n + held], prompts[n + held:])
+        return cls(prompts[:n], prompts[n : n + held], prompts[n + held :])
 
 
 @dataclass(frozen=True)
@@ -235,42 +263,60 @@ class ProveResult:
 
 
 # ---- the attack ----------------------------------------------------------------------------------------------
-def customer_traffic(ctx: DemoContext, lm: LocalModel, base_url: str, customers: list[tuple[Account, str]]
-                     ) -> CustomerTraffic:
+def customer_traffic(
+    ctx: DemoContext, lm: LocalModel, base_url: str, customers: list[tuple[Account, str]]
+) -> CustomerTraffic:
     """Each customer sends ``ctx.sizes.customer_requests`` requests, all at once."""
+
     def customer(i: int) -> None:
         _, key = customers[i % len(customers)]
         client = OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
         client.chat.completions.create(
-            model=lm.name, messages=[{"role": "user", "content": CUSTOMER_PROMPTS[i % len(CUSTOMER_PROMPTS)]}],
-            max_tokens=48 if ctx.sizes.quick else 64, temperature=0.7, seed=ctx.seed + i)
+            model=lm.name,
+            messages=[{"role": "user", "content": CUSTOMER_PROMPTS[i % len(CUSTOMER_PROMPTS)]}],
+            max_tokens=48 if ctx.sizes.quick else 64,
+            temperature=0.7,
+            seed=ctx.seed + i,
+        )
 
     t0 = time.perf_counter()
     jobs = len(customers) * ctx.sizes.customer_requests
-    with ctx.screen.busy(f"Stage 8: {len(customers)} customer accounts using the API…"), \
-            ThreadPoolExecutor(jobs) as pool:
+    with (
+        ctx.screen.busy(f"Stage 8: {len(customers)} customer accounts using the API…"),
+        ThreadPoolExecutor(jobs) as pool,
+    ):
         list(pool.map(customer, range(jobs)))
     return CustomerTraffic(tuple(a.name for a, _ in customers), jobs, time.perf_counter() - t0)
 
 
-def harvest(ctx: DemoContext, base_url: str, attacker: Account, api_key: str, prompts: Prompts, path: Path
-            ) -> Harvest:
+def harvest(ctx: DemoContext, base_url: str, attacker: Account, api_key: str, prompts: Prompts, path: Path) -> Harvest:
     """The attacker's scripted client harvests answers to the harvest and held-out prompts into ``path``."""
     asked = prompts.harvest + prompts.held
-    with ctx.screen.bar(f"attacker {ATTACKER[0]} harvesting", total=len(asked)) as update, \
-            Harvester(base_url, api_key, max_tokens=ctx.sizes.harvest_tokens, temperature=0.7) as hv:
+    with (
+        ctx.screen.bar(f"attacker {ATTACKER[0]} harvesting", total=len(asked)) as update,
+        Harvester(base_url, api_key, max_tokens=ctx.sizes.harvest_tokens, temperature=0.7) as hv,
+    ):
         res = hv.run(asked, path, concurrency=HARVEST_CONCURRENCY, on_progress=lambda d, t: update(d, t))
     held = set(prompts.held)
     pairs = load_pairs(path)
-    return Harvest(attacker, res.written, res.completion_tokens, res.seconds, res.tokens_per_s,
-                   tuple(p for p in pairs if p.prompt not in held), tuple(p for p in pairs if p.prompt in held))
+    return Harvest(
+        attacker,
+        res.written,
+        res.completion_tokens,
+        res.seconds,
+        res.tokens_per_s,
+        tuple(p for p in pairs if p.prompt not in held),
+        tuple(p for p in pairs if p.prompt in held),
+    )
 
 
-def serve_the_attack(ctx: DemoContext, lm: LocalModel, settings: Settings, ring: KeyRing, store: Store,
-                     prompts: Prompts) -> tuple[CustomerTraffic, Harvest]:
+def serve_the_attack(
+    ctx: DemoContext, lm: LocalModel, settings: Settings, ring: KeyRing, store: Store, prompts: Prompts
+) -> tuple[CustomerTraffic, Harvest]:
     """The gateway with the monitor stage 7 trained: customers use it, then the attacker harvests it."""
-    customers = [(a, key) for a, key, _ in (store.create_account(name, rpm=60, metadata=meta)
-                                            for name, meta in CUSTOMERS)]
+    customers = [
+        (a, key) for a, key, _ in (store.create_account(name, rpm=60, metadata=meta) for name, meta in CUSTOMERS)
+    ]
     attacker, attacker_key, _ = store.create_account(ATTACKER[0], metadata=ATTACKER[1])
     app = create_app(settings, backend=LocalBackend(lm), store=store, keyring=ring)
     with BackgroundServer(app) as srv:
@@ -299,57 +345,110 @@ def control_data(ctx: DemoContext, lm: LocalModel, prompts: list[str]) -> Contro
     """The same model's answers, unwatermarked, to other prompts: the control student's data."""
     t0 = time.perf_counter()
     pairs: list[Pair] = []
-    with ctx.screen.busy(f"Stage 8: generating {len(prompts)} unwatermarked teacher answers for the control "
-                         "student…"):
+    with ctx.screen.busy(f"Stage 8: generating {len(prompts)} unwatermarked teacher answers for the control student…"):
         for i in range(0, len(prompts), CONTROL_BATCH):
-            batch = prompts[i:i + CONTROL_BATCH]
-            outs = lm.generate(batch, [None] * len(batch), max_new_tokens=ctx.sizes.harvest_tokens,
-                               temperature=0.7, seed=ctx.seed + 1000 + i)
+            batch = prompts[i : i + CONTROL_BATCH]
+            outs = lm.generate(
+                batch,
+                [None] * len(batch),
+                max_new_tokens=ctx.sizes.harvest_tokens,
+                temperature=0.7,
+                seed=ctx.seed + 1000 + i,
+            )
             pairs += [Pair(p, o.text, o.finish_reason) for p, o in zip(batch, outs, strict=True)]
     return ControlData(tuple(pairs), time.perf_counter() - t0)
 
 
-def distil(ctx: DemoContext, lm: LocalModel, name: str, data: tuple[Pair, ...], held: tuple[Pair, ...]
-           ) -> tuple[Any, Distilled]:
+def distil(
+    ctx: DemoContext, lm: LocalModel, name: str, data: tuple[Pair, ...], held: tuple[Pair, ...]
+) -> tuple[Any, Distilled]:
     """Distil a student from ``data`` (LoRA on the last blocks of a fresh copy of the teacher); returns the
     student and what training did."""
     model = copy.deepcopy(lm.model)
     sizes = ctx.sizes
     with warnings.catch_warnings(), ctx.screen.bar(f"distilling the {name}") as update:
         warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notices
-        res = train_student(list(data), "lora", model=model, tokenizer=lm.tokenizer, epochs=sizes.epochs,
-                            lr=sizes.lr, batch_size=sizes.batch_size, seed=ctx.seed, heldout=list(held),
-                            on_step=lambda s, t, loss: update(s, t, f"distilling the {name} (loss {loss:.2f})"))
-    return model, Distilled(name, len(data), name == STUDENT, res.steps, res.seconds, res.losses[0],
-                            res.losses[-1], res.heldout_loss_before, res.heldout_loss_after)
+        res = train_student(
+            list(data),
+            "lora",
+            model=model,
+            tokenizer=lm.tokenizer,
+            epochs=sizes.epochs,
+            lr=sizes.lr,
+            batch_size=sizes.batch_size,
+            seed=ctx.seed,
+            heldout=list(held),
+            on_step=lambda s, t, loss: update(s, t, f"distilling the {name} (loss {loss:.2f})"),
+        )
+    return model, Distilled(
+        name,
+        len(data),
+        name == STUDENT,
+        res.steps,
+        res.seconds,
+        res.losses[0],
+        res.losses[-1],
+        res.heldout_loss_before,
+        res.heldout_loss_after,
+    )
 
 
 # ---- the forensics -------------------------------------------------------------------------------------------
-def scan_students(ctx: DemoContext, lm: LocalModel, students: dict[str, Any], fed: AuditTexts, keys: ScanKeys,
-                  store: Store, attacker: Account) -> StudentScans:
+def scan_students(
+    ctx: DemoContext,
+    lm: LocalModel,
+    students: dict[str, Any],
+    fed: AuditTexts,
+    keys: ScanKeys,
+    store: Store,
+    attacker: Account,
+) -> StudentScans:
     """Feed every watermarked exchange of the audit log to each student (reading mode); the teacher, untouched,
     is the student's control model."""
     teacher = copy.deepcopy(lm.model)
     scans: dict[str, ScanReport] = {}
     with ctx.screen.busy("Stage 8: scanning both students (open weights, reading mode)…"):
         for name in (STUDENT, CONTROL_STUDENT):
-            scans[name] = scan_open(students[name], lm.tokenizer, fed.texts, keys, fed.config(),
-                                    control_models={"teacher": teacher} if name == STUDENT else None,
-                                    suspect=f"demo {name}", alpha=DEMO_ALPHA)
+            scans[name] = scan_open(
+                students[name],
+                lm.tokenizer,
+                fed.texts,
+                keys,
+                fed.config(),
+                control_models={"teacher": teacher} if name == STUDENT else None,
+                suspect=f"demo {name}",
+                alpha=DEMO_ALPHA,
+            )
     accounts = store.list_accounts()
     st, ctl = scans[STUDENT], scans[CONTROL_STUDENT]
     tctl = [c for c in st.controls if str(c.name).startswith("model:")] if st.controls else []
     tp = tctl[0].p_value if tctl else None
     return StudentScans(
-        st, ctl, len(accounts), len(DECOY_ACCOUNTS), {x.id: x.name for x in accounts}, tp,
-        Check("student: watermark found and attributed to the attacker",
-              st.significant and st.attributed_account == attacker.id),
+        st,
+        ctl,
+        len(accounts),
+        len(DECOY_ACCOUNTS),
+        {x.id: x.name for x in accounts},
+        tp,
+        Check(
+            "student: watermark found and attributed to the attacker",
+            st.significant and st.attributed_account == attacker.id,
+        ),
         Check("control student not significant", not ctl.significant and ctl.attributed_account is None),
-        Check("teacher control not significant", tp is not None and tp >= DEMO_ALPHA))
+        Check("teacher control not significant", tp is not None and tp >= DEMO_ALPHA),
+    )
 
 
-def closed_scan(ctx: DemoContext, lm: LocalModel, student: Any, settings: Settings, prompts: list[str],
-                keys: ScanKeys, fed: AuditTexts, names: dict[str, str]) -> ClosedScan:
+def closed_scan(
+    ctx: DemoContext,
+    lm: LocalModel,
+    student: Any,
+    settings: Settings,
+    prompts: list[str],
+    keys: ScanKeys,
+    fed: AuditTexts,
+    names: dict[str, str],
+) -> ClosedScan:
     """Serve the student unmarked (as a distiller would) on its own gateway and scan it through its API with
     the harvested prompts (windows in the prompt are skipped)."""
     host_dir = ctx.work / "suspect-host"
@@ -361,11 +460,22 @@ def closed_scan(ctx: DemoContext, lm: LocalModel, student: Any, settings: Settin
         _, key, _ = store.create_account("forensics")
         served = LocalModel(student, lm.tokenizer, lm.watermark, name="suspect")
         app = create_app(host, backend=LocalBackend(served), store=store)
-        with ctx.screen.busy(f"Stage 8: closed-mode scan: {n} prompts to the served student…"), \
-                BackgroundServer(app) as srv:
-            report = scan_closed(srv.url + "/v1", prompts[:n], lm.tokenizer, keys, fed.config(),
-                                 model_name="suspect", api_key=key, max_tokens=ctx.sizes.harvest_tokens,
-                                 seed=ctx.seed, alpha=DEMO_ALPHA)
+        with (
+            ctx.screen.busy(f"Stage 8: closed-mode scan: {n} prompts to the served student…"),
+            BackgroundServer(app) as srv,
+        ):
+            report = scan_closed(
+                srv.url + "/v1",
+                prompts[:n],
+                lm.tokenizer,
+                keys,
+                fed.config(),
+                model_name="suspect",
+                api_key=key,
+                max_tokens=ctx.sizes.harvest_tokens,
+                seed=ctx.seed,
+                alpha=DEMO_ALPHA,
+            )
     finally:
         store.close()
     who = report.attributed_account
@@ -379,29 +489,41 @@ def _scan_entry(report: ScanReport, label: str) -> tuple[dict[str, Any], dict[st
     return data, {"path": f"(demo) {label}", "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
 
 
-def write_evidence(store: Store, attacker: Account, scans: StudentScans, closed: ClosedScan | None,
-                   report_dir: Path) -> EvidenceWritten:
+def write_evidence(
+    store: Store, attacker: Account, scans: StudentScans, closed: ClosedScan | None, report_dir: Path
+) -> EvidenceWritten:
     """The evidence report on the attacker, with the scans (the control student's as the control), and the
     audit log verified."""
     suspect = [_scan_entry(scans.student, "scan of the distilled student (open weights)")]
     if closed is not None:
         suspect.append(_scan_entry(closed.report, "scan of the served student (closed mode)"))
-    evidence = build_evidence(store, resolve_subject(store, account=attacker.id), scans=suspect,
-                              control_scans=[_scan_entry(scans.control, "scan of the control student (open weights)")],
-                              policy=Policy.default())
+    evidence = build_evidence(
+        store,
+        resolve_subject(store, account=attacker.id),
+        scans=suspect,
+        control_scans=[_scan_entry(scans.control, "scan of the control student (open weights)")],
+        policy=Policy.default(),
+    )
     files = write_report(evidence, report_dir)
     summary = evidence.get("summary") or {}
     head = summary.get("headline") if isinstance(summary, dict) else None
     v = store.verify_audit()
     return EvidenceWritten(
-        attacker, files, str(head) if head else None, v,
-        Check("evidence report written",
-              all(p.is_file() and p.stat().st_size > 0 for p in (files.html, files.json, files.sums))),
-        Check("prove: audit chain", v.ok and v.records > 0))
+        attacker,
+        files,
+        str(head) if head else None,
+        v,
+        Check(
+            "evidence report written",
+            all(p.is_file() and p.stat().st_size > 0 for p in (files.html, files.json, files.sums)),
+        ),
+        Check("prove: audit chain", v.ok and v.records > 0),
+    )
 
 
-def _prove_in(ctx: DemoContext, lm: LocalModel, settings: Settings, ring: KeyRing, store: Store,
-              report_dir: Path) -> ProveResult:
+def _prove_in(
+    ctx: DemoContext, lm: LocalModel, settings: Settings, ring: KeyRing, store: Store, report_dir: Path
+) -> ProveResult:
     """Stage 8's steps, in the throwaway installation ``settings``/``ring``/``store``."""
     prompts = Prompts.generate(ctx.sizes.harvest, ctx.sizes.heldout, ctx.seed)
     customers, harvested = serve_the_attack(ctx, lm, settings, ring, store, prompts)

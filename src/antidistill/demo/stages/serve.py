@@ -84,14 +84,20 @@ def serve(ctx: DemoContext, lm: LocalModel, ring: KeyRing, td: TextDetector, row
     tokens = ctx.sizes.serve_tokens
     t0 = time.perf_counter()
     with ctx.screen.busy(f"Stage 2: generating {len(rows)} completions in one batch…"):
-        completions = lm.generate([p for _, _, p in rows], marks, max_new_tokens=tokens, min_new_tokens=tokens,
-                                  seed=ctx.seed)
+        completions = lm.generate(
+            [p for _, _, p in rows], marks, max_new_tokens=tokens, min_new_tokens=tokens, seed=ctx.seed
+        )
     dt = time.perf_counter() - t0
 
     def redo(indices: list[int], attempt: int) -> list[Completion]:
         with ctx.screen.busy(f"Stage 2: generating {len(indices)} completion(s) again…"):
-            return lm.generate([rows[i][2] for i in indices], [marks[i] for i in indices],
-                               max_new_tokens=tokens, min_new_tokens=tokens, seed=ctx.seed + attempt)
+            return lm.generate(
+                [rows[i][2] for i in indices],
+                [marks[i] for i in indices],
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                seed=ctx.seed + attempt,
+            )
 
     n_tok = sum(len(c.token_ids) for c in completions)
     pairs = [td.pair_count(c.text) for c in completions]

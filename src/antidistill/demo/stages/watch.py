@@ -68,7 +68,7 @@ def max_levels(alerts: Iterable[Any]) -> dict[str, str]:
 
 def escalated(actions: Sequence[str], first: str = "throttle", then: str = "block") -> bool:
     """Whether ``first`` was taken and ``then`` later."""
-    return first in actions and then in actions[actions.index(first) + 1:]
+    return first in actions and then in actions[actions.index(first) + 1 :]
 
 
 def first_status(requests: Sequence[Mapping[str, Any]], account_id: str, status: int) -> int | None:
@@ -114,8 +114,9 @@ class PersonaRow:
     refused_403: int
 
 
-def persona_rows(labels: Sequence[Mapping[str, Any]], alerts: Sequence[Any],
-                 requests: Sequence[Mapping[str, Any]]) -> list[PersonaRow]:
+def persona_rows(
+    labels: Sequence[Mapping[str, Any]], alerts: Sequence[Any], requests: Sequence[Mapping[str, Any]]
+) -> list[PersonaRow]:
     """One row per persona: accounts, how many reached ``alert`` or worse, were throttled or blocked (held for
     review counts as blocked: every request is refused), and the requests refused 429 / 403."""
     levels, history = max_levels(alerts), action_history(alerts)
@@ -128,12 +129,18 @@ def persona_rows(labels: Sequence[Mapping[str, Any]], alerts: Sequence[Any],
     out = []
     for persona, rows in groups.items():
         ids = [str(r["account_id"]) for r in rows]
-        out.append(PersonaRow(
-            persona, str(rows[0].get("role", "?")), len(ids),
-            sum(LEVEL_RANK.get(levels.get(i, "none"), 0) >= LEVEL_RANK["alert"] for i in ids),
-            sum("throttle" in history.get(i, []) for i in ids),
-            sum(bool({"block", "review"} & set(history.get(i, []))) for i in ids),
-            sum(statuses[i][429] for i in ids), sum(statuses[i][403] for i in ids)))
+        out.append(
+            PersonaRow(
+                persona,
+                str(rows[0].get("role", "?")),
+                len(ids),
+                sum(LEVEL_RANK.get(levels.get(i, "none"), 0) >= LEVEL_RANK["alert"] for i in ids),
+                sum("throttle" in history.get(i, []) for i in ids),
+                sum(bool({"block", "review"} & set(history.get(i, []))) for i in ids),
+                sum(statuses[i][429] for i in ids),
+                sum(statuses[i][403] for i in ids),
+            )
+        )
     out.sort(key=lambda r: (r.role != "benign", r.persona))
     return out
 
@@ -300,8 +307,9 @@ class _ActionWatcher:
 
     MAX_LINES_PER_KIND = 2
 
-    def __init__(self, screen: Screen, store_url: str, data_dir: Path, persona_by_name: Mapping[str, str],
-                 ready: threading.Event) -> None:
+    def __init__(
+        self, screen: Screen, store_url: str, data_dir: Path, persona_by_name: Mapping[str, str], ready: threading.Event
+    ) -> None:
         self.screen = screen
         self.store_url = store_url
         self.data_dir = data_dir
@@ -334,8 +342,10 @@ class _ActionWatcher:
             if self.stop.is_set():
                 return
         try:
-            store = Store.open(self.store_url, settings=Settings(env="dev", data_dir=self.data_dir, master_key=None,
-                                                                  database_url=self.store_url))
+            store = Store.open(
+                self.store_url,
+                settings=Settings(env="dev", data_dir=self.data_dir, master_key=None, database_url=self.store_url),
+            )
         except Exception as exc:  # the summary after the run still shows everything
             self.screen.show(LiveViewUnavailable(str(exc)))
             return
@@ -362,8 +372,18 @@ class _ActionWatcher:
                 self.hidden += 1
                 continue
             reasons = [r for r in a.reasons if r.strip()]
-            self.screen.show(ActionSeen(a.account_id, persona, bool(a.cluster_id), a.level, a.action, a.clause,
-                                        a.risk, reasons[0] if reasons else None))
+            self.screen.show(
+                ActionSeen(
+                    a.account_id,
+                    persona,
+                    bool(a.cluster_id),
+                    a.level,
+                    a.action,
+                    a.clause,
+                    a.risk,
+                    reasons[0] if reasons else None,
+                )
+            )
 
 
 # ---- the steps -----------------------------------------------------------------------------------------------
@@ -372,13 +392,23 @@ def train_monitor(ctx: DemoContext) -> MonitorTrained:
     train_dir = ctx.work / "monitor-train"
     t0 = time.perf_counter()
     with ctx.screen.busy("Stage 7: training the monitor on simulated training traffic (train split)…"):
-        manifest = train(throwaway_settings(ctx.settings, train_dir), seeds=WATCH_TRAIN_SEEDS,
-                         calibration_seeds=WATCH_CALIBRATION_SEEDS, scale="small", out_dir=None,
-                         extra_personas={})
+        manifest = train(
+            throwaway_settings(ctx.settings, train_dir),
+            seeds=WATCH_TRAIN_SEEDS,
+            calibration_seeds=WATCH_CALIBRATION_SEEDS,
+            scale="small",
+            out_dir=None,
+            extra_personas={},
+        )
     th = manifest["thresholds"]
-    return MonitorTrained(manifest["rows"], len(WATCH_TRAIN_SEEDS), len(WATCH_CALIBRATION_SEEDS),
-                          {k: th[k] for k in ("watch", "alert", "severe")}, time.perf_counter() - t0,
-                          train_dir / "monitor")
+    return MonitorTrained(
+        manifest["rows"],
+        len(WATCH_TRAIN_SEEDS),
+        len(WATCH_CALIBRATION_SEEDS),
+        {k: th[k] for k in ("watch", "alert", "severe")},
+        time.perf_counter() - t0,
+        train_dir / "monitor",
+    )
 
 
 def plan_heldout() -> tuple[Scenario, Plan, HeldOut]:
@@ -387,12 +417,16 @@ def plan_heldout() -> tuple[Scenario, Plan, HeldOut]:
     plan = scenario.build()
     summ = plan.summary()
     campaigns = tuple(sorted({a.persona for a in plan.accounts if a.role == "attacker"}))
-    return scenario, plan, HeldOut(summ["accounts"], summ["benign_accounts"], summ["attacker_accounts"], campaigns,
-                                   summ["requests"])
+    return (
+        scenario,
+        plan,
+        HeldOut(summ["accounts"], summ["benign_accounts"], summ["attacker_accounts"], campaigns, summ["requests"]),
+    )
 
 
-def send_heldout(ctx: DemoContext, scenario: Scenario, plan: Plan, monitor_dir: Path, out: Path
-                 ) -> tuple[SimulationResult, TrafficSent]:
+def send_heldout(
+    ctx: DemoContext, scenario: Scenario, plan: Plan, monitor_dir: Path, out: Path
+) -> tuple[SimulationResult, TrafficSent]:
     """Send the held-out traffic through a gateway with ``monitor_dir``'s monitor on; actions shown live."""
     (out / "gateway").mkdir(parents=True)
     shutil.copytree(monitor_dir, out / "gateway" / "monitor")
@@ -407,14 +441,19 @@ def send_heldout(ctx: DemoContext, scenario: Scenario, plan: Plan, monitor_dir: 
             update(done, total)
 
         with _ActionWatcher(ctx.screen, _store_url(out), out / "gateway", persona_by_name, ready) as watcher:
-            result = run_simulation(scenario, out, plan=plan, monitor=True, concurrency=CONCURRENCY,
-                                    progress=progress)
+            result = run_simulation(scenario, out, plan=plan, monitor=True, concurrency=CONCURRENCY, progress=progress)
             ready.set()
     return result, TrafficSent(result.planned, result.wall_s, dict(result.status_counts), watcher.hidden)
 
 
-def _escalation(store: Store, history: Mapping[str, list[str]], requests: Sequence[Mapping[str, Any]],
-                persona_of: Mapping[str, str], role_of: Mapping[str, str], ttl: float) -> Escalation:
+def _escalation(
+    store: Store,
+    history: Mapping[str, list[str]],
+    requests: Sequence[Mapping[str, Any]],
+    persona_of: Mapping[str, str],
+    role_of: Mapping[str, str],
+    ttl: float,
+) -> Escalation:
     esc = [a for a, acts in history.items() if role_of.get(a) == "attacker" and escalated(acts)]
     check = Check("an attacker throttled, then blocked", bool(esc))
     if not esc:
@@ -422,16 +461,26 @@ def _escalation(store: Store, history: Mapping[str, list[str]], requests: Sequen
     # prefer one whose throttle was felt (a 429) before the block
     a = max(esc, key=lambda x: (first_status(requests, x, 429) is not None, persona_of.get(x) == "bulk_harvester"))
     points = dict(reversed(action_points(store.iter_audit()).get(a, [])))
-    return Escalation(check, a, persona_of[a], points.get("throttle"), points.get("block"),
-                      sum(1 for r in requests if r.get("account_id") == a), first_status(requests, a, 429),
-                      first_status(requests, a, 403), ttl)
+    return Escalation(
+        check,
+        a,
+        persona_of[a],
+        points.get("throttle"),
+        points.get("block"),
+        sum(1 for r in requests if r.get("account_id") == a),
+        first_status(requests, a, 429),
+        first_status(requests, a, 403),
+        ttl,
+    )
 
 
-def _live_refusal(store: Store, settings: Settings, persona_of: Mapping[str, str], role_of: Mapping[str, str]
-                  ) -> LiveRefusal:
+def _live_refusal(
+    store: Store, settings: Settings, persona_of: Mapping[str, str], role_of: Mapping[str, str]
+) -> LiveRefusal:
     label = "blocked account refused with the clause (live SDK request)"
-    blocked = next((e for e in store.list_enforcements() if e.action == "block"
-                    and role_of.get(e.account_id) == "attacker"), None)
+    blocked = next(
+        (e for e in store.list_enforcements() if e.action == "block" and role_of.get(e.account_id) == "attacker"), None
+    )
     if blocked is None:
         return LiveRefusal(Check(label, False))
     _, api_key = store.issue_key(blocked.account_id)  # a fresh key: the block is on the account
@@ -439,8 +488,7 @@ def _live_refusal(store: Store, settings: Settings, persona_of: Mapping[str, str
     with BackgroundServer(create_app(settings, backend=FakeBackend(), store=store)) as srv:
         client = OpenAI(base_url=srv.url + "/v1", api_key=api_key, max_retries=0, timeout=30)
         try:
-            client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "Hello"}],
-                                           max_tokens=8)
+            client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "Hello"}], max_tokens=8)
             message = "(served: not refused)"
         except PermissionDeniedError as exc:
             body = exc.body if isinstance(exc.body, dict) else {}
@@ -456,8 +504,15 @@ def assess(out: Path, sim: SimulationResult) -> WatchAssessment:
     persona_of = {str(x["account_id"]): str(x["persona"]) for x in labels}
     role_of = {str(x["account_id"]): str(x.get("role")) for x in labels}
     # the simulation's own master key (a file in its gateway directory), never one from the environment
-    settings = Settings(env="dev", data_dir=out / "gateway", database_url=_store_url(out), backend="fake",
-                        master_key=None, redis_url=None, admin_token=None)
+    settings = Settings(
+        env="dev",
+        data_dir=out / "gateway",
+        database_url=_store_url(out),
+        backend="fake",
+        master_key=None,
+        redis_url=None,
+        admin_token=None,
+    )
     store = Store.open(settings.database_url, settings=settings)
     try:
         alerts = store.list_alerts()
@@ -474,11 +529,20 @@ def assess(out: Path, sim: SimulationResult) -> WatchAssessment:
         store.close()
     taken = sum(len(x) for x in history.values())
     return WatchAssessment(
-        tuple(rows), missed, len(benign_ids), len(hit), sum(1 for i in benign_ids if history.get(i)), escalation,
-        refusal, v, n_actions, taken,
+        tuple(rows),
+        missed,
+        len(benign_ids),
+        len(hit),
+        sum(1 for i in benign_ids if history.get(i)),
+        escalation,
+        refusal,
+        v,
+        n_actions,
+        taken,
         Check("every attacker campaign caught", any(r.role == "attacker" for r in rows) and not missed),
         Check("no benign account blocked", not hit),
-        Check("watch: audit chain with the policy actions", v.ok and n_actions >= taken > 0))
+        Check("watch: audit chain with the policy actions", v.ok and n_actions >= taken > 0),
+    )
 
 
 def watch(ctx: DemoContext) -> WatchResult:

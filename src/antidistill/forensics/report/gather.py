@@ -111,11 +111,13 @@ def _cluster_members(store: Storage, cluster: str) -> tuple[list[str], str, str]
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read cluster file {path}: {type(exc).__name__}") from None
         return [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")], "file", path.name
-    ids = sorted({a["account_id"] for a in _alerts(store, None) if a.get("cluster_id") == cluster
-                  and a.get("account_id")})
+    ids = sorted(
+        {a["account_id"] for a in _alerts(store, None) if a.get("cluster_id") == cluster and a.get("account_id")}
+    )
     if not ids:
-        raise InputError(f"cluster {cluster} not found: no alert names it (give a comma list or a file of "
-                         f"account ids instead)")
+        raise InputError(
+            f"cluster {cluster} not found: no alert names it (give a comma list or a file of account ids instead)"
+        )
     return ids, "monitor", cluster
 
 
@@ -161,8 +163,10 @@ def gather(
         exchanges=tally.section(),
         audit=_audit_section(store, store.verify_audit(), checkpoints, tally.coverage, database),
         monitor=monitor,
-        scans=tuple([scan_entry(s, src, "suspect", subject) for s, src in scans]
-                    + [scan_entry(s, src, "control", subject) for s, src in control_scans]),
+        scans=tuple(
+            [scan_entry(s, src, "suspect", subject) for s, src in scans]
+            + [scan_entry(s, src, "control", subject) for s, src in control_scans]
+        ),
         policy=_policy_section(policy, monitor),
     )
     return dataclasses.replace(draft, summary=summarize(draft))
@@ -192,23 +196,43 @@ def _account(store: Storage, account_id: str, usage: _Usage | None) -> AccountRe
     if a is None:  # resolve_subject checked; the account was deleted since
         raise InputError(f"account {account_id} not found")
     u = usage or _Usage()
-    keys = tuple(ApiKeyRecord(id=k.id, prefix=k.prefix, created_at=iso(k.created_at), revoked_at=iso(k.revoked_at))
-                 for k in store.list_keys(account_id))
-    return AccountRecord(id=a.id, name=a.name, enabled=a.enabled, created_at=iso(a.created_at),
-                         limits=Limits(rpm=a.rpm, tpm=a.tpm, tokens_per_day=a.tokens_per_day),
-                         metadata=scrub(dict(a.metadata)), api_keys=keys, exchanges=u.exchanges,
-                         prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                         first_exchange=u.first_exchange, last_exchange=u.last_exchange,
-                         watermark_key_ids=tuple(sorted(u.watermark_key_ids)), unwatermarked=u.unwatermarked)
+    keys = tuple(
+        ApiKeyRecord(id=k.id, prefix=k.prefix, created_at=iso(k.created_at), revoked_at=iso(k.revoked_at))
+        for k in store.list_keys(account_id)
+    )
+    return AccountRecord(
+        id=a.id,
+        name=a.name,
+        enabled=a.enabled,
+        created_at=iso(a.created_at),
+        limits=Limits(rpm=a.rpm, tpm=a.tpm, tokens_per_day=a.tokens_per_day),
+        metadata=scrub(dict(a.metadata)),
+        api_keys=keys,
+        exchanges=u.exchanges,
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        first_exchange=u.first_exchange,
+        last_exchange=u.last_exchange,
+        watermark_key_ids=tuple(sorted(u.watermark_key_ids)),
+        unwatermarked=u.unwatermarked,
+    )
 
 
 # ---- the audit log: one pass ---------------------------------------------------------------------------
 def _all_checkpoints(store: Storage) -> list[dict[str, Any]]:
     """Every signed checkpoint, in seq order."""
-    return [{"seq": c.seq, "hash": c.hash, "prev_checkpoint_seq": c.prev_checkpoint_seq,
-             "created_at": iso(c.created_at), "public_key": c.public_key,
-             "public_key_fingerprint": key_fingerprint(c.public_key), "signature": c.signature}
-            for c in store.checkpoints()]
+    return [
+        {
+            "seq": c.seq,
+            "hash": c.hash,
+            "prev_checkpoint_seq": c.prev_checkpoint_seq,
+            "created_at": iso(c.created_at),
+            "public_key": c.public_key,
+            "public_key_fingerprint": key_fingerprint(c.public_key),
+            "signature": c.signature,
+        }
+        for c in store.checkpoints()
+    ]
 
 
 def key_fingerprint(public_key_hex: str | None) -> str | None:
@@ -261,8 +285,9 @@ class _Tally:
         self.actions: list[ActionRecord] = []
         self.usage: dict[str, _Usage] = {}
         self.times: list[tuple[datetime, int, int]] = []
-        self.counts: dict[str, Counter[str]] = {k: Counter() for k in ("endpoints", "client_addrs", "user_agents",
-                                                                        "statuses")}
+        self.counts: dict[str, Counter[str]] = {
+            k: Counter() for k in ("endpoints", "client_addrs", "user_agents", "statuses")
+        }
         self.total = 0
 
     def add(self, rec: AuditRecord) -> None:
@@ -275,9 +300,16 @@ class _Tally:
         if rec.is_pending:  # a stream's opening record; its final record is the exchange
             return
         if rec.is_action:  # the monitor writes its action records with an object as the request
-            self.actions.append(ActionRecord(seq=rec.seq, account_id=rec.account_id, at=format_time(rec.created_at),
-                                             details=scrub(_jsonable(rec.request)), hash=rec.hash,
-                                             checkpoint_seq=covered_by))
+            self.actions.append(
+                ActionRecord(
+                    seq=rec.seq,
+                    account_id=rec.account_id,
+                    at=format_time(rec.created_at),
+                    details=scrub(_jsonable(rec.request)),
+                    hash=rec.hash,
+                    checkpoint_seq=covered_by,
+                )
+            )
             return
         self._exchange(rec, covered_by)
 
@@ -297,24 +329,41 @@ class _Tally:
             u.watermark_key_ids.add(key_id)
         else:
             u.unwatermarked += 1
-        for name, value in (("endpoints", rec.endpoint), ("client_addrs", rec.client_addr or "-"),
-                            ("user_agents", rec.user_agent or "-"), ("statuses", rec.status)):
+        for name, value in (
+            ("endpoints", rec.endpoint),
+            ("client_addrs", rec.client_addr or "-"),
+            ("user_agents", rec.user_agent or "-"),
+            ("statuses", rec.status),
+        ):
             self.counts[name][str(value)] += 1
         self.times.append((rec.created_at, rec.prompt_tokens, rec.completion_tokens))
         if len(self.items) < self.limit:
-            self.items.append(ExchangeRecord(
-                seq=rec.seq, response_id=rec.response_id, account_id=rec.account_id, created_at=created_at,
-                endpoint=rec.endpoint, status=rec.status, prompt_tokens=rec.prompt_tokens,
-                completion_tokens=rec.completion_tokens, watermark_key_id=key_id,
-                watermark_status=None if key_id else wm.get("status"), prompt_excerpt=_prompt_excerpt(rec.request),
-                hash=rec.hash, checkpoint_seq=covered_by))
+            self.items.append(
+                ExchangeRecord(
+                    seq=rec.seq,
+                    response_id=rec.response_id,
+                    account_id=rec.account_id,
+                    created_at=created_at,
+                    endpoint=rec.endpoint,
+                    status=rec.status,
+                    prompt_tokens=rec.prompt_tokens,
+                    completion_tokens=rec.completion_tokens,
+                    watermark_key_id=key_id,
+                    watermark_status=None if key_id else wm.get("status"),
+                    prompt_excerpt=_prompt_excerpt(rec.request),
+                    hash=rec.hash,
+                    checkpoint_seq=covered_by,
+                )
+            )
 
     def section(self) -> ExchangeSection:
         """The ``exchanges`` section: counts and totals over all the subject's exchanges, the first ones listed."""
         usage = self.usage.values()
         top = {"endpoints": None, "client_addrs": 20, "user_agents": 20, "statuses": None}
         return ExchangeSection(
-            count=self.total, listed=len(self.items), truncated=self.total > len(self.items),
+            count=self.total,
+            listed=len(self.items),
+            truncated=self.total > len(self.items),
             prompt_tokens=sum(u.prompt_tokens for u in usage),
             completion_tokens=sum(u.completion_tokens for u in usage),
             first=iso(min((t for t, _, _ in self.times), default=None)),
@@ -336,8 +385,11 @@ def _timeline(times: list[tuple[datetime, int, int]], max_bins: int = 2000) -> T
 
     def floor(t: datetime) -> datetime:
         t = t.astimezone(UTC)
-        return t.replace(minute=0, second=0, microsecond=0) if unit == "hour" else \
-            t.replace(hour=0, minute=0, second=0, microsecond=0)
+        return (
+            t.replace(minute=0, second=0, microsecond=0)
+            if unit == "hour"
+            else t.replace(hour=0, minute=0, second=0, microsecond=0)
+        )
 
     start = floor(first)
     n = int((floor(last) - start) / step) + 1
@@ -347,30 +399,58 @@ def _timeline(times: list[tuple[datetime, int, int]], max_bins: int = 2000) -> T
     for t, pt, ct in times:
         b = counts[min(int((t - start) / step), n - 1)]
         b[0], b[1], b[2] = b[0] + 1, b[1] + pt, b[2] + ct
-    return Timeline(bin=unit, bins=tuple(TimelineBin(start=iso(start + i * step) or "", exchanges=c[0],
-                                                     prompt_tokens=c[1], completion_tokens=c[2])
-                                         for i, c in enumerate(counts)))
+    return Timeline(
+        bin=unit,
+        bins=tuple(
+            TimelineBin(start=iso(start + i * step) or "", exchanges=c[0], prompt_tokens=c[1], completion_tokens=c[2])
+            for i, c in enumerate(counts)
+        ),
+    )
 
 
-def _audit_section(store: Storage, v: VerifyResult, checkpoints: list[dict[str, Any]], coverage: Counter,
-                   database: str | None) -> AuditSection:
+def _audit_section(
+    store: Storage, v: VerifyResult, checkpoints: list[dict[str, Any]], coverage: Counter, database: str | None
+) -> AuditSection:
     head = store.audit_head()
-    listed = tuple(CheckpointRecord(**c, covers=(c["prev_checkpoint_seq"] + 1, c["seq"]),
-                                    subject_records=coverage[c["seq"]])
-                   for c in checkpoints if c["seq"] in coverage)
+    listed = tuple(
+        CheckpointRecord(**c, covers=(c["prev_checkpoint_seq"] + 1, c["seq"]), subject_records=coverage[c["seq"]])
+        for c in checkpoints
+        if c["seq"] in coverage
+    )
     keys = sorted({c["public_key"] for c in checkpoints})
     vd = v.details
     signer = vd.get("public_key") or (keys[0] if len(keys) == 1 else None)
     db = f" --database-url {shlex.quote(database)}" if database else ""
-    details = {k: vd[k] for k in ("head_seq", "head_hash", "public_key_checked", "since_checkpoint",
-                                  "last_checkpoint_seq", "kind", "rewritten_between") if k in vd}
+    details = {
+        k: vd[k]
+        for k in (
+            "head_seq",
+            "head_hash",
+            "public_key_checked",
+            "since_checkpoint",
+            "last_checkpoint_seq",
+            "kind",
+            "rewritten_between",
+        )
+        if k in vd
+    }
     return AuditSection(
-        verification=Verification(ok=v.ok, records=v.records, checkpoints=v.checkpoints,
-                                  first_bad_seq=v.first_bad_seq, first_bad_response_id=v.first_bad_response_id,
-                                  problem=v.problem, details=scrub(_jsonable(details))),
-        head=AuditHead(seq=head.seq, hash=head.hash, last_checkpoint_seq=head.last_checkpoint_seq,
-                       signed_at=head.signed.to_json()["signed_at"] if head.signed else None,
-                       signature=head.signed.signature if head.signed else None),
+        verification=Verification(
+            ok=v.ok,
+            records=v.records,
+            checkpoints=v.checkpoints,
+            first_bad_seq=v.first_bad_seq,
+            first_bad_response_id=v.first_bad_response_id,
+            problem=v.problem,
+            details=scrub(_jsonable(details)),
+        ),
+        head=AuditHead(
+            seq=head.seq,
+            hash=head.hash,
+            last_checkpoint_seq=head.last_checkpoint_seq,
+            signed_at=head.signed.to_json()["signed_at"] if head.signed else None,
+            signature=head.signed.signature if head.signed else None,
+        ),
         checkpoint_every=store.checkpoint_every,
         public_key=signer,
         public_key_fingerprint=key_fingerprint(signer),
@@ -381,11 +461,15 @@ def _audit_section(store: Storage, v: VerifyResult, checkpoints: list[dict[str, 
         subject_records=sum(coverage.values()),
         subject_records_unsigned=coverage.get(None, 0),
         reverify=(
-            Reverify(command=f"antidistill audit verify --json{db}",
-                     what="recomputes every record's hash and checks every checkpoint's signature"),
-            Reverify(command=f"antidistill audit export --output audit.jsonl{db}",
-                     what="writes the whole log; each line holds a record, its hash and the previous record's "
-                          "hash, so anyone can recompute the chain without our software"),
+            Reverify(
+                command=f"antidistill audit verify --json{db}",
+                what="recomputes every record's hash and checks every checkpoint's signature",
+            ),
+            Reverify(
+                command=f"antidistill audit export --output audit.jsonl{db}",
+                what="writes the whole log; each line holds a record, its hash and the previous record's "
+                "hash, so anyone can recompute the chain without our software",
+            ),
         ),
     )
 
@@ -493,7 +577,7 @@ class _Citations:
 
     def cite(self, cid: Any, where: str) -> None:
         """Record that ``where`` cites ``cid`` (a clause id, a quoted ``{id, title, text}``, or a list of them)."""
-        for one in (cid if isinstance(cid, list) else [cid]):
+        for one in cid if isinstance(cid, list) else [cid]:
             # an action record quotes the clause itself ({id, title, text}); an alert names its id
             quoted = one if isinstance(one, dict) else {}
             key = quoted.get("id") if quoted else one
@@ -501,17 +585,31 @@ class _Citations:
                 continue
             key = str(key)
             known = self.by_id.get(key, {})
-            c = self.cited.setdefault(key, {"id": key, "title": known.get("title") or quoted.get("title"),
-                                            "text": known.get("text") or quoted.get("text"), "cited_by": []})
+            c = self.cited.setdefault(
+                key,
+                {
+                    "id": key,
+                    "title": known.get("title") or quoted.get("title"),
+                    "text": known.get("text") or quoted.get("text"),
+                    "cited_by": [],
+                },
+            )
             if quoted and known and quoted.get("text") and quoted.get("text") != known.get("text"):
                 c["quoted_text_differs"] = True  # the policy file changed since the action was taken
             if where not in c["cited_by"]:
                 c["cited_by"].append(where)
 
     def clauses(self) -> tuple[CitedClause, ...]:
-        return tuple(CitedClause(id=c["id"], title=opt_str(c["title"]), text=opt_str(c["text"]),
-                                 cited_by=tuple(c["cited_by"]), quoted_text_differs=c.get("quoted_text_differs", False))
-                     for c in self.cited.values())
+        return tuple(
+            CitedClause(
+                id=c["id"],
+                title=opt_str(c["title"]),
+                text=opt_str(c["text"]),
+                cited_by=tuple(c["cited_by"]),
+                quoted_text_differs=c.get("quoted_text_differs", False),
+            )
+            for c in self.cited.values()
+        )
 
 
 def _policy_section(policy: Any, monitor: MonitorSection) -> PolicySection:
@@ -527,11 +625,22 @@ def _policy_section(policy: Any, monitor: MonitorSection) -> PolicySection:
             cites.cite(e.get("clause"), f"current enforcement of {acct}: {e.action}")
     name = policy.get("name") if isinstance(policy, Mapping) else getattr(policy, "name", None)
     source = policy.get("source") if isinstance(policy, Mapping) else getattr(policy, "source", None)
-    return PolicySection(available=clauses is not None, name=opt_str(name), source=opt_str(source),
-                         clauses_breached=cites.clauses(),
-                         clauses_total=len(clauses) if clauses is not None else None,
-                         note=None if clauses is not None else "no policy file was loaded: clause texts are not shown")
+    return PolicySection(
+        available=clauses is not None,
+        name=opt_str(name),
+        source=opt_str(source),
+        clauses_breached=cites.clauses(),
+        clauses_total=len(clauses) if clauses is not None else None,
+        note=None if clauses is not None else "no policy file was loaded: clause texts are not shown",
+    )
 
 
-__all__ = ["ACTION_PREFIX", "MAX_JSON_EXCHANGES", "build_evidence", "gather", "key_fingerprint", "load_policy",
-           "resolve_subject"]
+__all__ = [
+    "ACTION_PREFIX",
+    "MAX_JSON_EXCHANGES",
+    "build_evidence",
+    "gather",
+    "key_fingerprint",
+    "load_policy",
+    "resolve_subject",
+]

@@ -32,8 +32,12 @@ def evidence_json(evidence: Evidence | Mapping[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False, default=str) + "\n"
 
 
-def write_report(evidence: Evidence | Mapping[str, Any], out_dir: str | os.PathLike[str], *,
-                 template_dir: str | os.PathLike[str] | None = None) -> ReportFiles:
+def write_report(
+    evidence: Evidence | Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    *,
+    template_dir: str | os.PathLike[str] | None = None,
+) -> ReportFiles:
     """Write ``report.json``, ``report.html`` and ``SHA256SUMS`` into ``out_dir`` (created if needed).
 
     The HTML is rendered from the JSON text as written (read back), so it shows exactly what the JSON holds.
@@ -47,8 +51,10 @@ def write_report(evidence: Evidence | Mapping[str, Any], out_dir: str | os.PathL
     files = ReportFiles(out / "report.html", out / "report.json", out / "SHA256SUMS")
     jtext = evidence_json(evidence)
     htext = render_html(json.loads(jtext), template_dir=template_dir)
-    sums = "".join(f"{hashlib.sha256(t.encode('utf-8')).hexdigest()}  {name}\n"
-                   for name, t in (("report.json", jtext), ("report.html", htext)))
+    sums = "".join(
+        f"{hashlib.sha256(t.encode('utf-8')).hexdigest()}  {name}\n"
+        for name, t in (("report.json", jtext), ("report.html", htext))
+    )
     try:
         for path, text in ((files.json, jtext), (files.html, htext), (files.sums, sums)):
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -83,16 +83,26 @@ def timeline(ev: Evidence) -> str | None:
     ax.bar(xs, [b.exchanges for b in tl.bins], width=width, align="edge", color="#4a6fa5", label="exchanges")
     ax.set_ylabel(f"exchanges per {tl.bin}")
     ax2 = ax.twinx()
-    ax2.plot([x + timedelta(days=width / 2) for x in xs if x is not None], [b.completion_tokens for b in tl.bins],
-             color="#c0392b", linewidth=1.2, label="tokens received")
+    ax2.plot(
+        [x + timedelta(days=width / 2) for x in xs if x is not None],
+        [b.completion_tokens for b in tl.bins],
+        color="#c0392b",
+        linewidth=1.2,
+        label="tokens received",
+    )
     ax2.set_ylim(bottom=0)
     ax2.set_ylabel("tokens received")
     seen = set()
     for t, kind, _what in _events(ev):
         lab = ("monitor alert" if kind == "alert" else "enforcement action") if kind not in seen else None
         seen.add(kind)
-        ax.axvline(t, color="#e67e22" if kind == "alert" else "#000", linestyle="--" if kind == "alert" else "-",
-                   linewidth=1, label=lab)
+        ax.axvline(
+            t,
+            color="#e67e22" if kind == "alert" else "#000",
+            linestyle="--" if kind == "alert" else "-",
+            linewidth=1,
+            label=lab,
+        )
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d\n%H:%M" if tl.bin == "hour" else "%Y-%m-%d"))
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
@@ -115,8 +125,9 @@ def _curve_series(ev: Evidence) -> tuple[list[Series], float | None]:
         for fld, what in (("p_value", "service-wide key"), ("best_account_p", "best account's key")):
             pts = [(c.tokens, max(getattr(c, fld), 1e-300)) for c in s.curve if getattr(c, fld) is not None]
             if pts:
-                style: dict[str, Any] = {"linestyle": ":", "linewidth": 1.5} if ctl else \
-                    {"color": "#c0392b", "linewidth": 2}
+                style: dict[str, Any] = (
+                    {"linestyle": ":", "linewidth": 1.5} if ctl else {"color": "#c0392b", "linewidth": 2}
+                )
                 if fld == "best_account_p":
                     style["linestyle"] = "--" if not ctl else "-."
                 series.append((f"{'control ' if ctl else ''}{s.suspect}: {what}", style, pts))
@@ -136,8 +147,7 @@ def curve(ev: Evidence) -> str | None:
 
     fig, ax = _figure(8, 3.6)
     for label, style, pts in series:
-        ax.plot([t for t, _ in pts], [p for _, p in pts], marker="o" if len(pts) == 1 else None, label=label,
-                **style)
+        ax.plot([t for t, _ in pts], [p for _, p in pts], marker="o" if len(pts) == 1 else None, label=label, **style)
     if alpha:
         ax.axhline(alpha, color="#333", linestyle="--", linewidth=1, label=f"threshold {fmt_p(alpha)}")
     ax.set_yscale("log")

@@ -50,8 +50,14 @@ def environment(template_dir: str | os.PathLike[str] | None = None) -> jinja2.En
             raise InputError(f"template directory not found: {d}")
         loaders.append(jinja2.FileSystemLoader(d))
     loaders += [_BUILTIN, jinja2.PrefixLoader({"builtin": _BUILTIN})]
-    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=True, undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["thousands"] = lambda n: f"{n:,}"
     return env
 
@@ -146,16 +152,20 @@ def render_html(evidence: Evidence | Mapping[str, Any], template_dir: str | os.P
     if ev.summary is None:
         raise ValueError("the evidence has no summary (gather it with antidistill.forensics.report.gather)")
     makers = {"timeline": plots.timeline, "curve": plots.curve, "risk": plots.risk}
-    context = {"ev": ev, "f": Fields(data), "plot": lambda name: makers[name](ev), "controls": control_table(ev),
-               "max_html_exchanges": MAX_HTML_EXCHANGES}
+    context = {
+        "ev": ev,
+        "f": Fields(data),
+        "plot": lambda name: makers[name](ev),
+        "controls": control_table(ev),
+        "max_html_exchanges": MAX_HTML_EXCHANGES,
+    }
     env = environment(template_dir)
     if template_dir is None:  # the shipped templates: a failure is a bug, with its traceback
         return env.get_template(PAGE).render(context)
     try:
         return env.get_template(PAGE).render(context)
     except jinja2.TemplateError as exc:
-        raise InputError(f"the report's templates (with {template_dir}) failed: {type(exc).__name__}: "
-                         f"{exc}") from None
+        raise InputError(f"the report's templates (with {template_dir}) failed: {type(exc).__name__}: {exc}") from None
 
 
 __all__ = ["MAX_HTML_EXCHANGES", "Fields", "check_templates", "environment", "format_value", "render_html"]

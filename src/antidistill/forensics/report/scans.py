@@ -129,10 +129,16 @@ def _alpha(scan: dict[str, Any]) -> float:
 def _result(row: dict[str, Any], gamma: float | None) -> dict[str, Any]:
     """The fields of a :class:`TestResult` from a scan's row (provider, account or cluster)."""
     green, n = as_int(row.get("green")), as_int(row.get("n"))
-    return {"green": green, "n": n, "fraction": green / n if green is not None and n else None,
-            "expected_fraction": gamma, "p_value": num(row.get("p_value")),
-            "p_corrected": num(row.get("p_corrected")), "z": num(row.get("z")),
-            "key_id": row.get("key_id") if isinstance(row.get("key_id"), str) else None}
+    return {
+        "green": green,
+        "n": n,
+        "fraction": green / n if green is not None and n else None,
+        "expected_fraction": gamma,
+        "p_value": num(row.get("p_value")),
+        "p_corrected": num(row.get("p_corrected")),
+        "z": num(row.get("z")),
+        "key_id": row.get("key_id") if isinstance(row.get("key_id"), str) else None,
+    }
 
 
 def _row_account(row: Any) -> str | None:
@@ -159,16 +165,22 @@ def _subject_result(scan: dict[str, Any], subject: Subject, gamma: float | None)
     return _pooled(scan, subject, rows, gamma)
 
 
-def _pooled(scan: dict[str, Any], subject: Subject, rows: list[dict[str, Any]], gamma: float | None
-            ) -> SubjectResult | None:
+def _pooled(
+    scan: dict[str, Any], subject: Subject, rows: list[dict[str, Any]], gamma: float | None
+) -> SubjectResult | None:
     """The cluster's accounts' counts pooled into one exact binomial test, where that test is exact."""
     params = _obj(scan.get("parameters"))
     # Each account row is the best of its key versions; summing such maxima is exact only when every account has
     # one version (then the rows are K independent Binomial(n, gamma) counts on the same positions).
     one_version = as_int(params.get("account_keys")) is not None and params.get("account_keys") == params.get(
-        "accounts")
-    if not rows or gamma is None or not one_version or any(
-            as_int(r.get("green")) is None or as_int(r.get("n")) is None for r in rows):
+        "accounts"
+    )
+    if (
+        not rows
+        or gamma is None
+        or not one_version
+        or any(as_int(r.get("green")) is None or as_int(r.get("n")) is None for r in rows)
+    ):
         return None
     # detection.stats pulls in numpy and scipy (about 2 s); only a cluster the scan did not pool needs them
 
@@ -176,11 +188,20 @@ def _pooled(scan: dict[str, Any], subject: Subject, rows: list[dict[str, Any]], 
     n = sum(int(r["n"]) for r in rows)
     p = float(binomial_sf(green, n, gamma)) if n else 1.0
     # The cluster was named before the scan (by the monitor or the complainant): one test, nothing to correct.
-    return SubjectResult(kind="cluster", id=subject.id,
-                         computed_by=f"the report, pooling the green counts of {len(rows)} of "
-                                     f"{len(subject.account_ids)} accounts (exact binomial test)",
-                         green=green, n=n, fraction=green / n if n else None, expected_fraction=gamma, p_value=p,
-                         p_corrected=p, z=z_score(green, n, gamma) if n else None, key_id=None)
+    return SubjectResult(
+        kind="cluster",
+        id=subject.id,
+        computed_by=f"the report, pooling the green counts of {len(rows)} of "
+        f"{len(subject.account_ids)} accounts (exact binomial test)",
+        green=green,
+        n=n,
+        fraction=green / n if n else None,
+        expected_fraction=gamma,
+        p_value=p,
+        p_corrected=p,
+        z=z_score(green, n, gamma) if n else None,
+        key_id=None,
+    )
 
 
 def _controls(scan: dict[str, Any], alpha: float) -> tuple[tuple[ControlEntry, ...], KeyControls | None]:
@@ -193,16 +214,28 @@ def _controls(scan: dict[str, Any], alpha: float) -> tuple[tuple[ControlEntry, .
         p = num(c.get("p_value"))
         is_key = not c.get("model")
         p_corr = min(1.0, p * n_keys) if p is not None and is_key else p
-        out.append(ControlEntry(name=str(c.get("name") or c.get("key") or c.get("model") or "control"),
-                                kind="key" if is_key else "model", model=opt_str(c.get("model")),
-                                key=opt_str(c.get("key")), green=as_int(c.get("green")),
-                                tokens_scored=as_int(c.get("tokens_scored")), p_value=p, p_corrected=p_corr,
-                                significant=p_corr is not None and p_corr <= alpha))
+        out.append(
+            ControlEntry(
+                name=str(c.get("name") or c.get("key") or c.get("model") or "control"),
+                kind="key" if is_key else "model",
+                model=opt_str(c.get("model")),
+                key=opt_str(c.get("key")),
+                green=as_int(c.get("green")),
+                tokens_scored=as_int(c.get("tokens_scored")),
+                p_value=p,
+                p_corrected=p_corr,
+                significant=p_corr is not None and p_corr <= alpha,
+            )
+        )
     if not n_keys:
         return tuple(out), None
     low = min((c.p_value for c in out if c.kind == "key" and c.p_value is not None), default=None)
-    summary = KeyControls(count=n_keys, min_p=low, min_p_corrected=None if low is None else min(1.0, low * n_keys),
-                          significant=any(c.significant for c in out if c.kind == "key"))
+    summary = KeyControls(
+        count=n_keys,
+        min_p=low,
+        min_p_corrected=None if low is None else min(1.0, low * n_keys),
+        significant=any(c.significant for c in out if c.kind == "key"),
+    )
     return tuple(out), summary
 
 

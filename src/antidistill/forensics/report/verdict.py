@@ -66,17 +66,40 @@ def control_table(ev: Evidence) -> tuple[ControlRow, ...]:
     rows = []
     for i, s in enumerate(ev.scans):
         if s.role == "control":
-            rows.append(ControlRow(s.suspect, "separate scan of a model that never saw our outputs", f"scans.{i}",
-                                   s.p_value, s.tokens_scored, s.significant))
+            rows.append(
+                ControlRow(
+                    s.suspect,
+                    "separate scan of a model that never saw our outputs",
+                    f"scans.{i}",
+                    s.p_value,
+                    s.tokens_scored,
+                    s.significant,
+                )
+            )
         for j, c in enumerate(s.controls):
             if c.kind == "model":
-                rows.append(ControlRow(c.name, f"model scanned with {s.suspect}", f"scans.{i}.controls.{j}",
-                                       c.p_value, c.tokens_scored, c.significant))
+                rows.append(
+                    ControlRow(
+                        c.name,
+                        f"model scanned with {s.suspect}",
+                        f"scans.{i}.controls.{j}",
+                        c.p_value,
+                        c.tokens_scored,
+                        c.significant,
+                    )
+                )
         if s.key_controls is not None:
             k = s.key_controls
-            rows.append(ControlRow(f"{k.count} keys that never marked anything",
-                                   f"the text of {s.suspect}, scored with random keys", f"scans.{i}.key_controls",
-                                   k.min_p_corrected, s.tokens_scored, k.significant))
+            rows.append(
+                ControlRow(
+                    f"{k.count} keys that never marked anything",
+                    f"the text of {s.suspect}, scored with random keys",
+                    f"scans.{i}.key_controls",
+                    k.min_p_corrected,
+                    s.tokens_scored,
+                    k.significant,
+                )
+            )
     return tuple(rows)
 
 

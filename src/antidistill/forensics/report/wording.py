@@ -104,8 +104,13 @@ def summarize(ev: Evidence) -> Summary:
             findings += [_model_finding(s), *_attribution_finding(ev, s)]
             confidence += _confidence(ev, i, s)
     findings += [*_controls_finding(ev), _monitor_finding(ev), _audit_finding(ev)]
-    return Summary(verdict=verdict.outcome, controls_ok=verdict.controls_ok, headline=headline(ev, verdict),
-                   findings=tuple(findings), confidence=tuple(confidence))
+    return Summary(
+        verdict=verdict.outcome,
+        controls_ok=verdict.controls_ok,
+        headline=headline(ev, verdict),
+        findings=tuple(findings),
+        confidence=tuple(confidence),
+    )
 
 
 def subject_words(ev: Evidence) -> str:
@@ -127,25 +132,37 @@ def _harvest(ev: Evidence) -> Finding:
         return Finding("harvest", f"Our audit log holds no exchanges of {who}.")
     period = f"between {ex.first[:10]} and {(ex.last or '')[:10]}" if ex.first else ""
     marks = "." if not ex.unwatermarked else f"; {ex.unwatermarked:,} of them were not watermarked."
-    text = (f"Our service answered {ex.count:,} requests from {who} {period}, sending "
-            f"{'them' if _is_cluster(ev) else 'it'} {ex.completion_tokens:,} tokens (pieces of words) of generated "
-            f"text. Every answer was recorded in our tamper-evident log{marks}")
+    text = (
+        f"Our service answered {ex.count:,} requests from {who} {period}, sending "
+        f"{'them' if _is_cluster(ev) else 'it'} {ex.completion_tokens:,} tokens (pieces of words) of generated "
+        f"text. Every answer was recorded in our tamper-evident log{marks}"
+    )
     return Finding("harvest", text.replace("  ", " "))
 
 
 def _model_finding(s: ScanEntry) -> Finding:
     prov = s.provider
     if prov is None or not prov.n:
-        return Finding("model", f"We tested the suspect model “{s.suspect}”: the scan's overall result is "
-                                + ("significant." if s.significant else "not significant."))
-    conclusion = ("This is a significant excess: the model was very likely trained on our outputs."
-                  if s.significant else
-                  "This is not a significant excess: the test does not show that the model learned from our outputs.")
-    return Finding("model", (
-        f"We tested the suspect model “{s.suspect}” for our service-wide watermark. Of {_count(prov.n)} distinct word "
-        f"choices we checked, {_count(prov.green)} ({_pct(prov.fraction, 1)}) fell on our secret lists; a model "
-        f"that never saw our outputs lands there about {_pct(prov.expected_fraction, 0, 'a fixed share')} of the "
-        f"time. {conclusion}"))
+        return Finding(
+            "model",
+            f"We tested the suspect model “{s.suspect}”: the scan's overall result is "
+            + ("significant." if s.significant else "not significant."),
+        )
+    conclusion = (
+        "This is a significant excess: the model was very likely trained on our outputs."
+        if s.significant
+        else "This is not a significant excess: the test does not show that the model learned from our outputs."
+    )
+    return Finding(
+        "model",
+        (
+            f"We tested the suspect model “{s.suspect}” for our service-wide watermark. "
+            + f"Of {_count(prov.n)} distinct word choices we checked, {_count(prov.green)} "
+            + f"({_pct(prov.fraction, 1)}) fell on our secret lists; a model "
+            f"that never saw our outputs lands there about {_pct(prov.expected_fraction, 0, 'a fixed share')} of the "
+            f"time. {conclusion}"
+        ),
+    )
 
 
 def _attribution_finding(ev: Evidence, s: ScanEntry) -> list[Finding]:
@@ -153,19 +170,34 @@ def _attribution_finding(ev: Evidence, s: ScanEntry) -> list[Finding]:
     if sr is None:
         if not s.accounts_tested:
             return []
-        return [Finding("attribution", f"The scan did not test the {'keys' if _is_cluster(ev) else 'key'} of "
-                                       f"{who}; its best-matching account was {s.best_account or 'none'}.")]
+        return [
+            Finding(
+                "attribution",
+                f"The scan did not test the {'keys' if _is_cluster(ev) else 'key'} of "
+                f"{who}; its best-matching account was {s.best_account or 'none'}.",
+            )
+        ]
     plural = sr.kind == "cluster"
-    checks = (f"{_count(sr.n)} checks (each word choice against each account's key, pooled)" if plural else
-              f"{_count(sr.n)} checked word choices")
+    checks = (
+        f"{_count(sr.n)} checks (each word choice against each account's key, pooled)"
+        if plural
+        else f"{_count(sr.n)} checked word choices"
+    )
     if s.subject_significant:
-        conclusion = (f"The model carries the mark of {who}: it was trained on text our service sent to "
-                      + ("these accounts." if plural else "this account."))
+        conclusion = f"The model carries the mark of {who}: it was trained on text our service sent to " + (
+            "these accounts." if plural else "this account."
+        )
     else:
         conclusion = f"This does not show that the model was trained on the answers sent to {who}."
-    return [Finding("attribution", (
-        f"Tested against the secret {'keys' if plural else 'key'} of {who}, {_count(sr.green)} of {checks} "
-        f"({_pct(sr.fraction, 1)}) fell on {'their' if plural else 'its'} lists. {conclusion}"))]
+    return [
+        Finding(
+            "attribution",
+            (
+                f"Tested against the secret {'keys' if plural else 'key'} of {who}, {_count(sr.green)} of {checks} "
+                f"({_pct(sr.fraction, 1)}) fell on {'their' if plural else 'its'} lists. {conclusion}"
+            ),
+        )
+    ]
 
 
 def _confidence(ev: Evidence, index: int, s: ScanEntry) -> list[Confidence]:
@@ -174,15 +206,32 @@ def _confidence(ev: Evidence, index: int, s: ScanEntry) -> list[Confidence]:
     plural = s.subject_result is not None and s.subject_result.kind == "cluster"
     tests = []
     if s.subject_p is not None:
-        tests.append(("subject", s.subject_p, "on these accounts' keys" if plural else "on this account's key",
-                      f"had never been trained on the answers our service sent to {who}"))
+        tests.append(
+            (
+                "subject",
+                s.subject_p,
+                "on these accounts' keys" if plural else "on this account's key",
+                f"had never been trained on the answers our service sent to {who}",
+            )
+        )
     if s.p_value is not None:
         tests.append(("ours", s.p_value, "on our keys", "had never been trained on our outputs"))
     out = []
     for about, p, on, null in tests:
         n, words = one_in(p)
-        out.append(Confidence(scan=index, suspect=s.suspect, about=about, p_value=p, alpha=s.alpha, one_in=n,
-                              one_in_words=words, significant=p <= s.alpha, text=_confidence_text(s, p, on, null)))
+        out.append(
+            Confidence(
+                scan=index,
+                suspect=s.suspect,
+                about=about,
+                p_value=p,
+                alpha=s.alpha,
+                one_in=n,
+                one_in_words=words,
+                significant=p <= s.alpha,
+                text=_confidence_text(s, p, on, null),
+            )
+        )
     return out
 
 
@@ -190,12 +239,16 @@ def _confidence_text(s: ScanEntry, p: float, on: str, null: str) -> str:
     """One test in words: what chance would do if the null hypothesis (``null``) held, against the threshold."""
     threshold = fmt_p(s.alpha)
     if p <= s.alpha:
-        return (f"If the suspect model “{s.suspect}” {null}, a result this strong {on} would happen by chance "
-                f"{p_words(p)}: the p-value is {fmt_p(p)}. We call a result significant only below {threshold}, "
-                f"that is, when it would happen by chance less often than once in {one_in(s.alpha)[1]}.")
-    return (f"Even if the suspect model “{s.suspect}” {null}, a result at least this strong {on} would happen by "
-            f"chance {p_words(p)}: the p-value is {fmt_p(p)}. That is not rare enough: we call a result significant "
-            f"only below {threshold} (once in {one_in(s.alpha)[1]}).")
+        return (
+            f"If the suspect model “{s.suspect}” {null}, a result this strong {on} would happen by chance "
+            f"{p_words(p)}: the p-value is {fmt_p(p)}. We call a result significant only below {threshold}, "
+            f"that is, when it would happen by chance less often than once in {one_in(s.alpha)[1]}."
+        )
+    return (
+        f"Even if the suspect model “{s.suspect}” {null}, a result at least this strong {on} would happen by "
+        f"chance {p_words(p)}: the p-value is {fmt_p(p)}. That is not rare enough: we call a result significant "
+        f"only below {threshold} (once in {one_in(s.alpha)[1]})."
+    )
 
 
 def _controls_finding(ev: Evidence) -> list[Finding]:
@@ -204,14 +257,26 @@ def _controls_finding(ev: Evidence) -> list[Finding]:
         return []
     bad = [c.label for c in ctrl if c.significant]
     if bad:
-        return [Finding("controls", (
-            f"Warning: {len(bad)} of {len(ctrl)} control tests came out significant ({'; '.join(bad)}), although "
-            f"controls cannot carry our watermark. The test may be miscalibrated for this material; treat the "
-            f"results above with caution."))]
-    return [Finding("controls", (
-        f"All {len(ctrl)} control tests (models that never saw our outputs, and secret keys that never marked "
-        f"anything, scored the same way) came out not significant, as they should: the test does not find our "
-        f"watermark where it is absent."))]
+        return [
+            Finding(
+                "controls",
+                (
+                    f"Warning: {len(bad)} of {len(ctrl)} control tests came out significant ({'; '.join(bad)}), "
+                    + "although controls cannot carry our watermark. The test may be miscalibrated for this material; "
+                    + "treat the results above with caution."
+                ),
+            )
+        ]
+    return [
+        Finding(
+            "controls",
+            (
+                f"All {len(ctrl)} control tests (models that never saw our outputs, and secret keys that never marked "
+                f"anything, scored the same way) came out not significant, as they should: the test does not find our "
+                f"watermark where it is absent."
+            ),
+        )
+    ]
 
 
 def _monitor_finding(ev: Evidence) -> Finding:
@@ -223,12 +288,16 @@ def _monitor_finding(ev: Evidence) -> Finding:
     sentences = []
     if mon.alerts:
         n = len(mon.alerts)
-        sentences.append(f"Our traffic monitor raised {n} alert{'s' if n != 1 else ''} on {who} (highest level: "
-                         f"{mon.highest_level or '-'}).")
+        sentences.append(
+            f"Our traffic monitor raised {n} alert{'s' if n != 1 else ''} on {who} (highest level: "
+            f"{mon.highest_level or '-'})."
+        )
     acts = [str(a.action) for a in mon.actions if a.action]
     if acts:
-        sentences.append(f"Under our terms of service we took {len(acts)} enforcement action"
-                         f"{'s' if len(acts) != 1 else ''} ({', '.join(acts)}), each recorded in the audit log.")
+        sentences.append(
+            f"Under our terms of service we took {len(acts)} enforcement action"
+            f"{'s' if len(acts) != 1 else ''} ({', '.join(acts)}), each recorded in the audit log."
+        )
     in_force = [f"{acct} is under “{e.action}”" for acct, e in mon.enforcement.items() if e.in_force]
     if in_force:
         sentences.append("When this report was made, " + "; ".join(in_force) + ".")
@@ -242,15 +311,27 @@ def _audit_finding(ev: Evidence) -> Finding:
     a = ev.audit
     v = a.verification
     if not v.ok:
-        return Finding("audit", (
-            f"The audit log FAILED verification at record {v.first_bad_seq}: {v.problem}. Records from there on "
-            f"cannot be relied upon as unaltered; {v.records:,} records before it verified."))
-    unsigned = (f" {a.subject_records_unsigned:,} of this report's records come after the last signed checkpoint: "
-                f"the signed head of the log covers them." if a.subject_records_unsigned else "")
-    return Finding("audit", (
-        f"The audit log verifies: all {v.records:,} records match their hashes and all {v.checkpoints:,} signed "
-        f"checkpoints carry valid signatures, so the records above have not been altered since they were "
-        f"signed.{unsigned}"))
+        return Finding(
+            "audit",
+            (
+                f"The audit log FAILED verification at record {v.first_bad_seq}: {v.problem}. Records from there on "
+                f"cannot be relied upon as unaltered; {v.records:,} records before it verified."
+            ),
+        )
+    unsigned = (
+        f" {a.subject_records_unsigned:,} of this report's records come after the last signed checkpoint: "
+        f"the signed head of the log covers them."
+        if a.subject_records_unsigned
+        else ""
+    )
+    return Finding(
+        "audit",
+        (
+            f"The audit log verifies: all {v.records:,} records match their hashes and all {v.checkpoints:,} signed "
+            f"checkpoints carry valid signatures, so the records above have not been altered since they were "
+            f"signed.{unsigned}"
+        ),
+    )
 
 
 def headline(ev: Evidence, verdict: Verdict) -> str:
@@ -259,9 +340,9 @@ def headline(ev: Evidence, verdict: Verdict) -> str:
     them = "these accounts" if _is_cluster(ev) else "this account"
     text = {
         "attributed": f"The suspect model carries our watermark, and the mark of {who}: it was trained on outputs "
-                      f"our service sent to {them}.",
+        f"our service sent to {them}.",
         "ours_not_attributed": f"The suspect model carries our watermark: it was trained on outputs of our service. "
-                               f"The test does not tie it to {who}.",
+        f"The test does not tie it to {who}.",
         "not_shown": "The tests do not show that the suspect model was trained on our outputs.",
         "not_tested": f"This report documents the activity of {who}; no suspect model was tested.",
     }[verdict.outcome]

@@ -70,8 +70,14 @@ def client_schema(full: dict[str, Any]) -> dict[str, Any]:
         if "schemas" in components:
             components["schemas"] = {k: v for k, v in models.items() if k in keep}
         if "securitySchemes" in components:
-            used = {name for ops in schema["paths"].values() for op in ops.values() if isinstance(op, dict)
-                    for requirement in op.get("security", []) for name in requirement}
+            used = {
+                name
+                for ops in schema["paths"].values()
+                for op in ops.values()
+                if isinstance(op, dict)
+                for requirement in op.get("security", [])
+                for name in requirement
+            }
             components["securitySchemes"] = {k: v for k, v in components["securitySchemes"].items() if k in used}
     return schema
 

@@ -21,8 +21,11 @@ from antidistill.monitor.actions import Enforcer
 from antidistill.monitor.policy import Policy
 from antidistill.store.api import AccountStore, Alert, Enforcement
 
-router = APIRouter(prefix="/admin", tags=["monitor"],
-                   responses={401: {"model": ErrorResponse, "description": "Missing or wrong admin token."}})
+router = APIRouter(
+    prefix="/admin",
+    tags=["monitor"],
+    responses={401: {"model": ErrorResponse, "description": "Missing or wrong admin token."}},
+)
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "No such account."}}
 MAX_ALERTS = 10_000
 
@@ -59,30 +62,56 @@ class EnforcementOut(BaseModel):
 
 
 def alert_out(a: Alert) -> AlertOut:
-    return AlertOut(id=a.id, account_id=a.account_id, cluster_id=a.cluster_id, risk=a.risk, level=a.level,
-                    reasons=list(a.reasons), scores=dict(a.scores), at=a.at, action=a.action, clause=a.clause,
-                    created_at=a.created_at, audit_seq=a.audit_seq)
+    return AlertOut(
+        id=a.id,
+        account_id=a.account_id,
+        cluster_id=a.cluster_id,
+        risk=a.risk,
+        level=a.level,
+        reasons=list(a.reasons),
+        scores=dict(a.scores),
+        at=a.at,
+        action=a.action,
+        clause=a.clause,
+        created_at=a.created_at,
+        audit_seq=a.audit_seq,
+    )
 
 
 def enforcement_out(account_id: str, e: Enforcement | None) -> EnforcementOut:
     if e is None:
         return EnforcementOut(account_id=account_id, action="none", active=False)
-    return EnforcementOut(account_id=e.account_id, action=e.action, active=e.active(datetime.now(UTC)),
-                          level=e.level, clause=e.clause, since=e.since, until=e.until, rpm=e.rpm, tpm=e.tpm,
-                          reason=e.reason, set_by=e.set_by, alert_id=e.alert_id)
+    return EnforcementOut(
+        account_id=e.account_id,
+        action=e.action,
+        active=e.active(datetime.now(UTC)),
+        level=e.level,
+        clause=e.clause,
+        since=e.since,
+        until=e.until,
+        rpm=e.rpm,
+        tpm=e.tpm,
+        reason=e.reason,
+        set_by=e.set_by,
+        alert_id=e.alert_id,
+    )
 
 
 async def _known_account(store: AccountStore, account_id: str) -> None:
     if len(account_id) > MAX_ID_CHARS or await run_in_threadpool(store.get_account, account_id) is None:
-        raise APIError(404, f"no account with id {account_id[:MAX_ID_CHARS]!r}", param="account_id",
-                       code="account_not_found")
+        raise APIError(
+            404, f"no account with id {account_id[:MAX_ID_CHARS]!r}", param="account_id", code="account_not_found"
+        )
 
 
 @router.get("/alerts", response_model=list[AlertOut], summary="List the monitor's alerts (oldest first)")
-async def list_alerts(_: AdminDep, store: StoreDep,
-                      account_id: Annotated[str | None, Query(max_length=MAX_ID_CHARS)] = None,
-                      since: datetime | None = None,
-                      limit: Annotated[int, Query(ge=1, le=MAX_ALERTS)] = 1000) -> list[AlertOut]:
+async def list_alerts(
+    _: AdminDep,
+    store: StoreDep,
+    account_id: Annotated[str | None, Query(max_length=MAX_ID_CHARS)] = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_ALERTS)] = 1000,
+) -> list[AlertOut]:
     """Alerts with the action taken on each; ``limit`` keeps the newest."""
     items = await run_in_threadpool(store.list_alerts, account_id, since, limit)
     return [alert_out(a) for a in items]
@@ -95,15 +124,23 @@ async def list_enforcements(_: AdminDep, store: StoreDep, all: bool = False) -> 
     return [enforcement_out(e.account_id, e) for e in items]
 
 
-@router.get("/accounts/{account_id}/enforcement", response_model=EnforcementOut, responses=_NOT_FOUND,
-            summary="An account's enforcement state")
+@router.get(
+    "/accounts/{account_id}/enforcement",
+    response_model=EnforcementOut,
+    responses=_NOT_FOUND,
+    summary="An account's enforcement state",
+)
 async def get_enforcement(account_id: str, _: AdminDep, store: StoreDep) -> EnforcementOut:
     await _known_account(store, account_id)
     return enforcement_out(account_id, await run_in_threadpool(store.get_enforcement, account_id))
 
 
-@router.post("/accounts/{account_id}/enforcement/clear", response_model=EnforcementOut, responses=_NOT_FOUND,
-             summary="Clear an account's enforcement (restores access; recorded in the audit log)")
+@router.post(
+    "/accounts/{account_id}/enforcement/clear",
+    response_model=EnforcementOut,
+    responses=_NOT_FOUND,
+    summary="Clear an account's enforcement (restores access; recorded in the audit log)",
+)
 async def clear_enforcement(account_id: str, _: AdminDep, store: StoreDep, gw: GatewayDep) -> EnforcementOut:
     await _known_account(store, account_id)
     if gw.monitoring is not None:

@@ -37,8 +37,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 _NO_MODEL: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
-_STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "Server-sent events, ending in "
-                                                                             "`data: [DONE]`."}}}
+_STREAM = {
+    "text/event-stream": {"schema": {"type": "string", "description": "Server-sent events, ending in `data: [DONE]`."}}
+}
 
 #: tokens a chat message costs beyond its text (role, separators), as OpenAI counts them
 _MESSAGE_OVERHEAD = 4
@@ -49,11 +50,16 @@ def _estimate_tokens(text: str) -> int:
     return max(len(text.encode("utf-8", "surrogatepass")) // 4, len(text.split()))
 
 
-def _sampling(body: ChatCompletionRequest | CompletionRequest, settings: Settings,
-              max_tokens: int | None) -> dict[str, Any]:
+def _sampling(
+    body: ChatCompletionRequest | CompletionRequest, settings: Settings, max_tokens: int | None
+) -> dict[str, Any]:
     if max_tokens is not None and max_tokens > settings.max_tokens_cap:
-        raise APIError(400, f"max_tokens is too large: {max_tokens}; this server allows at most "
-                            f"{settings.max_tokens_cap}", param="max_tokens", code="invalid_value")
+        raise APIError(
+            400,
+            f"max_tokens is too large: {max_tokens}; this server allows at most {settings.max_tokens_cap}",
+            param="max_tokens",
+            code="invalid_value",
+        )
     return {
         "max_tokens": max_tokens or min(settings.default_max_tokens, settings.max_tokens_cap),
         "temperature": 1.0 if body.temperature is None else body.temperature,
@@ -68,10 +74,15 @@ def _audit_body(body: ChatCompletionRequest | CompletionRequest) -> dict[str, An
     return body.model_dump(mode="json", exclude_unset=True)
 
 
-@router.post("/chat/completions", response_model=ChatCompletion, summary="Create a chat completion",
-             responses={200: {"content": _STREAM}, **_ERRORS})
-async def chat_completions(body: ChatCompletionRequest, request: Request, principal: AuthDep,
-                           gw: GatewayDep) -> Response:
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    summary="Create a chat completion",
+    responses={200: {"content": _STREAM}, **_ERRORS},
+)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, principal: AuthDep, gw: GatewayDep
+) -> Response:
     """OpenAI's chat completion: the model's chat template applies; ``stream: true`` answers with server-sent
     ``chat.completion.chunk`` events (and a usage chunk with ``stream_options.include_usage``)."""
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -79,20 +90,40 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, princi
     raw = _audit_body(body)
     gen = GenerationRequest(messages=messages, raw=raw, **_sampling(body, gw.settings, max_tokens))
     estimate = sum(_estimate_tokens(m["content"]) + _MESSAGE_OVERHEAD for m in messages)
-    ex = Exchange("chat", "/v1/chat/completions", raw, gen, bool(body.stream), body.include_usage(), estimate,
-                  raw_body=await request.body())
+    ex = Exchange(
+        "chat",
+        "/v1/chat/completions",
+        raw,
+        gen,
+        bool(body.stream),
+        body.include_usage(),
+        estimate,
+        raw_body=await request.body(),
+    )
     return await run_exchange(gw, request, principal, ex)
 
 
-@router.post("/completions", response_model=Completion, summary="Create a completion",
-             responses={200: {"content": _STREAM}, **_ERRORS})
+@router.post(
+    "/completions",
+    response_model=Completion,
+    summary="Create a completion",
+    responses={200: {"content": _STREAM}, **_ERRORS},
+)
 async def completions(body: CompletionRequest, request: Request, principal: AuthDep, gw: GatewayDep) -> Response:
     """OpenAI's (legacy) text completion of a raw prompt, without a chat template."""
     raw = _audit_body(body)
     prompt = body.prompt_text()
     gen = GenerationRequest(prompt=prompt, raw=raw, **_sampling(body, gw.settings, body.max_tokens))
-    ex = Exchange("completion", "/v1/completions", raw, gen, bool(body.stream), body.include_usage(),
-                  _estimate_tokens(prompt), raw_body=await request.body())
+    ex = Exchange(
+        "completion",
+        "/v1/completions",
+        raw,
+        gen,
+        bool(body.stream),
+        body.include_usage(),
+        _estimate_tokens(prompt),
+        raw_body=await request.body(),
+    )
     return await run_exchange(gw, request, principal, ex)
 
 
@@ -100,14 +131,22 @@ def _model(gw: GatewayDep) -> Model:
     return Model(id=gw.backend.model_id, created=gw.started)
 
 
-@router.get("/models", response_model=ModelList, summary="List models",
-            responses={k: v for k, v in _ERRORS.items() if k in (401, 403)})
+@router.get(
+    "/models",
+    response_model=ModelList,
+    summary="List models",
+    responses={k: v for k, v in _ERRORS.items() if k in (401, 403)},
+)
 async def list_models(_: AuthDep, gw: GatewayDep) -> ModelList:
     return ModelList(data=[_model(gw)])
 
 
-@router.get("/models/{model}", response_model=Model, summary="Retrieve a model",
-            responses={**{k: v for k, v in _ERRORS.items() if k in (401, 403)}, **_NO_MODEL})
+@router.get(
+    "/models/{model}",
+    response_model=Model,
+    summary="Retrieve a model",
+    responses={**{k: v for k, v in _ERRORS.items() if k in (401, 403)}, **_NO_MODEL},
+)
 async def retrieve_model(model: str, _: AuthDep, gw: GatewayDep) -> Model:
     m = _model(gw)
     if model != m.id:

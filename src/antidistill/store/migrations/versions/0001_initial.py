@@ -43,8 +43,9 @@ def upgrade() -> None:
         sa.Column("created_at", _TS, nullable=False),
         sa.Column("revoked_at", _TS, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
-        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name="fk_api_keys_account_id_accounts",
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name="fk_api_keys_account_id_accounts", ondelete="CASCADE"
+        ),
     )
     op.create_index("ix_api_keys_account_id", "api_keys", ["account_id"])
     op.create_index("ix_api_keys_key_hash", "api_keys", ["key_hash"], unique=True)
