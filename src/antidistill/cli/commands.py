@@ -19,6 +19,7 @@ from rich.table import Table
 # The sub-apps keep their heavy dependencies (SQLAlchemy, FastAPI, uvicorn, torch) inside their commands.
 from antidistill.cli.distill import distill_app
 from antidistill.cli.monitor import monitor_app
+from antidistill.cli.options import JsonOpt
 from antidistill.cli.scan import scan
 from antidistill.cli.serve import serve
 from antidistill.cli.simulate import simulate_app
@@ -54,7 +55,6 @@ ModelOpt = Annotated[
     str | None,
     typer.Option("--model", help="A local transformers model directory or GGUF file (default: embedded model)."),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 GammaOpt = Annotated[float | None, typer.Option("--gamma", help="Green-list fraction (default 0.25).")]
 DeltaOpt = Annotated[float | None, typer.Option("--delta", help="Green logit bias (default 3.0).")]
 WidthOpt = Annotated[int | None, typer.Option("--context-width", help="Context tokens seeding the list, 1-4.")]

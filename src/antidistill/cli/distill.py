@@ -6,14 +6,13 @@ openai SDK, torch, transformers and peft are imported only when a command runs.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from antidistill.cli.options import JsonOpt, print_json
 from antidistill.errors import InputError
 
 distill_app = typer.Typer(
@@ -21,11 +20,6 @@ distill_app = typer.Typer(
 )
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
 
 
 def _progress(enabled: bool):
@@ -109,7 +103,7 @@ def harvest(
         "model": res.model,
     }
     if as_json:
-        _print_json(summary)
+        print_json(summary)
     else:
         err.print(
             f"{res.written} new pairs ({res.skipped} already there, {res.failed} failed, {res.retries} "
@@ -143,7 +137,7 @@ def mix(
     save_pairs(pairs, out)
     k = sum(1 for p in pairs if p.watermarked)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "out": str(out),
                 "n": len(pairs),
@@ -258,7 +252,7 @@ def train(
     if as_json:
         d = res.to_dict()
         d.pop("losses")
-        _print_json(d)
+        print_json(d)
         return
     msg = (
         f"{res.method}: {res.steps} steps ({res.epochs_done:.2f} epochs) on {res.examples} pairs, "

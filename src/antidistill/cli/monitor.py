@@ -18,6 +18,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 
+from antidistill.cli.options import DbOpt, JsonOpt, print_json
 from antidistill.errors import InputError
 
 if TYPE_CHECKING:
@@ -32,15 +33,6 @@ monitor_app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-DbOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="Database URL (default: ANTIDISTILL_DATABASE_URL, else the SQLite file in the data directory).",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 PolicyOpt = Annotated[
     Path | None,
     typer.Option(
@@ -73,10 +65,6 @@ def _policy(path: Path | None):
     from antidistill.monitor.policy import Policy
 
     return Policy.load(path if path is not None else _settings().policy_file)
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
 
 
 def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
@@ -134,7 +122,7 @@ def alerts(
     with _open(database_url) as store:
         items = store.list_alerts(account_id=account, since=start, limit=limit)
     if as_json:
-        _print_json([_alert_dict(a) for a in items])
+        print_json([_alert_dict(a) for a in items])
         return
     if not items:
         out.print("no alerts")
@@ -228,7 +216,7 @@ def scan(
         outcomes = Enforcer(store, policy).apply_all(assessments, dry_run=dry_run)
     flagged = [o for o in outcomes if o.assessment.level != "none"]
     if as_json:
-        _print_json(
+        print_json(
             {
                 "dry_run": dry_run,
                 "policy": policy.name,
@@ -303,7 +291,7 @@ def enforcements(
     with _open(database_url) as store:
         items = store.list_enforcements(active_only=not show_all)
     if as_json:
-        _print_json(
+        print_json(
             [
                 {**e.__dict__, "since": e.since.isoformat(), "until": e.until.isoformat() if e.until else None}
                 for e in items
@@ -350,7 +338,7 @@ def policy(
     """Validate a policy file and show its clauses and rules."""
     p = _policy(path)
     if as_json:
-        _print_json(p.to_dict())
+        print_json(p.to_dict())
         return
     out.print(
         f"policy {p.name!r} ({p.source or 'built in'}): {len(p.clauses)} clauses, {len(p.rules)} rules", markup=False

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from antidistill.cli.options import JsonOpt, print_json
 from antidistill.errors import InputError
 
 simulate_app = typer.Typer(
@@ -35,7 +36,6 @@ SplitOpt = Annotated[
     str, typer.Option("--split", help="train, or heldout: parameter bands and templates that training runs never use.")
 ]
 ScaleOpt = Annotated[str, typer.Option("--scale", help="small (seconds), default (a week, ~500 accounts) or large.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 
 def _scenario(seed: int, days: float | None, split: str, scale: str):
@@ -46,10 +46,6 @@ def _scenario(seed: int, days: float | None, split: str, scale: str):
         return Scenario.from_scale(scale, seed=seed, days=days, split=split)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
 
 
 def _counts_table(counts: dict[str, dict[str, int]], roles: dict[str, str]) -> Table:
@@ -182,7 +178,7 @@ def run(
         **plan.summary(),
     }
     if as_json:
-        _print_json(summary)
+        print_json(summary)
         return
     out.print(_counts_table(plan.counts(), {n: c.role for n, c in PERSONAS.items()}))
     out.print(
@@ -210,7 +206,7 @@ def plan_cmd(
 
     plan = _scenario(seed, days, split, scale).build()
     if as_json:
-        _print_json({"summary": plan.summary(), "counts": plan.counts(), "releases": plan.releases})
+        print_json({"summary": plan.summary(), "counts": plan.counts(), "releases": plan.releases})
         return
     out.print(_counts_table(plan.counts(), {n: c.role for n, c in PERSONAS.items()}))
     s = plan.summary()
@@ -228,7 +224,7 @@ def personas(as_json: JsonOpt = False) -> None:
 
     rows = [{"name": n, "role": c.role, "summary": c.summary} for n, c in PERSONAS.items()]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("persona", "role", "what it does")
     for r in rows:

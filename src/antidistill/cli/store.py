@@ -18,6 +18,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 
+from antidistill.cli.options import DbOpt, JsonOpt, print_json
 from antidistill.errors import InputError
 
 if TYPE_CHECKING:
@@ -32,16 +33,6 @@ audit_app = typer.Typer(help="The tamper-evident audit log: verify, anchor and e
 
 out = Console(highlight=False, soft_wrap=True)  # ids and hashes must stay whole on one line
 
-DbOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="Database URL (default: ANTIDISTILL_DATABASE_URL, else the SQLite file in the data directory).",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
-
 
 def _open(database_url: str | None) -> Store:
     # the parts load when the command runs, not for --help (see antidistill.cli)
@@ -49,10 +40,6 @@ def _open(database_url: str | None) -> Store:
     from antidistill.store.sql import Store
 
     return Store.open(database_url, get_settings())
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
 
 
 def _account_dict(a: Account) -> dict[str, Any]:
@@ -117,7 +104,7 @@ def accounts_create(
         except ValueError as exc:
             raise InputError(str(exc)) from None
     if as_json:
-        _print_json({"account_id": account.id, "api_key": api_key, "key_id": key.id})
+        print_json({"account_id": account.id, "api_key": api_key, "key_id": key.id})
         return
     out.print(f"account: {account.id}", markup=False)
     out.print(f"api key: {api_key}", markup=False)
@@ -130,7 +117,7 @@ def accounts_list(as_json: JsonOpt = False, database_url: DbOpt = None) -> None:
     with _open(database_url) as store:
         items = store.list_accounts()
     if as_json:
-        _print_json([_account_dict(a) for a in items])
+        print_json([_account_dict(a) for a in items])
         return
     if not items:
         out.print("no accounts")
@@ -182,7 +169,7 @@ def keys_issue(
     with _open(database_url) as store:
         key, api_key = store.issue_key(account_id)
     if as_json:
-        _print_json({"account_id": key.account_id, "key_id": key.id, "api_key": api_key})
+        print_json({"account_id": key.account_id, "key_id": key.id, "api_key": api_key})
         return
     out.print(f"key id: {key.id}", markup=False)
     out.print(f"api key: {api_key}", markup=False)
@@ -207,7 +194,7 @@ def keys_list(
     with _open(database_url) as store:
         keys = store.list_keys(account_id)
     if as_json:
-        _print_json([_key_dict(k) for k in keys])
+        print_json([_key_dict(k) for k in keys])
         return
     table = Table(
         Column("id", no_wrap=True, min_width=28),
@@ -395,7 +382,7 @@ def audit_verify(
     with _open(database_url) as store:
         result = store.verify_audit(anchor=anchored)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "ok": result.ok,
                 "records": result.records,

@@ -786,14 +786,8 @@ class Store:
             )
         if self._own_head == (head.seq, head.hash, head.signature):
             return
-        signed = SignedHead(
-            head.seq,
-            head.hash,
-            to_utc(head.signed_at) if head.signed_at else _now(),
-            head.public_key or "",
-            head.signature,
-        )
-        if signed.public_key != master.audit_public_key().hex() or not signed.valid():
+        signed = _head(head).signed
+        if signed is None or signed.public_key != master.audit_public_key().hex() or not signed.valid():
             raise AuditIntegrityError(
                 f"the audit log's head (record {head.seq}) does not carry this "
                 "installation's signature: it was changed without the signing key (or the "
