@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from antidistill.errors import InputError
 from antidistill.watermark import WatermarkConfig, scheme_names
 from antidistill.watermark import config as config_module
 
@@ -55,9 +56,39 @@ def test_interop_preset():
 
 
 def test_schemes():
-    assert set(scheme_names()) == {"antidistill-v1", "hf-lefthash"}
+    assert set(scheme_names()) == {
+        "antidistill-v1",
+        "hf-lefthash",
+        "kgw-entropy",
+        "gumbel",
+        "gumbel-dual",
+        "markllm-exp",
+    }
     for name in scheme_names():
         assert WatermarkConfig(scheme=name, provider_fraction=0.0).scheme == name
+    assert {n for n in scheme_names() if WatermarkConfig(scheme=n, provider_fraction=0.0).kind == "sample"} == {
+        "gumbel",
+        "gumbel-dual",
+        "markllm-exp",
+    }
+
+
+@pytest.mark.parametrize("scheme", ["hf-lefthash", "markllm-exp"])
+def test_single_key_schemes_refuse_a_provider_share(scheme):
+    with pytest.raises(InputError, match="single-key"):
+        WatermarkConfig(scheme=scheme, provider_fraction=0.5)
+
+
+def test_entropy_threshold_belongs_to_kgw_entropy():
+    c = WatermarkConfig(scheme="kgw-entropy", entropy_threshold=1.5)
+    assert c.to_dict()["entropy_threshold"] == 1.5
+    assert WatermarkConfig.from_dict(c.to_dict()) == c
+    assert "entropy_threshold" not in WatermarkConfig().to_dict()  # records of other schemes read as before
+    for bad in (-1.0, math.nan, 21.0, "1", True):
+        with pytest.raises(InputError, match="entropy_threshold"):
+            WatermarkConfig(scheme="kgw-entropy", entropy_threshold=bad)
+    with pytest.raises(InputError, match="kgw-entropy only"):
+        WatermarkConfig(scheme="gumbel", entropy_threshold=1.0)
 
 
 @pytest.mark.parametrize(

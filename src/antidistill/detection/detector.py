@@ -1,5 +1,10 @@
 """Scoring token sequences against watermark keys: single key, attribution across many keys, windowed scan.
 
+One detector serves every member of the scheme family: each member scores a (context, token) pair under a key
+(1/0 for a green-list member, ``-log(1 - u)`` for a Gumbel-max member) and gives the exact null distribution of
+the summed score (:mod:`antidistill.watermark.nulls`). "green" in the results is that summed score: the green
+count for green-list members.
+
 Every distinct (context, token) pair is scored once. Repeated n-grams are not independent draws: without this
 rule a paragraph repeated twenty times would count each of its green pairs twenty times and look marked.
 """
@@ -12,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from antidistill.detection.results import AttributionResult, DetectionReport, ScoreResult, SpanResult
-from antidistill.detection.stats import binomial_sf, bonferroni, fisher_combine, z_score
+from antidistill.detection.stats import bonferroni, fisher_combine
 from antidistill.errors import InputError
 from antidistill.keys import WatermarkKey
 from antidistill.watermark.config import WatermarkConfig
@@ -52,7 +57,10 @@ class Pairs:
 
 
 def distinct_pairs(
-    token_ids: Sequence[int] | np.ndarray, context_width: int, exclude: Iterable[tuple[int, ...]] | None = None
+    token_ids: Sequence[int] | np.ndarray,
+    context_width: int,
+    exclude: Iterable[tuple[int, ...]] | None = None,
+    keep: np.ndarray | None = None,
 ) -> Pairs:
     """Distinct (context, token) pairs of ``token_ids``, first occurrences only.
 
@@ -60,13 +68,23 @@ def distinct_pairs(
         token_ids: the sequence.
         context_width: h, the number of context tokens.
         exclude: (h+1)-tuples not to score (e.g. windows that occur in the prompt of a closed-model scan).
+        keep: optional (len(token_ids),) bool: only tokens at these positions are scored. The selection must not
+            depend on the key (e.g. the unmarked model's entropy at each step); then p-values stay exact.
     """
     ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
     h = context_width
     if len(ids) <= h:
         return Pairs(np.zeros((0, h), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), len(ids))
     windows = np.lib.stride_tricks.sliding_window_view(ids, h + 1)
-    _, first = np.unique(windows, axis=0, return_index=True)
+    if keep is not None:
+        keep = np.asarray(keep, dtype=bool).reshape(-1)
+        if len(keep) != len(ids):
+            raise InputError(f"keep has {len(keep)} flags for {len(ids)} tokens")
+        rows = np.flatnonzero(keep[h:])
+        _, first_k = np.unique(windows[rows], axis=0, return_index=True)
+        first = rows[first_k]
+    else:
+        _, first = np.unique(windows, axis=0, return_index=True)
     first.sort()
     if exclude is not None:
         ex = {tuple(int(t) for t in w) for w in exclude}
@@ -97,15 +115,18 @@ class Detector:
         self.config = self.watermark.config
         self.scheme = self.watermark.scheme
         self.vocab_size = vocab_size
-        self.gamma = self.scheme.null_probability(vocab_size)
+        #: mean score of a pair under the null (gamma for green-list members, 1 for Gumbel-max members)
+        self.gamma = self.scheme.null_moments(vocab_size)[0]
 
     # ---- single tests -------------------------------------------------------------------------------
-    def pairs(self, token_ids: TokenIds, exclude: Exclude = None) -> Pairs:
-        return distinct_pairs(token_ids, self.config.context_width, exclude)
+    def pairs(self, token_ids: TokenIds, exclude: Exclude = None, keep: np.ndarray | None = None) -> Pairs:
+        return distinct_pairs(token_ids, self.config.context_width, exclude, keep)
 
-    def _result(self, key_id: str, n: int, g: int) -> ScoreResult:
-        p = binomial_sf(g, n, self.gamma) if n > 0 else 1.0
-        return ScoreResult(key_id, int(n), int(g), g / n if n else 0.0, z_score(g, n, self.gamma), float(p), self.gamma)
+    def _result(self, key_id: str, n: int, g: float) -> ScoreResult:
+        p = self.scheme.p_value(g, n, self.vocab_size) if n > 0 else 1.0
+        score = round(g) if self.scheme.kind == "bias" else float(g)
+        z = self.scheme.z(float(g), n, self.vocab_size)
+        return ScoreResult(key_id, int(n), score, g / n if n else 0.0, z, float(p), self.gamma)
 
     def split(self, pairs: Pairs, provider: WatermarkKey | None) -> tuple[Pairs, Pairs]:
         """(provider positions, account positions) of ``pairs`` under this provider key."""
@@ -113,30 +134,35 @@ class Detector:
         return pairs.subset(kinds), pairs.subset(~kinds)
 
     def green_flags(self, pairs: Pairs, key: WatermarkKey) -> np.ndarray:
-        """(n,) bool: which pairs are green under ``key``."""
+        """(n,) float: each pair's score under ``key`` (1.0/0.0, green or not, for green-list members)."""
         if len(pairs) == 0:
-            return np.zeros(0, dtype=bool)
-        flags: np.ndarray = self.scheme.is_green(
+            return np.zeros(0, dtype=np.float64)
+        flags: np.ndarray = self.scheme.pair_scores(
             np.array([key.value], dtype=U64), pairs.contexts, pairs.tokens, self.vocab_size
         )[0]
         return flags
 
     def score_pairs(self, pairs: Pairs, key: WatermarkKey) -> ScoreResult:
-        return self._result(key.key_id, len(pairs), int(self.green_flags(pairs, key).sum()))
+        return self._result(key.key_id, len(pairs), float(self.green_flags(pairs, key).sum()))
 
     def score(
-        self, token_ids: TokenIds, key: WatermarkKey, provider: WatermarkKey | None = None, exclude: Exclude = None
+        self,
+        token_ids: TokenIds,
+        key: WatermarkKey,
+        provider: WatermarkKey | None = None,
+        exclude: Exclude = None,
+        keep: np.ndarray | None = None,
     ) -> ScoreResult:
         """Test one key on a text: every pair under the key that marks its position.
 
         With ``provider`` given (and a provider component in the config), provider positions are scored under
         the provider key and the rest under ``key``; otherwise every pair is scored under ``key``.
         """
-        pairs = self.pairs(token_ids, exclude)
+        pairs = self.pairs(token_ids, exclude, keep)
         if provider is None or self.config.provider_fraction == 0.0:
             return self.score_pairs(pairs, key)
         prov, acct = self.split(pairs, provider)
-        g = int(self.green_flags(prov, provider).sum()) + int(self.green_flags(acct, key).sum())
+        g = float(self.green_flags(prov, provider).sum()) + float(self.green_flags(acct, key).sum())
         return self._result(f"{key.key_id}+{provider.key_id}", len(pairs), g)
 
     # ---- many keys ----------------------------------------------------------------------------------
@@ -148,10 +174,10 @@ class Detector:
         if not candidates or len(pairs) == 0:
             return AttributionResult(None, None, None, 1.0, tests, [])
         values = np.array([k.value for k in candidates], dtype=U64)
-        greens = self.scheme.count_green(values, pairs.contexts, pairs.tokens, self.vocab_size)
+        greens = self.scheme.score_sums(values, pairs.contexts, pairs.tokens, self.vocab_size)
         n = len(pairs)
         order = np.argsort(-greens, kind="stable")[:top]
-        ranking = [self._result(candidates[i].key_id, n, int(greens[i])) for i in order]
+        ranking = [self._result(candidates[i].key_id, n, float(greens[i])) for i in order]
         best_i = int(order[0])
         best = ranking[0]
         p_corr = bonferroni(best.p_value, tests)
@@ -165,10 +191,11 @@ class Detector:
         provider: WatermarkKey | None = None,
         alpha: float = DEFAULT_ALPHA,
         exclude: Exclude = None,
+        keep: np.ndarray | None = None,
     ) -> AttributionResult:
         """Which of many account keys marked this text (account positions only, so that the shared provider
         component can never make an innocent account look guilty)."""
-        pairs = self.pairs(token_ids, exclude)
+        pairs = self.pairs(token_ids, exclude, keep)
         if provider is not None and self.config.provider_fraction > 0.0:
             _, pairs = self.split(pairs, provider)
         return self.attribute_pairs(pairs, candidates, alpha)
@@ -186,9 +213,9 @@ class Detector:
         if len(pairs) == 0 or length < 2 * min_window:
             return None
         scored = np.zeros(length + 1, dtype=np.int64)
-        green = np.zeros(length + 1, dtype=np.int64)
+        green = np.zeros(length + 1, dtype=np.float64)
         np.add.at(scored, pairs.positions + 1, 1)
-        np.add.at(green, pairs.positions + 1, flags.astype(np.int64))
+        np.add.at(green, pairs.positions + 1, flags.astype(np.float64))
         c_s, c_g = np.cumsum(scored), np.cumsum(green)
         starts_l, ends_l = [], []
         w = min_window
@@ -201,12 +228,11 @@ class Detector:
         starts, ends = np.concatenate(starts_l), np.concatenate(ends_l)
         n = c_s[ends] - c_s[starts]
         g = c_g[ends] - c_g[starts]
-        p = np.where(n > 0, binomial_sf(g, n, self.gamma), 1.0)
+        p = np.where(n > 0, self.scheme.p_value(g, n, self.vocab_size), 1.0)
         i = int(np.argmin(p))
         p_corr = bonferroni(float(p[i]), len(p))
-        return SpanResult(
-            int(starts[i]), int(ends[i]), int(n[i]), int(g[i]), float(p[i]), p_corr, len(p), p_corr <= alpha
-        )
+        gi = round(float(g[i])) if self.scheme.kind == "bias" else float(g[i])
+        return SpanResult(int(starts[i]), int(ends[i]), int(n[i]), gi, float(p[i]), p_corr, len(p), p_corr <= alpha)
 
     # ---- the whole verdict --------------------------------------------------------------------------
     def detect(
@@ -217,6 +243,7 @@ class Detector:
         alpha: float = DEFAULT_ALPHA,
         scan: bool = True,
         exclude: Exclude = None,
+        keep: np.ndarray | None = None,
     ) -> DetectionReport:
         """Is this text ours, whose is it, and where.
 
@@ -227,10 +254,11 @@ class Detector:
             alpha: significance level of the verdicts.
             scan: also look for a marked span inside longer text.
             exclude: (h+1)-tuples not to score.
+            keep: optional per-position flags of the tokens to score (a key-independent selection).
         """
         if not 0.0 < alpha < 1.0:
             raise InputError(f"alpha must be in (0, 1), got {alpha}")
-        pairs = self.pairs(token_ids, exclude)
+        pairs = self.pairs(token_ids, exclude, keep)
         use_provider = self.config.provider_fraction > 0.0 and len(provider_keys) > 0
         if not use_provider and not candidates:
             raise InputError("nothing to test: give the provider key or at least one candidate key")
@@ -242,7 +270,7 @@ class Detector:
             for pk in provider_keys:
                 prov, acct = self.split(pairs, pk)
                 flags = self.green_flags(prov, pk)
-                res = self._result(pk.key_id, len(prov), int(flags.sum()))
+                res = self._result(pk.key_id, len(prov), float(flags.sum()))
                 if provider_res is None or res.p_value < provider_res.p_value:
                     provider_res, best_split = res, (prov, acct, flags)
             assert provider_res is not None  # provider_keys is not empty

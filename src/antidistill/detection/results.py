@@ -13,16 +13,17 @@ class ScoreResult:
     Args:
         key_id: the public id of the key tested.
         tokens_scored: distinct (context, token) pairs scored.
-        green: how many of them are green.
-        green_fraction: green / tokens_scored.
+        green: the summed score: how many pairs are green for a green-list scheme (an int), the sum of
+            ``-log(1 - u)`` for a Gumbel-max scheme (a float; about ``tokens_scored`` for unmarked text).
+        green_fraction: green / tokens_scored (the mean score).
         z: the z-score (for readers; the decision uses ``p_value``).
-        p_value: exact binomial upper tail.
-        gamma: the null probability of green.
+        p_value: exact upper tail of the scheme's null distribution (binomial, or gamma for Gumbel-max).
+        gamma: the null mean of a pair's score (the green probability for a green-list scheme).
     """
 
     key_id: str
     tokens_scored: int
-    green: int
+    green: int | float
     green_fraction: float
     z: float
     p_value: float
@@ -56,7 +57,7 @@ class SpanResult:
     start_token: int
     end_token: int
     tokens_scored: int
-    green: int
+    green: int | float
     p_value: float
     p_value_corrected: float
     windows_tested: int
@@ -81,7 +82,7 @@ class DetectionReport:
     """
 
     tokens_scored: int
-    green: int
+    green: int | float
     green_fraction: float
     z: float
     p_value: float

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-from scipy import special, stats
+from scipy import stats
 
 from antidistill.errors import InputError
+from antidistill.watermark.nulls import binomial_sf, gamma_sf
 
-
-def binomial_sf(green: int | np.ndarray, n: int | np.ndarray, p: float) -> np.ndarray | float:
-    """Exact ``P(X >= green)`` for ``X ~ Binomial(n, p)``; 1 when ``green <= 0``, 0 when ``green > n``."""
-    g = np.asarray(green, dtype=np.float64)
-    nn = np.asarray(n, dtype=np.float64)
-    if not 0.0 < p < 1.0:
-        raise InputError(f"p must be in (0, 1), got {p}")
-    if np.any(nn < 0):
-        raise InputError("n must be >= 0")
-    with np.errstate(all="ignore"):
-        out = special.betainc(np.maximum(g, 1.0), np.maximum(nn - g + 1.0, 1e-300), p)
-    out = np.where(g <= 0, 1.0, np.where(g > nn, 0.0, out))
-    out = np.clip(out, 0.0, 1.0)
-    return float(out) if out.ndim == 0 else out
+__all__ = [
+    "binomial_sf",
+    "bonferroni",
+    "clopper_pearson",
+    "fisher_combine",
+    "gamma_sf",
+    "min_green_for",
+    "z_score",
+]
 
 
 def z_score(green: int, n: int, p: float) -> float:

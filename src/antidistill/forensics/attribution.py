@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from antidistill.detection.stats import binomial_sf, bonferroni, z_score
+from antidistill.detection.stats import bonferroni
 from antidistill.errors import InputError
 from antidistill.keys import WatermarkKey
 from antidistill.watermark.config import WatermarkConfig
-from antidistill.watermark.core import U64
+from antidistill.watermark.core import U64, Scheme
 from antidistill.watermark.marker import Watermark
 
 #: Number of never-issued keys the scan tests as controls, unless told otherwise.
@@ -167,9 +167,19 @@ def control_keys(count: int = DEFAULT_CONTROL_KEYS, seed: int = 0) -> list[Water
     return [WatermarkKey(f"control:{i}", None, 0, int(v)) for i, v in enumerate(values)]
 
 
-def _test(key_id: str, green: int, n: int, gamma: float) -> BinomialTest:
-    p = float(binomial_sf(green, n, gamma)) if n > 0 else 1.0
-    return BinomialTest(key_id, int(green), int(n), p, z_score(green, n, gamma) if n > 0 else 0.0)
+def _num(scheme: Scheme, score: float) -> int | float:
+    """A summed score as reported: the green count (an int) for green-list schemes, the float sum otherwise."""
+    return round(score) if scheme.kind == "bias" else float(score)
+
+
+def _p(scheme: Scheme, score: float, n: int, vocab_size: int | None) -> float:
+    """The exact null tail of a summed score over ``n`` tuples (1 when nothing was scored)."""
+    return float(scheme.p_value(score, n, vocab_size)) if n > 0 else 1.0
+
+
+def _test(key_id: str, green: float, n: int, scheme: Scheme, vocab_size: int | None) -> BinomialTest:
+    p = _p(scheme, green, n, vocab_size)
+    return BinomialTest(key_id, _num(scheme, green), int(n), p, scheme.z(float(green), n, vocab_size))
 
 
 def _curve_marks(total: int, points: int) -> np.ndarray:
@@ -182,11 +192,13 @@ def _curve_marks(total: int, points: int) -> np.ndarray:
 def pooled_counts(
     watermark: Watermark, keys: Sequence[WatermarkKey], contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None
 ) -> np.ndarray:
-    """(n,) how many of ``keys`` mark each tuple green (the per-tuple summand of the pooled test)."""
+    """(n,) each tuple's score summed over ``keys`` (for green-list schemes: how many keys mark it green): the
+    per-tuple summand of the pooled test."""
     if len(tokens) == 0 or not keys:
-        return np.zeros(len(tokens), dtype=np.int64)
+        return np.zeros(len(tokens), dtype=np.float64)
     values = np.array([k.value for k in keys], dtype=U64)
-    return watermark.scheme.is_green(values, contexts, tokens, vocab_size).sum(axis=0).astype(np.int64)
+    out: np.ndarray = watermark.scheme.pair_scores(values, contexts, tokens, vocab_size).sum(axis=0)
+    return out
 
 
 def pooled_test(
@@ -196,7 +208,8 @@ def pooled_test(
     tokens: np.ndarray,
     vocab_size: int | None = None,
 ) -> BinomialTest:
-    """The pooled test of ``keys`` on the tuples: green indicators summed over keys and tuples, Binomial(K n, gamma).
+    """The pooled test of ``keys`` on the tuples: scores summed over keys and tuples (green indicators:
+    Binomial(K n, gamma); Gumbel-max scores: Gamma(K n, 1)), since distinct keys score independently.
 
     The keys must be distinct (one key counted twice would double its indicators, which are then not independent).
 
@@ -211,13 +224,13 @@ def pooled_test(
     """
     if len({k.value for k in keys}) != len(keys):
         raise InputError("pooled keys must be distinct")
-    gamma = watermark.scheme.null_probability(vocab_size)
-    green = int(pooled_counts(watermark, keys, contexts, tokens, vocab_size).sum())
+    green = float(pooled_counts(watermark, keys, contexts, tokens, vocab_size).sum())
     return _test(
         "+".join(k.key_id for k in keys) if len(keys) <= 3 else f"{len(keys)} keys",
         green,
         len(keys) * len(tokens),
-        gamma,
+        watermark.scheme,
+        vocab_size,
     )
 
 
@@ -251,7 +264,8 @@ def attribute_tuples(  # noqa: C901
     contexts = np.asarray(contexts, dtype=np.int64).reshape(len(tokens), config.context_width)
     tokens = np.asarray(tokens, dtype=np.int64)
     wm = Watermark(config)
-    gamma = wm.scheme.null_probability(vocab_size)
+    scheme = wm.scheme
+    gamma = scheme.null_moments(vocab_size)[0]
     n = len(tokens)
     clusters = dict(clusters or {})
     for cid, members in clusters.items():
@@ -274,8 +288,8 @@ def attribute_tuples(  # noqa: C901
     best_split = splits[0]
     if use_provider:
         for pk, kinds in splits:
-            flags = wm.scheme.is_green(np.array([pk.value], dtype=U64), contexts[kinds], tokens[kinds], vocab_size)[0]
-            t = _test(pk.key_id, int(flags.sum()), int(kinds.sum()), gamma)
+            flags = scheme.pair_scores(np.array([pk.value], dtype=U64), contexts[kinds], tokens[kinds], vocab_size)[0]
+            t = _test(pk.key_id, float(flags.sum()), int(kinds.sum()), scheme, vocab_size)
             if provider is None or t.p_value < provider.p_value:
                 provider, provider_flags, best_split = t, flags, (pk, kinds)
         provider = BinomialTest(
@@ -298,19 +312,21 @@ def attribute_tuples(  # noqa: C901
         for _, kinds in splits:
             a_mask = ~kinds
             values = np.array([k.value for _, k in all_keys], dtype=U64)
-            greens = wm.scheme.count_green(values, contexts[a_mask], tokens[a_mask], vocab_size)
+            greens = scheme.score_sums(values, contexts[a_mask], tokens[a_mask], vocab_size)
             m = int(a_mask.sum())
             best_by_acct: dict[str, AccountResult] = {}
-            for (acct, key), g in zip(all_keys, greens, strict=True):
-                p = float(binomial_sf(int(g), m, gamma)) if m > 0 else 1.0
-                r = AccountResult(acct, key.key_id, int(g), m, p, bonferroni(p, account_keys_tested))
+            ps = np.atleast_1d(scheme.p_value(greens, m, vocab_size)) if m > 0 else np.ones(len(greens))
+            for (acct, key), g, p in zip(all_keys, greens, ps, strict=True):
+                r = AccountResult(
+                    acct, key.key_id, _num(scheme, g), m, float(p), bonferroni(float(p), account_keys_tested)
+                )
                 if acct not in best_by_acct or r.p_value < best_by_acct[acct].p_value:
                     best_by_acct[acct] = r
             per_version.append((sorted(best_by_acct.values(), key=lambda r: (r.p_value, r.account)), a_mask))
         account_results, acct_kinds = min(per_version, key=lambda v: v[0][0].p_value)
         best = account_results[0]
         best_key = next(k for a, k in all_keys if k.key_id == best.key_id)
-        best_acct_flags = wm.scheme.is_green(
+        best_acct_flags = scheme.pair_scores(
             np.array([best_key.value], dtype=U64), contexts[acct_kinds], tokens[acct_kinds], vocab_size
         )[0]
     best_account = account_results[0] if account_results else None
@@ -338,10 +354,10 @@ def attribute_tuples(  # noqa: C901
     control_results = []
     for ck in controls:
         kinds = wm.position_kinds(contexts, ck.value) if config.provider_fraction > 0.0 else np.ones(n, bool)
-        g = int(
-            wm.scheme.is_green(np.array([ck.value], dtype=U64), contexts[kinds], tokens[kinds], vocab_size)[0].sum()
+        g = float(
+            scheme.pair_scores(np.array([ck.value], dtype=U64), contexts[kinds], tokens[kinds], vocab_size)[0].sum()
         )
-        t = _test(ck.key_id, g, int(kinds.sum()), gamma)
+        t = _test(ck.key_id, g, int(kinds.sum()), scheme, vocab_size)
         control_results.append(ControlResult(ck.key_id, ck.key_id, None, t.green, t.n, t.p_value))
 
     # ---- the curve: p-values against tuples scored (scoring order) -----------------------------------------
@@ -350,20 +366,20 @@ def attribute_tuples(  # noqa: C901
     if len(marks):
         prov_kinds = best_split[1] if use_provider else np.zeros(n, bool)
         prov_cum_n = np.cumsum(prov_kinds)
-        prov_green = np.zeros(n, dtype=np.int64)
+        prov_green = np.zeros(n, dtype=np.float64)
         if provider_flags is not None:
             prov_green[np.flatnonzero(prov_kinds)] = provider_flags
         prov_cum_g = np.cumsum(prov_green)
         acct_cum_n = np.cumsum(acct_kinds)
-        acct_green = np.zeros(n, dtype=np.int64)
+        acct_green = np.zeros(n, dtype=np.float64)
         if best_acct_flags is not None:
             acct_green[np.flatnonzero(acct_kinds)] = best_acct_flags
         acct_cum_g = np.cumsum(acct_green)
         for m in marks:
             i = int(m) - 1
             pn, an = int(prov_cum_n[i]), int(acct_cum_n[i])
-            pp = float(binomial_sf(int(prov_cum_g[i]), pn, gamma)) if use_provider and pn > 0 else None
-            ap = float(binomial_sf(int(acct_cum_g[i]), an, gamma)) if best_acct_flags is not None and an else None
+            pp = _p(scheme, float(prov_cum_g[i]), pn, vocab_size) if use_provider and pn > 0 else None
+            ap = _p(scheme, float(acct_cum_g[i]), an, vocab_size) if best_acct_flags is not None and an else None
             curve.append(CurvePoint(int(m), pn, pp, an, ap))
 
     # ---- overall: the best family, corrected for the families tested --------------------------------------

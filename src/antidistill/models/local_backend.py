@@ -749,7 +749,7 @@ class LocalBackend(Backend):
         logits = torch.cat(parts) if len(parts) > 1 else parts[0]
         # 3. Per-row logits processing: the watermark (each row its own keys), then sampling.
         if changed:
-            processor.set_row_keys([r.mark for r in batch.rows])
+            _bind_rows(processor, batch.rows)
         scores = processor(batch.ctx, logits)
         tokens = _choose(scores, batch.rows)
         batch.last = tokens
@@ -773,7 +773,7 @@ class LocalBackend(Backend):
                 job.send(items)
         batch.keep([i for i, r in enumerate(batch.rows) if r.finish is None])
         if len(batch) != len(tokens):
-            processor.set_row_keys([r.mark for r in batch.rows])
+            _bind_rows(processor, batch.rows)
 
     def _advance(self, row: _Row, tok: int, eos: set[int]) -> str:
         """Account one new token to ``row``: the text it releases; sets ``row.finish`` when the row is done."""
@@ -809,7 +809,12 @@ class LocalBackend(Backend):
         job.token_ids[row.index] = ids
         if len(job.choices) == job.request.n:
             mark = job.request.mark
-            if mark is not None:
+            if mark is not None and self.model.watermark.scheme.kind == "sample" and job.request.temperature <= 0:
+                wm = {
+                    "status": "unwatermarked",
+                    "reason": f"greedy decoding (temperature 0) carries no {self.model.watermark.config.scheme} mark",
+                }
+            elif mark is not None:
                 wm = {
                     "key_id": mark.account.key_id,
                     "provider_key_id": mark.provider.key_id if mark.provider is not None else None,
@@ -828,6 +833,12 @@ class LocalBackend(Backend):
                 )
             )
             job.finished = True
+
+
+def _bind_rows(processor: WatermarkLogitsProcessor, rows: Sequence[_Row]) -> None:
+    """Tell the watermark processor the batch's rows: their keys, and (for sampling members) how each samples."""
+    processor.set_row_keys([r.mark for r in rows])
+    processor.set_row_sampling([r.temperature for r in rows], [r.top_p for r in rows], [r.generator for r in rows])
 
 
 def _choose(scores: Any, rows: Sequence[_Row]) -> Any:

@@ -1,6 +1,7 @@
-"""The watermark: one green-list core shared by the logits processor, the scorer and the scans."""
+"""Watermark: the scheme family (green-list and Gumbel-max members), its configuration and generation hooks."""
 
 from antidistill.watermark.config import WatermarkConfig
-from antidistill.watermark.core import GreenListScheme, get_scheme, scheme_names
+from antidistill.watermark.core import GreenListScheme, Scheme
+from antidistill.watermark.schemes import get_scheme, scheme_names
 
-__all__ = ["GreenListScheme", "WatermarkConfig", "get_scheme", "scheme_names"]
+__all__ = ["GreenListScheme", "Scheme", "WatermarkConfig", "get_scheme", "scheme_names"]

@@ -26,23 +26,28 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from antidistill.errors import InputError
-from antidistill.watermark.core import scheme_names
+from antidistill.watermark.schemes import scheme_class, scheme_names
 
 MAX_CONTEXT_WIDTH = 4
 
 
 @dataclass(frozen=True)
 class WatermarkConfig:
-    """Parameters of the KGW green-list watermark.
+    """Parameters of a watermark: the member of the scheme family and its parameters.
 
     Args:
-        scheme: the green-list function: ``"antidistill-v1"`` (fast keyed hash, default) or ``"hf-lefthash"``
-            (the seeded-permutation lists of transformers' ``WatermarkLogitsProcessor``, for interoperability).
-        gamma: fraction of the vocabulary that is green, in (0, 1).
-        delta: logit bias added to green tokens, >= 0.
+        scheme: the member: ``"antidistill-v1"`` (KGW green lists by a fast keyed hash), ``"kgw-entropy"`` (the same
+            lists, applied only at steps whose entropy reaches ``entropy_threshold``), ``"gumbel"`` (Gumbel-max
+            sampling: no change to the text's distribution), ``"gumbel-dual"`` (Gumbel-max under one of two keys
+            per step: repeated prompts keep their diversity); for interoperability ``"hf-lefthash"``
+            (transformers' ``WatermarkLogitsProcessor`` lists) and ``"markllm-exp"`` (MarkLLM's EXP).
+        gamma: fraction of the vocabulary that is green, in (0, 1) (green-list members only).
+        delta: logit bias added to green tokens, >= 0 (green-list members only).
         context_width: number of preceding tokens that seed the green list, 1-4.
         provider_fraction: share of contexts marked with the provider key instead of the account key, in [0, 1).
             0 gives a plain single-key watermark (what other implementations expect).
+        entropy_threshold: ``kgw-entropy`` only: the entropy (nats, of the raw next-token distribution) below
+            which a step is left unmarked.
 
     Example:
         >>> WatermarkConfig(gamma=0.5).to_dict()["gamma"]
@@ -56,6 +61,7 @@ class WatermarkConfig:
     delta: float = 3.0
     context_width: int = 1
     provider_fraction: float = 0.5
+    entropy_threshold: float = 0.0
 
     def __post_init__(self) -> None:
 
@@ -71,11 +77,26 @@ class WatermarkConfig:
             raise InputError(f"context_width must be in 1..{MAX_CONTEXT_WIDTH}, got {self.context_width}")
         if not isinstance(self.provider_fraction, (int, float)) or not 0.0 <= self.provider_fraction < 1.0:
             raise InputError(f"provider_fraction must be in [0, 1), got {self.provider_fraction}")
-        if self.scheme == "hf-lefthash" and self.provider_fraction != 0.0:
-            raise InputError("scheme hf-lefthash is single-key: provider_fraction must be 0")
+        cls = scheme_class(self.scheme)
+        if cls.single_key and self.provider_fraction != 0.0:
+            raise InputError(f"scheme {self.scheme} is single-key: provider_fraction must be 0")
+        t = self.entropy_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 20.0:
+            raise InputError(f"entropy_threshold must be in [0, 20] nats, got {t!r}")
+        if t != 0.0 and self.scheme != "kgw-entropy":
+            raise InputError(f"entropy_threshold applies to scheme kgw-entropy only, not {self.scheme}")
+
+    @property
+    def kind(self) -> str:
+        """``"bias"`` (a green-list logit bias) or ``"sample"`` (the scheme chooses each token: Gumbel-max)."""
+        return scheme_class(self.scheme).kind
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The parameters; ``entropy_threshold`` only where it is set, so records of other schemes read as before."""
+        d = asdict(self)
+        if not d["entropy_threshold"]:
+            del d["entropy_threshold"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WatermarkConfig:

@@ -27,11 +27,13 @@ import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from functools import lru_cache
+from typing import ClassVar
 
 import numpy as np
 
 from antidistill.errors import InputError
 from antidistill.extras import require
+from antidistill.watermark.nulls import binomial_sf
 
 U64 = np.uint64
 _M1 = U64(0xFF51AFD7ED558CCD)
@@ -166,23 +168,120 @@ def provider_positions(provider_key: int, ctx_hash: np.ndarray, provider_fractio
     return fmix64(ctx_hash ^ slot_key) < threshold(provider_fraction)
 
 
-class GreenListScheme(ABC):
-    """One way of drawing green lists. Every member answers the same two questions.
+class Scheme(ABC):
+    """One member of the scheme family. Every member answers the same questions, for a batch of keys at once.
+
+    Generation: a ``"bias"`` scheme adds ``delta`` to the logits of a keyed green list (:meth:`green_mask`); a
+    ``"sample"`` scheme chooses the token itself from the model's final probabilities (:meth:`choose`), leaving
+    their distribution unchanged over random keys. Detection: :meth:`pair_scores` scores each distinct
+    (context, token) tuple under each key, and :meth:`p_value` is the exact upper tail of the summed score for
+    text written without the key (see :mod:`antidistill.watermark.nulls`).
 
     Args:
-        gamma: the green fraction.
-        context_width: how many preceding tokens seed the list.
+        gamma: the green fraction (green-list schemes only).
+        context_width: how many preceding tokens seed the keyed randomness.
+        entropy_threshold: minimum entropy (nats) of a step for it to be marked (entropy-aware schemes only).
     """
 
-    name: str = ""
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "bias"
+    #: a single-key scheme (an interoperability member): no provider/account split
+    single_key: ClassVar[bool] = False
 
-    def __init__(self, gamma: float, context_width: int) -> None:
+    def __init__(self, gamma: float, context_width: int, entropy_threshold: float = 0.0) -> None:
         self.gamma = gamma
         self.context_width = context_width
+        self.entropy_threshold = entropy_threshold
+
+    @abstractmethod
+    def pair_scores(
+        self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None
+    ) -> np.ndarray:
+        """(K, N) float64: the score of token ``tokens[n]`` after ``contexts[n]`` under ``keys[k]``."""
+
+    def score_sums(
+        self,
+        keys: np.ndarray,
+        contexts: np.ndarray,
+        tokens: np.ndarray,
+        vocab_size: int | None,
+        chunk_elems: int = 1 << 18,
+    ) -> np.ndarray:
+        """(K,) float64: summed scores over the N tuples, for K keys, in cache-sized chunks."""
+        keys = np.asarray(keys, dtype=U64).reshape(-1)
+        step = max(1, chunk_elems // max(1, len(tokens)))
+        out = np.empty(len(keys), dtype=np.float64)
+        for i in range(0, len(keys), step):
+            out[i : i + step] = self.pair_scores(keys[i : i + step], contexts, tokens, vocab_size).sum(axis=1)
+        return out
+
+    @abstractmethod
+    def p_value(self, total: float | np.ndarray, n: int | np.ndarray, vocab_size: int | None) -> np.ndarray | float:
+        """Exact P(summed score >= total) over ``n`` distinct tuples of text written without the key."""
+
+    @abstractmethod
+    def null_moments(self, vocab_size: int | None) -> tuple[float, float]:
+        """(mean, variance) of one tuple's score under the null (for z-scores and fractions shown to readers)."""
+
+    def z(self, total: float, n: int, vocab_size: int | None) -> float:
+        """The z-score of a summed score (reported; decisions use :meth:`p_value`)."""
+        if n <= 0:
+            return 0.0
+        mean, var = self.null_moments(vocab_size)
+        return float((total - n * mean) / math.sqrt(n * var))
+
+    def marks_step(self, entropy: np.ndarray) -> np.ndarray:
+        """(B,) bool: which rows are marked at this step, given the entropy of each row's next-token distribution."""
+        return np.ones(np.shape(entropy), dtype=bool)
+
+    def green_mask(
+        self, keys: np.ndarray, contexts: np.ndarray, vocab_size: int, workspace: Workspace | None = None
+    ) -> np.ndarray:
+        raise InputError(f"scheme {self.name} has no green list: it chooses tokens by sampling")
+
+    def choose(
+        self,
+        probs: np.ndarray,
+        keys: np.ndarray,
+        contexts: np.ndarray,
+        coins: np.ndarray | None = None,
+        workspace: Workspace | None = None,
+    ) -> np.ndarray:
+        """(B,) token ids chosen from the (B, V) final probabilities (``"sample"`` schemes only)."""
+        raise InputError(f"scheme {self.name} marks by a logit bias, not by sampling")
+
+
+class GreenListScheme(Scheme):
+    """A green-list (KGW) member: a keyed ``gamma`` fraction of the vocabulary is green in each context, and green
+    logits get ``+delta``. The score of a tuple is 1 if green, else 0; the null is Binomial(n, gamma)."""
+
+    kind: ClassVar[str] = "bias"
 
     def null_probability(self, vocab_size: int | None) -> float:
         """P(a fixed token is green) when the text does not depend on the key: the binomial null."""
         return self.gamma
+
+    def pair_scores(
+        self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None
+    ) -> np.ndarray:
+        return self.is_green(keys, contexts, tokens, vocab_size).astype(np.float64)
+
+    def score_sums(
+        self,
+        keys: np.ndarray,
+        contexts: np.ndarray,
+        tokens: np.ndarray,
+        vocab_size: int | None,
+        chunk_elems: int = 1 << 18,
+    ) -> np.ndarray:
+        return self.count_green(keys, contexts, tokens, vocab_size).astype(np.float64)
+
+    def p_value(self, total: float | np.ndarray, n: int | np.ndarray, vocab_size: int | None) -> np.ndarray | float:
+        return binomial_sf(np.rint(total), n, self.null_probability(vocab_size))
+
+    def null_moments(self, vocab_size: int | None) -> tuple[float, float]:
+        p = self.null_probability(vocab_size)
+        return p, p * (1.0 - p)
 
     @abstractmethod
     def green_mask(
@@ -222,8 +321,8 @@ class HashScheme(GreenListScheme):
 
     name = "antidistill-v1"
 
-    def __init__(self, gamma: float, context_width: int) -> None:
-        super().__init__(gamma, context_width)
+    def __init__(self, gamma: float, context_width: int, entropy_threshold: float = 0.0) -> None:
+        super().__init__(gamma, context_width, entropy_threshold)
         self._thr = threshold(gamma)
 
     def null_probability(self, vocab_size: int | None) -> float:
@@ -288,8 +387,12 @@ class HFLefthashScheme(GreenListScheme):
 
     name = "hf-lefthash"
 
-    def __init__(self, gamma: float, context_width: int, cache_size: int = 4096) -> None:
-        super().__init__(gamma, context_width)
+    single_key: ClassVar[bool] = True
+
+    def __init__(
+        self, gamma: float, context_width: int, entropy_threshold: float = 0.0, cache_size: int = 4096
+    ) -> None:
+        super().__init__(gamma, context_width, entropy_threshold)
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -340,24 +443,20 @@ class HFLefthashScheme(GreenListScheme):
         return out
 
 
-_SCHEMES: dict[str, type[GreenListScheme]] = {cls.name: cls for cls in (HashScheme, HFLefthashScheme)}
+class EntropyKGWScheme(HashScheme):
+    """``kgw-entropy``: the ``antidistill-v1`` green lists, applied only where the model is uncertain.
 
+    A step is marked only when the entropy of the model's next-token distribution (the raw logits, before
+    temperature) is at least ``entropy_threshold`` nats, in the spirit of SWEET (Lee et al. 2024,
+    https://arxiv.org/abs/2305.15060): near-deterministic steps (a word's second half, a closing bracket) are
+    left alone, which is where a green-list bias hurts text most and gains least. Detection needs no model:
+    every distinct tuple is scored, and the p-value stays exact, because which positions count is decided
+    without the key. Where the unmarked model is at hand, a caller may keep only the positions whose entropy
+    reaches the threshold (``keep`` in :class:`antidistill.detection.detector.Detector`): still exact (the
+    selection does not depend on the key), and stronger, since unmarked low-entropy steps no longer dilute.
+    """
 
-def scheme_names() -> list[str]:
-    return list(_SCHEMES)
+    name = "kgw-entropy"
 
-
-_instances: dict[tuple[str, float, int], GreenListScheme] = {}
-
-
-def get_scheme(name: str, gamma: float, context_width: int) -> GreenListScheme:
-    """The (shared, cached) scheme object for these parameters."""
-    key = (name, gamma, context_width)
-    inst = _instances.get(key)
-    if inst is None:
-        try:
-            cls = _SCHEMES[name]
-        except KeyError:
-            raise InputError(f"scheme must be one of {', '.join(_SCHEMES)}, got {name!r}") from None
-        inst = _instances[key] = cls(gamma, context_width)
-    return inst
+    def marks_step(self, entropy: np.ndarray) -> np.ndarray:
+        return np.asarray(entropy) >= self.entropy_threshold

@@ -8,7 +8,8 @@ import numpy as np
 
 from antidistill.keys import WatermarkKey
 from antidistill.watermark.config import WatermarkConfig
-from antidistill.watermark.core import U64, Workspace, context_hash, get_scheme, provider_positions
+from antidistill.watermark.core import U64, Workspace, context_hash, provider_positions
+from antidistill.watermark.schemes import get_scheme
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,9 @@ class Watermark:
 
     def __init__(self, config: WatermarkConfig | None = None) -> None:
         self.config = config or WatermarkConfig()
-        self.scheme = get_scheme(self.config.scheme, self.config.gamma, self.config.context_width)
+        self.scheme = get_scheme(
+            self.config.scheme, self.config.gamma, self.config.context_width, self.config.entropy_threshold
+        )
 
     def position_kinds(self, contexts: np.ndarray, provider_key: int | None) -> np.ndarray:
         """(N,) bool: True where the context is a provider position."""

@@ -1,8 +1,10 @@
-"""The watermarking logits processor for transformers' ``generate`` (batched, one account per row)."""
+"""The watermarking logits processor for transformers' ``generate`` and the local backend (batched, one account
+per row), for every member of the scheme family."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,17 +14,48 @@ from antidistill.watermark.core import U64, Workspace
 from antidistill.watermark.marker import MarkKeys, Watermark
 
 
-class WatermarkLogitsProcessor(LogitsProcessor):
-    """Adds ``delta`` to the green logits of every row, each row with its own account's keys.
+def step_entropy(scores: torch.Tensor) -> torch.Tensor:
+    """(B,) entropy in nats of each row's next-token distribution ``softmax(scores)`` (``-inf`` logits allowed)."""
+    logp = torch.log_softmax(scores.float(), dim=-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(dim=-1)
 
-    Rows whose entry in ``row_keys`` is ``None`` are left unmarked (e.g. an upstream or an unwatermarked
-    request sharing the batch). The green lists come from :class:`Watermark`, the same object the detector
-    uses, so generation and detection cannot drift apart. The work per step is a few vectorised 64-bit
-    operations over (batch, vocabulary): no Python loop over rows or tokens.
+
+def final_probs(scores: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """(B, V) the distribution each row samples from: ``softmax(scores / T)`` restricted to its top-p nucleus
+    (the tokens ranked before the cumulative mass reaches ``top_p``; the most likely token always stays)."""
+    probs = torch.softmax(scores.float() / temperature[:, None], dim=-1)
+    narrow = top_p < 1.0
+    if bool(narrow.any()):
+        sub = probs[narrow]
+        sp, order = torch.sort(sub, dim=-1, descending=True, stable=True)
+        drop_sorted = (torch.cumsum(sp, dim=-1) - sp) >= top_p[narrow][:, None]
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        sub = sub.masked_fill(drop, 0.0)
+        probs[narrow] = sub / sub.sum(dim=-1, keepdim=True)
+    return probs
+
+
+class WatermarkLogitsProcessor(LogitsProcessor):
+    """Marks every row of a batch with its own account's keys, with the configured member of the family.
+
+    * Green-list members add ``delta`` to the green logits (``kgw-entropy``: only on rows whose next-token
+      entropy reaches the threshold).
+    * Sampling members (Gumbel-max) choose the token themselves from the row's final distribution (temperature,
+      top-p) and return logits that allow only that token, so whatever sampler follows emits it. Rows decoded
+      greedily (temperature 0) are left as they are: a distortion-free mark needs sampling.
+
+    Rows whose entry in ``row_keys`` is ``None`` are left unmarked (e.g. an unwatermarked request sharing the
+    batch). The keyed randomness comes from :class:`Watermark`, the object the detector uses, so generation and
+    detection cannot drift apart. The work per step is vectorised over (batch, vocabulary): no Python loop over
+    tokens.
 
     Args:
         watermark: the watermark (configuration and scheme).
         row_keys: per batch row, the keys to mark with, or ``None``.
+        temperature, top_p: the sampling settings of every row (sampling members; rows can be set one by one
+            with :meth:`set_row_sampling`).
 
     Example:
         >>> from antidistill.keys import MasterKey
@@ -35,10 +68,21 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         True
     """
 
-    def __init__(self, watermark: Watermark, row_keys: Sequence[MarkKeys | None]) -> None:
+    def __init__(
+        self,
+        watermark: Watermark,
+        row_keys: Sequence[MarkKeys | None],
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> None:
         self.watermark = watermark
+        self.sampling = watermark.scheme.kind == "sample"
         self._workspace = Workspace()  # (B, V) scratch reused at every step: one processor per generate call
         self.set_row_keys(row_keys)
+        n = len(self.row_keys)
+        self._temps = np.full(n, float(temperature))
+        self._top_p = np.full(n, float(top_p))
+        self._generators: list[Any] | None = None
 
     def set_row_keys(self, row_keys: Sequence[MarkKeys | None]) -> None:
         """Replace the per-row keys (dynamic batching changes rows between steps)."""
@@ -55,28 +99,67 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             np.array([bool(k and k.provider) for k in self.row_keys], dtype=bool) if has_provider else None
         )
 
+    def set_row_sampling(
+        self, temperatures: Sequence[float], top_ps: Sequence[float], generators: Sequence[Any] | None = None
+    ) -> None:
+        """Per-row sampling settings, and per-row ``torch.Generator`` s for the coins of ``gumbel-dual``."""
+        self._temps = np.asarray(temperatures, dtype=np.float64)
+        self._top_p = np.asarray(top_ps, dtype=np.float64)
+        self._generators = list(generators) if generators is not None else None
+
+    def _keys(self, ctx: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) the key that marks each row's next token (provider or account, by context)."""
+        account = self._account[rows]
+        if self._provider is None or self._provider_rows is None:
+            return self.watermark.row_keys(ctx, account, None)
+        # Rows without a provider key are marked with the account key at every position.
+        with_provider = self._provider_rows[rows]
+        provider = np.where(with_provider, self._provider[rows], 0).astype(U64)
+        keys = self.watermark.row_keys(ctx, account, provider)
+        keys[~with_provider] = account[~with_provider]
+        return keys
+
+    def _coins(self, rows: np.ndarray) -> np.ndarray:
+        if self._generators is None:
+            return torch.rand(len(rows), dtype=torch.float64).numpy()
+        return np.array([float(torch.rand((), generator=self._generators[i], dtype=torch.float64)) for i in rows])
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         h = self.watermark.config.context_width
         if input_ids.shape[-1] < h or not self._active.any():
             return scores
         if input_ids.shape[0] != len(self.row_keys):
             raise ValueError(f"batch has {input_ids.shape[0]} rows but {len(self.row_keys)} row keys were given")
-        rows = np.flatnonzero(self._active)
+        active = self._active
+        if self.sampling:
+            if len(self._temps) != len(self.row_keys):
+                raise ValueError(f"{len(self._temps)} sampling settings for {len(self.row_keys)} rows")
+            active = active & (self._temps > 0)
+        rows = np.flatnonzero(active)
+        if self.watermark.config.entropy_threshold > 0 and len(rows):
+            ent = step_entropy(scores[torch.from_numpy(rows).to(scores.device)]).cpu().numpy()
+            rows = rows[self.watermark.scheme.marks_step(ent)]
+        if not len(rows):
+            return scores
         ctx = input_ids[:, -h:].cpu().numpy()[rows]
-        provider = None
-        account = self._account[rows]
-        if self._provider is not None and self._provider_rows is not None:
-            # Rows without a provider key are marked with the account key at every position.
-            with_provider = self._provider_rows[rows]
-            provider = np.where(with_provider, self._provider[rows], 0).astype(U64)
-            if not with_provider.all():
-                account_only = ~with_provider
-                keys = self.watermark.row_keys(ctx, account, provider)
-                keys[account_only] = account[account_only]
-                mask = self.watermark.scheme.green_mask(keys, ctx, scores.shape[-1], self._workspace)
-                return self._apply(scores, rows, mask)
-        mask = self.watermark.green_mask(ctx, account, provider, scores.shape[-1], self._workspace)
+        keys = self._keys(ctx, rows)
+        if self.sampling:
+            return self._sample(scores, rows, ctx, keys)
+        mask = self.watermark.scheme.green_mask(keys, ctx, scores.shape[-1], self._workspace)
         return self._apply(scores, rows, mask)
+
+    def _sample(self, scores: torch.FloatTensor, rows: np.ndarray, ctx: np.ndarray, keys: np.ndarray) -> Any:
+        idx = torch.from_numpy(rows).to(scores.device)
+        probs = final_probs(
+            scores[idx], torch.from_numpy(self._temps[rows]).float(), torch.from_numpy(self._top_p[rows]).float()
+        )
+        coins = self._coins(rows) if self.watermark.config.scheme == "gumbel-dual" else None
+        chosen = self.watermark.scheme.choose(probs.cpu().numpy(), keys, ctx, coins, self._workspace)
+        out = scores.clone()
+        sub = torch.full((len(rows), scores.shape[-1]), float("-inf"), dtype=scores.dtype, device=scores.device)
+        sub[torch.arange(len(rows)), torch.from_numpy(chosen).to(scores.device)] = 0.0
+        out[idx] = sub
+        return out
 
     def _apply(self, scores: torch.FloatTensor, rows: np.ndarray, mask: np.ndarray) -> torch.FloatTensor:
         if scores.dtype == torch.float32 and scores.device.type == "cpu":

@@ -32,6 +32,7 @@ from antidistill.forensics.report.evidence import (
     num,
     opt_str,
 )
+from antidistill.watermark.schemes import scheme_class, scheme_names
 
 DEFAULT_ALPHA = 1e-3
 MAX_SCAN_BYTES = 64 * 1024 * 1024
@@ -110,9 +111,15 @@ def _obj(v: Any) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
+#: members of the scheme family that mark by sampling (their scans sum -log(1 - u), not green indicators)
+SAMPLING_SCHEMES = frozenset(n for n in scheme_names() if scheme_class(n).kind == "sample")
+
+
 def _gamma(scan: dict[str, Any]) -> float | None:
     params = _obj(scan.get("parameters"))
     for cand in (params.get("watermark"), params.get("config"), params.get("watermark_config"), params):
+        if isinstance(cand, dict) and cand.get("scheme") in SAMPLING_SCHEMES:
+            return None  # a Gumbel-max scan: its scores are not green counts, there is no green fraction to expect
         if isinstance(cand, dict) and is_prob(cand.get("gamma")) and 0 < cand["gamma"] < 1:
             return float(cand["gamma"])
     return None
