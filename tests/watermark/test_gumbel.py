@@ -1,4 +1,5 @@
-"""The Gumbel-max members (``gumbel``, ``gumbel-dual``, ``markllm-exp``): exact nulls, no distortion, power.
+"""The sampling members (``gumbel``, ``gumbel-dual``, ``tournament``, ``markllm-exp``): exact nulls, no distortion,
+power, diversity.
 
 Exactness is checked where it can fail: the per-tuple score of text written without the key must be Exp(1)
 (so the sum over n distinct tuples is Gamma(n, 1)), p-values of one text under random keys must be uniform,
@@ -28,6 +29,7 @@ from antidistill.watermark.processor import WatermarkLogitsProcessor
 from antidistill.watermark.schemes import get_scheme
 
 NATIVE = ["gumbel", "gumbel-dual"]
+SAMPLING = [*NATIVE, "tournament"]
 
 
 def random_keys(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -55,7 +57,7 @@ def test_pair_scores_of_unmarked_tuples_are_exp1(name):
     assert abs(scores.mean() - 1.0) < 4 * 1 / math.sqrt(len(scores))
 
 
-@pytest.mark.parametrize("name", [*NATIVE, "kgw-entropy"])
+@pytest.mark.parametrize("name", [*SAMPLING, "kgw-entropy"])
 def test_p_values_of_one_text_are_uniform_over_random_keys(name):
     rng = np.random.default_rng(2)
     cfg = WatermarkConfig(scheme=name, provider_fraction=0.0)
@@ -64,7 +66,7 @@ def test_p_values_of_one_text_are_uniform_over_random_keys(name):
     keys = random_keys(rng, 3000)
     totals = det.scheme.score_sums(keys, pairs.contexts, pairs.tokens, 49152)
     p = np.asarray(det.scheme.p_value(totals, len(pairs), 49152))
-    if det.scheme.kind == "sample":
+    if name in NATIVE:
         assert stats.kstest(p, "uniform").pvalue > 1e-3  # continuous null: exactly uniform
     for alpha in (0.01, 0.05, 0.2):  # discrete (binomial) nulls are super-uniform: never above alpha
         lo, _ = clopper_pearson(int((p <= alpha).sum()), len(p), 0.999)
@@ -111,7 +113,7 @@ def test_the_dual_maximum_squared_is_uniform():
 PROBS = np.array([0.4, 0.25, 0.15, 0.1, 0.07, 0.03])
 
 
-@pytest.mark.parametrize("name", NATIVE)
+@pytest.mark.parametrize("name", SAMPLING)
 def test_the_chosen_token_is_distributed_as_the_model_says(name):
     rng = np.random.default_rng(5)
     s = get_scheme(name, 0.25, 1)
@@ -142,14 +144,16 @@ def test_plain_gumbel_is_deterministic_and_the_dual_key_is_not():
     coins = rng.random(400)
     plain = get_scheme("gumbel", 0.25, 1).choose(probs, keys, ctx, coins)
     dual = get_scheme("gumbel-dual", 0.25, 1).choose(probs, keys, ctx, coins)
+    tour = get_scheme("tournament", 0.25, 1).choose(probs, keys, ctx, coins)
     assert len(set(plain.tolist())) == 1
     assert len(set(dual.tolist())) == 2
+    assert len(set(tour.tolist())) > 10  # the tournament's draw stays random: many answers
     with pytest.raises(ValueError, match="coin"):
         get_scheme("gumbel-dual", 0.25, 1).choose(probs, keys, ctx, None)
 
 
 # ---- power, and only under the right key --------------------------------------------------------------------
-@pytest.mark.parametrize("name", NATIVE)
+@pytest.mark.parametrize("name", SAMPLING)
 def test_text_sampled_with_the_key_is_detected_and_other_keys_are_not(name):
     rng = np.random.default_rng(8)
     cfg = WatermarkConfig(scheme=name, provider_fraction=0.0)
@@ -164,7 +168,8 @@ def test_text_sampled_with_the_key_is_detected_and_other_keys_are_not(name):
     assert det.score(ids, key).p_value < 1e-10
     others = [det.score(ids, WatermarkKey("o", None, 1, int(v))).p_value for v in random_keys(rng, 200)]
     assert min(others) > 1e-4
-    assert stats.kstest(others, "uniform").pvalue > 1e-3
+    if name in NATIVE:
+        assert stats.kstest(others, "uniform").pvalue > 1e-3
 
 
 # ---- the processor --------------------------------------------------------------------------------------------
@@ -252,3 +257,22 @@ def test_markllm_is_the_oracle_for_sampling_scores_and_p_values(tmp_path, prefix
     plain = rng.integers(1, vocab, size=121).tolist()
     p_plain = det.score(plain, WatermarkKey("hashing-key", None, 0, key)).p_value
     assert p_plain == pytest.approx(peer.detect_watermark(" ".join(map(str, plain)))["score"], rel=1e-4)
+
+
+def test_tournament_rounds_sum_fair_bits():
+    # the tournament's tuple score is the sum of `layers` fair bits: Binomial(layers, 1/2) for unmarked text
+    rng = np.random.default_rng(10)
+    s = get_scheme("tournament", 0.25, 1, layers=12)
+    scores = s.pair_scores(random_keys(rng, 40), rng.integers(0, 999, (500, 1)), rng.integers(0, 999, 500), None)
+    counts = np.bincount(scores.ravel().astype(int), minlength=13)
+    assert stats.chisquare(counts, stats.binom.pmf(np.arange(13), 12, 0.5) * scores.size).pvalue > 1e-3
+
+
+def test_tournament_layers_are_validated():
+    assert WatermarkConfig(scheme="tournament").layers == 16
+    assert WatermarkConfig(scheme="tournament", layers=4).to_dict()["layers"] == 4
+    for bad in (0, 33, 2.5, True):
+        with pytest.raises(ValueError, match="layers"):
+            WatermarkConfig(scheme="tournament", layers=bad)
+    with pytest.raises(ValueError, match="tournament only"):
+        WatermarkConfig(scheme="gumbel", layers=4)

@@ -27,6 +27,7 @@ from typing import Any
 
 from antidistill.errors import InputError
 from antidistill.watermark.schemes import scheme_class, scheme_names
+from antidistill.watermark.tournament import DEFAULT_LAYERS, MAX_LAYERS
 
 MAX_CONTEXT_WIDTH = 4
 
@@ -39,7 +40,8 @@ class WatermarkConfig:
         scheme: the member: ``"antidistill-v1"`` (KGW green lists by a fast keyed hash), ``"kgw-entropy"`` (the same
             lists, applied only at steps whose entropy reaches ``entropy_threshold``), ``"gumbel"`` (Gumbel-max
             sampling: no change to the text's distribution), ``"gumbel-dual"`` (Gumbel-max under one of two keys
-            per step: repeated prompts keep their diversity); for interoperability ``"hf-lefthash"``
+            per step: repeated prompts keep their diversity), ``"tournament"`` (SynthID-style tournament sampling,
+            distortion-free and as random as plain sampling); for interoperability ``"hf-lefthash"``
             (transformers' ``WatermarkLogitsProcessor`` lists) and ``"markllm-exp"`` (MarkLLM's EXP).
         gamma: fraction of the vocabulary that is green, in (0, 1) (green-list members only).
         delta: logit bias added to green tokens, >= 0 (green-list members only).
@@ -48,6 +50,7 @@ class WatermarkConfig:
             0 gives a plain single-key watermark (what other implementations expect).
         entropy_threshold: ``kgw-entropy`` only: the entropy (nats, of the raw next-token distribution) below
             which a step is left unmarked.
+        layers: ``tournament`` only: the number of rounds (1-32; 16 when not given).
 
     Example:
         >>> WatermarkConfig(gamma=0.5).to_dict()["gamma"]
@@ -62,6 +65,7 @@ class WatermarkConfig:
     context_width: int = 1
     provider_fraction: float = 0.5
     entropy_threshold: float = 0.0
+    layers: int | None = None
 
     def __post_init__(self) -> None:
 
@@ -85,6 +89,14 @@ class WatermarkConfig:
             raise InputError(f"entropy_threshold must be in [0, 20] nats, got {t!r}")
         if t != 0.0 and self.scheme != "kgw-entropy":
             raise InputError(f"entropy_threshold applies to scheme kgw-entropy only, not {self.scheme}")
+        if self.scheme == "tournament":
+            if self.layers is None:
+                object.__setattr__(self, "layers", DEFAULT_LAYERS)
+            m = self.layers
+            if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_LAYERS:
+                raise InputError(f"layers must be an integer in 1..{MAX_LAYERS}, got {m!r}")
+        elif self.layers is not None:
+            raise InputError(f"layers applies to scheme tournament only, not {self.scheme}")
 
     @property
     def kind(self) -> str:
@@ -96,6 +108,8 @@ class WatermarkConfig:
         d = asdict(self)
         if not d["entropy_threshold"]:
             del d["entropy_threshold"]
+        if d["layers"] is None:
+            del d["layers"]
         return d
 
     @classmethod

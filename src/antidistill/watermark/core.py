@@ -187,6 +187,8 @@ class Scheme(ABC):
     kind: ClassVar[str] = "bias"
     #: a single-key scheme (an interoperability member): no provider/account split
     single_key: ClassVar[bool] = False
+    #: a sampling scheme that needs a fresh (unkeyed) uniform per row and step
+    needs_coins: ClassVar[bool] = False
 
     def __init__(self, gamma: float, context_width: int, entropy_threshold: float = 0.0) -> None:
         self.gamma = gamma

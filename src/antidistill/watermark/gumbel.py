@@ -135,6 +135,7 @@ class DualGumbelScheme(GumbelScheme):
     """``gumbel-dual``: Gumbel-max under one of two derived keys, picked by a fresh coin at every step."""
 
     name = "gumbel-dual"
+    needs_coins: ClassVar[bool] = True
 
     def pair_scores(
         self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None = None

@@ -37,7 +37,11 @@ class Watermark:
     def __init__(self, config: WatermarkConfig | None = None) -> None:
         self.config = config or WatermarkConfig()
         self.scheme = get_scheme(
-            self.config.scheme, self.config.gamma, self.config.context_width, self.config.entropy_threshold
+            self.config.scheme,
+            self.config.gamma,
+            self.config.context_width,
+            self.config.entropy_threshold,
+            self.config.layers,
         )
 
     def position_kinds(self, contexts: np.ndarray, provider_key: int | None) -> np.ndarray:

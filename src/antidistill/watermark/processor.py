@@ -102,7 +102,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
     def set_row_sampling(
         self, temperatures: Sequence[float], top_ps: Sequence[float], generators: Sequence[Any] | None = None
     ) -> None:
-        """Per-row sampling settings, and per-row ``torch.Generator`` s for the coins of ``gumbel-dual``."""
+        """Per-row sampling settings, and per-row ``torch.Generator`` s for the fresh uniforms some members draw
+        (``gumbel-dual``'s coin, the tournament's final draw), so seeded requests stay reproducible."""
         self._temps = np.asarray(temperatures, dtype=np.float64)
         self._top_p = np.asarray(top_ps, dtype=np.float64)
         self._generators = list(generators) if generators is not None else None
@@ -153,7 +154,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         probs = final_probs(
             scores[idx], torch.from_numpy(self._temps[rows]).float(), torch.from_numpy(self._top_p[rows]).float()
         )
-        coins = self._coins(rows) if self.watermark.config.scheme == "gumbel-dual" else None
+        coins = self._coins(rows) if self.watermark.scheme.needs_coins else None
         chosen = self.watermark.scheme.choose(probs.cpu().numpy(), keys, ctx, coins, self._workspace)
         out = scores.clone()
         sub = torch.full((len(rows), scores.shape[-1]), float("-inf"), dtype=scores.dtype, device=scores.device)

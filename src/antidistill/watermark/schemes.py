@@ -5,10 +5,19 @@ from __future__ import annotations
 from antidistill.errors import InputError
 from antidistill.watermark.core import EntropyKGWScheme, HashScheme, HFLefthashScheme, Scheme
 from antidistill.watermark.gumbel import DualGumbelScheme, GumbelScheme, MarkLLMExpScheme
+from antidistill.watermark.tournament import TournamentScheme
 
 _SCHEMES: dict[str, type[Scheme]] = {
     cls.name: cls
-    for cls in (HashScheme, HFLefthashScheme, EntropyKGWScheme, GumbelScheme, DualGumbelScheme, MarkLLMExpScheme)
+    for cls in (
+        HashScheme,
+        HFLefthashScheme,
+        EntropyKGWScheme,
+        GumbelScheme,
+        DualGumbelScheme,
+        TournamentScheme,
+        MarkLLMExpScheme,
+    )
 }
 
 
@@ -24,13 +33,20 @@ def scheme_class(name: str) -> type[Scheme]:
         raise InputError(f"scheme must be one of {', '.join(_SCHEMES)}, got {name!r}") from None
 
 
-_instances: dict[tuple[str, float, int, float], Scheme] = {}
+_instances: dict[tuple[str, float, int, float, int | None], Scheme] = {}
 
 
-def get_scheme(name: str, gamma: float, context_width: int, entropy_threshold: float = 0.0) -> Scheme:
-    """The (shared, cached) scheme object for these parameters."""
-    key = (name, gamma, context_width, entropy_threshold)
+def get_scheme(
+    name: str, gamma: float, context_width: int, entropy_threshold: float = 0.0, layers: int | None = None
+) -> Scheme:
+    """The (shared, cached) scheme object for these parameters (``layers``: the tournament's rounds)."""
+    key = (name, gamma, context_width, entropy_threshold, layers)
     inst = _instances.get(key)
     if inst is None:
-        inst = _instances[key] = scheme_class(name)(gamma, context_width, entropy_threshold)
+        cls = scheme_class(name)
+        if layers is not None:
+            inst = TournamentScheme(gamma, context_width, entropy_threshold, layers)
+        else:
+            inst = cls(gamma, context_width, entropy_threshold)
+        _instances[key] = inst
     return inst
