@@ -318,6 +318,45 @@ def test_each_row_is_marked_with_its_own_keys_as_rows_come_and_go(tiny_model):
         assert all(o.green_fraction < 0.75 for o in others), (i, others)
 
 
+@pytest.mark.parametrize("scheme", ["gumbel", "gumbel-dual", "tournament"])
+def test_sampling_members_mark_each_row_with_its_own_key(tiny_model, scheme):
+    # The backend's own sampler, batched: each sampled row carries its account's mark, seeded rows reproduce, and
+    # a greedy row (no sampling, so no distortion-free mark) is recorded as unwatermarked.
+    cfg = WatermarkConfig(scheme=scheme, provider_fraction=0.0)
+    model = LocalModel(tiny_model.model, tiny_model.tokenizer, Watermark(cfg), "tiny")
+    accounts = [TEST_MASTER.account_key(f"acct-{i}") for i in range(3)]
+
+    def req(i, seed, temperature=1.0):
+        return GenerationRequest(
+            prompt=PROMPTS[i], max_tokens=60, temperature=temperature, seed=seed, mark=MarkKeys(accounts[i])
+        )
+
+    async def main():
+        backend = LocalBackend(model)
+        await backend.start()
+        try:
+            batch = [req(0, 1), req(1, 2), req(2, 3), req(0, 1), req(0, 99), req(1, 5, temperature=0)]
+            return await asyncio.gather(*(backend.generate(r) for r in batch))
+        finally:
+            await backend.aclose()
+
+    results = asyncio.run(main())
+    d = Detector(cfg, model.vocab_size)
+    for i in range(3):
+        r = results[i]
+        ids = [model.tokenizer(PROMPTS[i])["input_ids"][-1], *r.token_ids[0]]
+        assert len(ids) > 40
+        assert d.score(ids, accounts[i]).p_value < 1e-6, (scheme, i)
+        assert all(d.score(ids, accounts[j]).p_value > 1e-4 for j in range(3) if j != i)
+        assert r.watermark["key_id"] == accounts[i].key_id and r.watermark["config"]["scheme"] == scheme
+    assert results[3].token_ids == results[0].token_ids  # the same seed gives the same answer
+    if scheme == "gumbel":
+        assert results[4].token_ids == results[0].token_ids  # plain Gumbel-max: one answer per key and prompt
+    else:
+        assert results[4].token_ids != results[0].token_ids  # fresh randomness: another seed, another answer
+    assert results[5].watermark["status"] == "unwatermarked" and "greedy" in results[5].watermark["reason"]
+
+
 def test_cancelled_stream_leaves_the_batch_at_once(tiny_model):
     backend = LocalBackend(LocalModel(SlowModel(tiny_model.model, 0.02), tiny_model.tokenizer, name="slow"))
 
