@@ -79,3 +79,43 @@ def test_rows_with_different_accounts_do_not_mark_each_other(local_model):
     assert d.score(outs[0].token_ids, master.account_key("b")).p_value > 1e-3
     assert d.score(outs[1].token_ids, master.account_key("b")).p_value < 1e-4
     assert d.score(outs[1].token_ids, master.account_key("a")).p_value > 1e-3
+
+
+@pytest.mark.parametrize("scheme", ["gumbel", "gumbel-dual", "tournament", "kgw-entropy"])
+def test_every_new_member_marks_the_real_model(local_model, scheme):
+    # The distortion-free and entropy-aware members on the real model, read back from the text as a detector
+    # in the wild sees it: every marked answer is ours, no answer is pinned on the wrong account, unmarked
+    # answers are not ours. Seeded: the same answers at every run.
+    from antidistill.watermark.config import WatermarkConfig
+    from antidistill.watermark.marker import Watermark
+
+    cfg = WatermarkConfig(scheme=scheme, entropy_threshold=1.0 if scheme == "kgw-entropy" else 0.0)
+    master = MasterKey(b"real-model-test-master-key-000002")
+    accounts = ["acme", "globex"]
+    marks = [MarkKeys(master.account_key(accounts[i % 2]), master.provider_key()) for i in range(4)] + [None]
+    saved = local_model.watermark
+    local_model.watermark = Watermark(cfg)
+    try:
+        outs = local_model.generate(PROMPTS[:5], marks, max_new_tokens=128, min_new_tokens=128, seed=5)
+        entropies = local_model.step_entropies(PROMPTS[:5], [o.token_ids for o in outs])
+    finally:
+        local_model.watermark = saved
+    det = Detector(cfg, local_model.vocab_size)
+    candidates = [master.account_key(a) for a in accounts] + [master.account_key(f"decoy-{i}") for i in range(8)]
+    td = TextDetector(local_model.tokenizer, det, [master.provider_key()], candidates, alpha=1e-3)
+    attributed = 0
+    for i, o in enumerate(outs[:4]):
+        r = td.detect(o.text)
+        assert r.watermarked, (scheme, i, r.p_value)
+        assert r.account in (None, accounts[i % 2]), (scheme, i, r.account)
+        attributed += r.account is not None
+    assert attributed >= 1
+    assert not td.detect(outs[4].text).watermarked
+    assert [len(e) for e in entropies] == [len(o.token_ids) for o in outs]
+    if scheme == "kgw-entropy":
+        # positions kept by the unmarked model's entropy: exact, and no weaker than scoring every position
+        for o, ent in zip(outs[:4], entropies, strict=False):
+            full = det.detect(o.token_ids, [master.provider_key()], scan=False)
+            kept = det.detect(o.token_ids, [master.provider_key()], scan=False, keep=ent >= 1.0)
+            assert kept.tokens_scored < full.tokens_scored
+            assert kept.green_fraction > full.green_fraction

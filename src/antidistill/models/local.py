@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import LogitsProcessorList
 
@@ -159,6 +160,42 @@ class LocalModel:
             mark = marks[i]
             results.append(Completion(text, gen, len(e), finish, mark.account.key_id if mark else None))
         return results
+
+    def step_entropies(
+        self, prompts: Sequence[str | Messages], completions: Sequence[Sequence[int]], chat: bool = True
+    ) -> list[np.ndarray]:
+        """The entropy (nats) of the model's own next-token distribution at each completion token, no watermark.
+
+        ``out[i][j]`` is the entropy of the raw logits that chose ``completions[i][j]`` given the prompt and the
+        tokens before it: what ``kgw-entropy`` tested against its threshold while generating. A detector may keep
+        the positions at or above the threshold (``Detector.detect(..., keep=...)``): the selection does not
+        depend on the key, so p-values stay exact. One padded forward pass per batch of completions.
+        """
+        from antidistill.watermark.processor import step_entropy
+
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        out: list[np.ndarray] = []
+        for start in range(0, len(prompts), 8):
+            rows = [self.encode_prompt(p, chat) for p in prompts[start : start + 8]]
+            comps = [list(c) for c in completions[start : start + 8]]
+            width = max(len(r) + len(c) for r, c in zip(rows, comps, strict=True))
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, (r, c) in enumerate(zip(rows, comps, strict=True)):
+                seq = r + c
+                ids[i, : len(seq)] = torch.tensor(seq)
+                mask[i, : len(seq)] = 1
+            with self._lock, torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            for i, (r, c) in enumerate(zip(rows, comps, strict=True)):
+                if not c:
+                    out.append(np.zeros(0))
+                    continue
+                steps = logits[i, len(r) - 1 : len(r) - 1 + len(c)]
+                out.append(step_entropy(steps).numpy().astype(np.float64))
+        return out
 
     def _eos_ids(self) -> set[int]:
         ids = set()
