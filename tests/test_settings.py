@@ -151,3 +151,63 @@ def test_connection_limits_from_the_environment(monkeypatch):
     monkeypatch.setenv("ANTIDISTILL_MAX_CONNECTIONS", "50")
     s = get_settings()
     assert (s.max_header_bytes, s.header_timeout, s.max_connections) == (8192, 2.5, 50)
+
+
+@pytest.mark.parametrize(
+    ("env", "scheme", "provider_fraction"),
+    [
+        ({"ANTIDISTILL_WATERMARK_SCHEME": "gumbel"}, "gumbel", 0.5),
+        ({"ANTIDISTILL_WATERMARK_SCHEME": "gumbel-dual"}, "gumbel-dual", 0.5),
+        ({"ANTIDISTILL_WATERMARK_SCHEME": "markllm-exp"}, "markllm-exp", 0.0),
+        ({"ANTIDISTILL_WATERMARK_SCHEME": "hf-lefthash"}, "hf-lefthash", 0.0),
+        (
+            {"ANTIDISTILL_WATERMARK_SCHEME": "kgw-entropy", "ANTIDISTILL_WATERMARK_ENTROPY_THRESHOLD": "2.5"},
+            "kgw-entropy",
+            0.5,
+        ),
+        ({}, "antidistill-v1", 0.5),
+    ],
+)
+def test_watermark_scheme_from_the_environment(monkeypatch, env, scheme, provider_fraction):
+    from antidistill.settings import get_settings
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    config = get_settings().watermark_config()
+    assert config.scheme == scheme and config.provider_fraction == provider_fraction
+    if scheme == "kgw-entropy":
+        assert config.entropy_threshold == 2.5
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"ANTIDISTILL_WATERMARK_SCHEME": "nope"}, "ANTIDISTILL_WATERMARK_SCHEME must be one of"),
+        ({"ANTIDISTILL_WATERMARK_ENTROPY_THRESHOLD": "1"}, "applies to scheme kgw-entropy only"),
+        ({"ANTIDISTILL_WATERMARK_GAMMA": "1.5"}, "gamma must be in (0, 1)"),
+        (
+            {"ANTIDISTILL_WATERMARK_SCHEME": "markllm-exp", "ANTIDISTILL_WATERMARK_PROVIDER_FRACTION": "0.5"},
+            "single-key",
+        ),
+    ],
+)
+def test_bad_watermark_settings_are_refused_at_startup(monkeypatch, env, needle):
+    from antidistill.errors import ConfigError
+    from antidistill.settings import get_settings
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    with pytest.raises(ConfigError) as exc:
+        get_settings()
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_local_backend_marks_with_the_settings_scheme(tmp_path):
+    pytest.importorskip("torch")
+    from antidistill.gateway.app import make_backend
+    from antidistill.settings import Settings
+
+    backend = make_backend(Settings(env="test", data_dir=tmp_path, backend="local", watermark_scheme="gumbel"))
+    assert backend._config is not None and backend._config.scheme == "gumbel"  # used when the model is loaded

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from antidistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from antidistill.watermark.config import WatermarkConfig
 
 #: Values people paste into configuration files before they have a real secret.
 PLACEHOLDER_SECRETS = frozenset(
@@ -95,6 +98,13 @@ class Settings(BaseSettings):
         monitor_queue_size: exchanges waiting for the monitor worker; beyond it they are dropped and counted.
         watermark: mark completions with the account's and the provider's keys (off only to host a model as
             someone else would, e.g. the red team serving a distilled student for a closed-model scan).
+        watermark_scheme, watermark_gamma, watermark_delta, watermark_context_width, watermark_provider_fraction,
+        watermark_entropy_threshold: the watermark the local backend marks with (``ANTIDISTILL_WATERMARK_SCHEME``,
+            ...): any member of the scheme family (:func:`antidistill.watermark.schemes.scheme_names`) and its
+            parameters; unset ones take :class:`~antidistill.watermark.config.WatermarkConfig`'s defaults (a
+            single-key member gets provider fraction 0). Refused at startup if they do not make a valid
+            configuration. Changing them later is safe: every audit record names the configuration that marked it,
+            and detection and scans read each record with its own (see :meth:`watermark_config`).
         accept_client_clock: take each exchange's time from the ``X-Antidistill-Clock`` request header (unix
             seconds), so the traffic simulator can replay a virtual week in minutes; refused in ``prod``, where a
             client must never write the audit log's timestamps.
@@ -138,6 +148,12 @@ class Settings(BaseSettings):
     trust_forwarded_for: bool = False
     accept_client_clock: bool = False
     watermark: bool = True
+    watermark_scheme: str | None = None
+    watermark_gamma: float | None = None
+    watermark_delta: float | None = None
+    watermark_context_width: int | None = None
+    watermark_provider_fraction: float | None = None
+    watermark_entropy_threshold: float | None = None
 
     # monitor and policy
     monitor: bool = False
@@ -186,7 +202,41 @@ class Settings(BaseSettings):
                 "ANTIDISTILL_ACCEPT_CLIENT_CLOCK lets clients set the audit log's timestamps; it is for simulations "
                 "only and refused when ANTIDISTILL_ENV is prod (use dev or test)"
             )
+        if any(v is not None for v in self._watermark_params().values()):
+            self.watermark_config()  # refused here, at startup, rather than at the first request
         return self
+
+    def _watermark_params(self) -> dict[str, Any]:
+        return {
+            "scheme": self.watermark_scheme,
+            "gamma": self.watermark_gamma,
+            "delta": self.watermark_delta,
+            "context_width": self.watermark_context_width,
+            "provider_fraction": self.watermark_provider_fraction,
+            "entropy_threshold": self.watermark_entropy_threshold,
+        }
+
+    def watermark_config(self) -> WatermarkConfig:
+        """The watermark configuration the settings name (``ANTIDISTILL_WATERMARK_*``).
+
+        Raises:
+            ValueError: the parameters do not make a valid configuration (the message names the variable).
+        """
+        # numpy and scipy come with the watermark package: loaded only when a configuration is asked for
+        from antidistill.errors import InputError
+        from antidistill.watermark.config import WatermarkConfig
+        from antidistill.watermark.schemes import scheme_class, scheme_names
+
+        params = {k: v for k, v in self._watermark_params().items() if v is not None}
+        scheme = params.get("scheme")
+        if scheme is not None and scheme not in scheme_names():
+            raise ValueError(f"ANTIDISTILL_WATERMARK_SCHEME must be one of {', '.join(scheme_names())}, got {scheme!r}")
+        if scheme is not None and "provider_fraction" not in params and scheme_class(scheme).single_key:
+            params["provider_fraction"] = 0.0  # a single-key member: no provider/account split
+        try:
+            return WatermarkConfig(**params)
+        except InputError as exc:
+            raise ValueError(f"ANTIDISTILL_WATERMARK_* settings: {exc}") from None
 
 
 @lru_cache(maxsize=1)

@@ -58,9 +58,17 @@ ModelOpt = Annotated[
 GammaOpt = Annotated[float | None, typer.Option("--gamma", help="Green-list fraction (default 0.25).")]
 DeltaOpt = Annotated[float | None, typer.Option("--delta", help="Green logit bias (default 3.0).")]
 WidthOpt = Annotated[int | None, typer.Option("--context-width", help="Context tokens seeding the list, 1-4.")]
-SchemeOpt = Annotated[
-    str | None,
-    typer.Option("--scheme", help="Green-list scheme: antidistill-v1 (default) or hf-lefthash (transformers)."),
+#: the scheme family's members, for --help (the registry itself loads numpy and scipy); tests keep it in step with
+#: antidistill.watermark.schemes.scheme_names(), which validates the value
+SCHEME_HELP = (
+    "Watermark scheme: antidistill-v1 (default, KGW green lists), kgw-entropy (KGW at high-entropy steps only), "
+    "gumbel (Gumbel-max sampling), gumbel-dual (dual-key Gumbel-max), hf-lefthash (transformers' lists), "
+    "markllm-exp (MarkLLM's EXP)."
+)
+SchemeOpt = Annotated[str | None, typer.Option("--scheme", help=SCHEME_HELP)]
+EntropyOpt = Annotated[
+    float | None,
+    typer.Option("--entropy-threshold", help="kgw-entropy only: steps below this entropy (nats) are not marked."),
 ]
 HashKeyOpt = Annotated[
     int | None,
@@ -89,13 +97,19 @@ def _watermark_config(
     width: int | None,
     provider_fraction: float | None,
     hashing_key: int | None,
+    entropy_threshold: float | None = None,
 ):
     # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.watermark.config import WatermarkConfig
+    from antidistill.watermark.schemes import scheme_class, scheme_names
 
     params: dict[str, Any] = {}
     if scheme is not None:
+        if scheme not in scheme_names():
+            raise InputError(f"--scheme must be one of {', '.join(scheme_names())}, got {scheme!r}")
         params["scheme"] = scheme
+    if entropy_threshold is not None:
+        params["entropy_threshold"] = entropy_threshold
     if gamma is not None:
         params["gamma"] = gamma
     if delta is not None:
@@ -106,8 +120,8 @@ def _watermark_config(
         if hashing_key is not None and provider_fraction != 0.0:
             raise InputError("--hashing-key marks every position with that one key: --provider-fraction must be 0")
         params["provider_fraction"] = provider_fraction
-    elif hashing_key is not None or params.get("scheme") == "hf-lefthash":
-        params["provider_fraction"] = 0.0  # one explicit key: a plain single-key watermark
+    elif hashing_key is not None or (scheme is not None and scheme_class(scheme).single_key):
+        params["provider_fraction"] = 0.0  # one explicit key, or a single-key member: a plain single-key watermark
     try:
         return WatermarkConfig(**params)
     except ValueError as exc:
@@ -149,6 +163,7 @@ def generate(
     context_width: WidthOpt = None,
     provider_fraction: ProviderFracOpt = None,
     hashing_key: HashKeyOpt = None,
+    entropy_threshold: EntropyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """A watermarked completion from the model, marked with ACCOUNT's key (or the key given with --hashing-key)."""
@@ -159,7 +174,7 @@ def generate(
 
     if not prompt.strip():
         raise InputError("prompt is empty")
-    config = _watermark_config(scheme, gamma, delta, context_width, provider_fraction, hashing_key)
+    config = _watermark_config(scheme, gamma, delta, context_width, provider_fraction, hashing_key, entropy_threshold)
     explicit = _explicit_key(hashing_key, [account] if account else [])
     if account is None and explicit is None and not no_watermark:
         raise InputError("give --account (its key marks the completion), --hashing-key or --no-watermark")
@@ -186,7 +201,10 @@ def generate(
                 "completion_tokens": len(c.token_ids),
                 "prompt_tokens": c.prompt_tokens,
                 "finish_reason": c.finish_reason,
-                "watermark": None if mark is None else config.to_dict(),
+                # a sampling scheme marks sampled text only: greedy decoding (temperature 0) carries no mark
+                "watermark": None
+                if mark is None or (config.kind == "sample" and temperature <= 0)
+                else config.to_dict(),
             }
         )
     else:
@@ -240,6 +258,7 @@ def _build_text_detector(
     provider_fraction,
     hashing_key,
     vocab_size,
+    entropy_threshold=None,
 ):
     # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.detection.detector import Detector
@@ -249,7 +268,7 @@ def _build_text_detector(
 
     if not 0.0 < alpha < 1.0:
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
-    config = _watermark_config(scheme, gamma, delta, context_width, provider_fraction, hashing_key)
+    config = _watermark_config(scheme, gamma, delta, context_width, provider_fraction, hashing_key, entropy_threshold)
     names = list(accounts or [])
     if accounts_file is not None:
         names += _read_accounts_file(accounts_file)
@@ -285,6 +304,12 @@ def _report_dict(report) -> dict[str, Any]:
     return d
 
 
+def _sampling_schemes() -> set[str]:
+    from antidistill.watermark.schemes import scheme_class, scheme_names
+
+    return {n for n in scheme_names() if scheme_class(n).kind == "sample"}
+
+
 def _print_report(report, text: str) -> None:
     # the report package (one fmt_p for every p-value shown) loads Jinja2 and SQLAlchemy, about 0.6 s that
     # `antidistill --help` must not pay
@@ -295,7 +320,11 @@ def _print_report(report, text: str) -> None:
     t.add_row("verdict", f"{verdict} at alpha {report.alpha:g}")
     t.add_row("p-value", fmt_p(report.p_value))
     t.add_row("tokens scored", f"{report.tokens_scored} distinct pairs of {report.total_tokens} tokens")
-    t.add_row("green", f"{report.green} ({report.green_fraction:.1%}, z = {report.z:.2f})")
+    if report.config.get("scheme") in _sampling_schemes():
+        # a Gumbel-max score is a sum of -log(1 - u), about 1 per pair unmarked: not a green count
+        t.add_row("score", f"{report.green:.1f} (mean {report.green_fraction:.2f} per pair, z = {report.z:.2f})")
+    else:
+        t.add_row("green", f"{report.green} ({report.green_fraction:.1%}, z = {report.z:.2f})")
     if report.attribution is not None:
         a = report.attribution
         who = report.account or "no account (best: " + (a.key_id or "-") + ")"
@@ -329,6 +358,7 @@ def detect(
     context_width: WidthOpt = None,
     provider_fraction: ProviderFracOpt = None,
     hashing_key: HashKeyOpt = None,
+    entropy_threshold: EntropyOpt = None,
     vocab_size: Annotated[
         int | None,
         typer.Option("--vocab-size", min=1, help="Vocabulary size for hf-lefthash (default: the tokenizer's)."),
@@ -358,6 +388,7 @@ def detect(
         provider_fraction,
         hashing_key,
         vocab_size,
+        entropy_threshold,
     )
     if text is not None:
         report = td.detect(text)

@@ -25,10 +25,21 @@ err = Console(stderr=True, soft_wrap=True)
 TEACHER = "teacher"
 
 
+def _score(green: Any, n: int, sampling: bool, pooled: bool = False) -> str:
+    """A summed score as readers should take it: a green count, or (Gumbel-max members) a sum of -log(1 - u)."""
+    if sampling:
+        return f"score {float(green):.1f} over {n}" + (" pooled" if pooled else " tuples")
+    return f"{green}/{n} " + ("pooled" if pooled else "green")
+
+
 def _print_report(r) -> None:
     # one fmt_p for every p-value shown; the report package loads Jinja2 and SQLAlchemy (about 0.6 s), which
     # `antidistill --help` must not pay
     from antidistill.forensics.report import fmt_p
+    from antidistill.watermark.schemes import scheme_class, scheme_names
+
+    scheme = (r.parameters.get("watermark") or {}).get("scheme")
+    sampling = scheme in scheme_names() and scheme_class(scheme).kind == "sample"
 
     t = Table(show_header=False, box=None, pad_edge=False)
     color = "bold red" if r.significant else "bold green"
@@ -45,20 +56,19 @@ def _print_report(r) -> None:
     )
     if r.provider is not None:
         p = r.provider
-        t.add_row(
-            "provider key", f"p = {fmt_p(p.p_value)} ({p.green}/{p.n} green, {p.green_fraction:.1%}, z = {p.z:.2f})"
-        )
+        frac = f"mean {p.green_fraction:.2f}" if sampling else f"{p.green_fraction:.1%}"
+        t.add_row("provider key", f"p = {fmt_p(p.p_value)} ({_score(p.green, p.n, sampling)}, {frac}, z = {p.z:.2f})")
     for a in r.accounts[:3]:
         t.add_row(
             "account",
             f"{a.account}: corrected p = {fmt_p(a.p_corrected)} (p = {fmt_p(a.p_value)}, "
-            f"{a.green}/{a.n} green, {a.key_id})",
+            f"{_score(a.green, a.n, sampling)}, {a.key_id})",
         )
     for c in r.clusters[:3]:
         t.add_row(
             "cluster",
             f"{c.cluster_id} ({len(c.accounts)} accounts): corrected p = {fmt_p(c.p_corrected)} "
-            f"({c.green}/{c.n} pooled)",
+            f"({_score(c.green, c.n, sampling, pooled=True)})",
         )
     keyed = [c.p_value for c in r.controls if c.model is None]
     if keyed:
@@ -66,6 +76,13 @@ def _print_report(r) -> None:
     for c in r.controls:
         if c.model is not None:
             t.add_row("control model", f"{c.model}: p = {fmt_p(c.p_value)} over {c.tokens_scored} tuples")
+    for g in r.parameters.get("watermark_groups") or []:
+        wm = g.get("watermark") or {}
+        t.add_row(
+            "config group",
+            f"{wm.get('scheme')} (h = {wm.get('context_width')}): {g.get('tuples')} tuples, p = {fmt_p(g['p_value'])}"
+            " (uncorrected; the verdict is corrected for the groups)",
+        )
     out.print(t)
     out.print(r.verdict, markup=False)
 
@@ -135,6 +152,17 @@ def scan(
     ] = 16,
     control_seed: Annotated[int, typer.Option("--control-seed", help="Seed of the control keys.")] = 0,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 1e-3,
+    scheme: Annotated[
+        str | None,
+        typer.Option(
+            "--scheme",
+            help="Score every text with this watermark scheme (antidistill-v1, kgw-entropy, gumbel, gumbel-dual, "
+            "hf-lefthash, markllm-exp); default: each audit record's own, as it names it.",
+        ),
+    ] = None,
+    entropy_threshold: Annotated[
+        float | None, typer.Option("--entropy-threshold", help="kgw-entropy only: override the entropy threshold.")
+    ] = None,
     gamma: Annotated[float | None, typer.Option("--gamma", help="Override the watermark's gamma.")] = None,
     context_width: Annotated[int | None, typer.Option("--context-width", help="Override the context width.")] = None,
     provider_fraction: Annotated[
@@ -166,8 +194,11 @@ def scan(
     # the workflow imports SQLAlchemy, numpy and transformers' tokenizers: only when a scan runs, not for --help
     from antidistill.forensics import inputs
     from antidistill.settings import get_settings
+    from antidistill.watermark.schemes import scheme_names
     from antidistill.workflows import scan as wf
 
+    if scheme is not None and scheme not in scheme_names():
+        raise InputError(f"--scheme must be one of {', '.join(scheme_names())}, got {scheme!r}")
     settings = get_settings()
     scan_inputs = wf.gather_inputs(
         settings,
@@ -177,7 +208,10 @@ def scan(
         from_audit=suspect_model is not None or prompts is None,
         max_texts=max_texts,
     )
-    scan_inputs.config = wf.scan_config(scan_inputs.config, gamma, context_width, provider_fraction)
+    overrides = (gamma, context_width, provider_fraction, scheme, entropy_threshold)
+    if any(v is not None for v in overrides):
+        # parameters given by hand apply to every text; without, each is scored with its own record's configuration
+        scan_inputs.override(wf.scan_config(scan_inputs.config, *overrides))
     common: dict[str, Any] = {
         "alpha": alpha,
         "control_keys": control_keys,

@@ -15,6 +15,13 @@ of the context (see :mod:`antidistill.keys`). So, on the tuples a scan scores (e
   too small to be significant alone, adds up here. Corrected for the number of clusters tested.
 * **controls**: the same tuples tested, the way the provider test is, under keys that never marked anything.
   Their p-values must look uniform; a small one would expose a flaw of the scan, not of the suspect.
+* **mixed deployments** (:func:`combine_groups`): when the outputs were marked under several configurations (the
+  scheme changed, or its parameters), each configuration's tuples are one group, scored with that group's own
+  scheme by :func:`attribute_tuples`. The groups are combined by Bonferroni over the ``G`` groups: the most
+  significant group is reported with every corrected p-value multiplied by ``G``. Fisher's method would need the
+  groups' statistics to be independent under H0, which fails when two groups share a hash family and a context
+  width (e.g. the same scheme at two gammas): a tuple scored in both has dependent scores. Bonferroni holds
+  under any dependence, and with one group it changes nothing.
 
 Radioactivity: Sander et al. 2024, "Watermarking makes language models radioactive",
 https://arxiv.org/abs/2402.14904.
@@ -23,7 +30,7 @@ https://arxiv.org/abs/2402.14904.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -147,6 +154,8 @@ class Attribution:
     curve: list[CurvePoint]
     p_value: float
     families: list[str] = field(default_factory=list)
+    #: configuration groups this result was chosen among (its corrected p-values include the correction)
+    groups: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -405,4 +414,47 @@ def attribute_tuples(  # noqa: C901
         curve=curve,
         p_value=float(p_value),
         families=list(family_ps),
+    )
+
+
+def combine_groups(results: Sequence[Attribution]) -> tuple[int, Attribution]:
+    """Combine the attributions of ``G`` configuration groups (see the module docstring): ``(index of the most
+    significant group, its attribution with every corrected p-value Bonferroni-corrected for the G groups)``.
+
+    Every reported corrected p-value (provider, each account, each cluster, the overall one) is the group's own
+    times ``G``, capped at 1: the probability that any group shows a result this strong under H0 is at most the
+    sum over the groups, whatever their dependence. The keyed controls of every group are kept (named with their
+    group when ``G > 1``), so the control check covers each group's scheme.
+
+    Example:
+        >>> a = Attribution(0.25, 10, None, 0, [], 0, 0, None, [], [], [], 0.01, ["provider"])
+        >>> b = Attribution(1.0, 10, None, 0, [], 0, 0, None, [], [], [], 0.2, ["provider"])
+        >>> i, c = combine_groups([b, a])
+        >>> i, c.p_value, c.groups
+        (1, 0.02, 2)
+    """
+    if not results:
+        raise InputError("no group to combine")
+    g = len(results)
+    if g == 1:
+        return 0, results[0]
+    best = min(range(g), key=lambda j: (results[j].p_value, j))
+    a = results[best]
+    provider = (
+        replace(a.provider, p_corrected=bonferroni(a.provider.p_corrected or a.provider.p_value, g))
+        if a.provider is not None
+        else None
+    )
+    accounts = [replace(r, p_corrected=bonferroni(r.p_corrected, g)) for r in a.accounts]
+    clusters = [replace(c, p_corrected=bonferroni(c.p_corrected, g)) for c in a.clusters]
+    controls = [replace(c, name=f"{c.name} (group {j + 1})") for j, r in enumerate(results) for c in r.controls]
+    return best, replace(
+        a,
+        provider=provider,
+        accounts=accounts,
+        best_account=accounts[0] if accounts else None,
+        clusters=clusters,
+        controls=controls,
+        p_value=bonferroni(a.p_value, g),
+        groups=g,
     )

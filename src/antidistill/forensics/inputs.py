@@ -19,6 +19,9 @@ from antidistill.watermark.config import WatermarkConfig
 class AuditTexts:
     """Watermarked exchanges taken from the audit log.
 
+    Each text carries the watermark configuration its own record names (:attr:`FedText.config`), so a scan scores
+    it with the scheme that marked it, whatever the server's configuration is now.
+
     Args:
         texts: one :class:`FedText` per served choice, in log order.
         configs: watermark configs seen (as canonical JSON) -> number of records.
@@ -34,6 +37,27 @@ class AuditTexts:
         if not self.configs:
             return None
         return WatermarkConfig.from_dict(json.loads(self.configs.most_common(1)[0][0]))
+
+    def all_configs(self) -> list[WatermarkConfig]:
+        """Every watermark config the records were marked with, the most frequent first."""
+        return [WatermarkConfig.from_dict(json.loads(c)) for c, _ in self.configs.most_common()]
+
+
+def record_config(watermark: Mapping[str, Any]) -> WatermarkConfig | None:
+    """The configuration an audit record's ``watermark`` field names (``None``: the record is not marked).
+
+    Raises:
+        InputError: the record names a configuration this version cannot read (an unknown scheme or parameter).
+    """
+    cfg = watermark.get("config") if watermark.get("key_id") else None
+    if not isinstance(cfg, Mapping):
+        return None
+    # every record names its scheme; should one not, it predates the others (antidistill-v1), whatever the default
+    # is now: a record is never read with the current default
+    try:
+        return WatermarkConfig.from_dict({"scheme": "antidistill-v1", **cfg})
+    except (InputError, TypeError, ValueError) as exc:
+        raise InputError(f"an audit record names a watermark configuration that cannot be read: {exc}") from None
 
 
 def _prompt_of(request: Mapping[str, Any]) -> tuple[str | Messages | None, bool] | None:
@@ -68,14 +92,20 @@ def texts_from_records(
         if not wm.get("key_id") or not isinstance(wm.get("config"), dict):
             out.skipped["unwatermarked"] += 1
             continue
+        try:
+            config = record_config(wm)
+        except InputError:
+            out.skipped["unreadable-watermark"] += 1
+            continue
         prompt = _prompt_of(request)
         if prompt is None:
             out.skipped["unreadable-prompt"] += 1
             continue
-        out.configs[json.dumps(wm["config"], sort_keys=True)] += 1
+        assert config is not None  # key_id and a config dict, checked above
+        out.configs[json.dumps(config.to_dict(), sort_keys=True)] += 1
         for text in completion:
             if isinstance(text, str) and text.strip():
-                out.texts.append(FedText(prompt[0], text, prompt[1], account))
+                out.texts.append(FedText(prompt[0], text, prompt[1], account, config))
     if max_texts is not None:
         out.texts = out.texts[:max_texts]
     return out

@@ -11,6 +11,15 @@ A model fine-tuned on watermarked text picks up the watermark's bias ("radioacti
 Each distinct (window, token) tuple is scored once, and the statistics are exact
 (:mod:`antidistill.forensics.attribution`).
 
+Mixed deployments
+-----------------
+Texts marked under different configurations (the server's scheme changed between them) are scored each with its
+own: every :class:`FedText` may carry the configuration its audit record names, and a scan groups the texts by
+configuration. In open mode each group's tuples are its own texts' answer positions (the prefix-pairs rule still
+reads the whole fed corpus, so a tuple read in a text of another group is excluded too); in closed mode the same
+completions are scored under every configuration. The groups are combined by Bonferroni
+(:func:`antidistill.forensics.attribution.combine_groups`), valid whatever their dependence.
+
 Why open mode excludes "prefix pairs"
 -------------------------------------
 With a context width of 1, a model that never saw the key (the untouched teacher) still looks green when fed
@@ -62,6 +71,7 @@ from antidistill.forensics.attribution import (
     ControlResult,
     CurvePoint,
     attribute_tuples,
+    combine_groups,
     control_keys,
 )
 from antidistill.keys import KeyRing, MasterKey, WatermarkKey
@@ -87,12 +97,15 @@ class FedText:
         response: the watermarked answer we served.
         chat: encode the prompt with the chat template (``/v1/chat/completions``) or raw (``/v1/completions``).
         account: the account that received it (if known).
+        config: the watermark configuration it was marked with, as its audit record names it (``None``: the
+            scan's configuration).
     """
 
     prompt: str | Messages | None
     response: str
     chat: bool = True
     account: str | None = None
+    config: WatermarkConfig | None = None
 
     @classmethod
     def coerce(cls, item: FedText | tuple | Mapping[str, Any]) -> FedText:
@@ -273,15 +286,35 @@ def build_report(
     model_controls: Sequence[ControlResult] = (),
     vocab_size: int | None = None,
     started: float | None = None,
+    groups: Sequence[tuple[WatermarkConfig, np.ndarray, np.ndarray]] | None = None,
 ) -> ScanReport:
-    """Run the statistics on the scored tuples and write the report (shared by both modes)."""
+    """Run the statistics on the scored tuples and write the report (shared by both modes).
+
+    ``groups``: for a mixed deployment, ``(config, contexts, tokens)`` per configuration, each scored with its
+    own scheme and combined by :func:`~antidistill.forensics.attribution.combine_groups` (``config``,
+    ``contexts`` and ``tokens`` are then not used). The report shows the most significant group, its p-values
+    corrected for the groups, and lists every group under ``parameters["watermark_groups"]``.
+    """
     if not 0.0 < alpha < 1.0:
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
     ctl = control_keys(controls, control_seed) if isinstance(controls, int) else list(controls)
-    att = attribute_tuples(config, contexts, tokens, keys.provider, keys.accounts, keys.clusters, ctl, vocab_size)
+    group_list = list(groups) if groups else [(config, contexts, tokens)]
+    atts = [
+        attribute_tuples(c, ctx, tok, keys.provider, keys.accounts, keys.clusters, ctl, vocab_size)
+        for c, ctx, tok in group_list
+    ]
+    best, att = combine_groups(atts)
+    config = group_list[best][0]
+    total = sum(a.tuples for a in atts)
     all_controls = att.controls + list(model_controls)
     ok = _controls_ok(all_controls, alpha)
-    verdict, acct, clus = _verdict(att, alpha, ok, att.tuples)
+    verdict, acct, clus = _verdict(att, alpha, ok, total)
+    group_params: dict[str, Any] = {}
+    if len(group_list) > 1:
+        group_params["watermark_groups"] = [
+            {"watermark": c.to_dict(), "tuples": a.tuples, "p_value": a.p_value, "families": a.families}
+            for (c, _, _), a in zip(group_list, atts, strict=True)
+        ]
     params = {
         "watermark": config.to_dict(),
         "alpha": alpha,
@@ -294,6 +327,7 @@ def build_report(
         "control_seed": control_seed,
         "gamma": att.gamma,
         "overall_families": att.families,
+        **group_params,
         **parameters,
     }
     return ScanReport(
@@ -302,7 +336,7 @@ def build_report(
         parameters=params,
         texts=texts,
         tokens_seen=tokens_seen,
-        tokens_scored=att.tuples,
+        tokens_scored=total,
         skipped=dict(skipped),
         provider=att.provider,
         accounts=att.accounts,
@@ -345,6 +379,7 @@ def reading_tuples(
     predictions: Sequence[Sequence[int]],
     context_width: int,
     exclude: str = "prefix-pairs",
+    score: Sequence[bool] | None = None,
 ) -> Tuples:
     """The tuples an open (reading-mode) scan scores.
 
@@ -355,6 +390,8 @@ def reading_tuples(
             ``sequences[i][:t]`` (entry 0 unused).
         context_width: h.
         exclude: ``"prefix-pairs"`` (valid evidence, see the module docstring) or ``"prompt"`` (measurement only).
+        score: optional, one flag per sequence: only flagged sequences are scored (one configuration group of a
+            mixed deployment); the others are still read, so their tuples are excluded as ``seen-in-prefix``.
 
     Answer positions ``t`` (from the prompt's length on) are looked at. Skipped:
     ``seen-in-prefix`` (the tuple occurs in the corpus read so far), ``in-prompt`` (policy ``prompt``: it occurs
@@ -369,6 +406,8 @@ def reading_tuples(
         raise InputError(f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, got {exclude!r}")
     if not len(sequences) == len(prompt_lens) == len(predictions):
         raise InputError("sequences, prompt_lens and predictions must have the same length")
+    if score is not None and len(score) != len(sequences):
+        raise InputError(f"{len(score)} score flags for {len(sequences)} sequences")
     h = context_width
     corpus_seen: set[tuple[int, ...]] = set()
     scored: set[tuple[int, ...]] = set()
@@ -376,18 +415,19 @@ def reading_tuples(
     tok_out: list[int] = []
     skipped: Counter[str] = Counter()
     looked = 0
-    for ids, plen, pred in zip(sequences, prompt_lens, predictions, strict=True):
+    for i, (ids, plen, pred) in enumerate(zip(sequences, prompt_lens, predictions, strict=True)):
         ids = [int(x) for x in ids]
         pred = [int(x) for x in pred]
         if len(pred) < len(ids):
             raise InputError(f"{len(pred)} predictions for a sequence of {len(ids)} tokens")
         plen = max(0, min(int(plen), len(ids)))
         prompt_grams = _grams(ids[:plen], h) if exclude == "prompt" else set()
+        scoring = score is None or bool(score[i])
         for t in range(1, len(ids)):
             if t - 1 >= h:
                 corpus_seen.add(tuple(ids[t - 1 - h : t]))  # the actual tuple ending at t-1 is now read
-            if t < plen:
-                continue  # predicting the prompt: not an answer position
+            if t < plen or not scoring:
+                continue  # predicting the prompt (not an answer position), or a text of another group
             looked += 1
             if t - h < plen or t < h:
                 skipped["window-in-prompt"] += 1
@@ -620,46 +660,69 @@ def scan_open(
         fed = fed[:max_texts]
     seqs, plens = _encode_fed(tokenizer, fed, max_seq_tokens)
     pad = _pad_id(tokenizer)
+    configs = list(dict.fromkeys(t.config or config for t in fed)) or [config]
 
-    def tuples_of(m: Any) -> Tuples:
+    def tuples_of(m: Any) -> list[tuple[WatermarkConfig, Tuples]]:
         preds = predict_top1(_as_causal_lm(m), seqs, pad, batch_tokens)
-        return reading_tuples(seqs, plens, preds, config.context_width, exclude)
+        if len(configs) == 1:
+            return [(configs[0], reading_tuples(seqs, plens, preds, configs[0].context_width, exclude))]
+        return [
+            (c, reading_tuples(seqs, plens, preds, c.context_width, exclude, [(t.config or config) == c for t in fed]))
+            for c in configs
+        ]
 
-    tup = tuples_of(model)
-    model_controls = []
-    for name, cm in (control_models or {}).items():
-        ct = tuples_of(cm)
-        catt = attribute_tuples(
-            config, ct.contexts, ct.tokens, keys.provider, keys.accounts, keys.clusters, (), vocab_size, curve_points=0
-        )
-        model_controls.append(
-            ControlResult(
-                f"model:{name}", None, name, catt.provider.green if catt.provider else 0, catt.tuples, catt.p_value
-            )
-        )
+    groups = tuples_of(model)
+    model_controls = [
+        _model_control(name, tuples_of(cm), keys, vocab_size) for name, cm in (control_models or {}).items()
+    ]
     params = {
         "exclude": exclude,
         "batch_tokens": batch_tokens,
         "max_seq_tokens": max_seq_tokens,
         "budget": {"max_texts": max_texts, "texts_fed": len(fed), "tokens_fed": int(sum(len(s) for s in seqs))},
     }
+    skipped: Counter[str] = Counter()
+    for _, t in groups:
+        skipped.update(t.skipped)
     return build_report(
         "open",
         suspect,
-        config,
-        tup.contexts,
-        tup.tokens,
+        groups[0][0],
+        groups[0][1].contexts,
+        groups[0][1].tokens,
         keys,
         alpha=alpha,
         parameters=params,
         texts=len(fed),
-        tokens_seen=tup.seen,
-        skipped=tup.skipped,
+        tokens_seen=sum(t.seen for _, t in groups),
+        skipped=dict(skipped),
         controls=controls,
         control_seed=control_seed,
         model_controls=model_controls,
         vocab_size=vocab_size,
         started=started,
+        groups=[(c, t.contexts, t.tokens) for c, t in groups] if len(groups) > 1 else None,
+    )
+
+
+def _model_control(
+    name: str, groups: Sequence[tuple[WatermarkConfig, Tuples]], keys: ScanKeys, vocab_size: int | None
+) -> ControlResult:
+    """A control model's scan, one attribution per configuration group, combined as the suspect's are."""
+    atts = [
+        attribute_tuples(
+            c, t.contexts, t.tokens, keys.provider, keys.accounts, keys.clusters, (), vocab_size, curve_points=0
+        )
+        for c, t in groups
+    ]
+    _, catt = combine_groups(atts)
+    return ControlResult(
+        f"model:{name}",
+        None,
+        name,
+        catt.provider.green if catt.provider else 0,  # type: ignore[arg-type]
+        sum(a.tuples for a in atts),
+        catt.p_value,
     )
 
 
@@ -729,9 +792,13 @@ def scan_completions(
     model_controls: Sequence[ControlResult] = (),
     vocab_size: int | None = None,
     started: float | None = None,
+    configs: Sequence[WatermarkConfig] = (),
 ) -> ScanReport:
-    """Score sampled completions (closed mode) and write the report."""
-    tup = _closed_tuples(sampled, tokenizer, config.context_width)
+    """Score sampled completions (closed mode) and write the report. ``configs``: in a mixed deployment, every
+    configuration our outputs were marked with; the completions are scored under each (see the module docstring)."""
+    cfgs = list(dict.fromkeys([config, *configs]))
+    tups = [(c, _closed_tuples(sampled, tokenizer, c.context_width)) for c in cfgs]
+    tup = tups[0][1]
     n_completions = sum(len(c) for c in sampled.completions)
     return build_report(
         "closed",
@@ -750,6 +817,7 @@ def scan_completions(
         model_controls=model_controls,
         vocab_size=vocab_size,
         started=started,
+        groups=[(c, t.contexts, t.tokens) for c, t in tups] if len(tups) > 1 else None,
     )
 
 
@@ -783,6 +851,7 @@ def scan_closed(
     control_models: Mapping[str, Any] | None = None,
     vocab_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    configs: Sequence[WatermarkConfig] = (),
 ) -> ScanReport:
     """Closed-model radioactivity scan: query the suspect's endpoint, score its completions.
 
@@ -792,6 +861,8 @@ def scan_closed(
         tokenizer: the watermarked model's tokenizer (the watermark lives on its token ids).
         keys: the keys to test.
         config: the watermark parameters.
+        configs: in a mixed deployment, the other configurations our outputs were marked with: the completions
+            are scored under each, and the groups combined (see the module docstring).
         model_name: the ``model`` field of the requests.
         samples, temperature, max_tokens, seed: sampling (sample ``j`` of a prompt uses ``seed + j``).
         max_prompts: the sampling budget in prompts (at most ``max_prompts x samples x max_tokens`` tokens).
@@ -823,15 +894,8 @@ def scan_closed(
             )
             texts.append([o.text for o in outs])
         cs = Sampled(prompts, [[texts[j][i] for j in range(samples)] for i in range(len(prompts))], 0, 0)
-        ct = _closed_tuples(cs, tokenizer, config.context_width)
-        catt = attribute_tuples(
-            config, ct.contexts, ct.tokens, keys.provider, keys.accounts, keys.clusters, (), vocab_size, curve_points=0
-        )
-        model_controls.append(
-            ControlResult(
-                f"model:{name}", None, name, catt.provider.green if catt.provider else 0, catt.tuples, catt.p_value
-            )
-        )
+        cgroups = [(c, _closed_tuples(cs, tokenizer, c.context_width)) for c in dict.fromkeys([config, *configs])]
+        model_controls.append(_model_control(name, cgroups, keys, vocab_size))
     params = {
         "exclude": "prompt",
         "model_name": model_name,
@@ -860,4 +924,5 @@ def scan_closed(
         model_controls=model_controls,
         vocab_size=vocab_size,
         started=started,
+        configs=configs,
     )

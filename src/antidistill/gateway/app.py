@@ -57,7 +57,11 @@ def make_backend(settings: Settings) -> Backend:
     # torch and transformers (seconds to import, and the model extra's): only a local backend loads them
     from antidistill.models.local_backend import LocalBackend
 
-    return LocalBackend(model_path=settings.model, cache_dir=settings.cache_dir)
+    try:
+        config = settings.watermark_config()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return LocalBackend(model_path=settings.model, cache_dir=settings.cache_dir, config=config)
 
 
 def open_store(settings: Settings) -> Store:

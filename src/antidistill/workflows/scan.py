@@ -10,7 +10,7 @@ inputs from the store, the key ring and the model files.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from antidistill.store.api import AuditLog
 from antidistill.store.db import DEFAULT_SQLITE_FILE
 from antidistill.store.sql import Store
 from antidistill.watermark.config import WatermarkConfig
+from antidistill.watermark.schemes import scheme_class
 
 #: the name that stands for the served model (the teacher) where a model path is expected
 TEACHER = "teacher"
@@ -50,8 +51,11 @@ class ScanInputs:
         candidates: the accounts whose keys are tested.
         clusters: cluster id -> member accounts, tested pooled.
         keys: the keys (provider, every version of every candidate's, pooled clusters).
-        texts: watermarked texts to feed the suspect (open mode) or take prompts from (closed mode).
-        config: the watermark parameters the texts were marked with.
+        texts: watermarked texts to feed the suspect (open mode) or take prompts from (closed mode); texts from
+            the audit log carry the configuration their record names, and are scored with it.
+        config: the watermark parameters most texts were marked with (texts without their own are scored so).
+        configs: every configuration the texts were marked with (a mixed deployment has several; closed mode
+            scores the suspect's completions under each). Empty: ``config`` alone.
     """
 
     candidates: list[str]
@@ -59,6 +63,13 @@ class ScanInputs:
     keys: ScanKeys
     texts: list[FedText] = field(default_factory=list)
     config: WatermarkConfig = field(default_factory=WatermarkConfig)
+    configs: list[WatermarkConfig] = field(default_factory=list)
+
+    def override(self, config: WatermarkConfig) -> None:
+        """Score everything with ``config`` (parameters given by hand), whatever the records name."""
+        self.config = config
+        self.configs = [config]
+        self.texts = [replace(t, config=None) for t in self.texts]
 
 
 def open_store(settings: Settings) -> Store | None:
@@ -73,10 +84,29 @@ def scan_config(
     gamma: float | None = None,
     context_width: int | None = None,
     provider_fraction: float | None = None,
+    scheme: str | None = None,
+    entropy_threshold: float | None = None,
 ) -> WatermarkConfig:
-    """``base`` (default: the default config) with the given parameters overridden."""
+    """``base`` (default: the default config) with the given parameters overridden.
+
+    A new ``scheme`` drops the base's parameters that do not apply to it: a single-key member gets provider
+    fraction 0 unless one is given, and a member other than ``kgw-entropy`` no entropy threshold.
+    """
     params: dict[str, Any] = (base or WatermarkConfig()).to_dict()
-    for name, value in (("gamma", gamma), ("context_width", context_width), ("provider_fraction", provider_fraction)):
+    if scheme is not None and scheme != params.get("scheme"):
+        params["scheme"] = scheme
+        if scheme_class(scheme).single_key:
+            params["provider_fraction"] = 0.0
+        elif params.get("provider_fraction") == 0.0 and (base is None or scheme_class(base.scheme).single_key):
+            params["provider_fraction"] = WatermarkConfig().provider_fraction
+        if scheme != "kgw-entropy":
+            params.pop("entropy_threshold", None)
+    for name, value in (
+        ("gamma", gamma),
+        ("context_width", context_width),
+        ("provider_fraction", provider_fraction),
+        ("entropy_threshold", entropy_threshold),
+    ):
         if value is not None:
             params[name] = value
     return WatermarkConfig.from_dict(params)
@@ -110,6 +140,7 @@ def gather_inputs(
     named = list(dict.fromkeys([*accounts, *(a for m in named_clusters.values() for a in m)]))
     texts: list[FedText] = []
     config = None
+    configs: list[WatermarkConfig] = []
     store = open_store(settings)
     try:
         if store is not None:
@@ -123,12 +154,12 @@ def gather_inputs(
             texts = inputs.read_texts_file(texts_file, max_texts)
         elif store is not None and from_audit:
             audit = inputs.texts_from_records(store.iter_records(), set(candidates) if named else None, max_texts)
-            texts, config = audit.texts, audit.config()
+            texts, config, configs = audit.texts, audit.config(), audit.all_configs()
     finally:
         if store is not None:
             store.close()
     keys = ScanKeys.from_keyring(ring, candidates, named_clusters)
-    return ScanInputs(candidates, named_clusters, keys, texts, config or WatermarkConfig())
+    return ScanInputs(candidates, named_clusters, keys, texts, config or WatermarkConfig(), configs)
 
 
 def load_model(path: str, settings: Settings) -> tuple[ModelSource, Any]:
@@ -271,6 +302,7 @@ def closed_scan(
         alpha=alpha,
         controls=control_keys,
         control_seed=control_seed,
+        configs=scan_inputs.configs,
     )
 
 
@@ -287,7 +319,9 @@ def scan_open_on_audit(
     """Scan the open weights at ``suspect_model``, feeding it the watermarked exchanges of ``account_ids`` from the
     audit log (reading mode), as ``antidistill report --suspect-model`` does.
 
-    The provider key and every version of each account's key are tested (pooled as ``cluster_id`` when given), and
+    Each text is scored with the configuration its own record names (records of a mixed deployment are grouped by
+    configuration, see :mod:`antidistill.forensics.scan`). The provider key and every version of each account's
+    key are tested (pooled as ``cluster_id`` when given), and
     the served model itself is scanned the same way as a control (``teacher_control``): it produced the marked text
     but was never trained on it, so it must come out not significant.
 
@@ -305,7 +339,9 @@ def scan_open_on_audit(
     ring = KeyRing.open(settings, create=False)
     clusters = {cluster_id: list(account_ids)} if cluster_id is not None else {}
     keys = ScanKeys.from_keyring(ring, account_ids, clusters)
-    scan_inputs = ScanInputs(list(account_ids), clusters, keys, fed.texts, fed.config())
+    scan_inputs = ScanInputs(
+        list(account_ids), clusters, keys, fed.texts, fed.config() or WatermarkConfig(), fed.all_configs()
+    )
     return open_scan(
         settings,
         suspect_model,
