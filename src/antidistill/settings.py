@@ -99,12 +99,13 @@ class Settings(BaseSettings):
         watermark: mark completions with the account's and the provider's keys (off only to host a model as
             someone else would, e.g. the red team serving a distilled student for a closed-model scan).
         watermark_scheme, watermark_gamma, watermark_delta, watermark_context_width, watermark_provider_fraction,
-        watermark_entropy_threshold: the watermark the local backend marks with (``ANTIDISTILL_WATERMARK_SCHEME``,
-            ...): any member of the scheme family (:func:`antidistill.watermark.schemes.scheme_names`) and its
-            parameters; unset ones take :class:`~antidistill.watermark.config.WatermarkConfig`'s defaults (a
-            single-key member gets provider fraction 0). Refused at startup if they do not make a valid
-            configuration. Changing them later is safe: every audit record names the configuration that marked it,
-            and detection and scans read each record with its own (see :meth:`watermark_config`).
+        watermark_entropy_threshold, watermark_layers: the watermark the local backend marks with
+            (``ANTIDISTILL_WATERMARK_SCHEME``, ...): any member of the scheme family
+            (:func:`antidistill.watermark.schemes.scheme_names`) and its parameters; unset ones take
+            :class:`~antidistill.watermark.config.WatermarkConfig`'s defaults (a single-key member gets provider
+            fraction 0). Refused at startup if they do not make a valid configuration. Changing them later is
+            safe: every audit record names the configuration that marked it, and detection and scans read each
+            record with its own (see :meth:`watermark_config`).
         accept_client_clock: take each exchange's time from the ``X-Antidistill-Clock`` request header (unix
             seconds), so the traffic simulator can replay a virtual week in minutes; refused in ``prod``, where a
             client must never write the audit log's timestamps.
@@ -154,6 +155,7 @@ class Settings(BaseSettings):
     watermark_context_width: int | None = None
     watermark_provider_fraction: float | None = None
     watermark_entropy_threshold: float | None = None
+    watermark_layers: int | None = None
 
     # monitor and policy
     monitor: bool = False
@@ -214,6 +216,7 @@ class Settings(BaseSettings):
             "context_width": self.watermark_context_width,
             "provider_fraction": self.watermark_provider_fraction,
             "entropy_threshold": self.watermark_entropy_threshold,
+            "layers": self.watermark_layers,
         }
 
     def watermark_config(self) -> WatermarkConfig:

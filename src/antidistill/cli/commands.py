@@ -62,13 +62,17 @@ WidthOpt = Annotated[int | None, typer.Option("--context-width", help="Context t
 #: antidistill.watermark.schemes.scheme_names(), which validates the value
 SCHEME_HELP = (
     "Watermark scheme: antidistill-v1 (default, KGW green lists), kgw-entropy (KGW at high-entropy steps only), "
-    "gumbel (Gumbel-max sampling), gumbel-dual (dual-key Gumbel-max), hf-lefthash (transformers' lists), "
+    "gumbel (Gumbel-max sampling), gumbel-dual (dual-key Gumbel-max), tournament (SynthID-style tournament "
+    "sampling), hf-lefthash (transformers' lists), "
     "markllm-exp (MarkLLM's EXP)."
 )
 SchemeOpt = Annotated[str | None, typer.Option("--scheme", help=SCHEME_HELP)]
 EntropyOpt = Annotated[
     float | None,
     typer.Option("--entropy-threshold", help="kgw-entropy only: steps below this entropy (nats) are not marked."),
+]
+LayersOpt = Annotated[
+    int | None, typer.Option("--layers", help="tournament only: the number of rounds, 1-32 (default 16).")
 ]
 HashKeyOpt = Annotated[
     int | None,
@@ -98,6 +102,7 @@ def _watermark_config(
     provider_fraction: float | None,
     hashing_key: int | None,
     entropy_threshold: float | None = None,
+    layers: int | None = None,
 ):
     # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.watermark.config import WatermarkConfig
@@ -110,6 +115,8 @@ def _watermark_config(
         params["scheme"] = scheme
     if entropy_threshold is not None:
         params["entropy_threshold"] = entropy_threshold
+    if layers is not None:
+        params["layers"] = layers
     if gamma is not None:
         params["gamma"] = gamma
     if delta is not None:
@@ -164,6 +171,7 @@ def generate(
     provider_fraction: ProviderFracOpt = None,
     hashing_key: HashKeyOpt = None,
     entropy_threshold: EntropyOpt = None,
+    layers: LayersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """A watermarked completion from the model, marked with ACCOUNT's key (or the key given with --hashing-key)."""
@@ -174,7 +182,9 @@ def generate(
 
     if not prompt.strip():
         raise InputError("prompt is empty")
-    config = _watermark_config(scheme, gamma, delta, context_width, provider_fraction, hashing_key, entropy_threshold)
+    config = _watermark_config(
+        scheme, gamma, delta, context_width, provider_fraction, hashing_key, entropy_threshold, layers
+    )
     explicit = _explicit_key(hashing_key, [account] if account else [])
     if account is None and explicit is None and not no_watermark:
         raise InputError("give --account (its key marks the completion), --hashing-key or --no-watermark")
@@ -259,6 +269,7 @@ def _build_text_detector(
     hashing_key,
     vocab_size,
     entropy_threshold=None,
+    layers=None,
 ):
     # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.detection.detector import Detector
@@ -268,7 +279,9 @@ def _build_text_detector(
 
     if not 0.0 < alpha < 1.0:
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
-    config = _watermark_config(scheme, gamma, delta, context_width, provider_fraction, hashing_key, entropy_threshold)
+    config = _watermark_config(
+        scheme, gamma, delta, context_width, provider_fraction, hashing_key, entropy_threshold, layers
+    )
     names = list(accounts or [])
     if accounts_file is not None:
         names += _read_accounts_file(accounts_file)
@@ -359,6 +372,7 @@ def detect(
     provider_fraction: ProviderFracOpt = None,
     hashing_key: HashKeyOpt = None,
     entropy_threshold: EntropyOpt = None,
+    layers: LayersOpt = None,
     vocab_size: Annotated[
         int | None,
         typer.Option("--vocab-size", min=1, help="Vocabulary size for hf-lefthash (default: the tokenizer's)."),
@@ -389,6 +403,7 @@ def detect(
         hashing_key,
         vocab_size,
         entropy_threshold,
+        layers,
     )
     if text is not None:
         report = td.detect(text)

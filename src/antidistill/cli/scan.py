@@ -157,11 +157,14 @@ def scan(
         typer.Option(
             "--scheme",
             help="Score every text with this watermark scheme (antidistill-v1, kgw-entropy, gumbel, gumbel-dual, "
-            "hf-lefthash, markllm-exp); default: each audit record's own, as it names it.",
+            "tournament, hf-lefthash, markllm-exp); default: each audit record's own, as it names it.",
         ),
     ] = None,
     entropy_threshold: Annotated[
         float | None, typer.Option("--entropy-threshold", help="kgw-entropy only: override the entropy threshold.")
+    ] = None,
+    layers: Annotated[
+        int | None, typer.Option("--layers", help="tournament only: override the number of rounds.")
     ] = None,
     gamma: Annotated[float | None, typer.Option("--gamma", help="Override the watermark's gamma.")] = None,
     context_width: Annotated[int | None, typer.Option("--context-width", help="Override the context width.")] = None,
@@ -208,7 +211,7 @@ def scan(
         from_audit=suspect_model is not None or prompts is None,
         max_texts=max_texts,
     )
-    overrides = (gamma, context_width, provider_fraction, scheme, entropy_threshold)
+    overrides = (gamma, context_width, provider_fraction, scheme, entropy_threshold, layers)
     if any(v is not None for v in overrides):
         # parameters given by hand apply to every text; without, each is scored with its own record's configuration
         scan_inputs.override(wf.scan_config(scan_inputs.config, *overrides))

@@ -57,7 +57,7 @@ _UNIT = 2.0**-53
 def to_unit(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Map uint64 hashes to uniforms in (0, 1): the top 53 bits, centred (never 0, never 1)."""
     hi = np.right_shift(x, _S11)
-    res = np.add(hi, 0.5, out=out, dtype=np.float64) if out is not None else hi.astype(np.float64) + 0.5
+    res: np.ndarray = np.add(hi, 0.5, out=out, dtype=np.float64) if out is not None else hi.astype(np.float64) + 0.5
     res *= _UNIT
     return res
 

@@ -149,7 +149,9 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         mask = self.watermark.scheme.green_mask(keys, ctx, scores.shape[-1], self._workspace)
         return self._apply(scores, rows, mask)
 
-    def _sample(self, scores: torch.FloatTensor, rows: np.ndarray, ctx: np.ndarray, keys: np.ndarray) -> Any:
+    def _sample(
+        self, scores: torch.FloatTensor, rows: np.ndarray, ctx: np.ndarray, keys: np.ndarray
+    ) -> torch.FloatTensor:
         idx = torch.from_numpy(rows).to(scores.device)
         probs = final_probs(
             scores[idx], torch.from_numpy(self._temps[rows]).float(), torch.from_numpy(self._top_p[rows]).float()
@@ -160,7 +162,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         sub = torch.full((len(rows), scores.shape[-1]), float("-inf"), dtype=scores.dtype, device=scores.device)
         sub[torch.arange(len(rows)), torch.from_numpy(chosen).to(scores.device)] = 0.0
         out[idx] = sub
-        return out
+        return out  # type: ignore[return-value]
 
     def _apply(self, scores: torch.FloatTensor, rows: np.ndarray, mask: np.ndarray) -> torch.FloatTensor:
         if scores.dtype == torch.float32 and scores.device.type == "cpu":

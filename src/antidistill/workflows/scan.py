@@ -86,11 +86,13 @@ def scan_config(
     provider_fraction: float | None = None,
     scheme: str | None = None,
     entropy_threshold: float | None = None,
+    layers: int | None = None,
 ) -> WatermarkConfig:
     """``base`` (default: the default config) with the given parameters overridden.
 
     A new ``scheme`` drops the base's parameters that do not apply to it: a single-key member gets provider
-    fraction 0 unless one is given, and a member other than ``kgw-entropy`` no entropy threshold.
+    fraction 0 unless one is given, a member other than ``kgw-entropy`` no entropy threshold, and a member other
+    than ``tournament`` no number of rounds.
     """
     params: dict[str, Any] = (base or WatermarkConfig()).to_dict()
     if scheme is not None and scheme != params.get("scheme"):
@@ -101,11 +103,14 @@ def scan_config(
             params["provider_fraction"] = WatermarkConfig().provider_fraction
         if scheme != "kgw-entropy":
             params.pop("entropy_threshold", None)
+        if scheme != "tournament":
+            params.pop("layers", None)
     for name, value in (
         ("gamma", gamma),
         ("context_width", context_width),
         ("provider_fraction", provider_fraction),
         ("entropy_threshold", entropy_threshold),
+        ("layers", layers),
     ):
         if value is not None:
             params[name] = value
