@@ -74,8 +74,8 @@ from antidistill.keys import MasterKey
 from antidistill.models.local import Completion, LocalModel
 from antidistill.simulate.prompts import casual_prompt, code_prompt
 from antidistill.watermark.config import WatermarkConfig
-from antidistill.watermark.core import scheme_names
 from antidistill.watermark.marker import MarkKeys, Watermark
+from antidistill.watermark.schemes import scheme_names
 
 #: public benchmark key (not a secret): every number here can be replayed
 MASTER = MasterKey(b"antidistill/benchmarks/watermark-compare/public-key")
