@@ -69,7 +69,11 @@ def test_score_is_consistent(seq, key, width, scheme):
     if det.scheme.kind == "bias":
         assert 0 <= r.green <= r.tokens_scored
         assert r.p_value == (binomial_sf(r.green, r.tokens_scored, det.gamma) if r.tokens_scored else 1.0)
-    else:
+    elif scheme == "tournament":  # the sum of `layers` fair bits per tuple
+        assert 0 <= r.green <= r.tokens_scored * cfg.layers
+        expected = binomial_sf(r.green, r.tokens_scored * cfg.layers, 0.5) if r.tokens_scored else 1.0
+        assert r.p_value == expected
+    else:  # Gumbel-max: Exp(1) scores, a Gamma(n, 1) sum
         assert r.green >= 0.0
         assert r.p_value == (gamma_sf(r.green, r.tokens_scored) if r.tokens_scored else 1.0)
 
