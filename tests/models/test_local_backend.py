@@ -321,7 +321,7 @@ def test_each_row_is_marked_with_its_own_keys_as_rows_come_and_go(tiny_model):
 @pytest.mark.parametrize("scheme", ["gumbel", "gumbel-dual", "tournament"])
 def test_sampling_members_mark_each_row_with_its_own_key(tiny_model, scheme):
     # The backend's own sampler, batched: each sampled row carries its account's mark, seeded rows reproduce, and
-    # a greedy row (no sampling, so no distortion-free mark) is recorded as unwatermarked.
+    # a greedy row (no sampling, so no distortion-free mark) carries the green-list fallback.
     cfg = WatermarkConfig(scheme=scheme, provider_fraction=0.0)
     model = LocalModel(tiny_model.model, tiny_model.tokenizer, Watermark(cfg), "tiny")
     accounts = [TEST_MASTER.account_key(f"acct-{i}") for i in range(3)]
@@ -354,7 +354,11 @@ def test_sampling_members_mark_each_row_with_its_own_key(tiny_model, scheme):
         assert results[4].token_ids == results[0].token_ids  # plain Gumbel-max: one answer per key and prompt
     else:
         assert results[4].token_ids != results[0].token_ids  # fresh randomness: another seed, another answer
-    assert results[5].watermark["status"] == "unwatermarked" and "greedy" in results[5].watermark["reason"]
+    # a greedy row cannot carry a sampling mark: it carries the green-list fallback, and its record says so
+    assert results[5].watermark["config"]["scheme"] == "antidistill-v1"
+    fallback = Detector(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.0), model.vocab_size)
+    ids = [model.tokenizer(PROMPTS[1])["input_ids"][-1], *results[5].token_ids[0]]
+    assert fallback.score(ids, accounts[1]).green_fraction > 0.5
 
 
 def test_cancelled_stream_leaves_the_batch_at_once(tiny_model):

@@ -173,7 +173,7 @@ def test_text_sampled_with_the_key_is_detected_and_other_keys_are_not(name):
 
 
 # ---- the processor --------------------------------------------------------------------------------------------
-def test_the_processor_chooses_for_sampled_marked_rows_only():
+def test_the_processor_chooses_for_sampled_marked_rows_and_biases_greedy_ones():
     from antidistill.keys import MasterKey
 
     mk = MasterKey(b"g" * 32)
@@ -185,7 +185,10 @@ def test_the_processor_chooses_for_sampled_marked_rows_only():
     out = proc(torch.tensor([[5, 6], [5, 6], [5, 6]]), scores.clone())
     assert int(torch.isfinite(out[0]).sum()) == 1  # the marked, sampled row: only the chosen token is left
     assert torch.equal(out[1], scores[1])  # unmarked row untouched
-    assert torch.equal(out[2], scores[2])  # greedy row: a sampling mark cannot apply
+    # greedy row: a sampling mark cannot apply, the green-list fallback does (+delta on its green list)
+    bias = out[2] - scores[2]
+    assert torch.all((bias.abs() < 1e-5) | ((bias - 3.0).abs() < 1e-5))
+    assert 0.15 < float((bias > 1).float().mean()) < 0.35
 
 
 def test_the_processor_respects_top_p():

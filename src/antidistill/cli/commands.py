@@ -211,10 +211,10 @@ def generate(
                 "completion_tokens": len(c.token_ids),
                 "prompt_tokens": c.prompt_tokens,
                 "finish_reason": c.finish_reason,
-                # a sampling scheme marks sampled text only: greedy decoding (temperature 0) carries no mark
+                # greedy decoding under a sampling member carries the green-list fallback (Watermark.greedy)
                 "watermark": None
-                if mark is None or (config.kind == "sample" and temperature <= 0)
-                else config.to_dict(),
+                if mark is None
+                else (lm.watermark.greedy.config if temperature <= 0 else config).to_dict(),
             }
         )
     else:

@@ -809,16 +809,13 @@ class LocalBackend(Backend):
         job.token_ids[row.index] = ids
         if len(job.choices) == job.request.n:
             mark = job.request.mark
-            if mark is not None and self.model.watermark.scheme.kind == "sample" and job.request.temperature <= 0:
-                wm = {
-                    "status": "unwatermarked",
-                    "reason": f"greedy decoding (temperature 0) carries no {self.model.watermark.config.scheme} mark",
-                }
-            elif mark is not None:
+            if mark is not None:
+                # greedy requests under a sampling member carry the green-list fallback: the record names it
+                wm_used = self.model.watermark.greedy if job.request.temperature <= 0 else self.model.watermark
                 wm = {
                     "key_id": mark.account.key_id,
                     "provider_key_id": mark.provider.key_id if mark.provider is not None else None,
-                    "config": self.model.watermark.config.to_dict(),
+                    "config": wm_used.config.to_dict(),
                 }
             else:
                 wm = {"status": "unwatermarked", "reason": "request not marked"}

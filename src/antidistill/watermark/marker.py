@@ -43,6 +43,29 @@ class Watermark:
             self.config.entropy_threshold,
             self.config.layers,
         )
+        self._greedy: Watermark | None = None
+
+    @property
+    def greedy(self) -> Watermark:
+        """The watermark of rows decoded greedily (temperature 0).
+
+        A sampling member marks by choosing among the tokens sampling could emit; a greedy row emits the most
+        likely token, so it could carry no mark, and a harvester would only have to ask for temperature 0 to get
+        unmarked answers. Greedy rows are therefore marked with the green-list member (``antidistill-v1``, its
+        default gamma and delta) at the same context width and provider share; the audit record of such an answer
+        names that configuration. For a green-list member this is the watermark itself.
+        """
+        if self.scheme.kind != "sample":
+            return self
+        if self._greedy is None:
+            self._greedy = Watermark(
+                WatermarkConfig(
+                    scheme="antidistill-v1",
+                    context_width=self.config.context_width,
+                    provider_fraction=self.config.provider_fraction,
+                )
+            )
+        return self._greedy
 
     def position_kinds(self, contexts: np.ndarray, provider_key: int | None) -> np.ndarray:
         """(N,) bool: True where the context is a provider position."""

@@ -42,9 +42,10 @@ class WatermarkLogitsProcessor(LogitsProcessor):
 
     * Green-list members add ``delta`` to the green logits (``kgw-entropy``: only on rows whose next-token
       entropy reaches the threshold).
-    * Sampling members (Gumbel-max) choose the token themselves from the row's final distribution (temperature,
-      top-p) and return logits that allow only that token, so whatever sampler follows emits it. Rows decoded
-      greedily (temperature 0) are left as they are: a distortion-free mark needs sampling.
+    * Sampling members (Gumbel-max, tournament) choose the token themselves from the row's final distribution
+      (temperature, top-p) and return logits that allow only that token, so whatever sampler follows emits it.
+      Rows decoded greedily (temperature 0) get the green-list fallback (:attr:`Watermark.greedy`): a
+      distortion-free mark needs sampling, and temperature 0 must not be a way to get unmarked answers.
 
     Rows whose entry in ``row_keys`` is ``None`` are left unmarked (e.g. an unwatermarked request sharing the
     batch). The keyed randomness comes from :class:`Watermark`, the object the detector uses, so generation and
@@ -135,6 +136,12 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         if self.sampling:
             if len(self._temps) != len(self.row_keys):
                 raise ValueError(f"{len(self._temps)} sampling settings for {len(self.row_keys)} rows")
+            greedy = np.flatnonzero(active & (self._temps <= 0))
+            if len(greedy):  # greedy rows carry the green-list fallback (see Watermark.greedy)
+                ctx = input_ids[:, -h:].cpu().numpy()[greedy]
+                fallback = self.watermark.greedy
+                mask = fallback.scheme.green_mask(self._keys(ctx, greedy), ctx, scores.shape[-1], self._workspace)
+                scores = self._apply(scores, greedy, mask, fallback.config.delta)
             active = active & (self._temps > 0)
         rows = np.flatnonzero(active)
         if self.watermark.config.entropy_threshold > 0 and len(rows):
@@ -164,15 +171,18 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         out[idx] = sub
         return out  # type: ignore[return-value]
 
-    def _apply(self, scores: torch.FloatTensor, rows: np.ndarray, mask: np.ndarray) -> torch.FloatTensor:
+    def _apply(
+        self, scores: torch.FloatTensor, rows: np.ndarray, mask: np.ndarray, delta: float | None = None
+    ) -> torch.FloatTensor:
+        delta = self.watermark.config.delta if delta is None else delta
         if scores.dtype == torch.float32 and scores.device.type == "cpu":
             # the same float32 values as the torch conversion below, into a reused buffer
             bias_np = self._workspace.array("bias", mask.shape, np.float32)
-            np.multiply(mask, np.float32(self.watermark.config.delta), out=bias_np)
+            np.multiply(mask, np.float32(delta), out=bias_np)
             bias = torch.from_numpy(bias_np)
         else:
             bias = torch.from_numpy(mask).to(device=scores.device, dtype=scores.dtype)
-            bias.mul_(self.watermark.config.delta)
+            bias.mul_(delta)
         if len(rows) == scores.shape[0]:
             # transformers' signature says FloatTensor; arithmetic on one is typed as a plain Tensor
             return scores + bias  # type: ignore[return-value]
