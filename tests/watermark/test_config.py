@@ -62,6 +62,7 @@ def test_schemes():
         "kgw-entropy",
         "gumbel",
         "gumbel-dual",
+        "tournament",
         "markllm-exp",
     }
     for name in scheme_names():
@@ -69,6 +70,7 @@ def test_schemes():
     assert {n for n in scheme_names() if WatermarkConfig(scheme=n, provider_fraction=0.0).kind == "sample"} == {
         "gumbel",
         "gumbel-dual",
+        "tournament",
         "markllm-exp",
     }
 
