@@ -64,7 +64,8 @@ def green_words(
     p_green: float = 0.95,
 ) -> str:
     """A text of ``length`` single-token words; each word green (under ``mark``, given the previous word) with
-    probability ``p_green`` where it can be (unmarked and uniform when ``mark`` is None)."""
+    probability ``p_green`` where it can be (unmarked and uniform when ``mark`` is None). For a sampling member,
+    "green" is the member's own keyed choice among the words."""
     vocab_arr = np.array(vocab, dtype=np.int64)
     ids = [int(rng.choice(vocab_arr))]
     for _ in range(length - 1):
@@ -74,6 +75,12 @@ def green_words(
         ctx = np.array([[ids[-1]]], dtype=np.int64)
         prov = np.array([mark.provider.value], dtype=U64) if mark.provider else None
         key = watermark.row_keys(ctx, np.array([mark.account.value], dtype=U64), prov)
+        if watermark.scheme.kind == "sample":  # the member's own choice among the words, uniform probabilities
+            probs = np.zeros((1, int(vocab_arr.max()) + 1))
+            probs[0, vocab_arr] = 1.0 / len(vocab_arr)
+            chosen = int(watermark.scheme.choose(probs, key, ctx, rng.random(1))[0])
+            ids.append(chosen if rng.random() < p_green else int(rng.choice(vocab_arr)))
+            continue
         green = watermark.scheme.is_green(key, np.repeat(ctx, len(vocab_arr), axis=0), vocab_arr, None)[0]
         pool = vocab_arr[green] if (rng.random() < p_green and green.any()) else vocab_arr
         ids.append(int(rng.choice(pool)))

@@ -28,16 +28,28 @@ def _keys() -> ScanKeys:
     return ScanKeys.from_master(TEST_MASTER, ACCOUNTS, {"ab": ["alice", "bob"]})
 
 
-def test_marked_suspect_is_detected_and_attributed(tokenizer):
+@pytest.mark.parametrize(
+    "config",
+    [
+        CONFIG,
+        WatermarkConfig(scheme="kgw-entropy", entropy_threshold=1.0),
+        WatermarkConfig(scheme="gumbel"),
+        WatermarkConfig(scheme="gumbel-dual"),
+        WatermarkConfig(scheme="tournament"),
+    ],
+    ids=lambda c: c.scheme,
+)
+def test_marked_suspect_is_detected_and_attributed(tokenizer, config):
+    # a student that learnt bob's mark, whatever the member: the closed-mode scan finds it and names bob
     mark = MarkKeys(TEST_MASTER.account_key("bob"), TEST_MASTER.provider_key())
-    app = suspect_app(tokenizer, WM, mark)
+    app = suspect_app(tokenizer, Watermark(config), mark)
     with BackgroundServer(app) as srv:
         r = scan_closed(
             srv.url + "/v1",
             PROMPTS,
             tokenizer,
             _keys(),
-            CONFIG,
+            config,
             model_name="suspect-1",
             samples=2,
             max_tokens=40,
