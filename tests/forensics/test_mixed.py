@@ -11,7 +11,7 @@ import pytest
 from antidistill.errors import InputError
 from antidistill.forensics.attribution import Attribution, combine_groups
 from antidistill.forensics.inputs import record_config, texts_from_records
-from antidistill.forensics.scan import ScanKeys, encode_prompt, encode_text, scan_open
+from antidistill.forensics.scan import FedText, ScanKeys, encode_prompt, encode_text, scan_open
 from antidistill.keys import MasterKey
 from antidistill.settings import Settings
 from antidistill.store.api import AuditEntry
@@ -45,7 +45,7 @@ def _marked_ids(wm: Watermark, mark: MarkKeys, vocab: np.ndarray, v: int, length
         if wm.scheme.kind == "sample":
             probs = np.zeros((1, v))
             probs[0, vocab] = 1.0 / len(vocab)
-            ids.append(int(wm.scheme.choose(probs, key, ctx)[0]))
+            ids.append(int(wm.scheme.choose(probs, key, ctx, rng.random(1))[0]))
         else:
             green = wm.scheme.is_green(key, np.repeat(ctx, len(vocab), axis=0), vocab, None)[0]
             ids.append(int(rng.choice(vocab[green] if green.any() else vocab)))
@@ -159,3 +159,35 @@ def test_combine_groups_is_bonferroni_over_groups():
     assert i == 0 and a.p_value == 0.5 and a.groups == 1
     with pytest.raises(InputError):
         combine_groups([])
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        KGW,
+        WatermarkConfig(scheme="kgw-entropy", entropy_threshold=1.0),
+        GUMBEL,
+        WatermarkConfig(scheme="gumbel-dual"),
+        WatermarkConfig(scheme="tournament"),
+    ],
+    ids=lambda c: c.scheme,
+)
+def test_open_mode_finds_every_member(tmp_path, tokenizer, config):
+    # a suspect that learnt alice's answers, for each member: the open-mode scan (reading mode) finds the mark
+    # and names alice; the same suspect fed unmarked answers of the same words shows nothing
+    vocab = np.array(word_tokens(tokenizer, WORDS), dtype=np.int64)
+    mark = MarkKeys(MASTER.account_key("alice"), MASTER.provider_key())
+    rng = np.random.default_rng(11)
+    wm = Watermark(config)
+    marked = [_marked_ids(wm, mark, vocab, len(tokenizer), 60, rng) for _ in range(6)]
+    plain = [[int(t) for t in rng.choice(vocab, 60)] for _ in range(6)]
+    for seqs, expect in ((marked, True), (plain, False)):
+        fed = [
+            FedText(f"Question {i}:", tokenizer.decode(ids), chat=False, account="alice", config=config)
+            for i, ids in enumerate(seqs)
+        ]
+        r = _scan(fed, tokenizer, config)
+        assert r.significant is expect, (config.scheme, r.p_value)
+        assert r.controls_ok
+        if expect:
+            assert r.attributed_account == "alice"
