@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from antidistill.keys import WatermarkKey
 from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.core import U64, Workspace, context_hash, provider_positions
 from antidistill.watermark.schemes import get_scheme
+
+if TYPE_CHECKING:  # the keys module reads the settings; the watermark needs only the key type
+    from antidistill.keys import WatermarkKey
 
 
 @dataclass(frozen=True)
