@@ -154,7 +154,7 @@ def check_request(params: RequestParams, config: WatermarkConfig, allow_unmarked
     if unsupported:
         raise InputError(
             f"the watermark scheme {config.scheme} samples from temperature and top_p only: "
-            f"{', '.join(unsupported)} must be left at their defaults"
+            f"leave {', '.join(unsupported)} at the default"
         )
     return request
 
