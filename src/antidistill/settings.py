@@ -106,6 +106,9 @@ class Settings(BaseSettings):
             fraction 0). Refused at startup if they do not make a valid configuration. Changing them later is
             safe: every audit record names the configuration that marked it, and detection and scans read each
             record with its own (see :meth:`watermark_config`).
+        allow_unmarked: the vLLM plugin (:mod:`antidistill.engines.vllm`) serves requests that carry no antidistill
+            arguments, unmarked; off (the default), such a request is refused, so no completion leaves an engine
+            started with the plugin unmarked by mistake.
         accept_client_clock: take each exchange's time from the ``X-Antidistill-Clock`` request header (unix
             seconds), so the traffic simulator can replay a virtual week in minutes; refused in ``prod``, where a
             client must never write the audit log's timestamps.
@@ -156,6 +159,7 @@ class Settings(BaseSettings):
     watermark_provider_fraction: float | None = None
     watermark_entropy_threshold: float | None = None
     watermark_layers: int | None = None
+    allow_unmarked: bool = False
 
     # monitor and policy
     monitor: bool = False

@@ -18,6 +18,7 @@ from rich.table import Table
 
 # The sub-apps keep their heavy dependencies (SQLAlchemy, FastAPI, uvicorn, torch) inside their commands.
 from antidistill.cli.distill import distill_app
+from antidistill.cli.model import model_app
 from antidistill.cli.monitor import monitor_app
 from antidistill.cli.options import JsonOpt
 from antidistill.cli.scan import scan
@@ -42,6 +43,7 @@ app.command("scan")(scan)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(audit_app, name="audit")
 app.add_typer(distill_app, name="distill")
+app.add_typer(model_app, name="model")
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(simulate_app, name="simulate")
 

@@ -193,3 +193,31 @@ def load_causal_lm(source: ModelSource, cache_dir: Path | None = None) -> tuple[
         return model.eval(), LoadStats(time.perf_counter() - t0, False, str(source.path))
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load the model {source.path}: {exc}") from None
+
+
+def export_model(target: Path, source: ModelSource, cache_dir: Path | None = None, overwrite: bool = False) -> Path:
+    """Write ``source`` (by default the embedded GGUF) as a plain transformers directory: float32 safetensors, the
+    tokenizer (with its chat template) and the generation config. This is what engines that do not read GGUF
+    files, or read them differently (vLLM), are started on. The directory is written under a temporary name and
+    renamed, so a failure leaves nothing half-written at ``target``.
+    """
+    target = Path(target).expanduser()
+    if target.exists() and not (overwrite or (target.is_dir() and not any(target.iterdir()))):
+        raise ModelError(f"{target} exists and is not empty (pass --force to replace it)")
+    model, _ = load_causal_lm(source, cache_dir)
+    tokenizer = load_tokenizer(source, cache_dir)
+    # as in load_causal_lm: a model loaded through transformers' GGUF "quantizer" holds plain float32 tensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+
+    def save(path: str) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    if target.exists():
+        shutil.rmtree(target)
+    _atomic_save(target, save)
+    if not (target / "config.json").is_file():
+        raise ModelError(f"could not write {target} (is its parent writable?)")
+    return target

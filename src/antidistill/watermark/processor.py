@@ -104,7 +104,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         self, temperatures: Sequence[float], top_ps: Sequence[float], generators: Sequence[Any] | None = None
     ) -> None:
         """Per-row sampling settings, and per-row ``torch.Generator`` s for the fresh uniforms some members draw
-        (``gumbel-dual``'s coin, the tournament's final draw), so seeded requests stay reproducible."""
+        (``gumbel-dual``'s coin, the tournament's final draw), so seeded requests stay reproducible (``None`` for a
+        row: its uniforms come from torch's global generator)."""
         self._temps = np.asarray(temperatures, dtype=np.float64)
         self._top_p = np.asarray(top_ps, dtype=np.float64)
         self._generators = list(generators) if generators is not None else None
@@ -124,7 +125,15 @@ class WatermarkLogitsProcessor(LogitsProcessor):
     def _coins(self, rows: np.ndarray) -> np.ndarray:
         if self._generators is None:
             return torch.rand(len(rows), dtype=torch.float64).numpy()
-        return np.array([float(torch.rand((), generator=self._generators[i], dtype=torch.float64)) for i in rows])
+        # rows with a generator (a seeded request) draw from it; the others in one draw from torch's global one
+        gens = [self._generators[i] for i in rows]
+        coins = np.array(
+            [float(torch.rand((), generator=g, dtype=torch.float64)) if g is not None else 0.0 for g in gens]
+        )
+        unseeded = np.array([g is None for g in gens], dtype=bool)
+        if unseeded.any():
+            coins[unseeded] = torch.rand(int(unseeded.sum()), dtype=torch.float64).numpy()
+        return coins
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         h = self.watermark.config.context_width
@@ -132,13 +141,23 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             return scores
         if input_ids.shape[0] != len(self.row_keys):
             raise ValueError(f"batch has {input_ids.shape[0]} rows but {len(self.row_keys)} row keys were given")
-        active = self._active
+        return self.mark(input_ids[:, -h:].cpu().numpy(), scores)  # type: ignore[return-value]
+
+    def mark(self, contexts: np.ndarray, scores: torch.Tensor, ready: np.ndarray | None = None) -> torch.Tensor:
+        """Mark the next token of every row: ``contexts`` (B, context_width) are each row's last tokens, ``scores``
+        (B, V) its logits. Rows where ``ready`` (B,) is False (e.g. too few tokens yet for a context) are left as
+        they are. What ``__call__`` runs; engines that keep the tokens themselves (vLLM) call it directly."""
+        if not self._active.any():
+            return scores
+        if len(contexts) != len(self.row_keys) or scores.shape[0] != len(self.row_keys):
+            raise ValueError(f"batch has {scores.shape[0]} rows but {len(self.row_keys)} row keys were given")
+        active = self._active if ready is None else self._active & np.asarray(ready, dtype=bool)
         if self.sampling:
             if len(self._temps) != len(self.row_keys):
                 raise ValueError(f"{len(self._temps)} sampling settings for {len(self.row_keys)} rows")
             greedy = np.flatnonzero(active & (self._temps <= 0))
             if len(greedy):  # greedy rows carry the green-list fallback (see Watermark.greedy)
-                ctx = input_ids[:, -h:].cpu().numpy()[greedy]
+                ctx = np.asarray(contexts)[greedy]
                 fallback = self.watermark.greedy
                 mask = fallback.scheme.green_mask(self._keys(ctx, greedy), ctx, scores.shape[-1], self._workspace)
                 scores = self._apply(scores, greedy, mask, fallback.config.delta)
@@ -149,19 +168,19 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             rows = rows[self.watermark.scheme.marks_step(ent)]
         if not len(rows):
             return scores
-        ctx = input_ids[:, -h:].cpu().numpy()[rows]
+        ctx = np.asarray(contexts)[rows]
         keys = self._keys(ctx, rows)
         if self.sampling:
             return self._sample(scores, rows, ctx, keys)
         mask = self.watermark.scheme.green_mask(keys, ctx, scores.shape[-1], self._workspace)
         return self._apply(scores, rows, mask)
 
-    def _sample(
-        self, scores: torch.FloatTensor, rows: np.ndarray, ctx: np.ndarray, keys: np.ndarray
-    ) -> torch.FloatTensor:
+    def _sample(self, scores: torch.Tensor, rows: np.ndarray, ctx: np.ndarray, keys: np.ndarray) -> torch.Tensor:
         idx = torch.from_numpy(rows).to(scores.device)
         probs = final_probs(
-            scores[idx], torch.from_numpy(self._temps[rows]).float(), torch.from_numpy(self._top_p[rows]).float()
+            scores[idx],
+            torch.from_numpy(self._temps[rows]).float().to(scores.device),
+            torch.from_numpy(self._top_p[rows]).float().to(scores.device),
         )
         coins = self._coins(rows) if self.watermark.scheme.needs_coins else None
         chosen = self.watermark.scheme.choose(probs.cpu().numpy(), keys, ctx, coins, self._workspace)
@@ -169,11 +188,11 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         sub = torch.full((len(rows), scores.shape[-1]), float("-inf"), dtype=scores.dtype, device=scores.device)
         sub[torch.arange(len(rows)), torch.from_numpy(chosen).to(scores.device)] = 0.0
         out[idx] = sub
-        return out  # type: ignore[return-value]
+        return out
 
     def _apply(
-        self, scores: torch.FloatTensor, rows: np.ndarray, mask: np.ndarray, delta: float | None = None
-    ) -> torch.FloatTensor:
+        self, scores: torch.Tensor, rows: np.ndarray, mask: np.ndarray, delta: float | None = None
+    ) -> torch.Tensor:
         delta = self.watermark.config.delta if delta is None else delta
         if scores.dtype == torch.float32 and scores.device.type == "cpu":
             # the same float32 values as the torch conversion below, into a reused buffer
@@ -184,9 +203,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             bias = torch.from_numpy(mask).to(device=scores.device, dtype=scores.dtype)
             bias.mul_(delta)
         if len(rows) == scores.shape[0]:
-            # transformers' signature says FloatTensor; arithmetic on one is typed as a plain Tensor
-            return scores + bias  # type: ignore[return-value]
+            return scores + bias
         out = scores.clone()
         idx = torch.from_numpy(rows).to(scores.device)
         out[idx] += bias
-        return out  # type: ignore[return-value]
+        return out

@@ -1,0 +1,161 @@
+"""vLLM with the plugin, end to end (slow; skipped unless ``make vllm`` made ``.venv-vllm``).
+
+The embedded model is exported with ``antidistill model export``, a vLLM OpenAI server is started from
+``.venv-vllm`` on it with the master key in its environment only, two accounts ask at once (two rows of one
+batch), and the completions' token ids are detected and attributed with the keys derived here. A request without
+``vllm_xargs`` is refused. The plugin is named in ``--logits-processors`` *and* installed as an entry point, so
+vLLM builds it twice: exactly one copy may mark (the engine log says so once).
+
+Here (2 shared cores): the server starts in about 100 s; 100 tokens for each of the two rows take about 30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from antidistill.detection.detector import Detector
+from antidistill.keys import MasterKey
+from antidistill.watermark.config import WatermarkConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+FQCN = "antidistill.engines.vllm:AntidistillLogitsProcessor"
+MASTER_HEX = "5e" * 32
+START_TIMEOUT = float(os.environ.get("ANTIDISTILL_TEST_VLLM_START_TIMEOUT", "600"))
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="no .venv-vllm (make vllm)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(url: str, body: dict, timeout: float = 600) -> tuple[int, dict]:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, model_cache_dir):
+    from antidistill.models.embedded import export_model, resolve_model
+
+    tmp = tmp_path_factory.mktemp("vllm")
+    model_dir = export_model(tmp / "model", resolve_model(), model_cache_dir)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTIDISTILL_", "VLLM_"))}
+    env.update(
+        ANTIDISTILL_MASTER_KEY=MASTER_HEX,
+        ANTIDISTILL_ENV="test",
+        ANTIDISTILL_DATA_DIR=str(tmp / "data"),
+        VLLM_CPU_KVCACHE_SPACE="1",
+        VLLM_CPU_OMP_THREADS_BIND="nobind",
+    )
+    log_path = tmp / "engine.log"
+    cmd = [
+        str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+        "--served-model-name", "smollm2", "--dtype", "float32", "--max-model-len", "2048",
+        "--host", "127.0.0.1", "--port", str(port), "--logits-processors", FQCN,
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/v1/models", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() - t0 > START_TIMEOUT:
+                    pytest.fail(f"vLLM did not start in {START_TIMEOUT} s:\n{log_path.read_text()[-4000:]}")
+                time.sleep(2)
+        print(f"vLLM started in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+        yield base, log_path
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _ask(base: str, account: str | None, prompt: str, max_tokens: int = 100) -> tuple[int, dict]:
+    body: dict = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "return_token_ids": True,
+    }
+    if account is not None:
+        body["vllm_xargs"] = {
+            "antidistill_account": account,
+            "antidistill_key_version": 1,
+            "antidistill_provider_version": 1,
+        }
+    return _post(f"{base}/v1/chat/completions", body)
+
+
+def test_two_accounts_in_one_batch_are_detected_and_attributed(engine):
+    base, log_path = engine
+    prompts = {"alice": "Write a short story about a lighthouse keeper.", "bob": "Explain how rain forms, in detail."}
+    answers: dict[str, tuple[int, dict]] = {}
+    t0 = time.monotonic()
+    threads = [
+        threading.Thread(target=lambda a=a, p=p: answers.__setitem__(a, _ask(base, a, p))) for a, p in prompts.items()
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"2 completions in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    master = MasterKey.from_text(MASTER_HEX)
+    detector = Detector(WatermarkConfig())
+    candidates = [master.account_key(a) for a in ("alice", "bob", "carol", "dave", "erin")]
+    for account, (status, body) in answers.items():
+        assert status == 200, body
+        choice = body["choices"][0]
+        tokens = [*body["prompt_token_ids"][-1:], *choice["token_ids"]]
+        assert len(choice["token_ids"]) >= 40, choice
+        score = detector.score(tokens, master.account_key(account), master.provider_key(1))
+        result = detector.attribute(tokens, candidates, provider=master.provider_key(1))
+        print(account, len(tokens), score.p_value, result.account, result.p_value_corrected, file=sys.stderr)
+        assert score.p_value < 1e-6
+        assert result.account == account
+    # built twice (entry point + --logits-processors), marking once
+    log = log_path.read_text()
+    assert log.count("antidistill marks with") == 1
+    assert log.count("another copy marks, this one stands by") == 1
+
+
+def test_a_request_without_antidistill_arguments_is_refused(engine):
+    base, _ = engine
+    status, body = _ask(base, None, "Hello", max_tokens=5)
+    assert status == 400
+    assert "antidistill_account" in body["error"]["message"]
+    status, body = _ask(base, "alice", "Hello", max_tokens=5)
+    assert status == 200
