@@ -8,6 +8,7 @@ import pytest
 
 from antidistill.errors import ConfigError
 from antidistill.settings import MIN_SECRET_CHARS, Settings, get_settings, is_placeholder
+from antidistill.watermark.config import WatermarkConfig
 
 REAL_SECRET = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
@@ -165,7 +166,7 @@ def test_connection_limits_from_the_environment(monkeypatch):
             "kgw-entropy",
             0.5,
         ),
-        ({}, "antidistill-v1", 0.5),
+        ({}, WatermarkConfig().scheme, 0.5),
     ],
 )
 def test_watermark_scheme_from_the_environment(monkeypatch, env, scheme, provider_fraction):

@@ -15,6 +15,7 @@ from antidistill.demo.context import DemoContext, DemoSizes
 from antidistill.demo.render import Renderer
 from antidistill.keys import KeyRing, MasterKey
 from antidistill.settings import get_settings
+from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.marker import Watermark
 from tests.synthetic import sample
 
@@ -48,7 +49,8 @@ class FakeModel:
 
     def __init__(self, loops=None, marks_work=True):
         self.tokenizer = WordTokenizer()
-        self.watermark = Watermark()
+        # the demo's logic on a green-list mark (the fake samples with tests/synthetic.py's green lists)
+        self.watermark = Watermark(WatermarkConfig(scheme="antidistill-v1"))
         self.loops = dict(loops or {})
         self.marks_work = marks_work
         self.calls = []

@@ -24,8 +24,8 @@ from tests.synthetic import TEST_MASTER, sample, uniform_tokens
 
 VOCAB = 50
 #: Explicit parameters, so that these tests do not move when the product's defaults are tuned.
-MARKED = WatermarkConfig(gamma=0.25, delta=2.0, context_width=1, provider_fraction=0.5)
-SINGLE = WatermarkConfig(gamma=0.25, delta=2.0, context_width=1, provider_fraction=0.0)
+MARKED = WatermarkConfig(scheme="antidistill-v1", gamma=0.25, delta=2.0, context_width=1, provider_fraction=0.5)
+SINGLE = WatermarkConfig(scheme="antidistill-v1", gamma=0.25, delta=2.0, context_width=1, provider_fraction=0.0)
 PROVIDER = TEST_MASTER.provider_key(1)
 ACCOUNTS = [f"acct{i:03d}" for i in range(100)]
 CANDIDATES = [TEST_MASTER.account_key(a) for a in ACCOUNTS]
@@ -220,7 +220,7 @@ def test_hf_lefthash_power():
 def test_scan_finds_a_marked_span_inside_long_unmarked_text():
     rng = np.random.default_rng(60)
     vocab = 1000
-    cfg = WatermarkConfig(gamma=0.25, delta=1.0, context_width=1, provider_fraction=0.0)
+    cfg = WatermarkConfig(scheme="antidistill-v1", gamma=0.25, delta=1.0, context_width=1, provider_fraction=0.0)
     det = Detector(cfg)
     key = CANDIDATES[3]
     before = uniform_tokens(rng, 1500, vocab)
@@ -261,7 +261,7 @@ def test_scan_finds_a_marked_span_inside_long_unmarked_text():
 def test_scan_with_provider_keys_uses_provider_positions():
     rng = np.random.default_rng(61)
     vocab = 1000
-    cfg = WatermarkConfig(gamma=0.25, delta=2.0, context_width=1, provider_fraction=0.5)
+    cfg = WatermarkConfig(scheme="antidistill-v1", gamma=0.25, delta=2.0, context_width=1, provider_fraction=0.5)
     det = Detector(cfg)
     before = uniform_tokens(rng, 1000, vocab)
     span = sample(rng, Watermark(cfg), CANDIDATES[0], PROVIDER, 257, vocab, prefix=before)[0][1:]
@@ -278,7 +278,7 @@ def test_scan_is_corrected_for_the_provider_versions_tried():
     # the provider version scanned is the best of several, so its span is corrected for all of them
     rng = np.random.default_rng(68)
     vocab = 1000
-    cfg = WatermarkConfig(gamma=0.25, delta=2.0, context_width=1, provider_fraction=0.5)
+    cfg = WatermarkConfig(scheme="antidistill-v1", gamma=0.25, delta=2.0, context_width=1, provider_fraction=0.5)
     det = Detector(cfg)
     versions = [TEST_MASTER.provider_key(v) for v in (1, 2, 3)]
     before = uniform_tokens(rng, 600, vocab)
@@ -304,7 +304,7 @@ def test_scan_skips_short_text_and_can_be_disabled():
 @pytest.mark.parametrize("width", [1, 2, 3])
 def test_repeating_a_text_20_times_scores_exactly_its_distinct_pairs(width):
     rng = np.random.default_rng(62)
-    cfg = WatermarkConfig(gamma=0.25, delta=2.0, context_width=width, provider_fraction=0.0)
+    cfg = WatermarkConfig(scheme="antidistill-v1", gamma=0.25, delta=2.0, context_width=width, provider_fraction=0.0)
     det = Detector(cfg)
     key = CANDIDATES[5]
     seq = sample(rng, Watermark(cfg), key, None, 100, VOCAB)[0]

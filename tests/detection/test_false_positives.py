@@ -86,7 +86,7 @@ def human_ids(tokenizer, human_texts) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def detector() -> Detector:
-    return Detector(WatermarkConfig())
+    return Detector(WatermarkConfig(scheme="antidistill-v1"))
 
 
 @pytest.fixture(scope="module")

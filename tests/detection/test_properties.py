@@ -84,13 +84,13 @@ def test_repeating_a_periodic_text_changes_nothing(unit, k, key, width):
     # seq = unit repeated enough to be longer than a window: seq * k has no pair seq lacks
     reps = max(2, math.ceil((width + 1) / len(unit)) + 1)
     seq = unit * reps
-    det = Detector(WatermarkConfig(context_width=width, provider_fraction=0.0))
+    det = Detector(WatermarkConfig(scheme="antidistill-v1", context_width=width, provider_fraction=0.0))
     assert det.score(seq * k, key) == det.score(seq, key)
 
 
 @given(seq=token_lists(min_size=1), k=st.integers(2, 6), key=keys, width=widths)
 def test_repeating_any_text_adds_only_the_pairs_across_the_join(seq, k, key, width):
-    det = Detector(WatermarkConfig(context_width=width, provider_fraction=0.0))
+    det = Detector(WatermarkConfig(scheme="antidistill-v1", context_width=width, provider_fraction=0.0))
     expected = det.score_pairs(distinct_pairs(seq + seq[:width], width), key) if len(seq) > width else None
     got = det.score(seq * k, key)
     if expected is not None:

@@ -67,7 +67,7 @@ def xargs(account: str, version: int = 1, provider: int = 1, **more: Any) -> dic
 
 
 def marker(config: WatermarkConfig | None = None, allow_unmarked: bool = False) -> EngineMarker:
-    return EngineMarker(Watermark(config or WatermarkConfig()), TEST_MASTER, allow_unmarked)
+    return EngineMarker(Watermark(config or WatermarkConfig(scheme="antidistill-v1")), TEST_MASTER, allow_unmarked)
 
 
 def accounts(m: EngineMarker) -> list[str | None]:
@@ -104,7 +104,7 @@ def test_xargs_name_the_keys_and_the_engine_derives_them():
 )
 def test_bad_or_missing_arguments_are_refused(args, message):
     with pytest.raises(InputError, match=message):
-        parse_xargs(args, WatermarkConfig(), allow_unmarked=False)
+        parse_xargs(args, WatermarkConfig(scheme="antidistill-v1"), allow_unmarked=False)
 
 
 def test_the_expected_configuration_is_accepted_when_it_is_the_engines():
@@ -114,10 +114,10 @@ def test_the_expected_configuration_is_accepted_when_it_is_the_engines():
 
 
 def test_unmarked_requests_only_when_allowed():
-    assert parse_xargs(None, WatermarkConfig(), allow_unmarked=True) is None
-    assert parse_xargs({"unrelated": 1}, WatermarkConfig(), allow_unmarked=True) is None
+    assert parse_xargs(None, WatermarkConfig(scheme="antidistill-v1"), allow_unmarked=True) is None
+    assert parse_xargs({"unrelated": 1}, WatermarkConfig(scheme="antidistill-v1"), allow_unmarked=True) is None
     with pytest.raises(InputError):  # allowing unmarked traffic does not make bad arguments acceptable
-        parse_xargs({XARG_ACCOUNT: "alice"}, WatermarkConfig(), allow_unmarked=True)
+        parse_xargs({XARG_ACCOUNT: "alice"}, WatermarkConfig(scheme="antidistill-v1"), allow_unmarked=True)
 
 
 def test_sampling_members_refuse_settings_that_act_after_them():
@@ -128,7 +128,9 @@ def test_sampling_members_refuse_settings_that_act_after_them():
     assert check_request(Params(xargs("alice"), top_k=-1, top_p=0.9), gumbel, False) is not None
     # greedy requests are not marked by a sampling member: nothing to refuse; bias members accept everything
     assert check_request(Params(xargs("alice"), temperature=0.0, top_k=5), gumbel, False) is not None
-    assert check_request(Params(xargs("alice"), top_k=5, presence_penalty=1.0), WatermarkConfig(), False)
+    assert check_request(
+        Params(xargs("alice"), top_k=5, presence_penalty=1.0), WatermarkConfig(scheme="antidistill-v1"), False
+    )
 
 
 # ---- the batch -----------------------------------------------------------------------------------------
@@ -157,7 +159,7 @@ def test_rows_follow_added_removed_and_moved_requests():
 
 
 def test_rows_without_keys_or_with_too_short_a_context_are_left_alone():
-    m = marker(WatermarkConfig(context_width=3), allow_unmarked=True)
+    m = marker(WatermarkConfig(scheme="antidistill-v1", context_width=3), allow_unmarked=True)
     out_a: list[int] = []
     m.update(
         Update(
@@ -182,7 +184,7 @@ def test_rows_without_keys_or_with_too_short_a_context_are_left_alone():
 @pytest.mark.parametrize("width", [1, 2])
 def test_the_mark_is_the_local_backends_processor_exactly(width):
     """Same keys, same contexts: the engine's logits equal WatermarkLogitsProcessor's on the transformers path."""
-    config = WatermarkConfig(context_width=width)
+    config = WatermarkConfig(scheme="antidistill-v1", context_width=width)
     m = marker(config, allow_unmarked=True)
     rng = np.random.default_rng(5)
     prompts = [rng.integers(0, VOCAB, 6).tolist() for _ in range(4)]
@@ -239,7 +241,7 @@ def test_sampling_members_allow_only_the_chosen_token_and_seeds_reproduce():
 def test_generated_tokens_are_detected_and_attributed_to_their_own_account():
     """A toy engine loop: random logits per step, the plugin marks, the row samples; the detector attributes each
     text to its account among many."""
-    config = WatermarkConfig()
+    config = WatermarkConfig(scheme="antidistill-v1")
     m = marker(config)
     names = ["alice", "bob", "carol"]
     outs: list[list[int]] = [[] for _ in names]

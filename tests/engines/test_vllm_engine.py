@@ -134,7 +134,7 @@ def test_two_accounts_in_one_batch_are_detected_and_attributed(engine):
         t.join()
     print(f"2 completions in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     master = MasterKey.from_text(MASTER_HEX)
-    detector = Detector(WatermarkConfig())
+    detector = Detector(WatermarkConfig(scheme="antidistill-v1"))
     candidates = [master.account_key(a) for a in ("alice", "bob", "carol", "dave", "erin")]
     for account, (status, body) in answers.items():
         assert status == 200, body

@@ -13,7 +13,7 @@ from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.marker import Watermark
 from tests.synthetic import TEST_MASTER, sample
 
-CONFIG = WatermarkConfig()
+CONFIG = WatermarkConfig(scheme="antidistill-v1")
 WM = Watermark(CONFIG)
 GAMMA = 0.25
 

@@ -66,7 +66,7 @@ def _entry(account_id: str, i: int, text: str) -> AuditEntry:
         completion_tokens=20,
         finish_reason="stop",
         latency_ms=1.0,
-        watermark={"key_id": f"acct:{account_id}:v1", "config": WatermarkConfig().to_dict()},
+        watermark={"key_id": f"acct:{account_id}:v1", "config": WatermarkConfig(scheme="antidistill-v1").to_dict()},
     )
 
 
@@ -79,7 +79,7 @@ def test_closed_scan_from_the_audit_log(capsys, store, shared_cache_env, tokeniz
     store.append_audit(_entry(alice.id, 99, "Another answer."))
     master = MasterKey.load(get_settings(), create=False)
     mark = MarkKeys(master.account_key(bob.id), master.provider_key())
-    app = suspect_app(tokenizer, Watermark(), mark)
+    app = suspect_app(tokenizer, Watermark(WatermarkConfig(scheme="antidistill-v1")), mark)
     with BackgroundServer(app) as srv:
         code, out, err = run(
             capsys,
@@ -120,7 +120,7 @@ def test_closed_scan_of_an_unmarked_suspect_with_a_prompts_file(
 ):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Tell me about rivers.\nTell me about trees.\n", encoding="utf-8")
-    with BackgroundServer(suspect_app(tokenizer, Watermark(), None)) as srv:
+    with BackgroundServer(suspect_app(tokenizer, Watermark(WatermarkConfig(scheme="antidistill-v1")), None)) as srv:
         code, out, err = run(
             capsys,
             "scan",

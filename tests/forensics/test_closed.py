@@ -18,7 +18,7 @@ from tests.forensics.helpers import green_words, word_tokens
 from tests.gateway.conftest import free_port, start_gateway
 from tests.synthetic import TEST_MASTER
 
-CONFIG = WatermarkConfig()
+CONFIG = WatermarkConfig(scheme="antidistill-v1")
 WM = Watermark(CONFIG)
 PROMPTS = [f"Tell me about topic number {i}." for i in range(8)]
 ACCOUNTS = ["alice", "bob", "carol"] + [f"user-{i}" for i in range(7)]

@@ -95,7 +95,7 @@ def _induction_predictions(seq: np.ndarray, rng: np.random.Generator, vocab: int
 def test_copying_model_is_innocent_only_under_prefix_pairs():
     """The teacher-control effect on synthetic data: an induction model fed watermarked text looks marked when
     only the prompt is excluded, and gives uniform p-values with the prefix-pair rule."""
-    config = WatermarkConfig()
+    config = WatermarkConfig(scheme="antidistill-v1")
     wm = Watermark(config)
     vocab, length, trials = 60, 300, 80
     p_prompt, p_prefix = [], []

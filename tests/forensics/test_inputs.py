@@ -13,7 +13,7 @@ from antidistill.store.sql import Store
 from antidistill.watermark.config import WatermarkConfig
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
-MARK = {"key_id": "acct:a:v1", "config": WatermarkConfig().to_dict()}
+MARK = {"key_id": "acct:a:v1", "config": WatermarkConfig(scheme="antidistill-v1").to_dict()}
 
 
 def _entry(i: int, account: str, **kw: object) -> AuditEntry:
@@ -66,5 +66,5 @@ def test_typed_records_and_exported_dicts_feed_the_same_texts(tmp_path):
         ("one prompt", "answer 6", False, "a"),
     ]
     assert dict(fed.skipped) == {"other-account": 2, "error-status": 2, "unwatermarked": 1, "unreadable-prompt": 1}
-    assert fed.config() == WatermarkConfig() and list(fed.configs.values()) == [2]
+    assert fed.config() == WatermarkConfig(scheme="antidistill-v1") and list(fed.configs.values()) == [2]
     assert json.loads(next(iter(fed.configs))) == MARK["config"]

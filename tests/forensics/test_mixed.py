@@ -23,7 +23,7 @@ from antidistill.watermark.marker import MarkKeys, Watermark
 from .helpers import word_tokens
 
 MASTER = MasterKey(bytes(range(32)))
-KGW = WatermarkConfig()
+KGW = WatermarkConfig(scheme="antidistill-v1")
 GUMBEL = WatermarkConfig(scheme="gumbel")
 _WORDS = (
     "the a of and to in is it that was for on are with as his they be at one have this from or had by word but "
@@ -113,7 +113,9 @@ def test_records_carry_their_own_config(mixed_log):
     fed = texts_from_records(mixed_log.iter_records())
     assert [t.config for t in fed.texts] == [KGW] * 6 + [GUMBEL] * 6
     assert set(fed.all_configs()) == {KGW, GUMBEL}
-    assert record_config({"key_id": "x", "config": {"gamma": 0.5}}) == WatermarkConfig(gamma=0.5)
+    assert record_config({"key_id": "x", "config": {"gamma": 0.5}}) == WatermarkConfig(
+        scheme="antidistill-v1", gamma=0.5
+    )
     assert record_config({"status": "unwatermarked"}) is None
     with pytest.raises(InputError, match="cannot be read"):
         record_config({"key_id": "x", "config": {"scheme": "future-scheme"}})

@@ -71,7 +71,7 @@ def exchange(i: int, account_id: str, key_id: str, at: datetime) -> AuditEntry:
         completion_tokens=200,
         finish_reason="stop",
         latency_ms=40.0,
-        watermark={"key_id": key_id, "config": WatermarkConfig().to_dict()},
+        watermark={"key_id": key_id, "config": WatermarkConfig(scheme="antidistill-v1").to_dict()},
     )
 
 
@@ -154,7 +154,7 @@ class Install:
     def scan(self, marked_with: str | None, suspect: str, seed: int = 1, length: int = 800) -> dict:
         """A real scan result (the scanner's own statistics) of a student that learnt ``marked_with``'s
         watermark (or of an unmarked model, None), over the three accounts' keys."""
-        config = WatermarkConfig()
+        config = WatermarkConfig(scheme="antidistill-v1")
         rng = np.random.default_rng(seed)
         wm = Watermark(config)
         if marked_with is None:

@@ -65,7 +65,7 @@ def test_records_of_two_schemes_are_each_read_with_their_own(gateway_dir, store,
     # the Gumbel-max record read with the (default) green-list configuration would show nothing: why it must not be
     gumbel_text = records[ids["gumbel"]].completion[0]
     ids_ = tokenizer(gumbel_text, add_special_tokens=False)["input_ids"]
-    wrong = Detector(WatermarkConfig(), vocab_size=len(tokenizer)).detect(
+    wrong = Detector(WatermarkConfig(scheme="antidistill-v1"), vocab_size=len(tokenizer)).detect(
         ids_, ring.provider_keys(), ring.account_keys(account.id)
     )
     assert not wrong.watermarked

@@ -135,7 +135,9 @@ def tiny_model(tokenizer):
         eos_token_id=2,
         pad_token_id=2,
     )
-    return LocalModel(LlamaForCausalLM(cfg).eval(), tokenizer, Watermark(WatermarkConfig()), "tiny")
+    return LocalModel(
+        LlamaForCausalLM(cfg).eval(), tokenizer, Watermark(WatermarkConfig(scheme="antidistill-v1")), "tiny"
+    )
 
 
 @pytest.fixture
@@ -281,7 +283,7 @@ def test_stop_string_cuts_the_text_and_is_never_streamed(tiny):
 
 def test_each_row_is_marked_with_its_own_keys_as_rows_come_and_go(tiny_model):
     # delta 50 makes every greedy token green under the row's own key: one wrong key in the processor shows at once
-    cfg = WatermarkConfig(delta=50.0, provider_fraction=0.0)
+    cfg = WatermarkConfig(scheme="antidistill-v1", delta=50.0, provider_fraction=0.0)
     model = LocalModel(tiny_model.model, tiny_model.tokenizer, Watermark(cfg), "tiny")
     backend = LocalBackend(model)
     accounts = [TEST_MASTER.account_key(f"acct-{i}") for i in range(4)]
@@ -546,7 +548,7 @@ def test_real_marks_are_per_account_and_detected(real):
         return await asyncio.gather(*(real.generate(r) for r in reqs))
 
     results = asyncio.run(main())
-    config = WatermarkConfig()
+    config = WatermarkConfig(scheme="antidistill-v1")
     d = Detector(config)
     decoys = [TEST_MASTER.account_key(f"decoy-{i}") for i in range(8)]
     candidates = [ALICE, BOB, *decoys]

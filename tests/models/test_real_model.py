@@ -69,12 +69,12 @@ def test_rows_with_different_accounts_do_not_mark_each_other(local_model):
     local_model_wm = local_model.watermark
     from antidistill.watermark.marker import Watermark
 
-    local_model.watermark = Watermark(WatermarkConfig(provider_fraction=0.0))
+    local_model.watermark = Watermark(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.0))
     try:
         outs = local_model.generate([PROMPTS[0], PROMPTS[0]], marks, max_new_tokens=64, min_new_tokens=64, seed=5)
     finally:
         local_model.watermark = local_model_wm
-    d = Detector(WatermarkConfig(provider_fraction=0.0))
+    d = Detector(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.0))
     assert d.score(outs[0].token_ids, master.account_key("a")).p_value < 1e-4
     assert d.score(outs[0].token_ids, master.account_key("b")).p_value > 1e-3
     assert d.score(outs[1].token_ids, master.account_key("b")).p_value < 1e-4

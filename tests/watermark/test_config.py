@@ -13,7 +13,7 @@ from antidistill.watermark import config as config_module
 
 
 def test_defaults_are_valid_and_documented():
-    c = WatermarkConfig()
+    c = WatermarkConfig(scheme="antidistill-v1")
     assert c.scheme == "antidistill-v1"
     assert 0.0 < c.gamma < 1.0 and c.delta > 0.0 and c.context_width >= 1 and 0.0 < c.provider_fraction < 1.0
     # the module docstring explains every default ("``gamma = 0.25``: ..."): the two must not drift apart
@@ -22,18 +22,18 @@ def test_defaults_are_valid_and_documented():
 
 
 def test_is_frozen_and_hashable():
-    c = WatermarkConfig()
+    c = WatermarkConfig(scheme="antidistill-v1")
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.gamma = 0.5  # type: ignore[misc]
-    assert {c: 1}[WatermarkConfig()] == 1
+    assert {c: 1}[WatermarkConfig(scheme="antidistill-v1")] == 1
 
 
 @pytest.mark.parametrize(
     "config",
     [
-        WatermarkConfig(),
-        WatermarkConfig(gamma=0.5, delta=0.0, context_width=4, provider_fraction=0.0),
-        WatermarkConfig(gamma=1e-3, delta=100.0, context_width=2, provider_fraction=0.999),
+        WatermarkConfig(scheme="antidistill-v1"),
+        WatermarkConfig(scheme="antidistill-v1", gamma=0.5, delta=0.0, context_width=4, provider_fraction=0.0),
+        WatermarkConfig(scheme="antidistill-v1", gamma=1e-3, delta=100.0, context_width=2, provider_fraction=0.999),
         WatermarkConfig.interop(gamma=0.3, delta=1.5, context_width=3),
     ],
 )
@@ -85,7 +85,9 @@ def test_entropy_threshold_belongs_to_kgw_entropy():
     c = WatermarkConfig(scheme="kgw-entropy", entropy_threshold=1.5)
     assert c.to_dict()["entropy_threshold"] == 1.5
     assert WatermarkConfig.from_dict(c.to_dict()) == c
-    assert "entropy_threshold" not in WatermarkConfig().to_dict()  # records of other schemes read as before
+    assert (
+        "entropy_threshold" not in WatermarkConfig(scheme="antidistill-v1").to_dict()
+    )  # records of other schemes read as before
     for bad in (-1.0, math.nan, 21.0, "1", True):
         with pytest.raises(InputError, match="entropy_threshold"):
             WatermarkConfig(scheme="kgw-entropy", entropy_threshold=bad)

@@ -22,7 +22,7 @@ def contexts(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
 @pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
 def test_row_keys_pick_the_provider_exactly_at_provider_positions(width, fraction):
     rng = np.random.default_rng(20)
-    wm = Watermark(WatermarkConfig(context_width=width, provider_fraction=fraction))
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1", context_width=width, provider_fraction=fraction))
     n = 3000
     ctx = contexts(rng, n, width)
     account = np.array([TEST_MASTER.account_key(f"a{i % 7}").value for i in range(n)], dtype=U64)
@@ -44,7 +44,7 @@ def test_row_keys_pick_the_provider_exactly_at_provider_positions(width, fractio
 
 def test_rows_with_different_provider_versions_split_by_their_own_key():
     rng = np.random.default_rng(21)
-    wm = Watermark(WatermarkConfig())
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1"))
     n = 2000
     ctx = contexts(rng, n, 1)
     account = np.full(n, TEST_MASTER.account_key("alice").value, dtype=U64)
@@ -60,7 +60,7 @@ def test_rows_with_different_provider_versions_split_by_their_own_key():
 
 def test_provider_fraction_zero_never_uses_the_provider():
     rng = np.random.default_rng(22)
-    wm = Watermark(WatermarkConfig(provider_fraction=0.0))
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.0))
     n = 2000
     ctx = contexts(rng, n, 1)
     account = rng.integers(0, 2**64, size=n, dtype=np.uint64)
@@ -71,7 +71,7 @@ def test_provider_fraction_zero_never_uses_the_provider():
 
 def test_no_provider_key_means_account_everywhere():
     rng = np.random.default_rng(23)
-    wm = Watermark(WatermarkConfig(provider_fraction=0.9))
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.9))
     ctx = contexts(rng, 500, 1)
     account = rng.integers(0, 2**64, size=500, dtype=np.uint64)
     assert np.array_equal(wm.row_keys(ctx, account, None), account)
@@ -80,7 +80,7 @@ def test_no_provider_key_means_account_everywhere():
 
 def test_row_keys_does_not_modify_its_input():
     rng = np.random.default_rng(24)
-    wm = Watermark(WatermarkConfig())
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1"))
     ctx = contexts(rng, 200, 1)
     account = rng.integers(0, 2**64, size=200, dtype=np.uint64)
     before = account.copy()
@@ -90,7 +90,7 @@ def test_row_keys_does_not_modify_its_input():
 
 def test_green_mask_is_the_scheme_under_the_row_keys():
     rng = np.random.default_rng(25)
-    wm = Watermark(WatermarkConfig(gamma=0.3, context_width=2))
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1", gamma=0.3, context_width=2))
     ctx = contexts(rng, 300, 2)
     account = rng.integers(0, 2**64, size=300, dtype=np.uint64)
     provider = np.full(300, TEST_MASTER.provider_key().value, dtype=U64)
@@ -105,6 +105,6 @@ def test_green_mask_is_the_scheme_under_the_row_keys():
 
 
 def test_watermark_defaults_and_shared_scheme():
-    a, b = Watermark(), Watermark(WatermarkConfig())
-    assert a.config == WatermarkConfig()
+    a, b = Watermark(WatermarkConfig(scheme="antidistill-v1")), Watermark(WatermarkConfig(scheme="antidistill-v1"))
+    assert a.config == WatermarkConfig(scheme="antidistill-v1")
     assert a.scheme is b.scheme

@@ -38,7 +38,7 @@ def expected_scores(wm: Watermark, row_keys, input_ids: torch.Tensor, scores: to
 def test_mixed_batch_matches_the_oracle_exactly(width):
     rng = np.random.default_rng(30)
     torch.manual_seed(30)
-    wm = Watermark(WatermarkConfig(context_width=width, delta=2.5))
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1", context_width=width, delta=2.5))
     row_keys = [MarkKeys(ALICE, P1), MarkKeys(BOB), None, MarkKeys(CAROL, P2), MarkKeys(ALICE, P1)]
     proc = WatermarkLogitsProcessor(wm, row_keys)
     kinds_seen = []
@@ -63,7 +63,7 @@ def test_mixed_batch_matches_the_oracle_exactly(width):
 def test_provider_positions_use_the_provider_list_in_every_account():
     # at a provider position, alice's and bob's rows (same provider key) get the same green list
     rng = np.random.default_rng(31)
-    wm = Watermark(WatermarkConfig())
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1"))
     proc = WatermarkLogitsProcessor(wm, [MarkKeys(ALICE, P1), MarkKeys(BOB, P1)])
     same, total_provider = 0, 0
     for _ in range(60):
@@ -79,7 +79,7 @@ def test_provider_positions_use_the_provider_list_in_every_account():
 
 
 def test_row_without_provider_is_marked_with_its_account_key_everywhere():
-    wm = Watermark(WatermarkConfig(provider_fraction=0.9))
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.9))
     proc = WatermarkLogitsProcessor(wm, [MarkKeys(ALICE, P1), MarkKeys(BOB)])
     for tok in range(VOCAB):
         out = proc(torch.tensor([[tok], [tok]]), torch.zeros(2, VOCAB))
@@ -88,7 +88,7 @@ def test_row_without_provider_is_marked_with_its_account_key_everywhere():
 
 
 def test_account_only_config_ignores_the_provider_key():
-    wm = Watermark(WatermarkConfig(provider_fraction=0.0))
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.0))
     with_p = WatermarkLogitsProcessor(wm, [MarkKeys(ALICE, P1)])
     without = WatermarkLogitsProcessor(wm, [MarkKeys(ALICE)])
     for tok in range(VOCAB):
@@ -97,20 +97,24 @@ def test_account_only_config_ignores_the_provider_key():
 
 
 def test_all_rows_unmarked_returns_scores_unchanged():
-    proc = WatermarkLogitsProcessor(Watermark(), [None, None])
+    proc = WatermarkLogitsProcessor(Watermark(WatermarkConfig(scheme="antidistill-v1")), [None, None])
     scores = torch.randn(2, VOCAB)
     assert torch.equal(proc(torch.tensor([[1, 2], [3, 4]]), scores), scores)
 
 
 def test_too_short_input_is_left_alone():
-    proc = WatermarkLogitsProcessor(Watermark(WatermarkConfig(context_width=3)), [MarkKeys(ALICE)])
+    proc = WatermarkLogitsProcessor(
+        Watermark(WatermarkConfig(scheme="antidistill-v1", context_width=3)), [MarkKeys(ALICE)]
+    )
     scores = torch.randn(1, VOCAB)
     assert torch.equal(proc(torch.tensor([[1, 2]]), scores), scores)
     assert not torch.equal(proc(torch.tensor([[1, 2, 3]]), scores), scores)
 
 
 def test_mismatched_batch_size_raises():
-    proc = WatermarkLogitsProcessor(Watermark(), [MarkKeys(ALICE), None, MarkKeys(BOB)])
+    proc = WatermarkLogitsProcessor(
+        Watermark(WatermarkConfig(scheme="antidistill-v1")), [MarkKeys(ALICE), None, MarkKeys(BOB)]
+    )
     with pytest.raises(ValueError, match="batch has 4 rows but 3 row keys"):
         proc(torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, VOCAB))
     with pytest.raises(ValueError, match="batch has 2 rows"):
@@ -118,7 +122,7 @@ def test_mismatched_batch_size_raises():
 
 
 def test_set_row_keys_switches_rows():
-    wm = Watermark(WatermarkConfig(provider_fraction=0.0))
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.0))
     proc = WatermarkLogitsProcessor(wm, [MarkKeys(ALICE), None])
     ids, scores = torch.tensor([[5], [5]]), torch.zeros(2, VOCAB)
     first = proc(ids, scores)
@@ -130,7 +134,7 @@ def test_set_row_keys_switches_rows():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_keeps_the_score_dtype(dtype):
-    wm = Watermark(WatermarkConfig(provider_fraction=0.0, delta=2.0))
+    wm = Watermark(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.0, delta=2.0))
     proc = WatermarkLogitsProcessor(wm, [MarkKeys(ALICE)])
     scores = torch.ones(1, VOCAB, dtype=dtype)
     out = proc(torch.tensor([[7]]), scores)
@@ -141,7 +145,9 @@ def test_keeps_the_score_dtype(dtype):
 
 def test_negative_infinity_stays_negative_infinity():
     # tokens masked out by an earlier processor (-inf) must stay impossible, green or not
-    proc = WatermarkLogitsProcessor(Watermark(WatermarkConfig(provider_fraction=0.0)), [MarkKeys(ALICE)])
+    proc = WatermarkLogitsProcessor(
+        Watermark(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.0)), [MarkKeys(ALICE)]
+    )
     scores = torch.full((1, VOCAB), -float("inf"))
     scores[0, 3] = 0.0
     out = proc(torch.tensor([[7]]), scores)

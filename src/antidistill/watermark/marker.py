@@ -31,7 +31,7 @@ class Watermark:
 
     Example:
         >>> import numpy as np
-        >>> wm = Watermark(WatermarkConfig(provider_fraction=0.0))
+        >>> wm = Watermark(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.0))
         >>> mask = wm.green_mask(np.array([[5]]), np.array([123], dtype=np.uint64), None, vocab_size=20)
         >>> mask.shape
         (1, 20)

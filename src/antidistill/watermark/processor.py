@@ -62,7 +62,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         >>> from antidistill.keys import MasterKey
         >>> from antidistill.watermark.config import WatermarkConfig
         >>> mk = MasterKey(b"k" * 32)
-        >>> proc = WatermarkLogitsProcessor(Watermark(WatermarkConfig()),
+        >>> proc = WatermarkLogitsProcessor(Watermark(WatermarkConfig(scheme="antidistill-v1")),
         ...                                 [MarkKeys(mk.account_key("alice"), mk.provider_key())])
         >>> out = proc(torch.tensor([[1, 2, 3]]), torch.zeros(1, 5000))
         >>> abs(float((out > 0).float().mean()) - 0.25) < 0.03  # about gamma of the vocabulary is green
