@@ -38,7 +38,8 @@ What vLLM 0.32's v1 sampler does with a logits processor (read from ``vllm/v1/sa
   members compute the row's final distribution themselves (``final_probs``: temperature and top-p, as the local
   backend does), choose the token with ``scheme.choose`` and return logits that allow only it, which the
   penalties, temperature and top-k/top-p that follow cannot change; greedy rows get the green-list fallback
-  (``Watermark.greedy``: a distortion-free mark needs sampling, and temperature 0 must not unmark an answer). Penalties, ``top_k`` and ``min_p`` act after the processor, so for
+  (``Watermark.greedy``: a distortion-free mark needs sampling, and temperature 0 must not unmark an answer).
+  Penalties, ``top_k`` and ``min_p`` act after the processor, so for
   sampling members requests that set them are refused (see :func:`~antidistill.engines.marking.check_request`).
 * ``BatchUpdate`` (``vllm/v1/sample/logits_processor/interface.py``): ``batch_size`` after the step's changes,
   ``removed`` (row indices), ``added`` (``(index, SamplingParams, prompt token ids or None, output token ids)``;
