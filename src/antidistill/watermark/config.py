@@ -59,7 +59,7 @@ class WatermarkConfig:
         True
     """
 
-    scheme: str = "tournament"
+    scheme: str = "antidistill-v1"
     gamma: float = 0.25
     delta: float = 3.0
     context_width: int = 1
