@@ -915,6 +915,13 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError("--configs must start with 'none' (the unmarked baseline every ratio refers to)")
     if skipped:
         print(f"skipped (scheme not in this checkout, available: {', '.join(scheme_names())}): {'; '.join(skipped)}")
+    unmarked_needed = math.ceil(args.radio_n * (1 - args.radio_share))
+    if not args.skip_radio and unmarked_needed > args.prompts // 2:
+        # checked before an hour of generation, not after: the students mix the second half's unmarked answers
+        raise InputError(
+            f"--radio-n {args.radio_n} at share {args.radio_share} needs {unmarked_needed} unmarked answers, "
+            f"but --prompts {args.prompts} gives {args.prompts // 2}: raise --prompts or lower --radio-n"
+        )
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
     lm = LocalModel.load()
@@ -956,8 +963,12 @@ def main(argv: list[str] | None = None) -> int:
         for label, v in phase(name, fn).items():
             res[label][name] = v
     if not args.skip_radio:
-        for label, v in phase("radioactivity", lambda: radioactivity(lm, specs, prompts, comps, args)).items():
-            res[label]["radioactivity"] = v
+        try:
+            for label, v in phase("radioactivity", lambda: radioactivity(lm, specs, prompts, comps, args)).items():
+                res[label]["radioactivity"] = v
+        except Exception as exc:  # the costly last phase: a failure there must not lose the table
+            log(f"radioactivity failed: {type(exc).__name__}: {exc}")
+            res["none"]["radioactivity_error"] = f"{type(exc).__name__}: {exc}"
 
     det_col = f"TPR@{args.new_tokens}"
     headers = [
