@@ -124,9 +124,8 @@ class Detector:
 
     def _result(self, key_id: str, n: int, g: float) -> ScoreResult:
         p = self.scheme.p_value(g, n, self.vocab_size) if n > 0 else 1.0
-        score = round(g) if self.scheme.kind == "bias" else float(g)
         z = self.scheme.z(float(g), n, self.vocab_size)
-        return ScoreResult(key_id, int(n), score, g / n if n else 0.0, z, float(p), self.gamma)
+        return ScoreResult(key_id, int(n), self.scheme.reported(g), g / n if n else 0.0, z, float(p), self.gamma)
 
     def split(self, pairs: Pairs, provider: WatermarkKey | None) -> tuple[Pairs, Pairs]:
         """(provider positions, account positions) of ``pairs`` under this provider key."""
@@ -231,7 +230,7 @@ class Detector:
         p = np.where(n > 0, self.scheme.p_value(g, n, self.vocab_size), 1.0)
         i = int(np.argmin(p))
         p_corr = bonferroni(float(p[i]), len(p))
-        gi = round(float(g[i])) if self.scheme.kind == "bias" else float(g[i])
+        gi = self.scheme.reported(float(g[i]))
         return SpanResult(int(starts[i]), int(ends[i]), int(n[i]), gi, float(p[i]), p_corr, len(p), p_corr <= alpha)
 
     # ---- the whole verdict --------------------------------------------------------------------------

@@ -176,11 +176,6 @@ def control_keys(count: int = DEFAULT_CONTROL_KEYS, seed: int = 0) -> list[Water
     return [WatermarkKey(f"control:{i}", None, 0, int(v)) for i, v in enumerate(values)]
 
 
-def _num(scheme: Scheme, score: float) -> int | float:
-    """A summed score as reported: the green count (an int) for green-list schemes, the float sum otherwise."""
-    return round(score) if scheme.kind == "bias" else float(score)
-
-
 def _p(scheme: Scheme, score: float, n: int, vocab_size: int | None) -> float:
     """The exact null tail of a summed score over ``n`` tuples (1 when nothing was scored)."""
     return float(scheme.p_value(score, n, vocab_size)) if n > 0 else 1.0
@@ -188,7 +183,7 @@ def _p(scheme: Scheme, score: float, n: int, vocab_size: int | None) -> float:
 
 def _test(key_id: str, green: float, n: int, scheme: Scheme, vocab_size: int | None) -> BinomialTest:
     p = _p(scheme, green, n, vocab_size)
-    return BinomialTest(key_id, _num(scheme, green), int(n), p, scheme.z(float(green), n, vocab_size))
+    return BinomialTest(key_id, scheme.reported(green), int(n), p, scheme.z(float(green), n, vocab_size))
 
 
 def _curve_marks(total: int, points: int) -> np.ndarray:
@@ -327,7 +322,7 @@ def attribute_tuples(  # noqa: C901
             ps = np.atleast_1d(scheme.p_value(greens, m, vocab_size)) if m > 0 else np.ones(len(greens))
             for (acct, key), g, p in zip(all_keys, greens, ps, strict=True):
                 r = AccountResult(
-                    acct, key.key_id, _num(scheme, g), m, float(p), bonferroni(float(p), account_keys_tested)
+                    acct, key.key_id, scheme.reported(g), m, float(p), bonferroni(float(p), account_keys_tested)
                 )
                 if acct not in best_by_acct or r.p_value < best_by_acct[acct].p_value:
                     best_by_acct[acct] = r

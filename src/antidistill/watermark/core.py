@@ -156,6 +156,14 @@ def context_hash(contexts: np.ndarray) -> np.ndarray:
     return x
 
 
+def keyed_pair_hash(keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """(K, N) ``fmix64(k ^ H(c_n) ^ T(t_n))``: the keyed 64-bit hash of each (context, token) under each key, the
+    randomness every member draws from (a green bit, a uniform, tournament bits)."""
+    pairs = context_hash(contexts) ^ token_hash(tokens)
+    x = np.asarray(keys, dtype=U64).reshape(-1, 1) ^ pairs[None, :]
+    return fmix64(x, out=x)
+
+
 def provider_positions(provider_key: int, ctx_hash: np.ndarray, provider_fraction: float) -> np.ndarray:
     """Which contexts are marked with the provider key (True) rather than the account key.
 
@@ -224,6 +232,10 @@ class Scheme(ABC):
     @abstractmethod
     def null_moments(self, vocab_size: int | None) -> tuple[float, float]:
         """(mean, variance) of one tuple's score under the null (for z-scores and fractions shown to readers)."""
+
+    def reported(self, total: float) -> int | float:
+        """A summed score as results report it: the green count (an int) for a ``"bias"`` member, else the float."""
+        return round(total) if self.kind == "bias" else float(total)
 
     def z(self, total: float, n: int, vocab_size: int | None) -> float:
         """The z-score of a summed score (reported; decisions use :meth:`p_value`)."""

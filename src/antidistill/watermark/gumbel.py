@@ -42,7 +42,7 @@ from antidistill.watermark.core import (
     Workspace,
     context_hash,
     fmix64,
-    token_hash,
+    keyed_pair_hash,
     token_hash_table,
 )
 from antidistill.watermark.nulls import gamma_sf
@@ -70,9 +70,7 @@ def mix_keys(keys: np.ndarray, salt: np.uint64) -> np.ndarray:
 
 def pair_uniforms(keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """(K, N) uniforms ``u(k, c_n, t_n)`` for already-mixed keys."""
-    pairs = context_hash(contexts) ^ token_hash(tokens)
-    x = np.asarray(keys, dtype=U64).reshape(-1, 1) ^ pairs[None, :]
-    return to_unit(fmix64(x, out=x))
+    return to_unit(keyed_pair_hash(keys, contexts, tokens))
 
 
 def row_uniforms(keys: np.ndarray, contexts: np.ndarray, vocab_size: int, workspace: Workspace) -> np.ndarray:

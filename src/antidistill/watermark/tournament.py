@@ -25,7 +25,15 @@ from typing import ClassVar
 import numpy as np
 
 from antidistill.errors import InputError
-from antidistill.watermark.core import U64, Scheme, Workspace, context_hash, fmix64, token_hash, token_hash_table
+from antidistill.watermark.core import (
+    U64,
+    Scheme,
+    Workspace,
+    context_hash,
+    fmix64,
+    keyed_pair_hash,
+    token_hash_table,
+)
 from antidistill.watermark.gumbel import mix_keys
 from antidistill.watermark.nulls import binomial_sf
 
@@ -62,9 +70,7 @@ class TournamentScheme(Scheme):
     def pair_scores(
         self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray, vocab_size: int | None = None
     ) -> np.ndarray:
-        pairs = context_hash(contexts) ^ token_hash(tokens)
-        x = mix_keys(keys, _TOURNAMENT_SALT).reshape(-1, 1) ^ pairs[None, :]
-        fmix64(x, out=x)
+        x = keyed_pair_hash(mix_keys(keys, _TOURNAMENT_SALT), contexts, tokens)
         out: np.ndarray = _bits(x, self.layers).sum(axis=-1, dtype=np.int64).astype(np.float64)
         return out
 
