@@ -207,6 +207,87 @@ def test_the_processor_respects_top_p():
     assert set(chosen.tolist()) <= {0, 1}  # the nucleus of 0.5 is the two most likely tokens
 
 
+# ---- repeated-context masking ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SAMPLING)
+def test_a_context_repeated_in_the_answer_is_sampled_unmarked(name):
+    from antidistill.keys import MasterKey
+
+    mk = MasterKey(b"m" * 32)
+    mark = MarkKeys(mk.account_key("a"), mk.provider_key())
+    proc = WatermarkLogitsProcessor(Watermark(WatermarkConfig(scheme=name)), [mark, mark], temperature=0.7)
+    torch.manual_seed(1)
+    scores = torch.randn(2, 300)
+    first = proc(torch.tensor([[1, 5], [1, 6]]), scores.clone())
+    assert all(int(torch.isfinite(first[i]).sum()) == 1 for i in range(2))  # new contexts: marked
+    again = proc(torch.tensor([[1, 5], [1, 7]]), scores.clone())
+    assert torch.equal(again[0], scores[0])  # row 0 saw context (5,) before: left to the sampler
+    assert int(torch.isfinite(again[1]).sum()) == 1  # row 1's context (7,) is new
+    # the history belongs to the row: a caller that keeps it sees it carried over a batch change
+    history: set[tuple[int, ...]] = {(9,)}
+    proc.set_row_keys([mark], [history])
+    proc.set_row_sampling([0.7], [1.0])
+    assert torch.equal(proc(torch.tensor([[9]]), scores[:1].clone()), scores[:1])
+    proc(torch.tensor([[8]]), scores[:1].clone())
+    assert history == {(9,), (8,)}
+
+
+def test_the_detector_scores_the_first_occurrence_of_each_context_only():
+    ids = [1, 2, 3, 2, 4, 2, 3, 5]  # context (2,) at positions 2, 4, 6 with tokens 3, 4, 3
+    fresh = Detector(WatermarkConfig(scheme="gumbel")).pairs(ids)
+    assert fresh.positions.tolist() == [1, 2, 3, 5]  # contexts (1,), (2,), (3,), (4,): first occurrences only
+    unmasked = WatermarkConfig(scheme="markllm-exp", provider_fraction=0.0)  # a member without the mask
+    every_pair = Detector(unmasked).pairs(ids)
+    assert every_pair.positions.tolist() == [1, 2, 3, 4, 5, 7]
+    # p-values over random keys stay uniform with the selection (it does not depend on the key)
+    rng = np.random.default_rng(4)
+    text = rng.integers(0, 50, size=400).tolist()  # a small vocabulary: many repeated contexts
+    det = Detector(WatermarkConfig(scheme="gumbel", provider_fraction=0.0))
+    assert len(det.pairs(text)) == 50 == len({(t,) for t in text[:-1]})
+    ps = [det.score(text, WatermarkKey("o", None, 1, int(v))).p_value for v in random_keys(rng, 400)]
+    assert stats.kstest(ps, "uniform").pvalue > 1e-3
+
+
+def _chain(rng: np.random.Generator, vocab: int = 60) -> np.ndarray:
+    """A toy language model: each token's next-token distribution, peaked on a few tokens (as real text is)."""
+    return rng.dirichlet(np.full(vocab, 0.05), size=vocab)
+
+
+@pytest.mark.parametrize("name", SAMPLING)
+def test_masking_keeps_a_fixed_key_out_of_loops(name):
+    """Under one key and h = 1 the keyed choice depends on the previous token only; a plain mark revisits the
+    same continuations (the answer cycles). The masked processor's answer is as varied as unmarked sampling."""
+    from antidistill.keys import MasterKey
+
+    rng = np.random.default_rng(11)
+    table = _chain(rng)
+    mark = MarkKeys(MasterKey(b"l" * 32).account_key("a"))
+    wm = Watermark(WatermarkConfig(scheme=name, provider_fraction=0.0))
+    key = np.array([mark.account.value], dtype=U64)
+
+    def run(kind: str, seed: int) -> int:
+        gen = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        proc = WatermarkLogitsProcessor(wm, [mark], temperature=1.0)
+        ids = [0]
+        for _ in range(300):
+            p = table[ids[-1]]
+            if kind == "plain":  # the scheme's own choice at every step, no mask
+                ids.append(int(wm.scheme.choose(p[None, :], key, np.array([[ids[-1]]]), gen.random(1))[0]))
+                continue
+            logits = torch.log(torch.from_numpy(p)).float()[None, :]
+            if kind == "masked":
+                logits = proc(torch.tensor([[ids[-1]]]), logits)
+            ids.append(int(torch.multinomial(torch.softmax(logits, -1), 1, generator=None)[0]))
+        return len(set(itertools.pairwise(ids)))
+
+    unmarked = np.mean([run("unmarked", s) for s in range(6)])
+    masked = np.mean([run("masked", s) for s in range(6)])
+    plain = np.mean([run("plain", s) for s in range(6)])
+    assert masked > 0.85 * unmarked
+    if name == "gumbel":  # deterministic given the previous token: the answer is a cycle of a few bigrams
+        assert plain < 0.5 * unmarked
+
+
 # ---- the peer oracle: MarkLLM's EXP -----------------------------------------------------------------------
 class _IdsTokenizer:
     """The one tokenizer call MarkLLM's EXP detector makes, on texts that are space-separated token ids."""

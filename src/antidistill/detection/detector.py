@@ -5,7 +5,8 @@ One detector serves every member of the scheme family: each member scores a (con
 the summed score (:mod:`antidistill.watermark.nulls`). "green" in the results is that summed score: the green
 count for green-list members.
 
-Every distinct (context, token) pair is scored once. Repeated n-grams are not independent draws: without this
+Every distinct (context, token) pair is scored once (members that mask repeated contexts: the first occurrence
+of each context only, the others were sampled unmarked). Repeated n-grams are not independent draws: without this
 rule a paragraph repeated twenty times would count each of its green pairs twenty times and look marked.
 """
 
@@ -61,6 +62,7 @@ def distinct_pairs(
     context_width: int,
     exclude: Iterable[tuple[int, ...]] | None = None,
     keep: np.ndarray | None = None,
+    fresh_contexts_only: bool = False,
 ) -> Pairs:
     """Distinct (context, token) pairs of ``token_ids``, first occurrences only.
 
@@ -70,13 +72,26 @@ def distinct_pairs(
         exclude: (h+1)-tuples not to score (e.g. windows that occur in the prompt of a closed-model scan).
         keep: optional (len(token_ids),) bool: only tokens at these positions are scored. The selection must not
             depend on the key (e.g. the unmarked model's entropy at each step); then p-values stay exact.
+        fresh_contexts_only: score only the first occurrence of each *context* (members that mask repeated
+            contexts when they mark, :attr:`~antidistill.watermark.core.Scheme.fresh_contexts_only`): a later
+            occurrence was sampled unmarked. Still exact: the selection does not depend on the key, and distinct
+            contexts make distinct tuples.
     """
     ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
     h = context_width
     if len(ids) <= h:
         return Pairs(np.zeros((0, h), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), len(ids))
     windows = np.lib.stride_tricks.sliding_window_view(ids, h + 1)
-    if keep is not None:
+    unit = windows[:, :h] if fresh_contexts_only else windows
+    if fresh_contexts_only:
+        # first occurrences of each context over the whole text (what the marker saw), then the kept ones
+        _, first = np.unique(unit, axis=0, return_index=True)
+        if keep is not None:
+            keep = np.asarray(keep, dtype=bool).reshape(-1)
+            if len(keep) != len(ids):
+                raise InputError(f"keep has {len(keep)} flags for {len(ids)} tokens")
+            first = first[keep[h:][first]]
+    elif keep is not None:
         keep = np.asarray(keep, dtype=bool).reshape(-1)
         if len(keep) != len(ids):
             raise InputError(f"keep has {len(keep)} flags for {len(ids)} tokens")
@@ -120,7 +135,7 @@ class Detector:
 
     # ---- single tests -------------------------------------------------------------------------------
     def pairs(self, token_ids: TokenIds, exclude: Exclude = None, keep: np.ndarray | None = None) -> Pairs:
-        return distinct_pairs(token_ids, self.config.context_width, exclude, keep)
+        return distinct_pairs(token_ids, self.config.context_width, exclude, keep, self.scheme.fresh_contexts_only)
 
     def _result(self, key_id: str, n: int, g: float) -> ScoreResult:
         p = self.scheme.p_value(g, n, self.vocab_size) if n > 0 else 1.0

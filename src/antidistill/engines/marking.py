@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -189,6 +189,7 @@ class Row:
     generator: torch.Generator | None
     prompt_tail: list[int]  # the prompt's last context_width tokens
     output: Sequence[int]  # the engine's own list of the request's output tokens (it grows in place)
+    seen: set[tuple[int, ...]] = field(default_factory=set)  # contexts of the answer so far (context masking)
 
 
 class EngineMarker:
@@ -273,7 +274,9 @@ class EngineMarker:
     def _bind(self, batch: list[Row | None]) -> None:
         self._batch = batch
         self._marked = any(r is not None and r.keys is not None for r in batch)
-        self.core.set_row_keys([r.keys if r is not None else None for r in batch])
+        self.core.set_row_keys(
+            [r.keys if r is not None else None for r in batch], [r.seen if r is not None else set() for r in batch]
+        )
         self.core.set_row_sampling(
             [r.temperature if r is not None else 0.0 for r in batch],
             [r.top_p if r is not None else 1.0 for r in batch],

@@ -212,6 +212,7 @@ class _Row:
     unreported: int = 0
     pieces: list[str] = field(default_factory=list)
     finish: str | None = None
+    seen: set[tuple[int, ...]] = field(default_factory=set)  # contexts of the answer so far (context masking)
 
     @property
     def mark(self) -> MarkKeys | None:
@@ -834,7 +835,7 @@ class LocalBackend(Backend):
 
 def _bind_rows(processor: WatermarkLogitsProcessor, rows: Sequence[_Row]) -> None:
     """Tell the watermark processor the batch's rows: their keys, and (for sampling members) how each samples."""
-    processor.set_row_keys([r.mark for r in rows])
+    processor.set_row_keys([r.mark for r in rows], [r.seen for r in rows])
     processor.set_row_sampling([r.temperature for r in rows], [r.top_p for r in rows], [r.generator for r in rows])
 
 

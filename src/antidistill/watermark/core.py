@@ -197,6 +197,11 @@ class Scheme(ABC):
     single_key: ClassVar[bool] = False
     #: a sampling scheme that needs a fresh (unkeyed) uniform per row and step
     needs_coins: ClassVar[bool] = False
+    #: repeated-context masking (as SynthID-Text does): a step whose context already occurred earlier in the same
+    #: answer is sampled without the mark, and the detector scores the first occurrence of each context only.
+    #: A fixed key makes the keyed choice a function of the context; without the mask a context that recurs
+    #: pulls the same continuation again, and the answer can lock into a loop.
+    fresh_contexts_only: ClassVar[bool] = False
 
     def __init__(self, gamma: float, context_width: int, entropy_threshold: float = 0.0) -> None:
         self.gamma = gamma

@@ -9,6 +9,11 @@ so the mark costs no quality in expectation; for a fixed key the choice favours 
 detector scores each distinct (context, token) tuple by ``-log(1 - u)``, Exp(1) for text written without the key,
 so ``n`` tuples sum to Gamma(n, 1): the p-value is exact.
 
+Every native member masks repeated contexts (SynthID-Text's rule, :attr:`Scheme.fresh_contexts_only`): a step
+whose context already occurred earlier in the answer is sampled from ``p`` unmarked, and the detector scores the
+first occurrence of each context only. Under a fixed key the keyed choice is a function of the context, so
+without the mask a recurring context pulls the same continuation again and the answer can lock into a loop.
+
 Members:
 
 * ``gumbel``: the scheme above, with our provider/account position split and context width 1-4. For a fixed
@@ -99,6 +104,7 @@ class GumbelScheme(Scheme):
 
     name = "gumbel"
     kind: ClassVar[str] = "sample"
+    fresh_contexts_only: ClassVar[bool] = True
 
     def uniforms(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """(K, N) keyed uniforms of the tuples, for raw keys."""
@@ -174,6 +180,7 @@ class MarkLLMExpScheme(GumbelScheme):
 
     name = "markllm-exp"
     single_key: ClassVar[bool] = True
+    fresh_contexts_only: ClassVar[bool] = False  # MarkLLM marks and scores every position
 
     def __init__(self, gamma: float, context_width: int, entropy_threshold: float = 0.0, cache_size: int = 256) -> None:
         super().__init__(gamma, context_width, entropy_threshold)

@@ -44,6 +44,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
       entropy reaches the threshold).
     * Sampling members (Gumbel-max, tournament) choose the token themselves from the row's final distribution
       (temperature, top-p) and return logits that allow only that token, so whatever sampler follows emits it.
+      A step whose context already occurred in the row's answer is left to the sampler, unmarked (repeated-context
+      masking, for the members with :attr:`~antidistill.watermark.core.Scheme.fresh_contexts_only`).
       Rows decoded greedily (temperature 0) get the green-list fallback (:attr:`Watermark.greedy`): a
       distortion-free mark needs sampling, and temperature 0 must not be a way to get unmarked answers.
 
@@ -85,9 +87,20 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         self._top_p = np.full(n, float(top_p))
         self._generators: list[Any] | None = None
 
-    def set_row_keys(self, row_keys: Sequence[MarkKeys | None]) -> None:
-        """Replace the per-row keys (dynamic batching changes rows between steps)."""
+    def set_row_keys(
+        self, row_keys: Sequence[MarkKeys | None], seen: Sequence[set[tuple[int, ...]]] | None = None
+    ) -> None:
+        """Replace the per-row keys (dynamic batching changes rows between steps).
+
+        ``seen``: per row, the contexts its answer has had so far (members that mask repeated contexts, see
+        :attr:`~antidistill.watermark.core.Scheme.fresh_contexts_only`): a set the caller keeps with the row, so
+        the history follows the row when the batch changes; this processor adds each step's context to it.
+        Without it every row starts a new answer.
+        """
         self.row_keys = list(row_keys)
+        self._seen = list(seen) if seen is not None else [set() for _ in self.row_keys]
+        if len(self._seen) != len(self.row_keys):
+            raise ValueError(f"{len(self._seen)} context histories for {len(self.row_keys)} rows")
         self._active = np.array([k is not None for k in self.row_keys], dtype=bool)
         self._account = np.array([k.account.value if k else 0 for k in self.row_keys], dtype=U64)
         has_provider = any(k is not None and k.provider is not None for k in self.row_keys)
@@ -163,6 +176,8 @@ class WatermarkLogitsProcessor(LogitsProcessor):
                 scores = self._apply(scores, greedy, mask, fallback.config.delta)
             active = active & (self._temps > 0)
         rows = np.flatnonzero(active)
+        if self.sampling and self.watermark.scheme.fresh_contexts_only and len(rows):
+            rows = rows[self._fresh(np.asarray(contexts), rows)]
         if self.watermark.config.entropy_threshold > 0 and len(rows):
             ent = step_entropy(scores[torch.from_numpy(rows).to(scores.device)]).cpu().numpy()
             rows = rows[self.watermark.scheme.marks_step(ent)]
@@ -174,6 +189,18 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             return self._sample(scores, rows, ctx, keys)
         mask = self.watermark.scheme.green_mask(keys, ctx, scores.shape[-1], self._workspace)
         return self._apply(scores, rows, mask)
+
+    def _fresh(self, contexts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) bool: whether each row's context is new to its answer; records the contexts as seen.
+        A repeated context is sampled unmarked (the logits pass through to the engine's sampler)."""
+        out = np.zeros(len(rows), dtype=bool)
+        for j, (r, c) in enumerate(zip(rows.tolist(), contexts[rows].tolist(), strict=True)):
+            seen = self._seen[r]
+            ctx = tuple(c)
+            if ctx not in seen:
+                seen.add(ctx)
+                out[j] = True
+        return out
 
     def _sample(self, scores: torch.Tensor, rows: np.ndarray, ctx: np.ndarray, keys: np.ndarray) -> torch.Tensor:
         idx = torch.from_numpy(rows).to(scores.device)

@@ -57,6 +57,7 @@ class TournamentScheme(Scheme):
 
     name = "tournament"
     kind: ClassVar[str] = "sample"
+    fresh_contexts_only: ClassVar[bool] = True
     needs_coins: ClassVar[bool] = True
 
     def __init__(
