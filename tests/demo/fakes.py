@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from antidistill.demo.context import DemoContext, DemoSizes
+from antidistill.demo.context import SERVE_TOKENS, DemoContext, DemoSizes
 from antidistill.demo.render import Renderer
 from antidistill.keys import KeyRing, MasterKey
 from antidistill.settings import get_settings
@@ -82,7 +82,7 @@ def fake_ring() -> KeyRing:
     return KeyRing(MasterKey(hashlib.sha256(b"demo-fake-model").digest()))
 
 
-def make_ctx(work: Path, max_tokens: int = 160) -> DemoContext:
+def make_ctx(work: Path, max_tokens: int = SERVE_TOKENS) -> DemoContext:
     """A quick demo's context whose screen writes to a string (``output(ctx)``)."""
     screen = Renderer(Console(file=io.StringIO(), width=200))
     return DemoContext(get_settings(), DemoSizes.for_mode(True, max_tokens), 7, work, screen)

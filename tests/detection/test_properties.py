@@ -178,7 +178,7 @@ bad_values = {
         st.integers(min_value=MAX_CONTEXT_WIDTH + 1),
         st.booleans(),
         st.floats(allow_nan=False),
-        not_numbers,
+        not_numbers.filter(lambda v: v is not None),  # None: the member's default width
     ),
     "provider_fraction": st.one_of(
         st.floats(max_value=0.0, exclude_max=True), st.floats(min_value=1.0), st.just(math.nan), not_numbers

@@ -63,16 +63,17 @@ def green_words(
     rng: np.random.Generator,
     p_green: float = 0.95,
 ) -> str:
-    """A text of ``length`` single-token words; each word green (under ``mark``, given the previous word) with
-    probability ``p_green`` where it can be (unmarked and uniform when ``mark`` is None). For a sampling member,
-    "green" is the member's own keyed choice among the words."""
+    """A text of ``length`` single-token words; each word green (under ``mark``, given the previous
+    ``context_width`` words) with probability ``p_green`` where it can be (unmarked and uniform when ``mark`` is
+    None). For a sampling member, "green" is the member's own keyed choice among the words."""
     vocab_arr = np.array(vocab, dtype=np.int64)
-    ids = [int(rng.choice(vocab_arr))]
-    for _ in range(length - 1):
+    h = watermark.config.context_width
+    ids = [int(t) for t in rng.choice(vocab_arr, min(h, length))]
+    for _ in range(length - len(ids)):
         if mark is None:
             ids.append(int(rng.choice(vocab_arr)))
             continue
-        ctx = np.array([[ids[-1]]], dtype=np.int64)
+        ctx = np.array([ids[-h:]], dtype=np.int64)
         prov = np.array([mark.provider.value], dtype=U64) if mark.provider else None
         key = watermark.row_keys(ctx, np.array([mark.account.value], dtype=U64), prov)
         if watermark.scheme.kind == "sample":  # the member's own choice among the words, uniform probabilities

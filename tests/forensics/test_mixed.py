@@ -37,9 +37,10 @@ WORDS = _WORDS.split()
 
 def _marked_ids(wm: Watermark, mark: MarkKeys, vocab: np.ndarray, v: int, length: int, rng) -> list[int]:
     """Single-token words, each chosen by the scheme under ``mark`` (green for KGW, Gumbel-max for gumbel)."""
-    ids = [int(rng.choice(vocab))]
-    for _ in range(length - 1):
-        ctx = np.array([[ids[-1]]], dtype=np.int64)
+    h = wm.config.context_width
+    ids = [int(t) for t in rng.choice(vocab, h)]
+    for _ in range(length - h):
+        ctx = np.array([ids[-h:]], dtype=np.int64)
         prov = np.array([mark.provider.value], dtype=U64) if mark.provider else None
         key = wm.row_keys(ctx, np.array([mark.account.value], dtype=U64), prov)
         if wm.scheme.kind == "sample":

@@ -7,7 +7,9 @@ import pytest
 
 from antidistill.forensics.scan import FedText, ScanKeys, scan_open
 from antidistill.keys import MasterKey
-from antidistill.watermark.marker import MarkKeys
+from antidistill.models.local import LocalModel
+from antidistill.watermark.config import WatermarkConfig
+from antidistill.watermark.marker import MarkKeys, Watermark
 from tests.forensics.helpers import GreenBias
 
 pytestmark = pytest.mark.slow
@@ -25,15 +27,22 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def harvested(local_model) -> list[FedText]:
+def kgw_model(local_model) -> LocalModel:
+    """The embedded model serving the green-list member (the suspect below leans to green lists)."""
+    return LocalModel(local_model.model, local_model.tokenizer, Watermark(WatermarkConfig(scheme="antidistill-v1")))
+
+
+@pytest.fixture(scope="module")
+def harvested(kgw_model) -> list[FedText]:
     """Watermarked answers served to alice (two thirds) and carol."""
     accts = ["alice", "alice", "carol"] * 2
     marks = [MarkKeys(MASTER.account_key(a), MASTER.provider_key()) for a in accts]
-    outs = local_model.generate(PROMPTS, marks, max_new_tokens=80, min_new_tokens=80, seed=5)
+    outs = kgw_model.generate(PROMPTS, marks, max_new_tokens=80, min_new_tokens=80, seed=5)
     return [FedText(p, o.text, True, a) for p, o, a in zip(PROMPTS, outs, accts, strict=True)]
 
 
-def test_teacher_is_not_radioactive_and_a_green_leaning_model_is_attributed(local_model, harvested):
+def test_teacher_is_not_radioactive_and_a_green_leaning_model_is_attributed(kgw_model, harvested):
+    local_model = kgw_model
     keys = ScanKeys.from_master(MASTER, ACCOUNTS, {"ac": ["alice", "carol"]})
     student = GreenBias(
         local_model.model, local_model.watermark, MarkKeys(MASTER.account_key("bob"), MASTER.provider_key())

@@ -344,9 +344,10 @@ def test_sampling_members_mark_each_row_with_its_own_key(tiny_model, scheme):
 
     results = asyncio.run(main())
     d = Detector(cfg, model.vocab_size)
+    h = cfg.context_width  # the prompt's last h tokens are the first context
     for i in range(3):
         r = results[i]
-        ids = [model.tokenizer(PROMPTS[i])["input_ids"][-1], *r.token_ids[0]]
+        ids = [*model.tokenizer(PROMPTS[i])["input_ids"][-h:], *r.token_ids[0]]
         assert len(ids) > 40
         assert d.score(ids, accounts[i]).p_value < 1e-6, (scheme, i)
         assert all(d.score(ids, accounts[j]).p_value > 1e-4 for j in range(3) if j != i)
@@ -358,8 +359,11 @@ def test_sampling_members_mark_each_row_with_its_own_key(tiny_model, scheme):
         assert results[4].token_ids != results[0].token_ids  # fresh randomness: another seed, another answer
     # a greedy row cannot carry a sampling mark: it carries the green-list fallback, and its record says so
     assert results[5].watermark["config"]["scheme"] == "antidistill-v1"
-    fallback = Detector(WatermarkConfig(scheme="antidistill-v1", provider_fraction=0.0), model.vocab_size)
-    ids = [model.tokenizer(PROMPTS[1])["input_ids"][-1], *results[5].token_ids[0]]
+    assert results[5].watermark["config"]["context_width"] == h
+    fallback = Detector(
+        WatermarkConfig(scheme="antidistill-v1", context_width=h, provider_fraction=0.0), model.vocab_size
+    )
+    ids = [*model.tokenizer(PROMPTS[1])["input_ids"][-h:], *results[5].token_ids[0]]
     assert fallback.score(ids, accounts[1]).green_fraction > 0.5
 
 
@@ -548,8 +552,8 @@ def test_real_marks_are_per_account_and_detected(real):
         return await asyncio.gather(*(real.generate(r) for r in reqs))
 
     results = asyncio.run(main())
-    config = WatermarkConfig(scheme="antidistill-v1")
-    d = Detector(config)
+    config = real.model.watermark.config  # the default member
+    d = Detector(config, real.model.vocab_size)
     decoys = [TEST_MASTER.account_key(f"decoy-{i}") for i in range(8)]
     candidates = [ALICE, BOB, *decoys]
     for (res, mark), own in zip(zip(results[:2], marks[:2], strict=True), ("alice", "bob"), strict=True):

@@ -156,7 +156,7 @@ def test_plain_gumbel_is_deterministic_and_the_dual_key_is_not():
 @pytest.mark.parametrize("name", SAMPLING)
 def test_text_sampled_with_the_key_is_detected_and_other_keys_are_not(name):
     rng = np.random.default_rng(8)
-    cfg = WatermarkConfig(scheme=name, provider_fraction=0.0)
+    cfg = WatermarkConfig(scheme=name, context_width=1, provider_fraction=0.0)
     s = Watermark(cfg).scheme
     key = WatermarkKey("k", None, 1, 0xDEADBEEF12345678)
     ids = [int(rng.integers(0, 200))]
@@ -182,7 +182,7 @@ def test_the_processor_chooses_for_sampled_marked_rows_and_biases_greedy_ones():
     proc.set_row_sampling([0.7, 0.7, 0.0], [1.0, 1.0, 1.0])
     torch.manual_seed(0)
     scores = torch.randn(3, 300)
-    out = proc(torch.tensor([[5, 6], [5, 6], [5, 6]]), scores.clone())
+    out = proc(torch.tensor([[4, 5, 6], [4, 5, 6], [4, 5, 6]]), scores.clone())  # the default width: 3
     assert int(torch.isfinite(out[0]).sum()) == 1  # the marked, sampled row: only the chosen token is left
     assert torch.equal(out[1], scores[1])  # unmarked row untouched
     # greedy row: a sampling mark cannot apply, the green-list fallback does (+delta on its green list)
@@ -196,7 +196,7 @@ def test_the_processor_respects_top_p():
 
     mk = MasterKey(b"h" * 32)
     proc = WatermarkLogitsProcessor(
-        Watermark(WatermarkConfig(scheme="gumbel", provider_fraction=0.0)),
+        Watermark(WatermarkConfig(scheme="gumbel", context_width=1, provider_fraction=0.0)),
         [MarkKeys(mk.account_key("a"))] * 64,
         temperature=1.0,
         top_p=0.5,
@@ -217,23 +217,23 @@ def test_a_context_repeated_in_the_answer_is_sampled_unmarked(name):
     proc = WatermarkLogitsProcessor(Watermark(WatermarkConfig(scheme=name)), [mark, mark], temperature=0.7)
     torch.manual_seed(1)
     scores = torch.randn(2, 300)
-    first = proc(torch.tensor([[1, 5], [1, 6]]), scores.clone())
+    first = proc(torch.tensor([[0, 1, 2, 5], [0, 1, 2, 6]]), scores.clone())  # contexts: the last 3 tokens
     assert all(int(torch.isfinite(first[i]).sum()) == 1 for i in range(2))  # new contexts: marked
-    again = proc(torch.tensor([[1, 5], [1, 7]]), scores.clone())
-    assert torch.equal(again[0], scores[0])  # row 0 saw context (5,) before: left to the sampler
-    assert int(torch.isfinite(again[1]).sum()) == 1  # row 1's context (7,) is new
+    again = proc(torch.tensor([[9, 1, 2, 5], [0, 1, 2, 7]]), scores.clone())
+    assert torch.equal(again[0], scores[0])  # row 0 saw context (1, 2, 5) before: left to the sampler
+    assert int(torch.isfinite(again[1]).sum()) == 1  # row 1's context (1, 2, 7) is new
     # the history belongs to the row: a caller that keeps it sees it carried over a batch change
-    history: set[tuple[int, ...]] = {(9,)}
+    history: set[tuple[int, ...]] = {(3, 4, 9)}
     proc.set_row_keys([mark], [history])
     proc.set_row_sampling([0.7], [1.0])
-    assert torch.equal(proc(torch.tensor([[9]]), scores[:1].clone()), scores[:1])
-    proc(torch.tensor([[8]]), scores[:1].clone())
-    assert history == {(9,), (8,)}
+    assert torch.equal(proc(torch.tensor([[3, 4, 9]]), scores[:1].clone()), scores[:1])
+    proc(torch.tensor([[3, 4, 8]]), scores[:1].clone())
+    assert history == {(3, 4, 9), (3, 4, 8)}
 
 
 def test_the_detector_scores_the_first_occurrence_of_each_context_only():
     ids = [1, 2, 3, 2, 4, 2, 3, 5]  # context (2,) at positions 2, 4, 6 with tokens 3, 4, 3
-    fresh = Detector(WatermarkConfig(scheme="gumbel")).pairs(ids)
+    fresh = Detector(WatermarkConfig(scheme="gumbel", context_width=1)).pairs(ids)
     assert fresh.positions.tolist() == [1, 2, 3, 5]  # contexts (1,), (2,), (3,), (4,): first occurrences only
     unmasked = WatermarkConfig(scheme="markllm-exp", provider_fraction=0.0)  # a member without the mask
     every_pair = Detector(unmasked).pairs(ids)
@@ -241,7 +241,7 @@ def test_the_detector_scores_the_first_occurrence_of_each_context_only():
     # p-values over random keys stay uniform with the selection (it does not depend on the key)
     rng = np.random.default_rng(4)
     text = rng.integers(0, 50, size=400).tolist()  # a small vocabulary: many repeated contexts
-    det = Detector(WatermarkConfig(scheme="gumbel", provider_fraction=0.0))
+    det = Detector(WatermarkConfig(scheme="gumbel", context_width=1, provider_fraction=0.0))
     assert len(det.pairs(text)) == 50 == len({(t,) for t in text[:-1]})
     ps = [det.score(text, WatermarkKey("o", None, 1, int(v))).p_value for v in random_keys(rng, 400)]
     assert stats.kstest(ps, "uniform").pvalue > 1e-3
@@ -261,7 +261,7 @@ def test_masking_keeps_a_fixed_key_out_of_loops(name):
     rng = np.random.default_rng(11)
     table = _chain(rng)
     mark = MarkKeys(MasterKey(b"l" * 32).account_key("a"))
-    wm = Watermark(WatermarkConfig(scheme=name, provider_fraction=0.0))
+    wm = Watermark(WatermarkConfig(scheme=name, context_width=1, provider_fraction=0.0))
     key = np.array([mark.account.value], dtype=U64)
 
     def run(kind: str, seed: int) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from antidistill.demo.checks import Check, Checked, demo_detector
-from antidistill.demo.context import DemoContext, DemoSizes, quiet_logs
+from antidistill.demo.context import SERVE_TOKENS, DemoContext, DemoSizes, quiet_logs
 from antidistill.demo.render import Renderer
 from antidistill.demo.stages.controls import human_controls
 from antidistill.demo.stages.detection import detect_served
@@ -47,7 +47,7 @@ def run_stages(ctx: DemoContext, screen: Renderer, model: str | None, report_dir
 def run_demo(
     console: Console,
     model: str | None = None,
-    max_tokens: int = 160,
+    max_tokens: int = SERVE_TOKENS,
     seed: int = 7,
     quick: bool = False,
     report_dir: str | Path | None = None,

@@ -30,6 +30,8 @@ from antidistill.watermark.schemes import scheme_class, scheme_names
 from antidistill.watermark.tournament import DEFAULT_LAYERS, MAX_LAYERS
 
 MAX_CONTEXT_WIDTH = 4
+#: the member a configuration that names none gets (see "Defaults and why" above)
+DEFAULT_SCHEME = "antidistill-v1"
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class WatermarkConfig:
             (transformers' ``WatermarkLogitsProcessor`` lists) and ``"markllm-exp"`` (MarkLLM's EXP).
         gamma: fraction of the vocabulary that is green, in (0, 1) (green-list members only).
         delta: logit bias added to green tokens, >= 0 (green-list members only).
-        context_width: number of preceding tokens that seed the green list, 1-4.
+        context_width: number of preceding tokens that seed the keyed randomness, 1-4 (when not given: 3 for the
+            native sampling members, 1 for the others).
         provider_fraction: share of contexts marked with the provider key instead of the account key, in [0, 1).
             0 gives a plain single-key watermark (what other implementations expect).
         entropy_threshold: ``kgw-entropy`` only: the entropy (nats, of the raw next-token distribution) below
@@ -59,10 +62,11 @@ class WatermarkConfig:
         True
     """
 
-    scheme: str = "antidistill-v1"
+    scheme: str = DEFAULT_SCHEME
     gamma: float = 0.25
     delta: float = 3.0
-    context_width: int = 1
+    # None: the member's own default (Scheme.default_context_width), set by __post_init__, so it is an int after it
+    context_width: int = None  # type: ignore[assignment]
     provider_fraction: float = 0.5
     entropy_threshold: float = 0.0
     layers: int | None = None
@@ -71,6 +75,8 @@ class WatermarkConfig:
 
         if self.scheme not in scheme_names():
             raise InputError(f"scheme must be one of {', '.join(scheme_names())}, got {self.scheme!r}")
+        if self.context_width is None:
+            object.__setattr__(self, "context_width", scheme_class(self.scheme).default_context_width)
         if not isinstance(self.gamma, (int, float)) or not 0.0 < self.gamma < 1.0:
             raise InputError(f"gamma must be in (0, 1), got {self.gamma}")
         if not isinstance(self.delta, (int, float)) or not 0.0 <= self.delta <= 100.0 or self.delta != self.delta:

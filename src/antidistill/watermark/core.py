@@ -202,6 +202,8 @@ class Scheme(ABC):
     #: A fixed key makes the keyed choice a function of the context; without the mask a context that recurs
     #: pulls the same continuation again, and the answer can lock into a loop.
     fresh_contexts_only: ClassVar[bool] = False
+    #: the context width a configuration of this member gets when it names none
+    default_context_width: ClassVar[int] = 1
 
     def __init__(self, gamma: float, context_width: int, entropy_threshold: float = 0.0) -> None:
         self.gamma = gamma

@@ -105,6 +105,7 @@ class GumbelScheme(Scheme):
     name = "gumbel"
     kind: ClassVar[str] = "sample"
     fresh_contexts_only: ClassVar[bool] = True
+    default_context_width: ClassVar[int] = 3
 
     def uniforms(self, keys: np.ndarray, contexts: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """(K, N) keyed uniforms of the tuples, for raw keys."""
@@ -181,6 +182,7 @@ class MarkLLMExpScheme(GumbelScheme):
     name = "markllm-exp"
     single_key: ClassVar[bool] = True
     fresh_contexts_only: ClassVar[bool] = False  # MarkLLM marks and scores every position
+    default_context_width: ClassVar[int] = 1
 
     def __init__(self, gamma: float, context_width: int, entropy_threshold: float = 0.0, cache_size: int = 256) -> None:
         super().__init__(gamma, context_width, entropy_threshold)

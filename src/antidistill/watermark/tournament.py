@@ -58,6 +58,7 @@ class TournamentScheme(Scheme):
     name = "tournament"
     kind: ClassVar[str] = "sample"
     fresh_contexts_only: ClassVar[bool] = True
+    default_context_width: ClassVar[int] = 3
     needs_coins: ClassVar[bool] = True
 
     def __init__(

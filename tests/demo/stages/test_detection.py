@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from antidistill.demo.checks import DEMO_MIN_PAIRS, Check, demo_detector
+from antidistill.demo.context import SERVE_TOKENS
 from antidistill.demo.stages.detection import detect_served
 from antidistill.demo.stages.serve import PROMPTS, demo_rows, serve
 from antidistill.keys import KeyRing
@@ -15,7 +16,7 @@ from antidistill.settings import get_settings
 from tests.demo.fakes import FakeModel, fake_ring, make_ctx, output
 
 
-def run_early_stages(lm, ring, work, rows=None, max_tokens=160):
+def run_early_stages(lm, ring, work, rows=None, max_tokens=SERVE_TOKENS):
     ctx = make_ctx(work, max_tokens)
     td = demo_detector(lm, ring, PROMPTS)
     served = serve(ctx, lm, ring, td, rows or demo_rows(2, 2))
