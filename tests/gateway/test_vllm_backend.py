@@ -104,10 +104,13 @@ def stub_engine(mode: dict[str, Any]) -> FastAPI:
             try:  # the plugin's validate_params, in vLLM's API server: a ValueError is a 400
                 parse_xargs(body.get("vllm_xargs"), mode.get("config", GREEN), allow_unmarked=False)
             except InputError as exc:
-                return JSONResponse(
-                    {"error": {"message": str(exc), "type": "BadRequestError", "param": None, "code": 400}},
-                    status_code=400,
-                )
+                error = {"error": {"message": str(exc), "type": "BadRequestError", "param": None, "code": 400}}
+                if body.get("stream"):  # vLLM 0.32 answers a refused stream with an error event in a 200 stream
+                    return StreamingResponse(
+                        iter(["data: " + json.dumps(error) + "\n\n", "data: [DONE]\n\n"]),
+                        media_type="text/event-stream",
+                    )
+                return JSONResponse(error, status_code=400)
         n = body.get("n", 1)
         ids = [tokens(body.get("vllm_xargs")) for _ in range(n)]
         with_ids = mode.get("token_ids", True) and body.get("return_token_ids")

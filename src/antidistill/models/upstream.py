@@ -275,6 +275,11 @@ class _Relay:
     def take(self, event: dict[str, Any]) -> list[GenerationChunk]:
         """The chunks of one server-sent event."""
         if "error" in event:
+            # vLLM refuses a streamed request it cannot serve (its validation, a logits processor's
+            # validate_params) with an error event in a 200 stream, carrying the status it would have answered
+            err = event.get("error")
+            if isinstance(err, dict) and str(err.get("code")) in ("400", "422"):
+                raise BackendRejected(f"upstream rejected the request: {_error_message_from(event)}")
             raise BackendError(f"upstream failed mid-stream: {_error_message_from(event)}")
         self.model = str(event.get("model") or self.model)
         if event.get("usage"):
