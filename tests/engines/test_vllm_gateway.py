@@ -19,13 +19,13 @@ and the official ``openai`` SDK as the client.
 Why not "every completion attributed" (nor "every completion passes the provider test alone"): 64-80 tokens give
 ~60 distinct pairs, half at provider positions (the provider test), half at account positions (attribution, tested
 against 12 keys at a corrected 1e-3). Most answers clear both by orders of magnitude; a low-entropy one (a list, a
-repetition) now and then does not. Measured here (three runs, 183 long completions): every one detected (worst
-combined p 3e-6); provider test alone <= 1e-3 for all but one (1.3e-3); attribution one by one 60 of 64, 52 of 59
-and 59 of 60, the own key ranked first in all but one and never a wrong account named (the misses: ~16 of ~28
-pairs green at corrected p 1e-3 to 4e-2). The own key's green share at account positions was 0.70-0.73 and the
-other accounts' 0.25 (chance): the engine marks each row with its own account's key; the misses are the power of
-~28 pairs. The per-completion floors below (90 % provider, 75 % attribution) keep this test from failing on that
-chance.
+repetition) now and then does not. Measured here (four runs, 245 long completions): every one detected (worst
+combined p 3e-6); provider test alone <= 1e-3 for all but two (1.3e-3, 1.5e-3); attribution one by one 60 of 64,
+52 of 59, 59 of 60 and 62 of 62, the own key ranked first in all but one and never a wrong account named (the
+misses: ~16 of ~28 pairs green at corrected p 1e-3 to 4e-2). The own key's green share at account positions was
+0.70-0.73 and the other accounts' 0.25 (chance): the engine marks each row with its own account's key; the misses
+are the power of ~28 pairs. The per-completion floors below (90 % provider, 75 % attribution) keep this test from
+failing on that chance.
 """
 
 from __future__ import annotations
