@@ -74,9 +74,15 @@ class Settings(BaseSettings):
             pages are not served. The full schema (admin routes included) always needs the admin token.
         redis_url: share rate-limit counters between gateway replicas through Redis (default: in process).
         rate_limit_prefix: namespace of the rate-limit keys in Redis.
-        backend: what the gateway serves from: ``local`` model, ``upstream`` OpenAI-compatible server, ``fake``.
-        upstream_url, upstream_api_key, upstream_model, upstream_timeout: the upstream server (``backend=upstream``),
-            its key, a model name to send instead of the client's, and its timeout in seconds.
+        backend: what the gateway serves from: ``local`` model, ``upstream`` OpenAI-compatible server (unmarked),
+            ``vllm`` (a vLLM server that marks with antidistill's plugin, :mod:`antidistill.models.vllm_backend`),
+            ``fake``.
+        upstream_url, upstream_api_key, upstream_model, upstream_timeout: the upstream server (``backend=upstream``
+            or ``vllm``), its key, a model name to send instead of the client's, and its timeout in seconds.
+        verify_every, verify_min_tokens, verify_alpha, verify_alarm_misses: with ``backend=vllm``, one in
+            ``verify_every`` completions of at least ``verify_min_tokens`` tokens is tested for its account's mark
+            in the background (0: none); a p-value above ``verify_alpha`` is a miss, and ``verify_alarm_misses``
+            misses in a row raise the alarm that the engine stopped marking (:mod:`antidistill.gateway.verify`).
         request_timeout: seconds a backend may take for one request before the gateway answers 504.
         max_body_bytes: larger request bodies are refused with 413 before they are read.
         max_header_bytes: a request line and headers larger than this are refused with 431 (the connection is
@@ -135,11 +141,15 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     redis_url: str | None = None
     rate_limit_prefix: str = Field(default="antidistill", min_length=1, max_length=100)
-    backend: Literal["local", "upstream", "fake"] = "local"
+    backend: Literal["local", "upstream", "vllm", "fake"] = "local"
     upstream_url: str | None = None
     upstream_api_key: SecretStr | None = None
     upstream_model: str | None = None
     upstream_timeout: float = Field(default=120.0, gt=0)
+    verify_every: int = Field(default=8, ge=0, le=1_000_000)
+    verify_min_tokens: int = Field(default=64, ge=16, le=1_000_000)
+    verify_alpha: float = Field(default=1e-3, gt=0.0, lt=1.0)
+    verify_alarm_misses: int = Field(default=3, ge=1, le=1000)
     request_timeout: float = Field(default=300.0, gt=0)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)

@@ -1,10 +1,10 @@
 """vLLM with the plugin, end to end (slow; skipped unless ``make vllm`` made ``.venv-vllm``).
 
 The embedded model is exported with ``antidistill model export``, a vLLM OpenAI server is started from
-``.venv-vllm`` on it with the master key in its environment only, two accounts ask at once (two rows of one
-batch), and the completions' token ids are detected and attributed with the keys derived here. A request without
-``vllm_xargs`` is refused. The plugin is named in ``--logits-processors`` *and* installed as an entry point, so
-vLLM builds it twice: exactly one copy may mark (the engine log says so once).
+``.venv-vllm`` on it with the master key in its environment only (once for the package: tests/engines/conftest.py),
+two accounts ask at once (two rows of one batch), and the completions' token ids are detected and attributed with
+the keys derived here. A request without ``vllm_xargs`` is refused. The plugin is named in ``--logits-processors``
+*and* installed as an entry point, so vLLM builds it twice: exactly one copy may mark (the engine log says so once).
 
 Here (2 shared cores): the server starts in about 100 s; 100 tokens for each of the two rows take about 30 s.
 """
@@ -12,16 +12,11 @@ Here (2 shared cores): the server starts in about 100 s; 100 tokens for each of 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -29,22 +24,12 @@ from antidistill.detection.detector import Detector
 from antidistill.keys import MasterKey
 from antidistill.watermark.config import WatermarkConfig
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-FQCN = "antidistill.engines.vllm:AntidistillLogitsProcessor"
-MASTER_HEX = "5e" * 32
-START_TIMEOUT = float(os.environ.get("ANTIDISTILL_TEST_VLLM_START_TIMEOUT", "600"))
+from .conftest import MASTER_HEX, VLLM_PYTHON
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="no .venv-vllm (make vllm)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _post(url: str, body: dict, timeout: float = 600) -> tuple[int, dict]:
@@ -57,50 +42,9 @@ def _post(url: str, body: dict, timeout: float = 600) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, model_cache_dir):
-    from antidistill.models.embedded import export_model, resolve_model
-
-    tmp = tmp_path_factory.mktemp("vllm")
-    model_dir = export_model(tmp / "model", resolve_model(), model_cache_dir)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTIDISTILL_", "VLLM_"))}
-    env.update(
-        ANTIDISTILL_MASTER_KEY=MASTER_HEX,
-        ANTIDISTILL_ENV="test",
-        ANTIDISTILL_DATA_DIR=str(tmp / "data"),
-        VLLM_CPU_KVCACHE_SPACE="1",
-        VLLM_CPU_OMP_THREADS_BIND="nobind",
-    )
-    log_path = tmp / "engine.log"
-    cmd = [
-        str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-        "--served-model-name", "smollm2", "--dtype", "float32", "--max-model-len", "2048",
-        "--host", "127.0.0.1", "--port", str(port), "--logits-processors", FQCN,
-    ]  # fmt: skip
-    t0 = time.monotonic()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/v1/models", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() - t0 > START_TIMEOUT:
-                    pytest.fail(f"vLLM did not start in {START_TIMEOUT} s:\n{log_path.read_text()[-4000:]}")
-                time.sleep(2)
-        print(f"vLLM started in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        yield base, log_path
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def engine(vllm_engine):
+    """The package's engine (tests/engines/conftest.py): started once for every module that needs it."""
+    return vllm_engine.base, vllm_engine.log_path
 
 
 def _ask(base: str, account: str | None, prompt: str, max_tokens: int = 100) -> tuple[int, dict]:

@@ -28,6 +28,7 @@ from antidistill.extras import require
 class BackendChoice(StrEnum):
     local = "local"
     upstream = "upstream"
+    vllm = "vllm"
     fake = "fake"
 
 
@@ -54,7 +55,8 @@ def serve(
         BackendChoice | None,
         typer.Option(
             "--backend",
-            help="Serve from the local model, an upstream server, or the fake backend.",
+            help="Serve from the local model, an upstream server (unmarked), a vLLM server that marks with "
+            "antidistill's plugin (keys named per request), or the fake backend.",
             case_sensitive=False,
         ),
     ] = None,
@@ -62,7 +64,8 @@ def serve(
         str | None, typer.Option("--model", help="Local model directory or GGUF file (default: the embedded model).")
     ] = None,
     upstream_url: Annotated[
-        str | None, typer.Option("--upstream-url", help="OpenAI-compatible server to proxy (backend upstream).")
+        str | None,
+        typer.Option("--upstream-url", help="OpenAI-compatible server to proxy (backend upstream or vllm)."),
     ] = None,
     database_url: Annotated[
         str | None,
@@ -115,8 +118,8 @@ def serve(
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     settings = _settings(overrides)
-    if settings.backend == "upstream" and not settings.upstream_url:
-        raise ConfigError("--backend upstream needs --upstream-url (or ANTIDISTILL_UPSTREAM_URL)")
+    if settings.backend in ("upstream", "vllm") and not settings.upstream_url:
+        raise ConfigError(f"--backend {settings.backend} needs --upstream-url (or ANTIDISTILL_UPSTREAM_URL)")
     if workers > 1 and not settings.redis_url:
         raise ConfigError("--workers > 1 needs --redis-url: each worker would otherwise keep its own rate limits")
     if settings.admin_token is None:

@@ -29,22 +29,38 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+# the wire format (names, the greedy threshold) is the gateway's too: it lives where torch is not imported
+from antidistill.engines.xargs import (
+    SAMPLING_EPS,
+    XARG_ACCOUNT,
+    XARG_KEY_VERSION,
+    XARG_PREFIX,
+    XARG_PROVIDER_VERSION,
+    XARG_WATERMARK,
+    XARGS,
+)
 from antidistill.errors import InputError
 from antidistill.keys import MasterKey, _validate_account_id, _validate_version
 from antidistill.watermark.config import WatermarkConfig
 from antidistill.watermark.marker import MarkKeys, Watermark
 from antidistill.watermark.processor import WatermarkLogitsProcessor
 
-#: the request's extra arguments (vLLM: ``vllm_xargs`` in the request body, ``SamplingParams.extra_args``)
-XARG_ACCOUNT = "antidistill_account"
-XARG_KEY_VERSION = "antidistill_key_version"
-XARG_PROVIDER_VERSION = "antidistill_provider_version"
-XARG_WATERMARK = "antidistill_watermark"
-XARGS = (XARG_ACCOUNT, XARG_KEY_VERSION, XARG_PROVIDER_VERSION, XARG_WATERMARK)
-_PREFIX = "antidistill_"
-
-#: vLLM's threshold: a temperature below it is greedy decoding
-SAMPLING_EPS = 1e-5
+__all__ = [
+    "SAMPLING_EPS",
+    "XARGS",
+    "XARG_ACCOUNT",
+    "XARG_KEY_VERSION",
+    "XARG_PROVIDER_VERSION",
+    "XARG_WATERMARK",
+    "BatchUpdateLike",
+    "EngineMarker",
+    "MarkRequest",
+    "RequestParams",
+    "Row",
+    "check_request",
+    "coin_seed",
+    "parse_xargs",
+]
 
 
 class RequestParams(Protocol):
@@ -94,7 +110,7 @@ def parse_xargs(
         ...              "antidistill_provider_version": 1}, WatermarkConfig(), False)
         MarkRequest(account='alice', key_version=2, provider_version=1)
     """
-    args = {k: v for k, v in (extra_args or {}).items() if isinstance(k, str) and k.startswith(_PREFIX)}
+    args = {k: v for k, v in (extra_args or {}).items() if isinstance(k, str) and k.startswith(XARG_PREFIX)}
     if not args:
         if allow_unmarked:
             return None

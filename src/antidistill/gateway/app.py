@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +29,7 @@ from antidistill.gateway.metrics import GatewayMetrics, MetricsMiddleware
 from antidistill.gateway.monitoring import Monitoring, load_monitor
 from antidistill.gateway.routes import admin, docs, openai, service
 from antidistill.gateway.routes import monitor as monitor_routes
+from antidistill.gateway.verify import MarkVerifier
 from antidistill.keys import KeyRing
 from antidistill.models.base import Backend
 from antidistill.models.fake import FakeBackend
@@ -36,6 +38,9 @@ from antidistill.settings import Settings, get_settings
 from antidistill.store.api import Storage
 from antidistill.store.sql import Store
 
+if TYPE_CHECKING:
+    from antidistill.watermark.config import WatermarkConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -43,25 +48,38 @@ def make_backend(settings: Settings) -> Backend:
     """The backend the settings name (``ANTIDISTILL_BACKEND``)."""
     if settings.backend == "fake":
         return FakeBackend()
-    if settings.backend == "upstream":
-        from antidistill.models.upstream import UpstreamBackend  # its HTTP client stack: 0.15 s, for this one only
+    if settings.backend in ("upstream", "vllm"):
+        # their HTTP client stack: 0.15 s, for these only
+        from antidistill.models.upstream import UpstreamBackend
+        from antidistill.models.vllm_backend import VLLMBackend
 
         if not settings.upstream_url:
-            raise ConfigError("backend 'upstream' needs ANTIDISTILL_UPSTREAM_URL (or --upstream-url)")
+            raise ConfigError(f"backend '{settings.backend}' needs ANTIDISTILL_UPSTREAM_URL (or --upstream-url)")
         key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
         try:
+            if settings.backend == "vllm":
+                return VLLMBackend(
+                    settings.upstream_url,
+                    _watermark_config(settings),
+                    key,
+                    settings.upstream_model,
+                    settings.upstream_timeout,
+                )
             return UpstreamBackend(settings.upstream_url, key, settings.upstream_model, settings.upstream_timeout)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    require("model", "the local backend")  # upstream and fake need no model
+    require("model", "the local backend")  # upstream, vllm and fake need no model
     # torch and transformers (seconds to import, and the model extra's): only a local backend loads them
     from antidistill.models.local_backend import LocalBackend
 
+    return LocalBackend(model_path=settings.model, cache_dir=settings.cache_dir, config=_watermark_config(settings))
+
+
+def _watermark_config(settings: Settings) -> WatermarkConfig:
     try:
-        config = settings.watermark_config()
+        return settings.watermark_config()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return LocalBackend(model_path=settings.model, cache_dir=settings.cache_dir, config=config)
 
 
 def open_store(settings: Settings) -> Store:
@@ -77,6 +95,7 @@ def create_app(
     limiter: RateLimiter | None = None,
     keyring: KeyRing | None = None,
     monitor: MonitorLike | None = None,
+    verify_tokenizer: Callable[[], Any] | None = None,
 ) -> FastAPI:
     """The gateway as an ASGI app.
 
@@ -90,6 +109,9 @@ def create_app(
         monitor: the monitor the gateway feeds (:class:`~antidistill.monitor.actions.MonitorLike`); default: with
             ``settings.monitor`` on, :func:`~antidistill.gateway.monitoring.load_monitor`, else none. The policy
             (``settings.policy_file``) is enforced whenever ``settings.enforcement`` is on or a monitor runs.
+        verify_tokenizer: for a backend that marks in another process (``vllm``), what loads the served model's
+            tokenizer for the sample check (:mod:`antidistill.gateway.verify`); default: ``settings.model``'s, or
+            the embedded model's. The check runs when ``settings.verify_every`` > 0 and watermarking is on.
     """
     settings = settings or get_settings()
     gw = Gateway(
@@ -113,6 +135,10 @@ def create_app(
                 feed = await run_in_threadpool(load_monitor, settings)
             gw.monitoring = Monitoring.from_settings(settings, gw.store, gw.metrics.registry, monitor=feed)
             gw.monitoring.start()
+        if gw.backend.marks_remotely and settings.watermark and settings.verify_every > 0:
+            engine = f"the {gw.backend.name} engine at {gw.backend.url}" if gw.backend.url else "the engine"
+            gw.verifier = MarkVerifier.from_settings(settings, gw.metrics.registry, engine, verify_tokenizer)
+            gw.verifier.start()
         await gw.backend.start()
         gw.started = int(time.time())
         log.info(
@@ -130,6 +156,9 @@ def create_app(
                     await task
             if gw.monitoring is not None:
                 await gw.monitoring.aclose()
+            if gw.verifier is not None:
+                await run_in_threadpool(gw.verifier.stop)
+                gw.verifier = None
             await gw.backend.aclose()
             if own_limiter:
                 await gw.limiter.aclose()

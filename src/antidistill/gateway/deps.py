@@ -20,6 +20,7 @@ from antidistill.gateway.errors import APIError
 from antidistill.gateway.limits import RateLimiter
 from antidistill.gateway.metrics import GatewayMetrics
 from antidistill.gateway.monitoring import Monitoring
+from antidistill.gateway.verify import MarkVerifier
 from antidistill.keys import KeyRing
 from antidistill.models.base import Backend
 from antidistill.settings import Settings
@@ -70,6 +71,8 @@ class Gateway:
         self.background: set[asyncio.Task[None]] = set()
         #: enforcement of the policy and the monitor worker; ``None`` when both are off
         self.monitoring: Monitoring | None = None
+        #: the background check of a sample of the completions an engine marked (``--backend vllm``); else ``None``
+        self.verifier: MarkVerifier | None = None
 
     def is_set(self, part: Literal["backend", "store", "limiter", "keyring"]) -> bool:
         """Whether ``part`` is there (given to ``create_app``, or made by the lifespan)."""

@@ -241,6 +241,11 @@ class _Run:
         if observe and self.gw.monitoring is not None:  # scored off the request path, from what the log recorded
             self.gw.monitoring.observe(entry, self.principal.account)
 
+    def verify(self, result: GenerationResult) -> None:
+        """Hand an audited completion to the sample check of an engine's mark, if one runs (never blocks)."""
+        if self.gw.verifier is not None:
+            self.gw.verifier.offer(self.id, result, self.ex.generation.mark)
+
     async def audit_quietly(self, entry: AuditEntry) -> None:
         with suppress(Exception):
             await self.audit(entry)
@@ -382,6 +387,7 @@ async def run_exchange(
             "the exchange could not be recorded in the audit log, so it is not served; try again",
             code="audit_unavailable",
         ) from None
+    run.verify(result)
     return JSONResponse(run.body(result))
 
 
@@ -468,6 +474,7 @@ async def _sse(run: _Run, it: AsyncGenerator[Item, None], first: Item) -> AsyncI
             )
             return
         done = True
+        run.verify(result)
         for c in result.choices:
             reason = c.finish_reason or finish.get(c.index) or "stop"
             yield run.chunk(result.model, [run.choice_delta(c.index, None, reason)], None, with_usage)

@@ -69,12 +69,15 @@ class GenerationResult:
         watermark: ``{"key_id": …, "config": {…}}`` when marked, else ``{"status": "unwatermarked",
             "reason": …}`` (e.g. the upstream backend cannot mark at token level).
         model: the model name the backend served.
+        token_ids: each choice's generated token ids, when the backend knows them (``None``: only the text);
+            exact watermark scoring reads them rather than tokenizing the text again.
     """
 
     choices: list[Choice]
     prompt_tokens: int
     watermark: dict[str, Any]
     model: str
+    token_ids: list[list[int]] | None = field(default=None, repr=False)
 
     @property
     def completion_tokens(self) -> int:
@@ -95,14 +98,19 @@ class Backend(ABC):
     """A source of completions.
 
     Attributes:
-        name: ``local``, ``upstream`` or ``fake``.
+        name: ``local``, ``upstream``, ``vllm`` or ``fake``.
         model_id: the model name reported in ``/v1/models`` and responses.
         marks: whether this backend can watermark at token level.
+        marks_remotely: whether the mark is made in another process (an engine's plugin), so the gateway checks a
+            sample of the completions for it (:mod:`antidistill.gateway.verify`).
+        url: the server a proxying backend forwards to (empty for in-process backends).
     """
 
     name: str = ""
     model_id: str = ""
     marks: bool = False
+    marks_remotely: bool = False
+    url: str = ""
 
     @abstractmethod
     async def generate(self, request: GenerationRequest) -> GenerationResult:

@@ -129,13 +129,20 @@ class UpstreamBackend(Backend):
             limits=limits,
             transport=self._transport,
         )
+        self._announce()
+        if self.model_override is None:
+            self.model_id = await self._first_model() or self.model_id
+
+    def _announce(self) -> None:
         log.warning(
             "backend=upstream (%s): completions are NOT watermarked; token-level watermarking is "
             "impossible through an upstream server (rate limits, policy and audit still apply)",
             self.url,
         )
-        if self.model_override is None:
-            self.model_id = await self._first_model() or self.model_id
+
+    def _watermark(self, request: GenerationRequest) -> dict[str, Any]:
+        """The audit record's ``watermark`` of a completion served for ``request``."""
+        return dict(UNWATERMARKED)
 
     async def _first_model(self) -> str | None:
         try:
@@ -204,6 +211,7 @@ class UpstreamBackend(Backend):
             data = r.json()
             raw_choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
             texts = [_choice_text(c, request.messages is not None) for c in raw_choices]
+            token_ids = _token_ids([c.get("token_ids") for c in raw_choices])
             usage = data.get("usage") or {}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BackendError("upstream answered with a body that is not an OpenAI completion") from exc
@@ -218,18 +226,15 @@ class UpstreamBackend(Backend):
         return GenerationResult(
             choices=choices,
             prompt_tokens=prompt_tokens,
-            watermark=dict(UNWATERMARKED),
+            watermark=self._watermark(request),
             model=str(data.get("model") or self.model_id),
+            token_ids=token_ids,
         )
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk | GenerationResult, None]:
-        chat = request.messages is not None
         path, body = self._body(request, stream=True)
         client = self._client_or_fail()
-        texts: dict[int, list[str]] = {i: [] for i in range(request.n)}
-        finish: dict[int, str] = {}
-        usage: dict[str, Any] = {}
-        model = self.model_id
+        relay = _Relay(request.n, request.messages is not None, self.model_id)
         try:
             async with client.stream("POST", path, content=_json(body), headers=_JSON_HEADERS) as r:
                 if r.status_code >= 400:
@@ -245,36 +250,89 @@ class UpstreamBackend(Backend):
                         event = json.loads(payload)
                     except ValueError as exc:
                         raise BackendError("upstream sent an event that is not JSON") from exc
-                    if not isinstance(event, dict):
-                        continue
-                    if "error" in event:
-                        raise BackendError(f"upstream failed mid-stream: {_error_message_from(event)}")
-                    model = str(event.get("model") or model)
-                    if event.get("usage"):
-                        usage = event["usage"]
-                    for c in event.get("choices") or []:
-                        idx = int(c.get("index", 0))
-                        text = _choice_text(c, chat)
-                        reason = c.get("finish_reason")
-                        if text or reason:
-                            texts.setdefault(idx, []).append(text)
-                            if reason:
-                                finish[idx] = reason
-                            yield GenerationChunk(index=idx, text=text, finish_reason=reason, tokens=1 if text else 0)
+                    if isinstance(event, dict):
+                        for chunk in relay.take(event):
+                            yield chunk
         except httpx.TimeoutException as exc:
             raise BackendTimeout(f"upstream timed out after {self.timeout:g} s") from exc
         except httpx.HTTPError as exc:
             raise BackendError(f"upstream unreachable: {type(exc).__name__}") from exc
-        joined = ["".join(texts[i]) for i in sorted(texts)]
-        tokens = _split_tokens(joined, usage.get("completion_tokens"))
+        yield relay.result(request, self._watermark(request))
+
+
+class _Relay:
+    """What a relayed stream has sent so far: each choice's text, finish reason and token ids (while the server
+    sends them: vLLM's ``return_token_ids`` puts each chunk's in it, even for tokens whose text it holds back)."""
+
+    def __init__(self, n: int, chat: bool, model: str) -> None:
+        self.chat = chat
+        self.model = model
+        self.texts: dict[int, list[str]] = {i: [] for i in range(n)}
+        self.ids: dict[int, list[Any]] | None = {i: [] for i in range(n)}  # None: text came without them
+        self.finish: dict[int, str] = {}
+        self.usage: dict[str, Any] = {}
+
+    def take(self, event: dict[str, Any]) -> list[GenerationChunk]:
+        """The chunks of one server-sent event."""
+        if "error" in event:
+            # vLLM refuses a streamed request it cannot serve (its validation, a logits processor's
+            # validate_params) with an error event in a 200 stream, carrying the status it would have answered
+            err = event.get("error")
+            if isinstance(err, dict) and str(err.get("code")) in ("400", "422"):
+                raise BackendRejected(f"upstream rejected the request: {_error_message_from(event)}")
+            raise BackendError(f"upstream failed mid-stream: {_error_message_from(event)}")
+        self.model = str(event.get("model") or self.model)
+        if event.get("usage"):
+            self.usage = event["usage"]
+        out = []
+        for c in event.get("choices") or []:
+            idx = int(c.get("index", 0))
+            text = _choice_text(c, self.chat)
+            reason = c.get("finish_reason")
+            piece = c.get("token_ids") if isinstance(c.get("token_ids"), list) else None
+            if self.ids is not None:
+                if piece is not None:
+                    self.ids.setdefault(idx, []).extend(piece)
+                elif text:
+                    self.ids = None
+            if text or reason or piece:
+                self.texts.setdefault(idx, []).append(text)
+                if reason:
+                    self.finish[idx] = reason
+                count = len(piece) if piece is not None else 1 if text else 0
+                out.append(GenerationChunk(index=idx, text=text, finish_reason=reason, tokens=count))
+        return out
+
+    def result(self, request: GenerationRequest, watermark: dict[str, Any]) -> GenerationResult:
+        """The whole completion, once the stream has ended."""
+        order = sorted(self.texts)
+        joined = ["".join(self.texts[i]) for i in order]
+        tokens = _split_tokens(joined, self.usage.get("completion_tokens"))
         choices = [
-            Choice(index=i, text=t, finish_reason=finish.get(i, "stop"), completion_tokens=k)
+            Choice(index=i, text=t, finish_reason=self.finish.get(i, "stop"), completion_tokens=k)
             for i, (t, k) in enumerate(zip(joined, tokens, strict=True))
         ]
-        prompt_tokens = usage.get("prompt_tokens")
+        prompt_tokens = self.usage.get("prompt_tokens")
         if not isinstance(prompt_tokens, int):
             prompt_tokens = count_tokens(render_prompt(request))
-        yield GenerationResult(choices=choices, prompt_tokens=prompt_tokens, watermark=dict(UNWATERMARKED), model=model)
+        ids = self.ids
+        return GenerationResult(
+            choices=choices,
+            prompt_tokens=prompt_tokens,
+            watermark=watermark,
+            model=self.model,
+            token_ids=_token_ids([ids.get(i) for i in order]) if ids is not None else None,
+        )
+
+
+def _token_ids(per_choice: list[Any]) -> list[list[int]] | None:
+    """Each choice's token ids as the server returned them; ``None`` unless every choice has a list of ints."""
+    out = []
+    for ids in per_choice:
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            return None
+        out.append(ids)
+    return out
 
 
 def _error_message_from(event: dict[str, Any]) -> str:
