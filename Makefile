@@ -47,7 +47,8 @@ vllm: $(VLLM_STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/antidistill demo
 
-test: $(STAMP)
+# The vLLM engine's venv too: the end-to-end tests of the plugin and of `serve --backend vllm` run the real engine.
+test: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports
