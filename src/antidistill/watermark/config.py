@@ -18,6 +18,10 @@ Defaults and why
   estimate is worth.
 * ``provider_fraction = 0.5``: half of the contexts are marked with the provider-wide key, half with the
   account key (see :mod:`antidistill.keys`).
+* The sampling members (``gumbel``, ``gumbel-dual``, ``tournament``) default to ``context_width = 3``: they mask
+  repeated contexts, and a wider context leaves more positions fresh (TPR at 200 tokens 88-91% at h = 3 against
+  59-69% at h = 1, same quality). Why the default member is still ``antidistill-v1``, and the table behind it:
+  ``docs/watermark-schemes.md``.
 """
 
 from __future__ import annotations
