@@ -41,6 +41,7 @@ from antidistill.gateway.limits import (
     RedisLimiter,
     Reservation,
 )
+from antidistill.gateway.worker import STOP, stop_worker, wait_drained
 from antidistill.monitor.actions import Enforcer, MonitorLike
 from antidistill.monitor.api import Assessment, ExchangeEvent
 from antidistill.monitor.policy import Policy
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 MAX_CACHED_ACCOUNTS = 100_000
 #: exchanges the worker takes off its queue at once (what is waiting, up to this)
 WORKER_BATCH = 256
-_STOP = object()
 
 
 class MonitorMetrics:
@@ -186,7 +186,7 @@ class MonitorWorker:
             try:
                 work = []
                 for item in items:
-                    if item is _STOP:
+                    if item is STOP:
                         stop = True
                     else:
                         work.append(item)
@@ -251,26 +251,11 @@ class MonitorWorker:
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every queued exchange was processed (tests, shutdown); ``False`` on timeout."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        return wait_drained(self._queue, timeout, poll=0.005)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Process what is queued (up to ``timeout``), then end the thread."""
-        if not self._thread.is_alive():
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self._queue.put(_STOP, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():
+        if not stop_worker(self._queue, self._thread, timeout):
             log.warning(
                 "the monitor worker did not finish within %.0f s; %d exchanges left unscored",
                 timeout,

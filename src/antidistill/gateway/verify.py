@@ -31,7 +31,6 @@ import json
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from antidistill.detection.detector import Detector
 from antidistill.detection.text import MIN_PAIRS
+from antidistill.gateway.worker import STOP, stop_worker, wait_drained
 from antidistill.models.base import GenerationResult
 from antidistill.settings import Settings
 from antidistill.watermark.config import WatermarkConfig
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 #: completions waiting for the check at most; beyond it they are skipped (counted), never waited for
 QUEUE_SIZE = 256
-_STOP = object()
 
 Outcome = Literal["raised", "cleared"] | None
 
@@ -267,7 +266,7 @@ class MarkVerifier:
         while True:
             item = self._queue.get()
             try:
-                if item is _STOP:
+                if item is STOP:
                     return
                 self._process(item)
             finally:
@@ -380,22 +379,8 @@ class MarkVerifier:
     # ---- shutdown and tests ------------------------------------------------------------------------------
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until every queued sample was checked; ``False`` on timeout."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
+        return wait_drained(self._queue, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Check what is queued (up to ``timeout``), then end the thread."""
-        if not self._thread.is_alive():
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self._queue.put(_STOP, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+        stop_worker(self._queue, self._thread, timeout)
