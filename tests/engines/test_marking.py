@@ -23,6 +23,7 @@ from antidistill.engines.marking import (
     XARG_WATERMARK,
     EngineMarker,
     MarkRequest,
+    SlotMarker,
     check_request,
     coin_seed,
     parse_xargs,
@@ -268,3 +269,33 @@ def test_logits_for_another_batch_size_or_an_unknown_token_are_errors():
     out.append(-1)  # vLLM's placeholder under async scheduling
     with pytest.raises(RuntimeError, match="async"):
         m.apply(torch.zeros(1, VOCAB))
+
+
+def test_the_slot_marker_marks_as_the_row_marker_does():
+    """vLLM's V2 runner: requests by slot, contexts handed over per step. The same requests in the same order
+    give the same logits as the V1 bookkeeping; a recycled slot starts anew; unmarked slots cost nothing."""
+    config = WatermarkConfig(scheme="gumbel", context_width=2, provider_fraction=0.0)
+    rng = np.random.default_rng(9)
+    seqs = [rng.integers(0, VOCAB, 5).tolist() for _ in range(3)]
+    args = [xargs("alice"), xargs("bob", 2), None]
+    rows = marker(config, allow_unmarked=True)
+    rows.update(Update(3, added=[(i, Params(args[i]), seqs[i][:3], seqs[i][3:]) for i in range(3)]))
+    slots = SlotMarker(Watermark(config), TEST_MASTER, allow_unmarked=True)
+    order = np.array([7, 3, 5])  # row i of the batch is slot order[i]
+    assert [slots.add(int(s), Params(a)) for s, a in zip(order, args, strict=True)] == [True, True, False]
+    assert slots.marks_any(order) and not slots.marks_any(np.array([5]))
+    logits = torch.randn(3, VOCAB)
+    ctx = np.array([s[-2:] for s in seqs])
+    got = slots.apply_slots(logits.clone(), order, ctx, np.ones(3, dtype=bool))
+    assert torch.equal(got, rows.apply(logits.clone()))
+    assert torch.equal(got[2], logits[2])  # the unmarked slot
+    # the same contexts again: repeated, so sampled unmarked (fresh-contexts rule) ...
+    again = slots.apply_slots(logits.clone(), order, ctx, np.ones(3, dtype=bool))
+    assert torch.equal(again, logits)
+    # ... until the slot is given to a new request, which starts with no history
+    slots.add(7, Params(xargs("alice")))
+    assert torch.equal(slots.apply_slots(logits.clone(), order, ctx, np.ones(3, dtype=bool))[0], got[0])
+    not_ready = slots.apply_slots(logits[:1].clone(), order[:1], ctx[:1], np.zeros(1, dtype=bool))
+    assert torch.equal(not_ready, logits[:1])
+    with pytest.raises(RuntimeError, match="rows"):
+        slots.apply_slots(logits, order[:2], ctx, np.ones(3, dtype=bool))

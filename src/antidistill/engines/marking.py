@@ -57,6 +57,7 @@ __all__ = [
     "MarkRequest",
     "RequestParams",
     "Row",
+    "SlotMarker",
     "check_request",
     "coin_seed",
     "parse_xargs",
@@ -333,3 +334,48 @@ class EngineMarker:
             # vLLM's placeholder for a token still on its way (async scheduling): marking on it would mark wrongly
             raise RuntimeError("a row's last token is not known yet (async scheduling): the mark needs it")
         return self.core.mark(ctx, logits, ready)
+
+
+class SlotMarker(EngineMarker):
+    """Marks a batch of an engine that keys its requests by slot and keeps their tokens on the device (vLLM's V2
+    model runner): a request is announced once with its slot (:meth:`add`; a slot is recycled by the next request
+    given it, so everything about it is set anew), and each step hands over the slot of every logits row and the
+    row's context, read by the shell from the engine's token buffers (:meth:`apply`). The per-row work of a step
+    is numpy over the slots; the rows are rebound (:meth:`EngineMarker._bind`) only when the batch's slots change.
+    """
+
+    def __init__(self, watermark: Watermark, master: MasterKey, allow_unmarked: bool = False) -> None:
+        super().__init__(watermark, master, allow_unmarked)
+        self._slots: dict[int, Row] = {}
+        self._bound: np.ndarray | None = None
+        self._marked_slots: set[int] = set()
+
+    def add(self, slot: int, params: RequestParams) -> bool:
+        """A request takes ``slot`` (refused as :meth:`EngineMarker.row` refuses); whether it is marked."""
+        row = self.row(params, None, ())
+        self._slots[slot] = row
+        if row.keys is not None:
+            self._marked_slots.add(slot)
+        else:
+            self._marked_slots.discard(slot)
+        self._bound = None
+        return row.keys is not None
+
+    def marks_any(self, slots: np.ndarray) -> bool:
+        """Whether any of these slots holds a marked request (no work at all for a step of unmarked ones)."""
+        return bool(self._marked_slots) and any(int(s) in self._marked_slots for s in slots)
+
+    def apply_slots(
+        self, logits: torch.Tensor, slots: np.ndarray, contexts: np.ndarray, ready: np.ndarray
+    ) -> torch.Tensor:
+        """Mark the (B, V) ``logits``: row ``i`` is slot ``slots[i]``, its last tokens ``contexts[i]``
+        (B, context_width), marked where ``ready[i]`` (a full context, and a token is sampled from the row)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        if logits.shape[0] != len(slots) or len(contexts) != len(slots):
+            raise RuntimeError(f"the engine gave logits for {logits.shape[0]} rows and {len(slots)} slots")
+        if self._bound is None or not np.array_equal(self._bound, slots):
+            self._bind([self._slots.get(int(s)) for s in slots])
+            self._bound = slots.copy()
+        if not self._marked:
+            return logits
+        return self.core.mark(np.asarray(contexts, dtype=np.int64), logits, np.asarray(ready, dtype=bool))

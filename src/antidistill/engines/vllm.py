@@ -59,8 +59,25 @@ What vLLM 0.32's v1 sampler does with a logits processor (read from ``vllm/v1/sa
   plugins) or penalties need them. vLLM turns async scheduling off on the CPU; elsewhere the processor refuses
   to start with async scheduling unless it is named in ``--logits-processors`` (or pass
   ``--no-async-scheduling``), and :meth:`EngineMarker.apply` fails rather than mark on a placeholder.
-* Custom processors are refused with speculative decoding and pooling models; the V2 model runner
-  (``VLLM_USE_V2_MODEL_RUNNER``) has another interface and rejects v1 plugins at load time.
+* Custom processors are refused with speculative decoding and pooling models.
+
+The V2 model runner (``vllm/v1/worker/gpu/``, the default wherever Triton runs, i.e. on GPUs; vLLM's CPU build
+keeps the V1 runner) has another interface, ``vllm.v1.worker.gpu.sample.logits_processor.LogitsProcessor``, and
+rejects at load time every processor, entry points included, that does not subclass it. The class below
+subclasses both, so one name (and one entry point) serves either runner; ``__init__`` tells them apart by its
+arguments (V1: ``(vllm_config, device, is_pin_memory)``, V2: ``(vllm_config, req_states)``). What V2 does
+(read from ``vllm/v1/worker/gpu/sample/``):
+
+* ``add_request(slot, params)`` when a request takes a slot (slots are recycled: no removal is announced, the
+  next ``add_request`` of the slot replaces everything); ``apply(logits, ctx)`` once per step for the whole
+  batch, ``ctx.idx_mapping_np`` the slot of each request (host), ``ctx.pos`` each row's input position and
+  ``ctx.input_ids`` its input token (device). Custom processors run after logit bias, penalties and bad words,
+  before temperature, min_p and top-k/top-p: the raw logits less the penalties.
+* The request's tokens stay on the device, ``req_states.all_token_ids.gpu`` (slot x position), with the prompt's
+  length per slot on the host (``prefill_len.np``). The processor gathers each row's context there, on the device,
+  and copies the (B, context_width) block and the positions to the host once per step: the host needs them for
+  the row keys and the fresh-context record. A row still in chunked prefill (its position before the prefill's
+  end) is left unmarked: no token is sampled from it.
 
 The keyed randomness is computed by the scheme core (numpy, on the host, vectorised over the batch and the
 vocabulary) and the bias or the one-token mask is applied to the logits on their device.
@@ -73,10 +90,16 @@ import threading
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
-from antidistill.engines.marking import EngineMarker, check_request
+try:  # the V2 model runner's interface (vLLM >= 0.3x); older releases have the V1 runner only
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2LogitsProcessor
+except ImportError:  # pragma: no cover - depends on the installed vLLM
+    V2LogitsProcessor = object
+
+from antidistill.engines.marking import EngineMarker, SlotMarker, check_request
 from antidistill.errors import AntidistillError
 from antidistill.keys import MasterKey
 from antidistill.settings import Settings, get_settings
@@ -86,6 +109,7 @@ from antidistill.watermark.marker import Watermark
 if TYPE_CHECKING:
     from vllm import SamplingParams
     from vllm.config import VllmConfig
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState
 
 # under vLLM's logger, whose handlers print in the engine's log (vLLM configures no others)
 log = logging.getLogger("vllm.antidistill")
@@ -126,8 +150,10 @@ def _claim(vllm_config: VllmConfig) -> bool:
     return built % copies == 0
 
 
-class AntidistillLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
-    """Marks each row of vLLM's batch with its request's account key and the provider key (see the module)."""
+class AntidistillLogitsProcessor(LogitsProcessor, V2LogitsProcessor):  # type: ignore[misc]
+    """Marks each row of vLLM's batch with its request's account key and the provider key (see the module), under
+    the V1 model runner (``update_state`` + ``apply(logits)``) or the V2 one (``add_request`` +
+    ``apply(logits, ctx)``)."""
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -137,12 +163,13 @@ class AntidistillLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
         except AntidistillError as exc:
             raise ValueError(str(exc)) from None
 
-    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
-        self.device = device
+    def __init__(self, vllm_config: VllmConfig, *args: Any) -> None:
         self.active = _claim(vllm_config)
         settings, config = _settings()
+        self.req_states: LogitsProcRequestState | None = args[0] if len(args) == 1 else None
+        self.device = self.req_states.device if self.req_states is not None else args[0]
         scheduler = getattr(vllm_config, "scheduler_config", None)
-        if getattr(scheduler, "async_scheduling", False) and not _named(vllm_config):
+        if self.req_states is None and getattr(scheduler, "async_scheduling", False) and not _named(vllm_config):
             raise ValueError(
                 "antidistill: with async scheduling vLLM gives a logits processor the last output token only when "
                 f"--logits-processors names it: start with --logits-processors {FQCN} or --no-async-scheduling"
@@ -151,16 +178,19 @@ class AntidistillLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
             master = MasterKey.load(settings, create=False)
         except AntidistillError as exc:
             raise ValueError(f"antidistill: {exc}") from None
-        self.marker = EngineMarker(Watermark(config), master, settings.allow_unmarked)
+        kind = EngineMarker if self.req_states is None else SlotMarker
+        self.marker = kind(Watermark(config), master, settings.allow_unmarked)
         if self.active:
             log.info(
-                "antidistill marks with %s%s",
+                "antidistill marks with %s (%s model runner)%s",
                 config.to_dict(),
+                "V1" if self.req_states is None else "V2",
                 " (requests without antidistill arguments are served unmarked)" if settings.allow_unmarked else "",
             )
         else:
             log.info("antidistill: the processor is loaded more than once; another copy marks, this one stands by")
 
+    # ---- V1 model runner ---------------------------------------------------------------------------------
     def is_argmax_invariant(self) -> bool:
         # a green-list bias moves the argmax; a sampling member allows one token only
         return False
@@ -169,8 +199,40 @@ class AntidistillLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
         if self.active:
             self.marker.update(batch_update)
 
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+    # ---- V2 model runner ---------------------------------------------------------------------------------
+    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
+        if not self.active:
+            return False
+        assert isinstance(self.marker, SlotMarker)
+        return self.marker.add(req_idx, sampling_params)
+
+    def apply_staged_writes(self) -> None:
+        return None
+
+    def _apply_v2(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
+        marker, states = self.marker, self.req_states
+        assert isinstance(marker, SlotMarker) and states is not None
+        slots_np = np.asarray(ctx.idx_mapping_np, dtype=np.int64)
+        if not marker.marks_any(slots_np):
+            return logits
+        if logits.shape[0] != len(slots_np):
+            raise RuntimeError("antidistill marks one logits row per request: speculative decoding is not supported")
+        h = marker.config.context_width
+        pos = ctx.pos.to(torch.int64)
+        slots = ctx.idx_mapping.to(torch.int64)
+        back = torch.arange(h - 1, 0, -1, device=pos.device, dtype=torch.int64)
+        where = (pos[:, None] - back[None, :]).clamp_min(0)  # positions pos-h+1 .. pos-1; pos is the input token
+        history = states.all_token_ids.gpu[slots[:, None], where].to(torch.int64)
+        block = torch.cat([history, ctx.input_ids.to(torch.int64)[:, None], pos[:, None]], dim=1).cpu().numpy()
+        contexts, p = block[:, :h], block[:, h]
+        prefill = np.asarray(states.prefill_len.np, dtype=np.int64)[slots_np]
+        ready = (p >= h - 1) & (p + 1 >= prefill)
+        return marker.apply_slots(logits, slots_np, contexts, ready)
+
+    def apply(self, logits: torch.Tensor, ctx: LogitsContext | None = None) -> torch.Tensor:
         if not self.active:
             return logits
+        if ctx is not None:
+            return self._apply_v2(logits, ctx)
         out: Any = self.marker.apply(logits)
         return out  # type: ignore[no-any-return]
