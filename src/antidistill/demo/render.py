@@ -161,6 +161,13 @@ class Renderer:
             f"   watermark: scheme {cfg.scheme}, gamma {cfg.gamma}, delta {cfg.delta}, "
             f"context width {cfg.context_width}, provider share {cfg.provider_fraction}"
         )
+        self._print(
+            "   served in process (the default); to serve from vLLM, where the engine marks: `make vllm`, "
+            'then README.md, "Gateway" (`antidistill model export DIR`, the engine with '
+            "`--logits-processors antidistill.engines.vllm:AntidistillLogitsProcessor`, "
+            "`antidistill serve --backend vllm --upstream-url URL`)",
+            highlight=False,
+        )
 
     @show.register
     def _served(self, r: Served) -> None:
