@@ -15,6 +15,7 @@ antidistill.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,12 +26,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+
+from antidistill.store.api import is_pending_record
+from antidistill.store.sql import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 FQCN = "antidistill.engines.vllm:AntidistillLogitsProcessor"
 MASTER_HEX = "5e" * 32
+ADMIN = "admin-" + "3c9e1f7a5b2d4c6e8a0f1b3d5e7a9c2f"
 START_TIMEOUT = float(os.environ.get("ANTIDISTILL_TEST_VLLM_START_TIMEOUT", "600"))
 
 
@@ -101,6 +107,78 @@ def start_engine(model_dir: Path, tmp: Path, *, plugin: bool = True, eager: bool
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return Engine(f"http://127.0.0.1:{port}", log_path, proc, time.monotonic())
+
+
+@dataclass
+class Gateway:
+    """``antidistill serve --backend vllm`` as a process."""
+
+    url: str
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    def account(self, name: str) -> tuple[str, str]:
+        r = httpx.post(self.url + "/admin/accounts", json={"name": name}, headers={"Authorization": f"Bearer {ADMIN}"})
+        r.raise_for_status()
+        return r.json()["account"]["id"], r.json()["api_key"]
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(self.url + "/metrics").text
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return float(m.group(1)) if m else float("nan")
+
+    def records(self) -> list[dict]:
+        store = Store.open(f"sqlite:///{self.data_dir / 'antidistill.db'}", migrate_schema=False)
+        try:
+            return [r for r in store.iter_audit() if not is_pending_record(r)]
+        finally:
+            store.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_gateway(engine: Engine, tmp: Path, cache_dir: Path, **env: str) -> Gateway:
+    """The exact command line: ``antidistill serve --backend vllm --upstream-url http://HOST:PORT/v1``."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    script = Path(sys.executable).with_name("antidistill")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "antidistill"]
+    cmd += ["serve", "--backend", "vllm", "--upstream-url", engine.base + "/v1", "--port", str(port)]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ANTIDISTILL_")}
+    environ.update(
+        ANTIDISTILL_ENV="test",
+        ANTIDISTILL_DATA_DIR=str(tmp / "data"),
+        ANTIDISTILL_CACHE_DIR=str(cache_dir),  # the session's: the tokenizer of the sample check is cached there
+        ANTIDISTILL_MASTER_KEY=MASTER_HEX,
+        ANTIDISTILL_ADMIN_TOKEN=ADMIN,
+        ANTIDISTILL_VERIFY_EVERY="1",
+        **env,
+    )
+    log_path = tmp / "gateway.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=environ, stdout=log, stderr=subprocess.STDOUT)
+    gw = Gateway(f"http://127.0.0.1:{port}", tmp / "data", log_path, proc)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the gateway exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(gw.url + "/health", timeout=1).status_code == 200:
+                return gw
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            gw.stop()
+            pytest.fail(f"the gateway did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="package")
