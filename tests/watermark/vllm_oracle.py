@@ -7,9 +7,10 @@ instead of a model, CPU), with vLLM's own repeated-context rule (``_repeated_con
 vLLM's own detector; unmarked sequences and a wrong key are scored too. It also writes the PRF's uniforms on random
 inputs. The antidistill test (``test_vllm_native.py``) scores the same token ids with our members.
 
-Two more services for the end-to-end test (``tests/engines/test_vllm_native_marks.py``): ``"detect"`` scores given
-token sequences with vLLM's detector, ``"tokenize"`` tokenizes texts with a model directory's tokenizer as loaded in
-vLLM's venv (its transformers), so that test can check both sides read a text as the same token ids.
+More services for the end-to-end test (``tests/engines/test_vllm_native_marks.py``), in one process (vLLM's import
+costs seconds): ``"generate"`` marks a real model's answers with vLLM's watermarker as its sampler does; ``"read"``
+re-tokenizes answers (generated here or an engine's) with the model directory's tokenizer as vLLM's venv loads it and
+scores the generated and the re-tokenized ids with vLLM's detector, under the key and a wrong key.
 
 vLLM is imported inside :func:`main` only: this module is imported by pytest's doctest collection in the main venv,
 which has no vLLM.
@@ -24,6 +25,7 @@ from typing import Any
 
 def main() -> None:
     import torch
+    from transformers import AutoTokenizer
     from vllm.v1.watermarking import (
         DualKeyGumbelWatermarkDetector,
         DualKeyGumbelWatermarker,
@@ -45,17 +47,15 @@ def main() -> None:
         d = det.detect(ids)
         return {"score": d.score, "p_value": d.p_value, "n": d.num_scored_tokens, "watermarked": d.is_watermarked}
 
-    out: dict[str, Any] = {"cases": [], "uniforms": [], "detect": [], "tokenize": []}
-    for job in spec.get("detect", []):
-        det = detector(job["algorithm"], job["key"], job["context_width"], job.get("alpha", 0.1))
-        out["detect"].append([scored(det, ids) for ids in job["sequences"]])
-    if "tokenize" in spec:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(spec["tokenize"]["model_dir"])
-        out["tokenize"] = [tok(t, add_special_tokens=False)["input_ids"] for t in spec["tokenize"]["texts"]]
+    out: dict[str, Any] = {"cases": [], "uniforms": []}
     if "generate" in spec:
         out["generate"] = _generate_with_the_model(spec["generate"])
+    if "read" in spec:  # answers generated here or given (an engine's): read by vLLM's tokenizer and detector
+        job = spec["read"]
+        tokenizer = AutoTokenizer.from_pretrained(job["model_dir"])
+        right = detector("gumbel", job["key"], job["context_width"], 0.1)
+        wrong = detector("gumbel", job["wrong_key"], job["context_width"], 0.1)
+        out["read"] = [_read(a, tokenizer, right, wrong, scored) for a in out.get("generate") or job["answers"]]
     for case in spec.get("cases", []):
         algorithm, key, width = case["algorithm"], case["key"], case["context_width"]
         alpha, vocab, length = case.get("alpha", 0.1), case["vocab"], case["length"]
@@ -106,6 +106,19 @@ def main() -> None:
             u = PhiloxPRF(key).uniform(ctx, toks.unsqueeze(-1)).squeeze(-1)
             out["uniforms"].append({"key": key, "contexts": ctx.tolist(), "tokens": toks.tolist(), "u": u.tolist()})
     json.dump(out, sys.stdout)
+
+
+def _read(answer: dict[str, Any], tokenizer: Any, right: Any, wrong: Any, scored: Any) -> dict[str, Any]:
+    """One answer re-tokenized, and its generated and re-tokenized ids scored under the key and a wrong key."""
+    retok = tokenizer(answer["text"], add_special_tokens=False)["input_ids"]
+    return {
+        **answer,
+        "retokenized": retok,
+        "ids": scored(right, answer["token_ids"]),
+        "ids_wrong_key": scored(wrong, answer["token_ids"]),
+        "text_detection": scored(right, retok),
+        "text_wrong_key": scored(wrong, retok),
+    }
 
 
 def _generate_with_the_model(job: dict[str, Any]) -> list[dict[str, Any]]:
