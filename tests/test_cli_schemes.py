@@ -36,6 +36,12 @@ def test_help_names_every_member():
             "entropy_threshold must be in",
         ),
         (["generate", "--scheme", "markllm-exp", "--provider-fraction", "0.5", "--account", "a", "hi"], "single-key"),
+        (["generate", "--scheme", "vllm-gumbel", "--hashing-key", "7", "hi"], "is read-only"),
+        (["detect", "--key-b-probability", "0.2", "--account", "a", "HUMAN"], "applies to scheme vllm-dual-gumbel"),
+        (
+            ["detect", "--scheme", "vllm-dual-gumbel", "--key-b-probability", "2", "--hashing-key", "7", "HUMAN"],
+            "key_b_probability must be in [0, 1]",
+        ),
     ],
 )
 def test_bad_scheme_options_are_one_line(capsys, human_file, argv, needle):
@@ -51,7 +57,7 @@ def test_detect_accepts_every_member(capsys, human_file, shared_cache_env, schem
     assert code == 0, err
     d = json.loads(out)
     assert d["config"]["scheme"] == scheme and d["watermarked"] is False
-    if scheme in ("hf-lefthash", "markllm-exp"):
+    if scheme in ("hf-lefthash", "markllm-exp", "vllm-gumbel", "vllm-dual-gumbel"):
         assert d["config"]["provider_fraction"] == 0.0  # single-key members
     if scheme == "kgw-entropy":
         assert d["config"]["entropy_threshold"] == 1.5
@@ -111,3 +117,20 @@ def test_generate_gumbel_then_detect(capsys, tmp_path, shared_cache_env, local_m
         "Hi",
     )
     assert code == 0 and json.loads(out)["watermark"]["scheme"] == "antidistill-v1"
+
+
+def test_detect_reads_vllm_marks_with_its_integer_key(capsys, human_file, shared_cache_env):
+    # vLLM's key is the explicit --hashing-key; every token is scored (the first four with padded contexts)
+    code, out, err = run(capsys, "detect", str(human_file), "--scheme", "vllm-gumbel", "--hashing-key", "42", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["config"] == {
+        "scheme": "vllm-gumbel", "gamma": 0.25, "delta": 3.0, "context_width": 4, "provider_fraction": 0.0,
+    }  # fmt: skip
+    assert d["watermarked"] is False and d["tokens_scored"] <= d["total_tokens"]
+    code, out, err = run(
+        capsys, "detect", str(human_file), "--scheme", "vllm-dual-gumbel", "--key-b-probability", "0.25",
+        "--hashing-key", "42", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["config"]["key_b_probability"] == 0.25

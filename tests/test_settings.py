@@ -191,6 +191,9 @@ def test_watermark_scheme_from_the_environment(monkeypatch, env, scheme, provide
             {"ANTIDISTILL_WATERMARK_SCHEME": "markllm-exp", "ANTIDISTILL_WATERMARK_PROVIDER_FRACTION": "0.5"},
             "single-key",
         ),
+        # the vLLM members only read vLLM's marks: a server cannot mark with them
+        ({"ANTIDISTILL_WATERMARK_SCHEME": "vllm-gumbel"}, "read-only interoperability member"),
+        ({"ANTIDISTILL_WATERMARK_SCHEME": "vllm-dual-gumbel"}, "read-only interoperability member"),
     ],
 )
 def test_bad_watermark_settings_are_refused_at_startup(monkeypatch, env, needle):

@@ -248,6 +248,11 @@ class Settings(BaseSettings):
         scheme = params.get("scheme")
         if scheme is not None and scheme not in scheme_names():
             raise ValueError(f"ANTIDISTILL_WATERMARK_SCHEME must be one of {', '.join(scheme_names())}, got {scheme!r}")
+        if scheme is not None and not scheme_class(scheme).generates:
+            raise ValueError(
+                f"ANTIDISTILL_WATERMARK_SCHEME={scheme} is a read-only interoperability member: it detects another "
+                "implementation's marks and cannot mark what this server serves"
+            )
         if scheme is not None and "provider_fraction" not in params and scheme_class(scheme).single_key:
             params["provider_fraction"] = 0.0  # a single-key member: no provider/account split
         try:

@@ -14,6 +14,7 @@ from antidistill.detection.stats import binomial_sf, gamma_sf
 from antidistill.keys import WatermarkKey
 from antidistill.watermark.config import MAX_CONTEXT_WIDTH, WatermarkConfig
 from antidistill.watermark.core import U64
+from antidistill.watermark.nulls import weighted_gamma_sf
 from antidistill.watermark.schemes import get_scheme, scheme_class, scheme_names
 
 #: the green-list members of the family
@@ -64,7 +65,8 @@ def test_score_is_consistent(seq, key, width, scheme):
     cfg = WatermarkConfig(scheme=scheme, context_width=width, provider_fraction=0.0)
     det = Detector(cfg, vocab_size=8)
     r = det.score(seq, key)
-    assert r.tokens_scored <= max(0, len(seq) - width)
+    # members that pad the context (vLLM's) score the first `width` tokens too
+    assert r.tokens_scored <= (len(seq) if det.scheme.pads_context else max(0, len(seq) - width))
     assert 0.0 <= r.p_value <= 1.0
     if det.scheme.kind == "bias":
         assert 0 <= r.green <= r.tokens_scored
@@ -72,6 +74,10 @@ def test_score_is_consistent(seq, key, width, scheme):
     elif scheme == "tournament":  # the sum of `layers` fair bits per tuple
         assert 0 <= r.green <= r.tokens_scored * cfg.layers
         expected = binomial_sf(r.green, r.tokens_scored * cfg.layers, 0.5) if r.tokens_scored else 1.0
+        assert r.p_value == expected
+    elif scheme == "vllm-dual-gumbel":  # vLLM's weighted pair of Exp(1) scores: the exact weighted-Gamma tail
+        assert r.green >= 0.0
+        expected = weighted_gamma_sf(r.green, r.tokens_scored, cfg.key_b_probability) if r.tokens_scored else 1.0
         assert r.p_value == expected
     else:  # Gumbel-max: Exp(1) scores, a Gamma(n, 1) sum
         assert r.green >= 0.0

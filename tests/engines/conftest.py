@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,10 +79,13 @@ class Engine:
             self.proc.wait()
 
 
-def start_engine(model_dir: Path, tmp: Path, *, plugin: bool = True, eager: bool = False) -> Engine:
+def start_engine(
+    model_dir: Path, tmp: Path, *, plugin: bool = True, eager: bool = False, extra_args: Sequence[str] = ()
+) -> Engine:
     """Start (not wait for) an engine on ``model_dir``: with the plugin named in ``--logits-processors`` and the
     master key in its environment, or without the plugin at all. ``eager``: skip torch.compile (starts in ~40 s
-    instead of ~120 s, decodes several times slower: for a few requests only)."""
+    instead of ~120 s, decodes several times slower: for a few requests only). ``extra_args``: more arguments of the
+    server (e.g. ``--watermark-config`` for vLLM's native watermark)."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTIDISTILL_", "VLLM_"))}
@@ -103,6 +106,7 @@ def start_engine(model_dir: Path, tmp: Path, *, plugin: bool = True, eager: bool
         cmd += ["--logits-processors", FQCN]
     if eager:
         cmd.append("--enforce-eager")
+    cmd += list(extra_args)
     log_path = tmp / "engine.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

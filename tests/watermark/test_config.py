@@ -64,6 +64,8 @@ def test_schemes():
         "gumbel-dual",
         "tournament",
         "markllm-exp",
+        "vllm-gumbel",
+        "vllm-dual-gumbel",
     }
     for name in scheme_names():
         assert WatermarkConfig(scheme=name, provider_fraction=0.0).scheme == name
@@ -72,6 +74,8 @@ def test_schemes():
         "gumbel-dual",
         "tournament",
         "markllm-exp",
+        "vllm-gumbel",
+        "vllm-dual-gumbel",
     }
 
 

@@ -66,7 +66,8 @@ SCHEME_HELP = (
     "Watermark scheme: antidistill-v1 (default, KGW green lists), kgw-entropy (KGW at high-entropy steps only), "
     "gumbel (Gumbel-max sampling), gumbel-dual (dual-key Gumbel-max), tournament (SynthID-style tournament "
     "sampling), hf-lefthash (transformers' lists), "
-    "markllm-exp (MarkLLM's EXP)."
+    "markllm-exp (MarkLLM's EXP); read-only, to detect vLLM's native marks (its --watermark-config key is "
+    "--hashing-key): vllm-gumbel (algorithm gumbel), vllm-dual-gumbel (dual_key_gumbel)."
 )
 SchemeOpt = Annotated[str | None, typer.Option("--scheme", help=SCHEME_HELP)]
 EntropyOpt = Annotated[
@@ -76,12 +77,19 @@ EntropyOpt = Annotated[
 LayersOpt = Annotated[
     int | None, typer.Option("--layers", help="tournament only: the number of rounds, 1-32 (default 16).")
 ]
+KeyBOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--key-b-probability",
+        help="vllm-dual-gumbel only: vLLM's alpha, the share of steps drawn under key B (default 0.1).",
+    ),
+]
 HashKeyOpt = Annotated[
     int | None,
     typer.Option(
         "--hashing-key",
-        help="An explicit integer key (e.g. transformers' hashing_key) instead of "
-        "the derived account and provider keys.",
+        help="An explicit integer key (e.g. transformers' hashing_key, or the key of vLLM's --watermark-config) "
+        "instead of the derived account and provider keys.",
     ),
 ]
 ProviderFracOpt = Annotated[
@@ -105,6 +113,7 @@ def _watermark_config(
     hashing_key: int | None,
     entropy_threshold: float | None = None,
     layers: int | None = None,
+    key_b_probability: float | None = None,
 ):
     # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.watermark.config import WatermarkConfig
@@ -119,6 +128,8 @@ def _watermark_config(
         params["entropy_threshold"] = entropy_threshold
     if layers is not None:
         params["layers"] = layers
+    if key_b_probability is not None:
+        params["key_b_probability"] = key_b_probability
     if gamma is not None:
         params["gamma"] = gamma
     if delta is not None:
@@ -187,6 +198,8 @@ def generate(
     config = _watermark_config(
         scheme, gamma, delta, context_width, provider_fraction, hashing_key, entropy_threshold, layers
     )
+    if not no_watermark and not config.generates:
+        raise InputError(f"scheme {config.scheme} is read-only: it detects vLLM's marks, vLLM makes them")
     explicit = _explicit_key(hashing_key, [account] if account else [])
     if account is None and explicit is None and not no_watermark:
         raise InputError("give --account (its key marks the completion), --hashing-key or --no-watermark")
@@ -272,6 +285,7 @@ def _build_text_detector(
     vocab_size,
     entropy_threshold=None,
     layers=None,
+    key_b_probability=None,
 ):
     # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.detection.detector import Detector
@@ -282,7 +296,15 @@ def _build_text_detector(
     if not 0.0 < alpha < 1.0:
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
     config = _watermark_config(
-        scheme, gamma, delta, context_width, provider_fraction, hashing_key, entropy_threshold, layers
+        scheme,
+        gamma,
+        delta,
+        context_width,
+        provider_fraction,
+        hashing_key,
+        entropy_threshold,
+        layers,
+        key_b_probability,
     )
     names = list(accounts or [])
     if accounts_file is not None:
@@ -375,6 +397,7 @@ def detect(
     hashing_key: HashKeyOpt = None,
     entropy_threshold: EntropyOpt = None,
     layers: LayersOpt = None,
+    key_b_probability: KeyBOpt = None,
     vocab_size: Annotated[
         int | None,
         typer.Option("--vocab-size", min=1, help="Vocabulary size for hf-lefthash (default: the tokenizer's)."),
@@ -406,6 +429,7 @@ def detect(
         vocab_size,
         entropy_threshold,
         layers,
+        key_b_probability,
     )
     if text is not None:
         report = td.detect(text)

@@ -63,6 +63,7 @@ def distinct_pairs(
     exclude: Iterable[tuple[int, ...]] | None = None,
     keep: np.ndarray | None = None,
     fresh_contexts_only: bool = False,
+    pad: bool = False,
 ) -> Pairs:
     """Distinct (context, token) pairs of ``token_ids``, first occurrences only.
 
@@ -76,25 +77,30 @@ def distinct_pairs(
             contexts when they mark, :attr:`~antidistill.watermark.core.Scheme.fresh_contexts_only`): a later
             occurrence was sampled unmarked. Still exact: the selection does not depend on the key, and distinct
             contexts make distinct tuples.
+        pad: also score the first ``h`` tokens, with their contexts padded by ``-1`` (members whose generator does so,
+            :attr:`~antidistill.watermark.core.Scheme.pads_context`: vLLM's); ``exclude`` tuples may hold the ``-1``.
     """
     ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
     h = context_width
+    length = len(ids)
+    if keep is not None:
+        keep = np.asarray(keep, dtype=bool).reshape(-1)
+        if len(keep) != length:
+            raise InputError(f"keep has {len(keep)} flags for {length} tokens")
+    if pad and length > 0:
+        ids = np.concatenate([np.full(h, -1, dtype=np.int64), ids])
+        if keep is not None:
+            keep = np.concatenate([np.zeros(h, dtype=bool), keep])
     if len(ids) <= h:
-        return Pairs(np.zeros((0, h), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), len(ids))
+        return Pairs(np.zeros((0, h), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), length)
     windows = np.lib.stride_tricks.sliding_window_view(ids, h + 1)
     unit = windows[:, :h] if fresh_contexts_only else windows
     if fresh_contexts_only:
         # first occurrences of each context over the whole text (what the marker saw), then the kept ones
         _, first = np.unique(unit, axis=0, return_index=True)
         if keep is not None:
-            keep = np.asarray(keep, dtype=bool).reshape(-1)
-            if len(keep) != len(ids):
-                raise InputError(f"keep has {len(keep)} flags for {len(ids)} tokens")
             first = first[keep[h:][first]]
     elif keep is not None:
-        keep = np.asarray(keep, dtype=bool).reshape(-1)
-        if len(keep) != len(ids):
-            raise InputError(f"keep has {len(keep)} flags for {len(ids)} tokens")
         rows = np.flatnonzero(keep[h:])
         _, first_k = np.unique(windows[rows], axis=0, return_index=True)
         first = rows[first_k]
@@ -107,7 +113,9 @@ def distinct_pairs(
             keep = np.array([tuple(windows[i].tolist()) not in ex for i in first], dtype=bool)
             first = first[keep]
     w = windows[first]
-    return Pairs(np.ascontiguousarray(w[:, :h]), np.ascontiguousarray(w[:, h]), first + h, len(ids))
+    # the index of each scored token in the text as given (the padding is not part of it)
+    positions = first if pad else first + h
+    return Pairs(np.ascontiguousarray(w[:, :h]), np.ascontiguousarray(w[:, h]), positions, length)
 
 
 class Detector:
@@ -135,7 +143,14 @@ class Detector:
 
     # ---- single tests -------------------------------------------------------------------------------
     def pairs(self, token_ids: TokenIds, exclude: Exclude = None, keep: np.ndarray | None = None) -> Pairs:
-        return distinct_pairs(token_ids, self.config.context_width, exclude, keep, self.scheme.fresh_contexts_only)
+        return distinct_pairs(
+            token_ids,
+            self.config.context_width,
+            exclude,
+            keep,
+            self.scheme.fresh_contexts_only,
+            self.scheme.pads_context,
+        )
 
     def _result(self, key_id: str, n: int, g: float) -> ScoreResult:
         p = self.scheme.p_value(g, n, self.vocab_size) if n > 0 else 1.0

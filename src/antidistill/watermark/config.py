@@ -32,7 +32,10 @@ from typing import Any
 from antidistill.errors import InputError
 from antidistill.watermark.schemes import scheme_class, scheme_names
 from antidistill.watermark.tournament import DEFAULT_LAYERS, MAX_LAYERS
+from antidistill.watermark.vllm_native import DEFAULT_KEY_B_PROBABILITY
 
+#: the widest context of the native members (read-only interoperability members may accept wider ones:
+#: ``Scheme.max_context_width``)
 MAX_CONTEXT_WIDTH = 4
 #: the member a configuration that names none gets (see "Defaults and why" above)
 DEFAULT_SCHEME = "antidistill-v1"
@@ -48,16 +51,20 @@ class WatermarkConfig:
             sampling: no change to the text's distribution), ``"gumbel-dual"`` (Gumbel-max under one of two keys
             per step: repeated prompts keep their diversity), ``"tournament"`` (SynthID-style tournament sampling,
             distortion-free and as random as plain sampling); for interoperability ``"hf-lefthash"``
-            (transformers' ``WatermarkLogitsProcessor`` lists) and ``"markllm-exp"`` (MarkLLM's EXP).
+            (transformers' ``WatermarkLogitsProcessor`` lists) and ``"markllm-exp"`` (MarkLLM's EXP); read-only,
+            to detect vLLM's native marks, ``"vllm-gumbel"`` and ``"vllm-dual-gumbel"`` (the key is vLLM's integer
+            key).
         gamma: fraction of the vocabulary that is green, in (0, 1) (green-list members only).
         delta: logit bias added to green tokens, >= 0 (green-list members only).
-        context_width: number of preceding tokens that seed the keyed randomness, 1-4 (when not given: 3 for the
-            native sampling members, 1 for the others).
+        context_width: number of preceding tokens that seed the keyed randomness, 1-4 (1-16 for the vLLM members;
+            when not given: 3 for the native sampling members, 4 for the vLLM members, 1 for the others).
         provider_fraction: share of contexts marked with the provider key instead of the account key, in [0, 1).
             0 gives a plain single-key watermark (what other implementations expect).
         entropy_threshold: ``kgw-entropy`` only: the entropy (nats, of the raw next-token distribution) below
             which a step is left unmarked.
         layers: ``tournament`` only: the number of rounds (1-32; 16 when not given).
+        key_b_probability: ``vllm-dual-gumbel`` only: vLLM's ``alpha``, the share of steps drawn under key B, in
+            [0, 1] (0.1, vLLM's default, when not given). vLLM's detector weighs the two keys' scores by it.
 
     Example:
         >>> WatermarkConfig(gamma=0.5).to_dict()["gamma"]
@@ -74,6 +81,7 @@ class WatermarkConfig:
     provider_fraction: float = 0.5
     entropy_threshold: float = 0.0
     layers: int | None = None
+    key_b_probability: float | None = None
 
     def __post_init__(self) -> None:
 
@@ -87,8 +95,9 @@ class WatermarkConfig:
             raise InputError(f"delta must be in [0, 100], got {self.delta}")
         if isinstance(self.context_width, bool) or not isinstance(self.context_width, int):
             raise InputError(f"context_width must be an integer, got {self.context_width!r}")
-        if not 1 <= self.context_width <= MAX_CONTEXT_WIDTH:
-            raise InputError(f"context_width must be in 1..{MAX_CONTEXT_WIDTH}, got {self.context_width}")
+        widest = scheme_class(self.scheme).max_context_width
+        if not 1 <= self.context_width <= widest:
+            raise InputError(f"context_width must be in 1..{widest}, got {self.context_width}")
         if not isinstance(self.provider_fraction, (int, float)) or not 0.0 <= self.provider_fraction < 1.0:
             raise InputError(f"provider_fraction must be in [0, 1), got {self.provider_fraction}")
         cls = scheme_class(self.scheme)
@@ -99,6 +108,11 @@ class WatermarkConfig:
             raise InputError(f"entropy_threshold must be in [0, 20] nats, got {t!r}")
         if t != 0.0 and self.scheme != "kgw-entropy":
             raise InputError(f"entropy_threshold applies to scheme kgw-entropy only, not {self.scheme}")
+        self._check_member_parameters()
+
+    def _check_member_parameters(self) -> None:
+        """The parameters of one member only: the tournament's ``layers``, ``vllm-dual-gumbel``'s
+        ``key_b_probability`` (each gets its default for its member and is refused for the others)."""
         if self.scheme == "tournament":
             if self.layers is None:
                 object.__setattr__(self, "layers", DEFAULT_LAYERS)
@@ -107,19 +121,36 @@ class WatermarkConfig:
                 raise InputError(f"layers must be an integer in 1..{MAX_LAYERS}, got {m!r}")
         elif self.layers is not None:
             raise InputError(f"layers applies to scheme tournament only, not {self.scheme}")
+        if self.scheme == "vllm-dual-gumbel":
+            if self.key_b_probability is None:
+                object.__setattr__(self, "key_b_probability", DEFAULT_KEY_B_PROBABILITY)
+            q = self.key_b_probability
+            if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= q <= 1.0:
+                raise InputError(f"key_b_probability must be in [0, 1], got {q!r}")
+            object.__setattr__(self, "key_b_probability", float(q))
+        elif self.key_b_probability is not None:
+            raise InputError(f"key_b_probability applies to scheme vllm-dual-gumbel only, not {self.scheme}")
 
     @property
     def kind(self) -> str:
         """``"bias"`` (a green-list logit bias) or ``"sample"`` (the scheme chooses each token: Gumbel-max)."""
         return scheme_class(self.scheme).kind
 
+    @property
+    def generates(self) -> bool:
+        """Whether the member can mark (False for the read-only interoperability members)."""
+        return scheme_class(self.scheme).generates
+
     def to_dict(self) -> dict[str, Any]:
-        """The parameters; ``entropy_threshold`` only where it is set, so records of other schemes read as before."""
+        """The parameters; ``entropy_threshold``, ``layers`` and ``key_b_probability`` only where they are set, so
+        records of other schemes read as before."""
         d = asdict(self)
         if not d["entropy_threshold"]:
             del d["entropy_threshold"]
         if d["layers"] is None:
             del d["layers"]
+        if d["key_b_probability"] is None:
+            del d["key_b_probability"]
         return d
 
     @classmethod

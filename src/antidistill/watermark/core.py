@@ -204,6 +204,14 @@ class Scheme(ABC):
     fresh_contexts_only: ClassVar[bool] = False
     #: the context width a configuration of this member gets when it names none
     default_context_width: ClassVar[int] = 1
+    #: the widest context a configuration of this member accepts
+    max_context_width: ClassVar[int] = 4
+    #: the member can mark (False: a read-only interoperability member, which detects another implementation's
+    #: marks; serving and ``generate`` refuse it)
+    generates: ClassVar[bool] = True
+    #: the first ``h`` tokens of a text are scored too, with their contexts padded by ``-1`` (vLLM's rule: the context
+    #: of a generated token holds only the tokens generated before it); otherwise scoring starts at token ``h``
+    pads_context: ClassVar[bool] = False
 
     def __init__(self, gamma: float, context_width: int, entropy_threshold: float = 0.0) -> None:
         self.gamma = gamma

@@ -45,6 +45,7 @@ class Watermark:
             self.config.context_width,
             self.config.entropy_threshold,
             self.config.layers,
+            self.config.key_b_probability,
         )
         self._greedy: Watermark | None = None
 

@@ -6,6 +6,7 @@ from antidistill.errors import InputError
 from antidistill.watermark.core import EntropyKGWScheme, HashScheme, HFLefthashScheme, Scheme
 from antidistill.watermark.gumbel import DualGumbelScheme, GumbelScheme, MarkLLMExpScheme
 from antidistill.watermark.tournament import TournamentScheme
+from antidistill.watermark.vllm_native import VLLMDualGumbelScheme, VLLMGumbelScheme
 
 _SCHEMES: dict[str, type[Scheme]] = {
     cls.name: cls
@@ -17,6 +18,8 @@ _SCHEMES: dict[str, type[Scheme]] = {
         DualGumbelScheme,
         TournamentScheme,
         MarkLLMExpScheme,
+        VLLMGumbelScheme,
+        VLLMDualGumbelScheme,
     )
 }
 
@@ -33,19 +36,27 @@ def scheme_class(name: str) -> type[Scheme]:
         raise InputError(f"scheme must be one of {', '.join(_SCHEMES)}, got {name!r}") from None
 
 
-_instances: dict[tuple[str, float, int, float, int | None], Scheme] = {}
+_instances: dict[tuple[str, float, int, float, int | None, float | None], Scheme] = {}
 
 
 def get_scheme(
-    name: str, gamma: float, context_width: int, entropy_threshold: float = 0.0, layers: int | None = None
+    name: str,
+    gamma: float,
+    context_width: int,
+    entropy_threshold: float = 0.0,
+    layers: int | None = None,
+    key_b_probability: float | None = None,
 ) -> Scheme:
-    """The (shared, cached) scheme object for these parameters (``layers``: the tournament's rounds)."""
-    key = (name, gamma, context_width, entropy_threshold, layers)
+    """The (shared, cached) scheme object for these parameters (``layers``: the tournament's rounds;
+    ``key_b_probability``: ``vllm-dual-gumbel``'s share of steps under key B)."""
+    key = (name, gamma, context_width, entropy_threshold, layers, key_b_probability)
     inst = _instances.get(key)
     if inst is None:
         cls = scheme_class(name)
         if layers is not None:
             inst = TournamentScheme(gamma, context_width, entropy_threshold, layers)
+        elif cls is VLLMDualGumbelScheme and key_b_probability is not None:
+            inst = VLLMDualGumbelScheme(gamma, context_width, entropy_threshold, key_b_probability)
         else:
             inst = cls(gamma, context_width, entropy_threshold)
         _instances[key] = inst
