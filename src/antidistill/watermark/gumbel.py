@@ -132,8 +132,13 @@ class GumbelScheme(Scheme):
         workspace: Workspace | None = None,
     ) -> np.ndarray:
         ws = workspace if workspace is not None else Workspace()
-        u = row_uniforms(mix_keys(keys, _GUMBEL_SALT), contexts, probs.shape[1], ws)
+        u = row_uniforms(self.race_keys(keys, coins), contexts, probs.shape[1], ws)
         return exp_race(probs, u, ws)
+
+    def race_keys(self, keys: np.ndarray, coins: np.ndarray | None = None) -> np.ndarray:
+        """(B,) the mixed key each row's uniforms are drawn under at this step (what :meth:`choose` races with;
+        the device kernels of :mod:`antidistill.watermark.device` take it from here)."""
+        return mix_keys(keys, _GUMBEL_SALT)
 
 
 class DualGumbelScheme(GumbelScheme):
@@ -161,13 +166,16 @@ class DualGumbelScheme(GumbelScheme):
         coins: np.ndarray | None = None,
         workspace: Workspace | None = None,
     ) -> np.ndarray:
+        ws = workspace if workspace is not None else Workspace()
+        u = row_uniforms(self.race_keys(keys, coins), contexts, probs.shape[1], ws)
+        return exp_race(probs, u, ws)
+
+    def race_keys(self, keys: np.ndarray, coins: np.ndarray | None = None) -> np.ndarray:
         if coins is None:
             raise InputError("the gumbel-dual scheme needs a fresh coin for every row")
-        ws = workspace if workspace is not None else Workspace()
         base = mix_keys(keys, _GUMBEL_SALT)
-        chosen = np.where(np.asarray(coins) < 0.5, mix_keys(base, _DUAL_A), mix_keys(base, _DUAL_B))
-        u = row_uniforms(chosen, contexts, probs.shape[1], ws)
-        return exp_race(probs, u, ws)
+        out: np.ndarray = np.where(np.asarray(coins) < 0.5, mix_keys(base, _DUAL_A), mix_keys(base, _DUAL_B))
+        return out
 
 
 class MarkLLMExpScheme(GumbelScheme):
