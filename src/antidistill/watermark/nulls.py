@@ -15,7 +15,6 @@ decisions are made (p around 1e-5 and below on short texts), so it is only repor
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
 
 from antidistill.errors import InputError
 
@@ -28,6 +27,8 @@ def binomial_sf(green: int | np.ndarray, n: int | np.ndarray, p: float) -> np.nd
         raise InputError(f"p must be in (0, 1), got {p}")
     if np.any(nn < 0):
         raise InputError("n must be >= 0")
+    from scipy import special  # imported here: marking (an engine, a GPU benchmark) runs without scipy
+
     with np.errstate(all="ignore"):
         out = special.betainc(np.maximum(g, 1.0), np.maximum(nn - g + 1.0, 1e-300), p)
     out = np.where(g <= 0, 1.0, np.where(g > nn, 0.0, out))
@@ -41,6 +42,8 @@ def gamma_sf(total: float | np.ndarray, n: int | np.ndarray) -> np.ndarray | flo
     nn = np.asarray(n, dtype=np.float64)
     if np.any(nn < 0):
         raise InputError("n must be >= 0")
+    from scipy import special
+
     with np.errstate(all="ignore"):
         out = special.gammaincc(np.maximum(nn, 1.0), np.maximum(s, 0.0))
     out = np.where(nn <= 0, 1.0, out)

@@ -1,5 +1,14 @@
-"""The watermarking logits processor for transformers' ``generate`` and the local backend (batched, one account
-per row), for every member of the scheme family."""
+"""The watermarking logits processor for transformers' ``generate``, the local backend and the engines' plugins
+(batched, one account per row), for every member of the scheme family.
+
+Where the work runs: the per-row part of a step (each row's key and context hash, O(batch)) is the scheme core's,
+in numpy on the host. The vocabulary-sized part (a hash of every (row, token), then a green bit or a keyed
+uniform and the Gumbel-max race) runs where the logits are when they are on an accelerator (CUDA, or any
+non-CPU torch device): the kernels of :mod:`antidistill.watermark.device`, bit-identical to the core, so no
+(batch, vocabulary) array crosses between host and device at a step. On the CPU the core's numpy code stays,
+because it is the faster of the two there (measured: ``benchmarks/marking_device.py``). Members without a device
+kernel (``hf-lefthash``, ``markllm-exp``, ``tournament``) run on the host on every device.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +17,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor
 
-from antidistill.watermark.core import U64, Workspace
+from antidistill.watermark import device as device_kernels
+from antidistill.watermark.core import U64, Scheme, Workspace
 from antidistill.watermark.marker import MarkKeys, Watermark
+
+try:  # transformers' base class, for generate(); an engine (vLLM) or a GPU benchmark may run without transformers
+    from transformers import LogitsProcessor
+except ImportError:  # pragma: no cover - transformers is a dependency of the package
+
+    class LogitsProcessor:  # type: ignore[no-redef]
+        """Stand-in for transformers' ``LogitsProcessor`` where transformers is not installed."""
 
 
 def step_entropy(scores: torch.Tensor) -> torch.Tensor:
@@ -52,13 +68,17 @@ class WatermarkLogitsProcessor(LogitsProcessor):
     Rows whose entry in ``row_keys`` is ``None`` are left unmarked (e.g. an unwatermarked request sharing the
     batch). The keyed randomness comes from :class:`Watermark`, the object the detector uses, so generation and
     detection cannot drift apart. The work per step is vectorised over (batch, vocabulary): no Python loop over
-    tokens.
+    tokens (the O(batch) bookkeeping, such as the repeated-context check and seeded coins, reads each row once).
+    With logits on an accelerator the vocabulary-sized work runs there (see the module docstring).
 
     Args:
         watermark: the watermark (configuration and scheme).
         row_keys: per batch row, the keys to mark with, or ``None``.
         temperature, top_p: the sampling settings of every row (sampling members; rows can be set one by one
             with :meth:`set_row_sampling`).
+        on_device: where the vocabulary-sized work runs: ``None`` (default) on the logits' device when it is not
+            the CPU, in numpy on the host otherwise (faster on a CPU); ``True`` on the logits' device always,
+            ``False`` on the host always. Members without a device kernel run on the host whatever it says.
 
     Example:
         >>> from antidistill.keys import MasterKey
@@ -77,8 +97,10 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         row_keys: Sequence[MarkKeys | None],
         temperature: float = 1.0,
         top_p: float = 1.0,
+        on_device: bool | None = None,
     ) -> None:
         self.watermark = watermark
+        self.on_device = on_device
         self.sampling = watermark.scheme.kind == "sample"
         self._workspace = Workspace()  # (B, V) scratch reused at every step: one processor per generate call
         self.set_row_keys(row_keys)
@@ -135,6 +157,22 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         keys[~with_provider] = account[~with_provider]
         return keys
 
+    def _device_for(self, scores: torch.Tensor, scheme: Scheme) -> bool:
+        """Whether this step's vocabulary-sized work for ``scheme`` runs on ``scores``' device (see ``on_device``)."""
+        # On the CPU the core's numpy code is faster than the same kernels in torch (B=16, V=49152, one thread:
+        # green mask 0.9 ms against 2.1 ms, gumbel-dual's choice 5.1 ms against 10.6 ms), so the host is the
+        # default there; elsewhere the device avoids copying (B, V) probabilities and masks every step.
+        wanted = self.on_device if self.on_device is not None else scores.device.type != "cpu"
+        return wanted and device_kernels.supported(scheme)
+
+    def _green_mask(
+        self, scheme: Scheme, scores: torch.Tensor, keys: np.ndarray, ctx: np.ndarray
+    ) -> np.ndarray | torch.Tensor:
+        """(rows, V) the green lists, as a bool tensor on ``scores``' device or a numpy array on the host."""
+        if self._device_for(scores, scheme):
+            return device_kernels.green_mask(scheme, keys, ctx, scores.shape[-1], scores.device)
+        return scheme.green_mask(keys, ctx, scores.shape[-1], self._workspace)
+
     def _coins(self, rows: np.ndarray) -> np.ndarray:
         if self._generators is None:
             return torch.rand(len(rows), dtype=torch.float64).numpy()
@@ -172,7 +210,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             if len(greedy):  # greedy rows carry the green-list fallback (see Watermark.greedy)
                 ctx = np.asarray(contexts)[greedy]
                 fallback = self.watermark.greedy
-                mask = fallback.scheme.green_mask(self._keys(ctx, greedy), ctx, scores.shape[-1], self._workspace)
+                mask = self._green_mask(fallback.scheme, scores, self._keys(ctx, greedy), ctx)
                 scores = self._apply(scores, greedy, mask, fallback.config.delta)
             active = active & (self._temps > 0)
         rows = np.flatnonzero(active)
@@ -187,7 +225,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         keys = self._keys(ctx, rows)
         if self.sampling:
             return self._sample(scores, rows, ctx, keys)
-        mask = self.watermark.scheme.green_mask(keys, ctx, scores.shape[-1], self._workspace)
+        mask = self._green_mask(self.watermark.scheme, scores, keys, ctx)
         return self._apply(scores, rows, mask)
 
     def _fresh(self, contexts: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -209,19 +247,25 @@ class WatermarkLogitsProcessor(LogitsProcessor):
             torch.from_numpy(self._temps[rows]).float().to(scores.device),
             torch.from_numpy(self._top_p[rows]).float().to(scores.device),
         )
-        coins = self._coins(rows) if self.watermark.scheme.needs_coins else None
-        chosen = self.watermark.scheme.choose(probs.cpu().numpy(), keys, ctx, coins, self._workspace)
+        scheme = self.watermark.scheme
+        coins = self._coins(rows) if scheme.needs_coins else None
+        if self._device_for(scores, scheme):
+            chosen = device_kernels.choose(scheme, probs, keys, ctx, coins)
+        else:
+            chosen = torch.from_numpy(scheme.choose(probs.cpu().numpy(), keys, ctx, coins, self._workspace))
         out = scores.clone()
         sub = torch.full((len(rows), scores.shape[-1]), float("-inf"), dtype=scores.dtype, device=scores.device)
-        sub[torch.arange(len(rows)), torch.from_numpy(chosen).to(scores.device)] = 0.0
+        sub[torch.arange(len(rows), device=scores.device), chosen.to(scores.device)] = 0.0
         out[idx] = sub
         return out
 
     def _apply(
-        self, scores: torch.Tensor, rows: np.ndarray, mask: np.ndarray, delta: float | None = None
+        self, scores: torch.Tensor, rows: np.ndarray, mask: np.ndarray | torch.Tensor, delta: float | None = None
     ) -> torch.Tensor:
         delta = self.watermark.config.delta if delta is None else delta
-        if scores.dtype == torch.float32 and scores.device.type == "cpu":
+        if isinstance(mask, torch.Tensor):  # made on the device: the same values as the conversions below
+            bias = mask.to(dtype=scores.dtype).mul_(delta)
+        elif scores.dtype == torch.float32 and scores.device.type == "cpu":
             # the same float32 values as the torch conversion below, into a reused buffer
             bias_np = self._workspace.array("bias", mask.shape, np.float32)
             np.multiply(mask, np.float32(delta), out=bias_np)
