@@ -25,8 +25,13 @@ TEXT_DIRS = (Path("/usr/share/common-licenses"),)
 def machine() -> dict[str, Any]:
     """What the numbers were measured on (timings are only comparable on the same machine)."""
     import torch
-    import transformers
 
+    try:  # some benchmarks run where only torch and numpy are installed (marking_device.py on a GPU host)
+        import transformers
+
+        transformers_version: str | None = transformers.__version__
+    except ImportError:
+        transformers_version = None
     try:
         load = os.getloadavg()
     except OSError:
@@ -38,7 +43,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
+        "transformers": transformers_version,
         "numpy": np.__version__,
         "loadavg_at_start": load,
     }
