@@ -79,8 +79,13 @@ arguments (V1: ``(vllm_config, device, is_pin_memory)``, V2: ``(vllm_config, req
   the row keys and the fresh-context record. A row still in chunked prefill (its position before the prefill's
   end) is left unmarked: no token is sampled from it.
 
-The keyed randomness is computed by the scheme core (numpy, on the host, vectorised over the batch and the
-vocabulary) and the bias or the one-token mask is applied to the logits on their device.
+Where the work runs: each row's key and context hash (O(batch)) come from the scheme core, in numpy on the host.
+The vocabulary-sized work (the keyed hash of every token, the green mask or the keyed uniforms and the Gumbel-max
+race) runs on the logits' device when it is an accelerator, with the torch kernels of
+:mod:`antidistill.watermark.device` (``antidistill-v1``, ``kgw-entropy``, ``gumbel``, ``gumbel-dual``), bit-identical
+to the core; no (batch, vocabulary) array is copied to or from the host. On a CPU engine, and for the members
+without a device kernel, it is the core's numpy code (see :mod:`antidistill.watermark.processor`). The bias or the
+one-token mask is applied to the logits on their device.
 """
 
 from __future__ import annotations
