@@ -94,6 +94,8 @@ def weighted_gamma_sf(total: float | np.ndarray, n: int | np.ndarray, weight: fl
 
 def _mixture_sf(x: np.ndarray, n: float, rho: float) -> np.ndarray:
     """``sum_k NB(k; n, rho) Q(2n + k, x)`` for each ``x``, in chunks of ``k`` until the rest is negligible."""
+    from scipy import special
+
     mean = n * (1.0 - rho) / rho
     sd = np.sqrt(n * (1.0 - rho)) / rho
     chunk = int(mean + 12.0 * sd) + 64
