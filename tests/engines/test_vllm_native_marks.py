@@ -35,6 +35,7 @@ from antidistill.keys import WatermarkKey
 from antidistill.watermark.config import WatermarkConfig
 
 from ..test_cli import run
+from ..watermark.test_vllm_native import run_oracle
 from .conftest import VLLM_PYTHON, start_engine
 
 pytestmark = [
@@ -45,7 +46,6 @@ pytestmark = [
 KEY = 0x0123_4567_89AB_CDEF
 WRONG_KEY = KEY + 1
 ALPHA = 1e-3
-ORACLE = Path(__file__).resolve().parents[1] / "watermark" / "vllm_oracle.py"
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
     "Explain how rain forms, in detail.",
@@ -56,20 +56,6 @@ PROMPTS = [
     "What makes a good teacher? Explain.",
     "Describe a day in the life of a farmer.",
 ]
-
-
-def _oracle(spec: dict) -> dict:
-    proc = subprocess.run(
-        [str(VLLM_PYTHON), str(ORACLE)],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"PATH": "/usr/bin:/bin", "VLLM_LOGGING_LEVEL": "ERROR", "HF_HUB_OFFLINE": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result: dict = json.loads(proc.stdout)
-    return result
 
 
 def _ask(base: str, prompt: str) -> dict:
@@ -126,7 +112,7 @@ def test_the_engines_marks_are_read_alike(exported_model, tmp_path_factory, tmp_
     choices = [got[i]["choices"][0] for i in range(len(PROMPTS))]
     answers = [{"token_ids": c["token_ids"], "text": c["message"]["content"]} for c in choices]
     assert all(len(a["token_ids"]) >= 64 for a in answers), [len(a["token_ids"]) for a in answers]
-    read = _oracle({"read": {**_reading(exported_model), "answers": answers}})["read"]
+    read = run_oracle({"read": {**_reading(exported_model), "answers": answers}})["read"]
     _check_agreement(read, tmp_path, capsys, shared_cache_env)
 
 
@@ -142,7 +128,7 @@ def test_vllms_watermarker_on_the_real_model_is_read_alike(exported_model, tmp_p
         "temperature": 1.0,
     }
     t0 = time.monotonic()
-    read = _oracle({"generate": job, "read": _reading(exported_model)})["read"]
+    read = run_oracle({"generate": job, "read": _reading(exported_model)})["read"]
     print(f"{len(read)} answers generated and read by vLLM in {time.monotonic() - t0:.0f} s", file=sys.__stderr__)
     assert all(len(a["token_ids"]) >= 64 for a in read), [len(a["token_ids"]) for a in read]
     _check_agreement(read, tmp_path, capsys, shared_cache_env)

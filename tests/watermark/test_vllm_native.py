@@ -61,13 +61,18 @@ def oracle() -> dict:
         "uniform_keys": [0, 1, KEY, 2**64 - 1],
         "uniform_widths": [1, 3, 4, 5, 9],
     }
+    return run_oracle(spec)
+
+
+def run_oracle(spec: dict) -> dict:
+    """Run ``vllm_oracle.py`` on ``spec`` in ``.venv-vllm`` (offline, quiet) and return what it answers."""
     proc = subprocess.run(
         [str(VLLM_PYTHON), str(ORACLE)],
         input=json.dumps(spec),
         capture_output=True,
         text=True,
         timeout=600,
-        env={"PATH": "/usr/bin:/bin", "VLLM_LOGGING_LEVEL": "ERROR"},
+        env={"PATH": "/usr/bin:/bin", "VLLM_LOGGING_LEVEL": "ERROR", "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result: dict = json.loads(proc.stdout)

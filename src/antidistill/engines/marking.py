@@ -347,23 +347,25 @@ class SlotMarker(EngineMarker):
     def __init__(self, watermark: Watermark, master: MasterKey, allow_unmarked: bool = False) -> None:
         super().__init__(watermark, master, allow_unmarked)
         self._slots: dict[int, Row] = {}
-        self._bound: np.ndarray | None = None
-        self._marked_slots: set[int] = set()
+        self._bound: np.ndarray | None = None  # the slots the rows were last bound to (None: rebind)
 
     def add(self, slot: int, params: RequestParams) -> bool:
         """A request takes ``slot`` (refused as :meth:`EngineMarker.row` refuses); whether it is marked."""
         row = self.row(params, None, ())
         self._slots[slot] = row
-        if row.keys is not None:
-            self._marked_slots.add(slot)
-        else:
-            self._marked_slots.discard(slot)
         self._bound = None
         return row.keys is not None
 
+    def _rebind(self, slots: np.ndarray) -> None:
+        """Bind the rows to ``slots`` unless they are bound to them already (the batch did not change)."""
+        if self._bound is None or not np.array_equal(self._bound, slots):
+            self._bind([self._slots.get(int(s)) for s in slots])
+            self._bound = slots.copy()
+
     def marks_any(self, slots: np.ndarray) -> bool:
         """Whether any of these slots holds a marked request (no work at all for a step of unmarked ones)."""
-        return bool(self._marked_slots) and any(int(s) in self._marked_slots for s in slots)
+        self._rebind(np.asarray(slots, dtype=np.int64))
+        return self._marked
 
     def apply_slots(
         self, logits: torch.Tensor, slots: np.ndarray, contexts: np.ndarray, ready: np.ndarray
@@ -373,9 +375,7 @@ class SlotMarker(EngineMarker):
         slots = np.asarray(slots, dtype=np.int64)
         if logits.shape[0] != len(slots) or len(contexts) != len(slots):
             raise RuntimeError(f"the engine gave logits for {logits.shape[0]} rows and {len(slots)} slots")
-        if self._bound is None or not np.array_equal(self._bound, slots):
-            self._bind([self._slots.get(int(s)) for s in slots])
-            self._bound = slots.copy()
+        self._rebind(slots)
         if not self._marked:
             return logits
         return self.core.mark(np.asarray(contexts, dtype=np.int64), logits, np.asarray(ready, dtype=bool))
