@@ -154,9 +154,13 @@ def test_rows_follow_added_removed_and_moved_requests():
     m.update(Update(2, moved=[(2, 0, Move.UNIDIRECTIONAL)]))
     assert accounts(m) == ["d", "b"]
     # the rows keep the engine's own output lists: tokens appended there are seen at the next step
+    # (a row is marked once its answer has a whole context of its own: b's has none yet)
     outs["d"].append(42)
     ctx, ready = m.contexts()
-    assert ctx[:, -1].tolist() == [42, 7] and ready.all()
+    assert ctx[0, -1] == 42 and ready.tolist() == [True, False]
+    outs["b"].append(8)
+    ctx, ready = m.contexts()
+    assert ctx[:, -1].tolist() == [42, 8] and ready.all()
 
 
 def test_rows_without_keys_or_with_too_short_a_context_are_left_alone():
@@ -176,10 +180,15 @@ def test_rows_without_keys_or_with_too_short_a_context_are_left_alone():
     out = m.apply(logits.clone())
     assert torch.equal(out[0], logits[0])  # alice: 1 token, a context needs 3
     assert torch.equal(out[1], logits[1])  # unmarked request
-    assert not torch.equal(out[2], logits[2])  # bob: prompt tail 5, 6, 7
+    # bob: 4 prompt tokens, but a context must lie in the answer (the prompt's tail is the chat template's)
+    assert torch.equal(out[2], logits[2])
     out_a.extend([10, 11])
     ctx, ready = m.contexts()
-    assert ctx[0].tolist() == [9, 10, 11] and ready.tolist() == [True, False, True]
+    assert ready.tolist() == [False, False, False]  # alice's answer: 2 tokens
+    out_a.append(12)
+    ctx, ready = m.contexts()
+    assert ctx[0].tolist() == [10, 11, 12] and ready.tolist() == [True, False, False]
+    assert not torch.equal(m.apply(logits.clone())[0], logits[0])
 
 
 @pytest.mark.parametrize("width", [1, 2])
@@ -202,7 +211,7 @@ def test_the_mark_is_the_local_backends_processor_exactly(width):
     ]
     seqs = [p + o for p, o in zip(prompts, outs, strict=True)]
     for r in range(4):  # one row at a time through the transformers processor
-        proc = WatermarkLogitsProcessor(Watermark(config), [keys[r]])
+        proc = WatermarkLogitsProcessor(Watermark(config), [keys[r]], answer_start=len(prompts[r]))
         want = proc(torch.tensor([seqs[r]]), logits[r : r + 1].clone())
         assert torch.equal(got[r], want[0])
 
@@ -217,9 +226,9 @@ def test_sampling_members_allow_only_the_chosen_token_and_seeds_reproduce():
             Update(
                 3,
                 added=[
-                    (0, Params(xargs("alice"), temperature=0.8, seed=seed), [1, 2], []),
-                    (1, Params(xargs("bob"), temperature=0.0), [3], []),  # greedy: the green-list fallback
-                    (2, Params(xargs("carol"), temperature=1.0, top_p=0.5, seed=seed), [4], []),
+                    (0, Params(xargs("alice"), temperature=0.8, seed=seed), [1, 2], [9]),
+                    (1, Params(xargs("bob"), temperature=0.0), [3], [9]),  # greedy: the green-list fallback
+                    (2, Params(xargs("carol"), temperature=1.0, top_p=0.5, seed=seed), [4], [9]),
                 ],
             )
         )

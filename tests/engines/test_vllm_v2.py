@@ -61,9 +61,10 @@ def check(watermark):
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, V, (SLOTS, LEN), generator=g, dtype=torch.int32)
     prefill = np.zeros(SLOTS, dtype=np.int32)
+    prompt = np.zeros(SLOTS, dtype=np.int32)
     states = LogitsProcRequestState(
         device=torch.device("cpu"), max_num_reqs=SLOTS, vocab_size=V,
-        all_token_ids=NS(gpu=tokens), prompt_len=NS(np=prefill.copy()), prefill_len=NS(np=prefill),
+        all_token_ids=NS(gpu=tokens), prompt_len=NS(np=prompt), prefill_len=NS(np=prefill),
         total_len=NS(gpu=torch.zeros(SLOTS, dtype=torch.int32)),
     )
     vllm_config = NS(model_config=NS(logits_processors=[FQCN]), scheduler_config=NS(async_scheduling=True))
@@ -74,21 +75,22 @@ def check(watermark):
     def params(account=None, **kw):
         return SamplingParams(temperature=1.0, extra_args=engine_xargs(account, 1, 1) if account else None, **kw)
 
-    marked = {5: "alice", 2: "bob", 6: "carol"}
+    marked = {5: "alice", 2: "bob", 6: "carol", 7: "erin"}
     for slot, acct in marked.items():
         out.setdefault("added", []).append(proc.add_request(slot, params(acct)))
-    prefill[[5, 2, 6]] = [10, 20, 30]
+    prefill[[5, 2, 6, 7]] = prompt[[5, 2, 6, 7]] = [10, 20, 30, 16]
     # a step: slot 5 decodes at position 40, slot 2 is in chunked prefill (position 12 < 20), slot 6 decodes at
-    # position 1 (its context would reach before the sequence)
-    rows = np.array([5, 2, 6])
-    pos = torch.tensor([40, 12, 1])
+    # position 1 (its context would reach before the sequence), slot 7's answer has h - 1 tokens (its context
+    # would hold a prompt token: left unmarked)
+    rows = np.array([5, 2, 6, 7])
+    pos = torch.tensor([40, 12, 1, 16 + h - 2])
     input_ids = tokens[torch.tensor(rows), pos].clone()
     ctx = LogitsContext(
         expanded_idx_mapping=torch.tensor(rows), idx_mapping=torch.tensor(rows), idx_mapping_np=rows,
-        expanded_local_pos=torch.zeros(3, dtype=torch.int64), input_ids=input_ids, pos=pos,
+        expanded_local_pos=torch.zeros(4, dtype=torch.int64), input_ids=input_ids, pos=pos,
         seq_lens_upper_bound_np=(pos + 1).numpy(),
     )
-    logits = torch.randn(3, V, generator=g)
+    logits = torch.randn(4, V, generator=g)
     got = proc.apply(logits.clone(), ctx)
 
     master = MasterKey.load(settings, create=False)
@@ -101,6 +103,7 @@ def check(watermark):
     out["row0_changed"] = not bool(torch.equal(got[0], logits[0]))
     out["prefill_row_untouched"] = bool(torch.equal(got[1], logits[1]))
     out["short_row_untouched"] = (h == 1) or bool(torch.equal(got[2], logits[2]))
+    out["young_answer_untouched"] = bool(torch.equal(got[3], logits[3]))
 
     # the slot of alice is recycled by an unmarked request (allowed only when the engine allows unmarked traffic)
     try:
@@ -148,8 +151,9 @@ def test_the_plugin_runs_under_the_v2_model_runner_interface(tmp_path):
     assert out["v1_by_name"] == [name] and name in out["v1_entry_points"]
     assert len(out["configs"]) == len(WATERMARKS)
     for watermark, got in zip(WATERMARKS, out["configs"], strict=True):
-        assert got["added"] == [True, True, True], watermark
+        assert got["added"] == [True] * 4, watermark
         assert got["row0_equal"] and got["row0_changed"], watermark
         assert got["prefill_row_untouched"] and got["short_row_untouched"], watermark
+        assert got["young_answer_untouched"], watermark
         assert got["unmarked_refused"], watermark
         assert got["recycled_slot_equal"] and got["recycled_differs"], watermark

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -204,7 +204,6 @@ class Row:
     temperature: float
     top_p: float
     generator: torch.Generator | None
-    prompt_tail: list[int]  # the prompt's last context_width tokens
     output: Sequence[int]  # the engine's own list of the request's output tokens (it grows in place)
     seen: set[tuple[int, ...]] = field(default_factory=set)  # contexts of the answer so far (context masking)
 
@@ -251,7 +250,6 @@ class EngineMarker:
     def row(self, params: RequestParams, prompt: Sequence[int] | None, output: Sequence[int]) -> Row:
         """The record of a request joining the batch (checked again: the engine must never mark by guesswork)."""
         request = check_request(params, self.config, self.allow_unmarked)
-        h = self.config.context_width
         temperature = float(params.temperature) if params.temperature >= SAMPLING_EPS else 0.0
         generator = None
         if request is not None and params.seed is not None and self.watermark.scheme.needs_coins:
@@ -262,7 +260,6 @@ class EngineMarker:
             temperature=temperature,
             top_p=float(params.top_p),
             generator=generator,
-            prompt_tail=[int(t) for t in prompt[-h:]] if prompt else [],
             output=output,
         )
 
@@ -316,10 +313,8 @@ class EngineMarker:
             if r is None or r.keys is None:
                 continue
             out = r.output
-            tail: Iterable[int] = out[-h:] if len(out) >= h else (r.prompt_tail + list(out))[-h:]
-            tail = list(tail)
-            if len(tail) == h:
-                ctx[i] = tail
+            if len(out) >= h:  # the answer's own tokens only (see WatermarkLogitsProcessor)
+                ctx[i] = list(out[-h:])
                 ready[i] = True
         return ctx, ready
 

@@ -231,7 +231,9 @@ class AntidistillLogitsProcessor(LogitsProcessor, V2LogitsProcessor):  # type: i
         block = torch.cat([history, ctx.input_ids.to(torch.int64)[:, None], pos[:, None]], dim=1).cpu().numpy()
         contexts, p = block[:, :h], block[:, h]
         prefill = np.asarray(states.prefill_len.np, dtype=np.int64)[slots_np]
-        ready = (p >= h - 1) & (p + 1 >= prefill)
+        prompt = np.asarray(states.prompt_len.np, dtype=np.int64)[slots_np]
+        # a whole context of the answer's own tokens (see WatermarkLogitsProcessor), and not inside a prefill
+        ready = (p + 1 - prompt >= h) & (p + 1 >= prefill)
         return marker.apply_slots(logits, slots_np, contexts, ready)
 
     def apply(self, logits: torch.Tensor, ctx: LogitsContext | None = None) -> torch.Tensor:

@@ -130,7 +130,11 @@ class LocalModel:
         attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], dtype=torch.long)
         procs = LogitsProcessorList(list(logits_processor_extra))
         if any(m is not None for m in marks):
-            procs.append(WatermarkLogitsProcessor(self.watermark, marks, temperature=temperature, top_p=top_p))
+            procs.append(
+                WatermarkLogitsProcessor(
+                    self.watermark, marks, temperature=temperature, top_p=top_p, answer_start=input_ids.shape[-1]
+                )
+            )
         sample = temperature > 0
         kwargs: dict[str, Any] = {"do_sample": sample}
         if sample:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -751,7 +752,9 @@ class LocalBackend(Backend):
         # 3. Per-row logits processing: the watermark (each row its own keys), then sampling.
         if changed:
             _bind_rows(processor, batch.rows)
-        scores = processor(batch.ctx, logits)
+        # a row is marked once its answer has a whole context of its own (see WatermarkLogitsProcessor)
+        ready = np.array([r.tokens >= processor.watermark.config.context_width for r in batch.rows], dtype=bool)
+        scores = processor.mark(batch.ctx.numpy(), logits, ready)
         tokens = _choose(scores, batch.rows)
         batch.last = tokens
         batch.ctx = torch.cat([batch.ctx[:, 1:], tokens[:, None]], dim=1)

@@ -65,6 +65,12 @@ class WatermarkLogitsProcessor(LogitsProcessor):
       Rows decoded greedily (temperature 0) get the green-list fallback (:attr:`Watermark.greedy`): a
       distortion-free mark needs sampling, and temperature 0 must not be a way to get unmarked answers.
 
+    Only tokens whose whole context lies in the answer are marked (the answer's first ``context_width`` tokens are
+    not: their contexts hold the prompt's last tokens, the chat template's for every prompt alike, so one account's
+    keyed choice there would be the same for every prompt it sends; a detector reading the answer's text cannot
+    score those positions anyway). ``answer_start`` tells :meth:`__call__` where the answers begin; engines that
+    call :meth:`mark` pass ``ready`` accordingly.
+
     Rows whose entry in ``row_keys`` is ``None`` are left unmarked (e.g. an unwatermarked request sharing the
     batch). The keyed randomness comes from :class:`Watermark`, the object the detector uses, so generation and
     detection cannot drift apart. The work per step is vectorised over (batch, vocabulary): no Python loop over
@@ -76,6 +82,9 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         row_keys: per batch row, the keys to mark with, or ``None``.
         temperature, top_p: the sampling settings of every row (sampling members; rows can be set one by one
             with :meth:`set_row_sampling`).
+        answer_start: the length of ``input_ids`` at the first generated token (the padded prompt length in a
+            transformers ``generate`` call): :meth:`__call__` marks only once ``context_width`` tokens of the answers
+            exist. ``None``: every step with a full context is marked (a caller that passes contexts alone).
         on_device: where the vocabulary-sized work runs: ``None`` (default) on the logits' device when it is not
             the CPU, in numpy on the host otherwise (faster on a CPU); ``True`` on the logits' device always,
             ``False`` on the host always. Members without a device kernel run on the host whatever it says.
@@ -98,8 +107,10 @@ class WatermarkLogitsProcessor(LogitsProcessor):
         temperature: float = 1.0,
         top_p: float = 1.0,
         on_device: bool | None = None,
+        answer_start: int | None = None,
     ) -> None:
         self.watermark = watermark
+        self.answer_start = answer_start
         self.on_device = on_device
         self.sampling = watermark.scheme.kind == "sample"
         self._workspace = Workspace()  # (B, V) scratch reused at every step: one processor per generate call
@@ -188,7 +199,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         h = self.watermark.config.context_width
-        if input_ids.shape[-1] < h or not self._active.any():
+        if input_ids.shape[-1] < h + (self.answer_start or 0) or not self._active.any():
             return scores
         if input_ids.shape[0] != len(self.row_keys):
             raise ValueError(f"batch has {input_ids.shape[0]} rows but {len(self.row_keys)} row keys were given")
