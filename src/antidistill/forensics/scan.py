@@ -54,7 +54,8 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,9 @@ from antidistill.forensics.attribution import (
     combine_groups,
     control_keys,
 )
+from antidistill.forensics.closed import ClosedRun, Collected, RunOptions, ScanProgress, StreamScorer
+from antidistill.forensics.endpoint import AnswerCache, Ask, Params, Querier, answers, plan_asks, public_url
+from antidistill.forensics.sequential import SequentialResult
 from antidistill.keys import KeyRing, MasterKey, WatermarkKey
 from antidistill.models.embedded import load_causal_lm, load_tokenizer, resolve_model
 from antidistill.settings import get_settings
@@ -190,6 +194,10 @@ class ScanReport:
         p_value: the overall p-value (best family, corrected for the families tested).
         significant: ``p_value <= alpha``; ``attributed_account`` / ``attributed_cluster`` likewise.
         verdict: the conclusion in plain words.
+        stopping_rule: how the amount of data was decided (a fixed budget, or early stopping on the sequential
+            p-value); it decides which p-value is valid evidence.
+        sequential: the anytime-valid (sequential) p-values (closed mode), valid under any stopping rule.
+        plan: the budget plan made from the pilot, if any.
     """
 
     mode: str
@@ -213,6 +221,9 @@ class ScanReport:
     controls_ok: bool
     verdict: str
     seconds: float = 0.0
+    stopping_rule: str = "fixed budget (no early stopping)"
+    sequential: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -450,6 +461,53 @@ def reading_tuples(
     )
 
 
+class TupleStream:
+    """The closed scan's tuple selection, one completion at a time: every distinct (h+1)-gram of the completions not
+    found in their prompt, in scoring order (the first occurrence of each; the selection does not use any key).
+
+    Example:
+        >>> s = TupleStream(1)
+        >>> s.add([1, 2, 3, 1, 2], {(2, 3)})[1].tolist(), s.add([2, 1, 4], set())[1].tolist(), s.skipped
+        ([2, 1], [1, 4], {'in-prompt': 1, 'duplicate': 1})
+    """
+
+    def __init__(self, context_width: int) -> None:
+        self.h = context_width
+        self.scored: set[tuple[int, ...]] = set()
+        self.contexts: list[tuple[int, ...]] = []
+        self.tokens: list[int] = []
+        self.counts: Counter[str] = Counter()
+        self.seen = 0
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def add(self, ids: Sequence[int], grams: set[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
+        """Select the new tuples of one completion; returns their ``(contexts (k, h), tokens (k,))``."""
+        h, start = self.h, len(self.tokens)
+        ids = [int(x) for x in ids]
+        for j in range(h, len(ids)):
+            self.seen += 1
+            tup = tuple(ids[j - h : j + 1])
+            if tup in grams:
+                self.counts["in-prompt"] += 1
+            elif tup in self.scored:
+                self.counts["duplicate"] += 1
+            else:
+                self.scored.add(tup)
+                self.contexts.append(tup[:h])
+                self.tokens.append(tup[h])
+        return _arrays(self.contexts[start:], self.tokens[start:], h)
+
+    def tuples(self) -> Tuples:
+        return Tuples(*_arrays(self.contexts, self.tokens, self.h), self.seen, self.skipped)
+
+
+def _arrays(contexts: list[tuple[int, ...]], tokens: list[int], h: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.array(contexts, dtype=np.int64).reshape(-1, h), np.array(tokens, dtype=np.int64)
+
+
 def completion_tuples(
     completions: Sequence[Sequence[int]], prompt_grams: Sequence[set[tuple[int, ...]]], context_width: int
 ) -> Tuples:
@@ -460,27 +518,10 @@ def completion_tuples(
         >>> t.tokens.tolist(), t.skipped
         ([2, 1], {'in-prompt': 1, 'duplicate': 1})
     """
-    h = context_width
-    scored: set[tuple[int, ...]] = set()
-    ctx_out, tok_out = [], []
-    skipped: Counter[str] = Counter()
-    looked = 0
+    stream = TupleStream(context_width)
     for ids, grams in zip(completions, prompt_grams, strict=True):
-        ids = [int(x) for x in ids]
-        for j in range(h, len(ids)):
-            looked += 1
-            tup = tuple(ids[j - h : j + 1])
-            if tup in grams:
-                skipped["in-prompt"] += 1
-            elif tup in scored:
-                skipped["duplicate"] += 1
-            else:
-                scored.add(tup)
-                ctx_out.append(tup[:h])
-                tok_out.append(tup[h])
-    return Tuples(
-        np.array(ctx_out, dtype=np.int64).reshape(-1, h), np.array(tok_out, dtype=np.int64), looked, dict(skipped)
-    )
+        stream.add(ids, grams)
+    return stream.tuples()
 
 
 # ---- tokenization ----------------------------------------------------------------------------------------
@@ -746,30 +787,20 @@ def sample_endpoint(
     temperature: float = 0.7,
     max_tokens: int = 128,
     seed: int = 0,
+    concurrency: int = 8,
+    cache_dir: Path | None = None,
 ) -> Sampled:
     """Query an OpenAI-compatible endpoint (an ``openai.OpenAI`` client): ``samples`` chat completions per prompt,
-    sample ``j`` with seed ``seed + j``. Errors become :class:`InputError` (one line for the CLI)."""
-
-    completions: list[list[str]] = []
-    requests = used = 0
-    for p in prompts:
-        messages = [{"role": "user", "content": p}] if isinstance(p, str) else p
-        texts = []
-        for j in range(samples):
-            try:
-                r = client.chat.completions.create(
-                    model=model_name, messages=messages, max_tokens=max_tokens, temperature=temperature, seed=seed + j
-                )
-            except openai.APIConnectionError as exc:
-                raise InputError(f"cannot reach the suspect endpoint {client.base_url}: {exc}") from None
-            except openai.APIStatusError as exc:
-                raise InputError(f"the suspect endpoint answered HTTP {exc.status_code}: {exc.message}") from None
-            requests += 1
-            if r.usage is not None and r.usage.completion_tokens is not None:
-                used += int(r.usage.completion_tokens)
-            texts.extend((c.message.content or "") for c in r.choices)
-        completions.append(texts)
-    return Sampled(list(prompts), completions, requests, used)
+    sample ``j`` with seed ``seed + j``, ``concurrency`` requests in flight, HTTP 429 retried after its Retry-After,
+    answers cached in ``cache_dir`` (see :mod:`antidistill.forensics.endpoint`). Other errors become
+    :class:`InputError` (one line for the CLI)."""
+    params = Params(public_url(str(client.base_url)), model_name, temperature, max_tokens)
+    asks = plan_asks(prompts, samples, seed)
+    got = dict(answers(asks, AnswerCache(cache_dir), params, Querier(client, params), concurrency))
+    completions: list[list[str]] = [[] for _ in prompts]
+    for i, a in enumerate(asks):
+        completions[a.prompt_index].extend(got[i].texts)
+    return Sampled(list(prompts), completions, len(asks), sum(g.completion_tokens for g in got.values()))
 
 
 def make_client(url: str, api_key: str | None = None, timeout: float = 60.0) -> Any:
@@ -850,8 +881,9 @@ def scan_closed(
     control_seed: int = 0,
     control_models: Mapping[str, Any] | None = None,
     vocab_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[ScanProgress], None] | None = None,
     configs: Sequence[WatermarkConfig] = (),
+    run: RunOptions | None = None,
 ) -> ScanReport:
     """Closed-model radioactivity scan: query the suspect's endpoint, score its completions.
 
@@ -869,34 +901,115 @@ def scan_closed(
         alpha, controls, control_seed, vocab_size: as in :func:`scan_open`.
         control_models: name -> a :class:`~antidistill.models.local.LocalModel` known not to be distilled, sampled
             locally on the same prompts, unmarked, and scored the same way.
+        progress: called with a :class:`~antidistill.forensics.closed.ScanProgress` after every answer scored.
+        run: concurrency, answer cache, early stopping, pilot and plan
+            (:class:`~antidistill.forensics.closed.RunOptions`).
 
     Example:
         >>> report = scan_closed("http://127.0.0.1:8000/v1", ["Tell me a story."], tok, keys)   # doctest: +SKIP
     """
     started = time.perf_counter()
     config = config or WatermarkConfig()
+    opts = run or RunOptions()
+    if progress is not None:
+        opts = replace(opts, progress=progress)
+    opts.check()
     if samples < 1 or max_tokens < 1:
         raise InputError("samples and max_tokens must be >= 1")
     prompts = list(prompts)[:max_prompts] if max_prompts is not None else list(prompts)
     if not prompts:
         raise InputError("no prompts to send to the suspect")
     url = client if isinstance(client, str) else str(client.base_url)
-    cl = make_client(client, api_key) if isinstance(client, str) else client
-    sampled = sample_endpoint(
-        cl, prompts, model_name, samples=samples, temperature=temperature, max_tokens=max_tokens, seed=seed
+    params = Params(public_url(url), model_name, temperature, max_tokens)
+    querier = None
+    if not opts.from_cache:
+        querier = Querier(make_client(client, api_key) if isinstance(client, str) else client, params)
+    cfgs = list(dict.fromkeys([config, *configs]))
+    scorer = StreamScorer(_selector(tokenizer, prompts), cfgs, keys.provider, keys.accounts, keys.clusters, vocab_size)
+    asks = plan_asks(prompts, samples, seed)
+    got = ClosedRun(asks, AnswerCache(opts.cache_dir), params, querier, scorer, opts).run(samples)
+    used, texts = got.by_prompt(prompts)
+    sampled = Sampled(used, texts, len(got.answers), got.tokens)
+    model_controls = [
+        _control_sample(name, lm, used, tokenizer, keys, cfgs, vocab_size, samples, max_tokens, temperature, seed)
+        for name, lm in (control_models or {}).items()
+    ]
+    report = scan_completions(
+        sampled,
+        tokenizer,
+        keys,
+        config,
+        alpha=alpha,
+        suspect=f"{params.endpoint} ({model_name})",
+        parameters=_closed_parameters(
+            got, len(asks), prompts, max_prompts, samples, max_tokens, temperature, seed, model_name, opts
+        ),
+        controls=controls,
+        control_seed=control_seed,
+        model_controls=model_controls,
+        vocab_size=vocab_size,
+        started=started,
+        configs=configs,
     )
-    model_controls = []
-    for name, lm in (control_models or {}).items():
-        texts = []
-        for j in range(samples):
-            outs = lm.generate(
+    return with_sequential(report, scorer.result(), got, opts)
+
+
+def _selector(tokenizer: Any, prompts: Sequence[str | Messages]) -> Callable[[Ask, str, WatermarkConfig], Any]:
+    """The closed scan's tuple selection for the stream scorer: one :class:`TupleStream` per context width (the
+    same selection :func:`_closed_tuples` makes at the end), prompt n-grams computed once per prompt."""
+    streams: dict[int, TupleStream] = {}
+    grams: dict[tuple[int, int], set[tuple[int, ...]]] = {}
+
+    def select(ask: Ask, text: str, cfg: WatermarkConfig) -> tuple[np.ndarray, np.ndarray]:
+        h = cfg.context_width
+        key = (ask.prompt_index, h)
+        if key not in grams:
+            grams[key] = prompt_grams(tokenizer, prompts[ask.prompt_index], True, h)
+        return streams.setdefault(h, TupleStream(h)).add(encode_text(tokenizer, text), grams[key])
+
+    return select
+
+
+def _control_sample(
+    name: str,
+    lm: Any,
+    prompts: list[str | Messages],
+    tokenizer: Any,
+    keys: ScanKeys,
+    cfgs: Sequence[WatermarkConfig],
+    vocab_size: int | None,
+    samples: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+) -> ControlResult:
+    """A local control model answers the same prompts, unmarked, and is scored the same way."""
+    texts = [
+        [
+            o.text
+            for o in lm.generate(
                 prompts, [None] * len(prompts), max_new_tokens=max_tokens, temperature=temperature, seed=seed + j
             )
-            texts.append([o.text for o in outs])
-        cs = Sampled(prompts, [[texts[j][i] for j in range(samples)] for i in range(len(prompts))], 0, 0)
-        cgroups = [(c, _closed_tuples(cs, tokenizer, c.context_width)) for c in dict.fromkeys([config, *configs])]
-        model_controls.append(_model_control(name, cgroups, keys, vocab_size))
-    params = {
+        ]
+        for j in range(samples)
+    ]
+    cs = Sampled(prompts, [[texts[j][i] for j in range(samples)] for i in range(len(prompts))], 0, 0)
+    return _model_control(name, [(c, _closed_tuples(cs, tokenizer, c.context_width)) for c in cfgs], keys, vocab_size)
+
+
+def _closed_parameters(
+    got: Collected,
+    planned: int,
+    prompts: Sequence[Any],
+    max_prompts: int | None,
+    samples: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    model_name: str,
+    opts: RunOptions,
+) -> dict[str, Any]:
+    return {
         "exclude": "prompt",
         "model_name": model_name,
         "temperature": temperature,
@@ -905,24 +1018,61 @@ def scan_closed(
             "max_prompts": max_prompts,
             "samples": samples,
             "max_tokens": max_tokens,
-            "prompts_sent": len(prompts),
-            "requests": sampled.requests,
+            "prompts_sent": len({a.prompt_index for a in got.asks}),
+            "requests": len(got.answers),
+            "requests_planned": planned,
+            "answers_from_cache": got.cached,
+            "retries_after_429": got.retries,
+            "concurrency": opts.concurrency,
             "max_completion_tokens": len(prompts) * samples * max_tokens,
-            "completion_tokens_used": sampled.completion_tokens,
+            "completion_tokens_used": got.tokens,
         },
     }
-    return scan_completions(
-        sampled,
-        tokenizer,
-        keys,
-        config,
-        alpha=alpha,
-        suspect=f"{url} ({model_name})",
-        parameters=params,
-        controls=controls,
-        control_seed=control_seed,
-        model_controls=model_controls,
-        vocab_size=vocab_size,
-        started=started,
-        configs=configs,
+
+
+def with_sequential(report: ScanReport, seq: SequentialResult, got: Collected, opts: RunOptions) -> ScanReport:
+    """Add the sequential test to a closed scan's report and state the stopping rule. When the scan stopped early,
+    the verdict rests on the sequential p-value (the fixed-n one is kept, marked as not valid)."""
+    report.sequential = {**seq.to_dict(), "fixed_n_p_value": report.p_value, "fixed_n_valid": not got.stopped_early}
+    report.plan = got.plan.to_dict() if got.plan is not None else None
+    if opts.stop_at is None:
+        report.stopping_rule = "fixed budget (no early stopping): the fixed-n exact p-value is valid"
+        report.verdict += f" Sequential (anytime-valid) p = {seq.p_value:.3g}."
+        return report
+    when = "it stopped early" if got.stopped_early else "the threshold was not reached, every request was made"
+    report.stopping_rule = (
+        f"early stopping once the sequential (e-process) p-value <= {opts.stop_at:g} ({when}, after "
+        f"{len(got.answers)} answers)"
     )
+    if not got.stopped_early:
+        report.verdict += (
+            f" Sequential (anytime-valid) p = {seq.p_value:.3g}; no early stop, so the fixed-n p is valid too."
+        )
+        return report
+    return _decide_sequential(report, seq)
+
+
+def _decide_sequential(report: ScanReport, seq: SequentialResult) -> ScanReport:
+    alpha = report.alpha
+    report.p_value = seq.p_value
+    report.significant = seq.p_value <= alpha
+    report.attributed_account = seq.best_account if seq.account_p is not None and seq.account_p <= alpha else None
+    report.attributed_cluster = seq.best_cluster if seq.cluster_p is not None and seq.cluster_p <= alpha else None
+    head = (
+        f"The suspect carries our watermark (sequential p = {seq.p_value:.3g} <= alpha {alpha:g})."
+        if report.significant
+        else f"No evidence at alpha {alpha:g} (sequential p = {seq.p_value:.3g})."
+    )
+    who = (
+        f" Attributed to account {report.attributed_account} (sequential corrected p = {seq.account_p:.3g})."
+        if report.attributed_account
+        else ""
+    )
+    report.verdict = (
+        f"{head}{who} The scan stopped early on the anytime-valid (e-process) p-value, which stays valid under "
+        f"stopping; the fixed-n exact p-values in this report (overall {report.sequential['fixed_n_p_value']:.3g}, "
+        "per account, per cluster) assume a fixed budget and are NOT valid evidence here."
+    )
+    if not report.controls_ok:
+        report.verdict += " WARNING: a control came out significant; this scan is not reliable evidence."
+    return report

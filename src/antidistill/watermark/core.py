@@ -33,7 +33,7 @@ import numpy as np
 
 from antidistill.errors import InputError
 from antidistill.extras import require
-from antidistill.watermark.nulls import binomial_sf
+from antidistill.watermark.nulls import bernoulli_log_mgf, binomial_sf
 
 U64 = np.uint64
 _M1 = U64(0xFF51AFD7ED558CCD)
@@ -248,6 +248,11 @@ class Scheme(ABC):
     def null_moments(self, vocab_size: int | None) -> tuple[float, float]:
         """(mean, variance) of one tuple's score under the null (for z-scores and fractions shown to readers)."""
 
+    @abstractmethod
+    def null_log_mgf(self, lam: np.ndarray, vocab_size: int | None) -> np.ndarray:
+        """``log E[exp(lam S)]`` of one tuple's score ``S`` under the null, for each ``lam >= 0`` (``inf`` where it
+        does not exist): what a sequential test (a test martingale) of the summed score needs."""
+
     def reported(self, total: float) -> int | float:
         """A summed score as results report it: the green count (an int) for a ``"bias"`` member, else the float."""
         return round(total) if self.kind == "bias" else float(total)
@@ -311,6 +316,9 @@ class GreenListScheme(Scheme):
     def null_moments(self, vocab_size: int | None) -> tuple[float, float]:
         p = self.null_probability(vocab_size)
         return p, p * (1.0 - p)
+
+    def null_log_mgf(self, lam: np.ndarray, vocab_size: int | None) -> np.ndarray:
+        return bernoulli_log_mgf(lam, self.null_probability(vocab_size))
 
     @abstractmethod
     def green_mask(

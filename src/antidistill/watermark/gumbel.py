@@ -50,7 +50,7 @@ from antidistill.watermark.core import (
     keyed_pair_hash,
     token_hash_table,
 )
-from antidistill.watermark.nulls import gamma_sf
+from antidistill.watermark.nulls import gamma_sf, weighted_exp_log_mgf
 
 _GUMBEL_SALT = U64(0x082EFA98EC4E6C89)
 _DUAL_A = U64(0x452821E638D01377)
@@ -122,6 +122,9 @@ class GumbelScheme(Scheme):
 
     def null_moments(self, vocab_size: int | None) -> tuple[float, float]:
         return 1.0, 1.0
+
+    def null_log_mgf(self, lam: np.ndarray, vocab_size: int | None) -> np.ndarray:
+        return weighted_exp_log_mgf(lam)
 
     def choose(
         self,

@@ -119,3 +119,29 @@ def _mixture_sf(x: np.ndarray, n: float, rho: float) -> np.ndarray:
         if rest == 0.0:
             break
     return acc
+
+
+# ---- log moment-generating functions of one tuple's null score (for sequential tests) -------------------------
+def bernoulli_log_mgf(lam: np.ndarray, p: float) -> np.ndarray:
+    """``log E[exp(lam X)]`` for ``X ~ Bernoulli(p)`` (a green indicator)."""
+    lam = np.asarray(lam, dtype=np.float64)
+    out: np.ndarray = np.log1p(p * np.expm1(lam))
+    return out
+
+
+def weighted_exp_log_mgf(lam: np.ndarray, weights: tuple[float, ...] = (1.0,)) -> np.ndarray:
+    """``log E[exp(lam S)]`` for ``S = sum_i w_i E_i``, ``E_i`` independent Exp(1): ``-sum_i log(1 - lam w_i)``;
+    ``inf`` where ``lam w_i >= 1`` (the moment does not exist). One weight 1 is the Gumbel-max score's Exp(1)."""
+    lam = np.asarray(lam, dtype=np.float64)
+    out = np.zeros(lam.shape, dtype=np.float64)
+    for w in weights:
+        with np.errstate(all="ignore"):
+            out = out - np.where(lam * w < 1.0, np.log1p(-lam * w), -np.inf)
+    return out
+
+
+def fair_bits_log_mgf(lam: np.ndarray, bits: int) -> np.ndarray:
+    """``log E[exp(lam B)]`` for ``B ~ Binomial(bits, 1/2)`` (a tournament tuple's sum of fair bits)."""
+    lam = np.asarray(lam, dtype=np.float64)
+    out: np.ndarray = bits * (np.logaddexp(0.0, lam) - np.log(2.0))
+    return out

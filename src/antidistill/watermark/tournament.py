@@ -35,7 +35,7 @@ from antidistill.watermark.core import (
     token_hash_table,
 )
 from antidistill.watermark.gumbel import mix_keys
-from antidistill.watermark.nulls import binomial_sf
+from antidistill.watermark.nulls import binomial_sf, fair_bits_log_mgf
 
 _TOURNAMENT_SALT = U64(0xC0AC29B7C97C50DD)
 DEFAULT_LAYERS = 16
@@ -81,6 +81,9 @@ class TournamentScheme(Scheme):
 
     def null_moments(self, vocab_size: int | None) -> tuple[float, float]:
         return self.layers / 2.0, self.layers / 4.0
+
+    def null_log_mgf(self, lam: np.ndarray, vocab_size: int | None) -> np.ndarray:
+        return fair_bits_log_mgf(lam, self.layers)
 
     def choose(
         self,

@@ -54,7 +54,7 @@ import numpy as np
 
 from antidistill.errors import InputError
 from antidistill.watermark.core import U64, Scheme, Workspace
-from antidistill.watermark.nulls import gamma_sf, weighted_gamma_sf
+from antidistill.watermark.nulls import gamma_sf, weighted_exp_log_mgf, weighted_gamma_sf
 
 _MASK32 = U64(0xFFFFFFFF)
 _M0 = U64(0xD2511F53)
@@ -202,6 +202,9 @@ class VLLMGumbelScheme(Scheme):
     def null_moments(self, vocab_size: int | None) -> tuple[float, float]:
         return 1.0, 1.0
 
+    def null_log_mgf(self, lam: np.ndarray, vocab_size: int | None) -> np.ndarray:
+        return weighted_exp_log_mgf(lam)
+
     def choose(
         self,
         probs: np.ndarray,
@@ -255,3 +258,6 @@ class VLLMDualGumbelScheme(VLLMGumbelScheme):
     def null_moments(self, vocab_size: int | None) -> tuple[float, float]:
         alpha = self.key_b_probability
         return 1.0, (1.0 - alpha) ** 2 + alpha**2
+
+    def null_log_mgf(self, lam: np.ndarray, vocab_size: int | None) -> np.ndarray:
+        return weighted_exp_log_mgf(lam, (1.0 - self.key_b_probability, self.key_b_probability))
