@@ -83,8 +83,58 @@ def _print_report(r) -> None:
             f"{wm.get('scheme')} (h = {wm.get('context_width')}): {g.get('tuples')} tuples, p = {fmt_p(g['p_value'])}"
             " (uncorrected; the verdict is corrected for the groups)",
         )
+    seq = getattr(r, "sequential", None)
+    if seq:
+        t.add_row(
+            "sequential",
+            f"anytime-valid p = {fmt_p(seq['p_value'])} over {seq['tuples']} tuples; fixed-n p = "
+            f"{fmt_p(seq['fixed_n_p_value'])} ({'valid' if seq['fixed_n_valid'] else 'NOT valid: stopped early'})",
+        )
+    t.add_row("stopping rule", r.stopping_rule)
     out.print(t)
     out.print(r.verdict, markup=False)
+
+
+def _check_closed_options(
+    url: str | None,
+    stop_at: float | None,
+    target_p: float,
+    pilot: int,
+    plan_only: bool,
+    from_cache: bool,
+    cache: Path | None,
+) -> None:
+    for name, v in (("--stop-at", stop_at), ("--target-p", target_p)):
+        if v is not None and not 0.0 < v < 1.0:
+            raise InputError(f"{name} must be in (0, 1), got {v}")
+    if plan_only and pilot < 1:
+        raise InputError("--plan-only needs --pilot K (K >= 1 prompts)")
+    if url is None and (stop_at is not None or pilot or from_cache):
+        raise InputError("--stop-at, --pilot and --from-cache apply to closed mode (--suspect-url)")
+    if from_cache and cache is not None and not cache.is_dir():
+        raise InputError(f"scan cache not found: {cache}")
+
+
+def _progress_line(p: Any) -> None:
+    """One line on stderr, rewritten in place: requests, tokens, tuples and the sequential p so far."""
+    err.file.write(
+        f"\rrequests {p.done}/{p.total} ({p.cached} cached) · {p.tokens:,} tokens · {p.tuples:,} tuples · "
+        f"sequential p {p.p_sequential:.3g}   "
+    )
+    err.file.flush()
+
+
+def _print_plan(as_json: bool) -> Any:
+    def show(plan: Any) -> None:
+        from antidistill.forensics.planner import describe
+
+        err.file.write("\n")
+        if as_json:
+            sys.stdout.write(json.dumps({"plan": plan.to_dict()}) + "\n")
+        for line in describe(plan):
+            err.print(f"plan: {line}", markup=False)
+
+    return show
 
 
 def scan(
@@ -174,6 +224,30 @@ def scan(
     batch_tokens: Annotated[
         int, typer.Option("--batch-tokens", min=16, help="Open mode: padded tokens per forward pass.")
     ] = 2048,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, max=256, help="Closed mode: requests in flight at once.")
+    ] = 8,
+    cache: Annotated[
+        Path | None,
+        typer.Option("--cache", help="Closed mode: the answer cache directory (default: scan-cache in the data dir)."),
+    ] = None,
+    from_cache: Annotated[
+        bool, typer.Option("--from-cache", help="Closed mode: re-score cached answers only; send no request.")
+    ] = False,
+    stop_at: Annotated[
+        float | None,
+        typer.Option("--stop-at", help="Closed mode: stop once the anytime-valid sequential p-value is <= P."),
+    ] = None,
+    pilot: Annotated[
+        int, typer.Option("--pilot", min=0, help="Closed mode: prompts of a pilot, then print the budget plan.")
+    ] = 0,
+    target_p: Annotated[float, typer.Option("--target-p", help="The budget plan's target p-value.")] = 1e-6,
+    price: Annotated[
+        float | None, typer.Option("--price-per-1k-tokens", min=0.0, help="The suspect's price per 1,000 tokens.")
+    ] = None,
+    plan_only: Annotated[
+        bool, typer.Option("--plan-only", help="Closed mode: print the pilot's budget plan and exit.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
 ) -> None:
     """Radioactivity scan: was a suspect model trained on our watermarked outputs, and by which account?"""
@@ -193,9 +267,11 @@ def scan(
         raise InputError(f"texts file not found: {texts}")
     if prompts is not None and not prompts.is_file():
         raise InputError(f"prompts file not found: {prompts}")
+    _check_closed_options(suspect_url, stop_at, target_p, pilot, plan_only, from_cache, cache)
 
     # the workflow imports SQLAlchemy, numpy and transformers' tokenizers: only when a scan runs, not for --help
     from antidistill.forensics import inputs
+    from antidistill.forensics.closed import RunOptions
     from antidistill.settings import get_settings
     from antidistill.watermark.schemes import scheme_names
     from antidistill.workflows import scan as wf
@@ -231,23 +307,36 @@ def scan(
         prompt_list = (
             inputs.read_prompts_file(prompts) if prompts is not None else inputs.unique_prompts(scan_inputs.texts)
         )
-        with err.status(
-            f"Querying the suspect with up to {min(len(prompt_list), max_prompts or len(prompt_list))} prompts…"
-        ):
-            report = wf.closed_scan(
-                settings,
-                suspect_url,
-                prompt_list,
-                scan_inputs,
-                api_key=suspect_api_key,
-                model_name=suspect_model_name,
-                samples=samples,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                max_prompts=max_prompts,
-                seed=seed,
-                **common,
-            )
+        run = RunOptions(
+            concurrency=concurrency,
+            cache_dir=cache,
+            from_cache=from_cache,
+            stop_at=stop_at,
+            pilot=pilot,
+            target_p=target_p,
+            price_per_1k=price,
+            plan_only=plan_only,
+            progress=_progress_line,
+            on_plan=_print_plan(as_json),
+        )
+        report = wf.closed_scan(
+            settings,
+            suspect_url,
+            prompt_list,
+            scan_inputs,
+            api_key=suspect_api_key,
+            model_name=suspect_model_name,
+            samples=samples,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            max_prompts=max_prompts,
+            seed=seed,
+            run=run,
+            **common,
+        )
+        err.file.write("\n")
+        if plan_only:
+            return
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), default=str) + "\n")
     else:

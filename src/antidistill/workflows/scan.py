@@ -16,6 +16,8 @@ from typing import Any
 
 from antidistill.errors import InputError
 from antidistill.forensics import inputs
+from antidistill.forensics.closed import RunOptions
+from antidistill.forensics.endpoint import AnswerCache, public_url
 from antidistill.forensics.scan import (
     DEFAULT_ALPHA,
     DEFAULT_BATCH_TOKENS,
@@ -39,6 +41,8 @@ from antidistill.watermark.schemes import scheme_class
 
 #: the name that stands for the served model (the teacher) where a model path is expected
 TEACHER = "teacher"
+#: the answer cache of closed scans, under the data directory unless a scan names its own
+SCAN_CACHE = "scan-cache"
 #: the files that make a weights directory carry its own tokenizer
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -274,9 +278,12 @@ def closed_scan(
     alpha: float = DEFAULT_ALPHA,
     control_keys: int = DEFAULT_CONTROL_KEYS,
     control_seed: int = 0,
+    run: RunOptions | None = None,
 ) -> ScanReport:
     """Send ``prompts`` to the endpoint at ``url`` and score its completions (closed mode); control models are
-    loaded and sampled the same way."""
+    loaded and sampled the same way. ``run``: concurrency, the answer cache (default: ``scan-cache`` in the data
+    directory), early stopping, the pilot and its plan; with ``run.from_cache`` nothing is sent, and the model name
+    defaults to the one the cache holds answers of."""
     from antidistill.models.local import LocalModel  # torch: only a scan with a local control model needs it
 
     if not prompts:
@@ -284,9 +291,17 @@ def closed_scan(
             "no prompts to send: give --prompts FILE or --texts FILE, or scan accounts with "
             "watermarked traffic in the audit log"
         )
+    run = run or RunOptions()
+    if run.cache_dir is None:
+        run = replace(run, cache_dir=Path(settings.data_dir) / SCAN_CACHE)
     tokenizer = tokenizer if tokenizer is not None else served_tokenizer(settings)
     client = make_client(url, api_key)
-    name = model_name if model_name is not None else endpoint_model_name(client, url)
+    if model_name is not None:
+        name = model_name
+    elif run.from_cache:
+        name = cached_model_name(run.cache_dir, url)
+    else:
+        name = endpoint_model_name(client, url)
     controls = {
         c: LocalModel.load(settings.model if c == TEACHER else c, settings.cache_dir, scan_inputs.config)
         for c in control_models
@@ -308,7 +323,20 @@ def closed_scan(
         controls=control_keys,
         control_seed=control_seed,
         configs=scan_inputs.configs,
+        run=run,
     )
+
+
+def cached_model_name(cache_dir: Path | None, url: str) -> str:
+    """The model whose answers from ``url`` the cache holds (``--from-cache`` without ``--suspect-model-name``)."""
+    names = AnswerCache(cache_dir).models(public_url(url)) if cache_dir is not None else []
+    if len(names) != 1:
+        found = ", ".join(names) if names else "none"
+        raise InputError(
+            f"the scan cache holds answers of {len(names)} models of {public_url(url)} ({found}); "
+            "give --suspect-model-name"
+        )
+    return names[0]
 
 
 def scan_open_on_audit(
