@@ -102,7 +102,7 @@ def test_never_issued_keys_on_unmarked_tuples_stay_valid():
     rng = np.random.default_rng(13)
     cfg = WatermarkConfig(scheme="antidistill-v1")
     hits = 0
-    for r in range(300):
+    for _ in range(300):
         master = MasterKey(rng.bytes(32))
         keys = {a: [master.account_key(a)] for a in ("a", "b", "c")}
         s = SequentialScan(cfg, [master.provider_key()], keys, {"ab": ["a", "b"]})

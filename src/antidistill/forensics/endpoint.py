@@ -18,7 +18,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,7 +222,7 @@ class Querier:
 
 def answers(
     asks: Sequence[Ask], cache: AnswerCache, params: Params, querier: Querier | None, concurrency: int = 8
-) -> Iterator[tuple[int, Answer]]:
+) -> Generator[tuple[int, Answer], None, None]:
     """``(index into asks, answer)`` for every ask, cached ones first (in order), then the others as they arrive
     (``concurrency`` in flight). Each new answer is cached before it is yielded. Closing the iterator (the caller
     stops) lets the requests in flight finish and caches them, and sends nothing more.

@@ -135,7 +135,7 @@ def plan_budget(pilot: Pilot, e: EProcess, target_p: float, price_per_1k: float 
 
 
 def _n(x: float | None) -> str:
-    return "unbounded (no excess in the pilot)" if x is None else f"{math.ceil(x):,}"
+    return "no estimate (no excess in the pilot)" if x is None else f"{math.ceil(x):,}"
 
 
 def describe(plan: BudgetPlan) -> list[str]:

@@ -1053,7 +1053,7 @@ def with_sequential(report: ScanReport, seq: SequentialResult, got: Collected, o
 
 
 def _decide_sequential(report: ScanReport, seq: SequentialResult) -> ScanReport:
-    alpha = report.alpha
+    alpha, fixed_p = report.alpha, report.p_value
     report.p_value = seq.p_value
     report.significant = seq.p_value <= alpha
     report.attributed_account = seq.best_account if seq.account_p is not None and seq.account_p <= alpha else None
@@ -1070,7 +1070,7 @@ def _decide_sequential(report: ScanReport, seq: SequentialResult) -> ScanReport:
     )
     report.verdict = (
         f"{head}{who} The scan stopped early on the anytime-valid (e-process) p-value, which stays valid under "
-        f"stopping; the fixed-n exact p-values in this report (overall {report.sequential['fixed_n_p_value']:.3g}, "
+        f"stopping; the fixed-n exact p-values in this report (overall {fixed_p:.3g}, "
         "per account, per cluster) assume a fixed budget and are NOT valid evidence here."
     )
     if not report.controls_ok:
