@@ -220,3 +220,14 @@ def _wait(cond, proc, timeout: float = 60.0) -> None:
             raise AssertionError(f"the scan exited early: {proc.stderr.read().decode()[-2000:]}")
         assert time.monotonic() < end, "timed out"
         time.sleep(0.02)
+
+
+def test_the_prompt_pool_adds_prompts_of_the_harvested_domains():
+    from antidistill.redteam.harvest import generate_prompts
+    from antidistill.workflows.scan import with_prompt_pool
+
+    pool = generate_prompts(5, seed=1)
+    out = with_prompt_pool(["Harvested?", pool[0]], 5, seed=1)
+    assert out == ["Harvested?", *pool]  # harvested first, each prompt once
+    with pytest.raises(InputError, match="prompt pool"):
+        with_prompt_pool([], -1)

@@ -245,6 +245,12 @@ def scan(
     price: Annotated[
         float | None, typer.Option("--price-per-1k-tokens", min=0.0, help="The suspect's price per 1,000 tokens.")
     ] = None,
+    prompt_pool: Annotated[
+        int,
+        typer.Option(
+            "--prompt-pool", min=0, help="Closed mode: add up to N built-in prompts of the harvested domains."
+        ),
+    ] = 0,
     plan_only: Annotated[
         bool, typer.Option("--plan-only", help="Closed mode: print the pilot's budget plan and exit.")
     ] = False,
@@ -307,6 +313,8 @@ def scan(
         prompt_list = (
             inputs.read_prompts_file(prompts) if prompts is not None else inputs.unique_prompts(scan_inputs.texts)
         )
+        if prompt_pool:
+            prompt_list = wf.with_prompt_pool(prompt_list, prompt_pool, seed)
         run = RunOptions(
             concurrency=concurrency,
             cache_dir=cache,

@@ -327,6 +327,18 @@ def closed_scan(
     )
 
 
+def with_prompt_pool(prompts: Sequence[Any], extra: int, seed: int = 0) -> list[Any]:
+    """``prompts`` (e.g. the harvested ones), then up to ``extra`` built-in prompts of the harvest's domains (the red
+    team's topics x tasks, shuffled by ``seed``), each prompt once. More distinct prompts give more distinct tuples
+    per query than more samples of the same prompts, whose answers repeat each other's tuples."""
+    from antidistill.redteam.harvest import TASKS, TOPICS, generate_prompts
+
+    if extra < 0:
+        raise InputError(f"the prompt pool size must be >= 0, got {extra}")
+    pool = generate_prompts(min(extra, len(TOPICS) * len(TASKS)), seed)
+    return list(dict.fromkeys([*prompts, *pool]))
+
+
 def cached_model_name(cache_dir: Path | None, url: str) -> str:
     """The model whose answers from ``url`` the cache holds (``--from-cache`` without ``--suspect-model-name``)."""
     names = AnswerCache(cache_dir).models(public_url(url)) if cache_dir is not None else []
