@@ -111,6 +111,19 @@ def test_too_short_input_is_left_alone():
     assert not torch.equal(proc(torch.tensor([[1, 2, 3]]), scores), scores)
 
 
+@pytest.mark.parametrize("scheme", ["antidistill-v1", "gumbel-dual"])
+def test_only_contexts_inside_the_answer_are_marked(scheme):
+    # answer_start: the prompt's length. The answer's first h tokens have contexts reaching into the prompt (the
+    # chat template's tail, the same for every prompt of an account): they are left to the sampler.
+    proc = WatermarkLogitsProcessor(
+        Watermark(WatermarkConfig(scheme=scheme, context_width=3)), [MarkKeys(ALICE)], temperature=1.0, answer_start=5
+    )
+    scores = torch.randn(1, VOCAB)
+    for length in range(5, 8):  # answers of 0, 1, 2 tokens
+        assert torch.equal(proc(torch.arange(length)[None, :], scores), scores), length
+    assert not torch.equal(proc(torch.arange(8)[None, :], scores), scores)  # 3 answer tokens: a whole context
+
+
 def test_mismatched_batch_size_raises():
     proc = WatermarkLogitsProcessor(
         Watermark(WatermarkConfig(scheme="antidistill-v1")), [MarkKeys(ALICE), None, MarkKeys(BOB)]
