@@ -3,8 +3,8 @@
 An engine such as vLLM keeps a persistent batch: requests join it, leave it and move between rows between decode
 steps, and a logits processor is told so (``added``/``removed``/``moved``) before it is asked for the logits of
 the next token of every row. :class:`EngineMarker` keeps one small record per row (its keys, its sampling
-settings, its prompt's last tokens and a reference to its growing list of output tokens) and marks the batch's
-logits through :class:`~antidistill.watermark.processor.WatermarkLogitsProcessor`, the object the local backend
+settings and a reference to its growing list of output tokens; a row is marked once its answer holds a whole
+context) and marks the batch's logits through :class:`~antidistill.watermark.processor.WatermarkLogitsProcessor`, the object the local backend
 and ``generate`` mark with: the mark is the scheme core's, never a copy of it.
 
 Requests name their keys, never carry them: the request's extra arguments (vLLM's ``vllm_xargs``) give the account
