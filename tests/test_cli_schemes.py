@@ -53,7 +53,8 @@ def test_bad_scheme_options_are_one_line(capsys, human_file, argv, needle):
 @pytest.mark.parametrize("scheme", scheme_names())
 def test_detect_accepts_every_member(capsys, human_file, shared_cache_env, scheme):
     extra = ["--entropy-threshold", "1.5"] if scheme == "kgw-entropy" else []
-    code, out, err = run(capsys, "detect", str(human_file), "--scheme", scheme, *extra, "--account", "alice", "--json")
+    who = ["--hashing-key", "12345"] if scheme.startswith("vllm-") else ["--account", "alice"]
+    code, out, err = run(capsys, "detect", str(human_file), "--scheme", scheme, *extra, *who, "--json")
     assert code == 0, err
     d = json.loads(out)
     assert d["config"]["scheme"] == scheme and d["watermarked"] is False
@@ -61,6 +62,13 @@ def test_detect_accepts_every_member(capsys, human_file, shared_cache_env, schem
         assert d["config"]["provider_fraction"] == 0.0  # single-key members
     if scheme == "kgw-entropy":
         assert d["config"]["entropy_threshold"] == 1.5
+
+
+@pytest.mark.parametrize("scheme", ["vllm-gumbel", "vllm-dual-gumbel"])
+def test_detect_of_vllm_native_marks_asks_for_their_key(capsys, human_file, shared_cache_env, scheme):
+    # vLLM marks with the key of its --watermark-config: a key derived from our master key would test nothing
+    code, _, err = run(capsys, "detect", str(human_file), "--scheme", scheme, "--account", "alice")
+    assert code != 0 and "--hashing-key" in err and len(err.strip().splitlines()) == 1
 
 
 def test_detect_gumbel_says_score_not_green(capsys, human_file, shared_cache_env):

@@ -292,6 +292,7 @@ def _build_text_detector(
     from antidistill.detection.text import TextDetector
     from antidistill.keys import KeyRing
     from antidistill.models.embedded import load_tokenizer, resolve_model
+    from antidistill.watermark.schemes import scheme_class
 
     if not 0.0 < alpha < 1.0:
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
@@ -306,6 +307,9 @@ def _build_text_detector(
         layers,
         key_b_probability,
     )
+    if hashing_key is None and not scheme_class(config.scheme).generates:
+        # vLLM's native marks use the key of its --watermark-config, never one derived from our master key
+        raise InputError(f"--scheme {config.scheme} reads vLLM's own marks: give its key with --hashing-key")
     names = list(accounts or [])
     if accounts_file is not None:
         names += _read_accounts_file(accounts_file)
