@@ -4,8 +4,9 @@ An engine such as vLLM keeps a persistent batch: requests join it, leave it and 
 steps, and a logits processor is told so (``added``/``removed``/``moved``) before it is asked for the logits of
 the next token of every row. :class:`EngineMarker` keeps one small record per row (its keys, its sampling
 settings and a reference to its growing list of output tokens; a row is marked once its answer holds a whole
-context) and marks the batch's logits through :class:`~antidistill.watermark.processor.WatermarkLogitsProcessor`, the object the local backend
-and ``generate`` mark with: the mark is the scheme core's, never a copy of it.
+context) and marks the batch's logits through
+:class:`~antidistill.watermark.processor.WatermarkLogitsProcessor`, the object the local backend and ``generate``
+mark with: the mark is the scheme core's, never a copy of it.
 
 Requests name their keys, never carry them: the request's extra arguments (vLLM's ``vllm_xargs``) give the account
 id and the key versions, and the engine derives the keys from the master key in its own environment
