@@ -41,10 +41,12 @@ from antidistill.gateway.limits import (
     RedisLimiter,
     Reservation,
 )
+from antidistill.gateway.stream import EnforcementListener, StreamPublisher, stream_parts
 from antidistill.gateway.worker import STOP, stop_worker, wait_drained
 from antidistill.monitor.actions import Enforcer, MonitorLike
 from antidistill.monitor.api import Assessment, ExchangeEvent
 from antidistill.monitor.policy import Policy
+from antidistill.monitor.stream import enforcement_channel
 from antidistill.settings import Settings
 from antidistill.store.api import Account, AuditEntry, Enforcement, EnforcementStore
 
@@ -85,6 +87,16 @@ class MonitorMetrics:
         )
         self.depth = Gauge(
             "antidistill_monitor_queue_depth", "Exchanges waiting for the monitor worker.", registry=registry
+        )
+        self.published = Counter(
+            "antidistill_monitor_events_published",
+            "Exchanges published to the monitor's stream (ANTIDISTILL_MONITOR_MODE=stream).",
+            registry=registry,
+        )
+        self.unpublished = Counter(
+            "antidistill_monitor_events_unpublished",
+            "Exchanges not published to the monitor's stream because Redis failed (they are in the audit log).",
+            registry=registry,
         )
 
 
@@ -263,6 +275,10 @@ class MonitorWorker:
             )
 
 
+#: builds a gateway's stream publisher and enforcement listener from its metrics and its cache's invalidate
+StreamFactory = Callable[[MonitorMetrics, Callable[[str | None], None]], tuple[StreamPublisher, EnforcementListener]]
+
+
 def _clause_words(policy: Policy, e: Enforcement) -> str:
     clause = policy.clause(e.clause)
     if clause is None:
@@ -281,6 +297,8 @@ class Monitoring:
         ttl: seconds the enforcement cache trusts a state.
         queue_size: the worker's queue bound.
         throttle_limiter: the limiter of throttled accounts (default: in process).
+        stream: with ``ANTIDISTILL_MONITOR_MODE=stream``, the publisher and the enforcement listener
+            (:func:`~antidistill.gateway.stream.stream_parts` builds them; their callbacks are this object's).
     """
 
     def __init__(
@@ -293,6 +311,7 @@ class Monitoring:
         ttl: float = 2.0,
         queue_size: int = 10_000,
         throttle_limiter: RateLimiter | None = None,
+        stream: StreamFactory | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -306,6 +325,10 @@ class Monitoring:
             if monitor is not None
             else None
         )
+        self.publisher: StreamPublisher | None = None
+        self.listener: EnforcementListener | None = None
+        if stream is not None:
+            self.publisher, self.listener = stream(self.metrics, self.cache.invalidate)
 
     @classmethod
     def from_settings(
@@ -320,6 +343,23 @@ class Monitoring:
         limiter = (
             RedisLimiter(settings.redis_url, f"{settings.rate_limit_prefix}:throttle") if settings.redis_url else None
         )
+        stream: StreamFactory | None = None
+        url = settings.stream_url
+        if settings.monitor_mode == "stream" and url:
+
+            def stream(
+                metrics: MonitorMetrics, on_change: Callable[[str | None], None]
+            ) -> tuple[StreamPublisher, EnforcementListener]:
+                return stream_parts(
+                    url,
+                    settings.monitor_stream,
+                    enforcement_channel(settings.monitor_stream),
+                    settings.monitor_stream_maxlen,
+                    settings.monitor_queue_size,
+                    metrics,
+                    on_change,
+                )
+
         return cls(
             store,
             policy,
@@ -328,15 +368,18 @@ class Monitoring:
             ttl=settings.enforcement_ttl,
             queue_size=settings.monitor_queue_size,
             throttle_limiter=limiter,
+            stream=stream,
         )
 
     def start(self) -> None:
-        if self.worker is not None:
-            self.worker.start()
+        for part in (self.worker, self.publisher, self.listener):
+            if part is not None:
+                part.start()
 
     async def aclose(self) -> None:
-        if self.worker is not None:
-            await run_in_threadpool(self.worker.stop)
+        for part in (self.worker, self.publisher, self.listener):
+            if part is not None:
+                await run_in_threadpool(part.stop)
         await self.throttle_limiter.aclose()
 
     # ---- the request path ---------------------------------------------------------------------------
@@ -392,18 +435,23 @@ class Monitoring:
             log.warning("throttle settlement failed", exc_info=True)
 
     def observe(self, entry: AuditEntry, account: Account) -> None:
-        """Hand an audited exchange to the monitor worker (never blocks, never raises)."""
-        if self.worker is None:
-            return
-        try:
-            self.worker.submit(entry, account)
-        except Exception:  # the request was served and recorded; scoring is best effort
-            log.warning("cannot queue exchange %s for the monitor", entry.response_id, exc_info=True)
+        """Hand an audited exchange to the monitor worker and/or the stream publisher (never blocks, never
+        raises)."""
+        for part in (self.worker, self.publisher):
+            if part is None:
+                continue
+            try:
+                part.submit(entry, account)
+            except Exception:  # the request was served and recorded; scoring is best effort
+                log.warning("cannot queue exchange %s for the monitor", entry.response_id, exc_info=True)
 
     def clear(self, account_id: str, by: str = "admin") -> Enforcement | None:
-        """Lift an account's enforcement (with its audit record) and forget the cached state."""
+        """Lift an account's enforcement (with its audit record) and forget the cached state (on every replica
+        that listens to the monitor service's channel)."""
         lifted = self.enforcer.clear(account_id, by)
         self.cache.invalidate(account_id)
+        if self.listener is not None:
+            self.listener.notify(account_id)
         return lifted
 
 
