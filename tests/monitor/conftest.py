@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import POSTGRES_URL, postgres_or_skip
+from tests.gateway.conftest import pg_schema  # noqa: F401 (the fixture behind pg_url)
 
 POLICY = """
 version: 1
@@ -32,16 +30,7 @@ def policy_file(tmp_path) -> Path:
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    from sqlalchemy.engine import make_url
-
-    conn = postgres_or_skip()
-    schema = f"mon_{uuid.uuid4().hex[:12]}"
-    conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield (
-        make_url(POSTGRES_URL)
-        .update_query_dict({"options": f"-csearch_path={schema}"})
-        .render_as_string(hide_password=False)
-    )
-    conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    conn.close()
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh PostgreSQL schema (the gateway tests' fixture)."""
+    url: str = request.getfixturevalue("pg_schema")
+    return url

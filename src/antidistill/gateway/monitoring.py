@@ -14,12 +14,14 @@ Two halves, kept apart on purpose:
   transaction) and drops the account's cached state so the action holds from its next request. A full queue
   drops the event (``antidistill_monitor_events_dropped_total``) rather than slow a request; a monitor that
   raises is logged and counted (``antidistill_monitor_errors_total``) and never reaches a client.
+* **Or publishing** (``ANTIDISTILL_MONITOR_MODE=stream``): the exchange goes to the monitor service's Redis Stream
+  instead (:mod:`antidistill.gateway.stream`, :mod:`antidistill.monitor.stream`), and the service's notifications
+  drop an account's cached state as soon as its enforcement changes.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -42,7 +44,7 @@ from antidistill.gateway.limits import (
     Reservation,
 )
 from antidistill.gateway.stream import EnforcementListener, StreamPublisher, stream_parts
-from antidistill.gateway.worker import STOP, stop_worker, wait_drained
+from antidistill.gateway.worker import ExchangeQueue
 from antidistill.monitor.actions import Enforcer, MonitorLike
 from antidistill.monitor.api import Assessment, ExchangeEvent
 from antidistill.monitor.policy import Policy
@@ -144,7 +146,7 @@ class EnforcementCache:
                 self._entries.pop(account_id, None)
 
 
-class MonitorWorker:
+class MonitorWorker(ExchangeQueue):
     """One thread that feeds exchanges to the monitor and applies the policy to what it answers.
 
     Args:
@@ -163,54 +165,17 @@ class MonitorWorker:
         maxsize: int,
         on_action: Callable[[str], None] = lambda _a: None,
     ) -> None:
+        # under load the monitor hashes a batch's prompts at once
+        super().__init__("antidistill-monitor", maxsize, WORKER_BATCH, metrics)
         self.monitor = monitor
         self.enforcer = enforcer
-        self.metrics = metrics
         self.on_action = on_action
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
-        self._thread = threading.Thread(target=self._run, name="antidistill-monitor", daemon=True)
-        self._stopping = threading.Event()
 
-    def start(self) -> None:
-        self._thread.start()
+    def process(self, items: list[tuple[AuditEntry, dict[str, Any]]]) -> None:
+        self._process_batch(items)
 
-    def submit(self, entry: AuditEntry, account: Account) -> bool:
-        """Queue one audited exchange; never blocks. ``False`` (and counted) when the queue is full."""
-        try:
-            self._queue.put_nowait((entry, dict(account.metadata or {})))
-        except queue.Full:
-            self.metrics.dropped.inc()
-            return False
-        self.metrics.queued.inc()
-        self.metrics.depth.set(self._queue.qsize())
-        return True
-
-    def _run(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            # take what else is waiting, up to a batch: under load the monitor hashes a batch's prompts at once
-            while len(items) < WORKER_BATCH:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = False
-            try:
-                work = []
-                for item in items:
-                    if item is STOP:
-                        stop = True
-                    else:
-                        work.append(item)
-                self._process_batch(work)
-                if not stop and self._queue.empty():
-                    self._flush()
-            finally:
-                for _ in items:
-                    self._queue.task_done()
-                self.metrics.depth.set(self._queue.qsize())
-            if stop:
-                return
+    def caught_up(self) -> None:
+        self._flush()
 
     def _flush(self) -> None:
         # A monitor that batches its scores (pipeline.Monitor) is flushed whenever the worker catches up: under
@@ -260,19 +225,6 @@ class MonitorWorker:
             if outcome.applied:
                 self.metrics.actions.labels(outcome.action).inc()
                 self.on_action(a.account_id)
-
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued exchange was processed (tests, shutdown); ``False`` on timeout."""
-        return wait_drained(self._queue, timeout, poll=0.005)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Process what is queued (up to ``timeout``), then end the thread."""
-        if not stop_worker(self._queue, self._thread, timeout):
-            log.warning(
-                "the monitor worker did not finish within %.0f s; %d exchanges left unscored",
-                timeout,
-                self._queue.qsize(),
-            )
 
 
 #: builds a gateway's stream publisher and enforcement listener from its metrics and its cache's invalidate

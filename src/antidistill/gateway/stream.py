@@ -14,15 +14,14 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from antidistill.gateway.worker import STOP, stop_worker, wait_drained
+from antidistill.gateway.worker import ExchangeQueue
 from antidistill.monitor.api import ExchangeEvent
 from antidistill.monitor.stream import FIELD, redis_client, safe_url
-from antidistill.store.api import Account, AuditEntry
+from antidistill.store.api import AuditEntry
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ PUBLISH_BATCH = 256
 RETRY_PAUSE_S = 1.0
 
 
-class StreamPublisher:
+class StreamPublisher(ExchangeQueue):
     """Publishes audited exchanges to the monitor's stream from one background thread.
 
     Args:
@@ -45,44 +44,15 @@ class StreamPublisher:
     """
 
     def __init__(self, client: Any, stream: str, maxlen: int, maxsize: int, metrics: Any) -> None:
+        super().__init__("antidistill-publisher", maxsize, PUBLISH_BATCH, metrics)
         self.redis = client
         self.stream = stream
         self.maxlen = maxlen
-        self.metrics = metrics
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
-        self._thread = threading.Thread(target=self._run, name="antidistill-publisher", daemon=True)
         self._stopping = threading.Event()
         self._failing = False
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, entry: AuditEntry, account: Account) -> bool:
-        """Queue one audited exchange; never blocks. ``False`` (and counted) when the queue is full."""
-        try:
-            self._queue.put_nowait((entry, dict(account.metadata or {})))
-        except queue.Full:
-            self.metrics.dropped.inc()
-            return False
-        self.metrics.queued.inc()
-        return True
-
-    def _run(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            while len(items) < PUBLISH_BATCH:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._publish([i for i in items if i is not STOP])
-            finally:
-                for _ in items:
-                    self._queue.task_done()
-                self.metrics.depth.set(self._queue.qsize())
-            if any(i is STOP for i in items):
-                return
+    def process(self, items: list[tuple[AuditEntry, dict[str, Any]]]) -> None:
+        self._publish(items)
 
     def _publish(self, items: list[tuple[AuditEntry, dict[str, Any]]]) -> None:
         if not items:
@@ -114,14 +84,9 @@ class StreamPublisher:
         self._failing = False
         self.metrics.published.inc(len(lines))
 
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued exchange was written (or given up); ``False`` on timeout."""
-        return wait_drained(self._queue, timeout, poll=0.002)
-
     def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        if not stop_worker(self._queue, self._thread, timeout):
-            log.warning("the stream publisher did not finish; %d exchanges left unpublished", self._queue.qsize())
+        self._stopping.set()  # no pause after a failure from here on
+        super().stop(timeout)
         self.redis.close()
 
 

@@ -172,9 +172,8 @@ class StreamMonitor:
         start, n, seen = "-", 0, set()
         while True:
             entries = self.redis.xrange(self.stream, min=start, max=last, count=self.count)
-            self._prepare(entries)
-            for entry_id, fields in entries:
-                self._handle(entry_id, fields, effects=entry_id in pending)
+            for entry_id, event in self._read(entries):
+                self._handle(entry_id, event, effects=entry_id in pending)
                 if entry_id in pending:
                     self._unacked.append(entry_id)
                     seen.add(entry_id)
@@ -219,9 +218,8 @@ class StreamMonitor:
             self.group, self.consumer, {self.stream: ">"}, count=self.count, block=self.block_ms
         )
         entries = reply[0][1] if reply else []
-        self._prepare(entries)
-        for entry_id, fields in entries:
-            self._handle(entry_id, fields, effects=True)
+        for entry_id, event in self._read(entries):
+            self._handle(entry_id, event, effects=True)
             self._unacked.append(entry_id)
         self._ack()
         return len(entries)
@@ -251,24 +249,24 @@ class StreamMonitor:
         self._stop.set()
 
     # ---- one entry ----------------------------------------------------------------------------------------
-    def _prepare(self, entries: list[tuple[str, dict[str, str]]]) -> None:
-        prepare = getattr(self.monitor, "prepare", None)
-        if prepare is None or len(entries) < 2:
-            return
-        events = []
-        for _, fields in entries:
+    def _read(self, entries: list[tuple[str, dict[str, str]]]) -> list[tuple[str, ExchangeEvent | None]]:
+        """Each entry's event (``None``: malformed, logged and counted), after :meth:`Monitor.prepare` on them all
+        (a cache warm-up only: the scores are the same without it)."""
+        out: list[tuple[str, ExchangeEvent | None]] = []
+        for entry_id, fields in entries:
             try:
-                events.append(ExchangeEvent.from_json(fields.get(FIELD, "")))
-            except InputError:
-                continue
-        prepare(events)  # a cache warm-up only: the scores are the same without it
+                out.append((entry_id, ExchangeEvent.from_json(fields.get(FIELD, ""))))
+            except InputError as exc:
+                self.stats.malformed += 1
+                log.error("stream entry %s skipped: %s", entry_id, exc)
+                out.append((entry_id, None))
+        prepare = getattr(self.monitor, "prepare", None)
+        if prepare is not None and len(out) > 1:
+            prepare([ev for _, ev in out if ev is not None])
+        return out
 
-    def _handle(self, entry_id: str, fields: dict[str, str], *, effects: bool) -> None:
-        try:
-            event = ExchangeEvent.from_json(fields.get(FIELD, ""))
-        except InputError as exc:
-            self.stats.malformed += 1
-            log.error("stream entry %s skipped: %s", entry_id, exc)
+    def _handle(self, entry_id: str, event: ExchangeEvent | None, *, effects: bool) -> None:
+        if event is None:
             return
         rises = list(self.monitor.observe(event))
         flush = getattr(self.monitor, "flush", None)
