@@ -328,3 +328,25 @@ def test_events_round_trip_as_json():
     ev = next(plan_events(hydra_plan()))
     line = ev.to_json()
     assert ExchangeEvent.from_json(line) == ev and "api_key" not in json.loads(line)
+
+
+def test_monitor_run_without_its_redis_is_one_clear_error(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from antidistill.cli import monitor as monitor_cli
+    from antidistill.errors import ConfigError
+    from antidistill.settings import get_settings
+
+    monkeypatch.setenv("ANTIDISTILL_ENV", "test")
+    monkeypatch.setenv("ANTIDISTILL_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        url = "redis://:s3cret-password@127.0.0.1:1/0"
+        r = CliRunner().invoke(monitor_cli.monitor_app, ["run", "--stream-url", url])
+        assert isinstance(r.exception, ConfigError)
+        assert "cannot reach the monitor stream's Redis at redis://:***@127.0.0.1:1/0" in str(r.exception)
+        assert "s3cret" not in str(r.exception)
+        r = CliRunner().invoke(monitor_cli.monitor_app, ["run"])
+        assert isinstance(r.exception, ConfigError) and "--stream-url" in str(r.exception)
+    finally:
+        get_settings.cache_clear()
