@@ -23,12 +23,12 @@ from typing import Any
 import httpx
 import pytest
 
-from antidistill.monitor.actions import Enforcer, is_action_record
+from antidistill.monitor.actions import Enforcer, is_action_record, new_alert_id
 from antidistill.monitor.api import Assessment, ExchangeEvent
 from antidistill.monitor.pipeline import Monitor
 from antidistill.monitor.policy import Policy
 from antidistill.monitor.score import Scorer
-from antidistill.monitor.stream import FIELD, StreamMonitor, redis_client
+from antidistill.monitor.stream import FIELD, StreamMonitor, effect_key, redis_client
 from antidistill.monitor.train import plan_events
 from antidistill.settings import Settings
 from antidistill.simulate.driver import account_metadata
@@ -242,20 +242,33 @@ def test_kill_9_mid_stream_loses_nothing_and_acts_once(tmp_path, pg_url, stream,
     }
     cmd = [sys.executable, "-m", "antidistill", "monitor", "run", "--exit-when-idle"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store = Store.open(pg_url, gateway_settings(tmp_path))
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             groups = r.xinfo_groups(stream)
-            if groups and groups[0]["pending"] > 0 and groups[0]["entries-read"] > 256:
-                break  # a batch read, not acknowledged: some of its effects may be committed
+            read = groups[0]["entries-read"] or 0 if groups else 0
+            # a batch read and not acknowledged, more to come; best after its first effect is committed
+            if groups and groups[0]["pending"] > 0 and read < len(events) and (read > 2048 or store.list_alerts()):
+                break
             time.sleep(0.001)
         assert proc.poll() is None, "the service finished before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        killed_at = r.xinfo_groups(stream)[0]
+        assert 0 < killed_at["entries-read"] < len(events) and killed_at["pending"] > 0
+        # the effects committed for entries that were never acknowledged: the restart must find each, not redo it
+        pending = [p["message_id"].decode() for p in r.xpending_range(stream, GROUP, "-", "+", len(events))]
+        alerts = store.list_alerts()
+        committed = {a.id for a in alerts}
+        in_flight = sum(
+            new_alert_id(effect_key(stream, entry_id, a.account_id, a.level)) in committed
+            for entry_id in pending
+            for a in alerts
+        )
     finally:
         proc.kill()
-    killed_at = r.xinfo_groups(stream)[0]
-    assert 0 < killed_at["entries-read"] < len(events) and killed_at["pending"] > 0
+        store.close()
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -263,6 +276,7 @@ def test_kill_9_mid_stream_loses_nothing_and_acts_once(tmp_path, pg_url, stream,
     assert r.xinfo_groups(stream)[0]["entries-read"] == len(events)
     summary = done.stdout.strip().splitlines()[-1]
     assert f"scored {len(events)} events" in summary, summary  # the replay and the rest: all of them
+    assert f"{in_flight} repeated effects skipped" in summary, summary
 
     store = Store.open(pg_url, gateway_settings(tmp_path))
     try:
