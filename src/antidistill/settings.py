@@ -101,7 +101,17 @@ class Settings(BaseSettings):
             the gateway's monitor or a batch ``antidistill monitor scan`` set it.
         enforcement_ttl: seconds the gateway trusts its cached enforcement state before reading it again (replicas
             sharing one database agree within this time).
-        monitor_queue_size: exchanges waiting for the monitor worker; beyond it they are dropped and counted.
+        monitor_queue_size: exchanges waiting for the monitor worker (or, in ``stream`` mode, for the publisher);
+            beyond it they are dropped and counted.
+        monitor_mode: ``embedded`` (the default): each gateway scores its own traffic in process (with
+            ``monitor`` on); ``stream``: gateways publish every audited exchange to a Redis Stream and one
+            ``antidistill monitor run`` service scores and enforces for all replicas
+            (:mod:`antidistill.monitor.stream`).
+        monitor_stream_url: the Redis of the stream (default: ``redis_url``).
+        monitor_stream: the stream's key; its enforcement channel is ``<key>:enforcement``.
+        monitor_group: the consumer group of ``monitor run`` on the stream.
+        monitor_stream_maxlen: entries the stream keeps (approximately; the oldest are trimmed). ``monitor run``
+            rebuilds its state after a restart by replaying the stream, so this is also how far back that reaches.
         watermark: mark completions with the account's and the provider's keys (off only to host a model as
             someone else would, e.g. the red team serving a distilled student for a closed-model scan).
         watermark_scheme, watermark_gamma, watermark_delta, watermark_context_width, watermark_provider_fraction,
@@ -177,6 +187,11 @@ class Settings(BaseSettings):
     enforcement: bool = True
     enforcement_ttl: float = Field(default=2.0, ge=0.0, le=3600.0)
     monitor_queue_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    monitor_mode: Literal["embedded", "stream"] = "embedded"
+    monitor_stream_url: str | None = None
+    monitor_stream: str = Field(default="antidistill:monitor:events", min_length=1, max_length=200)
+    monitor_group: str = Field(default="antidistill-monitor", min_length=1, max_length=200)
+    monitor_stream_maxlen: int = Field(default=10_000_000, ge=1000, le=1_000_000_000)
 
     @field_validator("data_dir", "cache_dir", mode="after")
     @classmethod
@@ -218,9 +233,19 @@ class Settings(BaseSettings):
                 "ANTIDISTILL_ACCEPT_CLIENT_CLOCK lets clients set the audit log's timestamps; it is for simulations "
                 "only and refused when ANTIDISTILL_ENV is prod (use dev or test)"
             )
+        if self.monitor_mode == "stream" and not self.stream_url:
+            raise ValueError(
+                "ANTIDISTILL_MONITOR_MODE=stream needs a Redis: set ANTIDISTILL_MONITOR_STREAM_URL "
+                "(or ANTIDISTILL_REDIS_URL), e.g. redis://127.0.0.1:6379/0"
+            )
         if any(v is not None for v in self._watermark_params().values()):
             self.watermark_config()  # refused here, at startup, rather than at the first request
         return self
+
+    @property
+    def stream_url(self) -> str | None:
+        """The Redis of the monitor's stream: ``monitor_stream_url``, else ``redis_url``."""
+        return self.monitor_stream_url or self.redis_url
 
     def _watermark_params(self) -> dict[str, Any]:
         return {

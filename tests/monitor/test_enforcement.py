@@ -32,21 +32,10 @@ from antidistill.monitor.api import Assessment
 from antidistill.monitor.policy import Policy
 from antidistill.settings import get_settings
 from antidistill.store.sql import Store
-from tests.gateway.conftest import ADMIN_TOKEN, MASTER_KEY, POSTGRES_URL, gateway_settings, postgres_or_skip
+from tests.gateway.conftest import ADMIN_TOKEN, MASTER_KEY, gateway_settings
+from tests.monitor.conftest import CLAUSE_41, POLICY
 from tests.monitor.doubles import BatchingMonitor, BlockingMonitor, CountingMonitor, RaisingMonitor, scan_with
 
-POLICY = """
-version: 1
-name: Test terms
-clauses:
-  - {id: "4.1", title: Distillation, text: "You may not use outputs of the Services to train a competing model."}
-  - {id: "4.2", title: Bulk extraction, text: "You may not extract outputs in bulk by automated means."}
-rules:
-  - {level: watch, action: flag, clause: "4.2"}
-  - {level: alert, action: throttle, clause: "4.2", rpm: 2}
-  - {level: severe, action: block, clause: "4.1"}
-"""
-CLAUSE_41 = "You may not use outputs of the Services to train a competing model."
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
@@ -56,13 +45,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture
-def policy_file(tmp_path) -> Path:
-    p = tmp_path / "policy.yaml"
-    p.write_text(POLICY)
-    return p
 
 
 @contextmanager
@@ -252,22 +234,6 @@ def test_enforcement_without_the_monitor_and_its_ttl(tmp_path, store, policy_fil
                 break
             assert time.monotonic() < deadline, "the block never reached the gateway"
             time.sleep(0.05)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    from sqlalchemy.engine import make_url
-
-    conn = postgres_or_skip()
-    schema = f"mon_{uuid.uuid4().hex[:12]}"
-    conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield (
-        make_url(POSTGRES_URL)
-        .update_query_dict({"options": f"-csearch_path={schema}"})
-        .render_as_string(hide_password=False)
-    )
-    conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    conn.close()
 
 
 def test_two_replicas_on_one_postgresql_database_agree(tmp_path, pg_url, policy_file):

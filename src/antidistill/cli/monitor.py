@@ -252,6 +252,84 @@ def scan(
     )
 
 
+@monitor_app.command("run")
+def run(
+    policy_file: PolicyOpt = None,
+    database_url: DbOpt = None,
+    stream_url: Annotated[
+        str | None,
+        typer.Option(
+            "--stream-url",
+            help="Redis of the stream (default: ANTIDISTILL_MONITOR_STREAM_URL, else ANTIDISTILL_REDIS_URL).",
+            show_default=False,
+        ),
+    ] = None,
+    stream: Annotated[
+        str | None,
+        typer.Option("--stream", help="Stream key (default: ANTIDISTILL_MONITOR_STREAM).", show_default=False),
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option("--group", help="Consumer group (default: ANTIDISTILL_MONITOR_GROUP).", show_default=False),
+    ] = None,
+    consumer: Annotated[
+        str | None, typer.Option("--consumer", help="Consumer name (default: host-pid).", show_default=False)
+    ] = None,
+    exit_when_idle: Annotated[
+        bool, typer.Option("--exit-when-idle", help="Stop once the stream is consumed (batch runs, measurements).")
+    ] = False,
+) -> None:
+    """The monitor as a service: score the gateways' exchange stream and enforce the policy for every replica.
+
+    Gateways publish with ANTIDISTILL_MONITOR_MODE=stream. Entries are acknowledged after their effects are
+    committed; after a restart the state is rebuilt from the stream and pending entries are processed again, their
+    effects at most once. Runs until SIGTERM or Ctrl-C.
+    """
+    # the parts load when the command runs, not for --help (see antidistill.cli)
+    import signal
+    import time
+
+    from antidistill.errors import ConfigError
+    from antidistill.monitor.actions import Enforcer
+    from antidistill.monitor.stream import StreamMonitor, default_consumer, redis_client, safe_url
+
+    settings = _settings()
+    url = stream_url or settings.stream_url
+    if not url:
+        raise ConfigError("monitor run needs the stream's Redis: --stream-url or ANTIDISTILL_MONITOR_STREAM_URL")
+    policy = _policy(policy_file)
+    client = redis_client(url)
+    try:
+        client.ping()
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot reach the monitor stream's Redis at {safe_url(url)} ({type(exc).__name__})"
+        ) from None
+    with _open(database_url) as store:
+        monitor, _ = _monitor_parts(settings)
+        service = StreamMonitor(
+            client,
+            stream or settings.monitor_stream,
+            group or settings.monitor_group,
+            consumer or default_consumer(),
+            monitor,
+            Enforcer(store, policy),
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: service.stop())
+        err.print(f"monitor consuming {service.stream} as {service.group}/{service.consumer}", markup=False)
+        started = time.perf_counter()
+        stats = service.run(exit_when_idle=exit_when_idle)
+        took = time.perf_counter() - started
+    client.close()
+    out.print(
+        f"scored {stats.events} events ({stats.replayed} replayed, {stats.malformed} malformed) in {took:.1f} s "
+        f"({stats.events / max(took, 1e-9):.0f} events/s); {stats.actions} actions, {stats.alerts} alerts, "
+        f"{stats.duplicates} repeated effects skipped",
+        markup=False,
+    )
+
+
 @monitor_app.command("clear")
 def clear(
     account_id: Annotated[str, typer.Argument(help="Account id (acct_…).")],

@@ -129,9 +129,10 @@ def create_app(
             gw.store = await run_in_threadpool(open_store, settings)
         if own_limiter:
             gw.limiter = make_limiter(settings)
-        if monitor is not None or settings.monitor or settings.enforcement:
+        streamed = settings.monitor_mode == "stream"
+        if monitor is not None or settings.monitor or settings.enforcement or streamed:
             feed = monitor
-            if feed is None and settings.monitor:
+            if feed is None and settings.monitor and not streamed:  # streamed: `monitor run` scores
                 feed = await run_in_threadpool(load_monitor, settings)
             gw.monitoring = Monitoring.from_settings(settings, gw.store, gw.metrics.registry, monitor=feed)
             gw.monitoring.start()

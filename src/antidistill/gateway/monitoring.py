@@ -14,12 +14,14 @@ Two halves, kept apart on purpose:
   transaction) and drops the account's cached state so the action holds from its next request. A full queue
   drops the event (``antidistill_monitor_events_dropped_total``) rather than slow a request; a monitor that
   raises is logged and counted (``antidistill_monitor_errors_total``) and never reaches a client.
+* **Or publishing** (``ANTIDISTILL_MONITOR_MODE=stream``): the exchange goes to the monitor service's Redis Stream
+  instead (:mod:`antidistill.gateway.stream`, :mod:`antidistill.monitor.stream`), and the service's notifications
+  drop an account's cached state as soon as its enforcement changes.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -41,10 +43,12 @@ from antidistill.gateway.limits import (
     RedisLimiter,
     Reservation,
 )
-from antidistill.gateway.worker import STOP, stop_worker, wait_drained
+from antidistill.gateway.stream import EnforcementListener, StreamPublisher, stream_parts
+from antidistill.gateway.worker import ExchangeQueue
 from antidistill.monitor.actions import Enforcer, MonitorLike
 from antidistill.monitor.api import Assessment, ExchangeEvent
 from antidistill.monitor.policy import Policy
+from antidistill.monitor.stream import enforcement_channel
 from antidistill.settings import Settings
 from antidistill.store.api import Account, AuditEntry, Enforcement, EnforcementStore
 
@@ -85,6 +89,16 @@ class MonitorMetrics:
         )
         self.depth = Gauge(
             "antidistill_monitor_queue_depth", "Exchanges waiting for the monitor worker.", registry=registry
+        )
+        self.published = Counter(
+            "antidistill_monitor_events_published",
+            "Exchanges published to the monitor's stream (ANTIDISTILL_MONITOR_MODE=stream).",
+            registry=registry,
+        )
+        self.unpublished = Counter(
+            "antidistill_monitor_events_unpublished",
+            "Exchanges not published to the monitor's stream because Redis failed (they are in the audit log).",
+            registry=registry,
         )
 
 
@@ -132,7 +146,7 @@ class EnforcementCache:
                 self._entries.pop(account_id, None)
 
 
-class MonitorWorker:
+class MonitorWorker(ExchangeQueue):
     """One thread that feeds exchanges to the monitor and applies the policy to what it answers.
 
     Args:
@@ -151,54 +165,17 @@ class MonitorWorker:
         maxsize: int,
         on_action: Callable[[str], None] = lambda _a: None,
     ) -> None:
+        # under load the monitor hashes a batch's prompts at once
+        super().__init__("antidistill-monitor", maxsize, WORKER_BATCH, metrics)
         self.monitor = monitor
         self.enforcer = enforcer
-        self.metrics = metrics
         self.on_action = on_action
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
-        self._thread = threading.Thread(target=self._run, name="antidistill-monitor", daemon=True)
-        self._stopping = threading.Event()
 
-    def start(self) -> None:
-        self._thread.start()
+    def process(self, items: list[tuple[AuditEntry, dict[str, Any]]]) -> None:
+        self._process_batch(items)
 
-    def submit(self, entry: AuditEntry, account: Account) -> bool:
-        """Queue one audited exchange; never blocks. ``False`` (and counted) when the queue is full."""
-        try:
-            self._queue.put_nowait((entry, dict(account.metadata or {})))
-        except queue.Full:
-            self.metrics.dropped.inc()
-            return False
-        self.metrics.queued.inc()
-        self.metrics.depth.set(self._queue.qsize())
-        return True
-
-    def _run(self) -> None:
-        while True:
-            items = [self._queue.get()]
-            # take what else is waiting, up to a batch: under load the monitor hashes a batch's prompts at once
-            while len(items) < WORKER_BATCH:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = False
-            try:
-                work = []
-                for item in items:
-                    if item is STOP:
-                        stop = True
-                    else:
-                        work.append(item)
-                self._process_batch(work)
-                if not stop and self._queue.empty():
-                    self._flush()
-            finally:
-                for _ in items:
-                    self._queue.task_done()
-                self.metrics.depth.set(self._queue.qsize())
-            if stop:
-                return
+    def caught_up(self) -> None:
+        self._flush()
 
     def _flush(self) -> None:
         # A monitor that batches its scores (pipeline.Monitor) is flushed whenever the worker catches up: under
@@ -249,18 +226,9 @@ class MonitorWorker:
                 self.metrics.actions.labels(outcome.action).inc()
                 self.on_action(a.account_id)
 
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued exchange was processed (tests, shutdown); ``False`` on timeout."""
-        return wait_drained(self._queue, timeout, poll=0.005)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Process what is queued (up to ``timeout``), then end the thread."""
-        if not stop_worker(self._queue, self._thread, timeout):
-            log.warning(
-                "the monitor worker did not finish within %.0f s; %d exchanges left unscored",
-                timeout,
-                self._queue.qsize(),
-            )
+#: builds a gateway's stream publisher and enforcement listener from its metrics and its cache's invalidate
+StreamFactory = Callable[[MonitorMetrics, Callable[[str | None], None]], tuple[StreamPublisher, EnforcementListener]]
 
 
 def _clause_words(policy: Policy, e: Enforcement) -> str:
@@ -281,6 +249,8 @@ class Monitoring:
         ttl: seconds the enforcement cache trusts a state.
         queue_size: the worker's queue bound.
         throttle_limiter: the limiter of throttled accounts (default: in process).
+        stream: with ``ANTIDISTILL_MONITOR_MODE=stream``, the publisher and the enforcement listener
+            (:func:`~antidistill.gateway.stream.stream_parts` builds them; their callbacks are this object's).
     """
 
     def __init__(
@@ -293,6 +263,7 @@ class Monitoring:
         ttl: float = 2.0,
         queue_size: int = 10_000,
         throttle_limiter: RateLimiter | None = None,
+        stream: StreamFactory | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -306,6 +277,10 @@ class Monitoring:
             if monitor is not None
             else None
         )
+        self.publisher: StreamPublisher | None = None
+        self.listener: EnforcementListener | None = None
+        if stream is not None:
+            self.publisher, self.listener = stream(self.metrics, self.cache.invalidate)
 
     @classmethod
     def from_settings(
@@ -320,6 +295,23 @@ class Monitoring:
         limiter = (
             RedisLimiter(settings.redis_url, f"{settings.rate_limit_prefix}:throttle") if settings.redis_url else None
         )
+        stream: StreamFactory | None = None
+        url = settings.stream_url
+        if settings.monitor_mode == "stream" and url:
+
+            def stream(
+                metrics: MonitorMetrics, on_change: Callable[[str | None], None]
+            ) -> tuple[StreamPublisher, EnforcementListener]:
+                return stream_parts(
+                    url,
+                    settings.monitor_stream,
+                    enforcement_channel(settings.monitor_stream),
+                    settings.monitor_stream_maxlen,
+                    settings.monitor_queue_size,
+                    metrics,
+                    on_change,
+                )
+
         return cls(
             store,
             policy,
@@ -328,15 +320,18 @@ class Monitoring:
             ttl=settings.enforcement_ttl,
             queue_size=settings.monitor_queue_size,
             throttle_limiter=limiter,
+            stream=stream,
         )
 
     def start(self) -> None:
-        if self.worker is not None:
-            self.worker.start()
+        for part in (self.worker, self.publisher, self.listener):
+            if part is not None:
+                part.start()
 
     async def aclose(self) -> None:
-        if self.worker is not None:
-            await run_in_threadpool(self.worker.stop)
+        for part in (self.worker, self.publisher, self.listener):
+            if part is not None:
+                await run_in_threadpool(part.stop)
         await self.throttle_limiter.aclose()
 
     # ---- the request path ---------------------------------------------------------------------------
@@ -392,18 +387,23 @@ class Monitoring:
             log.warning("throttle settlement failed", exc_info=True)
 
     def observe(self, entry: AuditEntry, account: Account) -> None:
-        """Hand an audited exchange to the monitor worker (never blocks, never raises)."""
-        if self.worker is None:
-            return
-        try:
-            self.worker.submit(entry, account)
-        except Exception:  # the request was served and recorded; scoring is best effort
-            log.warning("cannot queue exchange %s for the monitor", entry.response_id, exc_info=True)
+        """Hand an audited exchange to the monitor worker and/or the stream publisher (never blocks, never
+        raises)."""
+        for part in (self.worker, self.publisher):
+            if part is None:
+                continue
+            try:
+                part.submit(entry, account)
+            except Exception:  # the request was served and recorded; scoring is best effort
+                log.warning("cannot queue exchange %s for the monitor", entry.response_id, exc_info=True)
 
     def clear(self, account_id: str, by: str = "admin") -> Enforcement | None:
-        """Lift an account's enforcement (with its audit record) and forget the cached state."""
+        """Lift an account's enforcement (with its audit record) and forget the cached state (on every replica
+        that listens to the monitor service's channel)."""
         lifted = self.enforcer.clear(account_id, by)
         self.cache.invalidate(account_id)
+        if self.listener is not None:
+            self.listener.notify(account_id)
         return lifted
 
 

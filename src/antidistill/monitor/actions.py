@@ -28,6 +28,7 @@ Readers of the log that want exchanges only skip them with :func:`is_action_reco
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -91,8 +92,12 @@ def _is_exchange(record: AuditRecord | Mapping[str, Any]) -> bool:
     return not is_action_record(record) and not is_pending_record(record)
 
 
-def new_alert_id() -> str:
-    return "alert_" + secrets.token_hex(12)
+def new_alert_id(key: str | None = None) -> str:
+    """A fresh alert id, or (with ``key``) the one id of the effect keyed ``key``: the same key always gives the
+    same id, which the store holds once (its primary key), so an effect applied twice is stored once."""
+    if key is None:
+        return "alert_" + secrets.token_hex(12)
+    return "alert_" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def action_entry(
@@ -154,8 +159,10 @@ class Outcome:
         assessment: the monitor's assessment.
         decision: the policy's decision (``None``: no rule applies).
         applied: the decision escalated the account's enforcement and is now in force.
-        alert: the stored alert (``None`` for level ``none``, a dry run, or a repeat of the last alert).
+        alert: the stored alert (``None`` for level ``none``, a dry run, or a repeat of the last alert; with a
+            ``key``, the alert stored before).
         audit_seq: the action's audit record (``None`` unless applied).
+        duplicate: the effect keyed so was committed before (:meth:`Enforcer.apply`'s ``key``): nothing was done.
     """
 
     assessment: Assessment
@@ -163,6 +170,7 @@ class Outcome:
     applied: bool
     alert: Alert | None = None
     audit_seq: int | None = None
+    duplicate: bool = False
 
     @property
     def action(self) -> str:
@@ -208,16 +216,26 @@ class Enforcer:
         current = self.store.get_enforcement(assessment.account_id)
         return decision, current, decision is not None and escalates(current, decision, self._clock())
 
-    def apply(self, assessment: Assessment, *, dry_run: bool = False) -> Outcome:
-        """Decide, and (unless ``dry_run``) record the alert and escalate the enforcement with its audit record."""
+    def apply(self, assessment: Assessment, *, dry_run: bool = False, key: str | None = None) -> Outcome:
+        """Decide, and (unless ``dry_run``) record the alert and escalate the enforcement with its audit record.
+
+        ``key``: an idempotency key of this effect (the monitor service passes its stream entry's id, the account
+        and the level). The alert's id derives from it, and alert, enforcement and audit record are committed in
+        one transaction, so an assessment applied again with the same key (a redelivered event) does nothing and
+        answers ``duplicate``, even if an admin cleared the account in between.
+        """
         if level_rank(assessment.level) == 0:
             return Outcome(assessment, None, False)
+        if key is not None and not dry_run:
+            done = self.store.get_alert(new_alert_id(key))
+            if done is not None:
+                return Outcome(assessment, None, False, done, done.audit_seq, duplicate=True)
         decision, current, would = self.decide(assessment)
         if dry_run:
             return Outcome(assessment, decision, would)
         now = self._clock()
         alert = Alert(
-            id=new_alert_id(),
+            id=new_alert_id(key),
             account_id=assessment.account_id,
             cluster_id=assessment.cluster_id,
             risk=float(assessment.risk),

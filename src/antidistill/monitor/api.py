@@ -8,8 +8,9 @@ dataclasses, like :mod:`antidistill.store.api`, so nothing secret or ORM-bound c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -137,6 +138,37 @@ class ExchangeEvent:
             response_id=str(record.get("response_id", "")),
             account_metadata=dict(account_metadata or {}),
         )
+
+    def to_json(self) -> str:
+        """The event as one JSON object (what a gateway publishes on the monitor's stream): every field, ``ts`` in
+        ISO-8601. Nothing secret is in an event: no API key, no key id, no completion.
+
+        >>> e = ExchangeEvent("acct_1", datetime(2026, 1, 5, tzinfo=UTC), prompt="hi")
+        >>> ExchangeEvent.from_json(e.to_json()) == e
+        True
+        """
+        d = asdict(self)
+        d["ts"] = self.ts.isoformat()
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ExchangeEvent:
+        """Read back :meth:`to_json`'s output.
+
+        Raises:
+            InputError: not such an object (the message says what is wrong, never the content).
+        """
+        try:
+            d = json.loads(text)
+            if not isinstance(d, dict) or not isinstance(d.get("account_id"), str):
+                raise ValueError("not an exchange event")
+            unknown = set(d) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"unknown fields {sorted(unknown)}")
+            d["ts"] = _as_utc(d["ts"])
+            return cls(**d)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InputError(f"malformed exchange event: {exc}") from None
 
 
 def _read_request(req: Any) -> tuple[str, str, str, int, int | None]:

@@ -612,6 +612,13 @@ class Store:
             conn.execute(insert(monitor_alerts).values(**values))
         return _alert(_Row(values))
 
+    def get_alert(self, alert_id: str) -> Alert | None:
+        """One alert by its id (``None``: no such alert); how the monitor service finds an effect it already
+        committed."""
+        with self._read() as conn:
+            row = conn.execute(select(monitor_alerts).where(monitor_alerts.c.id == alert_id)).one_or_none()
+        return None if row is None else _alert(row)
+
     def list_alerts(
         self, account_id: str | None = None, since: datetime | None = None, limit: int | None = None
     ) -> list[Alert]:
