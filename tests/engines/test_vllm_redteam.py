@@ -75,11 +75,14 @@ def test_harvest_through_vllm_then_scan_a_reseller(gateway, tmp_path, model_cach
     res = cli(data, cache, "detect", "--jsonl", str(out), "--field", "response", *candidates)
     assert res.returncode == 0, res.stderr
     lines = [json.loads(x) for x in res.stdout.splitlines() if x.strip()]
-    assert len(lines) == PROMPTS and not any("error" in x for x in lines)
-    long = [x for x in lines if x["total_tokens"] >= 64]
-    assert len(long) >= PROMPTS // 2, [x["total_tokens"] for x in lines]
+    assert len(lines) == PROMPTS
+    # a short answer is refused as too short to test (a lack of power, reported on its line), never another error
+    assert all("too short to test" in x["error"] for x in lines if "error" in x), lines
+    tested = [x for x in lines if "error" not in x]
+    long = [x for x in tested if x["total_tokens"] >= 64]
+    assert len(long) >= PROMPTS // 2, [x.get("total_tokens") for x in lines]
     assert all(x["watermarked"] for x in long), [x["p_value"] for x in long]
-    assert {x["account"] for x in lines} <= {harvester, None}  # never another account
+    assert {x["account"] for x in tested} <= {harvester, None}  # never another account
     named = sum(x["account"] == harvester for x in long)
     assert named >= 0.6 * len(long), f"{named} of {len(long)} attributed one by one"
 
