@@ -49,3 +49,18 @@ class MissingExtraError(AntidistillError, ModuleNotFoundError):
 
     def __reduce__(self) -> tuple[type[MissingExtraError], tuple[str, str | None, str | None, str | None]]:
         return type(self), (self.extra, self.name, self.what, self.install)
+
+
+def retry_after(exc: object) -> float | None:
+    """The wait, in seconds, that a refused HTTP request asks for (an ``openai`` SDK error's response headers:
+    ``retry-after-ms``, else ``retry-after``), or ``None`` when it names none."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(float(value) * scale, 0.0)
+        except ValueError:
+            continue
+    return None

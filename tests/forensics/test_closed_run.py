@@ -231,3 +231,19 @@ def test_the_prompt_pool_adds_prompts_of_the_harvested_domains():
     assert out == ["Harvested?", *pool]  # harvested first, each prompt once
     with pytest.raises(InputError, match="prompt pool"):
         with_prompt_pool([], -1)
+
+
+def test_retry_after_reads_either_header():
+    # the wait a 429 names, in seconds: retry-after-ms first, else retry-after (the scan and the harvester share it)
+    from types import SimpleNamespace
+
+    from antidistill.errors import retry_after
+
+    def refused(headers):
+        return SimpleNamespace(response=SimpleNamespace(headers=headers))
+
+    assert retry_after(refused({"retry-after": "7"})) == 7.0
+    assert retry_after(refused({"retry-after-ms": "250", "retry-after": "7"})) == 0.25
+    assert retry_after(refused({"retry-after-ms": "soon", "retry-after": "3"})) == 3.0
+    assert retry_after(refused({"retry-after": "-4"})) == 0.0
+    assert retry_after(refused({})) is None and retry_after(ValueError("no response")) is None

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
-from antidistill.errors import InputError
+from antidistill.errors import InputError, retry_after
 from antidistill.files import private_dir, private_file
 
 log = logging.getLogger(__name__)
@@ -151,18 +151,6 @@ class AnswerCache:
             if rec.get("endpoint") == endpoint:
                 names.append(rec.get("model"))
         return list(dict.fromkeys(n for n in names if n))
-
-
-def retry_after(exc: Any) -> float | None:
-    """The wait an HTTP 429 asks for (``retry-after-ms`` or ``retry-after`` in seconds), if it names one."""
-    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        value = headers.get(name)
-        try:
-            return max(float(value) * scale, 0.0) if value is not None else None
-        except ValueError:
-            continue
-    return None
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 
 import openai
 
-from antidistill.errors import InputError
+from antidistill.errors import InputError, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -235,26 +235,6 @@ class HarvestResult:
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def _retry_after(exc: Any) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return float(value) / 1000.0
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
-
-
 class _Fatal(Exception):
     """An error no retry can fix (refused key, bad request): stops the whole harvest."""
 
@@ -336,7 +316,7 @@ class Harvester:
             except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
                 if attempt >= self.max_retries:
                     raise
-                wait_s = _retry_after(exc)
+                wait_s = retry_after(exc)
                 if wait_s is None:  # exponential backoff with jitter: 0.5, 1, 2, 4 ... s
                     wait_s = 0.5 * 2**attempt * (0.5 + random.random())
                 attempt += 1
