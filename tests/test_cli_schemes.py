@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from antidistill.cli.commands import SCHEME_HELP
+from antidistill.cli.options import SCHEME_HELP
 from antidistill.watermark.schemes import scheme_names
 
 from .test_cli import HUMAN, assert_one_line_error, master_key, run  # noqa: F401  (master_key: an autouse fixture)
@@ -142,3 +142,26 @@ def test_detect_reads_vllm_marks_with_its_integer_key(capsys, human_file, shared
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["config"]["key_b_probability"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("scheme", "needle"),
+    [("nope", "ANTIDISTILL_WATERMARK_SCHEME must be one of"), ("vllm-gumbel", "read-only interoperability member")],
+)
+def test_serve_refuses_a_bad_watermark_scheme_in_one_line(capsys, scheme, needle):
+    code, _, err = run(capsys, "serve", "--backend", "fake", "--watermark-scheme", scheme)
+    assert_one_line_error(code, err, needle)
+
+
+def test_serve_passes_its_watermark_scheme_to_the_gateway(capsys, monkeypatch):
+    import uvicorn
+
+    seen = {}
+
+    def fake_run(app, **kwargs):
+        seen["config"] = app.state.gateway.settings.watermark_config()
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    code, _, err = run(capsys, "serve", "--backend", "fake", "--watermark-scheme", "gumbel-dual")
+    assert code == 0, err
+    assert seen["config"].scheme == "gumbel-dual"

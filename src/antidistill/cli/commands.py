@@ -20,7 +20,7 @@ from rich.table import Table
 from antidistill.cli.distill import distill_app
 from antidistill.cli.model import model_app
 from antidistill.cli.monitor import monitor_app
-from antidistill.cli.options import JsonOpt
+from antidistill.cli.options import SCHEME_HELP, JsonOpt
 from antidistill.cli.scan import scan
 from antidistill.cli.serve import serve
 from antidistill.cli.simulate import simulate_app
@@ -60,15 +60,6 @@ ModelOpt = Annotated[
 GammaOpt = Annotated[float | None, typer.Option("--gamma", help="Green-list fraction (default 0.25).")]
 DeltaOpt = Annotated[float | None, typer.Option("--delta", help="Green logit bias (default 3.0).")]
 WidthOpt = Annotated[int | None, typer.Option("--context-width", help="Context tokens seeding the list, 1-4.")]
-#: the scheme family's members, for --help (the registry itself loads numpy and scipy); tests keep it in step with
-#: antidistill.watermark.schemes.scheme_names(), which validates the value
-SCHEME_HELP = (
-    "Watermark scheme: antidistill-v1 (default, KGW green lists), kgw-entropy (KGW at high-entropy steps only), "
-    "gumbel (Gumbel-max sampling), gumbel-dual (dual-key Gumbel-max), tournament (SynthID-style tournament "
-    "sampling), hf-lefthash (transformers' lists), "
-    "markllm-exp (MarkLLM's EXP); read-only, to detect vLLM's native marks (its --watermark-config key is "
-    "--hashing-key): vllm-gumbel (algorithm gumbel), vllm-dual-gumbel (dual_key_gumbel)."
-)
 SchemeOpt = Annotated[str | None, typer.Option("--scheme", help=SCHEME_HELP)]
 EntropyOpt = Annotated[
     float | None,

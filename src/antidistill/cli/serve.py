@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
+from antidistill.cli.options import SCHEME_HELP
 from antidistill.errors import ConfigError
 from antidistill.extras import require
 
@@ -98,6 +99,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    watermark_scheme: Annotated[
+        str | None,
+        typer.Option(
+            "--watermark-scheme",
+            help=SCHEME_HELP.replace("Watermark scheme:", "Scheme of new completions:", 1)
+            + " (or ANTIDISTILL_WATERMARK_SCHEME). Records keep the scheme that marked them, so a change of "
+            "default leaves old ones detectable.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible gateway: watermarked completions, limits, audit log, admin API, metrics."""
     # the parts load when the command runs, not for --help (see antidistill.cli)
@@ -115,6 +125,7 @@ def serve(
         "monitor": monitor,
         "policy_file": policy,
         "watermark": watermark,
+        "watermark_scheme": watermark_scheme,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     settings = _settings(overrides)
@@ -130,10 +141,10 @@ def serve(
         Policy.load(settings.policy_file)  # a bad policy file is one line here, not a traceback at startup
     if not settings.watermark:
         typer.echo("note: watermarking is off: completions carry no mark and cannot be traced to an account")
-    if settings.monitor and workers > 1:
+    if settings.monitor and workers > 1 and settings.monitor_mode != "stream":
         typer.echo(
-            "note: with --workers > 1 each worker's monitor sees only its share of the traffic; run "
-            "`antidistill monitor scan` for the whole picture",
+            "note: with --workers > 1 each worker's monitor sees only its share of the traffic; set "
+            "ANTIDISTILL_MONITOR_MODE=stream and run `antidistill monitor run` for one monitor of all of it",
             err=True,
         )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
