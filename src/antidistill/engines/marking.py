@@ -248,8 +248,11 @@ class EngineMarker:
             self._keys[request] = keys
         return keys
 
-    def row(self, params: RequestParams, prompt: Sequence[int] | None, output: Sequence[int]) -> Row:
-        """The record of a request joining the batch (checked again: the engine must never mark by guesswork)."""
+    def row(self, params: RequestParams, output: Sequence[int]) -> Row:
+        """The record of a request joining the batch (checked again: the engine must never mark by guesswork).
+
+        The prompt is not an argument: a row is marked only where its whole context lies in ``output`` (the
+        answer-context rule), so no prompt token ever seeds a mark."""
         request = check_request(params, self.config, self.allow_unmarked)
         temperature = float(params.temperature) if params.temperature >= SAMPLING_EPS else 0.0
         generator = None
@@ -273,8 +276,8 @@ class EngineMarker:
         rows = self._rows
         for index in batch_update.removed:
             rows.pop(index, None)
-        for index, params, prompt, output in batch_update.added:
-            rows[index] = self.row(params, prompt, output)
+        for index, params, _prompt, output in batch_update.added:
+            rows[index] = self.row(params, output)
         for a, b, direction in batch_update.moved:
             ra, rb = rows.pop(a, None), rows.pop(b, None)
             if ra is not None:
@@ -347,7 +350,7 @@ class SlotMarker(EngineMarker):
 
     def add(self, slot: int, params: RequestParams) -> bool:
         """A request takes ``slot`` (refused as :meth:`EngineMarker.row` refuses); whether it is marked."""
-        row = self.row(params, None, ())
+        row = self.row(params, ())
         self._slots[slot] = row
         self._bound = None
         return row.keys is not None
