@@ -35,7 +35,8 @@ def sample(
     logit_scale: float = 1.0,
 ) -> np.ndarray:
     """(batch, length) token ids; the first ``context_width`` come from ``prefix`` (or are uniform), the rest
-    are sampled with the watermark of ``account`` (+ ``provider``), or unmarked when ``account`` is None."""
+    are sampled with the watermark of ``account`` (+ ``provider``), or unmarked when ``account`` is None (a
+    green-list scheme biases the logits by delta; a sampling scheme chooses the token by its own rule)."""
     h = watermark.config.context_width
     out = np.empty((batch, length), dtype=np.int64)
     if prefix is None:
@@ -44,8 +45,16 @@ def sample(
         out[:, :h] = np.broadcast_to(np.asarray(prefix)[..., -h:], (batch, h))
     acc = np.full(batch, account.value if account else 0, dtype=U64)
     prov = np.full(batch, provider.value, dtype=U64) if provider else None
+    sampling = watermark.scheme.kind == "sample"
     for i in range(h, length):
         logits = rng.normal(0.0, logit_scale, size=(batch, vocab_size))
+        if account is not None and sampling:  # Gumbel-max and tournament: the scheme draws the token itself
+            contexts = out[:, i - h : i]
+            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs /= probs.sum(axis=1, keepdims=True)
+            keys = watermark.row_keys(contexts, acc, prov)
+            out[:, i] = watermark.scheme.choose(probs, keys, contexts, rng.random(batch))
+            continue
         if account is not None:
             mask = watermark.green_mask(out[:, i - h : i], acc, prov, vocab_size)
             logits += watermark.config.delta * mask

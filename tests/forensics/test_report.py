@@ -151,10 +151,12 @@ class Install:
             )
         )
 
-    def scan(self, marked_with: str | None, suspect: str, seed: int = 1, length: int = 800) -> dict:
+    def scan(
+        self, marked_with: str | None, suspect: str, seed: int = 1, length: int = 800, scheme: str = "antidistill-v1"
+    ) -> dict:
         """A real scan result (the scanner's own statistics) of a student that learnt ``marked_with``'s
         watermark (or of an unmarked model, None), over the three accounts' keys."""
-        config = WatermarkConfig(scheme="antidistill-v1")
+        config = WatermarkConfig(scheme=scheme)
         rng = np.random.default_rng(seed)
         wm = Watermark(config)
         if marked_with is None:
@@ -507,6 +509,42 @@ def test_scan_in_the_documented_shape(inst, tmp_path):
     assert s["controls"][0]["kind"] == "model" and not s["controls"][0]["significant"]
     assert ev["summary"]["confidence"][0]["one_in_words"] == "10^19 (a 1 followed by 19 zeros)"
     assert "sk-ad-SECRETSECRET" not in html_text + files.json.read_text()
+
+
+def test_sampling_scheme_scan_reads_as_mean_scores(inst, tmp_path):
+    """A Gumbel-max scan has no green lists: the report shows each test's mean score against the null mean (1 for
+    -log(1 - u)), never a count "on our secret lists" nor a share over 100%."""
+    suspect = inst.scan(inst.harvester, "student-of-harvest-labs", scheme="gumbel-dual")
+    assert suspect["significant"] and suspect["parameters"]["gamma"] == 1.0
+    files, ev = make_report(
+        inst.store,
+        tmp_path / "out",
+        account=inst.harvester,
+        scan_files=[inst.write_scan(tmp_path, "s.json", suspect)],
+        now=T0 + timedelta(days=3),
+    )
+    _, _, page = check_package(files)
+    sc = ev["scans"][0]
+    row = next(a for a in suspect["accounts"] if a["account"] == inst.harvester)
+    assert sc["score_kind"] == "mean" and sc["subject_result"]["green"] is None
+    assert sc["subject_result"]["fraction"] == pytest.approx(row["green"] / row["n"])
+    assert sc["subject_result"]["expected_fraction"] == 1.0 and sc["provider"]["expected_fraction"] == 1.0
+    found = " ".join(f["text"] for f in ev["summary"]["findings"])
+    assert "on average" in found and "secret lists" not in found and "fell on" not in found
+    assert "Mean score by chance" in page.visible and "On the secret lists" not in page.visible
+    assert "green list" not in page.visible.split("How the method works")[1].split("Why repeated text")[0]
+    # a green-list scan keeps its counts and shares
+    green = inst.scan(inst.harvester, "other-student")
+    _, ev2 = make_report(
+        inst.store,
+        tmp_path / "out2",
+        account=inst.harvester,
+        scan_files=[inst.write_scan(tmp_path, "g.json", green)],
+        now=T0 + timedelta(days=3),
+    )
+    assert "score_kind" not in ev2["scans"][0] and "secret lists" in " ".join(
+        f["text"] for f in ev2["summary"]["findings"]
+    )
 
 
 def test_no_monitor_data(inst, tmp_path):

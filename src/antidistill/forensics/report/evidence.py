@@ -544,7 +544,13 @@ class CurvePoint(Record):
 
 @dataclass(frozen=True)
 class ScanEntry(Record):
-    """A scan of a suspect model (``role`` ``suspect``) or of a control model (``control``) (``scans.N``)."""
+    """A scan of a suspect model (``role`` ``suspect``) or of a control model (``control``) (``scans.N``).
+
+    ``score_kind``: ``green`` (a green-list scheme: its tests count word choices on the key's lists) or ``mean``
+    (a sampling scheme: its tests hold the mean score of a word choice, against that mean under the null).
+    """
+
+    _omit_at_default: ClassVar[frozenset[str]] = frozenset({"score_kind"})
 
     role: str
     source: ScanSource
@@ -573,6 +579,7 @@ class ScanEntry(Record):
     curve: tuple[CurvePoint, ...]
     parameters: Mapping[str, Any]
     raw: Mapping[str, Any]
+    score_kind: str = "green"
 
 
 # ---- the summary ---------------------------------------------------------------------------------------

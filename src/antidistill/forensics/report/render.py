@@ -102,13 +102,17 @@ class Fields:
 
 
 def format_value(value: Any, fmt: str = "text") -> Markup:
-    """A JSON value as HTML (escaped). ``fmt``: ``text``, ``int``, ``p``, ``pct``, ``code``, ``time``, ``bool``."""
+    """A JSON value as HTML (escaped).
+
+    ``fmt``: ``text``, ``int``, ``num3`` (three decimals), ``p``, ``pct``, ``code``, ``time``, ``bool``."""
     if value is None:
         return Markup("-")
     if fmt == "int" and isinstance(value, int | float):
         return Markup(f"{int(value):,}")
     if fmt == "p":
         return _p_html(value)
+    if fmt == "num3" and isinstance(value, int | float):
+        return escape(f"{value:.3f}")
     if fmt == "pct" and isinstance(value, int | float):
         return escape(f"{value:.1%}")
     if fmt == "code":

@@ -125,6 +125,18 @@ def _gamma(scan: dict[str, Any]) -> float | None:
     return None
 
 
+def _null_mean(scan: dict[str, Any]) -> float | None:
+    """The mean score of one word choice under the null, for a scan of a sampling scheme (``None`` otherwise):
+    its scores are keyed random numbers turned into ``-log(1 - u)`` (mean 1) or tournament bits, not green
+    indicators, so the report shows a mean score against the mean of text written without the key."""
+    params = _obj(scan.get("parameters"))
+    for cand in (params.get("watermark"), params.get("config"), params.get("watermark_config"), params):
+        if isinstance(cand, dict) and cand.get("scheme") in SAMPLING_SCHEMES:
+            mean = num(params.get("gamma"))  # the scanner writes its scheme's null mean under this name
+            return mean if mean is not None and mean > 0 else None
+    return None
+
+
 def _alpha(scan: dict[str, Any]) -> float:
     params = _obj(scan.get("parameters"))
     for v in (params.get("alpha"), scan.get("alpha")):
@@ -133,14 +145,24 @@ def _alpha(scan: dict[str, Any]) -> float:
     return DEFAULT_ALPHA
 
 
-def _result(row: dict[str, Any], gamma: float | None) -> dict[str, Any]:
-    """The fields of a :class:`TestResult` from a scan's row (provider, account or cluster)."""
-    green, n = as_int(row.get("green")), as_int(row.get("n"))
+def _result(row: dict[str, Any], gamma: float | None, null_mean: float | None = None) -> dict[str, Any]:
+    """The fields of a :class:`TestResult` from a scan's row (provider, account or cluster).
+
+    For a sampling scheme (``null_mean`` given) there is no green count: ``green`` is ``None``, ``fraction`` the
+    mean score of a word choice and ``expected_fraction`` that mean under the null."""
+    n = as_int(row.get("n"))
+    if null_mean is not None:
+        total = num(row.get("green"))
+        mean = total / n if total is not None and n else None
+        green, expected = None, null_mean
+    else:
+        green, expected = as_int(row.get("green")), gamma
+        mean = green / n if green is not None and n else None
     return {
         "green": green,
         "n": n,
-        "fraction": green / n if green is not None and n else None,
-        "expected_fraction": gamma,
+        "fraction": mean,
+        "expected_fraction": expected,
         "p_value": num(row.get("p_value")),
         "p_corrected": num(row.get("p_corrected")),
         "z": num(row.get("z")),
@@ -155,7 +177,9 @@ def _row_account(row: Any) -> str | None:
     return str(row) if isinstance(row, str) else None
 
 
-def _subject_result(scan: dict[str, Any], subject: Subject, gamma: float | None) -> SubjectResult | None:
+def _subject_result(
+    scan: dict[str, Any], subject: Subject, gamma: float | None, null_mean: float | None = None
+) -> SubjectResult | None:
     """The scan's answer for the subject: the account's attribution row, the cluster's pooled row, or (for a
     cluster the scan did not pool) the pooled counts of its accounts, computed here with the exact binomial test."""
     accts = {_row_account(r): r for r in scan.get("accounts") or [] if isinstance(r, dict)}
@@ -163,11 +187,11 @@ def _subject_result(scan: dict[str, Any], subject: Subject, gamma: float | None)
         row = accts.get(subject.id)
         if row is None:
             return None
-        return SubjectResult(kind="account", id=subject.id, computed_by="scan", **_result(row, gamma))
+        return SubjectResult(kind="account", id=subject.id, computed_by="scan", **_result(row, gamma, null_mean))
     want = set(subject.account_ids)
     for c in scan.get("clusters") or []:
         if isinstance(c, dict) and (c.get("cluster_id") == subject.id or set(c.get("accounts") or []) == want):
-            return SubjectResult(kind="cluster", id=subject.id, computed_by="scan", **_result(c, gamma))
+            return SubjectResult(kind="cluster", id=subject.id, computed_by="scan", **_result(c, gamma, null_mean))
     rows = [accts[a] for a in subject.account_ids if a in accts]
     return _pooled(scan, subject, rows, gamma)
 
@@ -270,13 +294,13 @@ def scan_entry(scan: dict[str, Any], source: Mapping[str, Any], role: str, subje
     """
     scan = scrub(scan)
     source = scrub(source)
-    gamma, alpha = _gamma(scan), _alpha(scan)
+    gamma, alpha, null_mean = _gamma(scan), _alpha(scan), _null_mean(scan)
     provider = scan.get("provider") if isinstance(scan.get("provider"), dict) else None
     p = num(scan.get("p_value"))
     if p is None and provider is not None:
         p = num(provider.get("p_value"))
     controls, key_controls = _controls(scan, alpha)
-    subj = _subject_result(scan, subject, gamma)
+    subj = _subject_result(scan, subject, gamma, null_mean)
     subj_p = None if subj is None else (subj.p_corrected if subj.p_corrected is not None else subj.p_value)
     controls_ok = scan.get("controls_ok")
     return ScanEntry(
@@ -293,7 +317,7 @@ def scan_entry(scan: dict[str, Any], source: Mapping[str, Any], role: str, subje
         tokens_seen=as_int(scan.get("tokens_seen")),
         tokens_scored=as_int(scan.get("tokens_scored")),
         skipped={str(k): v for k, v in _obj(scan.get("skipped")).items()},
-        provider=None if provider is None else TestResult(**_result(provider, gamma)),
+        provider=None if provider is None else TestResult(**_result(provider, gamma, null_mean)),
         subject_result=subj,
         subject_p=subj_p,
         subject_significant=subj_p is not None and subj_p <= alpha,
@@ -307,6 +331,7 @@ def scan_entry(scan: dict[str, Any], source: Mapping[str, Any], role: str, subje
         curve=_curve(scan),
         parameters=_obj(scan.get("parameters")),
         raw=scan,
+        score_kind="green" if null_mean is None else "mean",
     )
 
 

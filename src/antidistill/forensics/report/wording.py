@@ -87,6 +87,10 @@ def _count(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
 
 
+def _mean(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def _pct(x: float | None, digits: int, missing: str = "-") -> str:
     return missing if x is None else f"{x:.{digits}%}"
 
@@ -153,15 +157,21 @@ def _model_finding(s: ScanEntry) -> Finding:
         if s.significant
         else "This is not a significant excess: the test does not show that the model learned from our outputs."
     )
+    if s.score_kind == "mean":
+        measured = (
+            f"We scored {_count(prov.n)} distinct word choices with our secret key: they scored "
+            f"{_mean(prov.fraction)} on average, where the word choices of a model that never saw our outputs score "
+            f"{_mean(prov.expected_fraction)} on average."
+        )
+    else:
+        measured = (
+            f"Of {_count(prov.n)} distinct word choices we checked, {_count(prov.green)} "
+            f"({_pct(prov.fraction, 1)}) fell on our secret lists; a model that never saw our outputs lands there "
+            f"about {_pct(prov.expected_fraction, 0, 'a fixed share')} of the time."
+        )
     return Finding(
         "model",
-        (
-            f"We tested the suspect model “{s.suspect}” for our service-wide watermark. "
-            + f"Of {_count(prov.n)} distinct word choices we checked, {_count(prov.green)} "
-            + f"({_pct(prov.fraction, 1)}) fell on our secret lists; a model "
-            f"that never saw our outputs lands there about {_pct(prov.expected_fraction, 0, 'a fixed share')} of the "
-            f"time. {conclusion}"
-        ),
+        f"We tested the suspect model “{s.suspect}” for our service-wide watermark. {measured} {conclusion}",
     )
 
 
@@ -193,8 +203,14 @@ def _attribution_finding(ev: Evidence, s: ScanEntry) -> list[Finding]:
         Finding(
             "attribution",
             (
-                f"Tested against the secret {'keys' if plural else 'key'} of {who}, {_count(sr.green)} of {checks} "
-                f"({_pct(sr.fraction, 1)}) fell on {'their' if plural else 'its'} lists. {conclusion}"
+                (
+                    f"Tested against the secret {'keys' if plural else 'key'} of {who}, {checks} scored "
+                    f"{_mean(sr.fraction)} on average, against {_mean(sr.expected_fraction)} for text written without "
+                    f"{'them' if plural else 'it'}. {conclusion}"
+                )
+                if s.score_kind == "mean"
+                else f"Tested against the secret {'keys' if plural else 'key'} of {who}, {_count(sr.green)} of "
+                f"{checks} ({_pct(sr.fraction, 1)}) fell on {'their' if plural else 'its'} lists. {conclusion}"
             ),
         )
     ]
