@@ -16,7 +16,6 @@ from antidistill.simulate.scenario import SCALES, Scenario
 from antidistill.simulate.world import VirtualLimits
 from antidistill.store.api import is_pending_record
 
-
 #: the kinds added after the small scale was fixed (the small scale keeps its twelve, so that the figures measured
 #: on it stay comparable; the default and large scales hold these too)
 NEWER = ("lab_cot_eval", "nightly_summariser", "reasoning_harvester", "agent_loop", "conversation_farm")

@@ -3,6 +3,7 @@ traits, and the perturbed scenario."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import Counter
 from dataclasses import asdict
@@ -102,7 +103,7 @@ def test_lab_cot_eval_runs_two_bursts_of_stock_reasoning_demands_at_1024_tokens(
     assert {r.max_tokens for r in plan.requests} == {1024}
     assert all(demands_reasoning(normalise(text_of(r))) for r in plan.requests)
     times = sorted(r.t for r in plan.requests)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert sum(g > 6 * 3600 for g in gaps) == 1  # two bursts: one long pause between them
 
 
@@ -115,7 +116,7 @@ def test_nightly_summariser_starts_at_the_same_second_and_keeps_exact_gaps():
     starts = [min(t for t in times if t >= n) for n in nights]
     assert len({round(s % 86400, 2) for s in starts}) == 1  # cron: the same time of day every night
     run = [t for t in times if starts[0] <= t < starts[0] + 6 * 3600]
-    assert max(abs((b - a) - p["gap_s"]) for a, b in zip(run, run[1:], strict=False)) < 0.01
+    assert max(abs((b - a) - p["gap_s"]) for a, b in itertools.pairwise(run)) < 0.01
 
 
 def test_perturbation_changes_only_the_attackers_knobs():

@@ -2,9 +2,11 @@
 
 ``simulate run`` builds a scenario and drives a gateway with it (in process by default, or a running one with
 ``--base-url``), writing the audit log and the ground truth into ``--out``; ``simulate plan`` shows what a
-scenario would send without sending it; ``simulate personas`` lists the personas. Errors are raised as
-:class:`~antidistill.errors.AntidistillError` (one line, exit 2 from the main CLI). The gateway and the SDK are
-imported only when a command runs.
+scenario would send without sending it; ``simulate personas`` lists the personas; ``simulate eval`` scores the
+trained monitor on held-out traffic. ``--personas FILE`` (a persona file, :mod:`antidistill.simulate.persona_file`)
+replaces ``--scale`` in ``run``, ``plan`` and ``eval``; ``--perturb`` perturbs the attackers' client-set knobs.
+Errors are raised as :class:`~antidistill.errors.AntidistillError` (one line, exit 2 from the main CLI). The
+gateway and the SDK are imported only when a command runs.
 """
 
 from __future__ import annotations

@@ -12,8 +12,12 @@ and casual users sit behind university NATs and carrier CGNATs. The attackers fo
 (Anthropic's and Google's reports of February 2026): heavy volume on a few capabilities, repetitive templates,
 demands for the whole chain of thought, systematic coverage of a capability space, hydra clusters of accounts
 that each look clean but share payment details, infrastructure or timing, pivots to a new model within a day of
-its release, and legitimate-looking traffic mixed in. Their ranges include subtle settings (a hydra member can
-send two requests a day from a residential proxy with its own card).
+its release, and legitimate-looking traffic mixed in. The newer kinds test what the first ones made easy: a
+reasoning harvester that words its demands in its own way, an agent loop whose harvest is multi-turn
+self-refinement, a conversation farm whose accounts share almost nothing, and, on the benign side, a lab whose
+chain-of-thought study looks like extraction and a summariser whose timing is machine-regular. The attackers'
+ranges include subtle settings (a hydra member can send two requests a day from a residential proxy with its
+own card).
 
 Volumes are scaled down from real campaigns (millions of exchanges) so that a simulated week runs in minutes;
 the *ratios* between personas are what the monitor sees.
