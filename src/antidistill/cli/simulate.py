@@ -244,7 +244,16 @@ def plan_cmd(
 
     plan = _plan(_scenario(seed, days, split, scale, personas, perturb))
     if as_json:
-        print_json({"summary": plan.summary(), "counts": plan.counts(), "releases": plan.releases})
+        print_json(
+            {
+                "summary": plan.summary(),
+                "counts": plan.counts(),
+                "releases": plan.releases,
+                "seed": plan.scenario.seed,
+                "split": plan.scenario.split,
+                "perturb": plan.scenario.perturb,
+            }
+        )
         return
     out.print(_counts_table(plan.counts(), {n: c.role for n, c in PERSONAS.items()}))
     s = plan.summary()
