@@ -18,7 +18,7 @@ from antidistill.store.api import is_pending_record
 
 #: the kinds added after the small scale was fixed (the small scale keeps its twelve, so that the figures measured
 #: on it stay comparable; the default and large scales hold these too)
-NEWER = ("lab_cot_eval", "nightly_summariser", "reasoning_harvester", "agent_loop", "conversation_farm")
+NEWER = ("lab_cot_eval", "nightly_summariser", "reasoning_harvester", "agent_loop", "conversation_farm", "described")
 NEWER_VOLUME = {"lab_cot_eval": 0.1, "nightly_summariser": 0.2, "reasoning_harvester": 0.3, "agent_loop": 0.5}
 
 

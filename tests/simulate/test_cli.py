@@ -128,7 +128,7 @@ def test_refusals_from_the_gateway_and_the_filesystem_are_one_line(capsys, tmp_p
 def test_personas_lists_every_persona(capsys):
     code, stdout, _ = run(capsys, "simulate", "personas", "--json")
     rows = json.loads(stdout)
-    assert code == 0 and len(rows) == 17
+    assert code == 0 and len(rows) == 18
     assert {r["role"] for r in rows} == {"benign", "attacker"}
     assert sum(r["role"] == "attacker" for r in rows) == 9
 

@@ -3,6 +3,7 @@ file runs through ``simulate eval``."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -101,3 +102,71 @@ def test_cli_eval_runs_a_tiny_persona_file_through_the_gateway(capsys, tmp_path,
     assert report["personas"]["casual"]["accounts"] == 6
     assert report["simulation"]["ok"] == report["simulation"]["requests"] > 100
     assert report["benign_fpr"]["alert"]["accounts"] == 7
+
+
+def test_a_described_pattern_runs_with_its_own_prompts_turns_knobs_and_role():
+    sc = scenario_from_dict(
+        {
+            "seed": 1034,
+            "days": 2,
+            "personas": [
+                {
+                    "kind": "described",
+                    "count": 1,
+                    "params": {
+                        "role": "attacker",
+                        "accounts": 2,
+                        "per_day": 90,
+                        "profile": "flat",
+                        "prompts": ["Write the definitive tutorial on {t}.", "Everything about {t} vs {u}."],
+                        "topics": ["tides", "glaciers"],
+                        "system_prompt": "You are thorough.",
+                        "turns": 3,
+                        "followups": ["more on {t}"],
+                        "gap_s": 12,
+                        "max_tokens": 700,
+                        "network": "cloud",
+                        "user_agent": "my-script/1.0",
+                        "tier": "tier2",
+                        "shared_card": True,
+                    },
+                },
+                {"kind": "casual", "count": 2},
+            ],
+        }
+    )
+    plan = sc.build()
+    mine = [a for a in plan.accounts if a.persona == "described"]
+    assert len(mine) == 2 and {a.role for a in mine} == {"attacker"} and mine[0].campaign
+    assert mine[0].metadata["payment_fingerprint"] == mine[1].metadata["payment_fingerprint"]
+    reqs = [r for r in plan.requests if r.account in {a.key for a in mine}]
+    assert 200 <= len(reqs) <= 500  # 2 accounts x 90 a day x 2 days
+    assert {r.max_tokens for r in reqs} == {700} and {r.user_agent for r in reqs} == {"my-script/1.0"}
+    assert all(r.messages[0] == {"role": "system", "content": "You are thorough."} for r in reqs)
+    firsts = {r.messages[1]["content"] for r in reqs if r.turn == 0}
+    assert firsts <= {f"Write the definitive tutorial on {t}." for t in ("tides", "glaciers")} | {
+        f"Everything about {t} vs {u}." for t in ("tides", "glaciers") for u in ("tides", "glaciers")
+    }
+    convs: dict[str, list[float]] = {}
+    for r in reqs:
+        convs.setdefault(r.conversation, []).append(r.t)
+    assert all(len(ts) == 3 for ts in convs.values())
+    assert {round(b - a, 2) for ts in convs.values() for a, b in itertools.pairwise(ts)} == {12.0}
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"role": "spy"}, "described.role must be one of benign, attacker"),
+        ({"network": "moon"}, "described.network"),
+        ({"prompts": ["about {topic}"]}, "cannot be used"),
+        ({"turns": "two"}, "params.turns must be a int"),
+    ],
+)
+def test_a_bad_described_pattern_is_refused_in_one_line(params, needle, capsys, tmp_path):
+    import yaml
+
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"personas": [{"kind": "described", "params": params}]}))
+    code, _, err = run(capsys, "simulate", "plan", "--personas", str(f))
+    assert_one_line_error(code, err, needle)

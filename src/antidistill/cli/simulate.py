@@ -148,7 +148,6 @@ def run(
 ) -> None:
     """Simulate a population of customers and distillation campaigns against the gateway; write the truth."""
     # the parts load when the command runs, not for --help (see antidistill.cli)
-    from antidistill.simulate.personas import PERSONAS
     from antidistill.simulate.runner import run_against_gateway
     from antidistill.workflows.simulation import run_simulation
 
@@ -216,7 +215,7 @@ def run(
     if as_json:
         print_json(summary)
         return
-    out.print(_counts_table(plan.counts(), {n: c.role for n, c in PERSONAS.items()}))
+    out.print(_counts_table(plan.counts(), {a.persona: a.role for a in plan.accounts}))
     out.print(
         f"{result.ok} of {result.planned} requests answered 200 in {result.wall_s:.1f} s "
         f"({result.requests_per_s:.0f}/s); {len(result.labels)} accounts"
@@ -240,7 +239,6 @@ def plan_cmd(
 ) -> None:
     """Build a scenario and show what it would send (accounts and requests per persona), without sending."""
     # the parts load when the command runs, not for --help (see antidistill.cli)
-    from antidistill.simulate.personas import PERSONAS
 
     plan = _plan(_scenario(seed, days, split, scale, personas, perturb))
     if as_json:
@@ -255,7 +253,7 @@ def plan_cmd(
             }
         )
         return
-    out.print(_counts_table(plan.counts(), {n: c.role for n, c in PERSONAS.items()}))
+    out.print(_counts_table(plan.counts(), {a.persona: a.role for a in plan.accounts}))
     s = plan.summary()
     out.print(
         f"{s['accounts']} accounts ({s['attacker_accounts']} attackers), {s['requests']} requests "

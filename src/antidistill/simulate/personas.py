@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -1991,6 +1991,136 @@ class ConversationFarm(Persona):
         return Built(accts, out)
 
 
+@dataclass(frozen=True)
+class DescribedParams:
+    role: str
+    accounts: int
+    per_day: float
+    profile: str
+    tz_hours: float
+    weekend: float
+    prompts: tuple[str, ...]
+    topics: tuple[str, ...]
+    system_prompt: str
+    turns: int
+    followups: tuple[str, ...]
+    gap_s: float
+    max_tokens: int | None
+    temperature: float | None
+    network: str
+    user_agent: str
+    tier: str
+    shared_card: bool
+    organisation: str | None
+
+
+#: the networks a described persona can sit on
+DESCRIBED_NETWORKS = ("residential", "mobile", "university", "corporate", "cloud", "office")
+
+
+class Described(Persona):
+    """A request pattern described by the user rather than a kind of the simulator: its role, how many accounts,
+    how often (a rate shaped by a daily profile), what it sends (its own prompt templates, ``{t}`` and ``{u}``
+    filled from its topics; an optional system prompt; conversations of ``turns`` turns with its own
+    follow-ups, ``gap_s`` apart), with which knobs (``max_tokens``, ``temperature``), from which network and
+    software. Drawn values (when a persona file leaves them out) are an ordinary chat user's.
+
+    The kind's own role is ``benign``; an instance's accounts carry ``params.role``, which is what the labels
+    and the evaluation read."""
+
+    name, role = "described", "benign"
+    summary = "a request pattern described in a persona file: role, rate, prompts, turns, knobs, network"
+
+    @classmethod
+    def draw(cls, d: Draw, world: World) -> DescribedParams:
+        return DescribedParams(
+            role="benign",
+            accounts=d.integer(1, 3),
+            per_day=d.log_uniform(2.0, 60.0),
+            profile=d.choice(("human", "office", "night_owl")),
+            tz_hours=_tz(d.rng),
+            weekend=d.uniform(0.3, 1.2),
+            prompts=tuple(d.rng.sample(P.split_pool(P._CASUAL_TASKS, world.split), 4)),
+            topics=tuple(d.rng.sample(P.ALL_TOPICS, 6)),
+            system_prompt="",
+            turns=d.integer(1, 4),
+            followups=tuple(d.rng.sample(P.split_pool(P._FOLLOWUPS, world.split), 4)),
+            gap_s=d.log_uniform(10.0, 300.0),
+            max_tokens=d.choice((None, 256, 512, 1024)),
+            temperature=d.uniform(0.3, 1.0, digits=2),
+            network=d.choice(("residential", "mobile", "university")),
+            user_agent="",
+            tier=d.choice(("free", "tier1")),
+            shared_card=False,
+            organisation=None,
+        )
+
+    def build(self) -> Built:
+        p, w, rng = self.params, self.world, self.rng
+        checks = (
+            ("role", p.role, ("benign", "attacker")),
+            ("network", p.network, DESCRIBED_NETWORKS),
+            ("tier", p.tier, tuple(TIERS)),
+        )
+        for field_name, value, allowed in checks:
+            if value not in allowed:
+                raise InputError(f"described.{field_name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not p.prompts or not p.topics or p.turns < 1 or p.accounts < 1:
+            raise InputError("described needs prompts, topics, turns >= 1 and accounts >= 1")
+        card = new_card(rng)
+        accts, out = [], []
+        for a in range(p.accounts):
+            meta = {
+                "organisation": p.organisation,
+                "payment_fingerprint": (card if p.shared_card else new_card(rng)) if p.tier != "free" else None,
+                "signup_source": "web",
+                "signup_at": _iso(self.signup(1, 400)),
+                "email_domain": _email(rng, "personal"),
+            }
+            acct = self.account(f"{a}", p.tier, meta, campaign=self.campaign if p.accounts > 1 else None)
+            acct = replace(acct, role=p.role)
+            accts.append(acct)
+            net = self._network(p.network)
+            ua = p.user_agent or rng.choice(COMMON_UAS)
+            per_conversation = max(1.0, float(p.turns))
+            for i, t in enumerate(arrivals(rng, w, p.per_day / per_conversation, p.profile, p.tz_hours, p.weekend)):
+                first = rng.choice(p.prompts).format(t=rng.choice(p.topics), u=rng.choice(p.topics))
+                turns = [first] + [
+                    rng.choice(p.followups or ("go on",)).format(t=rng.choice(p.topics), u=rng.choice(p.topics))
+                    for _ in range(p.turns - 1)
+                ]
+                out += self.conversation(
+                    t,
+                    acct.key,
+                    w.old_model,
+                    turns,
+                    [p.gap_s] * (p.turns - 1),
+                    ua=ua,
+                    addr=net.address(rng),
+                    purpose="described",
+                    conv=f"{acct.key}-d{i}",
+                    system=p.system_prompt or None,
+                    max_tokens=p.max_tokens,
+                    temperature=p.temperature,
+                )
+        return Built(accts, out)
+
+    def _network(self, kind: str) -> Network:
+        w, rng = self.world, self.rng
+        if kind == "mobile":
+            return rng.choice(w.carriers)
+        if kind == "university":
+            return rng.choice(w.universities)
+        if kind == "corporate":
+            return rng.choice(w.corporate)
+        if kind == "cloud":
+            return rng.choice(w.clouds)
+        if kind == "office":
+            return w.office(rng, self.campaign)
+        isp = rng.choice(w.isps)
+        return Network(isp.name, "residential", isp.prefixes, pool=[isp.address(rng)])
+
+
 #: every persona, by name (benign first)
 PERSONAS: dict[str, type[Persona]] = {
     c.name: c
@@ -2012,6 +2142,7 @@ PERSONAS: dict[str, type[Persona]] = {
         ReasoningTraceHarvester,
         AgentLoopHarvester,
         ConversationFarm,
+        Described,  # a user's own pattern (persona files); its role is a parameter
     )
 }
 BENIGN = tuple(n for n, c in PERSONAS.items() if c.role == "benign")
