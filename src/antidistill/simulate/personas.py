@@ -1053,7 +1053,7 @@ class LabCotEval(Persona):
             bursts=2,
             gap_s=d.log_uniform(0.5, 8.0),
             max_tokens=1024,
-            demands=tuple(d.rng.sample(P.COT_DEMANDS[:5], d.integer(1, 3))),
+            demands=tuple(d.rng.sample(P.split_pool(P.COT_DEMANDS, world.split), d.integer(1, 3))),
             tz_hours=_tz(d.rng),
             completions_endpoint=d.rng.random() < 0.2,
         )
