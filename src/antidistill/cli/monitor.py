@@ -502,4 +502,6 @@ def monitor_train(
         f"thresholds: watch {t['watch']:.3f}, alert {t['alert']:.3f}, severe {t['severe']:.3f} "
         f"(targets {manifest['targets']})"
     )
+    if manifest.get("excluded_kinds"):
+        out.print(f"left out of training and calibration: {', '.join(manifest['excluded_kinds'])}")
     out.print(f"saved to {settings.data_dir / 'monitor'}")
