@@ -61,7 +61,7 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def test_scenario(seed: int, days: float, per_kind: int, campaigns: int, perturb: bool) -> Scenario:
+def heldout_scenario(seed: int, days: float, per_kind: int, campaigns: int, perturb: bool) -> Scenario:
     """The held-out scenario: the default scale's benign population, ``per_kind`` instances of every
     single-account attacker kind and ``campaigns`` of every multi-account one."""
     base = Scenario.from_scale("default", seed=seed, days=days, split="heldout", perturb=perturb)
@@ -189,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     extra = {**TRAIN_EXTRA, **{k: 1 for k in (*ATTACKERS, *BENIGN) if k not in TRAIN_EXTRA and k != "described"}}
 
     t0 = time.perf_counter()
-    plans = {"plain": test_scenario(args.test_seed, args.test_days, args.per_kind, args.campaigns, False).build()}
+    shape = (args.test_seed, args.test_days, args.per_kind, args.campaigns)
+    plans = {"plain": heldout_scenario(*shape, False).build()}
     if args.perturb:
-        plans["perturbed"] = test_scenario(args.test_seed, args.test_days, args.per_kind, args.campaigns, True).build()
+        plans["perturbed"] = heldout_scenario(*shape, True).build()
     test_info = {name: {**p.summary(), "persona_counts": p.counts()} for name, p in plans.items()}
     print(
         f"held-out seed {args.test_seed}: {len(plans['plain'].requests)} requests, "
