@@ -128,5 +128,20 @@ def test_refusals_from_the_gateway_and_the_filesystem_are_one_line(capsys, tmp_p
 def test_personas_lists_every_persona(capsys):
     code, stdout, _ = run(capsys, "simulate", "personas", "--json")
     rows = json.loads(stdout)
-    assert code == 0 and len(rows) == 12
+    assert code == 0 and len(rows) == 18
     assert {r["role"] for r in rows} == {"benign", "attacker"}
+    assert sum(r["role"] == "attacker" for r in rows) == 9
+
+
+def test_plan_with_perturb_changes_only_the_attackers(capsys):
+    code, plain, err = run(capsys, "simulate", "plan", "--scale", "small", "--seed", "1029", "--days", "0.3", "--json")
+    assert code == 0, err
+    code, pert, err = run(
+        capsys, "simulate", "plan", "--scale", "small", "--seed", "1029", "--days", "0.3", "--perturb", "--json"
+    )
+    assert code == 0, err
+    a, b = json.loads(plain), json.loads(pert)
+    assert a["summary"]["benign_requests"] == b["summary"]["benign_requests"]
+    assert a["counts"]["casual"] == b["counts"]["casual"]
+    assert a["summary"]["accounts"] == b["summary"]["accounts"]
+    assert a["perturb"] is False and b["perturb"] is True and b["split"] == "train" and b["seed"] == 1029

@@ -459,6 +459,15 @@ def monitor_train(
     embeddings: Annotated[
         bool, typer.Option("--embeddings", help="Train with sentence-embedding topic features (slower).")
     ] = False,
+    exclude_kind: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-kind",
+            help="Leave this persona kind out of the training and calibration traffic (repeatable); "
+            "for leave-one-persona-out evaluation.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Train the monitor on simulated training traffic, calibrate its thresholds on benign traffic, and save it
@@ -476,6 +485,7 @@ def monitor_train(
             scale=scale,
             days=days,
             embeddings=embeddings,
+            exclude_kinds=tuple(exclude_kind or ()),
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
@@ -492,4 +502,6 @@ def monitor_train(
         f"thresholds: watch {t['watch']:.3f}, alert {t['alert']:.3f}, severe {t['severe']:.3f} "
         f"(targets {manifest['targets']})"
     )
+    if manifest.get("excluded_kinds"):
+        out.print(f"left out of training and calibration: {', '.join(manifest['excluded_kinds'])}")
     out.print(f"saved to {settings.data_dir / 'monitor'}")

@@ -2,9 +2,11 @@
 
 ``simulate run`` builds a scenario and drives a gateway with it (in process by default, or a running one with
 ``--base-url``), writing the audit log and the ground truth into ``--out``; ``simulate plan`` shows what a
-scenario would send without sending it; ``simulate personas`` lists the personas. Errors are raised as
-:class:`~antidistill.errors.AntidistillError` (one line, exit 2 from the main CLI). The gateway and the SDK are
-imported only when a command runs.
+scenario would send without sending it; ``simulate personas`` lists the personas; ``simulate eval`` scores the
+trained monitor on held-out traffic. ``--personas FILE`` (a persona file, :mod:`antidistill.simulate.persona_file`)
+replaces ``--scale`` in ``run``, ``plan`` and ``eval``; ``--perturb`` perturbs the attackers' client-set knobs.
+Errors are raised as :class:`~antidistill.errors.AntidistillError` (one line, exit 2 from the main CLI). The
+gateway and the SDK are imported only when a command runs.
 """
 
 from __future__ import annotations
@@ -36,16 +38,48 @@ SplitOpt = Annotated[
     str, typer.Option("--split", help="train, or heldout: parameter bands and templates that training runs never use.")
 ]
 ScaleOpt = Annotated[str, typer.Option("--scale", help="small (seconds), default (a week, ~500 accounts) or large.")]
+PersonasOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--personas",
+        help="A persona file (YAML: kinds, counts, parameter overrides; see docs/simulate.md) instead of a "
+        "--scale; its own seed, days and split apply.",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+PerturbOpt = Annotated[
+    bool,
+    typer.Option(
+        "--perturb",
+        help="Perturb every attacker's client-set knobs: max_tokens 256-900, reasoning demands paraphrased, "
+        "timing jittered.",
+    ),
+]
 
 
-def _scenario(seed: int, days: float | None, split: str, scale: str):
+def _scenario(
+    seed: int, days: float | None, split: str, scale: str, personas: Path | None = None, perturb: bool = False
+):
     # the parts load when the command runs, not for --help (see antidistill.cli)
+    from dataclasses import replace
+
+    from antidistill.simulate.persona_file import load_persona_file
     from antidistill.simulate.scenario import Scenario
 
     try:
-        return Scenario.from_scale(scale, seed=seed, days=days, split=split)
+        if personas is not None:
+            scenario = load_persona_file(personas)
+            return replace(scenario, perturb=True) if perturb else scenario
+        return Scenario.from_scale(scale, seed=seed, days=days, split=split, perturb=perturb)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+
+
+def _plan(scenario):
+    from antidistill.simulate.persona_file import build_plan
+
+    return build_plan(scenario)
 
 
 def _counts_table(counts: dict[str, dict[str, int]], roles: dict[str, str]) -> Table:
@@ -108,18 +142,19 @@ def run(
             "(end-to-end evaluation).",
         ),
     ] = False,
+    personas: PersonasOpt = None,
+    perturb: PerturbOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Simulate a population of customers and distillation campaigns against the gateway; write the truth."""
     # the parts load when the command runs, not for --help (see antidistill.cli)
-    from antidistill.simulate.personas import PERSONAS
     from antidistill.simulate.runner import run_against_gateway
     from antidistill.workflows.simulation import run_simulation
 
-    scenario = _scenario(seed, days, split, scale)
+    scenario = _scenario(seed, days, split, scale, personas, perturb)
     if with_monitor and base_url is not None:
         raise InputError("--with-monitor is for the in-process gateway; a running gateway has its own settings")
-    plan = scenario.build()
+    plan = _plan(scenario)
     total = len(plan.requests)
     show = err.is_terminal and not as_json
     progress_cb = None
@@ -180,7 +215,7 @@ def run(
     if as_json:
         print_json(summary)
         return
-    out.print(_counts_table(plan.counts(), {n: c.role for n, c in PERSONAS.items()}))
+    out.print(_counts_table(plan.counts(), {a.persona: a.role for a in plan.accounts}))
     out.print(
         f"{result.ok} of {result.planned} requests answered 200 in {result.wall_s:.1f} s "
         f"({result.requests_per_s:.0f}/s); {len(result.labels)} accounts"
@@ -198,17 +233,27 @@ def plan_cmd(
     days: DaysOpt = None,
     split: SplitOpt = "train",
     scale: ScaleOpt = "default",
+    personas: PersonasOpt = None,
+    perturb: PerturbOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Build a scenario and show what it would send (accounts and requests per persona), without sending."""
     # the parts load when the command runs, not for --help (see antidistill.cli)
-    from antidistill.simulate.personas import PERSONAS
 
-    plan = _scenario(seed, days, split, scale).build()
+    plan = _plan(_scenario(seed, days, split, scale, personas, perturb))
     if as_json:
-        print_json({"summary": plan.summary(), "counts": plan.counts(), "releases": plan.releases})
+        print_json(
+            {
+                "summary": plan.summary(),
+                "counts": plan.counts(),
+                "releases": plan.releases,
+                "seed": plan.scenario.seed,
+                "split": plan.scenario.split,
+                "perturb": plan.scenario.perturb,
+            }
+        )
         return
-    out.print(_counts_table(plan.counts(), {n: c.role for n, c in PERSONAS.items()}))
+    out.print(_counts_table(plan.counts(), {a.persona: a.role for a in plan.accounts}))
     s = plan.summary()
     out.print(
         f"{s['accounts']} accounts ({s['attacker_accounts']} attackers), {s['requests']} requests "
@@ -258,6 +303,8 @@ def simulate_eval(
             "--embeddings/--no-embeddings", help="Force embeddings on or off (default: as trained).", show_default=False
         ),
     ] = None,
+    personas: PersonasOpt = None,
+    perturb: PerturbOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
 ) -> None:
     """Evaluate the trained monitor on held-out simulated traffic driven through the real gateway."""
@@ -265,11 +312,47 @@ def simulate_eval(
     from antidistill.settings import get_settings
     from antidistill.workflows.monitor_eval import heldout_eval
 
-    report = heldout_eval(get_settings(), seed, scale=scale, days=days, out_dir=out_dir, embeddings=embeddings)
+    if personas is not None or perturb:
+        report = _eval_scenario(
+            _scenario(seed, days, "heldout", scale, personas, perturb), out_dir, embeddings, show=not as_json
+        )
+    else:
+        report = heldout_eval(get_settings(), seed, scale=scale, days=days, out_dir=out_dir, embeddings=embeddings)
     if as_json:
         sys.stdout.write(json.dumps(report, default=str) + "\n")
         return
     _print_report(report)
+
+
+def _eval_scenario(scenario: Any, out_dir: Path | None, embeddings: bool | None, *, show: bool) -> dict[str, Any]:
+    """A persona file's (or a perturbed) scenario driven through the in-process gateway, then scanned and scored
+    as ``simulate eval`` scores a scale (:func:`~antidistill.workflows.monitor_eval.evaluate_run`)."""
+    import tempfile
+    import time
+
+    from antidistill.settings import get_settings
+    from antidistill.workflows.monitor_eval import check_heldout, evaluate_run
+    from antidistill.workflows.simulation import run_simulation
+
+    settings = get_settings()
+    check_heldout(scenario.seed, settings)
+    plan = _plan(scenario)
+    with tempfile.TemporaryDirectory(prefix="antidistill-eval-") as tmp:
+        target = out_dir if out_dir is not None else Path(tmp) / "sim"
+        t0 = time.perf_counter()
+        if show:
+            err.print(f"simulating {len(plan.requests)} requests of {len(plan.accounts)} accounts ...")
+        sim = run_simulation(scenario, target, plan=plan)
+        report = evaluate_run(target, settings, embeddings=embeddings)
+    report["simulation"] = {
+        "requests": sim.planned,
+        "ok": sim.ok,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "perturb": scenario.perturb,
+        "counts": dict(scenario.counts),
+        "overrides": {k: dict(v) for k, v in scenario.overrides.items()},
+    }
+    return report
 
 
 def _print_report(report: dict[str, Any]) -> None:

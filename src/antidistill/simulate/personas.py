@@ -1,4 +1,4 @@
-"""The simulator's personas: six kinds of legitimate customers and six kinds of distillation campaign.
+"""The simulator's personas: eight kinds of legitimate customers and nine kinds of distillation campaign.
 
 Each persona is one class with a parameters dataclass. Its parameters are drawn from ranges by the persona's
 own seeded generator through :class:`~antidistill.simulate.world.Draw`, which keeps the training and the
@@ -12,8 +12,12 @@ and casual users sit behind university NATs and carrier CGNATs. The attackers fo
 (Anthropic's and Google's reports of February 2026): heavy volume on a few capabilities, repetitive templates,
 demands for the whole chain of thought, systematic coverage of a capability space, hydra clusters of accounts
 that each look clean but share payment details, infrastructure or timing, pivots to a new model within a day of
-its release, and legitimate-looking traffic mixed in. Their ranges include subtle settings (a hydra member can
-send two requests a day from a residential proxy with its own card).
+its release, and legitimate-looking traffic mixed in. The newer kinds test what the first ones made easy: a
+reasoning harvester that words its demands in its own way, an agent loop whose harvest is multi-turn
+self-refinement, a conversation farm whose accounts share almost nothing, and, on the benign side, a lab whose
+chain-of-thought study looks like extraction and a summariser whose timing is machine-regular. The attackers'
+ranges include subtle settings (a hydra member can send two requests a day from a residential proxy with its
+own card).
 
 Volumes are scaled down from real campaigns (millions of exchanges) so that a simulated week runs in minutes;
 the *ratios* between personas are what the monitor sees.
@@ -24,7 +28,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -1020,6 +1024,179 @@ class ResearchTeam(Persona):
         return Built(accts, out)
 
 
+@dataclass(frozen=True)
+class LabEvalParams:
+    accounts: int
+    items: int
+    bursts: int
+    gap_s: float
+    max_tokens: int
+    demands: tuple[str, ...]
+    tz_hours: float
+    completions_endpoint: bool
+
+
+class LabCotEval(Persona):
+    """A university lab evaluating chain-of-thought prompting: benchmark items wrapped in the stock demands for
+    step-by-step reasoning, ``max_tokens`` 1024, temperature 0, sent in two bursts (a baseline and a rerun) from
+    the university's NAT by one to three students' accounts. Everything a reasoning harvester shows, for a
+    legitimate study: the false accusation the monitor must not make."""
+
+    name, role = "lab_cot_eval", "benign"
+    summary = "university lab running chain-of-thought evaluations in two bursts, max_tokens 1024"
+
+    @classmethod
+    def draw(cls, d: Draw, world: World) -> LabEvalParams:
+        return LabEvalParams(
+            accounts=d.integer(1, 3),
+            items=d.log_integer(150, 600),
+            bursts=2,
+            gap_s=d.log_uniform(0.5, 8.0),
+            max_tokens=1024,
+            demands=tuple(d.rng.sample(P.split_pool(P.COT_DEMANDS, world.split), d.integer(1, 3))),
+            tz_hours=_tz(d.rng),
+            completions_endpoint=d.rng.random() < 0.2,
+        )
+
+    def build(self) -> Built:
+        p, w, rng = self.params, self.world, self.rng
+        uni = rng.choice(("Northbridge", "Eastlake", "Kestrel", "Mittelstadt", "Southport", "Alder"))
+        org = f"{uni} University, {rng.choice(('NLP', 'Reasoning', 'Cognitive Science', 'ML Theory'))} group"
+        nat = rng.choice(w.universities)
+        card = new_card(rng)
+        bench = rng.choice(("math-word", "reading"))
+        n = max(1, round(p.items * w.volume))
+        items = P.benchmark_items(bench, n, seed=0)
+        ua = rng.choice(("lm-eval/0.4.8 OpenAI/Python 1.97.0", "OpenAI/Python 1.99.1", "inspect_ai/0.3.90"))
+        accts = []
+        for a in range(p.accounts):
+            meta = {
+                "organisation": org,
+                "payment_fingerprint": card,
+                "signup_source": rng.choice(("web", "sso")),
+                "signup_at": _iso(self.signup(10, 300)),
+                "email_domain": uni.lower() + ".edu",
+            }
+            accts.append(self.account(f"{a}", "tier1", meta, campaign=self.campaign if p.accounts > 1 else None))
+        # two bursts in working hours on two different days (the run and its rerun)
+        span = max(1.0, w.days)
+        out = []
+        for b in range(p.bursts):
+            day = math.floor(w.start / DAY_S) + math.floor((b + rng.uniform(0.1, 0.6)) * span / p.bursts)
+            t0 = day * DAY_S + (rng.uniform(9.0, 15.0) - p.tz_hours) * HOUR_S
+            t0 = min(max(t0, w.start + rng.uniform(0, HOUR_S)), w.end - HOUR_S)
+            acct = accts[b % len(accts)]
+            for item, t in zip(items, paced(rng, t0, len(items), p.gap_s, 0.5), strict=True):
+                text = P.cot_prompt(rng, p.demands, item.prompt)
+                addr = nat.address(rng)
+                if p.completions_endpoint:
+                    out.append(
+                        self.completion(
+                            t,
+                            acct.key,
+                            w.old_model,
+                            text,
+                            ua=ua,
+                            addr=addr,
+                            purpose="eval",
+                            max_tokens=p.max_tokens,
+                            temperature=0.0,
+                        )
+                    )
+                else:
+                    out.append(
+                        self.chat(
+                            t,
+                            acct.key,
+                            w.old_model,
+                            text,
+                            ua=ua,
+                            addr=addr,
+                            purpose="eval",
+                            max_tokens=p.max_tokens,
+                            temperature=0.0,
+                        )
+                    )
+        return Built(accts, out)
+
+
+@dataclass(frozen=True)
+class SummariserParams:
+    docs_per_night: int
+    start_hour: float
+    gap_s: float
+    nights_per_week: int
+    max_tokens: int
+    tz_hours: float
+    use_mini: bool
+
+
+class NightlySummariser(Persona):
+    """A company's nightly job that summarises the day's documents: a cron start at the same minute every
+    night and one request every ``gap_s`` seconds to the millisecond (machine-regular timing), one fixed
+    instruction per document, short answers, one cloud address."""
+
+    name, role = "nightly_summariser", "benign"
+    summary = "nightly summariser: cron start, machine-regular gaps, short summaries of its own documents"
+
+    @classmethod
+    def draw(cls, d: Draw, world: World) -> SummariserParams:
+        return SummariserParams(
+            docs_per_night=d.log_integer(30, 400),
+            start_hour=d.uniform(0.0, 4.0, digits=2),
+            gap_s=d.log_uniform(1.0, 30.0),
+            nights_per_week=d.integer(5, 7),
+            max_tokens=d.integer(120, 400),
+            tz_hours=_tz(d.rng),
+            use_mini=d.rng.random() < 0.5,
+        )
+
+    def build(self) -> Built:
+        p, w, rng = self.params, self.world, self.rng
+        org = company_name(rng, (" Media", " News", " Research", " Analytics", " Legal"))
+        meta = {
+            "organisation": org,
+            "payment_fingerprint": new_card(rng),
+            "signup_source": "web",
+            "signup_at": _iso(self.signup(60, 700)),
+            "email_domain": org.split()[0].lower() + ".com",
+        }
+        acct = self.account("", "tier2", meta)
+        addr = rng.choice(w.clouds).address(rng)
+        ua = rng.choice(("python-requests/2.32.3", "OpenAI/Python 1.54.3", "Go-http-client/2.0"))
+        instruction = rng.choice(P.SUMMARY_INSTRUCTIONS)
+        model = w.mini_model if p.use_mini else w.old_model
+        docs = max(1, round(p.docs_per_night * w.volume))
+        out = []
+        starts = [
+            day * DAY_S + (p.start_hour - p.tz_hours) * HOUR_S  # cron: the same second every night
+            for day in range(math.floor(w.start / DAY_S) - 1, math.ceil(w.end / DAY_S) + 1)
+            if (day + 3) % 7 < p.nights_per_week  # the nights it does not run: weekends first
+        ]
+        starts = [t0 for t0 in starts if w.start - docs * p.gap_s < t0 < w.end]
+        if not starts:  # a short scenario between two nights still sees one (a rerun by hand)
+            starts = [round(rng.uniform(w.start, w.end - min(docs * p.gap_s, (w.end - w.start) / 2)), 0)]
+        for t0 in starts:
+            for i in range(docs):
+                t = t0 + i * p.gap_s
+                if not w.start <= t < w.end:
+                    continue
+                out.append(
+                    self.chat(
+                        round(t, 3),
+                        acct.key,
+                        model,
+                        instruction.format(doc=P.document(rng)),
+                        ua=ua,
+                        addr=addr,
+                        purpose="batch",
+                        max_tokens=p.max_tokens,
+                        temperature=0.0,
+                    )
+                )
+        return Built([acct], out)
+
+
 # =====================================================================================================================
 # attackers
 # =====================================================================================================================
@@ -1553,6 +1730,397 @@ class ReleasePivot(Persona):
         return Built(accts, out)
 
 
+@dataclass(frozen=True)
+class ReasoningParams:
+    accounts: int
+    per_day: float
+    demands: tuple[str, ...]
+    system_prompt: str
+    cover_share: float
+    max_tokens: int
+    temperature: float
+    profile: str
+    residential: bool
+
+
+class ReasoningTraceHarvester(Persona):
+    """A reasoning-trace harvester that knows the stock phrases: a system prompt asking for explicit reasoning,
+    reasoning problems with demands for the whole derivation worded in its own way
+    (:data:`~antidistill.simulate.prompts.PARAPHRASED_DEMANDS`, none of the monitor's phrases), ordinary chat
+    mixed in as cover, long answers."""
+
+    name, role = "reasoning_harvester", "attacker"
+    summary = "reasoning-trace harvester: system prompt, paraphrased demands (no stock phrase), cover traffic"
+
+    @classmethod
+    def draw(cls, d: Draw, world: World) -> ReasoningParams:
+        pool = P.split_pool(P.PARAPHRASED_DEMANDS, world.split)
+        return ReasoningParams(
+            accounts=d.integer(1, 2),
+            per_day=d.log_uniform(50.0, 400.0),
+            demands=tuple(d.rng.sample(pool, d.integer(2, len(pool)))),
+            system_prompt=d.choice(P.split_pool(P.REASONING_SYSTEM_PROMPTS, world.split)),
+            cover_share=d.uniform(0.1, 0.4),
+            max_tokens=d.integer(1024, 4096),
+            temperature=d.uniform(0.0, 0.8, digits=2),
+            profile=d.choice(("human", "office", "flat")),
+            residential=d.rng.random() < 0.5,
+        )
+
+    def build(self) -> Built:
+        p, w, rng = self.params, self.world, self.rng
+        accts, out = [], []
+        adopt = self.adopt_after(2, 48, never=0.4)
+        for a in range(p.accounts):
+            meta = {
+                "organisation": rng.choice((None, "", "Independent research")),
+                "payment_fingerprint": new_card(rng),
+                "signup_source": rng.choice(("web", "google")),
+                "signup_at": _iso(self.signup(5, 200)),
+                "email_domain": _email(rng, "personal"),
+            }
+            acct = self.account(f"{a}", "tier1", meta, campaign=self.campaign if p.accounts > 1 else None)
+            accts.append(acct)
+            if p.residential:
+                isp = rng.choice(w.isps)
+                net = Network(isp.name, "residential", isp.prefixes, pool=[isp.address(rng)])
+            else:
+                net = rng.choice(w.clouds)
+            addr = net.address(rng)
+            ua = rng.choice(COMMON_UAS)
+            for i, t in enumerate(arrivals(rng, w, p.per_day / p.accounts, p.profile, _tz(rng), 0.7)):
+                model = w.model_at(t, adopt)
+                if rng.random() < p.cover_share:
+                    n = rng.randint(1, 3)
+                    turns = [P.casual_prompt(rng)] + [P.followup_prompt(rng) for _ in range(n - 1)]
+                    out += self.conversation(
+                        t,
+                        acct.key,
+                        model,
+                        turns,
+                        [rng.uniform(20, 200) for _ in range(n - 1)],
+                        ua=ua,
+                        addr=addr,
+                        purpose="cover",
+                        conv=f"{acct.key}-s{i}",
+                    )
+                    continue
+                out.append(
+                    self.chat(
+                        t,
+                        acct.key,
+                        model,
+                        P.cot_prompt(rng, p.demands),
+                        ua=ua,
+                        addr=addr,
+                        purpose="cot-harvest",
+                        system=p.system_prompt,
+                        max_tokens=p.max_tokens,
+                        temperature=p.temperature,
+                    )
+                )
+        return Built(accts, out)
+
+
+@dataclass(frozen=True)
+class AgentLoopParams:
+    per_day: float
+    turns_min: int
+    turns_max: int
+    gap_s: float
+    max_tokens: int
+    reasoning_share: float
+    domains: tuple[str, ...]
+    templates: tuple[str, ...]
+    datacenter: bool
+
+
+class AgentLoopHarvester(Persona):
+    """An agent loop harvesting self-refinement: one account whose script opens a task, then asks the model to
+    critique, revise and verify its own answer over 5-8 turns of one conversation (about 800 requests a week).
+    Every turn is a chat turn; the templated part is only the first."""
+
+    name, role = "agent_loop", "attacker"
+    summary = "agent-loop harvester: one account, self-refine conversations of 5-8 turns, ~800 requests a week"
+
+    @classmethod
+    def draw(cls, d: Draw, world: World) -> AgentLoopParams:
+        lo = d.integer(5, 6)
+        return AgentLoopParams(
+            per_day=d.log_uniform(70.0, 180.0),
+            turns_min=lo,
+            turns_max=lo + 2,
+            gap_s=d.log_uniform(2.0, 40.0),
+            max_tokens=d.integer(800, 2048),
+            reasoning_share=d.uniform(0.0, 0.6),
+            domains=tuple(d.rng.sample(sorted(P.TOPICS), d.integer(1, 3))),
+            templates=tuple(d.rng.sample(P.split_pool(P.HARVEST_TEMPLATES, world.split), d.integer(1, 3))),
+            datacenter=d.rng.random() < 0.7,
+        )
+
+    def build(self) -> Built:
+        p, w, rng = self.params, self.world, self.rng
+        meta = {
+            "organisation": rng.choice((None, "Agentic Data Co", "")),
+            "payment_fingerprint": new_card(rng),
+            "signup_source": rng.choice(("web", "github")),
+            "signup_at": _iso(self.signup(3, 90)),
+            "email_domain": _email(rng, "personal"),
+        }
+        acct = self.account("", "tier1", meta)
+        net = rng.choice(w.clouds) if p.datacenter else rng.choice(w.isps)
+        addr = net.address(rng)
+        ua = rng.choice(
+            ("OpenAI/Python 1.99.1", "AsyncOpenAI/Python 1.97.0", "langchain-openai/0.3.28 OpenAI/Python 1.97.0")
+        )
+        topics = [t for dom in p.domains for t in P.TOPICS[dom]]
+        adopt = self.adopt_after(1, 24, never=0.3)
+        mean_turns = (p.turns_min + p.turns_max) / 2
+        refine = P.split_pool(P.REFINE_TURNS, w.split)
+        out: list[PlannedRequest] = []
+        for i, t in enumerate(arrivals(rng, w, p.per_day / mean_turns, "flat", 0.0, 1.0)):
+            n = rng.randint(p.turns_min, p.turns_max)
+            if rng.random() < p.reasoning_share:
+                first, purpose = P.reasoning_problem(rng), "cot-harvest"
+            else:
+                first, purpose = P.harvest_prompt(rng, p.templates, topics), "harvest"
+            turns = [first] + [rng.choice(refine) for _ in range(n - 1)]
+            out += self.conversation(
+                t,
+                acct.key,
+                w.model_at(t, adopt),
+                turns,
+                [max(0.5, rng.gauss(p.gap_s, p.gap_s * 0.3)) for _ in range(n - 1)],
+                ua=ua,
+                addr=addr,
+                purpose=purpose,
+                conv=f"{acct.key}-loop{i}",
+                max_tokens=p.max_tokens,
+                temperature=0.7,
+            )
+        return Built([acct], out)
+
+
+@dataclass(frozen=True)
+class FarmParams:
+    members: int
+    per_member_per_day: float
+    turns_mean: float
+    templates: tuple[str, ...]
+    domains: tuple[str, ...]
+    max_tokens: int
+    paid_share: float
+    signup_spread_days: float
+    cover_share: float
+
+
+class ConversationFarm(Persona):
+    """A conversation farm: about 40 accounts on residential addresses (a fresh home address per member, from
+    many ISPs), each holding multi-turn chats that open with a harvesting template and dig deeper with
+    follow-ups. Links are weak on purpose: every paying member has its own card, signups spread over weeks,
+    common user agents, human pacing; what they share is the campaign's templates and topics."""
+
+    name, role = "conversation_farm", "attacker"
+    summary = "conversation farm: ~40 accounts on residential addresses, multi-turn chats, weak links"
+
+    @classmethod
+    def draw(cls, d: Draw, world: World) -> FarmParams:
+        return FarmParams(
+            members=d.integer(30, 50),
+            per_member_per_day=d.log_uniform(4.0, 30.0),
+            turns_mean=d.uniform(2.0, 5.0),
+            templates=tuple(d.rng.sample(P.split_pool(P.HARVEST_TEMPLATES, world.split), d.integer(2, 5))),
+            domains=tuple(d.rng.sample(sorted(P.TOPICS), d.integer(1, 3))),
+            max_tokens=d.integer(600, 2048),
+            paid_share=d.uniform(0.2, 0.9),
+            signup_spread_days=d.log_uniform(7.0, 60.0),
+            cover_share=d.uniform(0.0, 0.3),
+        )
+
+    def build(self) -> Built:
+        p, w, rng = self.params, self.world, self.rng
+        budget = w.hydra_daily_budget
+        rate = p.per_member_per_day if not budget else min(p.per_member_per_day, budget / p.members)
+        topics = [t for dom in p.domains for t in P.TOPICS[dom]]
+        signup_end = w.start - rng.uniform(1, 20) * DAY_S
+        followups = P.split_pool(P.FARM_FOLLOWUPS, w.split)
+        accts, out = [], []
+        for m in range(p.members):
+            paid = rng.random() < p.paid_share
+            meta = {
+                "organisation": None,
+                "payment_fingerprint": new_card(rng) if paid else None,
+                "signup_source": rng.choice(("web", "google", "mobile-app")),
+                "signup_at": _iso(signup_end - rng.uniform(0, p.signup_spread_days) * DAY_S),
+                "email_domain": _email(rng, "personal"),
+            }
+            acct = self.account(
+                f"{m:03d}",
+                "tier1" if paid else "free",
+                meta,
+                campaign=self.campaign,
+                extra={"effective_per_member_per_day": round(rate, 3)},
+            )
+            accts.append(acct)
+            isp = rng.choice(w.isps)
+            home = Network(isp.name, "residential", isp.prefixes, pool=[isp.address(rng) for _ in range(2)])
+            ua = rng.choice(COMMON_UAS)
+            mean_turns = max(1.0, p.turns_mean)
+            for i, t in enumerate(arrivals(rng, w, rate / mean_turns, "human", _tz(rng), 0.8)):
+                n = max(2, min(8, round(rng.expovariate(1 / mean_turns) + 1)))
+                if rng.random() < p.cover_share:
+                    turns = [P.casual_prompt(rng)] + [P.followup_prompt(rng) for _ in range(n - 1)]
+                    purpose, kw = "cover", {}
+                else:
+                    turns = [P.harvest_prompt(rng, p.templates, topics)] + [
+                        rng.choice(followups).format(u=rng.choice(topics)) for _ in range(n - 1)
+                    ]
+                    purpose, kw = "harvest", {"max_tokens": p.max_tokens}
+                out += self.conversation(
+                    t,
+                    acct.key,
+                    w.model_at(t, None),
+                    turns,
+                    [rng.uniform(30, 400) for _ in range(n - 1)],
+                    ua=ua,
+                    addr=home.address(rng),
+                    purpose=purpose,
+                    conv=f"{acct.key}-c{i}",
+                    **kw,
+                )
+        return Built(accts, out)
+
+
+@dataclass(frozen=True)
+class DescribedParams:
+    role: str
+    accounts: int
+    per_day: float
+    profile: str
+    tz_hours: float
+    weekend: float
+    prompts: tuple[str, ...]
+    topics: tuple[str, ...]
+    system_prompt: str
+    turns: int
+    followups: tuple[str, ...]
+    gap_s: float
+    max_tokens: int | None
+    temperature: float | None
+    network: str
+    user_agent: str
+    tier: str
+    shared_card: bool
+    organisation: str | None
+
+
+#: the networks a described persona can sit on
+DESCRIBED_NETWORKS = ("residential", "mobile", "university", "corporate", "cloud", "office")
+
+
+class Described(Persona):
+    """A request pattern described by the user rather than a kind of the simulator: its role, how many accounts,
+    how often (a rate shaped by a daily profile), what it sends (its own prompt templates, ``{t}`` and ``{u}``
+    filled from its topics; an optional system prompt; conversations of ``turns`` turns with its own
+    follow-ups, ``gap_s`` apart), with which knobs (``max_tokens``, ``temperature``), from which network and
+    software. Drawn values (when a persona file leaves them out) are an ordinary chat user's.
+
+    The kind's own role is ``benign``; an instance's accounts carry ``params.role``, which is what the labels
+    and the evaluation read."""
+
+    name, role = "described", "benign"
+    summary = "a request pattern described in a persona file: role, rate, prompts, turns, knobs, network"
+
+    @classmethod
+    def draw(cls, d: Draw, world: World) -> DescribedParams:
+        return DescribedParams(
+            role="benign",
+            accounts=d.integer(1, 3),
+            per_day=d.log_uniform(2.0, 60.0),
+            profile=d.choice(("human", "office", "night_owl")),
+            tz_hours=_tz(d.rng),
+            weekend=d.uniform(0.3, 1.2),
+            prompts=tuple(d.rng.sample(P.split_pool(P._CASUAL_TASKS, world.split), 4)),
+            topics=tuple(d.rng.sample(P.ALL_TOPICS, 6)),
+            system_prompt="",
+            turns=d.integer(1, 4),
+            followups=tuple(d.rng.sample(P.split_pool(P._FOLLOWUPS, world.split), 4)),
+            gap_s=d.log_uniform(10.0, 300.0),
+            max_tokens=d.choice((None, 256, 512, 1024)),
+            temperature=d.uniform(0.3, 1.0, digits=2),
+            network=d.choice(("residential", "mobile", "university")),
+            user_agent="",
+            tier=d.choice(("free", "tier1")),
+            shared_card=False,
+            organisation=None,
+        )
+
+    def build(self) -> Built:
+        p, w, rng = self.params, self.world, self.rng
+        checks = (
+            ("role", p.role, ("benign", "attacker")),
+            ("network", p.network, DESCRIBED_NETWORKS),
+            ("tier", p.tier, tuple(TIERS)),
+        )
+        for field_name, value, allowed in checks:
+            if value not in allowed:
+                raise InputError(f"described.{field_name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not p.prompts or not p.topics or p.turns < 1 or p.accounts < 1:
+            raise InputError("described needs prompts, topics, turns >= 1 and accounts >= 1")
+        card = new_card(rng)
+        accts, out = [], []
+        for a in range(p.accounts):
+            meta = {
+                "organisation": p.organisation,
+                "payment_fingerprint": (card if p.shared_card else new_card(rng)) if p.tier != "free" else None,
+                "signup_source": "web",
+                "signup_at": _iso(self.signup(1, 400)),
+                "email_domain": _email(rng, "personal"),
+            }
+            acct = self.account(f"{a}", p.tier, meta, campaign=self.campaign if p.accounts > 1 else None)
+            acct = replace(acct, role=p.role)
+            accts.append(acct)
+            net = self._network(p.network)
+            ua = p.user_agent or rng.choice(COMMON_UAS)
+            per_conversation = max(1.0, float(p.turns))
+            for i, t in enumerate(arrivals(rng, w, p.per_day / per_conversation, p.profile, p.tz_hours, p.weekend)):
+                first = rng.choice(p.prompts).format(t=rng.choice(p.topics), u=rng.choice(p.topics))
+                turns = [first] + [
+                    rng.choice(p.followups or ("go on",)).format(t=rng.choice(p.topics), u=rng.choice(p.topics))
+                    for _ in range(p.turns - 1)
+                ]
+                out += self.conversation(
+                    t,
+                    acct.key,
+                    w.old_model,
+                    turns,
+                    [p.gap_s] * (p.turns - 1),
+                    ua=ua,
+                    addr=net.address(rng),
+                    purpose="described",
+                    conv=f"{acct.key}-d{i}",
+                    system=p.system_prompt or None,
+                    max_tokens=p.max_tokens,
+                    temperature=p.temperature,
+                )
+        return Built(accts, out)
+
+    def _network(self, kind: str) -> Network:
+        w, rng = self.world, self.rng
+        if kind == "mobile":
+            return rng.choice(w.carriers)
+        if kind == "university":
+            return rng.choice(w.universities)
+        if kind == "corporate":
+            return rng.choice(w.corporate)
+        if kind == "cloud":
+            return rng.choice(w.clouds)
+        if kind == "office":
+            return w.office(rng, self.campaign)
+        isp = rng.choice(w.isps)
+        return Network(isp.name, "residential", isp.prefixes, pool=[isp.address(rng)])
+
+
 #: every persona, by name (benign first)
 PERSONAS: dict[str, type[Persona]] = {
     c.name: c
@@ -1563,12 +2131,18 @@ PERSONAS: dict[str, type[Persona]] = {
         EnterpriseBatch,
         EvalHarness,
         ResearchTeam,
+        LabCotEval,
+        NightlySummariser,
         BulkHarvester,
         StealthyHarvester,
         HydraCluster,
         CotExtractor,
         CoverageSweeper,
         ReleasePivot,
+        ReasoningTraceHarvester,
+        AgentLoopHarvester,
+        ConversationFarm,
+        Described,  # a user's own pattern (persona files); its role is a parameter
     )
 }
 BENIGN = tuple(n for n, c in PERSONAS.items() if c.role == "benign")

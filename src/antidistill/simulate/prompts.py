@@ -877,3 +877,80 @@ def research_prompt(rng: random.Random, topics: Sequence[str]) -> str:
     t = rng.choice(topics)
     q = rng.choice(_CASUAL_TASKS).format(t=t, u=rng.choice(ALL_TOPICS))
     return rng.choice(_RESEARCH).format(t=t, q=q, k=rng.randint(3, 12), p=_math_word(rng))
+
+
+# ---- reasoning demands in other words (no stock phrase of the monitor's list) -------------------------------------
+#: demands for the whole reasoning, worded so that none holds a phrase of
+#: :data:`antidistill.monitor.features.COT_PHRASES` (a test checks it): what a harvester writes once it knows the
+#: list, and what a perturbed scenario puts in place of :data:`COT_DEMANDS`
+PARAPHRASED_DEMANDS = (
+    "Before the answer, lay out how you get there, one move at a time, leaving nothing implicit.",
+    "I want the whole path from the question to the result written down, not just the result.",
+    "Narrate what goes through your head while you work on this, then conclude.",
+    "Write down each deduction you make, in order, and number them; the answer comes last.",
+    "Don't jump to the conclusion: spell out the argument that leads to it, piece by piece.",
+    "Give me the derivation in full, the way a grader would want to see it, then the result.",
+    "Lay bare the logic behind your answer, including the parts that feel trivial.",
+    "Please expose your working process in detail; a bare answer is useless to me.",
+    "Talk through the problem at length first, checking yourself along the way, then answer.",
+    "Produce the longest, most explicit justification you can, and only then the answer.",
+)
+#: a reasoning harvester's system prompts (asking for explicit reasoning without a stock phrase)
+REASONING_SYSTEM_PROMPTS = (
+    "You are a meticulous tutor. You never give an answer without the argument that leads to it.",
+    "You are a careful problem solver who writes out every deduction before concluding.",
+    "You are an expert grader's model solution writer: solutions are explicit and complete.",
+    "You are a patient teacher who narrates the path to each result in full.",
+)
+#: what an agent loop asks of the model after its first answer (self-critique and revision)
+REFINE_TURNS = (
+    "Critique your previous answer: list every weakness, gap or error you can find.",
+    "Now rewrite the answer, fixing each weakness you listed.",
+    "Check the revised answer once more against the original task and point out anything still missing.",
+    "Produce an improved final version that addresses those points.",
+    "Compare the last two versions and explain which is better and why.",
+    "Make the answer more complete: add the cases and examples it still lacks.",
+    "Verify the result independently and correct it if needed.",
+    "Condense everything above into one polished, self-contained answer.",
+)
+#: follow-ups a conversation farm sends to make a single answer into a long, rich dialogue
+FARM_FOLLOWUPS = (
+    "interesting, can you go deeper on that?",
+    "give me two more examples",
+    "what would an expert add here?",
+    "and what are the edge cases?",
+    "can you explain the last part differently?",
+    "ok, now compare it with {u}",
+    "what's a common mistake people make with this?",
+    "summarise what we discussed so far",
+)
+#: what a nightly summariser asks for each document
+SUMMARY_INSTRUCTIONS = (
+    "Summarise the following document in three bullet points for the morning digest.\n\n{doc}",
+    "Write a 60-word summary of this text for an internal newsletter.\n\n{doc}",
+    "TL;DR of the following, one paragraph:\n\n{doc}",
+    "Produce a short headline and a two-sentence summary of this article.\n\n{doc}",
+)
+
+
+def paraphrase_demands(text: str, rng: random.Random) -> str:
+    """``text`` with every stock demand of :data:`COT_DEMANDS` (and the evaluation suffixes that demand
+    reasoning) replaced by one of :data:`PARAPHRASED_DEMANDS`; other text is left alone."""
+    for stock in (*COT_DEMANDS, EVAL_COT_SUFFIX[1].strip(), EVAL_COT_SUFFIX[3].strip()):
+        if stock in text:
+            text = text.replace(stock, rng.choice(PARAPHRASED_DEMANDS))
+    for stock, other in _REWORDS.items():
+        text = text.replace(stock, other)
+    return text
+
+
+# stock wordings of the harvesting templates that happen to hold a phrase of the monitor's list
+_REWORDS = {"step-by-step guide": "guide that goes stage by stage"}
+
+
+def document(rng: random.Random) -> str:
+    """A document for a summariser: a few paragraphs of a corpus or records glued together."""
+    corpus = rng.choice(sorted(RAG_CORPORA))
+    parts = [rag_context(rng, corpus, rng.randint(2, 4))]
+    parts += [batch_record(rng) for _ in range(rng.randint(0, 3))]
+    return "\n\n".join(parts)

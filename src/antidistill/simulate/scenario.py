@@ -14,7 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
+import statistics
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +26,7 @@ from typing import Any
 
 from antidistill.errors import InputError
 from antidistill.simulate.personas import ATTACKERS, BENIGN, PERSONAS, AccountPlan, PlannedRequest
-from antidistill.simulate.prompts import check_split
+from antidistill.simulate.prompts import check_split, paraphrase_demands
 from antidistill.simulate.world import DAY_S, TIERS, VirtualLimits, World
 
 #: the default virtual start: Monday 2026-01-05 00:00 UTC
@@ -32,6 +35,8 @@ DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
 DEFAULT_MAX_TOKENS = 256
 #: seconds of margin added when a request is pushed past a limit window (the gateway counts whole seconds)
 _MARGIN_S = 1.5
+#: the range a perturbed attacker's ``max_tokens`` is drawn from (below the 1024 a long-answer signal keys on)
+PERTURB_MAX_TOKENS = (256, 900)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,11 @@ SCALES: dict[str, ScaleSpec] = {
             "cot_extractor": 1,
             "coverage_sweeper": 1,
             "release_pivot": 1,
+            "lab_cot_eval": 1,
+            "nightly_summariser": 1,
+            "reasoning_harvester": 1,
+            "agent_loop": 1,
+            "conversation_farm": 1,
         },
         hydra_members=(20, 500),
         hydra_daily_budget=1200.0,
@@ -123,6 +133,11 @@ SCALES: dict[str, ScaleSpec] = {
             "cot_extractor": 2,
             "coverage_sweeper": 2,
             "release_pivot": 2,
+            "lab_cot_eval": 2,
+            "nightly_summariser": 2,
+            "reasoning_harvester": 2,
+            "agent_loop": 2,
+            "conversation_farm": 2,
         },
         hydra_members=(20, 500),
         hydra_daily_budget=2000.0,
@@ -148,6 +163,9 @@ class Scenario:
         volume: multiplies every persona's request rate (in (0, 10]); small scales thin the traffic.
         persona_volume: further factors by persona name (in (0, 10]).
         overrides: parameter values per persona name, used instead of drawn ones.
+        perturb: perturb every attacker's client-set knobs (:func:`perturb_requests`): ``max_tokens`` drawn from
+            :data:`PERTURB_MAX_TOKENS`, stock reasoning demands paraphrased, timing jittered; benign traffic is
+            left alone. What an attacker who knows the monitor's signals would change first.
 
     Example:
         >>> plan = Scenario(seed=3, days=0.5, counts={"casual": 2, "hydra": 1}, hydra_members=(20, 20)).build()
@@ -166,6 +184,7 @@ class Scenario:
     volume: float = 1.0
     persona_volume: Mapping[str, float] = field(default_factory=dict)
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    perturb: bool = False
 
     def __post_init__(self) -> None:
         check_split(self.split)
@@ -230,6 +249,7 @@ class Scenario:
             "volume": self.volume,
             "persona_volume": dict(self.persona_volume),
             "overrides": {k: dict(v) for k, v in self.overrides.items()},
+            "perturb": self.perturb,
         }
 
     def build(self) -> Plan:
@@ -250,10 +270,63 @@ class Scenario:
                     by_account[r.account].append(r)
         limits = {a.key: a.limits for a in accounts}
         requests: list[PlannedRequest] = []
+        role = {a.key: a.role for a in accounts}
         for key, reqs in by_account.items():
+            if self.perturb and role[key] == "attacker":
+                rng = random.Random(f"perturb:{self.seed}:{self.split}:{key}")
+                reqs = perturb_requests(reqs, rng, world.start, world.end)
             requests += enforce_limits(reqs, limits[key], world.end)
         requests.sort(key=lambda r: (r.t, r.account, r.turn))
         return Plan(self, accounts, requests, world.to_dict()["releases"], world.to_dict()["networks"])
+
+
+def perturb_requests(
+    requests: Sequence[PlannedRequest], rng: random.Random, start: float, end: float
+) -> list[PlannedRequest]:
+    """One attacker account's requests with the knobs a client sets freely perturbed.
+
+    * ``max_tokens``: every request asks for a value drawn from :data:`PERTURB_MAX_TOKENS` (an attacker that
+      knows long answers are watched asks for shorter ones and sends more requests);
+    * wording: every stock reasoning demand (:data:`~antidistill.simulate.prompts.COT_DEMANDS` and the stock
+      "think step by step" suffixes) is replaced by a paraphrase with none of the monitor's phrases
+      (:func:`~antidistill.simulate.prompts.paraphrase_demands`), in the system prompt too;
+    * timing: each conversation (or single request) moves by a uniform offset of up to half the account's
+      median gap between conversations, at least 30 s and at most an hour, so a steady pace loses its
+      regularity; the turns of a conversation keep their own gaps. Requests moved outside ``[start, end)``
+      are dropped.
+    """
+    if not requests:
+        return []
+    firsts = sorted(r.t for r in requests if r.turn == 0)
+    gaps = [b - a for a, b in itertools.pairwise(firsts) if b > a]
+    jitter = min(3600.0, max(30.0, statistics.median(gaps) / 2 if gaps else 30.0))
+    offsets: dict[str, float] = {}
+    out: list[PlannedRequest] = []
+    for r in sorted(requests, key=lambda r: (r.t, r.turn)):
+        key = r.conversation or f"single-{len(out)}-{r.t}"
+        shift = offsets.setdefault(key, rng.uniform(-jitter, jitter))
+        t = r.t + shift
+        if not start <= t < end:
+            continue
+        messages = r.messages
+        if messages is not None:
+            messages = tuple(
+                {**m, "content": paraphrase_demands(m["content"], rng)}
+                if isinstance(m.get("content"), str) and m.get("role") in ("user", "system")
+                else m
+                for m in messages
+            )
+        prompt = paraphrase_demands(r.prompt, rng) if r.prompt is not None else None
+        out.append(
+            replace(
+                r,
+                t=round(t, 3),
+                messages=messages,
+                prompt=prompt,
+                max_tokens=rng.randint(*PERTURB_MAX_TOKENS),
+            )
+        )
+    return out
 
 
 def enforce_limits(requests: Sequence[PlannedRequest], limits: VirtualLimits, end: float) -> list[PlannedRequest]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from antidistill.monitor.train import (
     fit_models,
 )
 from antidistill.settings import Settings
+from antidistill.simulate.personas import PERSONAS
 from antidistill.simulate.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ def train(
     targets: dict[str, float] | None = None,
     out_dir: Path | None = None,
     extra_personas: dict[str, int] | None = None,
+    exclude_kinds: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Simulate training traffic, fit, calibrate, save; returns the manifest.
 
@@ -58,7 +61,11 @@ def train(
         embeddings: train with the embedding features (slower).
         targets: per-level benign false-positive targets (default :data:`TARGET_FPR`).
         extra_personas: personas added to each training simulation (default :data:`TRAIN_EXTRA`; ``{}``: none).
+        exclude_kinds: persona kinds left out of every training and calibration simulation (and of the extras):
+            the leave-one-persona-out evaluation trains without a kind, then tests on it
+            (``benchmarks/monitor_lopo.py``).
     """
+    excluded = check_kinds(exclude_kinds)
     if set(seeds) & set(calibration_seeds):
         raise InputError("training and calibration seeds must differ")
     if not seeds or not calibration_seeds:
@@ -72,11 +79,9 @@ def train(
         embedder = Embedder()
     all_rows = Rows()
     sims = []
+    extras = TRAIN_EXTRA if extra_personas is None else extra_personas
     for s in seeds:
-        scenario = Scenario.from_scale(scale, seed=int(s), days=days, split="train")
-        for persona, extra in (TRAIN_EXTRA if extra_personas is None else extra_personas).items():
-            scenario.counts[persona] = scenario.counts.get(persona, 0) + extra
-        plan = scenario.build()
+        plan = training_scenario(scale, int(s), days, extras, excluded).build()
         rows, _ = collect_rows(plan, embedder)
         for k in ("X", "y", "kind", "persona"):
             getattr(all_rows, k).extend(getattr(rows, k))
@@ -90,7 +95,7 @@ def train(
     ceiling: list[float] = []  # benign accounts not swept into an attacker's cluster
     attacker_summary = []
     for s in calibration_seeds:
-        plan = Scenario.from_scale(scale, seed=int(s), days=days, split="train").build()
+        plan = training_scenario(scale, int(s), days, {}, excluded).build()
         b, c, summ = benign_max_risks(plan, provisional, embedder)
         benign += b
         ceiling += c
@@ -105,7 +110,8 @@ def train(
         "embeddings": embeddings,
         "train_seeds": [int(s) for s in seeds],
         "calibration_seeds": [int(s) for s in calibration_seeds],
-        "train_extra_personas": dict(TRAIN_EXTRA if extra_personas is None else extra_personas),
+        "train_extra_personas": {k: v for k, v in extras.items() if k not in excluded},
+        "excluded_kinds": sorted(excluded),
         "split": "train",
         "simulations": sims,
         "rows": len(y),
@@ -126,3 +132,24 @@ def train(
     joblib.dump(scorer.to_state(), out / MODEL_FILE)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def check_kinds(kinds: Sequence[str]) -> frozenset[str]:
+    """``kinds`` as a set, each a persona name (else an :class:`InputError` naming the unknown one)."""
+    unknown = sorted(set(kinds) - set(PERSONAS))
+    if unknown:
+        raise InputError(f"unknown persona kind(s) to exclude: {', '.join(unknown)} (known: {', '.join(PERSONAS)})")
+    return frozenset(kinds)
+
+
+def training_scenario(
+    scale: str, seed: int, days: float | None, extra: Mapping[str, int], exclude: frozenset[str] = frozenset()
+) -> Scenario:
+    """The training-split scenario of ``scale`` and ``seed`` with ``extra`` personas added and the ``exclude``
+    kinds left out entirely (no account of theirs in the plan)."""
+    base = Scenario.from_scale(scale, seed=seed, days=days, split="train")
+    counts = dict(base.counts)
+    for persona, n in extra.items():
+        counts[persona] = counts.get(persona, 0) + n
+    counts = {k: v for k, v in counts.items() if k not in exclude and v > 0}
+    return replace(base, counts=counts)
