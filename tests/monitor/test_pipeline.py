@@ -79,7 +79,14 @@ def test_a_harvester_rises_and_each_rise_is_reported_once():
             rises += mon.observe(ExchangeEvent("human", T0 + timedelta(seconds=5 * i + 1), prompt=f"hi {i} how are u"))
     rises += mon.flush()
     bot = [a for a in rises if a.account_id == "bot"]
-    assert [level_rank(a.level) for a in bot] == sorted({level_rank(a.level) for a in bot})
+    # every report is a rise, or a new evidence family at the level reached (a block needs a second one)
+    seen: set[str] = set()
+    for prev, a in zip([None, *bot], bot, strict=False):
+        assert prev is None or level_rank(a.level) > level_rank(prev.level) or not set(a.families) <= seen
+        assert prev is None or level_rank(a.level) >= level_rank(prev.level)
+        seen |= set(a.families)
+    assert len(bot) <= len({a.level for a in bot}) + len(seen)
+    assert bot[-1].families == ("traffic", "content")
     assert bot[-1].level in ("alert", "severe") and bot[0].requests <= 100
     assert any("step-by-step" in r for r in bot[-1].reasons)
     assert not [a for a in rises if a.account_id == "human" and level_rank(a.level) >= level_rank("alert")]
@@ -110,6 +117,8 @@ def test_cluster_lights_up_members_that_look_harmless():
     assert len(flagged) >= 57
     a = mon.assess("h3")
     assert a.cluster_size == 60 and a.cluster_id == c.id and any("linked with 59" in r for r in a.reasons)
+    assert "linking" in a.families and "content" in a.families
+    assert mon.assess("h3").to_dict()["families"] == list(a.families)
 
 
 def test_checkpoints_thin_out():
