@@ -305,6 +305,9 @@ def test_cli_scan_alerts_and_clear(tmp_path, monkeypatch, policy_file):
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert [(a["account_id"], a["action"]) for a in report["assessments"]] == [(attacker.id, "block")]
+    for k in ("account_id", "level", "risk", "reasons", "cluster_id", "action"):  # the fields outside checks read
+        assert k in report["assessments"][0]
+    assert report["assessments"][0]["families"] == ["traffic", "content"]
     assert report["accounts"] == 2
 
     monitor.__init__({"watch": 2, "alert": 3, "severe": 6}, watched=[attacker.id])
@@ -339,7 +342,7 @@ def test_cli_policy_check(tmp_path):
     from antidistill.cli import monitor as monitor_cli
 
     r = runner.invoke(monitor_cli.monitor_app, ["policy"])
-    assert r.exit_code == 0 and "severe -> block" in r.stdout
+    assert r.exit_code == 0 and "severe -> block on >= 2 evidence families, else review" in r.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(POLICY.replace("action: block", "action: ban"))
     r = runner.invoke(monitor_cli.monitor_app, ["policy", str(bad)])

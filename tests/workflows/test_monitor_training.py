@@ -82,6 +82,15 @@ def test_heldout_traffic_through_the_gateway(trained, tmp_path):
     assert report["benign_fpr"]["alert"]["rate"] <= 0.1, report["benign_false_positives"]
     assert report["hydra_cluster_recall"] and report["hydra_cluster_recall"][0]["recall"] >= 0.8
     assert report["records"] > 500 and report["split"] == "heldout"
+    # what the policy would do: the benign block rate apart from the alert rate, with its Wilson interval
+    blocked = report["actions"]["benign"]["blocked"]
+    assert blocked["of"] == report["benign_fpr"]["alert"]["accounts"]
+    assert blocked["accounts"] <= report["actions"]["benign"]["held"]["accounts"]
+    assert blocked["wilson95"][0] <= blocked["rate"] <= blocked["wilson95"][1]
+    assert (
+        sum(p["actions"].get("block", 0) for p in report["personas"].values() if p["role"] == "benign")
+        == (blocked["accounts"])
+    )
 
 
 def test_cli_train_refuses_overlapping_seeds(tmp_path, monkeypatch, capsys):
