@@ -8,7 +8,7 @@ import pytest
 
 from antidistill.monitor.api import LEVELS, Assessment, ExchangeEvent, level_rank
 from antidistill.monitor.pipeline import Monitor, is_checkpoint, scan_records
-from antidistill.monitor.score import Scorer
+from antidistill.monitor.score import Scorer, rules
 from antidistill.settings import get_settings
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -148,3 +148,34 @@ def test_observe_many_gives_what_observe_gives():
     ]
     for acct in one.tracker.accounts:
         assert list(one.tracker.accounts[acct].window) == list(many.tracker.accounts[acct].window)
+
+
+def test_a_nightly_batch_job_is_not_raised_for_its_timing_alone():
+    """A summariser every ten minutes round the clock, different documents, 1024-token answers: machine-regular
+    timing and activity around the clock (and the client's max_tokens) are all it shows, so it stays below watch
+    (the rules alone used to put it at watch)."""
+    import random
+
+    rng = random.Random(3)
+    words = "market policy river engine garden theory signal budget vaccine orbit ledger climate tariff protein".split()
+    events = [
+        ExchangeEvent(
+            "nightly",
+            T0 + timedelta(minutes=10 * i),
+            model="m",
+            max_tokens=1024,
+            system="You summarise internal reports.",
+            prompt=" ".join(rng.choice(words) for _ in range(rng.randint(40, 90))),
+        )
+        for i in range(288)
+    ]
+    unguarded = Scorer.rules_only()
+    unguarded.guards = False
+    old = Monitor(unguarded)
+    assert [a.level for a in old.observe_many(events) + old.flush()] == ["watch"]
+    mon = Monitor(Scorer.rules_only())
+    assert mon.observe_many(events) + mon.flush() == []
+    a = mon.assess("nightly")
+    assert a.level == "none" and a.families == ("traffic",)
+    kinds = {r.kind for r in rules(mon._features(mon.tracker.accounts["nightly"].window, 288, None))}
+    assert kinds == {"regular", "clock", "demand"}
