@@ -157,7 +157,22 @@ def test_a_nightly_batch_job_is_not_raised_for_its_timing_alone():
     import random
 
     rng = random.Random(3)
-    words = ["market", "policy", "river", "engine", "garden", "theory", "signal", "budget", "vaccine", "orbit", "ledger", "climate", "tariff", "protein"]
+    words = [
+        "market",
+        "policy",
+        "river",
+        "engine",
+        "garden",
+        "theory",
+        "signal",
+        "budget",
+        "vaccine",
+        "orbit",
+        "ledger",
+        "climate",
+        "tariff",
+        "protein",
+    ]
     events = [
         ExchangeEvent(
             "nightly",
