@@ -194,3 +194,26 @@ def test_a_nightly_batch_job_is_not_raised_for_its_timing_alone():
     assert a.level == "none" and a.families == ("traffic",)
     kinds = {r.kind for r in rules(mon._features(mon.tracker.accounts["nightly"].window, 288, None))}
     assert kinds == {"regular", "clock", "demand"}
+
+
+class ScriptedScorer:
+    """Scores every window ``severe`` with the families of the script, one step per batch."""
+
+    def __init__(self, script: list[tuple[str, ...]]) -> None:
+        self.script = list(script)
+
+    def score(self, X, sizes=None):
+        from antidistill.monitor.score import Score
+
+        fams = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        return [Score(0.9, "severe", {}, ["r"], fams) for _ in range(len(X))]
+
+
+def test_a_new_family_at_the_same_level_is_reported_with_all_seen_so_far():
+    mon = Monitor(ScriptedScorer([("traffic",), ("traffic",), ("content",), ("content",)]))  # type: ignore[arg-type]
+    reports = []
+    for i in range(20):  # checkpoints at 5, 10, 15, 20: one scored batch each
+        reports += mon.observe(ExchangeEvent("a", T0 + timedelta(seconds=i), prompt=f"p {i}"))
+        reports += mon.flush()
+    # the rise, then the new family (with the old one: both are evidence about the account); no repeat
+    assert [(a.level, a.families) for a in reports] == [("severe", ("traffic",)), ("severe", ("traffic", "content"))]

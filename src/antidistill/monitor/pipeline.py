@@ -9,7 +9,8 @@ are computed together once :attr:`Monitor.batch_size` are pending or ten minutes
 gateway also flushes whenever its monitoring worker is idle), so the per-exchange
 cost stays a few microseconds plus the models' per-batch cost. An account's level is the highest of its own and
 its cluster's; :meth:`Monitor.observe` reports every rise, and every new evidence family (:data:`FAMILIES`) of an
-account already at ``watch`` or above (a policy blocks only on two families, so a second one must reach it).
+account already at ``watch`` or above (a policy blocks only on two families, so a second one must reach it); a
+report names every family the account's reports have shown so far.
 
 :func:`scan_records` replays audit records (``Store.iter_records``) through a monitor, with the same code path.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -252,8 +254,11 @@ class Monitor:
             new_family = rank >= 1 and rank == top and not set(a.families) <= seen
             if rank > top or new_family:
                 self.levels[aid] = LEVELS[max(rank, top)]
-                self.families[aid] = seen | set(a.families)
-                out.append(a)
+                fams = seen | set(a.families)
+                self.families[aid] = frozenset(fams)
+                # the families seen over the account's reports: traffic shape last week and content today are
+                # both evidence about it, though its latest window may show only one
+                out.append(replace(a, families=tuple(f for f in FAMILIES if f in fams)))
         return out
 
     def _link(self, acct: AccountState) -> None:
