@@ -6,7 +6,8 @@ held-out plan (split ``heldout``: parameter bands, templates and seeds the monit
 as the events its audit log would hold (:func:`antidistill.monitor.train.plan_events`, the same events the
 training replays) through :meth:`Monitor.observe_many`, with no HTTP, and scores the result against the plan's
 ground truth exactly as ``simulate eval`` does: per persona the share of accounts that reached ``alert``, the
-benign per-account false-positive rate with its exact 95% interval, and the share of each hydra's active members
+benign per-account false-positive rate with its exact 95% interval, the benign block and hold (block or review)
+rates under the shipped policy with their Wilson 95% intervals, and the share of each hydra's active members
 linked into the cluster that holds most of them. The gateway path gives the same events (fake backend, virtual
 clock); ``simulate eval`` on a few seeds is the check of that.
 
@@ -29,10 +30,11 @@ from _common import table, write_json
 from antidistill.detection.stats import clopper_pearson
 from antidistill.monitor.api import level_rank
 from antidistill.monitor.pipeline import Monitor
+from antidistill.monitor.policy import Policy
 from antidistill.monitor.train import plan_events, releases_of
 from antidistill.settings import get_settings
 from antidistill.simulate.scenario import Scenario
-from antidistill.workflows.monitor_eval import DETECT_LEVEL, check_heldout
+from antidistill.workflows.monitor_eval import DETECT_LEVEL, action_summary, check_heldout, wilson
 
 ATTACKERS = ("bulk_harvester", "stealthy_harvester", "cot_extractor", "coverage_sweeper", "release_pivot")
 
@@ -76,6 +78,8 @@ def replay(seed: int, settings, days: float | None, per_kind: int, hydras: int |
         hydra.append({"campaign": campaign, "active": len(active), "linked": linked if linked > 1 else 0})
     benign = [a for a in plan.accounts if a.role == "benign"]
     fps = [{"account": a.key, "persona": a.persona} for a in benign if a.key in first]
+    labels = [{"account_id": a.key, "role": a.role, "persona": a.persona} for a in plan.accounts]
+    action, _ = action_summary(labels, changes, Policy.default())
     return {
         "seed": seed,
         "events": len(events),
@@ -84,6 +88,9 @@ def replay(seed: int, settings, days: float | None, per_kind: int, hydras: int |
         "hydra": hydra,
         "benign": len(benign),
         "false_positives": fps,
+        "benign_blocked": [a.key for a in benign if action.get(a.key) == "block"],
+        "benign_held": [a.key for a in benign if action.get(a.key) in ("block", "review")],
+        "attacker_actions": dict(Counter(action.get(a.key, "none") for a in plan.accounts if a.role == "attacker")),
     }
 
 
@@ -145,6 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         + (f", worst campaign {worst:.1%}" if worst is not None else "")
         + f"; seeds {args.seeds}"
     )
+    blocked = sum(len(r["benign_blocked"]) for r in runs)
+    held = sum(len(r["benign_held"]) for r in runs)
+    (blo, bhi), (hlo, hhi) = wilson(blocked, benign), wilson(held, benign)
+    att: Counter[str] = Counter()
+    for r in runs:
+        att.update(r["attacker_actions"])
+    print(
+        f"benign accounts blocked: {blocked}/{benign} = {blocked / benign:.4%} (Wilson 95% CI {blo:.4%}-{bhi:.4%}); "
+        f"held (block or review): {held}/{benign} = {held / benign:.4%} (Wilson 95% CI {hlo:.4%}-{hhi:.4%}); "
+        f"attacker accounts by action: {dict(att)}"
+    )
     path = write_json(
         "monitor_heldout_replay",
         {
@@ -153,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             "personas": {k: {**v, "requests": None} for k, v in total.items()},
             "benign_false_positives": {"count": fp, "accounts": benign, "rate": fp / benign, "ci95": [lo, hi]},
             "hydra_linked": {"linked": linked, "active": active, "worst_campaign": worst},
+            "benign_blocked": {"count": blocked, "accounts": benign, "rate": blocked / benign, "wilson95": [blo, bhi]},
+            "benign_held": {"count": held, "accounts": benign, "rate": held / benign, "wilson95": [hlo, hhi]},
+            "attacker_actions": dict(att),
             "runs": runs,
         },
         args.out,

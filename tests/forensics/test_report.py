@@ -129,10 +129,11 @@ class Install:
                 "cl_harvest",
                 0.97,
                 "severe",
-                ("prompts from one template", "answers demanded at full length"),
+                ("prompts from one template", "1,200 requests an hour"),
                 T0 + timedelta(hours=30),
                 {"rules": 0.95},
                 2,
+                families=("traffic", "content"),  # two independent families: the shipped policy blocks
             )
         )
         self.store.record_alert(

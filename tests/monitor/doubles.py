@@ -1,7 +1,8 @@
 """Deterministic monitors for the enforcement tests (test doubles of ``antidistill.monitor.pipeline.Monitor``).
 
 :class:`CountingMonitor` raises an account's level with the number of exchanges it has seen (thresholds given by
-the test), so a test knows exactly which request crosses which level.
+the test), so a test knows exactly which request crosses which level. Its assessments name the evidence
+``families`` given (default: traffic and content, two independent families, on which the policy blocks).
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ from antidistill.monitor.api import LEVELS, Assessment, ExchangeEvent, level_ran
 class CountingMonitor:
     """Level by exchange count: ``thresholds={"watch": 2, "alert": 3, "severe": 6}`` means the 2nd exchange of an
     account makes it ``watch``, the 3rd ``alert``, the 6th ``severe``. Only accounts in ``watched`` (all if
-    ``None``) rise. ``cluster`` puts the watched accounts into one cluster."""
+    ``None``) rise. ``cluster`` puts the watched accounts into one cluster; ``families`` are the evidence families
+    every assessment names."""
 
     def __init__(
-        self, thresholds: Mapping[str, int], watched: Iterable[str] | None = None, cluster: str | None = None
+        self,
+        thresholds: Mapping[str, int],
+        watched: Iterable[str] | None = None,
+        cluster: str | None = None,
+        families: tuple[str, ...] = ("traffic", "content"),
     ) -> None:
         self.thresholds = dict(thresholds)
+        self.families = families
         self.watched = set(watched) if watched is not None else None
         self.cluster = cluster
         self.counts: dict[str, int] = {}
@@ -50,6 +57,7 @@ class CountingMonitor:
             self.events[-1].ts,
             scores={"rules": level_rank(level) / 3},
             cluster_size=len(self.watched) if in_cluster else 1,
+            families=self.families if level != "none" else (),
         )
 
     def observe(self, event: ExchangeEvent) -> list[Assessment]:

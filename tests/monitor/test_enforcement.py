@@ -223,7 +223,9 @@ def test_enforcement_without_the_monitor_and_its_ttl(tmp_path, store, policy_fil
         assert app.state.gateway.monitoring.worker is None
         c = client(url, key)
         chat(c)
-        severe = Assessment(account.id, None, 0.99, "severe", ("bulk harvesting",), datetime.now(UTC))
+        severe = Assessment(
+            account.id, None, 0.99, "severe", ("bulk harvesting",), datetime.now(UTC), families=("traffic", "content")
+        )
         assert Enforcer(store, Policy.load(policy_file)).apply(severe).applied
         deadline = time.monotonic() + 5
         while True:
@@ -303,6 +305,9 @@ def test_cli_scan_alerts_and_clear(tmp_path, monkeypatch, policy_file):
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert [(a["account_id"], a["action"]) for a in report["assessments"]] == [(attacker.id, "block")]
+    for k in ("account_id", "level", "risk", "reasons", "cluster_id", "action"):  # the fields outside checks read
+        assert k in report["assessments"][0]
+    assert report["assessments"][0]["families"] == ["traffic", "content"]
     assert report["accounts"] == 2
 
     monitor.__init__({"watch": 2, "alert": 3, "severe": 6}, watched=[attacker.id])
@@ -337,7 +342,7 @@ def test_cli_policy_check(tmp_path):
     from antidistill.cli import monitor as monitor_cli
 
     r = runner.invoke(monitor_cli.monitor_app, ["policy"])
-    assert r.exit_code == 0 and "severe -> block" in r.stdout
+    assert r.exit_code == 0 and "severe -> block on >= 2 evidence families, else review" in r.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(POLICY.replace("action: block", "action: ban"))
     r = runner.invoke(monitor_cli.monitor_app, ["policy", str(bad)])
@@ -373,6 +378,33 @@ def test_review_and_cluster_rules_answer_403_under_review(tmp_path, store):
     assert (info.value.status, info.value.code) == (403, "account_under_review")
     assert CLAUSE_41 in info.value.message
     assert asyncio.run(mon.admit("acct_other", 10)) is None
+
+
+def test_one_family_holds_for_review_two_block_and_the_audit_record_names_them(tmp_path, store, policy_file):
+    """A severe judgement on one family of evidence is a review (403 until an admin clears), not a block; a second
+    independent family escalates it to a block; each action's audit record names the families."""
+    import asyncio
+
+    from antidistill.gateway.errors import APIError
+
+    mon = _monitoring(store, policy_file)
+    at = datetime.now(UTC)
+    one = Assessment("acct_s", None, 0.99, "severe", ("one template",), at, families=("content",))
+    out = mon.enforcer.apply(one)
+    assert (out.action, out.decision.clause.id, out.decision.fell_back) == ("review", "4.1", True)
+    with pytest.raises(APIError) as info:
+        asyncio.run(mon.admit("acct_s", 10))
+    assert (info.value.status, info.value.code) == (403, "account_under_review")
+    two = Assessment("acct_s", "cl_1", 0.99, "severe", ("linked",), at, cluster_size=5, families=("content", "linking"))
+    assert mon.enforcer.apply(two).action == "block"
+    actions = [r["request"] for r in store.iter_audit() if is_action_record(r)]
+    assert [(a["action"], a["families"], a["fell_back"]) for a in actions] == [
+        ("review", ["content"], True),
+        ("block", ["content", "linking"], False),
+    ]
+    assert "[evidence: content]" in actions[0]["reason"] and "block needs 2 families" in actions[0]["reason"]
+    assert actions[1]["alert"]["families"] == ["content", "linking"]
+    assert store.verify_audit().ok
 
 
 def test_throttle_is_shared_through_redis(tmp_path, store, policy_file):

@@ -8,7 +8,7 @@ import pytest
 
 from antidistill.monitor.api import LEVELS, Assessment, ExchangeEvent, level_rank
 from antidistill.monitor.pipeline import Monitor, is_checkpoint, scan_records
-from antidistill.monitor.score import Scorer
+from antidistill.monitor.score import Scorer, rules
 from antidistill.settings import get_settings
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -79,7 +79,14 @@ def test_a_harvester_rises_and_each_rise_is_reported_once():
             rises += mon.observe(ExchangeEvent("human", T0 + timedelta(seconds=5 * i + 1), prompt=f"hi {i} how are u"))
     rises += mon.flush()
     bot = [a for a in rises if a.account_id == "bot"]
-    assert [level_rank(a.level) for a in bot] == sorted({level_rank(a.level) for a in bot})
+    # every report is a rise, or a new evidence family at the level reached (a block needs a second one)
+    seen: set[str] = set()
+    for prev, a in zip([None, *bot], bot, strict=False):
+        assert prev is None or level_rank(a.level) > level_rank(prev.level) or not set(a.families) <= seen
+        assert prev is None or level_rank(a.level) >= level_rank(prev.level)
+        seen |= set(a.families)
+    assert len(bot) <= len({a.level for a in bot}) + len(seen)
+    assert bot[-1].families == ("traffic", "content")
     assert bot[-1].level in ("alert", "severe") and bot[0].requests <= 100
     assert any("step-by-step" in r for r in bot[-1].reasons)
     assert not [a for a in rises if a.account_id == "human" and level_rank(a.level) >= level_rank("alert")]
@@ -110,6 +117,8 @@ def test_cluster_lights_up_members_that_look_harmless():
     assert len(flagged) >= 57
     a = mon.assess("h3")
     assert a.cluster_size == 60 and a.cluster_id == c.id and any("linked with 59" in r for r in a.reasons)
+    assert "linking" in a.families and "content" in a.families
+    assert mon.assess("h3").to_dict()["families"] == list(a.families)
 
 
 def test_checkpoints_thin_out():
@@ -139,3 +148,72 @@ def test_observe_many_gives_what_observe_gives():
     ]
     for acct in one.tracker.accounts:
         assert list(one.tracker.accounts[acct].window) == list(many.tracker.accounts[acct].window)
+
+
+def test_a_nightly_batch_job_is_not_raised_for_its_timing_alone():
+    """A summariser every ten minutes round the clock, different documents, 1024-token answers: machine-regular
+    timing and activity around the clock (and the client's max_tokens) are all it shows, so it stays below watch
+    (the rules alone used to put it at watch)."""
+    import random
+
+    rng = random.Random(3)
+    words = [
+        "market",
+        "policy",
+        "river",
+        "engine",
+        "garden",
+        "theory",
+        "signal",
+        "budget",
+        "vaccine",
+        "orbit",
+        "ledger",
+        "climate",
+        "tariff",
+        "protein",
+    ]
+    events = [
+        ExchangeEvent(
+            "nightly",
+            T0 + timedelta(minutes=10 * i),
+            model="m",
+            max_tokens=1024,
+            system="You summarise internal reports.",
+            prompt=" ".join(rng.choice(words) for _ in range(rng.randint(40, 90))),
+        )
+        for i in range(288)
+    ]
+    unguarded = Scorer.rules_only()
+    unguarded.guards = False
+    old = Monitor(unguarded)
+    assert [a.level for a in old.observe_many(events) + old.flush()] == ["watch"]
+    mon = Monitor(Scorer.rules_only())
+    assert mon.observe_many(events) + mon.flush() == []
+    a = mon.assess("nightly")
+    assert a.level == "none" and a.families == ("traffic",)
+    kinds = {r.kind for r in rules(mon._features(mon.tracker.accounts["nightly"].window, 288, None))}
+    assert kinds == {"regular", "clock", "demand"}
+
+
+class ScriptedScorer:
+    """Scores every window ``severe`` with the families of the script, one step per batch."""
+
+    def __init__(self, script: list[tuple[str, ...]]) -> None:
+        self.script = list(script)
+
+    def score(self, X, sizes=None):
+        from antidistill.monitor.score import Score
+
+        fams = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        return [Score(0.9, "severe", {}, ["r"], fams) for _ in range(len(X))]
+
+
+def test_a_new_family_at_the_same_level_is_reported_with_all_seen_so_far():
+    mon = Monitor(ScriptedScorer([("traffic",), ("traffic",), ("content",), ("content",)]))  # type: ignore[arg-type]
+    reports = []
+    for i in range(20):  # checkpoints at 5, 10, 15, 20: one scored batch each
+        reports += mon.observe(ExchangeEvent("a", T0 + timedelta(seconds=i), prompt=f"p {i}"))
+        reports += mon.flush()
+    # the rise, then the new family (with the old one: both are evidence about the account); no repeat
+    assert [(a.level, a.families) for a in reports] == [("severe", ("traffic",)), ("severe", ("traffic", "content"))]

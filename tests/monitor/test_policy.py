@@ -29,9 +29,19 @@ rules:
 """
 
 
-def assess(level: str, cluster_size: int = 1, account: str = "acct_a") -> Assessment:
+TWO = ("traffic", "content")
+
+
+def assess(level: str, cluster_size: int = 1, account: str = "acct_a", families: tuple[str, ...] = TWO) -> Assessment:
     return Assessment(
-        account, "cl_1" if cluster_size > 1 else None, 0.5, level, ("reason",), NOW, cluster_size=cluster_size
+        account,
+        "cl_1" if cluster_size > 1 else None,
+        0.5,
+        level,
+        ("reason",),
+        NOW,
+        cluster_size=cluster_size,
+        families=families,
     )
 
 
@@ -52,14 +62,40 @@ def test_decisions_take_the_strictest_matching_rule():
     assert p.decide(assess("alert", cluster_size=2)).action == "throttle"  # cluster too small
     d = p.decide(assess("alert", cluster_size=3))
     assert (d.action, d.clause.id, d.until, d.status) == ("review", "4.3", NOW + timedelta(hours=1), 403)
-    d = p.decide(assess("severe", cluster_size=5))
-    assert (d.action, d.clause.id) == ("block", "4.1")
+    d = p.decide(assess("severe", cluster_size=5, families=("traffic", "linking")))
+    assert (d.action, d.clause.id, d.families, d.fell_back) == ("block", "4.1", ("traffic", "linking"), False)
+
+
+def test_a_block_needs_two_families_and_one_family_is_held_for_review():
+    p = Policy.from_yaml(POLICY)  # names no min_families: a block demands two by default
+    assert (p.rules[2].min_families, p.rules[2].otherwise) == (2, "review")
+    assert (p.rules[0].min_families, p.rules[1].min_families) == (0, 0)
+    d = p.decide(assess("severe", families=("content",)))
+    assert (d.action, d.clause.id, d.status, d.fell_back) == ("review", "4.1", 403, True)
+    assert p.decide(assess("severe", families=())).action == "review"
+    # the same family twice is one family
+    assert p.decide(assess("severe", families=("content", "content"))).action == "review"
+    for two in (("traffic", "linking"), ("traffic", "content"), ("content", "release")):
+        assert p.decide(assess("severe", families=two)).action == "block"
+    # a stricter policy, and one that turns the requirement off
+    strict = Policy.from_yaml(POLICY.replace('clause: "4.1"}', 'clause: "4.1", min_families: 3, otherwise: throttle}'))
+    d = strict.decide(assess("severe", families=TWO))
+    assert (d.action, d.clause.id, d.tpm) == ("throttle", "4.2", 900)  # the first throttle rule in the file names it
+    assert strict.decide(assess("severe", families=("traffic", "content", "linking"))).action == "block"
+    loose = Policy.from_yaml(POLICY.replace('clause: "4.1"}', 'clause: "4.1", min_families: 0}'))
+    assert loose.decide(assess("severe", families=())).action == "block"
+    # a rule whose fallback is none does not apply without its families: a milder rule decides
+    none = Policy.from_yaml(POLICY.replace('clause: "4.1"}', 'clause: "4.1", otherwise: none}'))
+    assert none.decide(assess("severe", families=("content",))).action == "throttle"
 
 
 def test_the_shipped_policy_is_valid_and_maps_levels_as_documented():
     p = Policy.default()
     assert p.source == str(DEFAULT_POLICY_FILE)
     assert [p.decide(assess(level)).action for level in ("watch", "alert", "severe")] == ["flag", "throttle", "block"]
+    # the shipped policy blocks on two independent families only; one holds the account for review
+    assert p.decide(assess("severe", families=("content",))).action == "review"
+    assert p.decide(assess("severe", cluster_size=3, families=("traffic", "linking"))).action == "block"
     assert p.decide(assess("alert", cluster_size=3)).action in ("review", "block")
     for clause in p.clauses.values():
         assert len(clause.text) > 40 and clause.title
@@ -81,6 +117,22 @@ def test_the_shipped_policy_is_valid_and_maps_levels_as_documented():
             "rpm/tpm apply only to action throttle",
         ),
         (lambda s: s.replace("version: 1", "version: 2"), "version must be 1"),
+        (
+            lambda s: s.replace('clause: "4.1"}', 'clause: "4.1", min_families: 5}'),
+            "rules[2].min_families must be an integer from 0 to 4",
+        ),
+        (
+            lambda s: s.replace('clause: "4.1"}', 'clause: "4.1", otherwise: block}'),
+            "rules[2].otherwise must be milder than the rule's action block",
+        ),
+        (
+            lambda s: s.replace('clause: "4.1"}', 'clause: "4.1", otherwise: ban}'),
+            "rules[2].otherwise must be one of none, flag",
+        ),
+        (
+            lambda s: s.replace('clause: "4.1"}', 'clause: "4.1", min_families: 0, otherwise: review}'),
+            "otherwise needs min_families of at least 1",
+        ),
         (lambda s: s + "extra: 1\n", "unknown top-level field(s): extra"),
         (lambda s: s.replace("text: No account farms.", "text: ''"), "clause 4.3: text must be a non-empty string"),
         (lambda s: s.replace('id: "4.3"', 'id: "4.1"'), "duplicate clause id '4.1'"),

@@ -82,7 +82,7 @@ def store(tmp_path):
         s.append_audit(entry(i, a, status=429 if i % 17 == 0 else 200))
     # a policy action in the same chain
     Enforcer(s, Policy.default(), clock=lambda: T0).apply(
-        Assessment("acct_bot", None, 0.99, "severe", ("harvesting",), T0)
+        Assessment("acct_bot", None, 0.99, "severe", ("harvesting",), T0, families=("traffic", "content"))
     )
     yield s
     s.close()

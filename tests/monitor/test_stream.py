@@ -109,7 +109,9 @@ def rises(assessments: list[Assessment]) -> list[tuple[str, str, float, int]]:
 
 # ---- two replicas, one service ------------------------------------------------------------------------------
 def test_two_replicas_and_one_service_score_as_one_monitor(tmp_path, pg_url, stream, policy_file):
-    plan = hydra_plan()
+    # the rules-only monitor links the hydra but no longer raises it on its demanded answer length alone (a knob
+    # the client sets: it never carries a level); a chain-of-thought extractor beside it gives the rises to compare
+    plan = hydra_plan(counts={"hydra": 1, "cot_extractor": 1})
     settings = gateway_settings(tmp_path)
     store_a, store_b = Store.open(pg_url, settings), Store.open(pg_url, settings)
     try:
@@ -150,7 +152,7 @@ def test_two_replicas_and_one_service_score_as_one_monitor(tmp_path, pg_url, str
         assert expected and rises(seen) == rises(expected)
 
         # the hydra is one cluster in the service, as in the reference
-        ids = [keys[a.key][0] for a in plan.accounts]
+        ids = [keys[a.key][0] for a in plan.accounts if a.persona == "hydra"]
         assert len({svc.monitor.linker.find(i) for i in ids}) == 1
         assert len({ref.linker.find(i) for i in ids}) == 1
         # and its effects are in the store: one alert per level rise, the flag actions in the audit log
@@ -302,7 +304,9 @@ def test_a_block_reaches_a_replica_within_a_second(tmp_path, stream, policy_file
             assert httpx.post(url + "/v1/chat/completions", json=body, headers=headers).status_code == 200
 
             svc = service(store, stream, policy_file)
-            severe = Assessment(account.id, None, 0.99, "severe", ("harvesting",), datetime.now(UTC))
+            severe = Assessment(
+                account.id, None, 0.99, "severe", ("harvesting",), datetime.now(UTC), families=("traffic", "content")
+            )
             t0 = time.monotonic()
             svc._apply("1-0", severe)  # what the service does with a rise: commit, then tell the gateways
             while True:

@@ -52,6 +52,51 @@ def test_the_supervised_model_keeps_the_known_directions(trained):
         assert (np.diff(p, axis=1) * sign >= -1e-12).all(), name
 
 
+def canonical_distiller(max_tokens: int, seed: int = 7) -> list:
+    """The held-out canonical distiller: ~70 templated exercises a day for a week at human-looking times, each
+    demanding the full step-by-step reasoning (487 requests)."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from antidistill.monitor.api import ExchangeEvent
+
+    rng = random.Random(seed)
+    t0 = datetime(2026, 5, 4, tzinfo=UTC)
+    events = []
+    for day in range(7):
+        for h in sorted(rng.uniform(8, 22) for _ in range(70 if day < 6 else 67)):
+            prompt = (
+                f"Exercise {len(events) + 1}: given x = {rng.randint(2, 99)} and y = {rng.randint(2, 99)}, find "
+                f"{rng.randint(2, 9)}x^2 - {rng.randint(2, 9)}y. Show your full step-by-step reasoning first."
+            )
+            events.append(
+                ExchangeEvent(
+                    "canon",
+                    t0 + timedelta(days=day, hours=h),
+                    model="m",
+                    max_tokens=max_tokens,
+                    prompt=prompt,
+                    prompt_tokens=60,
+                    completion_tokens=700,
+                )
+            )
+    return events
+
+
+@pytest.mark.parametrize("max_tokens", [1024, 512])
+def test_the_canonical_distiller_reaches_alert_whatever_the_model_learnt(trained, max_tokens):
+    """The rules call it decisive (one template, every request demanding the reasoning): the trained model may
+    have learnt that the simulator's attackers ask for long answers, but the floor holds at max_tokens 512 too."""
+    s, _ = trained
+    mon = Monitor.load(s)
+    mon.observe_many(canonical_distiller(max_tokens))
+    mon.flush()
+    a = mon.assess("canon")
+    assert a.level in ("alert", "severe"), a
+    assert a.scores["own_floor"] >= mon.scorer.thresholds["alert"]
+    assert "step-by-step reasoning" in a.reasons[0] and a.families == ("content",)
+
+
 def test_heldout_seeds_are_refused_if_used_in_training(trained):
     from antidistill.errors import InputError
 
@@ -82,6 +127,15 @@ def test_heldout_traffic_through_the_gateway(trained, tmp_path):
     assert report["benign_fpr"]["alert"]["rate"] <= 0.1, report["benign_false_positives"]
     assert report["hydra_cluster_recall"] and report["hydra_cluster_recall"][0]["recall"] >= 0.8
     assert report["records"] > 500 and report["split"] == "heldout"
+    # what the policy would do: the benign block rate apart from the alert rate, with its Wilson interval
+    blocked = report["actions"]["benign"]["blocked"]
+    assert blocked["of"] == report["benign_fpr"]["alert"]["accounts"]
+    assert blocked["accounts"] <= report["actions"]["benign"]["held"]["accounts"]
+    assert blocked["wilson95"][0] <= blocked["rate"] <= blocked["wilson95"][1]
+    assert (
+        sum(p["actions"].get("block", 0) for p in report["personas"].values() if p["role"] == "benign")
+        == (blocked["accounts"])
+    )
 
 
 def test_cli_train_refuses_overlapping_seeds(tmp_path, monkeypatch, capsys):

@@ -423,9 +423,10 @@ def policy(
     )
     for r in p.rules:
         scope = f" in a cluster of >= {r.min_cluster_size}" if r.scope == "cluster" else ""
-        limits = f" to {r.rpm or '-'} rpm / {r.tpm or '-'} tpm" if r.action == "throttle" else ""
+        limits = f" to {r.rpm or '-'} rpm / {r.tpm or '-'} tpm" if "throttle" in (r.action, r.otherwise) else ""
+        fams = f" on >= {r.min_families} evidence families, else {r.otherwise}" if r.min_families else ""
         out.print(
-            f"  {r.level}{scope} -> {r.action}{limits} under clause {r.clause} ({p.clauses[r.clause].title})",
+            f"  {r.level}{scope} -> {r.action}{fams}{limits} under clause {r.clause} ({p.clauses[r.clause].title})",
             markup=False,
         )
 

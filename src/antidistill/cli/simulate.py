@@ -374,6 +374,21 @@ def _print_report(report: dict[str, Any]) -> None:
         f"benign per-account FPR at alert: {f['false_positives']}/{f['accounts']} = {f['rate']:.4f} "
         f"(95% CI {ci[0]:.4f}-{ci[1]:.4f})"
     )
+    acts = report.get("actions")
+    if acts:
+        for what in ("blocked", "held"):
+            b = acts["benign"][what]
+            ci = b["wilson95"] or [0, 0]
+            out.print(
+                f"benign accounts {what}{' (block or review)' if what == 'held' else ''} under policy "
+                f"{acts['policy']!r}: {b['accounts']}/{b['of']} = {b['rate'] or 0:.4f} "
+                f"(Wilson 95% CI {ci[0]:.4f}-{ci[1]:.4f})"
+            )
+        a = acts["attacker"]
+        out.print(
+            f"attacker accounts blocked {a['blocked']['accounts']}/{a['blocked']['of']}, held (block or review) "
+            f"{a['held']['accounts']}/{a['held']['of']}"
+        )
     for h in report["hydra_cluster_recall"]:
         out.print(
             f"hydra {h['campaign']}: {h['linked']}/{h['active_members']} active members linked "

@@ -394,15 +394,16 @@ class Renderer:
     def _escalation(self, r: WatchAssessment) -> None:
         e = r.escalation
         if e.account_id is None:
-            self._print(f"   no attacker went from throttled to blocked {verdict(e.check.ok)}")
+            self._print(f"   no attacker went from throttled to blocked or held for review {verdict(e.check.ok)}")
             return
         felt = f"first 429 at its request {e.first_429}, " if e.first_429 else "no request hit the 10 rpm limit, "
         felt = "as served: " + felt
         throttled = "?" if e.throttled_after is None else e.throttled_after
         blocked = "?" if e.blocked_after is None else e.blocked_after
+        refused = "blocked" if e.refused_as == "block" else "held for review (one family of evidence)"
         self._print(
             f"   acct {short_id(e.account_id)} ({e.persona}): throttled after its request {throttled}, "
-            f"blocked after request {blocked} of {e.requests} ({felt}first 403 at request "
+            f"{refused} after request {blocked} of {e.requests} ({felt}first 403 at request "
             f"{e.first_403 or '-'}; the gateway re-reads enforcement every {e.enforcement_ttl:g} s) "
             f"{verdict(e.check.ok)}",
             highlight=False,
@@ -411,10 +412,11 @@ class Renderer:
     def _refusal(self, r: WatchAssessment) -> None:
         f = r.refusal
         if f.account_id is None:
-            self._print(f"   no blocked account to try a live request with {verdict(f.check.ok)}")
+            self._print(f"   no blocked or held account to try a live request with {verdict(f.check.ok)}")
             return
         self._print(
-            f"   a live openai-SDK request from blocked acct {short_id(f.account_id)} ({f.persona}), with a "
+            f"   a live openai-SDK request from {'blocked' if f.action == 'block' else 'held'} acct "
+            f"{short_id(f.account_id)} ({f.persona}), with a "
             f"new API key: {'403 PermissionDeniedError' if f.check.ok else 'NOT refused as expected'} "
             f"{verdict(f.check.ok)}",
             highlight=False,

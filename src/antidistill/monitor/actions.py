@@ -17,7 +17,10 @@ exchanges, so ``audit verify`` covers it and ``audit export`` carries it::
     request      {"kind": "antidistill.monitor.action", "action": "block", "previous": "throttle",
                   "level": "severe", "clause": {"id", "title", "text"}, "rpm": …, "tpm": …, "until": …,
                   "set_by": "monitor", "policy": "<name>", "alert": {assessment + alert id} | null,
-                  "reason": …}
+                  "reason": …, "families": ["traffic", "linking"], "fell_back": false}
+
+``families`` are the independent evidence families the judgement named (``[]`` for an admin's clear);
+``fell_back`` says the rule's own action (a block) needed more of them and this is its ``otherwise`` (a review).
     completion   []
     status       the HTTP status the action implies (flag 200, throttle 429, review/block 403, clear 200)
     watermark    {"status": "not-applicable", "reason": "policy action record"}
@@ -116,6 +119,8 @@ def action_entry(
     until: datetime | None = None,
     at: datetime | None = None,
     status: int | None = None,
+    families: tuple[str, ...] = (),
+    fell_back: bool = False,
 ) -> AuditEntry:
     """The audit record of one action (see the module docstring for its shape)."""
     request = {
@@ -131,6 +136,8 @@ def action_entry(
         "policy": policy,
         "reason": reason,
         "alert": alert,
+        "families": list(families),
+        "fell_back": fell_back,
     }
     return AuditEntry(
         response_id="act_" + secrets.token_hex(12),
@@ -177,10 +184,12 @@ class Outcome:
         return self.decision.action if self.applied and self.decision else "none"
 
 
-def _reason(a: Assessment) -> str:
+def _reason(a: Assessment, d: Decision | None = None) -> str:
     head = "; ".join(a.reasons[:3]) if a.reasons else "no reason given"
     where = f" (cluster {a.cluster_id} of {a.cluster_size})" if a.cluster_id else ""
-    return f"risk {a.risk:.2f} ({a.level}){where}: {head}"[:1000]
+    fams = f" [evidence: {', '.join(a.families)}]" if a.families else " [evidence: no family]"
+    held = f"; {d.rule.action} needs {d.rule.min_families} families, held for {d.action}" if d and d.fell_back else ""
+    return f"risk {a.risk:.2f} ({a.level}){where}{fams}{held}: {head}"[:1000]
 
 
 class Enforcer:
@@ -197,7 +206,8 @@ class Enforcer:
         >>> from antidistill.keys import MasterKey
         >>> store = Store.open("sqlite://", Settings(env="test"), master=MasterKey(bytes(32)))
         >>> e = Enforcer(store, Policy.default())
-        >>> a = Assessment("acct_x", None, 0.99, "severe", ("harvesting",), datetime.now(UTC))
+        >>> two = ("traffic", "content")  # two independent families of evidence: the policy blocks
+        >>> a = Assessment("acct_x", None, 0.99, "severe", ("harvesting",), datetime.now(UTC), families=two)
         >>> e.apply(a).action, store.get_enforcement("acct_x").action, store.verify_audit().ok
         ('block', 'block', True)
         >>> store.close()
@@ -248,10 +258,13 @@ class Enforcer:
             created_at=now,
         )
         if decision is None or not would:
-            if self._repeats(alert):  # a batch scan run again: the same judgement is not a new alert
+            # a batch scan run again: the same judgement is not a new alert. A keyed effect is stored once by its
+            # key instead: whether it "repeats" the newest alert depends on what a crashed run stored after it, so
+            # a replay would decide otherwise than the first delivery did
+            if key is None and self._repeats(alert):
                 return Outcome(assessment, decision, False)
             return Outcome(assessment, decision, False, self.store.record_alert(alert))
-        reason = _reason(assessment)
+        reason = _reason(assessment, decision)
         enforcement = decision.enforcement(assessment.account_id, now, reason, alert.id)
         alert = replace(alert, action=decision.action)
         entry = action_entry(
@@ -268,6 +281,8 @@ class Enforcer:
             tpm=decision.tpm,
             until=decision.until,
             at=now,
+            families=decision.families,
+            fell_back=decision.fell_back,
         )
         seq = self.store.set_enforcement(
             enforcement, audit=entry, alert=alert, only_if=lambda cur: escalates(cur, decision, now)

@@ -20,6 +20,10 @@ from antidistill.store.api import AuditEntry, AuditRecord
 #: risk levels, lowest first; the monitor calibrates a threshold for each on benign traffic and the policy file
 #: maps each to an action
 LEVELS: tuple[str, ...] = ("none", "watch", "alert", "severe")
+#: the independent families of evidence a judgement can rest on: how the traffic arrives (rate, machine-regular
+#: timing, activity around the clock), what it asks (one template, demands for the reasoning, a coverage sweep),
+#: whom it is linked with (a cluster of accounts), and a pivot onto a model just released
+FAMILIES: tuple[str, ...] = ("traffic", "content", "linking", "release")
 
 
 def level_rank(level: str) -> int:
@@ -218,6 +222,9 @@ class Assessment:
         scores: the parts the risk was combined from (``rules``, ``anomaly``, ``supervised``, ``cluster``…).
         cluster_size: how many accounts the cluster holds (1 when on its own).
         requests: how many exchanges of the account the monitor had seen when it judged (0: unknown).
+        families: the independent families of evidence the judgement rests on (``traffic``, ``content``,
+            ``linking``, ``release``; :data:`FAMILIES`). The policy blocks only on two or
+            more; one family at most holds the account for review.
     """
 
     account_id: str
@@ -229,6 +236,7 @@ class Assessment:
     scores: dict[str, float] = field(default_factory=dict)
     cluster_size: int = 1
     requests: int = 0
+    families: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -239,6 +247,7 @@ class Assessment:
             "risk": round(self.risk, 6),
             "level": self.level,
             "reasons": list(self.reasons),
+            "families": list(self.families),
             "at": self.at.isoformat(),
             "scores": {k: round(v, 6) for k, v in self.scores.items()},
         }

@@ -8,7 +8,9 @@ checkpoints of its request count (every 5 requests up to 50, every 10 up to 200,
 are computed together once :attr:`Monitor.batch_size` are pending or ten minutes of event time have passed (the
 gateway also flushes whenever its monitoring worker is idle), so the per-exchange
 cost stays a few microseconds plus the models' per-batch cost. An account's level is the highest of its own and
-its cluster's; :meth:`Monitor.observe` reports every rise.
+its cluster's; :meth:`Monitor.observe` reports every rise, and every new evidence family (:data:`FAMILIES`) of an
+account already at ``watch`` or above (a policy blocks only on two families, so a second one must reach it); a
+report names every family the account's reports have shown so far.
 
 :func:`scan_records` replays audit records (``Store.iter_records``) through a monitor, with the same code path.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ import joblib
 import numpy as np
 
 from antidistill.errors import ConfigError
-from antidistill.monitor.api import LEVELS, Assessment, ExchangeEvent, level_rank
+from antidistill.monitor.api import FAMILIES, LEVELS, Assessment, ExchangeEvent, level_rank
 from antidistill.monitor.cluster import (
     TEMPLATE_LEAST,
     Cluster,
@@ -36,7 +39,7 @@ from antidistill.monitor.cluster import (
     group_probe_attributes,
 )
 from antidistill.monitor.features import AccountState, FeatureTracker, window_features
-from antidistill.monitor.score import Score, Scorer
+from antidistill.monitor.score import LINKING_MIN_ACCOUNTS, Score, Scorer
 from antidistill.settings import Settings
 from antidistill.store.api import AuditRecord, is_pending_record
 
@@ -107,6 +110,7 @@ class Monitor:
         self.batch_size = batch_size
         self.flush_s = flush_s
         self.levels: dict[str, str] = {}  # highest level each account has reached
+        self.families: dict[str, frozenset[str]] = {}  # evidence families reported for each account so far
         self.own: dict[str, tuple[Score, int, float]] = {}  # account -> last own score, its request count, time
         self.cluster_scores: dict[str, tuple[Score, int]] = {}  # cluster id -> last score, cluster size
         self._due_accounts: dict[str, None] = {}
@@ -243,9 +247,18 @@ class Monitor:
             a = self._effective(aid)
             if a is not None and a.risk > self.max_risk.get(aid, -1.0):
                 self.max_risk[aid] = a.risk
-            if a is not None and level_rank(a.level) > level_rank(self.levels.get(aid, "none")):
-                self.levels[aid] = a.level
-                out.append(a)
+            if a is None:
+                continue
+            rank, top = level_rank(a.level), level_rank(self.levels.get(aid, "none"))
+            seen = self.families.get(aid, frozenset())
+            new_family = rank >= 1 and rank == top and not set(a.families) <= seen
+            if rank > top or new_family:
+                self.levels[aid] = LEVELS[max(rank, top)]
+                fams = seen | set(a.families)
+                self.families[aid] = frozenset(fams)
+                # the families seen over the account's reports: traffic shape last week and content today are
+                # both evidence about it, though its latest window may show only one
+                out.append(replace(a, families=tuple(f for f in FAMILIES if f in fams)))
         return out
 
     def _link(self, acct: AccountState) -> None:
@@ -307,6 +320,12 @@ class Monitor:
         reasons = list(best.reasons)
         if best is not (own[0] if own else None) and own is not None:
             reasons += [r for r in own[0].reasons if r not in reasons]
+        # the evidence about this account: its own window's, its cluster's, and being linked with others
+        fams = set(own[0].families) if own is not None else set()
+        if cs is not None:
+            fams.update(cs[0].families)
+        if size >= LINKING_MIN_ACCOUNTS:
+            fams.add("linking")
         return Assessment(
             account_id=aid,
             cluster_id=cid,
@@ -317,6 +336,7 @@ class Monitor:
             scores=scores,
             cluster_size=size,
             requests=acct.n,
+            families=tuple(f for f in FAMILIES if f in fams),
         )
 
     # ---- current judgements ---------------------------------------------------------------------------------

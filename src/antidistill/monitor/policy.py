@@ -13,7 +13,7 @@ gateway does on an account's next request::
     rules:
       - {level: watch,  action: flag,     clause: "4.2"}
       - {level: alert,  action: throttle, clause: "4.2", rpm: 6}
-      - {level: severe, action: block,    clause: "4.1"}
+      - {level: severe, action: block,    clause: "4.1", min_families: 2, otherwise: review}
       - {level: alert,  action: review,   clause: "4.3", scope: cluster, min_cluster_size: 3}
 
 Actions, mildest first: ``flag`` (serve, record), ``throttle`` (serve under a reduced rpm/tpm, 429 beyond it),
@@ -21,6 +21,15 @@ Actions, mildest first: ``flag`` (serve, record), ``throttle`` (serve under a re
 level and above; ``scope: cluster`` rules apply only to accounts the monitor linked into a cluster of at least
 ``min_cluster_size`` accounts. Of the rules that apply, the strictest action wins (the first such rule in the
 file names the clause). Optional ``duration`` (seconds) makes an action lapse on its own.
+
+A block needs independent evidence. Each assessment names the families of evidence it rests on
+(:data:`~antidistill.monitor.api.FAMILIES`: ``traffic`` shape, ``content``, ``linking``, ``release`` pivot; the
+client's ``max_tokens`` is none of them). A rule with ``min_families: N`` takes its action only when the assessment
+has at least N families, and otherwise takes its ``otherwise`` action (``none``: the rule does not apply). A
+``block`` rule demands two families and falls back to ``review`` unless it says otherwise (``min_families: 2,
+otherwise: review``), so one family of evidence, however strong, at most holds an account until a person looks;
+other actions demand none. ``min_families: 0`` turns the requirement off. The decision and the audit record of the
+action name the families.
 
 Actions only escalate on their own (:func:`escalates`): the monitor never loosens what it or an admin set, and
 after an admin cleared an account it acts again only when the account's level rises above the level it was
@@ -37,7 +46,7 @@ from typing import Any
 import yaml
 
 from antidistill.errors import ConfigError, InputError
-from antidistill.monitor.api import LEVELS, Assessment, level_rank
+from antidistill.monitor.api import FAMILIES, LEVELS, Assessment, level_rank
 from antidistill.store.api import ENFORCEMENT_ACTIONS, Enforcement
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("default_policy.yaml")
@@ -88,6 +97,10 @@ class Rule:
             ``min_cluster_size``).
         rpm, tpm: a throttle's reduced limits (default: the policy's ``throttle`` section).
         duration_s: seconds after which the action lapses (``None``: until an admin clears it).
+        min_families: the independent evidence families the assessment must name for ``action`` (default: 2 for
+            ``block``, 0 for the others).
+        otherwise: the action taken when it names fewer (``none``: the rule does not apply; default ``review``
+            for ``block``).
     """
 
     level: str
@@ -98,6 +111,13 @@ class Rule:
     rpm: int | None = None
     tpm: int | None = None
     duration_s: float | None = None
+    min_families: int = 0
+    otherwise: str = "none"
+
+    def action_for(self, a: Assessment) -> str:
+        """The action the rule takes on a matching assessment: ``action``, or ``otherwise`` when the assessment
+        names fewer than ``min_families`` families."""
+        return self.action if len(set(a.families)) >= self.min_families else self.otherwise
 
     def matches(self, a: Assessment) -> bool:
         if level_rank(a.level) < level_rank(self.level):
@@ -116,6 +136,8 @@ class Decision:
         level: the assessment's level.
         rpm, tpm: a throttle's limits.
         until: when the action lapses (``None``: until an admin clears it).
+        families: the evidence families the assessment named.
+        fell_back: the rule's own action needed more families; ``action`` is its ``otherwise``.
     """
 
     action: str
@@ -125,6 +147,8 @@ class Decision:
     rpm: int | None = None
     tpm: int | None = None
     until: datetime | None = None
+    families: tuple[str, ...] = ()
+    fell_back: bool = False
 
     @property
     def status(self) -> int:
@@ -162,10 +186,13 @@ class Policy:
     Example:
         >>> from datetime import UTC, datetime
         >>> p = Policy.default()
-        >>> a = Assessment("acct_1", None, 0.97, "severe", ("bulk harvesting",), datetime(2025, 1, 1, tzinfo=UTC))
+        >>> at = datetime(2025, 1, 1, tzinfo=UTC)
+        >>> a = Assessment("acct_1", None, 0.97, "severe", ("bulk harvesting",), at, families=("traffic", "content"))
         >>> d = p.decide(a)
         >>> d.action, d.clause.id
         ('block', '4.1')
+        >>> p.decide(Assessment("acct_2", None, 0.97, "severe", ("one template",), at, families=("content",))).action
+        'review'
     """
 
     name: str
@@ -244,27 +271,34 @@ class Policy:
 
     # ---- deciding -----------------------------------------------------------------------------------
     def decide(self, assessment: Assessment, now: datetime | None = None) -> Decision | None:
-        """The strictest action of the rules that apply to ``assessment`` (``None``: none applies)."""
+        """The strictest action of the rules that apply to ``assessment`` (``None``: none applies); a rule whose
+        ``min_families`` the assessment does not meet offers its ``otherwise`` action instead."""
         best: Rule | None = None
+        best_action = "none"
         for rule in self.rules:
-            if rule.matches(assessment) and (best is None or action_rank(rule.action) > action_rank(best.action)):
-                best = rule
+            if not rule.matches(assessment):
+                continue
+            action = rule.action_for(assessment)
+            if action != "none" and (best is None or action_rank(action) > action_rank(best_action)):
+                best, best_action = rule, action
         if best is None:
             return None
         until = None
         if best.duration_s is not None:
             until = (now or assessment.at) + timedelta(seconds=best.duration_s)
         rpm = tpm = None
-        if best.action == "throttle":
+        if best_action == "throttle":
             rpm, tpm = best.rpm, best.tpm
         return Decision(
-            action=best.action,
+            action=best_action,
             level=assessment.level,
             clause=self.clauses[best.clause],
             rule=best,
             rpm=rpm,
             tpm=tpm,
             until=until,
+            families=tuple(f for f in FAMILIES if f in assessment.families),
+            fell_back=best_action != best.action,
         )
 
     def clause(self, clause_id: str | None) -> Clause | None:
@@ -344,7 +378,18 @@ def _rule(i: int, r: Any, clauses: dict[str, Clause], t_rpm: int | None, t_tpm: 
     where = f"rules[{i}]"
     if not isinstance(r, dict):
         raise InputError(f"{where} must be a mapping with level, action and clause")
-    unknown = set(r) - {"level", "action", "clause", "scope", "min_cluster_size", "rpm", "tpm", "duration"}
+    unknown = set(r) - {
+        "level",
+        "action",
+        "clause",
+        "scope",
+        "min_cluster_size",
+        "rpm",
+        "tpm",
+        "duration",
+        "min_families",
+        "otherwise",
+    }
     if unknown:
         raise InputError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     level = r.get("level")
@@ -382,6 +427,7 @@ def _rule(i: int, r: Any, clauses: dict[str, Clause], t_rpm: int | None, t_tpm: 
         isinstance(duration, bool) or not isinstance(duration, int | float) or not 0 < duration <= 10 * 365 * 86400
     ):
         raise InputError(f"{where}.duration must be a positive number of seconds, got {duration!r}")
+    min_families, otherwise, rpm, tpm = _families(where, r, action, rpm, tpm, t_rpm, t_tpm)
     return Rule(
         level=level,
         action=action,
@@ -391,4 +437,27 @@ def _rule(i: int, r: Any, clauses: dict[str, Clause], t_rpm: int | None, t_tpm: 
         rpm=rpm,
         tpm=tpm,
         duration_s=float(duration) if duration is not None else None,
+        min_families=min_families,
+        otherwise=otherwise,
     )
+
+
+def _families(
+    where: str, r: dict[str, Any], action: str, rpm: int | None, tpm: int | None, t_rpm: int | None, t_tpm: int | None
+) -> tuple[int, str, int | None, int | None]:
+    """A rule's ``min_families`` and ``otherwise`` (with a throttle fallback's limits), validated."""
+    min_families = r.get("min_families", 2 if action == "block" else 0)
+    if isinstance(min_families, bool) or not isinstance(min_families, int) or not 0 <= min_families <= len(FAMILIES):
+        raise InputError(f"{where}.min_families must be an integer from 0 to {len(FAMILIES)}, got {min_families!r}")
+    otherwise = r.get("otherwise", "review" if action == "block" else "none")
+    if otherwise not in ("none", *RULE_ACTIONS):
+        raise InputError(f"{where}.otherwise must be one of none, {', '.join(RULE_ACTIONS)}, got {otherwise!r}")
+    if action_rank(otherwise) >= action_rank(action):
+        raise InputError(f"{where}.otherwise must be milder than the rule's action {action}, got {otherwise!r}")
+    if "otherwise" in r and min_families == 0:
+        raise InputError(f"{where}: otherwise needs min_families of at least 1")
+    if otherwise == "throttle" and rpm is None and tpm is None:
+        rpm, tpm = t_rpm, t_tpm
+        if rpm is None and tpm is None:
+            raise InputError(f"{where}: otherwise: throttle needs rpm or tpm in the policy's throttle section")
+    return min_families, otherwise, rpm, tpm

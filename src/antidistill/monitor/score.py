@@ -16,6 +16,13 @@ The combined risk is a fixed weighted mean of the three, shrunk in proportion fo
 ``severe`` are then set on benign calibration traffic so that each level is reached by at most its target
 share of benign accounts (:func:`calibrate`), the way the 2026 MMD detector reports its benign false-positive
 rate. The reasons of an assessment are the rules that fired, then the features furthest from benign traffic.
+
+Three guards then hold the trained models to the evidence (:meth:`Scorer.raw`): the rules' decisive evidence is
+a floor of the risk (a model trained on simulated traffic cannot unlearn what the rules call decisive); the
+client's ``max_tokens`` adds weight but never lifts a level; and timing alone (regular intervals, activity around
+the clock, what batch jobs show) keeps an account below ``watch``. Each rule belongs to one evidence family
+(:data:`FAMILIES`: traffic shape, content, linking, release pivot); the families a window's rules support travel
+with its score, and the policy blocks only on two or more of them (:mod:`antidistill.monitor.policy`).
 """
 
 from __future__ import annotations
@@ -23,13 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from antidistill.errors import InputError
-from antidistill.monitor.api import LEVELS
+from antidistill.monitor.api import FAMILIES, LEVELS
 from antidistill.monitor.features import DESCRIPTIONS, FEATURES, INDEX, LONG_DEMAND
 
 #: share of benign accounts allowed to reach each level (per account, over its whole history) on the calibration
@@ -40,8 +47,40 @@ WEIGHTS: dict[str, float] = {"supervised": 0.6, "rules": 0.25, "anomaly": 0.15}
 #: requests (of an account or a cluster) below which its risk is shrunk in proportion: five requests say little,
 #: and a hydra member with a handful is caught through its cluster, whose count is the members' total
 MIN_EVIDENCE = 20
-#: thresholds of an untrained monitor, on the rules score alone (documented fallback)
+#: thresholds of an untrained monitor, on the rules score alone (documented fallback); they are also the scale
+#: on which the rules' decisive evidence is a floor of a trained monitor's risk (:meth:`Scorer.floor`)
 RULES_ONLY_THRESHOLDS: dict[str, float] = {"watch": 0.5, "alert": 0.7, "severe": 0.9}
+
+#: each rule's evidence family (:data:`~antidistill.monitor.api.FAMILIES`); ``demand`` (answers of LONG_DEMAND+
+#: tokens) is ``max_tokens``, a knob the client sets freely (an attacker turns it down, many legitimate users turn
+#: it up): it adds weight, never a family, and never lifts a level on its own (:meth:`Scorer.raw`)
+KIND_FAMILY: dict[str, str | None] = {
+    "rate": "traffic",
+    "regular": "traffic",
+    "clock": "traffic",
+    "template": "content",
+    "reasoning": "content",
+    "coverage": "content",
+    "pivot": "release",
+    "demand": None,
+}
+#: the families whose rules are decisive evidence, a floor of a trained monitor's risk (:meth:`Scorer.floor`): what
+#: the traffic asks for and a release pivot. Traffic shape is not: legitimate batch jobs share it (the simulator's
+#: evaluation harnesses reach 0.86 on the rules scale on rate and reasoning demands), so it adds weight through
+#: the combined score and counts as a family for a block, but does not set a floor
+FLOOR_FAMILIES: frozenset[str] = frozenset({"content", "release"})
+#: the rules about timing alone: what a legitimate batch job (evaluation harness, nightly summariser) shows too
+TIMING_KINDS: frozenset[str] = frozenset({"regular", "clock"})
+#: the strength from which a rule counts as evidence of its family (a ramp a quarter to a third of the way up:
+#: 270+ requests an hour, 65%+ of requests on one template, 45%+ demanding the reasoning, intervals varying < 0.41)
+FAMILY_MIN = 0.15
+#: an account linked with at least this many accounts in all has the ``linking`` family (a pair can be one person's
+#: work and home accounts; the shipped policy holds clusters of three for review too)
+LINKING_MIN_ACCOUNTS = 3
+#: the features of the client's ``max_tokens`` (set to their benign median, with timing's, for the timing cap)
+KNOB_FEATURES: tuple[str, ...] = ("log_demand", "long_demand_share", "demand_given_share")
+#: the features of timing alone (set to their benign median to see a score without timing)
+TIMING_FEATURES: tuple[str, ...] = ("gap_cv", "hour_entropy", "active_hours")
 
 
 _CONTROLLER: Any = None
@@ -218,8 +257,27 @@ def _ramp(v: float, lo: float, hi: float) -> float:
     return min(1.0, max(0.0, (v - lo) / (hi - lo)))
 
 
-def rules(x: np.ndarray, cluster_size: int = 1) -> list[tuple[float, str]]:
-    """The rules that fire on one feature vector: ``(strength, reason in words)``, strongest first.
+class Fired(NamedTuple):
+    """One rule that fired on a window.
+
+    Args:
+        strength: in [0, 1].
+        reason: the rule in words.
+        kind: which rule (a key of :data:`KIND_FAMILY`).
+    """
+
+    strength: float
+    reason: str
+    kind: str
+
+    @property
+    def family(self) -> str | None:
+        """The evidence family the rule belongs to (``None``: a knob the client sets, no family)."""
+        return KIND_FAMILY[self.kind]
+
+
+def rules(x: np.ndarray, cluster_size: int = 1) -> list[Fired]:
+    """The rules that fire on one feature vector, strongest first.
 
     Args:
         x: a feature vector (:data:`FEATURES`).
@@ -228,41 +286,74 @@ def rules(x: np.ndarray, cluster_size: int = 1) -> list[tuple[float, str]]:
     f = {name: float(x[i]) for i, name in enumerate(FEATURES)}
     n = math.expm1(f["log_requests"])
     who = "the account" if cluster_size <= 1 else f"the {cluster_size} linked accounts"
-    out: list[tuple[float, str]] = []
+    out: list[Fired] = []
     rate = math.expm1(f["log_rate_per_hour"])
     if n >= 30:
         s = 0.6 * _ramp(math.log(max(rate, 1.0)), math.log(150), math.log(1500))
-        out.append((s, f"{who} sent {rate:,.0f} requests an hour"))
+        out.append(Fired(s, f"{who} sent {rate:,.0f} requests an hour", "rate"))
     if n >= 20:
         s = 0.45 * _ramp(f["template_top_share"], 0.5, 0.95)
-        out.append((s, f"{f['template_top_share']:.0%} of requests use one prompt template"))
+        out.append(Fired(s, f"{f['template_top_share']:.0%} of requests use one prompt template", "template"))
         s = 0.6 * _ramp(f["cot_share"], 0.3, 0.85)
-        out.append((s, f"{f['cot_share']:.0%} of requests demand step-by-step reasoning or the full chain of thought"))
+        out.append(
+            Fired(
+                s,
+                f"{f['cot_share']:.0%} of requests demand step-by-step reasoning or the full chain of thought",
+                "reasoning",
+            )
+        )
         s = 0.35 * _ramp(f["long_demand_share"], 0.3, 0.9)
-        out.append((s, f"{f['long_demand_share']:.0%} of requests demand answers of {LONG_DEMAND}+ tokens"))
+        out.append(
+            Fired(s, f"{f['long_demand_share']:.0%} of requests demand answers of {LONG_DEMAND}+ tokens", "demand")
+        )
         s = (
             0.4
             * _ramp(f["template_top_share"], 0.3, 0.8)
             * _ramp(f["word_diversity"], 0.35, 0.7)
             * _ramp(f["single_turn_share"], 0.8, 1.0)
         )
-        out.append((s, "one template swept across many distinct topics (systematic coverage)"))
+        out.append(Fired(s, "one template swept across many distinct topics (systematic coverage)", "coverage"))
     if n >= 50:
         s = 0.35 * _ramp(0.6 - f["gap_cv"], 0.0, 0.45)
-        out.append((s, f"requests arrive at machine-regular intervals (variation {f['gap_cv']:.2f})"))
+        out.append(Fired(s, f"requests arrive at machine-regular intervals (variation {f['gap_cv']:.2f})", "regular"))
         s = 0.25 * _ramp(f["hour_entropy"], 0.9, 0.99) * _ramp(f["active_hours"], 0.85, 1.0)
-        out.append((s, "active around the clock with no daily rhythm"))
+        out.append(Fired(s, "active around the clock with no daily rhythm", "clock"))
     if n >= 20 and f["log_switches"] > 0:
         s = 0.4 * _ramp(f["fresh_model_share"], 0.3, 0.8)
-        out.append((s, f"moved {f['fresh_model_share']:.0%} of its traffic to a model within a day of its release"))
-    return sorted(((s, r) for s, r in out if s > 0.01), key=lambda sr: -sr[0])
+        out.append(
+            Fired(
+                s, f"moved {f['fresh_model_share']:.0%} of its traffic to a model within a day of its release", "pivot"
+            )
+        )
+    return sorted((r for r in out if r.strength > 0.01), key=lambda r: -r.strength)
 
 
-def rules_score(fired: Sequence[tuple[float, str]]) -> float:
+def families_of(fired: Sequence[Fired], at_least: float = FAMILY_MIN) -> tuple[str, ...]:
+    """The evidence families (in :data:`FAMILIES` order) with a rule of at least ``at_least`` strength.
+
+    >>> families_of([Fired(0.5, "", "rate"), Fired(0.3, "", "demand"), Fired(0.2, "", "template")])
+    ('traffic', 'content')
+    """
+    seen = {r.family for r in fired if r.strength >= at_least and r.family is not None}
+    return tuple(f for f in FAMILIES if f in seen)
+
+
+def timing_only(fired: Sequence[Fired], at_least: float = FAMILY_MIN) -> bool:
+    """Whether the only family evidence of a window is its timing (machine-regular intervals, activity around
+    the clock): what a legitimate batch job shows too. No family at all is not "timing only".
+
+    >>> timing_only([Fired(0.3, "", "regular"), Fired(0.3, "", "demand")]), timing_only([])
+    (True, False)
+    """
+    kinds = {r.kind for r in fired if r.strength >= at_least and r.family is not None}
+    return bool(kinds) and kinds <= TIMING_KINDS
+
+
+def rules_score(fired: Sequence[Fired] | Sequence[tuple[float, str]]) -> float:
     """Noisy-OR of rule strengths: 1 - prod(1 - s)."""
     p = 1.0
-    for s, _ in fired:
-        p *= 1.0 - s
+    for r in fired:
+        p *= 1.0 - r[0]
     return 1.0 - p
 
 
@@ -339,6 +430,8 @@ class Score:
     level: str
     parts: dict[str, float]
     reasons: list[str] = field(default_factory=list)
+    #: the evidence families (:data:`FAMILIES`) the window's rules support
+    families: tuple[str, ...] = ()
 
 
 class Scorer:
@@ -352,6 +445,9 @@ class Scorer:
         benign_median, benign_scale: per feature, for the "far from benign" reasons.
         embeddings: whether the models were trained with the embedding features.
         manifest: how it was trained (seeds, parameters, sizes).
+        guards: apply the rules' floor, the knob guard and the timing cap (:meth:`raw`); off only for the
+            provisional scorer that calibration replays (its thresholds are not set yet, and calibration sets
+            them on the natural combined risk).
 
     Example:
         >>> s = Scorer.rules_only()
@@ -371,6 +467,7 @@ class Scorer:
         benign_scale: np.ndarray | None = None,
         embeddings: bool = False,
         manifest: dict[str, Any] | None = None,
+        guards: bool = True,
     ) -> None:
         for level in LEVELS[1:]:
             if level not in thresholds:
@@ -383,6 +480,7 @@ class Scorer:
         self.benign_scale = benign_scale
         self.embeddings = embeddings
         self.manifest = dict(manifest or {})
+        self.guards = guards
         self._flat_cache: dict[str, tuple[Any, FlatForest | None]] = {}
 
     def _flat(self, which: str) -> FlatForest | None:
@@ -424,21 +522,27 @@ class Scorer:
             X[:, INDEX["emb_coverage"]] = 0.0
         return X
 
-    def raw(
-        self, X: np.ndarray, cluster_sizes: Sequence[int] | None = None
-    ) -> tuple[np.ndarray, list[dict[str, float]], list[list[tuple[float, str]]]]:
-        """Risks, parts and fired rules of a batch of feature vectors (no reasons beyond the rules)."""
-        X = self._matrix(X)
-        sizes = list(cluster_sizes) if cluster_sizes is not None else [1] * len(X)
-        fired = [rules(x, s) for x, s in zip(X, sizes, strict=True)]
-        r = np.array([rules_score(f) for f in fired])
-        evidence = np.minimum(1.0, np.expm1(np.nan_to_num(X[:, INDEX["log_requests"]])) / MIN_EVIDENCE)
+    def floor(self, decisive: np.ndarray) -> np.ndarray:
+        """The rules' decisive evidence (their noisy-OR without the knob, shrunk for little evidence) mapped onto
+        this scorer's levels: piecewise linear through the points (:data:`RULES_ONLY_THRESHOLDS` [level],
+        ``thresholds[level]``), so a window reaches at least the level an untrained, rules-only monitor would give
+        it (0.7 on the rules scale: at least ``alert``). The identity for the rules-only scorer.
+
+        >>> s = Scorer({"watch": 0.25, "alert": 0.42, "severe": 0.56})
+        >>> [round(float(v), 3) for v in s.floor(np.array([0.0, 0.6, 0.7, 0.86, 1.0]))]
+        [0.0, 0.335, 0.42, 0.532, 1.0]
+        """
+        knots = [0.0, *(RULES_ONLY_THRESHOLDS[lv] for lv in LEVELS[1:]), 1.0]
+        values = [0.0, *(min(1.0, self.thresholds[lv]) for lv in LEVELS[1:]), 1.0]
+        return np.interp(np.clip(decisive, 0.0, 1.0), knots, values)
+
+    def _combined(
+        self, X: np.ndarray, r: np.ndarray, evidence: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The weighted mean of the parts (the rules score alone, untrained), shrunk for little evidence; and the
+        supervised and anomaly parts (``None`` untrained)."""
         if not self.trained:
-            return (
-                r * evidence,
-                [{"rules": float(v), "evidence": float(e)} for v, e in zip(r, evidence, strict=True)],
-                fired,
-            )
+            return r * evidence, None, None
         sup = self._supervised_proba(X)
         if self.anomaly is not None and self.anomaly_cdf is not None and len(self.anomaly_cdf):
             a_raw = isolation_scores(self.anomaly, np.nan_to_num(X, nan=0.0), self._flat("anomaly"))
@@ -446,24 +550,104 @@ class Scorer:
         else:
             anom = np.zeros(len(X))
         risk = (WEIGHTS["supervised"] * sup + WEIGHTS["rules"] * r + WEIGHTS["anomaly"] * anom) * evidence
-        parts = [
-            {"supervised": float(s), "rules": float(q), "anomaly": float(a), "evidence": float(e)}
-            for s, q, a, e in zip(sup, r, anom, evidence, strict=True)
+        return risk, sup, anom
+
+    def _without(self, X: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """``X`` with the features ``names`` set to their benign median (a score without that evidence)."""
+        X = X.copy()
+        for name in names:
+            i = INDEX[name]
+            X[:, i] = self.benign_median[i] if self.benign_median is not None else 0.0
+        return X
+
+    @property
+    def _rules_weight(self) -> float:
+        """The weight of the rules score in the combined risk."""
+        return WEIGHTS["rules"] if self.trained else 1.0
+
+    def _below(self, level: str) -> float:
+        """The highest risk that stays under ``level``."""
+        return float(np.nextafter(self.thresholds[level], -np.inf))
+
+    def _ceiling(self, risk: float) -> float:
+        """The highest risk that stays within the level ``risk`` reaches."""
+        rank = LEVELS.index(level_of(risk, self.thresholds))
+        return self._below(LEVELS[rank + 1]) if rank + 1 < len(LEVELS) else math.inf
+
+    def raw(
+        self, X: np.ndarray, cluster_sizes: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, list[dict[str, float]], list[list[Fired]]]:
+        """Risks, parts and fired rules of a batch of feature vectors (no reasons beyond the rules).
+
+        The risk is the combined score, then (with ``guards``):
+
+        1. **the rules' floor**: at least :meth:`floor` of the decisive evidence (the noisy-OR of the rules of
+           :data:`FLOOR_FAMILIES`), so a trained model cannot unlearn what the rules call decisive (a templated
+           exercise harvester demanding the reasoning at 70 a day reaches ``alert`` whatever the model thinks);
+        2. **the knob guard**: the ``demand`` rule (``max_tokens``, which the client sets freely) adds its weight
+           within a level but does not carry a window across one: the risk stays within the level it reaches
+           without that rule. (The supervised model reads :data:`KNOB_FEATURES` too; what it learnt of them is a
+           matter of its training traffic, not guarded here.)
+        3. **the timing cap**: a window whose only family evidence is its timing (:func:`timing_only`) stays
+           below ``watch``, unless the score without timing and the knob (:data:`TIMING_FEATURES` and
+           :data:`KNOB_FEATURES` at their benign median, the timing and demand rules left out) reaches it on its
+           own: regular, round-the-clock traffic is what legitimate batch jobs look like, so neither the rules nor
+           the models' learnt taste for it raise an account on it.
+
+        Calibration replays without guards (the thresholds are set on the natural combined risk); the guards only
+        move a window's level by the evidence they name.
+        """
+        X = self._matrix(X)
+        sizes = list(cluster_sizes) if cluster_sizes is not None else [1] * len(X)
+        fired = [rules(x, s) for x, s in zip(X, sizes, strict=True)]
+        r = np.array([rules_score(f) for f in fired])
+        evidence = np.minimum(1.0, np.expm1(np.nan_to_num(X[:, INDEX["log_requests"]])) / MIN_EVIDENCE)
+        risk, sup, anom = self._combined(X, r, evidence)
+        parts: list[dict[str, float]] = [
+            {"rules": float(v), "evidence": float(e)} for v, e in zip(r, evidence, strict=True)
         ]
+        if sup is not None and anom is not None:
+            for p, s, a in zip(parts, sup, anom, strict=True):
+                p["supervised"], p["anomaly"] = float(s), float(a)
+        if not self.guards:
+            return risk, parts, fired
+        decisive = np.array([rules_score([q for q in f if q.family in FLOOR_FAMILIES]) for f in fired])
+        floor = self.floor(decisive * evidence)
+        risk = np.maximum(risk, floor)
+        for p, fl in zip(parts, floor, strict=True):
+            p["floor"] = float(fl)
+        # 2. the knob: the demand rule's weight may not carry a window across a level
+        knob = np.array([rules_score([q for q in f if q.family is not None]) for f in fired])
+        without = np.maximum(risk - self._rules_weight * (r - knob) * evidence, floor)
+        for i in np.flatnonzero(r > knob):
+            risk[i] = min(risk[i], self._ceiling(float(without[i])))
+        # 3. timing alone
+        idx = np.array([i for i in range(len(X)) if risk[i] >= self.thresholds["watch"] and timing_only(fired[i])])
+        if len(idx):
+            other = np.array(
+                [rules_score([q for q in fired[i] if q.family is not None and q.kind not in TIMING_KINDS]) for i in idx]
+            )
+            c, _, _ = self._combined(self._without(X[idx], (*KNOB_FEATURES, *TIMING_FEATURES)), other, evidence[idx])
+            without = np.maximum(c, self.floor(decisive[idx] * evidence[idx]))
+            cap = self._below("watch")
+            for j, i in enumerate(idx):
+                risk[i] = min(risk[i], max(cap, float(without[j])))
+                parts[i]["timing_capped"] = 1.0
         return risk, parts, fired
 
     def score(self, X: np.ndarray, cluster_sizes: Sequence[int] | None = None, n_reasons: int = 4) -> list[Score]:
-        """Scores with levels and reasons for a batch of feature vectors."""
+        """Scores with levels, reasons and evidence families for a batch of feature vectors."""
         X = np.atleast_2d(np.asarray(X, dtype=float))
         if len(X) == 0:
             return []
         risk, parts, fired = self.raw(X, cluster_sizes)
         out = []
         for i, x in enumerate(X):
-            reasons = [r for s, r in fired[i] if s >= 0.05][:n_reasons]
+            reasons = [f.reason for f in fired[i] if f.strength >= 0.05][:n_reasons]
             if len(reasons) < n_reasons and parts[i].get("supervised", 0.0) >= 0.5:
                 reasons += self.deviations(x, n_reasons - len(reasons))
-            out.append(Score(float(risk[i]), level_of(float(risk[i]), self.thresholds), parts[i], reasons))
+            level = level_of(float(risk[i]), self.thresholds)
+            out.append(Score(float(risk[i]), level, parts[i], reasons, families_of(fired[i])))
         return out
 
     def deviations(self, x: np.ndarray, k: int) -> list[str]:

@@ -10,6 +10,10 @@ truth (``labels.jsonl``):
   this is the false-positive rate) with an exact Clopper–Pearson 95% interval, and the median number of the
   account's requests the monitor had seen when it first raised ``alert``;
 * benign per-account false-positive rate over all benign accounts (hard negatives included), per level;
+* what the policy (the shipped default, or the one given) would have done to each account on the level changes
+  the scan reported, and, separately from the alert rate, the benign **block** rate (accounts the policy would
+  block) and **hold** rate (block or review: every request refused), each with a Wilson 95% interval. A block
+  needs two independent evidence families (:mod:`antidistill.monitor.policy`), so it is rarer than an alert;
 * hydra cluster recall: the share of a hydra's members (that sent traffic) linked into the cluster holding most
   of them.
 """
@@ -17,6 +21,7 @@ truth (``labels.jsonl``):
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -28,8 +33,9 @@ from typing import Any
 from antidistill.detection.stats import clopper_pearson
 from antidistill.errors import InputError
 from antidistill.monitor.actions import exchange_records
-from antidistill.monitor.api import Assessment, level_rank
+from antidistill.monitor.api import FAMILIES, Assessment, level_rank
 from antidistill.monitor.pipeline import MANIFEST_FILE, Monitor, monitor_dir, scan_records
+from antidistill.monitor.policy import Policy, action_rank
 from antidistill.settings import Settings
 from antidistill.simulate.runner import load_labels, load_scenario
 from antidistill.simulate.scenario import Scenario
@@ -56,8 +62,84 @@ def _ci(k: int, n: int) -> list[float] | None:
     return [round(lo, 5), round(hi, 5)]
 
 
-def evaluate_run(out_dir: Path, settings: Settings, *, embeddings: bool | None = None) -> dict[str, Any]:
-    """Scan a finished simulation's audit log with the trained monitor and score it against its labels."""
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k / n`` (default: 95%), which stays inside [0, 1] and is not empty
+    at ``k = 0`` (Wilson 1927, "Probable inference, the law of succession, and statistical inference", JASA).
+
+    >>> [round(v, 4) for v in wilson(0, 1349)]
+    [0.0, 0.0028]
+    >>> [round(v, 4) for v in wilson(5, 10)]
+    [0.2366, 0.7634]
+    """
+    if n <= 0:
+        raise InputError(f"n must be positive, got {n}")
+    if not 0 <= k <= n:
+        raise InputError(f"k must be in [0, n], got {k} of {n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _rate(k: int, n: int) -> dict[str, Any]:
+    lo, hi = wilson(k, n) if n else (None, None)
+    return {
+        "accounts": k,
+        "of": n,
+        "rate": round(k / n, 5) if n else None,
+        "wilson95": [round(lo, 5), round(hi, 5)] if lo is not None and hi is not None else None,
+    }
+
+
+def policy_outcomes(changes: Iterable[Assessment], policy: Policy) -> dict[str, Assessment]:
+    """Per account, the assessment whose policy decision is the strictest (actions only escalate, so what the
+    account ends under). Decided without a store: what the policy says, not what a gateway applied."""
+    best: dict[str, tuple[int, Assessment]] = {}
+    for a in changes:
+        d = policy.decide(a)
+        rank = action_rank(d.action) if d is not None else 0
+        if rank and (a.account_id not in best or rank > best[a.account_id][0]):
+            best[a.account_id] = (rank, a)
+    return {k: v for k, (_, v) in best.items()}
+
+
+def action_summary(
+    labels: list[dict[str, Any]], changes: Iterable[Assessment], policy: Policy
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Each account's strictest action, and the benign block and hold rates (Wilson 95% intervals) beside the
+    attackers' (how many are blocked, held, throttled)."""
+    decided = policy_outcomes(changes, policy)
+    action: dict[str, str] = {}
+    for aid, a in decided.items():
+        d = policy.decide(a)
+        action[aid] = d.action if d is not None else "none"
+    out: dict[str, Any] = {"policy": policy.name}
+    for role in ("benign", "attacker"):
+        ids = [r["account_id"] for r in labels if r["role"] == role]
+        acts = [action.get(i, "none") for i in ids]
+        out[role] = {
+            "blocked": _rate(sum(x == "block" for x in acts), len(ids)),
+            "held": _rate(sum(x in ("block", "review") for x in acts), len(ids)),
+            "actions": dict(Counter(acts)),
+        }
+    out["benign_blocked"] = [
+        {"account_id": r["account_id"], "persona": r["persona"], "families": _families(decided[r["account_id"]])}
+        for r in labels
+        if r["role"] == "benign" and action.get(r["account_id"]) == "block"
+    ]
+    return action, out
+
+
+def _families(a: Assessment) -> list[str]:
+    return [f for f in FAMILIES if f in a.families]
+
+
+def evaluate_run(
+    out_dir: Path, settings: Settings, *, embeddings: bool | None = None, policy: Policy | None = None
+) -> dict[str, Any]:
+    """Scan a finished simulation's audit log with the trained monitor and score it against its labels (the
+    actions under ``policy``, default the shipped one)."""
     labels = load_labels(out_dir)
     scenario = load_scenario(out_dir)
     releases = {r["model"]: float(r["released_at"]) for r in scenario.get("releases", [])}
@@ -116,6 +198,9 @@ def evaluate_run(out_dir: Path, settings: Settings, *, embeddings: bool | None =
             "rate": round(k / len(benign), 5) if benign else None,
             "ci95": _ci(k, len(benign)),
         }
+    action, actions = action_summary(labels, changes, policy or Policy.default())
+    for name, p in personas.items():
+        p["actions"] = dict(Counter(action.get(r["account_id"], "none") for r in by_persona[name]))
     hydras = _hydra_recall(labels, monitor)
     attackers = {n: p for n, p in personas.items() if p["role"] == "attacker"}
     single = [
@@ -164,6 +249,7 @@ def evaluate_run(out_dir: Path, settings: Settings, *, embeddings: bool | None =
         "detect_level": DETECT_LEVEL,
         "personas": personas,
         "benign_fpr": fpr,
+        "actions": actions,
         "hydra_cluster_recall": hydras,
         "targets": TARGETS,
         "verdict": verdict,

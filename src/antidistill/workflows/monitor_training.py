@@ -90,7 +90,8 @@ def train(
     t_rows = time.perf_counter() - t0
     parts = fit_models(all_rows, embeddings=embeddings)
     t_fit = time.perf_counter() - t0 - t_rows
-    provisional = Scorer({"watch": 2.0, "alert": 2.0, "severe": 2.0}, embeddings=embeddings, **parts)
+    # calibration sees the natural combined risk: the guards map onto thresholds not set yet
+    provisional = Scorer({"watch": 2.0, "alert": 2.0, "severe": 2.0}, embeddings=embeddings, guards=False, **parts)
     benign: list[float] = []
     ceiling: list[float] = []  # benign accounts not swept into an attacker's cluster
     attacker_summary = []

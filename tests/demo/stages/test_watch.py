@@ -44,6 +44,10 @@ def test_escalated_needs_the_order():
     assert not escalated(["block", "throttle"])
     assert not escalated(["block"])
     assert not escalated([])
+    # a hold for review refuses every request too: the shipped policy blocks only on two families of evidence
+    assert escalated(["throttle", "review"], then=("block", "review"))
+    assert not escalated(["throttle", "review"])
+    assert not escalated(["review", "throttle"], then=("block", "review"))
 
 
 def test_first_status_counts_the_accounts_requests_only():

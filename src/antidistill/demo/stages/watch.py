@@ -4,7 +4,8 @@ The monitor is trained on simulated training traffic (the train split), then hel
 and distillation campaigns, with ground truth; other seeds, other parameter bands) goes through the real gateway
 with the monitor and the shipped policy on, and the policy actions are shown as they land. Then, per persona:
 who reached ``alert``, who was throttled or blocked, and the checks: every campaign caught, no benign account
-blocked, an attacker throttled then blocked, a blocked account refused live with the clause, the audit log.
+blocked, an attacker throttled then refused (blocked, or held for review: the shipped policy blocks only on two
+independent families of evidence), a refused account refused live with the clause, the audit log.
 
 The helpers at the top are pure and tested on their own.
 """
@@ -66,9 +67,14 @@ def max_levels(alerts: Iterable[Any]) -> dict[str, str]:
     return out
 
 
-def escalated(actions: Sequence[str], first: str = "throttle", then: str = "block") -> bool:
-    """Whether ``first`` was taken and ``then`` later."""
-    return first in actions and then in actions[actions.index(first) + 1 :]
+#: the actions that refuse every request (403): a block, and a hold for review (one family of evidence)
+REFUSING = ("block", "review")
+
+
+def escalated(actions: Sequence[str], first: str = "throttle", then: str | Sequence[str] = "block") -> bool:
+    """Whether ``first`` was taken and ``then`` (or one of them) later."""
+    later = actions[actions.index(first) + 1 :] if first in actions else []
+    return any(a in ((then,) if isinstance(then, str) else tuple(then)) for a in later)
 
 
 def first_status(requests: Sequence[Mapping[str, Any]], account_id: str, status: int) -> int | None:
@@ -210,11 +216,13 @@ class TrafficSent:
 
 @dataclass(frozen=True)
 class Escalation:
-    """An attacker account throttled, then blocked (``account_id`` ``None``: none was).
+    """An attacker account throttled, then refused: blocked, or held for review (``account_id`` ``None``: none
+    was).
 
     Args:
         check: whether one was.
         throttled_after, blocked_after: the account's exchanges logged before each action (``None``: unknown).
+        refused_as: ``block`` or ``review``.
         requests: its requests; first_429, first_403: the number of its first request refused so.
         enforcement_ttl: how often the gateway re-reads enforcement (seconds).
     """
@@ -228,17 +236,20 @@ class Escalation:
     first_429: int | None = None
     first_403: int | None = None
     enforcement_ttl: float = 0.0
+    refused_as: str = "block"
 
 
 @dataclass(frozen=True)
 class LiveRefusal:
-    """A live SDK request, with a fresh API key, from a blocked attacker account (``account_id`` ``None``: no
-    account was blocked); ``check``: refused (403) quoting the clause; ``message``: what the gateway said."""
+    """A live SDK request, with a fresh API key, from a blocked (or, failing one, held) attacker account
+    (``account_id`` ``None``: none was); ``check``: refused (403) quoting the clause; ``message``: what the gateway
+    said; ``action``: ``block`` or ``review``."""
 
     check: Check
     account_id: str | None = None
     persona: str = "?"
     message: str = ""
+    action: str = "block"
 
 
 @dataclass(frozen=True)
@@ -454,33 +465,41 @@ def _escalation(
     role_of: Mapping[str, str],
     ttl: float,
 ) -> Escalation:
-    esc = [a for a, acts in history.items() if role_of.get(a) == "attacker" and escalated(acts)]
-    check = Check("an attacker throttled, then blocked", bool(esc))
+    esc = [a for a, acts in history.items() if role_of.get(a) == "attacker" and escalated(acts, then=REFUSING)]
+    check = Check("an attacker throttled, then blocked or held for review", bool(esc))
     if not esc:
         return Escalation(check)
-    # prefer one whose throttle was felt (a 429) before the block
-    a = max(esc, key=lambda x: (first_status(requests, x, 429) is not None, persona_of.get(x) == "bulk_harvester"))
+    # prefer a block, then one whose throttle was felt (a 429) before it
+    a = max(
+        esc,
+        key=lambda x: (
+            escalated(history[x]),
+            first_status(requests, x, 429) is not None,
+            persona_of.get(x) == "bulk_harvester",
+        ),
+    )
+    refused_as = "block" if escalated(history[a]) else "review"
     points = dict(reversed(action_points(store.iter_audit()).get(a, [])))
     return Escalation(
         check,
         a,
         persona_of[a],
         points.get("throttle"),
-        points.get("block"),
+        points.get(refused_as),
         sum(1 for r in requests if r.get("account_id") == a),
         first_status(requests, a, 429),
         first_status(requests, a, 403),
         ttl,
+        refused_as,
     )
 
 
 def _live_refusal(
     store: Store, settings: Settings, persona_of: Mapping[str, str], role_of: Mapping[str, str]
 ) -> LiveRefusal:
-    label = "blocked account refused with the clause (live SDK request)"
-    blocked = next(
-        (e for e in store.list_enforcements() if e.action == "block" and role_of.get(e.account_id) == "attacker"), None
-    )
+    label = "blocked or held account refused with the clause (live SDK request)"
+    refused = [e for e in store.list_enforcements() if e.action in REFUSING and role_of.get(e.account_id) == "attacker"]
+    blocked = min(refused, key=lambda e: REFUSING.index(e.action), default=None)  # a block if there is one
     if blocked is None:
         return LiveRefusal(Check(label, False))
     _, api_key = store.issue_key(blocked.account_id)  # a fresh key: the block is on the account
@@ -494,7 +513,9 @@ def _live_refusal(
             body = exc.body if isinstance(exc.body, dict) else {}
             message = str((body.get("error") or body).get("message") or exc) if body else str(exc)
             ok = bool(blocked.clause) and f"{blocked.clause}" in message
-    return LiveRefusal(Check(label, ok), blocked.account_id, persona_of.get(blocked.account_id, "?"), message)
+    return LiveRefusal(
+        Check(label, ok), blocked.account_id, persona_of.get(blocked.account_id, "?"), message, blocked.action
+    )
 
 
 def assess(out: Path, sim: SimulationResult) -> WatchAssessment:
