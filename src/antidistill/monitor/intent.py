@@ -34,7 +34,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from itertools import pairwise
+from itertools import accumulate, pairwise, repeat
+from operator import add, sub
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,8 @@ class ReasoningIntent:
         self.threshold = threshold
         self.window_words = window_words
         self._words: dict[str, float] = {}
+        # word pairs by their text alone ("a b"), so that a look-up needs no prefixed key built per pair
+        self._pairs = {f[2:]: v for f, v in weights.items() if f.startswith("b:")}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], threshold: float = 0.0) -> ReasoningIntent:
@@ -303,23 +306,19 @@ class ReasoningIntent:
         n = len(words)
         if not n:
             return float("-inf")
-        w = self.weights
-        get = self._words.get
-        u = [get(t) for t in words]
+        u = list(map(self._words.get, words))
         if None in u:
-            u = [self._word(t) for t in words]
+            u = list(map(self._word, words))
         # b[i]: the weight of the pair (words[i], words[i + 1]); a window [s, s + k) holds pairs s .. s + k - 2
-        b = [w.get(f"b:{a} {c}", 0.0) for a, c in pairwise(words)]
+        b = list(map(self._pairs.get, map(" ".join, pairwise(words)), repeat(0.0)))
         k = self.window_words
         if n <= k:
             return self.bias + sum(u) + sum(b)  # type: ignore[arg-type]
-        s = sum(u[:k]) + sum(b[: k - 1])  # type: ignore[arg-type]
-        best = s
-        for i in range(1, n - k + 1):
-            s += u[i + k - 1] - u[i - 1] + b[i + k - 2] - b[i - 1]  # type: ignore[operator]
-            if s > best:
-                best = s
-        return self.bias + best
+        # every window's sum from prefix sums, in C-level loops (a Python loop over the windows costs 2-3x more)
+        pu = list(accumulate(u, initial=0.0))  # type: ignore[arg-type]
+        pb = list(accumulate(b, initial=0.0))
+        m = n - k + 1
+        return self.bias + max(map(add, map(sub, pu[k:], pu[:m]), map(sub, pb[k - 1 : n], pb[:m])))
 
     def demands(self, norm: str) -> bool:
         """Whether normalised text (:func:`~antidistill.monitor.templates.normalise`) demands the reasoning."""
