@@ -163,3 +163,12 @@ def test_bad_files_and_documents_name_the_problem(tmp_path):
         ReasoningIntent.from_dict({"char_ngrams": [3, 4], "weights": {}, "window_words": 10})
     with pytest.raises(InputError, match="window_words"):
         ReasoningIntent({}, 0.0, window_words=0)
+
+
+def test_fit_command_checks_the_shipped_file(capsys):
+    pytest.importorskip("sklearn")
+    from antidistill.monitor.intent import main
+
+    assert main(["fit", "--check"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main([]) == 2
