@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from antidistill.monitor.api import ExchangeEvent
-from antidistill.monitor.intent import ReasoningIntent
+from antidistill.monitor.intent import PHRASES, PROBES, ReasoningIntent
 from antidistill.monitor.templates import TemplateIndex, content_words, normalise
 
 #: exchanges in an account's sliding window
@@ -57,6 +57,12 @@ def demands_reasoning(norm: str) -> bool:
     False
     """
     return ReasoningIntent.shipped().demands(norm)
+
+
+#: the phrase list that decided this before (:data:`antidistill.monitor.intent.PHRASES`), for code that checks its
+#: own wordings against it (a paraphrased demand holds none of these); no longer the test
+COT_PHRASES = PHRASES
+COT_PROBES = PROBES
 
 
 #: the feature vector, in order; :data:`DESCRIPTIONS` says each in words
