@@ -3,15 +3,17 @@
 A reasoning-trace harvester wraps its problems in demands for the whole reasoning ("show every step", "think out
 loud"); a phrase list catches the stock wordings and nothing else, and a paraphrase ("lay out how you get from the
 facts to the result, stage by stage") goes through unseen. This recogniser is a logistic regression over
-features of normalised text kept by name (no hashing) (word unigrams, word bigrams and the character 3- and 4-grams of
-each word, so that *deduce*, *deduction* and *deductive* share evidence), trained on a hand-written set of
+named (not hashed) features of normalised text: word unigrams, word bigrams and the character 3- and 4-grams of
+each word, so that *deduce*, *deduction* and *deductive* share evidence. It is trained on a hand-written set of
 demands and non-demands in many phrasings, with hard negatives ("explain the theory of relativity", "think of a
 name for my cat", "step up the volume", "walk the dog"): :data:`TRAIN_FILE`.
 
 A demand is local (a clause) while prompts may be long, so the score of a prompt is the **maximum over windows**
 of :data:`WINDOW_WORDS` consecutive words of the linear score of the window, and the model is trained on
 window-sized pieces (each demand alone and inside a window of unrelated words; every window of every
-non-demand). A long benign prompt therefore cannot add up to a demand from many faintly positive words.
+non-demand). A long benign prompt therefore cannot add up to a demand from many faintly positive words. The
+price: a window can cut a qualifier off ("answer with | the letter only"), and only the first
+:data:`~antidistill.monitor.templates.MAX_CHARS` characters of a prompt are read (as for its template).
 
 Scoring is pure Python over dictionaries: each word's own contribution (its unigram and character n-gram
 weights) is cached by word, so a prompt costs one dictionary look-up per word and per word pair; the monitor
@@ -50,7 +52,7 @@ WEIGHTS_FILE = Path(__file__).with_name("reasoning_intent.json")
 WINDOW_WORDS = 10
 #: character n-gram lengths (of each word with ``<`` and ``>`` marking its ends)
 CHAR_NGRAMS = (3, 4)
-#: L2 regularisation of the fit (scikit-learn's ``C``)
+#: inverse strength of the fit's L2 regularisation (scikit-learn's ``C``)
 C = 4.0
 #: seed of the deterministic context mixing in :func:`training_examples`
 SEED = 14
