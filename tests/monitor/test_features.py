@@ -116,6 +116,8 @@ def test_fresh_model_share_uses_release_times():
         ("Please show all your reasoning, step-by-step.", True),
         ("Write out your complete chain of thought.", True),
         ("Reason in <thinking> tags first", True),
+        ("Don't just hand me the result: lay out how you got from the facts to it, stage by stage.", True),
+        ("Explain the theory of relativity to a ten-year-old.", False),
         ("What's a good name for a cat?", False),
         ("", False),
     ],
@@ -213,12 +215,6 @@ def test_content_words_are_the_long_non_stop_words():
     for _ in range(2000):
         norm = normalise(_random_text(rng) + " the explain photosynthesis tree")
         assert content_words(norm) == frozenset(w for w in norm.split() if len(w) >= 4 and w not in _STOP)
-
-
-def test_every_reasoning_phrase_holds_a_probe_word():
-    from antidistill.monitor.features import COT_PHRASES, COT_PROBES
-
-    assert all(any(w in p for w in COT_PROBES) for p in COT_PHRASES)
 
 
 def test_batched_signatures_and_templates_equal_one_at_a_time():

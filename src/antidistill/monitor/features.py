@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 import unicodedata
 import zlib
 from collections import Counter, deque
@@ -32,6 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from antidistill.monitor.api import ExchangeEvent
+from antidistill.monitor.intent import PHRASES, PROBES, ReasoningIntent
 from antidistill.monitor.templates import TemplateIndex, content_words, normalise
 
 #: exchanges in an account's sliding window
@@ -43,85 +43,26 @@ TEXT_CACHE = 20_000
 #: a demanded length at or above this counts as "long"
 LONG_DEMAND = 1024
 
-#: phrases (in normalised text: case folded, punctuation dropped, numbers masked) that demand the reasoning
-#: itself rather than an answer; checked as substrings, which is several times faster than one big regex
-COT_PHRASES: tuple[str, ...] = (
-    "step by step",
-    "chain of thought",
-    "thought process",
-    "thinking out loud",
-    "think out loud",
-    "thinking tags",
-    "think tags",
-    "full reasoning",
-    "complete reasoning",
-    "internal reasoning",
-    "entire reasoning",
-    "detailed reasoning",
-    "full working",
-    "complete working",
-    "full derivation",
-    "detailed derivation",
-    "every step",
-    "each step",
-    "every intermediate",
-    "intermediate step",
-    "intermediate calculation",
-    "all your reasoning",
-    "all of your reasoning",
-    "all the reasoning",
-    "all reasoning",
-    "show your work",
-    "show all your work",
-    "show your working",
-    "show all work",
-    "show the work",
-    "worked solution",
-    "first principles",
-    "do not skip any step",
-    "don t skip any step",
-    "explain your reasoning",
-    "explain your complete reasoning",
-    "explain your thought",
-    "explain your complete thought",
-    "reason carefully",
-    "reason in detail",
-    "reasoning made explicit",
-    "verify your answer",
-    "reasoning trace",
-    "reasoning steps",
-    "show your reasoning",
-    "walk me through",
-)
-
 
 def demands_reasoning(norm: str) -> bool:
-    """Whether normalised prompt text demands the chain of thought (:data:`COT_PHRASES`).
+    """Whether normalised prompt text demands the chain of thought, recognised by meaning
+    (:mod:`antidistill.monitor.intent`: a small classifier, not a phrase list).
 
     >>> from antidistill.monitor.templates import normalise
     >>> demands_reasoning(normalise("Solve it. Show all your reasoning, step-by-step!"))
     True
+    >>> demands_reasoning(normalise("Solve it, and lay out how you got from the facts to the result, stage by stage."))
+    True
     >>> demands_reasoning(normalise("What's the capital of France?"))
     False
     """
-    return any(w in norm for w in COT_PROBES) and _COT.search(norm) is not None
+    return ReasoningIntent.shipped().demands(norm)
 
 
-_COT = re.compile("|".join(re.escape(p) for p in COT_PHRASES))
-#: every phrase holds one of these: text that holds none of them holds no phrase, and most prompts are ruled out
-#: by these substring tests alone, several times faster than the search (a test checks the cover)
-COT_PROBES: tuple[str, ...] = (
-    "step",
-    "reason",
-    "think",
-    "thought",
-    "work",
-    "derivation",
-    "intermediate",
-    "principles",
-    "verify",
-    "walk",
-)
+#: the phrase list that decided this before (:data:`antidistill.monitor.intent.PHRASES`), for code that checks its
+#: own wordings against it (a paraphrased demand holds none of these); no longer the test
+COT_PHRASES = PHRASES
+COT_PROBES = PROBES
 
 
 #: the feature vector, in order; :data:`DESCRIPTIONS` says each in words
