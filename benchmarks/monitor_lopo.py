@@ -6,9 +6,10 @@ For each left-out kind the monitor is trained (``antidistill monitor train``'s w
 simulations, then a held-out simulation (split ``heldout``: parameter bands and template halves that training
 never draws from, seed >= 1028) holding ``--per-kind`` instances of every attacker kind beside the scale's benign
 population is replayed through it, in process (:func:`antidistill.monitor.train.plan_events`: the events the
-gateway's audit log would hold). Reported per left-out kind: the share of X's accounts that reached ``alert``
-and ``severe`` (the level the default policy blocks at), and the benign accounts' alert and block rates, each
-with a Wilson 95% interval. Two reference rows: the monitor trained on every kind, and the rules alone.
+gateway's audit log would hold). Reported per left-out kind: the share of X's accounts that reached ``alert``, and
+that the shipped policy holds (blocks, or holds for review: every request refused) and blocks (a block needs two
+independent families of evidence), and the benign accounts' alert, hold and block rates, each with a Wilson 95%
+interval. Two reference rows: the monitor trained on every kind, and the rules alone.
 
 ``--perturb`` replays a second held-out simulation of the same seed in which every attacker's client-set knobs
 are perturbed (``max_tokens`` 256-900, stock reasoning demands paraphrased, timing jittered;
@@ -21,7 +22,6 @@ Run: ``.venv/bin/python benchmarks/monitor_lopo.py --perturb`` (about 5 minutes 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -33,32 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write_json
 from antidistill.monitor.api import level_rank
 from antidistill.monitor.pipeline import Monitor
+from antidistill.monitor.policy import Policy
 from antidistill.monitor.score import Scorer
 from antidistill.monitor.train import TRAIN_EXTRA, plan_events, releases_of
 from antidistill.settings import Settings
 from antidistill.simulate.personas import ATTACKERS, BENIGN
 from antidistill.simulate.scenario import Plan, Scenario
+from antidistill.workflows.monitor_eval import action_summary, wilson
 from antidistill.workflows.monitor_training import train
 
 #: attacker kinds run as campaigns of many accounts: one instance already holds dozens of accounts
 CAMPAIGNS = ("hydra", "conversation_farm")
 #: the first held-out seed (every seed from here on is never used for training or calibration)
 FIRST_HELDOUT_SEED = 1028
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
-    """Wilson score 95% interval of a proportion ``k / n`` (``None`` for ``n == 0``).
-
-    >>> [round(x, 4) for x in wilson(0, 20)]
-    [0.0, 0.1611]
-    """
-    if n <= 0:
-        return None
-    p = k / n
-    d = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / d
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def heldout_scenario(seed: int, days: float, per_kind: int, campaigns: int, perturb: bool) -> Scenario:
@@ -79,30 +66,39 @@ def heldout_scenario(seed: int, days: float, per_kind: int, campaigns: int, pert
     )
 
 
-def replay(plan: Plan, scorer: Scorer) -> dict[str, str]:
-    """Every account's highest level when ``plan``'s traffic is replayed through a monitor with ``scorer``."""
+def replay(plan: Plan, scorer: Scorer) -> tuple[dict[str, str], dict[str, str]]:
+    """Every account's highest level, and the strictest action the shipped policy takes on it, when ``plan``'s
+    traffic is replayed through a monitor with ``scorer``."""
     mon = Monitor(scorer, releases=releases_of(plan))
-    mon.observe_many(plan_events(plan))
-    mon.flush()
-    return {a.key: mon.level(a.key) for a in plan.accounts}
+    changes = mon.observe_many(plan_events(plan)) + mon.flush()
+    labels = [{"account_id": a.key, "role": a.role, "persona": a.persona} for a in plan.accounts]
+    action, _ = action_summary(labels, changes, Policy.default())
+    return {a.key: mon.level(a.key) for a in plan.accounts}, action
 
 
-def rates(plan: Plan, levels: dict[str, str], kind: str | None) -> dict[str, Any]:
-    """Recall of ``kind`` at alert and severe, and the benign alert and block (severe) rates, with intervals."""
+def _rate(k: int, n: int) -> dict[str, Any]:
+    lo, hi = wilson(k, n) if n else (None, None)
+    return {
+        "k": k,
+        "n": n,
+        "rate": round(k / n, 5) if n else None,
+        "wilson95": [round(lo, 5), round(hi, 5)] if lo is not None and hi is not None else None,
+    }
+
+
+def rates(plan: Plan, levels: dict[str, str], actions: dict[str, str], kind: str | None) -> dict[str, Any]:
+    """Recall of ``kind`` at alert and severe and under the policy (blocked; held: blocked or held for review),
+    and the same for the benign accounts, each with its Wilson 95% interval."""
     out: dict[str, Any] = {}
     groups = {"benign": [a.key for a in plan.accounts if a.role == "benign"]}
     if kind is not None:
         groups["attacker"] = [a.key for a in plan.accounts if a.persona == kind]
     for group, keys in groups.items():
         for level in ("alert", "severe"):
-            k = sum(level_rank(levels[key]) >= level_rank(level) for key in keys)
-            ci = wilson(k, len(keys))
-            out[f"{group}_{level}"] = {
-                "k": k,
-                "n": len(keys),
-                "rate": round(k / len(keys), 5) if keys else None,
-                "wilson95": [round(x, 5) for x in ci] if ci else None,
-            }
+            reached = sum(level_rank(levels[key]) >= level_rank(level) for key in keys)
+            out[f"{group}_{level}"] = _rate(reached, len(keys))
+        out[f"{group}_block"] = _rate(sum(actions.get(key) == "block" for key in keys), len(keys))
+        out[f"{group}_held"] = _rate(sum(actions.get(key) in ("block", "review") for key in keys), len(keys))
     if kind is not None:
         out["attacker_accounts_by_level"] = {
             lv: sum(levels[a.key] == lv for a in plan.accounts if a.persona == kind)
@@ -123,18 +119,19 @@ def _fmt(r: dict[str, Any]) -> str:
 
 def print_tables(results: list[dict[str, Any]], kinds: list[str], perturb: bool) -> None:
     """The leave-one-out table, then one table per reference row."""
-    headers = ["left out", "recall@alert", "recall@severe"]
+    headers = ["left out", "recall@alert", "held", "blocked"]
     if perturb:
-        headers += ["perturbed @alert", "perturbed @severe"]
-    headers += ["benign alert", "benign block"]
+        headers += ["perturbed @alert", "perturbed held"]
+    headers += ["benign alert", "benign held", "benign block"]
     rows = []
     for e in results:
         if "by_kind" in e["plain"]:
             continue
-        row = [e["left_out"], _fmt(e["plain"]["attacker_alert"]), _fmt(e["plain"]["attacker_severe"])]
+        pl = e["plain"]
+        row = [e["left_out"], _fmt(pl["attacker_alert"]), _fmt(pl["attacker_held"]), _fmt(pl["attacker_block"])]
         if perturb:
-            row += [_fmt(e["perturbed"]["attacker_alert"]), _fmt(e["perturbed"]["attacker_severe"])]
-        row += [_fmt(e["plain"]["benign_alert"]), _fmt(e["plain"]["benign_severe"])]
+            row += [_fmt(e["perturbed"]["attacker_alert"]), _fmt(e["perturbed"]["attacker_held"])]
+        row += [_fmt(pl["benign_alert"]), _fmt(pl["benign_held"]), _fmt(pl["benign_block"])]
         rows.append(row)
     print("\nleave-one-persona-out (recall of the left-out kind; Wilson 95% intervals)")
     print(table(headers, rows))
@@ -143,20 +140,17 @@ def print_tables(results: list[dict[str, Any]], kinds: list[str], perturb: bool)
             continue
         ref_rows = []
         for k in kinds:
-            row = [
-                k,
-                _fmt(e["plain"]["by_kind"][k]["attacker_alert"]),
-                _fmt(e["plain"]["by_kind"][k]["attacker_severe"]),
-            ]
+            bk = e["plain"]["by_kind"][k]
+            row = [k, _fmt(bk["attacker_alert"]), _fmt(bk["attacker_held"]), _fmt(bk["attacker_block"])]
             if perturb:
                 pk = e["perturbed"]["by_kind"][k]
-                row += [_fmt(pk["attacker_alert"]), _fmt(pk["attacker_severe"])]
+                row += [_fmt(pk["attacker_alert"]), _fmt(pk["attacker_held"])]
             ref_rows.append(row)
         print(
             f"\nreference {e['left_out']}: benign alert {_fmt(e['plain']['benign_alert'])}, "
-            f"benign block {_fmt(e['plain']['benign_severe'])}"
+            f"benign held {_fmt(e['plain']['benign_held'])}, benign block {_fmt(e['plain']['benign_block'])}"
         )
-        print(table(["kind", *headers[1:-2]], ref_rows))
+        print(table(["kind", *headers[1:-3]], ref_rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
                 "train_rows": manifest["rows"] if manifest else 0,
             }
             for name, plan in plans.items():
-                levels = replay(plan, scorer)
+                levels, actions = replay(plan, scorer)
                 if excluded and manifest is not None:
-                    entry[name] = rates(plan, levels, excluded[0])
+                    entry[name] = rates(plan, levels, actions, excluded[0])
                 else:  # the reference rows: recall of every attacker kind
                     entry[name] = {
-                        "by_kind": {k: rates(plan, levels, k) for k in kinds},
-                        **rates(plan, levels, None),
+                        "by_kind": {k: rates(plan, levels, actions, k) for k in kinds},
+                        **rates(plan, levels, actions, None),
                     }
             entry["seconds"] = round(time.perf_counter() - t1, 1)
             results.append(entry)
