@@ -165,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-kind", type=int, default=4, help="instances of each single-account attacker kind")
     ap.add_argument("--campaigns", type=int, default=1, help="instances of each multi-account campaign kind")
     ap.add_argument("--perturb", action="store_true", help="also test on the perturbed held-out simulation")
+    ap.add_argument(
+        "--train-perturbed",
+        action="store_true",
+        help="train with every second training seed's attackers perturbed (monitor train --perturbed)",
+    )
     ap.add_argument("--no-reference", action="store_true", help="skip the trained-on-everything and rules rows")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -213,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                     days=args.train_days,
                     extra_personas=extra,
                     exclude_kinds=excluded,
+                    perturbed=args.train_perturbed,
                 )
                 scorer = Monitor.load(settings).scorer
             entry: dict[str, Any] = {

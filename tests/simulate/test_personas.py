@@ -11,6 +11,7 @@ from dataclasses import asdict
 import pytest
 
 from antidistill.monitor.features import COT_PHRASES, demands_reasoning
+from antidistill.monitor.intent import phrase_demands
 from antidistill.monitor.templates import normalise
 from antidistill.simulate import prompts as P
 from antidistill.simulate.personas import PERSONAS
@@ -56,8 +57,10 @@ def test_the_paraphrased_demands_hold_no_stock_phrase():
     pool = (*P.PARAPHRASED_DEMANDS, *P.REASONING_SYSTEM_PROMPTS, *P.REFINE_TURNS)
     for text in pool:
         norm = normalise(text)
-        assert not demands_reasoning(norm), text
+        assert not phrase_demands(norm), text  # the old phrase list's blind spot: the meaning-based test reads them
         assert not any(p in norm for p in COT_PHRASES), text
+    # ... and the monitor recognises most of the paraphrased demands by meaning (measured: 8 of 10)
+    assert sum(demands_reasoning(normalise(t)) for t in P.PARAPHRASED_DEMANDS) >= 0.7 * len(P.PARAPHRASED_DEMANDS)
     for pool in (P.PARAPHRASED_DEMANDS, P.REASONING_SYSTEM_PROMPTS, P.REFINE_TURNS, P.FARM_FOLLOWUPS):
         tr, ho = P.split_pool(pool, "train"), P.split_pool(pool, "heldout")
         assert tr and ho and not set(tr) & set(ho)
@@ -69,7 +72,8 @@ def test_reasoning_harvester_asks_for_reasoning_without_a_stock_phrase_under_a_s
     cover = [r for r in plan.requests if r.purpose == "cover"]
     assert harvest and cover
     assert all(r.messages[0]["role"] == "system" for r in harvest)
-    assert not any(demands_reasoning(normalise(text_of(r))) for r in harvest)
+    assert not any(phrase_demands(normalise(text_of(r))) for r in harvest)  # no stock phrase
+    assert sum(demands_reasoning(normalise(text_of(r))) for r in harvest) >= 0.5 * len(harvest)  # read by meaning
     assert all(r.max_tokens >= 1024 for r in harvest)
 
 

@@ -68,3 +68,38 @@ def test_cli_exclude_kind_reaches_the_manifest(tmp_path, monkeypatch, capsys):
     assert manifest["excluded_kinds"] == ["hydra", "release_pivot"]
     saved = json.loads((tmp_path / "monitor" / "manifest.json").read_text())
     assert saved["excluded_kinds"] == ["hydra", "release_pivot"]
+
+
+def test_perturbed_training_perturbs_every_second_seed_and_never_calibration(tmp_path, monkeypatch):
+    seen: list[tuple[str, bool, int]] = []
+    real_collect, real_benign = monitor_training.collect_rows, monitor_training.benign_max_risks
+
+    def collect(plan, *a, **kw):
+        seen.append(("fit", plan.scenario.perturb, plan.scenario.seed))
+        return real_collect(plan, *a, **kw)
+
+    def benign(plan, *a, **kw):
+        seen.append(("calibrate", plan.scenario.perturb, plan.scenario.seed))
+        return real_benign(plan, *a, **kw)
+
+    monkeypatch.setattr(monitor_training, "collect_rows", collect)
+    monkeypatch.setattr(monitor_training, "benign_max_risks", benign)
+    s = Settings(env="test", data_dir=tmp_path)
+    manifest = monitor_training.train(
+        s, seeds=(11, 12, 13), calibration_seeds=(21,), scale="small", days=0.3, perturbed=True
+    )
+    assert seen == [("fit", False, 11), ("fit", True, 12), ("fit", False, 13), ("calibrate", False, 21)]
+    assert manifest["perturbed"] is True
+    assert [x["perturbed"] for x in manifest["simulations"] if x["purpose"] == "fit"] == [False, True, False]
+
+
+def test_perturbed_paraphrases_keep_to_their_split():
+    import random
+
+    from antidistill.simulate.prompts import COT_DEMANDS, PARAPHRASED_DEMANDS, paraphrase_demands, split_pool
+
+    stock = COT_DEMANDS[0]
+    for split in ("train", "heldout"):
+        got = {paraphrase_demands(f"Q. {stock}", random.Random(i), split) for i in range(200)}
+        allowed = {f"Q. {p}" for p in split_pool(PARAPHRASED_DEMANDS, split)}
+        assert got <= allowed and len(got) > 1

@@ -469,6 +469,14 @@ def monitor_train(
             show_default=False,
         ),
     ] = None,
+    perturbed: Annotated[
+        bool,
+        typer.Option(
+            "--perturbed/--no-perturbed",
+            help="Simulate every second training seed with the attackers' client-set knobs perturbed (max_tokens, "
+            "reasoning demands reworded, timing jittered), so no verdict is learnt from a knob the client sets.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Train the monitor on simulated training traffic, calibrate its thresholds on benign traffic, and save it
@@ -487,6 +495,7 @@ def monitor_train(
             days=days,
             embeddings=embeddings,
             exclude_kinds=tuple(exclude_kind or ()),
+            perturbed=perturbed,
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None

@@ -933,12 +933,14 @@ SUMMARY_INSTRUCTIONS = (
 )
 
 
-def paraphrase_demands(text: str, rng: random.Random) -> str:
+def paraphrase_demands(text: str, rng: random.Random, split: str | None = None) -> str:
     """``text`` with every stock demand of :data:`COT_DEMANDS` (and the evaluation suffixes that demand
-    reasoning) replaced by one of :data:`PARAPHRASED_DEMANDS`; other text is left alone."""
+    reasoning) replaced by one of :data:`PARAPHRASED_DEMANDS` (the ``split``'s half of them where one is named,
+    so a monitor trained on perturbed traffic never meets the held-out wordings); other text is left alone."""
+    pool = PARAPHRASED_DEMANDS if split is None else split_pool(PARAPHRASED_DEMANDS, split)
     for stock in (*COT_DEMANDS, EVAL_COT_SUFFIX[1].strip(), EVAL_COT_SUFFIX[3].strip()):
         if stock in text:
-            text = text.replace(stock, rng.choice(PARAPHRASED_DEMANDS))
+            text = text.replace(stock, rng.choice(pool))
     for stock, other in _REWORDS.items():
         text = text.replace(stock, other)
     return text

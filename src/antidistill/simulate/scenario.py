@@ -274,14 +274,14 @@ class Scenario:
         for key, reqs in by_account.items():
             if self.perturb and role[key] == "attacker":
                 rng = random.Random(f"perturb:{self.seed}:{self.split}:{key}")
-                reqs = perturb_requests(reqs, rng, world.start, world.end)
+                reqs = perturb_requests(reqs, rng, world.start, world.end, self.split)
             requests += enforce_limits(reqs, limits[key], world.end)
         requests.sort(key=lambda r: (r.t, r.account, r.turn))
         return Plan(self, accounts, requests, world.to_dict()["releases"], world.to_dict()["networks"])
 
 
 def perturb_requests(
-    requests: Sequence[PlannedRequest], rng: random.Random, start: float, end: float
+    requests: Sequence[PlannedRequest], rng: random.Random, start: float, end: float, split: str | None = None
 ) -> list[PlannedRequest]:
     """One attacker account's requests with the knobs a client sets freely perturbed.
 
@@ -289,7 +289,8 @@ def perturb_requests(
       knows long answers are watched asks for shorter ones and sends more requests);
     * wording: every stock reasoning demand (:data:`~antidistill.simulate.prompts.COT_DEMANDS` and the stock
       "think step by step" suffixes) is replaced by a paraphrase with none of the monitor's phrases
-      (:func:`~antidistill.simulate.prompts.paraphrase_demands`), in the system prompt too;
+      (:func:`~antidistill.simulate.prompts.paraphrase_demands`, from the split's half of the paraphrases), in
+      the system prompt too;
     * timing: each conversation (or single request) moves by a uniform offset of up to half the account's
       median gap between conversations, at least 30 s and at most an hour, so a steady pace loses its
       regularity; the turns of a conversation keep their own gaps. Requests moved outside ``[start, end)``
@@ -311,12 +312,12 @@ def perturb_requests(
         messages = r.messages
         if messages is not None:
             messages = tuple(
-                {**m, "content": paraphrase_demands(m["content"], rng)}
+                {**m, "content": paraphrase_demands(m["content"], rng, split)}
                 if isinstance(m.get("content"), str) and m.get("role") in ("user", "system")
                 else m
                 for m in messages
             )
-        prompt = paraphrase_demands(r.prompt, rng) if r.prompt is not None else None
+        prompt = paraphrase_demands(r.prompt, rng, split) if r.prompt is not None else None
         out.append(
             replace(
                 r,

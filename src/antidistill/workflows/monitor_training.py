@@ -50,6 +50,7 @@ def train(
     out_dir: Path | None = None,
     extra_personas: dict[str, int] | None = None,
     exclude_kinds: Sequence[str] = (),
+    perturbed: bool = False,
 ) -> dict[str, Any]:
     """Simulate training traffic, fit, calibrate, save; returns the manifest.
 
@@ -64,6 +65,11 @@ def train(
         exclude_kinds: persona kinds left out of every training and calibration simulation (and of the extras):
             the leave-one-persona-out evaluation trains without a kind, then tests on it
             (``benchmarks/monitor_lopo.py``).
+        perturbed: simulate every second training seed with the attackers' client-set knobs perturbed
+            (``max_tokens`` 256-900, reasoning demands paraphrased from the training half of the paraphrases,
+            timing jittered; :func:`antidistill.simulate.scenario.perturb_requests`), so the model cannot learn
+            that long answers or stock phrases are what make a distiller. Calibration is never perturbed (the
+            perturbation leaves benign traffic as it is).
     """
     excluded = check_kinds(exclude_kinds)
     if set(seeds) & set(calibration_seeds):
@@ -80,12 +86,14 @@ def train(
     all_rows = Rows()
     sims = []
     extras = TRAIN_EXTRA if extra_personas is None else extra_personas
-    for s in seeds:
-        plan = training_scenario(scale, int(s), days, extras, excluded).build()
+    for i, s in enumerate(seeds):
+        plan = training_scenario(scale, int(s), days, extras, excluded, perturb=perturbed and i % 2 == 1).build()
         rows, _ = collect_rows(plan, embedder)
         for k in ("X", "y", "kind", "persona"):
             getattr(all_rows, k).extend(getattr(rows, k))
-        sims.append({"seed": int(s), "split": "train", "purpose": "fit", **plan.summary()})
+        sims.append(
+            {"seed": int(s), "split": "train", "purpose": "fit", "perturbed": plan.scenario.perturb, **plan.summary()}
+        )
         log.info("training seed %s: %d rows", s, len(rows.X))
     t_rows = time.perf_counter() - t0
     parts = fit_models(all_rows, embeddings=embeddings)
@@ -113,6 +121,7 @@ def train(
         "calibration_seeds": [int(s) for s in calibration_seeds],
         "train_extra_personas": {k: v for k, v in extras.items() if k not in excluded},
         "excluded_kinds": sorted(excluded),
+        "perturbed": perturbed,
         "split": "train",
         "simulations": sims,
         "rows": len(y),
@@ -144,11 +153,16 @@ def check_kinds(kinds: Sequence[str]) -> frozenset[str]:
 
 
 def training_scenario(
-    scale: str, seed: int, days: float | None, extra: Mapping[str, int], exclude: frozenset[str] = frozenset()
+    scale: str,
+    seed: int,
+    days: float | None,
+    extra: Mapping[str, int],
+    exclude: frozenset[str] = frozenset(),
+    perturb: bool = False,
 ) -> Scenario:
     """The training-split scenario of ``scale`` and ``seed`` with ``extra`` personas added and the ``exclude``
-    kinds left out entirely (no account of theirs in the plan)."""
-    base = Scenario.from_scale(scale, seed=seed, days=days, split="train")
+    kinds left out entirely (no account of theirs in the plan); ``perturb``: the attackers' knobs perturbed."""
+    base = Scenario.from_scale(scale, seed=seed, days=days, split="train", perturb=perturb)
     counts = dict(base.counts)
     for persona, n in extra.items():
         counts[persona] = counts.get(persona, 0) + n
