@@ -224,3 +224,16 @@ def test_a_group_links_on_the_datacenter_prefixes_its_members_mainly_use_not_on_
         )
     assert lk.probe("new", group_probe_attributes(ft.accounts["new"]), ft.accounts)
     assert lk.find("new") == root
+
+
+def test_attributes_read_the_kept_slots_as_timing_signature_computes_them():
+    from antidistill.monitor.cluster import timing_signature
+
+    ft = FeatureTracker()
+    for i in range(300):
+        # bursts in a few slots, then a dense stretch: the signature appears, then goes
+        at = T0 + timedelta(minutes=(i // 30) * 180 + i % 30 if i < 150 else 1500 + 11 * i)
+        acct = ft.add(ExchangeEvent("s", at, prompt=f"q {i}"))
+        got = attributes(acct).get("timing")
+        want = timing_signature(acct.window)
+        assert got == ([want] if want else None), i

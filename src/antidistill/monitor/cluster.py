@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
@@ -26,7 +26,7 @@ from itertools import combinations, product
 from operator import itemgetter
 from typing import Any
 
-from antidistill.monitor.features import WINDOW, AccountState, Atom
+from antidistill.monitor.features import SLOT_S, WINDOW, AccountState, Atom
 
 #: how much sharing each kind of attribute says about common control (two accounts link at a total of 1.0)
 WEIGHTS: dict[str, float] = {
@@ -80,6 +80,8 @@ MEMBER_LEAST = 3
 PREFIX_MEMBER_SHARE = 0.1
 #: a group's signup burst: each 3-day bucket that holds at least this share of its members
 BUCKET_SHARE = 1 / 6
+#: exchanges in an account's window before its timing signature counts
+TIMING_LEAST = 20
 #: metadata values that say nothing (placeholders, free-mail organisations)
 _EMPTY = frozenset({"", "none", "null", "n/a", "na", "-", "unknown", "personal", "individual", "self", "private"})
 
@@ -105,16 +107,26 @@ def _dominant(counter: Counter[Any], n: int, k: int = 2, share: float = MIN_SHAR
     return [v for v, _ in top[:k]]
 
 
-def _signup_days(value: str) -> list[str]:
-    """The signup date and its 3-day bucket: a campaign signs its accounts up in a burst of a few days."""
+def _slots(window: Sequence[Atom]) -> set[int]:
+    return {int(a.t // SLOT_S) for a in window}
+
+
+@lru_cache(maxsize=65536)
+def _signup_day_pair(value: str) -> tuple[str, str] | None:
     try:
         day = date.fromisoformat(value[:10])
     except ValueError:
-        return []
-    return [day.isoformat(), f"b{day.toordinal() // 3}"]
+        return None
+    return day.isoformat(), f"b{day.toordinal() // 3}"
 
 
-def timing_signature(window: Sequence[Atom], min_events: int = 20) -> str | None:
+def _signup_days(value: str) -> list[str]:
+    """The signup date and its 3-day bucket: a campaign signs its accounts up in a burst of a few days."""
+    pair = _signup_day_pair(value)
+    return list(pair) if pair else []
+
+
+def timing_signature(window: Sequence[Atom], min_events: int = TIMING_LEAST) -> str | None:
     """The set of 10-minute slots an account was active in, hashed, when the activity is bursty and sparse.
 
     Accounts driven by one scheduler fire in the same slots; a sparse signature (a few busy slots) that two
@@ -122,7 +134,13 @@ def timing_signature(window: Sequence[Atom], min_events: int = 20) -> str | None
     """
     if len(window) < min_events:
         return None
-    slots = sorted({int(a.t // 600) for a in window})
+    return _slot_signature({int(a.t // SLOT_S) for a in window})
+
+
+def _slot_signature(active: Collection[int]) -> str | None:
+    if len(active) > 48:  # dense: no signature (and no need to sort)
+        return None
+    slots = sorted(active)
     span = slots[-1] - slots[0] + 1
     if len(slots) > 0.5 * span or len(slots) > 48:
         return None
@@ -154,7 +172,9 @@ def attributes(acct: AccountState) -> dict[str, list[str]]:
         out["template"] = t
     if s := [str(v) for v in _dominant(acct.systems, n, 1)]:
         out["system"] = s
-    if ts := timing_signature(acct.window):
+    # the account's slots are kept up to date as its window slides (the same set timing_signature computes)
+    slots = acct.slots.keys() if acct.slots else _slots(acct.window)
+    if len(acct.window) >= TIMING_LEAST and (ts := _slot_signature(slots)):
         out["timing"] = [ts]
     return out
 

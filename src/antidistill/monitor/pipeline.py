@@ -35,7 +35,7 @@ from antidistill.monitor.cluster import (
     cluster_attributes,
     group_probe_attributes,
 )
-from antidistill.monitor.features import AccountState, FeatureTracker, window_features
+from antidistill.monitor.features import EMBED_EVERY, AccountState, FeatureTracker, window_features
 from antidistill.monitor.score import Score, Scorer
 from antidistill.settings import Settings
 from antidistill.store.api import AuditRecord, is_pending_record
@@ -182,7 +182,7 @@ class Monitor:
             self._now = atom.t
         if self._last_flush is None:
             self._last_flush = atom.t
-        if self.embedder is not None:
+        if self.embedder is not None and not acct.n % EMBED_EVERY:  # a systematic sample (see EMBED_EVERY)
             self._texts.append((acct, event.prompt if isinstance(event.prompt, str) else ""))
         cluster = self.linker.cluster_of(aid)
         if cluster is not None:
