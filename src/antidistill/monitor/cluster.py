@@ -28,6 +28,12 @@ from typing import Any
 
 from antidistill.monitor.features import SLOT_S, WINDOW, AccountState, Atom
 
+#: what a group shares that is rare among all accounts: the pair (network prefix, user agent) of an account, which
+#: weighs :data:`LINK_AT` by itself when a group of at least RARITY_GROUP accounts holds it and both its prefix and
+#: its user agent are rare (each held by at most RARITY_RARE_SHARE of the accounts), and nothing otherwise: a hydra
+#: on one datacenter range with an odd client links; a crowd on the common SDK, two or three neighbours on a
+#: residential /24 or a campus NAT full of students on the common SDK do not
+PAIR_KIND = "prefix_agent"
 #: how much sharing each kind of attribute says about common control (two accounts link at a total of 1.0)
 WEIGHTS: dict[str, float] = {
     "payment": 1.0,
@@ -39,6 +45,7 @@ WEIGHTS: dict[str, float] = {
     "signup_day": 0.3,
     "agent": 0.25,
     "signup": 0.15,
+    PAIR_KIND: 1.0,
     # what a whole group of linked accounts shares (keys of these kinds only ever match another group's)
     "group_template": 0.6,
     "group_signup_day": 0.4,
@@ -46,6 +53,17 @@ WEIGHTS: dict[str, float] = {
     "group_prefix": 0.6,
 }
 LINK_AT = 1.0
+#: kinds whose weight falls with the share of accounts that hold the value (:meth:`Linker.rarity`): a common SDK's
+#: user agent, a popular signup day or source, a mobile carrier's prefix say little
+RARITY_KINDS: tuple[str, ...] = ("prefix", "agent", "signup", "signup_day")
+#: accounts holding a value of the kind before rarity counts (until then the fixed weights apply)
+RARITY_LEAST = 100
+RARITY_GROUP = 5
+RARITY_RARE_SHARE = 0.05
+#: a value held by more than this share of the accounts loses weight: log(share) / log(RARITY_COMMON_SHARE) of it,
+#: rounded down to RARITY_STEP (0.75 at 40%, 0.25 at 75%, nothing when all accounts hold it)
+RARITY_COMMON_SHARE = 0.3
+RARITY_STEP = 0.25
 #: words shown in reasons
 KIND_WORDS: dict[str, str] = {
     "payment": "payment fingerprint",
@@ -57,6 +75,7 @@ KIND_WORDS: dict[str, str] = {
     "agent": "user agent",
     "signup": "signup source",
     "signup_day": "signup date",
+    PAIR_KIND: "rare network prefix and user agent",
     "group_template": "prompt templates (group)",
     "group_signup_day": "signup burst (group)",
     "group_signup": "signup source (group)",
@@ -239,26 +258,45 @@ def group_probe_attributes(acct: AccountState) -> dict[str, list[str]]:
     return out
 
 
-@lru_cache(maxsize=4096)
-def _minimal_combinations(kinds: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
-    """The minimal combinations of ``kinds`` (sorted by weight, then name) whose weights reach :data:`LINK_AT`."""
-    minimal: list[tuple[str, ...]] = []
-    for r in range(1, len(kinds) + 1):
-        for combo in combinations(kinds, r):
-            if sum(WEIGHTS[k] for k in combo) + 1e-9 < LINK_AT:
+@lru_cache(maxsize=8192)
+def _minimal_combinations(slots: tuple[tuple[str, float], ...]) -> tuple[tuple[int, ...], ...]:
+    """The minimal combinations of ``slots`` (``(kind, weight)``, sorted; at most one slot of each kind in a
+    combination) whose weights reach :data:`LINK_AT`, as tuples of slot indices."""
+    minimal: list[frozenset[int]] = []
+    out: list[tuple[int, ...]] = []
+    for r in range(1, len(slots) + 1):
+        for combo in combinations(range(len(slots)), r):
+            if len({slots[i][0] for i in combo}) < r or sum(slots[i][1] for i in combo) + 1e-9 < LINK_AT:
                 continue
-            if any(set(m) <= set(combo) for m in minimal):
+            members = frozenset(combo)
+            if any(m <= members for m in minimal):
                 continue
-            minimal.append(combo)
-    return tuple(minimal)
+            minimal.append(members)
+            out.append(combo)
+    return tuple(out)
+
+
+def weighted_link_keys(attrs: dict[str, list[tuple[str, float]]]) -> Iterator[tuple[tuple[str, str], ...]]:
+    """Keys for every minimal combination of attribute values (at most one of each kind) whose weights reach
+    :data:`LINK_AT`; ``attrs``: kind -> ``(value, weight)`` pairs. A key is its ``(kind, value)`` pairs in the order
+    of the kinds' names, so two accounts that share the values share the key whatever else they hold."""
+    groups: dict[tuple[str, float], list[str]] = {}
+    for kind, values in attrs.items():
+        for value, w in values:
+            if w > 0.0:  # a value that weighs nothing never helps reach the threshold
+                groups.setdefault((kind, w), []).append(value)
+    slots = tuple(sorted(groups))
+    # the combinations depend on the (kind, weight) slots present only, and accounts have few distinct sets of them
+    for combo in _minimal_combinations(slots):
+        kinds = [slots[i][0] for i in combo]
+        for values in product(*(groups[slots[i]] for i in combo)):
+            yield tuple(zip(kinds, values, strict=True))
 
 
 def link_keys(attrs: dict[str, list[str]]) -> Iterator[tuple[tuple[str, str], ...]]:
-    """Keys for every minimal combination of attribute kinds whose weights reach :data:`LINK_AT`."""
-    # the combinations depend on the kinds present only, and accounts have few distinct sets of kinds
-    for combo in _minimal_combinations(tuple(sorted(attrs, key=lambda k: (-WEIGHTS[k], k)))):
-        for values in product(*(attrs[k] for k in combo)):
-            yield tuple(zip(combo, values, strict=True))
+    """Keys for every minimal combination of attribute values whose kinds' fixed weights (:data:`WEIGHTS`) reach
+    :data:`LINK_AT` (see :func:`weighted_link_keys`)."""
+    return weighted_link_keys({k: [(v, WEIGHTS[k]) for v in vs] for k, vs in attrs.items()})
 
 
 @dataclass
@@ -294,6 +332,12 @@ class Linker:
     """
 
     def __init__(self) -> None:
+        #: accounts holding each value of a rarity-weighted kind (:data:`RARITY_KINDS`, :data:`PAIR_KIND`), and any
+        #: value of that kind; an account's values as counted
+        self.holders: Counter[tuple[str, str]] = Counter()
+        self.kind_holders: Counter[str] = Counter()
+        self._counted: dict[str, frozenset[tuple[str, str]]] = {}
+        self._weighted: dict[str, dict[str, list[tuple[str, float]]]] = {}
         self.parent: dict[str, str] = {}
         self.order: dict[str, int] = {}
         self.keys: dict[tuple[tuple[str, str], ...], str] = {}
@@ -341,13 +385,67 @@ class Linker:
                     changed.append(root)
         return changed
 
+    def _share(self, kind: str, value: str) -> tuple[int, float]:
+        n = self.kind_holders[kind]
+        k = self.holders[(kind, value)]
+        return k, k / n if n else 1.0
+
+    def rarity(self, kind: str, value: str) -> float:
+        """The multiplier of a value's weight: 1 while fewer than :data:`RARITY_LEAST` accounts hold a value of the
+        kind and for kinds outside :data:`RARITY_KINDS`; for those, less than 1 for a common value
+        (:data:`RARITY_COMMON_SHARE`); for :data:`PAIR_KIND`, 1 for a pair a group holds whose prefix and user agent
+        are both rare, else 0."""
+        if kind != PAIR_KIND and kind not in RARITY_KINDS:
+            return 1.0
+        if self.kind_holders[kind if kind != PAIR_KIND else "prefix"] < RARITY_LEAST:
+            return 1.0 if kind != PAIR_KIND else 0.0
+        if kind == PAIR_KIND:
+            prefix, agent = value.split("\x00", 1)
+            k = self.holders[(kind, value)]
+            rare = all(self._share(c, v)[1] <= RARITY_RARE_SHARE for c, v in (("prefix", prefix), ("agent", agent)))
+            return 1.0 if k >= RARITY_GROUP and rare else 0.0
+        share = max(1, self.holders[(kind, value)]) / self.kind_holders[kind]
+        if share <= RARITY_COMMON_SHARE:
+            return 1.0
+        m = math.log(share) / math.log(RARITY_COMMON_SHARE)
+        return math.floor(m / RARITY_STEP + 1e-9) * RARITY_STEP
+
+    @staticmethod
+    def _with_pairs(attrs: dict[str, list[str]]) -> dict[str, list[str]]:
+        if "prefix" not in attrs or "agent" not in attrs:
+            return attrs
+        return {**attrs, PAIR_KIND: [f"{p}\x00{a}" for p in attrs["prefix"] for a in attrs["agent"]]}
+
+    def _count(self, account_id: str, attrs: dict[str, list[str]]) -> None:
+        now = frozenset((k, v) for k in (*RARITY_KINDS, PAIR_KIND) for v in attrs.get(k, ()))
+        before = self._counted.get(account_id, frozenset())
+        if now == before:
+            return
+        self._counted[account_id] = now
+        self.holders.subtract(before - now)
+        self.holders.update(now - before)
+        self.kind_holders.subtract({k for k, _ in before} - {k for k, _ in now})
+        self.kind_holders.update({k for k, _ in now} - {k for k, _ in before})
+
+    def weighted(self, attrs: dict[str, list[str]]) -> dict[str, list[tuple[str, float]]]:
+        """``attrs`` (with their :data:`PAIR_KIND` pairs) and each value's weight now: its kind's
+        :data:`WEIGHTS` times :meth:`rarity`."""
+        return {k: [(v, WEIGHTS[k] * self.rarity(k, v)) for v in vs] for k, vs in self._with_pairs(attrs).items()}
+
     def register(
         self, account_id: str, attrs: dict[str, list[str]], windows: dict[str, AccountState] | None = None
     ) -> list[str]:
-        """Register the account's current attribute keys; returns the roots of clusters that changed."""
+        """Register the account's current attribute keys (values weighted by their rarity among the accounts
+        registered so far); returns the roots of clusters that changed."""
+        self._count(account_id, self._with_pairs(attrs))
+        weighted = self.weighted(attrs)
+        # the keys follow the values and their weights: nothing new to register if neither changed
+        if self._weighted.get(account_id) == weighted:
+            return []
+        self._weighted[account_id] = weighted
         have = self.registered.setdefault(account_id, set())
         changed: list[str] = []
-        for key in link_keys(attrs):
+        for key in weighted_link_keys(weighted):
             if key in have:
                 continue
             have.add(key)

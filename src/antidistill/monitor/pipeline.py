@@ -116,7 +116,6 @@ class Monitor:
         self._now = float("-inf")
         self.events = 0
         self.recorder = recorder
-        self._attrs: dict[str, dict[str, list[str]]] = {}
         #: each account's highest effective risk so far (calibration reads it)
         self.max_risk: dict[str, float] = {}
 
@@ -254,11 +253,8 @@ class Monitor:
             # templates, signup burst or prefixes it shares
             for root in self.linker.probe(acct.account_id, group_probe_attributes(acct), self.tracker.accounts):
                 self._due_clusters[root] = None
-        attrs = attributes(acct)
-        if attrs == self._attrs.get(acct.account_id):
-            return
-        self._attrs[acct.account_id] = attrs
-        for root in self.linker.register(acct.account_id, attrs, self.tracker.accounts):
+        # the linker registers nothing new unless the attributes or their rarity weights changed
+        for root in self.linker.register(acct.account_id, attributes(acct), self.tracker.accounts):
             self._due_clusters[root] = None
 
     def _features(self, window: Any, n: int, acct: AccountState | None, cluster: Cluster | None = None) -> np.ndarray:
