@@ -8,10 +8,20 @@ accounts are linked when the attributes they share weigh at least 1. One shared 
 one shared NAT prefix, a common SDK's user agent or a public benchmark's template is not; a shared NAT *and* user
 agent *and* template is.
 
-Linking is incremental and exact for that rule: every account registers, for each minimal combination of its
-attributes whose weights reach 1, a key made of those attribute values; two accounts that share such a key are
-joined in a union-find (Tarjan 1975). Accounts sharing a combination of weight >= 1 always share a minimal one,
-so no pairwise comparison is ever made, and the cost per account is a few dictionary look-ups.
+The weight of the ambient attributes (prefix, user agent, signup source and date) follows the value's rarity among
+all accounts seen, as inverse document frequency weighs terms (Sparck Jones 1972): a value that more than
+:data:`RARITY_COMMON_SHARE` of the accounts hold loses weight in proportion to ``log share`` (a common SDK's user
+agent shared by thousands, or the signup day of a launch, weigh next to nothing), and an account's (prefix, user
+agent) pair that a group of :data:`RARITY_GROUP` or more accounts holds, with both its prefix and user agent rare
+(:data:`RARITY_RARE_SHARE`), weighs a link by itself: a hydra on one datacenter range with an odd client. Rarity
+counts once :data:`RARITY_LEAST` accounts hold a value of the kind; before, the fixed weights apply.
+
+Linking is incremental and exact for that rule at any moment: every account registers, for each minimal
+combination of its attribute values whose weights reach 1, a key made of those values; two accounts that share
+such a key are joined in a union-find (Tarjan 1975). Accounts sharing values of total weight >= 1 always share a
+minimal combination, so no pairwise comparison is ever made, and the cost per account is a few dictionary
+look-ups. Weights move as accounts arrive, so an account registers again whenever its values' weights change
+(the monitor does it at its checkpoints); a link once made stays.
 """
 
 from __future__ import annotations
