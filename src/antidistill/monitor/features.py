@@ -285,7 +285,7 @@ class AccountState:
     embeddings: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=EMBED_WINDOW))
     #: the window's 10-minute slots (``int(t // SLOT_S)``) with their counts, kept up to date by
     #: :meth:`FeatureTracker.add` (linking reads the set of them at every checkpoint)
-    slots: Counter[int] = field(default_factory=Counter)
+    slots: dict[int, int] = field(default_factory=dict)
 
 
 class Encoder:
@@ -626,12 +626,14 @@ class FeatureTracker:
         slots = acct.slots
         if len(window) == WINDOW:  # the oldest atom leaves the window
             old = int(window[0].t // SLOT_S)
-            if slots[old] == 1:
-                del slots[old]
+            left = slots[old] - 1
+            if left:
+                slots[old] = left
             else:
-                slots[old] -= 1
+                del slots[old]
         window.append(atom)
-        slots[int(atom.t // SLOT_S)] += 1
+        slot = int(atom.t // SLOT_S)
+        slots[slot] = slots.get(slot, 0) + 1
         return acct
 
     def features(self, account_id: str, with_embeddings: bool = False) -> np.ndarray:
