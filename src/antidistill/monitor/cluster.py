@@ -348,6 +348,8 @@ class Linker:
         self.kind_holders: Counter[str] = Counter()
         self._counted: dict[str, frozenset[tuple[str, str]]] = {}
         self._weighted: dict[str, dict[str, list[tuple[str, float]]]] = {}
+        self._seen: dict[str, tuple[dict[str, list[str]], int]] = {}
+        self.epoch = 0  # changes of the holders' counts so far
         self.parent: dict[str, str] = {}
         self.order: dict[str, int] = {}
         self.keys: dict[tuple[tuple[str, str], ...], str] = {}
@@ -432,6 +434,7 @@ class Linker:
         if now == before:
             return
         self._counted[account_id] = now
+        self.epoch += 1
         self.holders.subtract(before - now)
         self.holders.update(now - before)
         self.kind_holders.subtract({k for k, _ in before} - {k for k, _ in now})
@@ -447,7 +450,11 @@ class Linker:
     ) -> list[str]:
         """Register the account's current attribute keys (values weighted by their rarity among the accounts
         registered so far); returns the roots of clusters that changed."""
+        # weights depend on the holders' counts only: unchanged attributes and counts register nothing new
+        if self._seen.get(account_id) == (attrs, self.epoch):
+            return []
         self._count(account_id, self._with_pairs(attrs))
+        self._seen[account_id] = (attrs, self.epoch)
         weighted = self.weighted(attrs)
         # the keys follow the values and their weights: nothing new to register if neither changed
         if self._weighted.get(account_id) == weighted:
