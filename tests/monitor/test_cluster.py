@@ -302,3 +302,14 @@ def test_a_common_user_agent_alone_links_nothing_and_a_rare_pair_needs_a_group()
     for a in ("a1", "a2", "a3", "a4"):  # the first re-register (at their next checkpoint) with the pair's weight now
         lk.register(a, {"agent": ["odd-scraper/0.3"], "signup": ["api"], "prefix": ["203.0.113.0/24"]})
     assert len({lk.find(f"a{i}") for i in range(1, 6)}) == 1 and lk.find("a6") != lk.find("a1")
+
+
+def test_a_groups_registration_under_its_root_leaves_the_roots_counts_alone():
+    lk = Linker()
+    own = {"agent": ["odd-scraper/0.3"], "prefix": ["203.0.113.0/24"]}
+    for a in ("r", "s"):
+        lk.add_account(a)
+        lk.register(a, own)
+    before = (dict(lk.holders), dict(lk.kind_holders))
+    lk.register("r", {"group_template": ["7"], "group_signup_day": ["b1"]})
+    assert (dict(lk.holders), dict(lk.kind_holders)) == before

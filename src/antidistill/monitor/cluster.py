@@ -347,8 +347,9 @@ class Linker:
         self.holders: Counter[tuple[str, str]] = Counter()
         self.kind_holders: Counter[str] = Counter()
         self._counted: dict[str, frozenset[tuple[str, str]]] = {}
-        self._weighted: dict[str, dict[str, list[tuple[str, float]]]] = {}
-        self._seen: dict[str, tuple[dict[str, list[str]], int]] = {}
+        # keyed by (id, is a group's registration): a cluster registers under its root account's id
+        self._weighted: dict[tuple[str, bool], dict[str, list[tuple[str, float]]]] = {}
+        self._seen: dict[tuple[str, bool], tuple[dict[str, list[str]], int]] = {}
         self.epoch = 0  # changes of the holders' counts so far
         self.parent: dict[str, str] = {}
         self.order: dict[str, int] = {}
@@ -451,15 +452,18 @@ class Linker:
         """Register the account's current attribute keys (values weighted by their rarity among the accounts
         registered so far); returns the roots of clusters that changed."""
         # weights depend on the holders' counts only: unchanged attributes and counts register nothing new
-        if self._seen.get(account_id) == (attrs, self.epoch):
+        # a group's attributes (its root account's id, kinds group_...) are not an account's: they count for no rarity
+        slot = (account_id, any(k.startswith("group_") for k in attrs))
+        if self._seen.get(slot) == (attrs, self.epoch):
             return []
-        self._count(account_id, self._with_pairs(attrs))
-        self._seen[account_id] = (attrs, self.epoch)
+        if not slot[1]:
+            self._count(account_id, self._with_pairs(attrs))
+        self._seen[slot] = (attrs, self.epoch)
         weighted = self.weighted(attrs)
         # the keys follow the values and their weights: nothing new to register if neither changed
-        if self._weighted.get(account_id) == weighted:
+        if self._weighted.get(slot) == weighted:
             return []
-        self._weighted[account_id] = weighted
+        self._weighted[slot] = weighted
         have = self.registered.setdefault(account_id, set())
         changed: list[str] = []
         for key in weighted_link_keys(weighted):
