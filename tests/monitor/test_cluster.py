@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from antidistill.monitor.api import ExchangeEvent
-from antidistill.monitor.cluster import Linker, attributes, link_keys
+from antidistill.monitor.cluster import PAIR_KIND, Linker, attributes, link_keys
 from antidistill.monitor.features import FeatureTracker
 
 T0 = datetime(2026, 2, 2, tzinfo=UTC)
@@ -224,3 +224,92 @@ def test_a_group_links_on_the_datacenter_prefixes_its_members_mainly_use_not_on_
         )
     assert lk.probe("new", group_probe_attributes(ft.accounts["new"]), ft.accounts)
     assert lk.find("new") == root
+
+
+def test_attributes_read_the_kept_slots_as_timing_signature_computes_them():
+    from antidistill.monitor.cluster import timing_signature
+
+    ft = FeatureTracker()
+    for i in range(300):
+        # bursts in a few slots, then a dense stretch: the signature appears, then goes
+        at = T0 + timedelta(minutes=(i // 30) * 180 + i % 30 if i < 150 else 1500 + 11 * i)
+        acct = ft.add(ExchangeEvent("s", at, prompt=f"q {i}"))
+        got = attributes(acct).get("timing")
+        want = timing_signature(acct.window)
+        assert got == ([want] if want else None), i
+
+
+def _population(benign: int, hydra: int, n: int = 6) -> tuple[Linker, FeatureTracker]:
+    """``benign`` accounts on their own networks sharing a common SDK's user agent, signup day and source, and a
+    ``hydra`` whose members share only a rare network prefix and an odd user agent (no prompt text: no templates)."""
+    specs = {
+        f"b{i}": (f"10.{i // 200}.{i % 200}.7", "OpenAI/Python 1.40.0", {"signup_at": "2026-01-05T09:00:00"})
+        for i in range(benign)
+    }
+    for spec in specs.values():
+        spec[2]["signup_source"] = "api"
+    specs |= {f"h{i}": (f"203.0.113.{10 + i}", "odd-scraper/0.3", {}) for i in range(hydra)}
+    ft, lk = FeatureTracker(), Linker()
+    for i in range(n):
+        for aid, (addr, ua, meta) in specs.items():
+            at = T0 + timedelta(minutes=i * 7 + sum(map(ord, aid)) % 5)
+            ft.add(ExchangeEvent(aid, at, client_addr=addr, user_agent=ua, account_metadata=meta))
+            lk.add_account(aid)
+    for _ in range(2):  # twice: the monitor registers an account again at its checkpoints, as rarities settle
+        for aid in specs:
+            lk.register(aid, attributes(ft.accounts[aid]), ft.accounts)
+    return lk, ft
+
+
+def test_a_hydra_sharing_a_rare_prefix_and_user_agent_links_and_the_common_sdk_crowd_does_not():
+    lk, ft = _population(300, 12)
+    hydra = [a for a in ft.accounts if a.startswith("h")]
+    assert len({lk.find(h) for h in hydra}) == 1
+    c = lk.cluster_of("h0")
+    assert c is not None and sorted(c.members) == sorted(hydra)
+    assert lk.linked_by(c) == ["rare network prefix and user agent"]
+    # the crowd shares a user agent, a signup day and a source (0.25 + 0.3 + 0.15 at the fixed weights): common,
+    # so they weigh next to nothing, and nobody is linked
+    benign = [a for a in ft.accounts if a.startswith("b")]
+    assert all(lk.cluster_of(b) is None for b in benign)
+    assert lk.rarity("agent", "openai/python 1.40.0") == 0.0
+    assert lk.rarity("signup_day", "2026-01-05") == 0.0
+    assert lk.rarity("prefix", "203.0.113.0/24") == 1.0
+    assert lk.rarity(PAIR_KIND, "203.0.113.0/24\x00odd-scraper/0.3") == 1.0
+
+
+def test_without_rarity_the_same_hydra_does_not_link(monkeypatch):
+    from antidistill.monitor import cluster
+
+    monkeypatch.setattr(cluster, "RARITY_LEAST", 10**9)  # the fixed weights: prefix 0.4 + user agent 0.25
+    lk, _ = _population(300, 12)
+    assert lk.cluster_of("h0") is None and not lk.clusters
+
+
+def test_a_common_user_agent_alone_links_nothing_and_a_rare_pair_needs_a_group():
+    lk = Linker()
+    for i in range(400):
+        lk.add_account(f"a{i}")
+        lk.register(f"a{i}", {"agent": ["openai/python 1.40.0"], "signup": ["api"], "prefix": [f"10.0.{i}.0/24"]})
+    assert not lk.clusters
+    # two accounts (neighbours, say) sharing a rare prefix and a rare user agent are not a group
+    for a in ("a1", "a2"):
+        lk.register(a, {"agent": ["odd-scraper/0.3"], "signup": ["api"], "prefix": ["203.0.113.0/24"]})
+    assert lk.find("a1") != lk.find("a2")
+    # five are
+    for a in ("a3", "a4", "a5"):
+        lk.register(a, {"agent": ["odd-scraper/0.3"], "signup": ["api"], "prefix": ["203.0.113.0/24"]})
+    for a in ("a1", "a2", "a3", "a4"):  # the first re-register (at their next checkpoint) with the pair's weight now
+        lk.register(a, {"agent": ["odd-scraper/0.3"], "signup": ["api"], "prefix": ["203.0.113.0/24"]})
+    assert len({lk.find(f"a{i}") for i in range(1, 6)}) == 1 and lk.find("a6") != lk.find("a1")
+
+
+def test_a_groups_registration_under_its_root_leaves_the_roots_counts_alone():
+    lk = Linker()
+    own = {"agent": ["odd-scraper/0.3"], "prefix": ["203.0.113.0/24"]}
+    for a in ("r", "s"):
+        lk.add_account(a)
+        lk.register(a, own)
+    before = (dict(lk.holders), dict(lk.kind_holders))
+    lk.register("r", {"group_template": ["7"], "group_signup_day": ["b1"]})
+    assert (dict(lk.holders), dict(lk.kind_holders)) == before

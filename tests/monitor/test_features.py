@@ -298,3 +298,64 @@ def test_window_features_match_a_numpy_reference():
         np.testing.assert_allclose(
             window_features(w, len(w) + 3), _reference_window_features(w, len(w) + 3), rtol=1e-12, atol=1e-12
         )
+
+
+def _reference_prefix(addr):
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(addr.strip())
+    except ValueError:
+        return None
+    return str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False))
+
+
+def test_address_prefix_matches_ipaddress_on_random_addresses():
+    from antidistill.monitor.features import address_prefix
+
+    rng = random.Random(13)
+    parts = ["0", "1", "01", "00", "9", "25", "199", "249", "255", "256", "300", "1\u0663", "a", "", " "]
+    addrs = [".".join(rng.choice(parts) for _ in range(rng.choice([3, 4, 4, 4, 5]))) for _ in range(20_000)]
+    addrs += [" 203.0.113.77\n", "2001:db8:1:2::5", "::ffff:1.2.3.4", "1.2.3.4/24", "fe80::1%eth0"]
+    valid = 0
+    for a in addrs:
+        assert address_prefix(a) == _reference_prefix(a), a
+        valid += _reference_prefix(a) is not None
+    assert valid > 300  # the fast path was exercised, not only the fallback
+
+
+def test_window_slots_follow_the_sliding_window():
+    from antidistill.monitor.features import SLOT_S
+
+    tracker = FeatureTracker()
+    rng = random.Random(14)
+    t = T0
+    for _ in range(3 * WINDOW):
+        t += timedelta(seconds=rng.choice([1, 30, 700, 4000]))
+        acct = tracker.add(ExchangeEvent("s", t - timedelta(seconds=rng.choice([0, 0, 5000])), prompt="x"))
+        expected = {}
+        for a in acct.window:
+            expected[int(a.t // SLOT_S)] = expected.get(int(a.t // SLOT_S), 0) + 1
+        assert dict(acct.slots) == expected
+
+
+def test_fast_paths_equal_the_references_on_simulated_traffic():
+    from antidistill.monitor.features import address_prefix, window_features
+    from antidistill.monitor.templates import _STOP, content_words
+    from antidistill.monitor.train import plan_events, releases_of
+    from antidistill.simulate.scenario import Scenario
+
+    plan = Scenario.from_scale("small", seed=301, split="train").build()
+    events = list(plan_events(plan))
+    tracker = FeatureTracker(releases_of(plan))
+    for ev in events:
+        tracker.add(ev)
+        assert address_prefix(ev.client_addr) == (_reference_prefix(ev.client_addr) if ev.client_addr else None)
+        norm = normalise(ev.prompt)
+        assert norm == _reference_normalise(ev.prompt)
+        assert content_words(norm) == frozenset(w for w in norm.split() if len(w) >= 4 and w not in _STOP)
+    for acct in tracker.accounts.values():
+        w = list(acct.window)
+        np.testing.assert_allclose(
+            window_features(w, acct.n), _reference_window_features(w, acct.n), rtol=1e-12, atol=1e-12
+        )

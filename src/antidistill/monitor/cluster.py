@@ -8,17 +8,27 @@ accounts are linked when the attributes they share weigh at least 1. One shared 
 one shared NAT prefix, a common SDK's user agent or a public benchmark's template is not; a shared NAT *and* user
 agent *and* template is.
 
-Linking is incremental and exact for that rule: every account registers, for each minimal combination of its
-attributes whose weights reach 1, a key made of those attribute values; two accounts that share such a key are
-joined in a union-find (Tarjan 1975). Accounts sharing a combination of weight >= 1 always share a minimal one,
-so no pairwise comparison is ever made, and the cost per account is a few dictionary look-ups.
+The weight of the ambient attributes (prefix, user agent, signup source and date) follows the value's rarity among
+all accounts seen, as inverse document frequency weighs terms (Sparck Jones 1972): a value that more than
+:data:`RARITY_COMMON_SHARE` of the accounts hold loses weight in proportion to ``log share`` (a common SDK's user
+agent shared by thousands, or the signup day of a launch, weigh next to nothing), and an account's (prefix, user
+agent) pair that a group of :data:`RARITY_GROUP` or more accounts holds, with both its prefix and user agent rare
+(:data:`RARITY_RARE_SHARE`), weighs a link by itself: a hydra on one datacenter range with an odd client. Rarity
+counts once :data:`RARITY_LEAST` accounts hold a value of the kind; before, the fixed weights apply.
+
+Linking is incremental and exact for that rule at any moment: every account registers, for each minimal
+combination of its attribute values whose weights reach 1, a key made of those values; two accounts that share
+such a key are joined in a union-find (Tarjan 1975). Accounts sharing values of total weight >= 1 always share a
+minimal combination, so no pairwise comparison is ever made, and the cost per account is a few dictionary
+look-ups. Weights move as accounts arrive, so an account registers again whenever its values' weights change
+(the monitor does it at its checkpoints); a link once made stays.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
@@ -26,8 +36,14 @@ from itertools import combinations, product
 from operator import itemgetter
 from typing import Any
 
-from antidistill.monitor.features import WINDOW, AccountState, Atom
+from antidistill.monitor.features import SLOT_S, WINDOW, AccountState, Atom
 
+#: what a group shares that is rare among all accounts: the pair (network prefix, user agent) of an account, which
+#: weighs :data:`LINK_AT` by itself when a group of at least RARITY_GROUP accounts holds it and both its prefix and
+#: its user agent are rare (each held by at most RARITY_RARE_SHARE of the accounts), and nothing otherwise: a hydra
+#: on one datacenter range with an odd client links; a crowd on the common SDK, two or three neighbours on a
+#: residential /24 or a campus NAT full of students on the common SDK do not
+PAIR_KIND = "prefix_agent"
 #: how much sharing each kind of attribute says about common control (two accounts link at a total of 1.0)
 WEIGHTS: dict[str, float] = {
     "payment": 1.0,
@@ -39,6 +55,7 @@ WEIGHTS: dict[str, float] = {
     "signup_day": 0.3,
     "agent": 0.25,
     "signup": 0.15,
+    PAIR_KIND: 1.0,
     # what a whole group of linked accounts shares (keys of these kinds only ever match another group's)
     "group_template": 0.6,
     "group_signup_day": 0.4,
@@ -46,6 +63,17 @@ WEIGHTS: dict[str, float] = {
     "group_prefix": 0.6,
 }
 LINK_AT = 1.0
+#: kinds whose weight falls with the share of accounts that hold the value (:meth:`Linker.rarity`): a common SDK's
+#: user agent, a popular signup day or source, a mobile carrier's prefix say little
+RARITY_KINDS: tuple[str, ...] = ("prefix", "agent", "signup", "signup_day")
+#: accounts holding a value of the kind before rarity counts (until then the fixed weights apply)
+RARITY_LEAST = 100
+RARITY_GROUP = 5
+RARITY_RARE_SHARE = 0.05
+#: a value held by more than this share of the accounts loses weight: log(share) / log(RARITY_COMMON_SHARE) of it,
+#: rounded down to RARITY_STEP (0.75 at 40%, 0.25 at 75%, nothing when all accounts hold it)
+RARITY_COMMON_SHARE = 0.3
+RARITY_STEP = 0.25
 #: words shown in reasons
 KIND_WORDS: dict[str, str] = {
     "payment": "payment fingerprint",
@@ -57,6 +85,7 @@ KIND_WORDS: dict[str, str] = {
     "agent": "user agent",
     "signup": "signup source",
     "signup_day": "signup date",
+    PAIR_KIND: "rare network prefix and user agent",
     "group_template": "prompt templates (group)",
     "group_signup_day": "signup burst (group)",
     "group_signup": "signup source (group)",
@@ -80,6 +109,8 @@ MEMBER_LEAST = 3
 PREFIX_MEMBER_SHARE = 0.1
 #: a group's signup burst: each 3-day bucket that holds at least this share of its members
 BUCKET_SHARE = 1 / 6
+#: exchanges in an account's window before its timing signature counts
+TIMING_LEAST = 20
 #: metadata values that say nothing (placeholders, free-mail organisations)
 _EMPTY = frozenset({"", "none", "null", "n/a", "na", "-", "unknown", "personal", "individual", "self", "private"})
 
@@ -105,16 +136,26 @@ def _dominant(counter: Counter[Any], n: int, k: int = 2, share: float = MIN_SHAR
     return [v for v, _ in top[:k]]
 
 
-def _signup_days(value: str) -> list[str]:
-    """The signup date and its 3-day bucket: a campaign signs its accounts up in a burst of a few days."""
+def _slots(window: Sequence[Atom]) -> set[int]:
+    return {int(a.t // SLOT_S) for a in window}
+
+
+@lru_cache(maxsize=65536)
+def _signup_day_pair(value: str) -> tuple[str, str] | None:
     try:
         day = date.fromisoformat(value[:10])
     except ValueError:
-        return []
-    return [day.isoformat(), f"b{day.toordinal() // 3}"]
+        return None
+    return day.isoformat(), f"b{day.toordinal() // 3}"
 
 
-def timing_signature(window: Sequence[Atom], min_events: int = 20) -> str | None:
+def _signup_days(value: str) -> list[str]:
+    """The signup date and its 3-day bucket: a campaign signs its accounts up in a burst of a few days."""
+    pair = _signup_day_pair(value)
+    return list(pair) if pair else []
+
+
+def timing_signature(window: Sequence[Atom], min_events: int = TIMING_LEAST) -> str | None:
     """The set of 10-minute slots an account was active in, hashed, when the activity is bursty and sparse.
 
     Accounts driven by one scheduler fire in the same slots; a sparse signature (a few busy slots) that two
@@ -122,7 +163,13 @@ def timing_signature(window: Sequence[Atom], min_events: int = 20) -> str | None
     """
     if len(window) < min_events:
         return None
-    slots = sorted({int(a.t // 600) for a in window})
+    return _slot_signature({int(a.t // SLOT_S) for a in window})
+
+
+def _slot_signature(active: Collection[int]) -> str | None:
+    if len(active) > 48:  # dense: no signature (and no need to sort)
+        return None
+    slots = sorted(active)
     span = slots[-1] - slots[0] + 1
     if len(slots) > 0.5 * span or len(slots) > 48:
         return None
@@ -154,7 +201,9 @@ def attributes(acct: AccountState) -> dict[str, list[str]]:
         out["template"] = t
     if s := [str(v) for v in _dominant(acct.systems, n, 1)]:
         out["system"] = s
-    if ts := timing_signature(acct.window):
+    # the account's slots are kept up to date as its window slides (the same set timing_signature computes)
+    slots = acct.slots.keys() if acct.slots else _slots(acct.window)
+    if len(acct.window) >= TIMING_LEAST and (ts := _slot_signature(slots)):
         out["timing"] = [ts]
     return out
 
@@ -219,26 +268,45 @@ def group_probe_attributes(acct: AccountState) -> dict[str, list[str]]:
     return out
 
 
-@lru_cache(maxsize=4096)
-def _minimal_combinations(kinds: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
-    """The minimal combinations of ``kinds`` (sorted by weight, then name) whose weights reach :data:`LINK_AT`."""
-    minimal: list[tuple[str, ...]] = []
-    for r in range(1, len(kinds) + 1):
-        for combo in combinations(kinds, r):
-            if sum(WEIGHTS[k] for k in combo) + 1e-9 < LINK_AT:
+@lru_cache(maxsize=8192)
+def _minimal_combinations(slots: tuple[tuple[str, float], ...]) -> tuple[tuple[int, ...], ...]:
+    """The minimal combinations of ``slots`` (``(kind, weight)``, sorted; at most one slot of each kind in a
+    combination) whose weights reach :data:`LINK_AT`, as tuples of slot indices."""
+    minimal: list[frozenset[int]] = []
+    out: list[tuple[int, ...]] = []
+    for r in range(1, len(slots) + 1):
+        for combo in combinations(range(len(slots)), r):
+            if len({slots[i][0] for i in combo}) < r or sum(slots[i][1] for i in combo) + 1e-9 < LINK_AT:
                 continue
-            if any(set(m) <= set(combo) for m in minimal):
+            members = frozenset(combo)
+            if any(m <= members for m in minimal):
                 continue
-            minimal.append(combo)
-    return tuple(minimal)
+            minimal.append(members)
+            out.append(combo)
+    return tuple(out)
+
+
+def weighted_link_keys(attrs: dict[str, list[tuple[str, float]]]) -> Iterator[tuple[tuple[str, str], ...]]:
+    """Keys for every minimal combination of attribute values (at most one of each kind) whose weights reach
+    :data:`LINK_AT`; ``attrs``: kind -> ``(value, weight)`` pairs. A key is its ``(kind, value)`` pairs in the order
+    of the kinds' names, so two accounts that share the values share the key whatever else they hold."""
+    groups: dict[tuple[str, float], list[str]] = {}
+    for kind, values in attrs.items():
+        for value, w in values:
+            if w > 0.0:  # a value that weighs nothing never helps reach the threshold
+                groups.setdefault((kind, w), []).append(value)
+    slots = tuple(sorted(groups))
+    # the combinations depend on the (kind, weight) slots present only, and accounts have few distinct sets of them
+    for combo in _minimal_combinations(slots):
+        kinds = [slots[i][0] for i in combo]
+        for values in product(*(groups[slots[i]] for i in combo)):
+            yield tuple(zip(kinds, values, strict=True))
 
 
 def link_keys(attrs: dict[str, list[str]]) -> Iterator[tuple[tuple[str, str], ...]]:
-    """Keys for every minimal combination of attribute kinds whose weights reach :data:`LINK_AT`."""
-    # the combinations depend on the kinds present only, and accounts have few distinct sets of kinds
-    for combo in _minimal_combinations(tuple(sorted(attrs, key=lambda k: (-WEIGHTS[k], k)))):
-        for values in product(*(attrs[k] for k in combo)):
-            yield tuple(zip(combo, values, strict=True))
+    """Keys for every minimal combination of attribute values whose kinds' fixed weights (:data:`WEIGHTS`) reach
+    :data:`LINK_AT` (see :func:`weighted_link_keys`)."""
+    return weighted_link_keys({k: [(v, WEIGHTS[k]) for v in vs] for k, vs in attrs.items()})
 
 
 @dataclass
@@ -274,6 +342,15 @@ class Linker:
     """
 
     def __init__(self) -> None:
+        #: accounts holding each value of a rarity-weighted kind (:data:`RARITY_KINDS`, :data:`PAIR_KIND`), and any
+        #: value of that kind; an account's values as counted
+        self.holders: Counter[tuple[str, str]] = Counter()
+        self.kind_holders: Counter[str] = Counter()
+        self._counted: dict[str, frozenset[tuple[str, str]]] = {}
+        # keyed by (id, is a group's registration): a cluster registers under its root account's id
+        self._weighted: dict[tuple[str, bool], dict[str, list[tuple[str, float]]]] = {}
+        self._seen: dict[tuple[str, bool], tuple[dict[str, list[str]], int]] = {}
+        self.epoch = 0  # changes of the holders' counts so far
         self.parent: dict[str, str] = {}
         self.order: dict[str, int] = {}
         self.keys: dict[tuple[tuple[str, str], ...], str] = {}
@@ -321,13 +398,75 @@ class Linker:
                     changed.append(root)
         return changed
 
+    def _share(self, kind: str, value: str) -> tuple[int, float]:
+        n = self.kind_holders[kind]
+        k = self.holders[(kind, value)]
+        return k, k / n if n else 1.0
+
+    def rarity(self, kind: str, value: str) -> float:
+        """The multiplier of a value's weight: 1 while fewer than :data:`RARITY_LEAST` accounts hold a value of the
+        kind and for kinds outside :data:`RARITY_KINDS`; for those, less than 1 for a common value
+        (:data:`RARITY_COMMON_SHARE`); for :data:`PAIR_KIND`, 1 for a pair a group holds whose prefix and user agent
+        are both rare, else 0."""
+        if kind != PAIR_KIND and kind not in RARITY_KINDS:
+            return 1.0
+        if self.kind_holders[kind if kind != PAIR_KIND else "prefix"] < RARITY_LEAST:
+            return 1.0 if kind != PAIR_KIND else 0.0
+        if kind == PAIR_KIND:
+            prefix, agent = value.split("\x00", 1)
+            k = self.holders[(kind, value)]
+            rare = all(self._share(c, v)[1] <= RARITY_RARE_SHARE for c, v in (("prefix", prefix), ("agent", agent)))
+            return 1.0 if k >= RARITY_GROUP and rare else 0.0
+        share = max(1, self.holders[(kind, value)]) / self.kind_holders[kind]
+        if share <= RARITY_COMMON_SHARE:
+            return 1.0
+        m = math.log(share) / math.log(RARITY_COMMON_SHARE)
+        return math.floor(m / RARITY_STEP + 1e-9) * RARITY_STEP
+
+    @staticmethod
+    def _with_pairs(attrs: dict[str, list[str]]) -> dict[str, list[str]]:
+        if "prefix" not in attrs or "agent" not in attrs:
+            return attrs
+        return {**attrs, PAIR_KIND: [f"{p}\x00{a}" for p in attrs["prefix"] for a in attrs["agent"]]}
+
+    def _count(self, account_id: str, attrs: dict[str, list[str]]) -> None:
+        now = frozenset((k, v) for k in (*RARITY_KINDS, PAIR_KIND) for v in attrs.get(k, ()))
+        before = self._counted.get(account_id, frozenset())
+        if now == before:
+            return
+        self._counted[account_id] = now
+        self.epoch += 1
+        self.holders.subtract(before - now)
+        self.holders.update(now - before)
+        self.kind_holders.subtract({k for k, _ in before} - {k for k, _ in now})
+        self.kind_holders.update({k for k, _ in now} - {k for k, _ in before})
+
+    def weighted(self, attrs: dict[str, list[str]]) -> dict[str, list[tuple[str, float]]]:
+        """``attrs`` (with their :data:`PAIR_KIND` pairs) and each value's weight now: its kind's
+        :data:`WEIGHTS` times :meth:`rarity`."""
+        return {k: [(v, WEIGHTS[k] * self.rarity(k, v)) for v in vs] for k, vs in self._with_pairs(attrs).items()}
+
     def register(
         self, account_id: str, attrs: dict[str, list[str]], windows: dict[str, AccountState] | None = None
     ) -> list[str]:
-        """Register the account's current attribute keys; returns the roots of clusters that changed."""
+        """Register the account's current attribute keys (values weighted by their rarity among the accounts
+        registered so far); returns the roots of clusters that changed."""
+        # weights depend on the holders' counts only: unchanged attributes and counts register nothing new
+        # a group's attributes (its root account's id, kinds group_...) are not an account's: they count for no rarity
+        slot = (account_id, any(k.startswith("group_") for k in attrs))
+        if self._seen.get(slot) == (attrs, self.epoch):
+            return []
+        if not slot[1]:
+            self._count(account_id, self._with_pairs(attrs))
+        self._seen[slot] = (attrs, self.epoch)
+        weighted = self.weighted(attrs)
+        # the keys follow the values and their weights: nothing new to register if neither changed
+        if self._weighted.get(slot) == weighted:
+            return []
+        self._weighted[slot] = weighted
         have = self.registered.setdefault(account_id, set())
         changed: list[str] = []
-        for key in link_keys(attrs):
+        for key in weighted_link_keys(weighted):
             if key in have:
                 continue
             have.add(key)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import unicodedata
 import zlib
 from collections import Counter, deque
@@ -40,6 +41,13 @@ WINDOW = 200
 FRESH_MODEL_S = 24 * 3600.0
 #: distinct prompt texts whose normalised form is remembered by an :class:`Encoder`
 TEXT_CACHE = 20_000
+#: with embeddings on, an account's every EMBED_EVERY-th prompt is embedded (the forward pass costs about 10 ms per
+#: prompt on one core, 500 times the rest of the monitor): the topic features are estimated from that systematic
+#: sample of the window, which keeps the last EMBED_WINDOW of them (as many as the window spans)
+EMBED_EVERY = 16
+EMBED_WINDOW = -(-WINDOW // EMBED_EVERY)
+#: the time slots of an account's activity that linking compares (seconds)
+SLOT_S = 600
 #: a demanded length at or above this counts as "long"
 LONG_DEMAND = 1024
 
@@ -163,6 +171,12 @@ class Atom(NamedTuple):
     account: str
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_MISSING: Any = object()
+#: a dotted IPv4 address as ipaddress reads one (four decimal octets, no leading zeros)
+_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
 def address_prefix(addr: str | None) -> str | None:
     """The /24 of an IPv4 address or the /48 of an IPv6 one (``None`` for missing or unparsable addresses).
 
@@ -172,8 +186,11 @@ def address_prefix(addr: str | None) -> str | None:
 
     if not addr:
         return None
+    addr = addr.strip()
+    if _IPV4.fullmatch(addr):  # the common case, without ipaddress's objects (the same strings: the tests check)
+        return addr[: addr.rfind(".")] + ".0/24"
     try:
-        ip = ipaddress.ip_address(addr.strip())
+        ip = ipaddress.ip_address(addr)
     except ValueError:
         return None
     bits = 24 if ip.version == 4 else 48
@@ -207,7 +224,10 @@ class AccountState:
     prefixes: Counter[str] = field(default_factory=Counter)
     agents: Counter[str] = field(default_factory=Counter)
     systems: Counter[int] = field(default_factory=Counter)
-    embeddings: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    embeddings: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=EMBED_WINDOW))
+    #: the window's 10-minute slots (``int(t // SLOT_S)``) with their counts, kept up to date by
+    #: :meth:`FeatureTracker.add` (linking reads the set of them at every checkpoint)
+    slots: dict[int, int] = field(default_factory=dict)
 
 
 class Encoder:
@@ -282,31 +302,40 @@ class Encoder:
 
     def encode(self, event: ExchangeEvent, acct: AccountState) -> Atom:
         """The atom of ``event``, updating ``acct``'s running totals (not its window)."""
+        # the hot path: every exchange passes here, so the small caches are read inline (a method call each costs
+        # as much as the look-up)
         ts = event.ts.timestamp()
         n = acct.n
         last_t = acct.last_t
         # a clock that goes backwards must not make time run backwards inside an account
         t = ts if ts > last_t else (last_t if n else ts)
         prompt = event.prompt
-        if not isinstance(prompt, str):
+        if prompt.__class__ is not str and not isinstance(prompt, str):
             prompt = ""
         norm, cot, words = self._texts.get(prompt) or self._text(prompt)
         tid = self.templates.template_of(norm)
         counts = acct.templates
         seen = tid in counts if tid else False  # counts only grow: present means used before
-        system = self._system_id(event.system)
-        model = (event.model or "")[:256]
+        system = event.system
+        if system:
+            system = self._systems.get(system) if system.__class__ is str else None
+            if system is None:
+                system = self._system_id(event.system)
+        else:
+            system = 0
+        model = event.model or ""
+        if len(model) > 256:
+            model = model[:256]
         if self.start is None:
             self.start = t
         first = self.first_seen.setdefault(model, t)
-        new = model in self.known or first >= self.start + FRESH_MODEL_S
-        fresh = new and 0.0 <= t - first < FRESH_MODEL_S
+        fresh = (model in self.known or first >= self.start + FRESH_MODEL_S) and 0.0 <= t - first < FRESH_MODEL_S
         last_model = acct.last_model
-        switch = last_model is not None and model != last_model
         mt = event.max_tokens
         if not isinstance(mt, int) or mt < 0:
             mt = -1
-        hour = int((ts % 86400) // 3600) if math.isfinite(ts) else 0
+        hour = int((ts % 86400) // 3600) if ts - ts == 0.0 else 0  # ts - ts is 0.0 exactly when ts is finite
+        status = int(event.status)
         atom = Atom(
             t,
             max(0, int(event.prompt_tokens)),
@@ -320,8 +349,8 @@ class Encoder:
             hour,
             model,
             fresh,
-            switch,
-            200 <= int(event.status) < 300,
+            last_model is not None and model != last_model,
+            200 <= status < 300,
             len(prompt),
             words,
             acct.account_id,
@@ -335,12 +364,18 @@ class Encoder:
             counts[tid] += 1
         if system:
             acct.systems[system] += 1
-        prefix = self._prefix(event.client_addr)
+        addr = event.client_addr
+        prefix = self._prefixes.get(addr, _MISSING) if addr.__class__ is str else _MISSING
+        if prefix is _MISSING:
+            prefix = self._prefix(addr)
         if prefix:
             acct.prefixes[prefix] += 1
-        ua = self._agent(event.user_agent)
-        if ua:
-            acct.agents[ua] += 1
+        ua = event.user_agent
+        agent = self._agents.get(ua, _MISSING) if ua.__class__ is str else _MISSING
+        if agent is _MISSING:
+            agent = self._agent(ua)
+        if agent:
+            acct.agents[agent] += 1
         md = event.account_metadata
         if md and md != acct.metadata:  # the same metadata on every event of an account: copy on change only
             acct.metadata = dict(md)
@@ -398,7 +433,8 @@ def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np
     Args:
         atoms: the window (an account's last :data:`WINDOW` exchanges, or a cluster's merged ones).
         n_total: requests ever seen from the account (or cluster).
-        embeddings: unit-norm prompt embeddings of the window (``None``: the embedding features are NaN).
+        embeddings: unit-norm prompt embeddings of the window, or of a sample of it (``None``: the embedding
+            features are NaN).
     """
     n = len(atoms)
     if n == 0:
@@ -528,7 +564,18 @@ class FeatureTracker:
         if acct is None:
             acct = self.accounts[event.account_id] = AccountState(event.account_id)
         atom = self.encoder.encode(event, acct)
-        acct.window.append(atom)
+        window = acct.window
+        slots = acct.slots
+        if len(window) == WINDOW:  # the oldest atom leaves the window
+            old = int(window[0].t // SLOT_S)
+            left = slots[old] - 1
+            if left:
+                slots[old] = left
+            else:
+                del slots[old]
+        window.append(atom)
+        slot = int(atom.t // SLOT_S)
+        slots[slot] = slots.get(slot, 0) + 1
         return acct
 
     def features(self, account_id: str, with_embeddings: bool = False) -> np.ndarray:

@@ -38,7 +38,7 @@ from antidistill.monitor.cluster import (
     cluster_attributes,
     group_probe_attributes,
 )
-from antidistill.monitor.features import AccountState, FeatureTracker, window_features
+from antidistill.monitor.features import EMBED_EVERY, AccountState, FeatureTracker, window_features
 from antidistill.monitor.score import LINKING_MIN_ACCOUNTS, Score, Scorer
 from antidistill.settings import Settings
 from antidistill.store.api import AuditRecord, is_pending_record
@@ -120,7 +120,6 @@ class Monitor:
         self._now = float("-inf")
         self.events = 0
         self.recorder = recorder
-        self._attrs: dict[str, dict[str, list[str]]] = {}
         #: each account's highest effective risk so far (calibration reads it)
         self.max_risk: dict[str, float] = {}
 
@@ -186,7 +185,7 @@ class Monitor:
             self._now = atom.t
         if self._last_flush is None:
             self._last_flush = atom.t
-        if self.embedder is not None:
+        if self.embedder is not None and not acct.n % EMBED_EVERY:  # a systematic sample (see EMBED_EVERY)
             self._texts.append((acct, event.prompt if isinstance(event.prompt, str) else ""))
         cluster = self.linker.cluster_of(aid)
         if cluster is not None:
@@ -267,11 +266,8 @@ class Monitor:
             # templates, signup burst or prefixes it shares
             for root in self.linker.probe(acct.account_id, group_probe_attributes(acct), self.tracker.accounts):
                 self._due_clusters[root] = None
-        attrs = attributes(acct)
-        if attrs == self._attrs.get(acct.account_id):
-            return
-        self._attrs[acct.account_id] = attrs
-        for root in self.linker.register(acct.account_id, attrs, self.tracker.accounts):
+        # the linker registers nothing new unless the attributes or their rarity weights changed
+        for root in self.linker.register(acct.account_id, attributes(acct), self.tracker.accounts):
             self._due_clusters[root] = None
 
     def _features(self, window: Any, n: int, acct: AccountState | None, cluster: Cluster | None = None) -> np.ndarray:

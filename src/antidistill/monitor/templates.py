@@ -83,7 +83,8 @@ _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
 _NUM = re.compile(r"[-+]?\d[\d.,:/_-]*")
 _DIGIT = re.compile(r"\d")
 _WORD = re.compile(r"\w+")
-_LONG_WORD = re.compile(r"\b\w{4,}")
+#: ASCII bytes that ``\w`` matches kept, every other byte turned into a space (then ``split()`` gives the words)
+_ASCII_WORD_BYTES = bytes(c if chr(c).isascii() and (chr(c).isalnum() or c == 0x5F) else 0x20 for c in range(256))
 #: a word of this many characters or more is an identifier (masked to ``id``)
 ID_CHARS = 25
 
@@ -118,7 +119,8 @@ def normalise(text: str) -> str:
         t = _EMAIL.sub(" email ", t)
     if _DIGIT.search(t):
         t = _NUM.sub(" 0 ", t)
-    words = _WORD.findall(t)
+    # ASCII text (most prompts): the same words as ``\w+`` (letters, digits, underscore) at a fraction of the cost
+    words = t.encode().translate(_ASCII_WORD_BYTES).decode().split() if t.isascii() else _WORD.findall(t)
     if words and max(map(len, words)) >= ID_CHARS:
         words = ["id" if len(w) >= ID_CHARS else w for w in words]
     return " ".join(words)
@@ -132,7 +134,8 @@ def shingles(norm: str) -> list[bytes]:
 
 def content_words(norm: str) -> frozenset[str]:
     """The distinct content words (no stop words, at least 4 letters): a cheap topic fingerprint."""
-    return frozenset(_LONG_WORD.findall(norm)).difference(_STOP)
+    # ``norm`` is words of ``\w`` joined by spaces, so splitting it finds them as ``\b\w{4,}`` would, twice as fast
+    return frozenset([w for w in norm.split() if len(w) > 3]).difference(_STOP)
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
