@@ -172,7 +172,8 @@ class GreenEstimate:
         reference: a word on where the reference came from.
 
     Example:
-        >>> est = estimate_green([[1, 2, 1, 2, 1, 2, 1, 2]], [[1, 3, 1, 4, 1, 5, 1, 6]], (1,), alpha=0.5)
+        >>> h, r = [[1, 2, 1, 2, 1, 2, 1, 2]], [[1, 3, 1, 4, 1, 5, 1, 6]]
+        >>> est = estimate_green(h, r, (1,), alpha=0.05, min_reference_prefix=1)
         >>> [(p.prefix, p.token) for p in est.pairs]
         [((1,), 2)]
     """
