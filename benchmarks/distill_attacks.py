@@ -28,8 +28,10 @@ task score of ``watermark_compare.py`` (``--task-items`` questions, 16 tokens), 
 harvesting account's corrected p and the attribution. Closed-mode p is not measured here (it needs each student
 served as an endpoint; see ``antidistill scan --suspect-url``).
 
-Run: ``.venv/bin/python benchmarks/distill_attacks.py`` (small: about 10 minutes on one core);
-real scale: ``--prompts 400 --new-tokens 200 --budget 900 --epochs 2 --task-items 120 --threads 2``.
+Run: ``.venv/bin/python benchmarks/distill_attacks.py`` (the default is a smoke scale, 32 answers of 64 tokens,
+meant to finish within 15 minutes on one core; no student is radioactive at that scale). The table in
+``docs/robustness.md``: ``--prompts 64 --new-tokens 96 --epochs 4 --budget 180 --threads 2``. Toward the real
+scale: ``--prompts 400 --new-tokens 200 --epochs 4 --budget 1800 --task-items 120 --threads 16``.
 """
 
 from __future__ import annotations
@@ -133,13 +135,13 @@ def scan(model: Any, tokenizer: Any, harvest: Sequence[Pair], config: WatermarkC
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=64, help="harvested prompts (answers the distiller trains on)")
+    ap.add_argument("--prompts", type=int, default=32, help="harvested prompts (answers the distiller trains on)")
     ap.add_argument("--heldout", type=int, default=16, help="held-out prompts (unmarked teacher answers)")
-    ap.add_argument("--new-tokens", type=int, default=96, help="tokens per answer")
+    ap.add_argument("--new-tokens", type=int, default=64, help="tokens per answer")
     ap.add_argument("--batch", type=int, default=16, help="generation batch")
-    ap.add_argument("--epochs", type=float, default=3.0)
-    ap.add_argument("--budget", type=float, default=50.0, help="training seconds per student (at most)")
-    ap.add_argument("--task-items", type=int, default=32, help="capital-city questions (0: no task score)")
+    ap.add_argument("--epochs", type=float, default=4.0)
+    ap.add_argument("--budget", type=float, default=60.0, help="training seconds per student (at most)")
+    ap.add_argument("--task-items", type=int, default=16, help="capital-city questions (0: no task score)")
     ap.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset of " + ", ".join(ATTACKS))
     ap.add_argument("--alpha", type=float, default=1e-3, help="per-pair level of the green estimate")
     ap.add_argument("--max-share", type=float, default=0.1, help="neutralise-filter: largest green share kept")
