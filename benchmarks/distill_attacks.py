@@ -29,7 +29,7 @@ harvesting account's corrected p and the attribution. Closed-mode p is not measu
 served as an endpoint; see ``antidistill scan --suspect-url``).
 
 Run: ``.venv/bin/python benchmarks/distill_attacks.py`` (the default is a smoke scale, 32 answers of 64 tokens,
-meant to finish within 15 minutes on one core; no student is radioactive at that scale). The table in
+451 s on one thread of a shared core here; the unattacked student reaches only p = 3e-3 at that scale). The table in
 ``docs/robustness.md``: ``--prompts 64 --new-tokens 96 --epochs 4 --budget 180 --threads 2``. Toward the real
 scale: ``--prompts 400 --new-tokens 200 --epochs 4 --budget 1800 --task-items 120 --threads 16``.
 """
