@@ -1,4 +1,4 @@
-"""``antidistill distill harvest|mix|train``: the red team's attack, a typer sub-app of :mod:`antidistill.cli`.
+"""``antidistill distill harvest|mix|attack|train``: the red team's attack, a typer sub-app of :mod:`antidistill.cli`.
 
 Errors are raised as :class:`~antidistill.errors.AntidistillError` (one line, exit 2 from the main CLI). The
 openai SDK, torch, transformers and peft are imported only when a command runs.
@@ -6,14 +6,18 @@ openai SDK, torch, transformers and peft are imported only when a command runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from antidistill.cli.options import JsonOpt, print_json
 from antidistill.errors import InputError
+
+if TYPE_CHECKING:
+    from antidistill.redteam.data import Pair
 
 distill_app = typer.Typer(
     help="Red team: harvest answers through the API, mix data sets, distil a student.", no_args_is_help=True
@@ -177,6 +181,13 @@ def train(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     model: Annotated[str | None, typer.Option("--model", help="Starting model (default: the embedded one).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads.")] = None,
+    mask_green: Annotated[
+        Path | None,
+        typer.Option(
+            "--mask-green",
+            help="A green-pair estimate (distill attack --method estimate): no loss on the tokens it flags.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Distil a student from prompt/response pairs and save it with its tokenizer."""
@@ -190,6 +201,11 @@ def train(
         raise InputError("give at most one of --heldout and --heldout-fraction")
     pairs = load_pairs(data)
     held = load_pairs(heldout) if heldout is not None else []
+    mask = None
+    if mask_green is not None:
+        from antidistill.redteam.attacks import GreenEstimate, loss_mask
+
+        mask = loss_mask(GreenEstimate.load(mask_green))
     try:
         if heldout_fraction > 0:
             pairs, held = split(pairs, heldout_fraction, seed)
@@ -223,6 +239,7 @@ def train(
                 lora_r=lora_r,
                 heldout=held,
                 max_seconds=max_seconds,
+                loss_mask=mask,
             )
         else:
             with bar:
@@ -243,6 +260,7 @@ def train(
                     lora_r=lora_r,
                     heldout=held,
                     max_seconds=max_seconds,
+                    loss_mask=mask,
                     on_step=lambda s, total, loss: bar.update(
                         task, completed=s, total=total, description=f"training (loss {loss:.3f})"
                     ),
@@ -261,3 +279,163 @@ def train(
     if res.heldout_loss_before is not None:
         msg += f"; held-out loss {res.heldout_loss_before:.3f} -> {res.heldout_loss_after:.3f}"
     err.print(msg + f" -> {res.out_dir}", markup=False)
+
+
+ATTACKS = ("paraphrase", "estimate", "filter")
+
+
+@distill_app.command()
+def attack(  # noqa: C901
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="paraphrase (rewrite answers with the unmarked model), estimate (green pairs against a reference) "
+            "or filter (drop answers rich in estimated-green pairs).",
+        ),
+    ],
+    data: Annotated[Path, typer.Option("--data", help="JSONL harvest (prompt/response pairs).")],
+    out: Annotated[Path, typer.Option("--out", help="Output: JSONL pairs (paraphrase, filter) or JSON (estimate).")],
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="estimate / filter: JSONL pairs of unmarked answers of the same kind."),
+    ] = None,
+    reference_from_model: Annotated[
+        bool,
+        typer.Option(
+            "--reference-from-model", help="estimate / filter: ask the unmarked model the harvest's prompts instead."
+        ),
+    ] = False,
+    greens: Annotated[
+        Path | None, typer.Option("--greens", help="filter: a green-pair estimate (from --method estimate).")
+    ] = None,
+    context_widths: Annotated[
+        str, typer.Option("--context-widths", help="estimate: prefix lengths, comma-separated.")
+    ] = "1,2",
+    alpha: Annotated[float, typer.Option("--alpha", min=1e-12, max=0.5, help="estimate: per-pair test level.")] = 1e-3,
+    min_count: Annotated[int, typer.Option("--min-count", min=1, help="estimate: least harvest count of a pair.")] = 3,
+    max_share: Annotated[
+        float, typer.Option("--max-share", min=0.0, max=1.0, help="filter: drop answers above this green share.")
+    ] = 0.1,
+    template: Annotated[
+        Path | None, typer.Option("--template", help="paraphrase: a file with the request, {text} for the answer.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=256)] = 16,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=8192)] = 192,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=5.0)] = 0.7,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    model: Annotated[
+        str | None, typer.Option("--model", help="The unmarked model (default: the embedded one).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """An informed distiller's attack on a harvest: paraphrase it, estimate its green pairs, or filter it."""
+    # the parts load when the command runs, not for --help (see antidistill.cli)
+    from antidistill.redteam import attacks as atk
+    from antidistill.redteam.data import load_pairs, save_pairs
+
+    if method not in ATTACKS:
+        raise InputError(f"--method must be one of {', '.join(ATTACKS)}, got {method!r}")
+    if method == "estimate" and greens is not None:
+        raise InputError("--greens is for --method filter (estimate writes one)")
+    if method != "paraphrase" and greens is None and (reference is None) == (not reference_from_model):
+        raise InputError(f"--method {method} needs exactly one of --reference FILE and --reference-from-model")
+    try:
+        widths = tuple(int(h) for h in context_widths.split(","))
+    except ValueError:
+        raise InputError(f"--context-widths must be integers separated by commas, got {context_widths!r}") from None
+    ask = None
+    if template is not None:
+        try:
+            ask = template.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read {template}: {type(exc).__name__}: {exc}") from None
+    pairs = load_pairs(data)
+    ref_pairs = load_pairs(reference) if reference is not None else None
+    estimate = atk.GreenEstimate.load(greens) if greens is not None else None
+
+    from antidistill.settings import get_settings
+
+    settings = get_settings()
+    lm = None
+    if method == "paraphrase" or (estimate is None and ref_pairs is None):
+        from antidistill.models.local import LocalModel
+
+        with err.status("Loading the model…"):
+            lm = LocalModel.load(model or settings.model, settings.cache_dir)
+        tokenizer = lm.tokenizer
+    else:
+        from antidistill.models.embedded import load_tokenizer, resolve_model
+
+        tokenizer = load_tokenizer(resolve_model(model or settings.model), settings.cache_dir)
+
+    summary: dict[str, object] = {"method": method, "in": str(data), "out": str(out), "pairs_in": len(pairs)}
+    if method == "paraphrase":
+        bar = _progress(not as_json)
+
+        def rewrite(on_progress: Callable[[int, int], None] | None = None) -> list[Pair]:
+            assert lm is not None  # loaded above for paraphrase
+            return atk.paraphrase_pairs(
+                lm,
+                pairs,
+                template=ask or atk.PARAPHRASE_TEMPLATE,
+                batch_size=batch_size,
+                max_new_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                on_progress=on_progress,
+            )
+
+        if bar is None:
+            rewritten = rewrite()
+        else:
+            with bar:
+                task = bar.add_task("paraphrasing", total=len(pairs))
+                rewritten = rewrite(lambda done, total: bar.update(task, completed=done, total=total))
+        save_pairs(rewritten, out)
+        summary["pairs_out"] = len(rewritten)
+        msg = f"{len(rewritten)} answers paraphrased -> {out}"
+    else:
+        if estimate is None:
+            if ref_pairs is None:
+                assert lm is not None
+                with err.status("Answering the harvest's prompts with the unmarked model…"):
+                    ref_pairs = atk.answer_pairs(
+                        lm,
+                        list(dict.fromkeys(p.prompt for p in pairs)),
+                        batch_size=batch_size,
+                        max_new_tokens=max_tokens,
+                        temperature=temperature,
+                        seed=seed,
+                    )
+                ref_name = "the unmarked model's answers to the harvest's prompts"
+            else:
+                ref_name = str(reference)
+            estimate = atk.estimate_green(
+                atk.encode_answers(tokenizer, pairs),
+                atk.encode_answers(tokenizer, ref_pairs),
+                widths,
+                alpha=alpha,
+                min_count=min_count,
+                reference_name=ref_name,
+            )
+        flagged = len(estimate.pairs)
+        summary.update(flagged=flagged, tested=estimate.tested, alpha=estimate.alpha)
+        if method == "estimate":
+            estimate.save(out)
+            tested = sum(estimate.tested.values())
+            msg = (
+                f"{flagged} (prefix, token) pairs estimated green of {tested} tested "
+                f"(about {estimate.alpha * tested:.1f} expected by chance) -> {out}"
+            )
+        else:
+            res = atk.filter_pairs(pairs, tokenizer, estimate, max_share)
+            if not res.kept:
+                raise InputError(f"--max-share {max_share} drops every answer; raise it")
+            save_pairs(res.kept, out)
+            summary.update(pairs_out=len(res.kept), dropped=len(res.dropped), share=atk.green_share_summary(res.shares))
+            msg = f"{len(res.kept)} answers kept, {len(res.dropped)} dropped (green share > {max_share}) -> {out}"
+    if as_json:
+        print_json(summary)
+    else:
+        err.print(msg, markup=False)

@@ -82,25 +82,37 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     return ids
 
 
-def encode_pair(tokenizer: Any, pair: Pair, max_len: int) -> Example | None:
+#: answer token ids -> a bool per token, True where the training loss is dropped (see ``train_student``)
+LossMask = Callable[[Sequence[int]], Any]
+
+
+def encode_pair(tokenizer: Any, pair: Pair, max_len: int, loss_mask: LossMask | None = None) -> Example | None:
     """The pair as a training example, the answer truncated to fit ``max_len``; ``None`` if nothing fits.
 
     An answer that ended (``finish_reason == "stop"``) is followed by the end-of-sequence token, so the student
-    also learns where answers end; an answer cut off at ``max_tokens`` is not.
+    also learns where answers end; an answer cut off at ``max_tokens`` is not. ``loss_mask`` (answer ids -> bools)
+    takes the loss off the answer tokens it marks (their label becomes ``-100``; they stay in the input).
     """
     prompt = encode_prompt(tokenizer, pair.prompt)
     answer = list(tokenizer(pair.response, add_special_tokens=False)["input_ids"])
+    drop = [bool(x) for x in loss_mask(answer)] if loss_mask is not None else [False] * len(answer)
+    if len(drop) != len(answer):
+        raise InputError(f"loss_mask gave {len(drop)} values for {len(answer)} answer tokens")
     if pair.finish_reason == "stop" and tokenizer.eos_token_id is not None:
         answer.append(int(tokenizer.eos_token_id))
+        drop.append(False)
     room = max_len - len(prompt)
     if room < 1 or not answer:
         return None
-    answer = answer[:room]
-    return Example(prompt + answer, [IGNORE] * len(prompt) + answer)
+    answer, drop = answer[:room], drop[:room]
+    labels = [IGNORE if d else t for t, d in zip(answer, drop, strict=True)]
+    return Example(prompt + answer, [IGNORE] * len(prompt) + labels)
 
 
-def encode_pairs(tokenizer: Any, pairs: Sequence[Pair], max_len: int) -> list[Example]:
-    examples = [e for e in (encode_pair(tokenizer, p, max_len) for p in pairs) if e is not None]
+def encode_pairs(
+    tokenizer: Any, pairs: Sequence[Pair], max_len: int, loss_mask: LossMask | None = None
+) -> list[Example]:
+    examples = [e for e in (encode_pair(tokenizer, p, max_len, loss_mask) for p in pairs) if e is not None]
     if len(examples) < len(pairs):
         log.info(
             "%d of %d pairs did not fit in max_len=%d and were left out",
@@ -345,6 +357,7 @@ def train_student(  # noqa: C901
     max_seconds: float | None = None,
     warmup_steps: int = 2,
     on_step: Callable[[int, int, float], None] | None = None,
+    loss_mask: LossMask | None = None,
 ) -> TrainResult:
     """Distil a student from prompt/response pairs.
 
@@ -368,6 +381,9 @@ def train_student(  # noqa: C901
         heldout: pairs to measure the loss on before and after (not trained on).
         max_seconds: stop training after this much wall time (the demo's budget).
         on_step: called as ``on_step(step, total_steps, loss)`` after each step.
+        loss_mask: answer token ids -> bools; the loss is dropped on the tokens it marks (the neutralisation
+            attack's mask of estimated-green tokens, :func:`antidistill.redteam.attacks.loss_mask`). The held-out
+            loss is measured without it.
 
     Example:
         >>> r = train_student(load_pairs("pairs.jsonl"), "lora", out_dir="student")  # doctest: +SKIP
@@ -406,9 +422,14 @@ def train_student(  # noqa: C901
         "warmup_steps": warmup_steps,
     }
 
-    examples = encode_pairs(tokenizer, pairs, max_len)
+    examples = encode_pairs(tokenizer, pairs, max_len, loss_mask)
     if not examples:
         raise InputError(f"no training pair fits in max_len={max_len}")
+    if loss_mask is not None:
+        unmasked = encode_pairs(tokenizer, pairs, max_len)
+        params["loss_masked_tokens"] = sum(e.n_loss for e in unmasked) - sum(e.n_loss for e in examples)
+        if not any(e.n_loss for e in examples):
+            raise InputError("the loss mask leaves no answer token to train on")
 
     student = model
     if method == "subset":

@@ -1,0 +1,341 @@
+"""An informed distiller's attacks on the watermark: what each student keeps of the teacher against radioactivity.
+
+One run, on the embedded model (SmolLM2-135M) marked with the product's default watermark (``antidistill-v1``,
+gamma 0.25, delta 3, h 1) under one harvesting account's key:
+
+1. **harvest**: marked answers to ``--prompts`` built-in instruction prompts (the harvester's prompts);
+2. **reference**: the *unmarked* model's answers to the same prompts, the distiller's reference for the
+   neutralisation estimate (here the unmarked model is the teacher itself: the attacker's best case, an open copy
+   of the served model);
+3. **held-out**: unmarked answers to ``--heldout`` other prompts: the held-out loss measures what a student keeps
+   of the teacher's knowledge, not of its mark;
+4. **students** (LoRA on the last 6 blocks, ``--epochs`` over the data or ``--budget`` seconds, whichever ends first):
+
+   * ``none``: trained on the harvest as it is;
+   * ``paraphrase``: on the harvest rewritten by the unmarked model (``distill attack --method paraphrase``);
+   * ``neutralise-mask``: on the harvest with no loss on estimated-green tokens (``distill train --mask-green``);
+   * ``neutralise-filter``: on the answers whose estimated-green share is at most ``--max-share`` (``distill
+     attack --method filter``);
+   * ``reverse-bias``: the ``none`` student decoded with ``-delta'`` on estimated-green tokens (Pan et al. 2025,
+     ``delta' = 2.5``); scanned through :class:`~antidistill.redteam.attacks.ReverseBiasedLM`, the distribution it
+     samples from;
+   * ``mix``: half harvest, half unmarked answers to other prompts (``distill mix --share 0.5``);
+   * ``teacher``: the untrained model, for the baseline loss and task score (a control: not distilled).
+
+For each: the held-out loss (nats per answer token; lower is closer to the teacher's answers), the capital-city
+task score of ``watermark_compare.py`` (``--task-items`` questions, 16 tokens), and the open-mode scan
+(``scan_open``, prefix-pair exclusion) fed the harvest as the defender's audit log holds it: its overall p, the
+harvesting account's corrected p and the attribution. Closed-mode p is not measured here (it needs each student
+served as an endpoint; see ``antidistill scan --suspect-url``).
+
+Run: ``.venv/bin/python benchmarks/distill_attacks.py`` (the default is a smoke scale, 32 answers of 64 tokens,
+451 s on one thread of a shared core here; the unattacked student reaches only p = 3e-3 at that scale). The table in
+``docs/robustness.md``: ``--prompts 64 --new-tokens 96 --epochs 4 --budget 180 --threads 2``. Toward the real
+scale: ``--prompts 400 --new-tokens 200 --epochs 4 --budget 1800 --task-items 120 --threads 16``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from _common import table, write_json
+from antidistill.keys import MasterKey
+from antidistill.models.local import LocalModel
+from antidistill.redteam import attacks as atk
+from antidistill.redteam.data import Pair, mix
+from antidistill.redteam.harvest import generate_prompts
+from antidistill.watermark.config import WatermarkConfig
+from antidistill.watermark.marker import MarkKeys
+from watermark_compare import TASK_TOKENS, task_correct, task_items
+
+MASTER = MasterKey(b"antidistill/benchmarks/distill-attacks/public-key")
+ACCOUNT = "harvester-001"
+#: accounts that did not harvest: attribution must pick the harvester among them
+DECOYS = [f"customer-{i:03d}" for i in range(10)]
+ATTACKS = ("none", "paraphrase", "neutralise-mask", "neutralise-filter", "reverse-bias", "mix")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def answers(
+    lm: LocalModel, prompts: Sequence[str], mark: MarkKeys | None, args: argparse.Namespace, seed: int
+) -> list[Pair]:
+    out: list[Pair] = []
+    for b, s in enumerate(range(0, len(prompts), args.batch)):
+        chunk = list(prompts[s : s + args.batch])
+        got = lm.generate(
+            chunk, [mark] * len(chunk), max_new_tokens=args.new_tokens, temperature=0.7, seed=seed * 1000 + b
+        )
+        out += [Pair(p, c.text, c.finish_reason) for p, c in zip(chunk, got, strict=True)]
+    return out
+
+
+def heldout_nll(model: Callable[..., Any], tokenizer: Any, pairs: Sequence[Pair], max_len: int) -> float:
+    """Mean NLL per answer token of ``pairs`` under ``model`` (any callable returning ``.logits``)."""
+    import torch
+
+    from antidistill.redteam.train import IGNORE, collate, encode_pairs, length_batches
+
+    examples = encode_pairs(tokenizer, pairs, max_len)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for idx in length_batches(examples, 8):
+            ids, mask, labels = collate([examples[i] for i in idx], int(pad))
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            tgt = labels[:, 1:]
+            keep = tgt != IGNORE
+            total += float(torch.nn.functional.cross_entropy(logits[keep], tgt[keep], reduction="sum"))
+            count += int(keep.sum())
+    return total / max(count, 1)
+
+
+def task_score(lm: LocalModel, items: Sequence[Any], extra: Sequence[Any], seed: int) -> float | None:
+    if not items:
+        return None
+    correct: list[bool] = []
+    for s in range(0, len(items), 32):
+        chunk = list(items[s : s + 32])
+        comps = lm.generate(
+            [it.prompt for it in chunk],
+            [None] * len(chunk),
+            max_new_tokens=TASK_TOKENS,
+            temperature=0.7,
+            seed=seed * 1000 + s,
+            logits_processor_extra=list(extra),
+        )
+        correct += [task_correct(it, c.text) for it, c in zip(chunk, comps, strict=True)]
+    return float(np.mean(correct))
+
+
+def scan(model: Any, tokenizer: Any, harvest: Sequence[Pair], config: WatermarkConfig) -> dict[str, Any]:
+    from antidistill.forensics.scan import ScanKeys, scan_open
+
+    keys = ScanKeys.from_master(MASTER, [ACCOUNT, *DECOYS])
+    r = scan_open(model, tokenizer, [(p.prompt, p.response) for p in harvest], keys, config, suspect="student")
+    acct = {a.account: a for a in r.accounts}
+    return {
+        "p_value": r.p_value,
+        "provider_p": r.provider.p_value if r.provider else None,
+        "attacker_p_corrected": acct[ACCOUNT].p_corrected if ACCOUNT in acct else None,
+        "attributed_account": r.attributed_account,
+        "tuples_scored": r.tokens_scored,
+        "controls_ok": r.controls_ok,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=32, help="harvested prompts (answers the distiller trains on)")
+    ap.add_argument("--heldout", type=int, default=16, help="held-out prompts (unmarked teacher answers)")
+    ap.add_argument("--new-tokens", type=int, default=64, help="tokens per answer")
+    ap.add_argument("--batch", type=int, default=16, help="generation batch")
+    ap.add_argument("--epochs", type=float, default=4.0)
+    ap.add_argument("--budget", type=float, default=60.0, help="training seconds per student (at most)")
+    ap.add_argument("--task-items", type=int, default=16, help="capital-city questions (0: no task score)")
+    ap.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset of " + ", ".join(ATTACKS))
+    ap.add_argument("--alpha", type=float, default=1e-3, help="per-pair level of the green estimate")
+    ap.add_argument("--max-share", type=float, default=0.1, help="neutralise-filter: largest green share kept")
+    ap.add_argument("--reverse-delta", type=float, default=atk.DEFAULT_REVERSE_DELTA)
+    ap.add_argument("--mix-share", type=float, default=0.5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
+    args = ap.parse_args(argv)
+    bad = [a for a in args.attacks.split(",") if a not in ATTACKS]
+    if bad:
+        ap.error(f"unknown attacks {bad}; choose from {', '.join(ATTACKS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from antidistill.redteam.train import load_teacher, train_student
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    wanted = args.attacks.split(",")
+    t_start = time.perf_counter()
+    config = WatermarkConfig()
+    lm = LocalModel.load(config=config)
+    tok = lm.tokenizer
+    mark = MarkKeys(MASTER.account_key(ACCOUNT), MASTER.provider_key())
+    n_other = round(args.prompts * (1 - args.mix_share)) if "mix" in wanted else 0
+    allp = generate_prompts(args.prompts + args.heldout + n_other, seed=args.seed)
+    hp, held_p, other_p = (
+        allp[: args.prompts],
+        allp[args.prompts : args.prompts + args.heldout],
+        allp[args.prompts + args.heldout :],
+    )
+    timings: dict[str, float] = {}
+
+    def phase(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        timings[name] = time.perf_counter() - t0
+        log(f"{name}: {timings[name]:.0f} s")
+        return out
+
+    harvest = phase("harvest", lambda: answers(lm, hp, mark, args, seed=args.seed + 1))
+    reference = phase("reference", lambda: answers(lm, hp, None, args, seed=args.seed + 2))
+    held = phase("heldout", lambda: answers(lm, held_p, None, args, seed=args.seed + 3))
+    other = phase("other", lambda: answers(lm, other_p, None, args, seed=args.seed + 4)) if n_other else []
+    estimate = phase(
+        "estimate",
+        lambda: atk.estimate_green(
+            atk.encode_answers(tok, harvest),
+            atk.encode_answers(tok, reference),
+            (1, 2),
+            alpha=args.alpha,
+            reference_name="the unmarked model's answers to the harvest's prompts",
+        ),
+    )
+    # how good is the estimate? the true green lists are ours to check (the distiller cannot)
+    wm = lm.watermark
+    keys_arr = np.array([mark.account.value], dtype=np.uint64)
+    prov = np.array([mark.provider.value], dtype=np.uint64) if mark.provider else None
+    h = config.context_width
+    own = [p for p in estimate.pairs if len(p.prefix) >= h]
+    truly = [bool(wm.green_mask(np.array([p.prefix[-h:]]), keys_arr, prov, lm.vocab_size)[0, p.token]) for p in own]
+    est_info = {
+        "tested": estimate.tested,
+        "flagged": len(estimate.pairs),
+        "flagged_by_width": estimate.to_dict()["flagged"],
+        "precision_vs_true_green": float(np.mean(truly)) if truly else None,
+        "harvest_green_share_mean": float(np.mean([estimate.share(x) for x in atk.encode_answers(tok, harvest)])),
+    }
+    log(f"estimate: {est_info}")
+    items = task_items(args.task_items, args.seed) if args.task_items else []
+    teacher_task = task_score(lm, items, (), args.seed)
+
+    rows: dict[str, dict[str, Any]] = {
+        "teacher": {
+            "heldout_loss": heldout_nll(lm.model, tok, held, 256),
+            "task": teacher_task,
+            "scan": scan(lm.model, tok, harvest, config),
+            "train_pairs": 0,
+        }
+    }
+    log(f"teacher: {rows['teacher']}")
+
+    def train(pairs: Sequence[Pair], mask: Any = None) -> tuple[Any, dict[str, Any]]:
+        model, _ = load_teacher()
+        res = train_student(
+            pairs, "lora", model=model, tokenizer=tok, epochs=args.epochs, max_seconds=args.budget, seed=args.seed,
+            loss_mask=mask,
+        )  # fmt: skip
+        info = {"steps": res.steps, "epochs_done": res.epochs_done, "seconds": res.seconds, "examples": res.examples}
+        if "loss_masked_tokens" in res.params:
+            info["loss_masked_tokens"] = res.params["loss_masked_tokens"]
+        return model, info
+
+    def measure(
+        name: str, model: Any, pairs_n: int, info: dict[str, Any], extra: Sequence[Any] = (), scanned: Any = None
+    ) -> None:
+        t0 = time.perf_counter()
+        student = LocalModel(model, tok, name=name)
+        rows[name] = {
+            "heldout_loss": heldout_nll(scanned or model, tok, held, 256),
+            "task": task_score(student, items, extra, args.seed),
+            "scan": scan(scanned or model, tok, harvest, config),
+            "train_pairs": pairs_n,
+            "training": info,
+            "measure_seconds": time.perf_counter() - t0,
+        }
+        log(f"{name}: {rows[name]}")
+
+    base_student = None
+    if "none" in wanted or "reverse-bias" in wanted:
+        base_student, info = phase("train none", lambda: train(harvest))
+        if "none" in wanted:
+            measure("none", base_student, len(harvest), info)
+        if "reverse-bias" in wanted:
+            biased = atk.ReverseBiasedLM(base_student, estimate, args.reverse_delta)
+            measure(
+                "reverse-bias", base_student, len(harvest), {**info, "reverse_delta": args.reverse_delta},
+                extra=[atk.ReverseBias(estimate, args.reverse_delta)], scanned=biased,
+            )  # fmt: skip
+        del base_student
+    if "paraphrase" in wanted:
+        para = phase(
+            "paraphrase",
+            lambda: atk.paraphrase_pairs(
+                lm, harvest, batch_size=args.batch, max_new_tokens=args.new_tokens + 32, seed=args.seed
+            ),
+        )
+        model, info = phase("train paraphrase", lambda: train(para))
+        measure("paraphrase", model, len(para), info)
+        rows["paraphrase"]["example"] = {"original": harvest[0].response[:200], "paraphrase": para[0].response[:200]}
+        del model
+    if "neutralise-mask" in wanted:
+        model, info = phase("train neutralise-mask", lambda: train(harvest, atk.loss_mask(estimate)))
+        measure("neutralise-mask", model, len(harvest), info)
+        del model
+    if "neutralise-filter" in wanted:
+        res = atk.filter_pairs(harvest, tok, estimate, args.max_share)
+        if res.kept:
+            model, info = phase("train neutralise-filter", lambda: train(res.kept))
+            measure("neutralise-filter", model, len(res.kept), {**info, "dropped": len(res.dropped)})
+            del model
+        else:
+            rows["neutralise-filter"] = {"skipped": f"--max-share {args.max_share} drops every answer"}
+    if "mix" in wanted:
+        mixed = mix(harvest, other, args.mix_share, round(len(other) / (1 - args.mix_share)), seed=args.seed)
+        model, info = phase("train mix", lambda: train(mixed))
+        measure("mix", model, len(mixed), {**info, "share": args.mix_share})
+        del model
+
+    headers = [
+        "attack",
+        "pairs",
+        "held-out loss",
+        "vs teacher",
+        "task",
+        "open p",
+        "account p (corr.)",
+        "attributed",
+        "tuples",
+    ]
+    base_loss = rows["teacher"]["heldout_loss"]
+    out_rows = []
+    for name, r in rows.items():
+        if "scan" not in r:
+            continue
+        s = r["scan"]
+        out_rows.append([
+            name, r["train_pairs"], r["heldout_loss"], r["heldout_loss"] - base_loss,
+            "-" if r["task"] is None else f"{r['task']:.0%}", s["p_value"], s["attacker_p_corrected"],
+            "yes" if s["attributed_account"] == ACCOUNT else "no", s["tuples_scored"],
+        ])  # fmt: skip
+    print(table(headers, out_rows))
+    total = time.perf_counter() - t_start
+    print(f"\ngreen estimate: {est_info}\ntotal {total:.0f} s")
+    path = write_json(
+        "distill_attacks",
+        {
+            "args": vars(args),
+            "watermark": config.to_dict(),
+            "estimate": est_info,
+            "rows": rows,
+            "timings": timings,
+            "seconds": total,
+            "note": "open-mode scans only; closed-mode p not measured",
+        },
+        args.out,
+    )
+    print(f"-> {path}")
+    return 0 if math.isfinite(total) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
