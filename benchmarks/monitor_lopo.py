@@ -166,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--campaigns", type=int, default=1, help="instances of each multi-account campaign kind")
     ap.add_argument("--perturb", action="store_true", help="also test on the perturbed held-out simulation")
     ap.add_argument(
-        "--train-perturbed",
-        action="store_true",
-        help="train with every second training seed's attackers perturbed (monitor train --perturbed)",
+        "--no-train-perturbed",
+        dest="train_perturbed",
+        action="store_false",
+        help="train without perturbed attackers (monitor train --no-perturbed; the default perturbs every second "
+        "training seed)",
     )
     ap.add_argument("--no-reference", action="store_true", help="skip the trained-on-everything and rules rows")
     ap.add_argument("--out", default=None)

@@ -476,7 +476,7 @@ def monitor_train(
             help="Simulate every second training seed with the attackers' client-set knobs perturbed (max_tokens, "
             "reasoning demands reworded, timing jittered), so no verdict is learnt from a knob the client sets.",
         ),
-    ] = False,
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Train the monitor on simulated training traffic, calibrate its thresholds on benign traffic, and save it

@@ -50,7 +50,7 @@ def train(
     out_dir: Path | None = None,
     extra_personas: dict[str, int] | None = None,
     exclude_kinds: Sequence[str] = (),
-    perturbed: bool = False,
+    perturbed: bool = True,
 ) -> dict[str, Any]:
     """Simulate training traffic, fit, calibrate, save; returns the manifest.
 
