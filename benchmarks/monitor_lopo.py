@@ -39,7 +39,7 @@ from antidistill.monitor.train import TRAIN_EXTRA, plan_events, releases_of
 from antidistill.settings import Settings
 from antidistill.simulate.personas import ATTACKERS, BENIGN
 from antidistill.simulate.scenario import Plan, Scenario
-from antidistill.workflows.monitor_eval import action_summary, wilson
+from antidistill.workflows.monitor_eval import action_summary, proportion
 from antidistill.workflows.monitor_training import train
 
 #: attacker kinds run as campaigns of many accounts: one instance already holds dozens of accounts
@@ -76,16 +76,6 @@ def replay(plan: Plan, scorer: Scorer) -> tuple[dict[str, str], dict[str, str]]:
     return {a.key: mon.level(a.key) for a in plan.accounts}, action
 
 
-def _rate(k: int, n: int) -> dict[str, Any]:
-    lo, hi = wilson(k, n) if n else (None, None)
-    return {
-        "k": k,
-        "n": n,
-        "rate": round(k / n, 5) if n else None,
-        "wilson95": [round(lo, 5), round(hi, 5)] if lo is not None and hi is not None else None,
-    }
-
-
 def rates(plan: Plan, levels: dict[str, str], actions: dict[str, str], kind: str | None) -> dict[str, Any]:
     """Recall of ``kind`` at alert and severe and under the policy (blocked; held: blocked or held for review),
     and the same for the benign accounts, each with its Wilson 95% interval."""
@@ -96,9 +86,9 @@ def rates(plan: Plan, levels: dict[str, str], actions: dict[str, str], kind: str
     for group, keys in groups.items():
         for level in ("alert", "severe"):
             reached = sum(level_rank(levels[key]) >= level_rank(level) for key in keys)
-            out[f"{group}_{level}"] = _rate(reached, len(keys))
-        out[f"{group}_block"] = _rate(sum(actions.get(key) == "block" for key in keys), len(keys))
-        out[f"{group}_held"] = _rate(sum(actions.get(key) in ("block", "review") for key in keys), len(keys))
+            out[f"{group}_{level}"] = proportion(reached, len(keys))
+        out[f"{group}_block"] = proportion(sum(actions.get(key) == "block" for key in keys), len(keys))
+        out[f"{group}_held"] = proportion(sum(actions.get(key) in ("block", "review") for key in keys), len(keys))
     if kind is not None:
         out["attacker_accounts_by_level"] = {
             lv: sum(levels[a.key] == lv for a in plan.accounts if a.persona == kind)
@@ -114,7 +104,7 @@ def _fmt(r: dict[str, Any]) -> str:
     if r["rate"] is None:
         return "-"
     lo, hi = r["wilson95"]
-    return f"{r['k']}/{r['n']} {r['rate']:.2f} [{lo:.2f},{hi:.2f}]"
+    return f"{r['accounts']}/{r['of']} {r['rate']:.2f} [{lo:.2f},{hi:.2f}]"
 
 
 def print_tables(results: list[dict[str, Any]], kinds: list[str], perturb: bool) -> None:

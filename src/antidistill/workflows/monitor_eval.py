@@ -82,7 +82,8 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _rate(k: int, n: int) -> dict[str, Any]:
+def proportion(k: int, n: int) -> dict[str, Any]:
+    """``k`` of ``n`` accounts as a rate with its Wilson 95% interval (``None`` for ``n == 0``)."""
     lo, hi = wilson(k, n) if n else (None, None)
     return {
         "accounts": k,
@@ -119,8 +120,8 @@ def action_summary(
         ids = [r["account_id"] for r in labels if r["role"] == role]
         acts = [action.get(i, "none") for i in ids]
         out[role] = {
-            "blocked": _rate(sum(x == "block" for x in acts), len(ids)),
-            "held": _rate(sum(x in ("block", "review") for x in acts), len(ids)),
+            "blocked": proportion(sum(x == "block" for x in acts), len(ids)),
+            "held": proportion(sum(x in ("block", "review") for x in acts), len(ids)),
             "actions": dict(Counter(acts)),
         }
     out["benign_blocked"] = [
