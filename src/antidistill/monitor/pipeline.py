@@ -3,14 +3,20 @@
 :class:`Monitor` keeps the features of every account up to date one exchange at a time
 (:mod:`~antidistill.monitor.features`), links accounts into clusters as their attributes settle
 (:mod:`~antidistill.monitor.cluster`) and scores accounts and clusters with the trained
-:class:`~antidistill.monitor.score.Scorer`. Scoring is batched: an account (or cluster) is due for a score at
-checkpoints of its request count (every 5 requests up to 50, every 10 up to 200, then less often), and due scores
-are computed together once :attr:`Monitor.batch_size` are pending or ten minutes of event time have passed (the
-gateway also flushes whenever its monitoring worker is idle), so the per-exchange
-cost stays a few microseconds plus the models' per-batch cost. An account's level is the highest of its own and
-its cluster's; :meth:`Monitor.observe` reports every rise, and every new evidence family (:data:`FAMILIES`) of an
-account already at ``watch`` or above (a policy blocks only on two families, so a second one must reach it); a
-report names every family the account's reports have shown so far.
+:class:`~antidistill.monitor.score.Scorer`.
+
+Scoring is batched; judgements are not. An account (or cluster) is due for a score at checkpoints of its request
+count (every 5 requests up to 50, every 10 up to 200, then less often). At a checkpoint its window is linked and
+turned into features at once. The model scores the windows due so far together, once :attr:`Monitor.batch_size`
+are pending or ten minutes of event time have passed (the gateway also flushes whenever its monitoring worker is
+idle), and the judgements are then formed in the order the checkpoints came, each from what was known at its
+checkpoint. So what the monitor decides about an account does not depend on how busy it was: a campaign scored late
+goes through the levels it would have gone through live (``watch``, ``alert``, ``severe``), and the policy's
+graduated actions with them. The per-exchange cost stays a few microseconds plus the models' per-batch cost.
+
+An account's level is the highest of its own and its cluster's; :meth:`Monitor.observe` reports every rise, and
+every new evidence family (:data:`FAMILIES`) of an account already at ``watch`` or above (a policy blocks only on
+two families, so a second one must reach it); a report names every family the account's reports have shown so far.
 
 :func:`scan_records` replays audit records (``Store.iter_records``) through a monitor, with the same code path.
 """
@@ -20,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +60,22 @@ MANIFEST_FILE = "manifest.json"
 def monitor_dir(settings: Settings) -> Path:
     """Where the trained artefacts live: ``settings.data_dir / "monitor"``."""
     return Path(settings.data_dir) / "monitor"
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    """What was due at one exchange, featurised then and scored at the next flush.
+
+    Args:
+        accounts: ``(account id, its requests, its last event time)`` of each account window due.
+        clusters: ``(cluster id, its members, the attributes that linked them in words)`` of each cluster due.
+        context: every account the scores touch, with what its judgement reads: its cluster's id and size, its
+            requests and its last event time (all as they were at the checkpoint).
+    """
+
+    accounts: tuple[tuple[str, int, float], ...]
+    clusters: tuple[tuple[str, tuple[str, ...], str], ...]
+    context: dict[str, tuple[str | None, int, int, float]]
 
 
 def is_checkpoint(n: int) -> bool:
@@ -116,6 +138,10 @@ class Monitor:
         self._due_accounts: dict[str, None] = {}
         self._due_clusters: dict[str, None] = {}  # roots
         self._texts: list[tuple[AccountState, str]] = []
+        self._texts_of: set[str] = set()  # accounts with a prompt waiting to be embedded
+        self._pending: list[_Checkpoint] = []  # featurised, not yet scored, in the order they came
+        self._rows: list[np.ndarray] = []
+        self._sizes: list[int] = []
         self._last_flush: float | None = None
         self._now = float("-inf")
         self.events = 0
@@ -187,6 +213,7 @@ class Monitor:
             self._last_flush = atom.t
         if self.embedder is not None and not acct.n % EMBED_EVERY:  # a systematic sample (see EMBED_EVERY)
             self._texts.append((acct, event.prompt if isinstance(event.prompt, str) else ""))
+            self._texts_of.add(aid)
         cluster = self.linker.cluster_of(aid)
         if cluster is not None:
             cluster.window.append(atom)
@@ -199,17 +226,14 @@ class Monitor:
             # link a new account early (its own score waits for its first checkpoint), and an account as soon as a
             # template becomes a habit of it (a hydra member may never reach its next checkpoint)
             self._link(acct)
-        if (
-            len(self._due_accounts) + len(self._due_clusters) >= self.batch_size
-            or self._now - self._last_flush >= self.flush_s
-        ):
+        if self._due_accounts or self._due_clusters:
+            self._checkpoint()
+        if len(self._rows) >= self.batch_size or self._now - self._last_flush >= self.flush_s:
             return self.flush()
         return []
 
-    def flush(self) -> list[Assessment]:
-        """Compute every due score now; returns the level rises."""
-        self._last_flush = self._now if math.isfinite(self._now) else None
-        self._embed_pending()
+    def _checkpoint(self) -> None:
+        """Link what is due and turn its windows into features now; the model scores them at the next flush."""
         accounts = self.tracker.accounts
         for aid in self._due_accounts:
             self._link(accounts[aid])
@@ -222,42 +246,79 @@ class Monitor:
         roots = [r for r in self._due_clusters if self.linker.find(r) == r and r in self.linker.clusters]
         self._due_clusters.clear()
         clusters = [self.linker.clusters[r] for r in roots]
+        touched = dict.fromkeys(due_a)
+        for c in clusters:
+            touched.update(dict.fromkeys(c.members))
+        if self._texts_of and not self._texts_of.isdisjoint(touched):
+            self._embed_pending()  # the windows' topic features read every prompt sampled so far
         rows = [self._features(accounts[a].window, accounts[a].n, accounts[a]) for a in due_a]
         rows += [self._features(c.window, c.n, None, c) for c in clusters]
         if not rows:
-            return []
-        sizes = [1] * len(due_a) + [len(c.members) for c in clusters]
+            return
         if self.recorder is not None:
             for a, x in zip(due_a, rows, strict=False):
                 self.recorder("account", a, (a,), x)
             for c, x in zip(clusters, rows[len(due_a) :], strict=True):
                 self.recorder("cluster", c.id, tuple(c.members), x)
-        scores = self.scorer.score(np.vstack(rows), sizes)
-        touched: dict[str, None] = {}
-        for aid, s in zip(due_a, scores[: len(due_a)], strict=True):
-            self.own[aid] = (s, accounts[aid].n, accounts[aid].last_t)
-            touched[aid] = None
-        for c, s in zip(clusters, scores[len(due_a) :], strict=True):
-            s.reasons = self._cluster_reasons(c, s)
-            self.cluster_scores[c.id] = (s, len(c.members))
-            touched.update(dict.fromkeys(c.members))
-        out = []
+        self._rows += rows
+        self._sizes += [1] * len(due_a) + [len(c.members) for c in clusters]
+        context = {}
         for aid in touched:
-            a = self._effective(aid)
-            if a is not None and a.risk > self.max_risk.get(aid, -1.0):
-                self.max_risk[aid] = a.risk
-            if a is None:
-                continue
-            rank, top = level_rank(a.level), level_rank(self.levels.get(aid, "none"))
-            seen = self.families.get(aid, frozenset())
-            new_family = rank >= 1 and rank == top and not set(a.families) <= seen
-            if rank > top or new_family:
-                self.levels[aid] = LEVELS[max(rank, top)]
-                fams = seen | set(a.families)
-                self.families[aid] = frozenset(fams)
-                # the families seen over the account's reports: traffic shape last week and content today are
-                # both evidence about it, though its latest window may show only one
-                out.append(replace(a, families=tuple(f for f in FAMILIES if f in fams)))
+            c = self.linker.cluster_of(aid)
+            acct = accounts[aid]
+            context[aid] = (
+                c.id if c is not None else None,
+                len(c.members) if c is not None else 1,
+                acct.n,
+                acct.last_t,
+            )
+        self._pending.append(
+            _Checkpoint(
+                tuple((a, accounts[a].n, accounts[a].last_t) for a in due_a),
+                tuple(
+                    (c.id, tuple(c.members), ", ".join(self.linker.linked_by(c)) or "shared attributes")
+                    for c in clusters
+                ),
+                context,
+            )
+        )
+
+    def flush(self) -> list[Assessment]:
+        """Score every window due so far; returns the level rises, checkpoint by checkpoint."""
+        self._last_flush = self._now if math.isfinite(self._now) else None
+        if self._due_accounts or self._due_clusters:
+            self._checkpoint()
+        if not self._rows:
+            self._embed_pending()
+            return []
+        scores = iter(self.scorer.score(np.vstack(self._rows), self._sizes))
+        pending = self._pending
+        self._pending, self._rows, self._sizes = [], [], []
+        out = []
+        for cp in pending:
+            for aid, n, t in cp.accounts:
+                self.own[aid] = (next(scores), n, t)
+            for cid, members, linked in cp.clusters:
+                s = next(scores)
+                s.reasons = [f"linked with {len(members) - 1} other accounts by shared {linked}", *s.reasons]
+                self.cluster_scores[cid] = (s, len(members))
+            for aid, ctx in cp.context.items():
+                a = self._effective(aid, ctx)
+                if a is None:
+                    continue
+                if a.risk > self.max_risk.get(aid, -1.0):
+                    self.max_risk[aid] = a.risk
+                rank, top = level_rank(a.level), level_rank(self.levels.get(aid, "none"))
+                seen = self.families.get(aid, frozenset())
+                new_family = rank >= 1 and rank == top and not set(a.families) <= seen
+                if rank > top or new_family:
+                    self.levels[aid] = LEVELS[max(rank, top)]
+                    fams = seen | set(a.families)
+                    self.families[aid] = frozenset(fams)
+                    # the families seen over the account's reports: traffic shape last week and content today are
+                    # both evidence about it, though its latest window may show only one
+                    out.append(replace(a, families=tuple(f for f in FAMILIES if f in fams)))
+        self._embed_pending()
         return out
 
     def _link(self, acct: AccountState) -> None:
@@ -285,25 +346,30 @@ class Monitor:
             return
         texts = self._texts
         self._texts = []
+        self._texts_of.clear()
         vecs = self.embedder.embed([t for _, t in texts])
         for (acct, _), v in zip(texts, vecs, strict=True):
             acct.embeddings.append(v)
 
-    def _cluster_reasons(self, c: Cluster, s: Score) -> list[str]:
-        linked = ", ".join(self.linker.linked_by(c)) or "shared attributes"
-        return [f"linked with {len(c.members) - 1} other accounts by shared {linked}", *s.reasons]
-
-    def _effective(self, aid: str) -> Assessment | None:
+    def _effective(self, aid: str, context: tuple[str | None, int, int, float] | None = None) -> Assessment | None:
+        """The account's judgement from its latest own and cluster scores; ``context`` (its cluster's id and size,
+        its requests, its last event time) as of a checkpoint, or now."""
+        if context is None:
+            cluster = self.linker.cluster_of(aid)
+            acct = self.tracker.accounts[aid]
+            context = (
+                cluster.id if cluster is not None else None,
+                len(cluster.members) if cluster is not None else 1,
+                acct.n,
+                acct.last_t,
+            )
+        cid, size, n, last_t = context
         own = self.own.get(aid)
-        cluster = self.linker.cluster_of(aid)
-        cs = self.cluster_scores.get(cluster.id) if cluster is not None else None
+        cs = self.cluster_scores.get(cid) if cid is not None else None
         if own is None and cs is None:
             return None
-        acct = self.tracker.accounts[aid]
-        at = datetime.fromtimestamp(acct.last_t, UTC) if math.isfinite(acct.last_t) else datetime.now(UTC)
+        at = datetime.fromtimestamp(last_t, UTC) if math.isfinite(last_t) else datetime.now(UTC)
         best = own[0] if own else None
-        size = len(cluster.members) if cluster is not None else 1
-        cid = cluster.id if cluster is not None else None
         scores: dict[str, float] = {}
         if own is not None:
             scores.update({f"own_{k}": v for k, v in own[0].parts.items()})
@@ -331,7 +397,7 @@ class Monitor:
             at=at,
             scores=scores,
             cluster_size=size,
-            requests=acct.n,
+            requests=n,
             families=tuple(f for f in FAMILIES if f in fams),
         )
 
