@@ -34,7 +34,9 @@ def test_unmarked_text_passes_the_controls_and_a_hidden_marked_passage_is_found(
     assert humans.tested == 8 and humans.flagged == 0 and all(c.ok for c in humans.checks), output(ctx)
     served = serve(ctx, lm, ring, td, demo_rows(1, 0))
     mixed = mixed_text(ctx, td, served, humans.humans)
-    assert mixed.who == "alice" and mixed.found.ok, output(ctx)
+    # the marked completion with the most distinct pairs is the one hidden
+    longest = max((n, -i) for i, ((_, a, _), n) in enumerate(zip(served.rows, served.pairs, strict=True)) if a)
+    assert mixed.who == served.rows[-longest[1]][0] and mixed.found.ok, output(ctx)
     assert mixed.span_start < mixed.end and mixed.span_end > mixed.start
     assert "4. Controls" in output(ctx) and "5. Mixed text" in output(ctx)
 

@@ -40,21 +40,20 @@ class MixedText:
 
 
 def mixed_text(ctx: DemoContext, td: TextDetector, served: Served, humans: Sequence[str]) -> MixedText:
-    """Hide the first marked completion long enough to test with power between ``humans[1]`` and ``humans[2]``
-    and look for it."""
-    pick = next(
-        (
-            (label, c.text.strip())
-            for (label, acct, _), c, n in zip(served.rows, served.completions, served.pairs, strict=True)
-            if acct is not None and n >= pairs_needed(acct, td.min_pairs)
-        ),
-        None,
-    )
-    if pick is None:
+    """Hide the marked completion with the most distinct pairs (long enough to test with power) between
+    ``humans[1]`` and ``humans[2]`` and look for it. The pick counts pairs only, never a key: the longest passage
+    gives the scan its best power, which the correction for every window and key it tries needs."""
+    marked_rows = [
+        (n, i, label, c.text.strip())
+        for i, ((label, acct, _), c, n) in enumerate(zip(served.rows, served.completions, served.pairs, strict=True))
+        if acct is not None and n >= pairs_needed(acct, td.min_pairs)
+    ]
+    best = max(marked_rows, key=lambda r: (r[0], -r[1]), default=None)  # the first of equals
+    if best is None:
         result = MixedText(None, Check("marked span in human text", False))
         ctx.screen.show(result)
         return result
-    who, marked = pick
+    _, _, who, marked = best
     before, after = humans[1], humans[2]
     mixed = f"{before}\n\n{marked}\n\n{after}"
     start = len(before) + 2
