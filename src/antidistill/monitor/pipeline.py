@@ -262,16 +262,7 @@ class Monitor:
                 self.recorder("cluster", c.id, tuple(c.members), x)
         self._rows += rows
         self._sizes += [1] * len(due_a) + [len(c.members) for c in clusters]
-        context = {}
-        for aid in touched:
-            c = self.linker.cluster_of(aid)
-            acct = accounts[aid]
-            context[aid] = (
-                c.id if c is not None else None,
-                len(c.members) if c is not None else 1,
-                acct.n,
-                acct.last_t,
-            )
+        context = {aid: self._context(aid) for aid in touched}
         self._pending.append(
             _Checkpoint(
                 tuple((a, accounts[a].n, accounts[a].last_t) for a in due_a),
@@ -286,8 +277,6 @@ class Monitor:
     def flush(self) -> list[Assessment]:
         """Score every window due so far; returns the level rises, checkpoint by checkpoint."""
         self._last_flush = self._now if math.isfinite(self._now) else None
-        if self._due_accounts or self._due_clusters:
-            self._checkpoint()
         if not self._rows:
             self._embed_pending()
             return []
@@ -351,19 +340,19 @@ class Monitor:
         for (acct, _), v in zip(texts, vecs, strict=True):
             acct.embeddings.append(v)
 
+    def _context(self, aid: str) -> tuple[str | None, int, int, float]:
+        """What an account's judgement reads besides the scores, now: its cluster's id and size, its requests, its
+        last event time."""
+        cluster = self.linker.cluster_of(aid)
+        acct = self.tracker.accounts[aid]
+        if cluster is None:
+            return None, 1, acct.n, acct.last_t
+        return cluster.id, len(cluster.members), acct.n, acct.last_t
+
     def _effective(self, aid: str, context: tuple[str | None, int, int, float] | None = None) -> Assessment | None:
-        """The account's judgement from its latest own and cluster scores; ``context`` (its cluster's id and size,
-        its requests, its last event time) as of a checkpoint, or now."""
-        if context is None:
-            cluster = self.linker.cluster_of(aid)
-            acct = self.tracker.accounts[aid]
-            context = (
-                cluster.id if cluster is not None else None,
-                len(cluster.members) if cluster is not None else 1,
-                acct.n,
-                acct.last_t,
-            )
-        cid, size, n, last_t = context
+        """The account's judgement from its latest own and cluster scores; ``context`` (:meth:`_context`) as of a
+        checkpoint, or now."""
+        cid, size, n, last_t = context if context is not None else self._context(aid)
         own = self.own.get(aid)
         cs = self.cluster_scores.get(cid) if cid is not None else None
         if own is None and cs is None:
