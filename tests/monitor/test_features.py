@@ -188,7 +188,7 @@ def _reference_normalise(text: str) -> str:
         t = unicodedata.normalize("NFKC", t).translate(T._CONFUSABLES)
     t = t.casefold()
     t = T._URL.sub(" url ", t)
-    t = T._STR.sub(" str ", t)
+    t = re.sub(r"\"[^\"]{1,200}\"|`[^`]{1,200}`|(?<!\w)'[^']{1,200}'(?!\w)", " str ", t)  # quoted strings
     t = T._EMAIL.sub(" email ", t)
     t = re.sub(r"[-+]?\d[\d.,:/_-]*", " 0 ", t)
     t = re.sub(r"\b\w{25,}\b", " id ", t)
@@ -196,14 +196,15 @@ def _reference_normalise(text: str) -> str:
 
 
 def _random_text(rng: random.Random) -> str:
-    alphabet = "aZq09_-.,:/ '\"`@é²½١ßﬁＡ\u200bа\t\n" + "x" * 10
+    alphabet = "aZq09_-+.,:/ '\"`@é²½١ßﬁＡ\u200bа\t\n" + "x" * 10
     return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90)))
 
 
 def test_normalise_matches_the_stepwise_reference_on_random_text():
     rng = random.Random(11)
     texts = [_random_text(rng) for _ in range(5000)] + [e.prompt for e in mixed_events(200)]
-    texts += ["a" * 30 + "1" + "b" * 30, "x1_y", "-3.5e7 apples", 'www.example.com/a1 "q1" me@x.io']
+    texts += ["a" * 30 + "1" + "b" * 30, "x1_y", "-3.5e7 apples", 'www.example.com/a1 "q1" me@x.io', "+-3 --4 +x"]
+    texts += ["it's 'x' and \"y\" `z`", "x'a' _'b' 3'c' é'd' '''", "don't 'quote' here'", "٣-4 'y' ²5"]
     for t in texts:
         assert normalise(t) == _reference_normalise(t), t
 
@@ -359,3 +360,27 @@ def test_fast_paths_equal_the_references_on_simulated_traffic():
         np.testing.assert_allclose(
             window_features(w, acct.n), _reference_window_features(w, acct.n), rtol=1e-12, atol=1e-12
         )
+
+
+def test_prepared_batches_encode_the_same_atoms():
+    # a worker prepares its batch's prompts at once (normalised, reasoning demands scored together, templates hashed);
+    # the atoms must be those of encoding one event at a time
+    from antidistill.monitor.features import AccountState, Encoder
+
+    rng = random.Random(13)
+    events = mixed_events(300, seed=9)
+    t0 = events[-1].ts
+    events += [
+        ExchangeEvent(f"acct_r{i % 7}", t0 + timedelta(seconds=i), prompt=_random_text(rng) + " show your steps")
+        for i in range(300)
+    ]
+    one, batched = Encoder(), Encoder()
+    sa: dict[str, AccountState] = {}
+    sb: dict[str, AccountState] = {}
+    a = [one.encode(e, sa.setdefault(e.account_id, AccountState(e.account_id))) for e in events]
+    b = []
+    for i in range(0, len(events), 64):
+        batched.prepare(e.prompt for e in events[i : i + 64])
+        b += [batched.encode(e, sb.setdefault(e.account_id, AccountState(e.account_id))) for e in events[i : i + 64]]
+    assert a == b
+    assert any(x.cot for x in a) and not all(x.cot for x in a)

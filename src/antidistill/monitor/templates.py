@@ -78,10 +78,15 @@ _CONFUSABLES = str.maketrans(
 # variable parts, masked one kind at a time with plain replacements (a replacement callback costs several times
 # more); the cheap membership tests skip the patterns that cannot match
 _URL = re.compile(r"https?://\S+|www\.\S+")
-_STR = re.compile(r"\"[^\"]{1,200}\"|`[^`]{1,200}`|(?<!\w)'[^']{1,200}'(?!\w)")
+# every alternative opens with its quote (the lookbehind of the third comes after it), so the engine skips ahead
+# to the next quote instead of trying all three at every position: the same matches, several times faster
+_STR = re.compile(r"\"[^\"]{1,200}\"|`[^`]{1,200}`|'(?<!\w')[^']{1,200}'(?!\w)")
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
-_NUM = re.compile(r"[-+]?\d[\d.,:/_-]*")
+# ``[-+]?\d[\d.,:/_-]*`` opened by a character class (a sign only before a digit) for the same skip-ahead
+_NUM = re.compile(r"[-+\d](?:(?<=[-+])\d|(?<![-+]))[\d.,:/_-]*")
 _DIGIT = re.compile(r"\d")
+#: every byte but the ASCII digits (deleting them leaves the digits of ASCII text: a membership test without a regex)
+_NOT_DIGIT = bytes(range(48)) + bytes(range(58, 256))
 _WORD = re.compile(r"\w+")
 #: ASCII bytes that ``\w`` matches kept, every other byte turned into a space (then ``split()`` gives the words)
 _ASCII_WORD_BYTES = bytes(c if chr(c).isascii() and (chr(c).isalnum() or c == 0x5F) else 0x20 for c in range(256))
@@ -117,7 +122,7 @@ def normalise(text: str) -> str:
         t = _STR.sub(" str ", t)
     if "@" in t:
         t = _EMAIL.sub(" email ", t)
-    if _DIGIT.search(t):
+    if t.encode().translate(None, _NOT_DIGIT) if t.isascii() else _DIGIT.search(t):
         t = _NUM.sub(" 0 ", t)
     # ASCII text (most prompts): the same words as ``\w+`` (letters, digits, underscore) at a fraction of the cost
     words = t.encode().translate(_ASCII_WORD_BYTES).decode().split() if t.isascii() else _WORD.findall(t)
