@@ -76,6 +76,23 @@ def test_window_score_equals_its_definition():
     assert r.score("") == float("-inf") and not r.demands("")
 
 
+def test_batch_scores_equal_one_at_a_time_bit_for_bit():
+    # the monitor scores a worker's batch of prompts at once; the verdicts must not depend on it
+    r = ReasoningIntent.from_dict(json.loads(WEIGHTS_FILE.read_text(encoding="utf-8")))  # a fresh word cache
+    rng = random.Random(8)
+    vocab = [w for _, t in read_examples(TRAIN_FILE) for w in normalise(t).split()] + ["zyzzyva", "qqqx", "0"]
+    texts = [
+        " ".join(rng.choice(vocab) for _ in range(n))
+        for n in (0, 1, 2, WINDOW_WORDS - 1, WINDOW_WORDS, WINDOW_WORDS + 1, 23, 80)
+        for _ in range(15)
+    ]
+    rng.shuffle(texts)
+    for size in (1, 7, len(texts)):
+        got = [s for i in range(0, len(texts), size) for s in r.scores([t.split() for t in texts[i : i + size]])]
+        assert got == [r.score(t) for t in texts]  # exactly: the same sums in the same order
+    assert r.scores([]).shape == (0,)
+
+
 @pytest.mark.parametrize("phrase", PHRASES)
 def test_every_old_phrase_in_a_demand_is_still_recognised(phrase):
     for carrier in ("Solve the puzzle below. {p}.", "{p}, then give the answer."):

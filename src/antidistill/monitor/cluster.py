@@ -130,6 +130,8 @@ def _meta(meta: dict[str, Any], *names: str) -> str | None:
 def _dominant(counter: Counter[Any], n: int, k: int = 2, share: float = MIN_SHARE, least: int = 1) -> list[Any]:
     # a new account's first requests count: a hydra member may send only one or two
     need = max(least, min(MIN_COUNT, math.ceil(share * n)), share * n)
+    if not counter or max(counter.values()) < need:  # the common case (a casual user's templates): nothing
+        return []
     # the same as filtering ``counter.most_common(k)`` (the threshold is monotone in the count and the sort is
     # stable), without a heap over every value the account ever used
     top = sorted(((v, c) for v, c in counter.items() if c >= need), key=_COUNT, reverse=True)

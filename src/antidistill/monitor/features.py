@@ -25,15 +25,15 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, ge, le, lt, mul, sub
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from antidistill.monitor.api import ExchangeEvent
 from antidistill.monitor.intent import PHRASES, PROBES, ReasoningIntent
-from antidistill.monitor.templates import TemplateIndex, content_words, normalise
+from antidistill.monitor.templates import _STOP, TemplateIndex, content_words, normalise
 
 #: exchanges in an account's sliding window
 WINDOW = 200
@@ -296,9 +296,12 @@ class Encoder:
             return
         if len(texts) + len(todo) > TEXT_CACHE:
             texts.clear()
-        for p in todo:
-            self._text(p)
-        self.templates.prepare([texts[p][0] for p in todo if p in texts])
+        norms = list(map(normalise, todo))
+        words = [t.split() for t in norms]
+        intent = ReasoningIntent.shipped()
+        cots = (intent.scores(words) > intent.threshold).tolist()  # the batch at once: the same as demands_reasoning
+        texts.update(zip(todo, zip(norms, cots, map(_content_words, words), strict=True), strict=True))
+        self.templates.prepare(norms)
 
     def encode(self, event: ExchangeEvent, acct: AccountState) -> Atom:
         """The atom of ``event``, updating ``acct``'s running totals (not its window)."""
@@ -406,7 +409,15 @@ def _embedding_features(embs: Sequence[np.ndarray]) -> tuple[float, float]:
     return spread, len(kept) / len(e)
 
 
+def _content_words(words: list[str]) -> frozenset[str]:
+    """:func:`~antidistill.monitor.templates.content_words` of text already split into its words."""
+    distinct = frozenset(words).difference(_STOP)  # the distinct words first: fewer to filter
+    return frozenset([w for w in distinct if len(w) > 3])
+
+
 _T = attrgetter("t")
+#: requests closer than this to the previous one are a burst (seconds)
+_BURST_GAP = 5.0
 
 
 def _median(values: Sequence[float]) -> float:
@@ -421,14 +432,15 @@ def _cv(values: Sequence[float]) -> float | None:
     mean = math.fsum(values) / k
     if mean <= 0:
         return None
-    return math.sqrt(math.fsum([(v - mean) * (v - mean) for v in values]) / k) / mean
+    dev = list(map(sub, values, repeat(mean)))
+    return math.sqrt(math.fsum(map(mul, dev, dev)) / k) / mean
 
 
 def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """The feature vector :data:`FEATURES` of one window of atoms (any order; sorted by time here).
 
-    Plain Python over the window's columns: for a couple of hundred values, numpy's per-call cost is most of the
-    work (the tests compare with a numpy version).
+    Plain Python over the window's columns, with the counting done by C-level ``map``: for a couple of hundred
+    values, numpy's per-call cost is most of the work (the tests compare with a numpy version).
 
     Args:
         atoms: the window (an account's last :data:`WINDOW` exchanges, or a cluster's merged ones).
@@ -461,7 +473,7 @@ def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np
         accounts,
     ) = zip(*sorted(atoms, key=_T), strict=True)  # Atom's fields, in order
     span_h = max(float(t[-1] - t[0]), 60.0) / 3600.0
-    gaps = [b - a for a, b in pairwise(t)]
+    gaps = list(map(sub, t[1:], t[:-1]))
     x[_I_REQUESTS] = math.log1p(n_total)
     x[_I_RATE] = math.log1p((n - 1) / span_h) if n > 1 else 0.0
     pt_sum, ct_sum = math.fsum(pt), math.fsum(ct)
@@ -471,9 +483,9 @@ def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np
     cv = _cv(gaps) if len(gaps) >= 2 else None
     x[_I_GAP_CV] = 1.0 if cv is None else cv
     x[_I_GAP_MEDIAN] = math.log1p(_median(gaps)) if gaps else 0.0
-    x[_I_BURST] = sum(g < 5.0 for g in gaps) / len(gaps) if gaps else 0.0
+    x[_I_BURST] = sum(map(lt, gaps, repeat(_BURST_GAP))) / len(gaps) if gaps else 0.0
     x[_I_TURNS] = math.log1p(sum(turns) / n)
-    x[_I_SINGLE] = sum(v <= 1 for v in turns) / n
+    x[_I_SINGLE] = sum(map(le, turns, repeat(1))) / n
     tc = Counter(templates)
     x[_I_TEMPLATE_TOP] = max(tc.values()) / n
     x[_I_TEMPLATE_DISTINCT] = len(tc) / n
@@ -489,7 +501,7 @@ def window_features(atoms: Sequence[Atom], n_total: int, embeddings: Sequence[np
     x[_I_ACTIVE_HOURS] = len(hours) / 24.0
     given = [v for v in mt if v >= 0]
     x[_I_DEMAND] = math.log1p(_median(given)) if given else 0.0
-    x[_I_LONG] = sum(v >= LONG_DEMAND for v in mt) / n
+    x[_I_LONG] = sum(map(ge, mt, repeat(LONG_DEMAND))) / n
     x[_I_GIVEN] = len(given) / n
     x[_I_MODELS] = float(len(set(models)))
     x[_I_FRESH] = sum(fresh) / n
