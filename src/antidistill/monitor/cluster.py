@@ -34,7 +34,7 @@ from datetime import date
 from functools import lru_cache
 from itertools import combinations, product
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from antidistill.monitor.features import SLOT_S, WINDOW, AccountState, Atom
 
@@ -178,23 +178,46 @@ def _slot_signature(active: Collection[int]) -> str | None:
     return "t" + str(hash(tuple(slots)) & 0xFFFFFFFFFFFF)
 
 
+class AccountMeta(NamedTuple):
+    """What linking reads from an account's metadata (``None``: not given, or a placeholder)."""
+
+    payment: str | None
+    organisation: str | None
+    signup: str | None
+    signup_days: list[str]  # the signup date and its 3-day bucket, or nothing
+
+
+def account_meta(acct: AccountState) -> AccountMeta:
+    """The account's :class:`AccountMeta`, read once per metadata object (linking reads it at every checkpoint)."""
+    meta = acct.metadata
+    got = acct.meta_read
+    if got is not None and got[0] is meta:
+        return got[1]
+    md = meta or {}
+    day = _meta(md, "signup_at", "created_at")
+    out = AccountMeta(
+        _meta(md, "payment_fingerprint", "payment", "card_fingerprint"),
+        _meta(md, "organisation", "organization", "org"),
+        _meta(md, "signup_source", "signup"),
+        _signup_days(day) if day else [],
+    )
+    acct.meta_read = (meta, out)
+    return out
+
+
 def attributes(acct: AccountState) -> dict[str, list[str]]:
     """An account's linking attributes: kind → values (at most three per kind)."""
-    meta = acct.metadata or {}
     n = max(1, acct.n)
     out: dict[str, list[str]] = {}
-    pay = _meta(meta, "payment_fingerprint", "payment", "card_fingerprint")
+    pay, org, src, days = account_meta(acct)
     if pay:
         out["payment"] = [pay]
-    org = _meta(meta, "organisation", "organization", "org")
     if org:
         out["organisation"] = [org]
-    src = _meta(meta, "signup_source", "signup")
     if src:
         out["signup"] = [src]
-    day = _meta(meta, "signup_at", "created_at")
-    if day and (days := _signup_days(day)):
-        out["signup_day"] = days
+    if days:
+        out["signup_day"] = list(days)
     if p := _dominant(acct.prefixes, n):
         out["prefix"] = p
     if a := _dominant(acct.agents, n):
@@ -230,11 +253,11 @@ def cluster_attributes(cluster: Cluster, accounts: dict[str, AccountState]) -> d
     for m in members:
         users.update(t for t, c in m.templates.items() if c >= TEMPLATE_LEAST)
         prefixes.update(_dominant(m.prefixes, max(1, m.n), 2, MIN_SHARE, TEMPLATE_LEAST))
-        day = _meta(m.metadata or {}, "signup_at", "created_at")
-        if day and (days := _signup_days(day)):
-            buckets[days[1]] += 1
-        if src := _meta(m.metadata or {}, "signup_source", "signup"):
-            sources[src] += 1
+        mm = account_meta(m)
+        if mm.signup_days:
+            buckets[mm.signup_days[1]] += 1
+        if mm.signup:
+            sources[mm.signup] += 1
     # a campaign spread over many templates (and reasoning demands, and cover chat) may have none that fills a
     # tenth of its window, yet each of its templates is used by many members, which a chat phrasing is not
     need = max(MEMBER_LEAST, MEMBER_SHARE * k)
@@ -259,12 +282,11 @@ def group_probe_attributes(acct: AccountState) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     if t := [str(v) for v in _dominant(acct.templates, max(1, acct.n), 5, PROBE_SHARE, TEMPLATE_LEAST)]:
         out["group_template"] = t
-    meta = acct.metadata or {}
-    day = _meta(meta, "signup_at", "created_at")
-    if day and (days := _signup_days(day)):
-        out["group_signup_day"] = [days[1]]
-    if src := _meta(meta, "signup_source", "signup"):
-        out["group_signup"] = [src]
+    mm = account_meta(acct)
+    if mm.signup_days:
+        out["group_signup_day"] = [mm.signup_days[1]]
+    if mm.signup:
+        out["group_signup"] = [mm.signup]
     if p := _dominant(acct.prefixes, max(1, acct.n), 2, MIN_SHARE, TEMPLATE_LEAST):
         out["group_prefix"] = p
     return out

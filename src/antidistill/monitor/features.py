@@ -228,6 +228,9 @@ class AccountState:
     #: the window's 10-minute slots (``int(t // SLOT_S)``) with their counts, kept up to date by
     #: :meth:`FeatureTracker.add` (linking reads the set of them at every checkpoint)
     slots: dict[int, int] = field(default_factory=dict)
+    #: what linking reads from :attr:`metadata` (:func:`antidistill.monitor.cluster.account_meta`), with the
+    #: metadata object it was read from (the tracker replaces the object when the metadata change)
+    meta_read: Any = field(default=None, repr=False, compare=False)
 
 
 class Encoder:
@@ -247,8 +250,10 @@ class Encoder:
         self._prefixes: dict[str, str | None] = {}
         self._agents: dict[str, str | None] = {}
         # prompt -> (normalised text, demands reasoning, content words): pure functions of the text, and campaigns
-        # (and retries, and shared benchmarks) repeat prompts verbatim; bounded, cleared when full
+        # (and retries, and shared benchmarks) repeat prompts verbatim; bounded: two generations of TEXT_CACHE / 2,
+        # the older dropped when the newer fills (a full clear would forget the prompts just seen, too)
         self._texts: dict[str, tuple[str, bool, frozenset[str]]] = {}
+        self._older: dict[str, tuple[str, bool, frozenset[str]]] = {}
 
     def _system_id(self, system: Any) -> int:
         if not system or not isinstance(system, str):
@@ -278,24 +283,37 @@ class Encoder:
             self._agents[ua] = _clean_ua(ua)
         return self._agents[ua]
 
+    def _retire(self, room: int) -> None:
+        """Make room for ``room`` more texts in the newer generation (the older is dropped)."""
+        if len(self._texts) + room > TEXT_CACHE // 2:
+            self._older = self._texts
+            self._texts = {}
+
     def _text(self, prompt: str) -> tuple[str, bool, frozenset[str]]:
         got = self._texts.get(prompt)
         if got is None:
-            if len(self._texts) >= TEXT_CACHE:
-                self._texts.clear()
-            norm = normalise(prompt)
-            got = self._texts[prompt] = (norm, demands_reasoning(norm), content_words(norm))
+            got = self._older.get(prompt)
+            if got is None:
+                norm = normalise(prompt)
+                got = (norm, demands_reasoning(norm), content_words(norm))
+            self._retire(1)
+            self._texts[prompt] = got
         return got
 
     def prepare(self, prompts: Iterable[Any]) -> None:
         """Normalise a batch of prompts and hash their templates ahead of :meth:`encode` (vectorised; the
         atoms are the same as without it)."""
-        texts = self._texts
-        todo = [p for p in dict.fromkeys(prompts) if isinstance(p, str) and p not in texts]
+        todo = [p for p in dict.fromkeys(prompts) if isinstance(p, str) and p not in self._texts]
         if not todo:
             return
-        if len(texts) + len(todo) > TEXT_CACHE:
-            texts.clear()
+        self._retire(len(todo))
+        texts, older = self._texts, self._older
+        for p in todo:  # seen a generation ago: kept, not computed again
+            if (got := older.get(p)) is not None:
+                texts[p] = got
+        todo = [p for p in todo if p not in texts]
+        if not todo:
+            return
         norms = list(map(normalise, todo))
         words = [t.split() for t in norms]
         intent = ReasoningIntent.shipped()
