@@ -93,7 +93,7 @@ def test_backwards_clock_keeps_time_monotone_inside_an_account():
     tracker = FeatureTracker()
     for k, dt in enumerate([0, 100, 50, -1000, 200]):
         tracker.add(ExchangeEvent("x", T0 + timedelta(seconds=dt), prompt=f"q{k}"))
-    ts = [a.t for a in tracker.accounts["x"].window]
+    ts = [a[0] for a in tracker.accounts["x"].window]
     assert ts == sorted(ts)
     assert np.isfinite(tracker.features("x")).sum() >= len(FEATURES) - 2
 
@@ -237,10 +237,10 @@ def _reference_window_features(atoms, n_total):
     import math
     from collections import Counter
 
-    from antidistill.monitor.features import LONG_DEMAND
+    from antidistill.monitor.features import LONG_DEMAND, Atom
 
     x = np.full(len(FEATURES), np.nan)
-    a = sorted(atoms, key=lambda v: v.t)
+    a = sorted((Atom(*v) for v in atoms), key=lambda v: v.t)  # the window holds plain tuples in Atom's order
     n = len(a)
     t = np.array([v.t for v in a])
     pt, ct = np.array([v.prompt_tokens for v in a], float), np.array([v.completion_tokens for v in a], float)
@@ -336,7 +336,7 @@ def test_window_slots_follow_the_sliding_window():
         acct = tracker.add(ExchangeEvent("s", t - timedelta(seconds=rng.choice([0, 0, 5000])), prompt="x"))
         expected = {}
         for a in acct.window:
-            expected[int(a.t // SLOT_S)] = expected.get(int(a.t // SLOT_S), 0) + 1
+            expected[int(a[0] // SLOT_S)] = expected.get(int(a[0] // SLOT_S), 0) + 1
         assert dict(acct.slots) == expected
 
 
@@ -365,7 +365,7 @@ def test_fast_paths_equal_the_references_on_simulated_traffic():
 def test_prepared_batches_encode_the_same_atoms():
     # a worker prepares its batch's prompts at once (normalised, reasoning demands scored together, templates hashed);
     # the atoms must be those of encoding one event at a time
-    from antidistill.monitor.features import AccountState, Encoder
+    from antidistill.monitor.features import AccountState, Atom, Encoder
 
     rng = random.Random(13)
     events = mixed_events(300, seed=9)
@@ -383,4 +383,5 @@ def test_prepared_batches_encode_the_same_atoms():
         batched.prepare(e.prompt for e in events[i : i + 64])
         b += [batched.encode(e, sb.setdefault(e.account_id, AccountState(e.account_id))) for e in events[i : i + 64]]
     assert a == b
-    assert any(x.cot for x in a) and not all(x.cot for x in a)
+    cot = Atom._fields.index("cot")
+    assert any(x[cot] for x in a) and not all(x[cot] for x in a)

@@ -36,7 +36,7 @@ from itertools import combinations, product
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from antidistill.monitor.features import SLOT_S, WINDOW, AccountState, Atom
+from antidistill.monitor.features import AT_T, AT_TEMPLATE, SLOT_S, WINDOW, AccountState, Atom
 
 #: what a group shares that is rare among all accounts: the pair (network prefix, user agent) of an account, which
 #: weighs :data:`LINK_AT` by itself when a group of at least RARITY_GROUP accounts holds it and both its prefix and
@@ -139,7 +139,7 @@ def _dominant(counter: Counter[Any], n: int, k: int = 2, share: float = MIN_SHAR
 
 
 def _slots(window: Sequence[Atom]) -> set[int]:
-    return {int(a.t // SLOT_S) for a in window}
+    return {int(a[AT_T] // SLOT_S) for a in window}
 
 
 @lru_cache(maxsize=65536)
@@ -165,7 +165,7 @@ def timing_signature(window: Sequence[Atom], min_events: int = TIMING_LEAST) -> 
     """
     if len(window) < min_events:
         return None
-    return _slot_signature({int(a.t // SLOT_S) for a in window})
+    return _slot_signature({int(a[AT_T] // SLOT_S) for a in window})
 
 
 def _slot_signature(active: Collection[int]) -> str | None:
@@ -242,7 +242,7 @@ def cluster_attributes(cluster: Cluster, accounts: dict[str, AccountState]) -> d
     keys, never a single account's."""
     out: dict[str, list[str]] = {}
     n = len(cluster.window)
-    templates = Counter(a.template for a in cluster.window if a.template)
+    templates = Counter(a[AT_TEMPLATE] for a in cluster.window if a[AT_TEMPLATE])
     group = [str(v) for v in _dominant(templates, max(n, 1), 3, TEMPLATE_SHARE)]
     members = [accounts[m] for m in cluster.members if m in accounts]
     k = len(members)
@@ -515,7 +515,7 @@ class Linker:
         self.parent[rb] = ra
         ca = self.clusters.pop(ra, None) or self._singleton(ra, windows)
         cb = self.clusters.pop(rb, None) or self._singleton(rb, windows)
-        merged = sorted([*ca.window, *cb.window], key=lambda x: x.t)
+        merged = sorted([*ca.window, *cb.window], key=itemgetter(AT_T))
         c = Cluster(
             id=ca.id,
             members=ca.members + cb.members,

@@ -44,7 +44,7 @@ from antidistill.monitor.cluster import (
     cluster_attributes,
     group_probe_attributes,
 )
-from antidistill.monitor.features import EMBED_EVERY, AccountState, FeatureTracker, window_features
+from antidistill.monitor.features import AT_T, AT_TEMPLATE, EMBED_EVERY, AccountState, FeatureTracker, window_features
 from antidistill.monitor.score import LINKING_MIN_ACCOUNTS, Score, Scorer
 from antidistill.settings import Settings
 from antidistill.store.api import AuditRecord, is_pending_record
@@ -207,10 +207,11 @@ class Monitor:
         aid = acct.account_id
         self.linker.add_account(aid)
         atom = acct.window[-1]
-        if atom.t > self._now:
-            self._now = atom.t
+        t = atom[AT_T]
+        if t > self._now:
+            self._now = t
         if self._last_flush is None:
-            self._last_flush = atom.t
+            self._last_flush = t
         if self.embedder is not None and not acct.n % EMBED_EVERY:  # a systematic sample (see EMBED_EVERY)
             self._texts.append((acct, event.prompt if isinstance(event.prompt, str) else ""))
             self._texts_of.add(aid)
@@ -222,7 +223,7 @@ class Monitor:
                 self._due_clusters[self.linker.find(aid)] = None
         if is_checkpoint(acct.n):
             self._due_accounts[aid] = None
-        elif acct.n <= 3 or (atom.template and acct.templates[atom.template] == TEMPLATE_LEAST):
+        elif acct.n <= 3 or ((tid := atom[AT_TEMPLATE]) and acct.templates[tid] == TEMPLATE_LEAST):
             # link a new account early (its own score waits for its first checkpoint), and an account as soon as a
             # template becomes a habit of it (a hydra member may never reach its next checkpoint)
             self._link(acct)
