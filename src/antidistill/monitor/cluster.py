@@ -115,6 +115,8 @@ TIMING_LEAST = 20
 _EMPTY = frozenset({"", "none", "null", "n/a", "na", "-", "unknown", "personal", "individual", "self", "private"})
 
 _COUNT = itemgetter(1)
+#: the kinds :meth:`Linker.rarity` weighs
+_RATED = frozenset((*RARITY_KINDS, PAIR_KIND))
 
 
 def _meta(meta: dict[str, Any], *names: str) -> str | None:
@@ -314,17 +316,16 @@ def weighted_link_keys(attrs: dict[str, list[tuple[str, float]]]) -> Iterator[tu
     """Keys for every minimal combination of attribute values (at most one of each kind) whose weights reach
     :data:`LINK_AT`; ``attrs``: kind -> ``(value, weight)`` pairs. A key is its ``(kind, value)`` pairs in the order
     of the kinds' names, so two accounts that share the values share the key whatever else they hold."""
-    groups: dict[tuple[str, float], list[str]] = {}
+    # each slot's values as (kind, value) pairs, so that a key is a tuple of the product with nothing built per key
+    groups: dict[tuple[str, float], list[tuple[str, str]]] = {}
     for kind, values in attrs.items():
         for value, w in values:
             if w > 0.0:  # a value that weighs nothing never helps reach the threshold
-                groups.setdefault((kind, w), []).append(value)
+                groups.setdefault((kind, w), []).append((kind, value))
     slots = tuple(sorted(groups))
     # the combinations depend on the (kind, weight) slots present only, and accounts have few distinct sets of them
     for combo in _minimal_combinations(slots):
-        kinds = [slots[i][0] for i in combo]
-        for values in product(*(groups[slots[i]] for i in combo)):
-            yield tuple(zip(kinds, values, strict=True))
+        yield from product(*[groups[slots[i]] for i in combo])
 
 
 def link_keys(attrs: dict[str, list[str]]) -> Iterator[tuple[tuple[str, str], ...]]:
@@ -468,7 +469,11 @@ class Linker:
     def weighted(self, attrs: dict[str, list[str]]) -> dict[str, list[tuple[str, float]]]:
         """``attrs`` (with their :data:`PAIR_KIND` pairs) and each value's weight now: its kind's
         :data:`WEIGHTS` times :meth:`rarity`."""
-        return {k: [(v, WEIGHTS[k] * self.rarity(k, v)) for v in vs] for k, vs in self._with_pairs(attrs).items()}
+        rarity = self.rarity  # a kind it does not weigh keeps its fixed weight (times 1.0: the same float)
+        return {
+            k: [(v, WEIGHTS[k] * rarity(k, v)) for v in vs] if k in _RATED else [(v, WEIGHTS[k]) for v in vs]
+            for k, vs in self._with_pairs(attrs).items()
+        }
 
     def register(
         self, account_id: str, attrs: dict[str, list[str]], windows: dict[str, AccountState] | None = None
