@@ -25,6 +25,10 @@ Without embeddings the whole simulation is timed (target >= 20,000 exchanges/s p
 With embeddings (the all-MiniLM-L6-v2 forward pass dominates) the first ``--embed-events`` events, one by one
 (the peer: ``--peer-embed-events``, as the old path is slow).
 
+The two codes' child processes alternate ``--repeat`` times (new, old, new, old, …) and each row reports the median
+run, with the range over the runs: on a shared virtual machine the host's speed drifts by 10% or more within
+minutes, so one run of each code, one after the other, can tilt the ratio either way.
+
 The peer is the monitor at ``--peer-rev`` (default: the revision before the vectorised hot path and the sampled,
 cached embeddings), extracted with ``git archive``; ``--peer-rev ''`` runs without one.
 
@@ -142,6 +146,18 @@ def _peer_tree(rev: str, into: Path) -> Path | None:
     return into / "src"
 
 
+def _median_rows(runs: list[dict]) -> dict:
+    """Each path's run with the median rate per core over ``runs`` (children's results), with the range."""
+    out = {}
+    for path in runs[0]["rows"]:
+        rows = sorted((r["rows"][path] for r in runs), key=lambda r: r["events_per_core_s"])
+        mid = dict(rows[(len(rows) - 1) // 2])
+        lo, hi = rows[0]["events_per_core_s"], rows[-1]["events_per_core_s"]
+        mid["range"] = f"{lo:,.0f}-{hi:,.0f}"
+        out[path] = mid
+    return out
+
+
 def _child(src: Path, spec: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(Path(__file__).resolve().parent)]))
     out = subprocess.run(
@@ -163,6 +179,7 @@ def main() -> int:
     ap.add_argument("--peer-embed-events", type=int, default=300, help="events timed with embeddings (peer)")
     ap.add_argument("--batch", type=int, default=256, help="events per worker batch")
     ap.add_argument("--peer-rev", default=PEER_REV, help="git revision of the peer ('' for none)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each code, alternating (median reported)")
     ap.add_argument("--quick", action="store_true", help="scale small, 500 embedded events")
     ap.add_argument("--out", default=None)
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)
@@ -171,7 +188,7 @@ def main() -> int:
         print(json.dumps(measure(json.loads(args.measure)), default=float))
         return 0
     if args.quick:
-        args.scale, args.embed_events, args.peer_embed_events = "small", 500, 100
+        args.scale, args.embed_events, args.peer_embed_events, args.repeat = "small", 500, 100, 1
 
     from antidistill.monitor.train import plan_events, releases_of
     from antidistill.simulate.scenario import Scenario
@@ -188,21 +205,24 @@ def main() -> int:
         ev_path = Path(tmp) / "events.pkl"
         ev_path.write_bytes(pickle.dumps((events, releases)))
         spec = {"events": str(ev_path), "data_dir": args.data_dir, "batch": args.batch}
-        results = {"new": _child(ROOT / "src", {**spec, "embed_events": args.embed_events})}
         peer_src = _peer_tree(args.peer_rev, Path(tmp)) if args.peer_rev else None
-        if peer_src is not None:
-            results["old"] = _child(peer_src, {**spec, "embed_events": args.peer_embed_events})
+        runs: dict[str, list[dict]] = {"new": [], "old": []}
+        for _ in range(args.repeat):  # alternate the codes: the machine's speed drifts between runs
+            runs["new"].append(_child(ROOT / "src", {**spec, "embed_events": args.embed_events}))
+            if peer_src is not None:
+                runs["old"].append(_child(peer_src, {**spec, "embed_events": args.peer_embed_events}))
+    results = {code: {"scorer": rs[0]["scorer"], "rows": _median_rows(rs)} for code, rs in runs.items() if rs}
     new, old = results["new"]["rows"], results.get("old", {}).get("rows", {})
     lines = []
     for path, r in new.items():
         o = old.get(path)
         ratio = r["events_per_core_s"] / o["events_per_core_s"] if o else None
-        lines.append([path, "new", r["events"], r["cpu_seconds"], r["events_per_core_s"], r["events_per_s"], ratio])
+        lines.append([path, "new", r["events"], r["cpu_seconds"], r["events_per_core_s"], r["range"], ratio])
         if o:
-            lines.append([path, "old", o["events"], o["cpu_seconds"], o["events_per_core_s"], o["events_per_s"], 1.0])
+            lines.append([path, "old", o["events"], o["cpu_seconds"], o["events_per_core_s"], o["range"], 1.0])
     print(
         table(
-            ["pipeline", "code", "events", "CPU s", "events/s per core", "events/s (wall)", "new/old"],
+            ["pipeline", "code", "events", "CPU s", "events/s per core (median)", "range over runs", "new/old"],
             lines,
         )
     )
@@ -224,6 +244,7 @@ def main() -> int:
             "scorer": results["new"]["scorer"],
             "rows": new,
             "peer": {"rev": args.peer_rev, "rows": old} if old else None,
+            "runs": runs,
             "target": TARGET,
             "meets_target": met,
             "embed_target": EMBED_TARGET,
