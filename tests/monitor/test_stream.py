@@ -226,6 +226,37 @@ def test_redelivered_events_take_no_action_twice(tmp_path, stream, policy_file):
         store.close()
 
 
+def test_rises_are_keyed_on_the_same_entries_whatever_the_read_size(tmp_path, stream, policy_file):
+    # scores are computed per read batch; a rise's effect key names the entry at whose checkpoint it was formed, so
+    # a replay in pages of another size (a restart) finds the same keys
+    events = harvest_events()[:1500]
+    r = redis_or_skip()
+    publish(r, stream, events)
+    keyed = {}
+    for count in (1, 7, 256):
+        store = Store.open(f"sqlite:///{tmp_path / f'gw{count}.db'}", gateway_settings(tmp_path))
+        got: list[tuple[str, str, str]] = []
+        try:
+            svc = StreamMonitor(
+                redis_client(REDIS_URL),
+                stream,
+                f"group-{count}",
+                "c1",
+                Monitor(Scorer.rules_only()),
+                Enforcer(store, Policy.load(policy_file)),
+                count=count,
+                block_ms=50,
+                on_assessment=lambda entry_id, a, _new, got=got: got.append((entry_id, a.account_id, a.level)),
+            )
+            assert svc.run(exit_when_idle=True).events == len(events)
+        finally:
+            store.close()
+        keyed[count] = got
+    assert keyed[1] and keyed[1] == keyed[7] == keyed[256]
+    entries = {e.decode() if isinstance(e, bytes) else e for e, _ in r.xrange(stream)}
+    assert len({e for e, _, _ in keyed[1]}) > 1 and all(e in entries for e, _, _ in keyed[1])
+
+
 def test_kill_9_mid_stream_loses_nothing_and_acts_once(tmp_path, pg_url, stream, policy_file):
     events = harvest_events()[:4000]
     r = redis_or_skip()

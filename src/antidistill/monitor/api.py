@@ -225,6 +225,9 @@ class Assessment:
         families: the independent families of evidence the judgement rests on (``traffic``, ``content``,
             ``linking``, ``release``; :data:`FAMILIES`). The policy blocks only on two or
             more; one family at most holds the account for review.
+        event: the monitor's count of exchanges observed when the judgement was formed (its checkpoint; 0:
+            unknown): the monitor service keys the judgement's effects on the stream entry of that exchange. Not
+            compared: the same judgement formed by two monitors is equal.
     """
 
     account_id: str
@@ -237,6 +240,7 @@ class Assessment:
     cluster_size: int = 1
     requests: int = 0
     families: tuple[str, ...] = ()
+    event: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

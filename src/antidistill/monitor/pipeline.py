@@ -71,11 +71,13 @@ class _Checkpoint:
         clusters: ``(cluster id, its members, the attributes that linked them in words)`` of each cluster due.
         context: every account the scores touch, with what its judgement reads: its cluster's id and size, its
             requests and its last event time (all as they were at the checkpoint).
+        event: the monitor's count of exchanges observed at the checkpoint (:attr:`Assessment.event`).
     """
 
     accounts: tuple[tuple[str, int, float], ...]
     clusters: tuple[tuple[str, tuple[str, ...], str], ...]
     context: dict[str, tuple[str | None, int, int, float]]
+    event: int
 
 
 def is_checkpoint(n: int) -> bool:
@@ -272,6 +274,7 @@ class Monitor:
                     for c in clusters
                 ),
                 context,
+                self.events,
             )
         )
 
@@ -307,7 +310,7 @@ class Monitor:
                     self.families[aid] = frozenset(fams)
                     # the families seen over the account's reports: traffic shape last week and content today are
                     # both evidence about it, though its latest window may show only one
-                    out.append(replace(a, families=tuple(f for f in FAMILIES if f in fams)))
+                    out.append(replace(a, families=tuple(f for f in FAMILIES if f in fams), event=cp.event))
         self._embed_pending()
         return out
 
@@ -389,6 +392,7 @@ class Monitor:
             cluster_size=size,
             requests=n,
             families=tuple(f for f in FAMILIES if f in fams),
+            event=self.events,
         )
 
     # ---- current judgements ---------------------------------------------------------------------------------
