@@ -8,7 +8,8 @@ process with BLAS, OpenMP and torch held to one thread; the input is frozen out 
 (``gc.freeze``), since a worker's events are transient and the benchmark's list of 51,000 of them is not part of the
 monitor's cost. Timed: every event through :meth:`Monitor.observe` plus the final :meth:`Monitor.flush`, i.e.
 encoding (templates, reasoning markers), sliding windows, linking, and batched scoring with the trained models
-(rules only if no model is trained in ``--data-dir``).
+(rules only if no model is trained in ``--data-dir``). Once the model is loaded and the code warmed up, that too is
+frozen out of the collector, as ``antidistill monitor run`` does before it consumes (``--no-freeze``: not).
 
 **Per core** (every row, embeddings too) is events over the process's CPU seconds (``time.process_time``: on a
 shared machine the wall clock also counts other processes' turns); the wall-clock rate is reported next to it.
@@ -117,6 +118,9 @@ def measure(spec: dict) -> dict:
     scorer, kind = _scorer(spec["data_dir"], embeddings=False)
     rows: dict = {}
     run(events[:2000], releases, scorer)  # warm up: imports, caches
+    if spec.get("freeze", True):  # as `monitor run` does once its model is loaded
+        gc.collect()
+        gc.freeze()
     rows["one by one"] = run(events, releases, scorer)
     rows["worker batches"] = run(events, releases, scorer, batch=spec["batch"])
     if spec["embed_events"]:
@@ -179,6 +183,7 @@ def main() -> int:
     ap.add_argument("--peer-embed-events", type=int, default=300, help="events timed with embeddings (peer)")
     ap.add_argument("--batch", type=int, default=256, help="events per worker batch")
     ap.add_argument("--peer-rev", default=PEER_REV, help="git revision of the peer ('' for none)")
+    ap.add_argument("--no-freeze", action="store_true", help="leave the loaded model in the collector's sweeps")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each code, alternating (median reported)")
     ap.add_argument("--quick", action="store_true", help="scale small, 500 embedded events")
     ap.add_argument("--out", default=None)
@@ -204,7 +209,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ev_path = Path(tmp) / "events.pkl"
         ev_path.write_bytes(pickle.dumps((events, releases)))
-        spec = {"events": str(ev_path), "data_dir": args.data_dir, "batch": args.batch}
+        spec = {"events": str(ev_path), "data_dir": args.data_dir, "batch": args.batch, "freeze": not args.no_freeze}
         peer_src = _peer_tree(args.peer_rev, Path(tmp)) if args.peer_rev else None
         runs: dict[str, list[dict]] = {"new": [], "old": []}
         for _ in range(args.repeat):  # alternate the codes: the machine's speed drifts between runs

@@ -286,6 +286,7 @@ def run(
     effects at most once. Runs until SIGTERM or Ctrl-C.
     """
     # the parts load when the command runs, not for --help (see antidistill.cli)
+    import gc
     import signal
     import time
 
@@ -318,6 +319,10 @@ def run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: service.stop())
         err.print(f"monitor consuming {service.stream} as {service.group}/{service.consumer}", markup=False)
+        # the code and the model loaded so far live as long as the process: out of the collector's sweeps, which
+        # otherwise walk them again at every full collection while the monitor's state grows
+        gc.collect()
+        gc.freeze()
         started = time.perf_counter()
         stats = service.run(exit_when_idle=exit_when_idle)
         took = time.perf_counter() - started
