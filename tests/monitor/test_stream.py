@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from antidistill.errors import ConfigError
 from antidistill.monitor.actions import Enforcer, is_action_record, new_alert_id
 from antidistill.monitor.api import Assessment, ExchangeEvent
 from antidistill.monitor.pipeline import Monitor
@@ -319,6 +320,43 @@ def test_kill_9_mid_stream_loses_nothing_and_acts_once(tmp_path, pg_url, stream,
         store.close()
     expected = reference_effects(tmp_path, stream, events, policy_file)
     assert got == expected and sum(expected[1].values()) > 0  # the same alerts and actions, each once
+
+
+# ---- one consumer per group ----------------------------------------------------------------------------------
+def test_a_second_consumer_of_the_group_waits_then_refuses(tmp_path, stream, policy_file):
+    publish(redis_or_skip(), stream, harvest_events()[:50])
+    store = Store.open(f"sqlite:///{tmp_path / 'gw.db'}", gateway_settings(tmp_path))
+    try:
+        first = service(store, stream, policy_file, consumer="first", lease_ms=10_000)
+        first.acquire()  # a live consumer (it would renew at every read)
+        second = service(store, stream, policy_file, consumer="second", lease_ms=400)
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError, match=r"another monitor \(first\) is consuming"):
+            second.run(exit_when_idle=True)
+        assert time.monotonic() - t0 >= 0.7  # it waited for the lease (twice its length) before refusing
+        assert second.stats.events == 0  # and read nothing
+        first.release()
+        assert second.run(exit_when_idle=True).events == 50
+    finally:
+        store.close()
+
+
+def test_a_lease_left_by_a_killed_consumer_lapses_and_one_taken_stops_its_holder(tmp_path, stream, policy_file):
+    publish(redis_or_skip(), stream, harvest_events()[:50])
+    store = Store.open(f"sqlite:///{tmp_path / 'gw.db'}", gateway_settings(tmp_path))
+    try:
+        killed = service(store, stream, policy_file, consumer="killed", lease_ms=300)
+        killed.acquire()  # and never renewed nor freed, as by SIGKILL
+        nxt = service(store, stream, policy_file, consumer="next", lease_ms=300)
+        assert nxt.run(exit_when_idle=True).events == 50  # it waited for the lease to lapse, then consumed
+        nxt.acquire()
+        time.sleep(0.4)  # nxt stalls past its lease; killed's process comes back
+        killed.acquire(wait_s=0)
+        with pytest.raises(ConfigError, match="passed to killed"):
+            nxt.step()
+        assert nxt._stop.is_set()
+    finally:
+        store.close()
 
 
 # ---- enforcement reaches the replicas --------------------------------------------------------------------------

@@ -318,6 +318,7 @@ def run(
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: service.stop())
+        service.acquire()  # the group's one consumer (a second waits for the lease, then refuses)
         err.print(f"monitor consuming {service.stream} as {service.group}/{service.consumer}", markup=False)
         # the code and the model loaded so far live as long as the process: out of the collector's sweeps, which
         # otherwise walk them again at every full collection while the monitor's state grows

@@ -34,18 +34,22 @@ replay finds for a pending entry are the ones whose effects may be missing. (Flu
 rises at two thirds of the throughput: the models' per-call cost was paid at every checkpoint.)
 
 One consumer: the monitor's state (clusters span accounts) lives in one process, so a group has one active
-consumer; a second would see part of the traffic, as two embedded monitors do.
+consumer; a second would see part of the traffic, as two embedded monitors do. A consumer holds the group's lease
+(a Redis key, ``<stream>:<group>:lease``, renewed at every read and expiring :data:`LEASE_MS` after the last); a
+second ``monitor run`` on the same group waits for it (a consumer killed with SIGKILL frees it when it expires) and
+then refuses to start, with one line naming the holder; a consumer that finds its lease taken stops.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from antidistill.errors import InputError
+from antidistill.errors import ConfigError, InputError
 from antidistill.extras import require
 from antidistill.monitor.actions import Enforcer, MonitorLike, Outcome
 from antidistill.monitor.api import Assessment, ExchangeEvent
@@ -56,6 +60,11 @@ log = logging.getLogger(__name__)
 FIELD = "event"
 #: entries read (and replayed) at once
 READ_COUNT = 256
+#: how long a consumer's lease on its group outlives its last renewal (milliseconds)
+LEASE_MS = 5000
+# renew (or free) the lease only while this consumer holds it: a check and a write in one step
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_FREE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 def enforcement_channel(stream: str) -> str:
@@ -115,6 +124,8 @@ class StreamMonitor:
         count: entries read at once.
         block_ms: how long one read waits for new entries.
         on_assessment: called with every level rise (replayed ones too) and whether its effects applied now.
+        lease_ms: how long the group's lease outlives its last renewal (:data:`LEASE_MS`); :meth:`run` waits up to
+            twice that for a lease held by another consumer.
 
     Example (with a Redis at hand)::
 
@@ -135,6 +146,7 @@ class StreamMonitor:
         count: int = READ_COUNT,
         block_ms: int = 1000,
         on_assessment: Callable[[str, Assessment, bool], None] | None = None,
+        lease_ms: int = LEASE_MS,
     ) -> None:
         self.redis = client
         self.stream = stream
@@ -149,6 +161,9 @@ class StreamMonitor:
         self.stats = StreamStats()
         self._unacked: list[str] = []
         self._stop = threading.Event()
+        self.lease_key = f"{stream}:{group}:lease"
+        self.lease_ms = lease_ms
+        self._leased = False
 
     # ---- setup and recovery -------------------------------------------------------------------------------
     def ensure_group(self) -> None:
@@ -175,6 +190,7 @@ class StreamMonitor:
         pending = self._claim_pending()
         start, n, seen = "-", 0, set()
         while True:
+            self._keep()  # a long replay renews the lease as the reads do
             entries = self.redis.xrange(self.stream, min=start, max=last, count=self.count)
             self._handle(self._read(entries), effects=pending)
             for entry_id, _ in entries:
@@ -213,10 +229,55 @@ class StreamMonitor:
                 return out
             start = nxt
 
+    # ---- the group's one consumer --------------------------------------------------------------------------
+    def acquire(self, wait_s: float | None = None) -> None:
+        """Take the group's lease, waiting up to ``wait_s`` (default: twice the lease) while another consumer holds
+        it; :class:`~antidistill.errors.ConfigError` if it is still held then."""
+        deadline = time.monotonic() + (2 * self.lease_ms / 1000 if wait_s is None else wait_s)
+        while True:
+            if self.redis.set(self.lease_key, self.consumer, nx=True, px=self.lease_ms) or self._renew():
+                self._leased = True
+                return
+            holder = self.redis.get(self.lease_key)
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"another monitor ({holder or 'unknown'}) is consuming {self.stream} as group {self.group}: a "
+                    f"group has one consumer (a stopped one frees it within {self.lease_ms / 1000:g} s)"
+                )
+            if self._stop.wait(0.1):
+                raise ConfigError("stopped while waiting for the monitor group's lease")
+
+    def release(self) -> None:
+        """Free the group's lease (if this consumer holds it)."""
+        if self._leased:
+            self._leased = False
+            try:
+                self.redis.eval(_FREE, 1, self.lease_key, self.consumer)
+            except Exception:
+                log.warning("cannot free the monitor group's lease; it expires on its own", exc_info=True)
+
+    def _renew(self) -> bool:
+        return bool(self.redis.eval(_RENEW, 1, self.lease_key, self.consumer, self.lease_ms))
+
+    def _keep(self) -> None:
+        """Renew the lease (taken again if it lapsed and is free); stop if another consumer took it."""
+        if not self._leased or self._renew():
+            return
+        if self.redis.set(self.lease_key, self.consumer, nx=True, px=self.lease_ms):
+            log.warning("the monitor group's lease had lapsed (a read, a batch or Redis took too long); taken again")
+            return
+        self._leased = False
+        self.stop()
+        raise ConfigError(
+            f"the monitor group's lease passed to {self.redis.get(self.lease_key) or 'another consumer'}: this "
+            "consumer stops (two consumers would each see part of the traffic)"
+        )
+
     # ---- the loop -----------------------------------------------------------------------------------------
     def step(self) -> int:
         """Read once (waiting up to ``block_ms`` for new entries), process what came, acknowledge; returns the
         number of entries read."""
+        self._keep()
         self._ack()  # what a failed acknowledgement left
         reply = self.redis.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=self.count, block=self.block_ms
@@ -231,20 +292,24 @@ class StreamMonitor:
         """Rebuild, then consume until :meth:`stop` (or, with ``exit_when_idle``, until a read finds nothing)."""
         import redis
 
-        self.rebuild()
-        failing = False
-        while not self._stop.is_set():
-            try:
-                n = self.step()
-            except redis.ConnectionError:
-                if not failing:
-                    log.warning("the monitor stream's Redis is unreachable; retrying", exc_info=True)
-                failing = True
-                self._stop.wait(1.0)
-                continue
+        self.acquire()
+        try:
+            self.rebuild()
             failing = False
-            if n == 0 and exit_when_idle:
-                break
+            while not self._stop.is_set():
+                try:
+                    n = self.step()
+                except redis.ConnectionError:
+                    if not failing:
+                        log.warning("the monitor stream's Redis is unreachable; retrying", exc_info=True)
+                    failing = True
+                    self._stop.wait(1.0)
+                    continue
+                failing = False
+                if n == 0 and exit_when_idle:
+                    break
+        finally:
+            self.release()
         return self.stats
 
     def stop(self) -> None:
