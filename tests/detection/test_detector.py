@@ -153,6 +153,40 @@ def test_marked_text_is_flagged_and_attributed_among_100_accounts():
         assert rep.total_tokens == 200
 
 
+DUAL = WatermarkConfig(scheme="gumbel-dual", context_width=3, provider_fraction=0.5)
+
+
+def test_texts_too_weak_one_by_one_are_attributed_together():
+    # short gumbel-dual texts: most alone do not single out their account among 100, the ten pooled do
+    rng = np.random.default_rng(60)
+    det, wm = Detector(DUAL), Watermark(DUAL)
+    key = CANDIDATES[7]
+    texts = list(sample(rng, wm, key, PROVIDER, 12, 200, batch=10, logit_scale=3.0))
+    alone = [det.attribute(t, CANDIDATES, PROVIDER).account for t in texts]
+    together = det.attribute_many(texts, CANDIDATES, [PROVIDER])
+    assert alone.count(None) >= 8 and together.account == ACCOUNTS[7] and together.p_value_corrected < 1e-6
+    assert together.keys_tested == 100  # one provider version
+    # a pair two texts share is one draw: the same text five times is that text once
+    once, five = (
+        det.attribute_many(texts[:1], CANDIDATES, [PROVIDER]),
+        det.attribute_many(texts[:1] * 5, CANDIDATES, [PROVIDER]),
+    )
+    assert five.best == once.best and five.p_value_corrected == once.p_value_corrected
+
+
+def test_pooled_attribution_of_innocent_texts_is_calibrated():
+    rng = np.random.default_rng(61)
+    det = Detector(DUAL)
+    alpha, n_sets = 0.05, 400
+    hits = 0
+    for i in range(n_sets):
+        texts = list(uniform_tokens(rng, 40, 5000, batch=4))
+        cands = [TEST_MASTER.account_key(f"p{i}-{j}") for j in range(10)]
+        r = det.attribute_many(texts, cands, [TEST_MASTER.provider_key(i + 1)], alpha)
+        hits += r.account is not None
+    assert clopper_pearson(hits, n_sets, 0.99)[0] <= alpha
+
+
 def test_marking_account_not_among_candidates_is_not_attributed():
     rng = np.random.default_rng(55)
     det = Detector(MARKED)

@@ -6,8 +6,8 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from antidistill.detection.detector import DEFAULT_ALPHA, Detector
-from antidistill.detection.results import DetectionReport
+from antidistill.detection.detector import DEFAULT_ALPHA, Detector, Pairs
+from antidistill.detection.results import AttributionResult, DetectionReport
 from antidistill.errors import InputError
 from antidistill.keys import WatermarkKey
 
@@ -75,6 +75,19 @@ class TextDetector:
             raise InputError("text is empty")
         ((ids, offsets),) = self.tokenize([text])
         return self.detect_ids(ids, offsets)
+
+    def attribute_texts(self, texts: Sequence[str]) -> AttributionResult:
+        """The account whose key marked ``texts`` together (:meth:`Detector.attribute_many`), among the
+        candidates; empty texts are refused."""
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise InputError("text is empty")
+        ids = [i for i, _ in self.tokenize(texts)]
+        return self.detector.attribute_many(ids, self.candidates, self.provider_keys, self.alpha)
+
+    def pooled_pairs(self, texts: Sequence[str], pooled: Pairs | None = None) -> Pairs:
+        """The distinct pairs of ``texts`` (non-empty strings), pooled with ``pooled`` (:meth:`Pairs.pooled`)."""
+        parts = [self.detector.pairs(ids) for ids, _ in self.tokenize(texts)] if texts else []
+        return Pairs.pooled([pooled, *parts] if pooled is not None else parts)
 
     def detect_many(self, texts: Iterable[str]) -> list[DetectionReport | InputError]:
         """One result per text; a bad text gives an :class:`InputError` in its place, not an exception."""
