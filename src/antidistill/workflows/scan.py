@@ -94,13 +94,22 @@ def scan_config(
 ) -> WatermarkConfig:
     """``base`` (default: the default config) with the given parameters overridden.
 
-    A new ``scheme`` drops the base's parameters that do not apply to it: a single-key member gets provider
-    fraction 0 unless one is given, a member other than ``kgw-entropy`` no entropy threshold, and a member other
-    than ``tournament`` no number of rounds.
+    A new ``scheme`` drops the base's parameters that do not apply to it: it gets its own default context width
+    unless one is given (``antidistill-v1`` reads h = 1, the sampling members h = 3, whatever the base had), a
+    single-key member gets provider fraction 0 unless one is given, a member other than ``kgw-entropy`` no entropy
+    threshold, and a member other than ``tournament`` no number of rounds.
+
+    Example:
+        >>> base = WatermarkConfig(scheme="gumbel-dual")
+        >>> scan_config(base, scheme="antidistill-v1").context_width, scan_config(base).context_width
+        (1, 3)
+        >>> scan_config(base, scheme="antidistill-v1", context_width=2).context_width
+        2
     """
     params: dict[str, Any] = (base or WatermarkConfig()).to_dict()
     if scheme is not None and scheme != params.get("scheme"):
         params["scheme"] = scheme
+        params.pop("context_width", None)
         if scheme_class(scheme).single_key:
             params["provider_fraction"] = 0.0
         elif params.get("provider_fraction") == 0.0 and (base is None or scheme_class(base.scheme).single_key):
