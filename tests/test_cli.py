@@ -314,3 +314,40 @@ def test_detect_hashing_key_reads_transformers_watermark(capsys, tmp_path, share
     assert str(HF_KEY) not in out_ + err
     code, out_, _ = run(capsys, "detect", str(f), *HF_FLAGS, "--hashing-key", str(HF_KEY + 1), "--json")
     assert code == 0 and json.loads(out_)["watermarked"] is False
+
+
+def test_jsonl_together_attributes_a_corpus_too_weak_text_by_text(capsys, tmp_path, tokenizer, shared_cache_env):
+    # short texts of alice's mark (the default member) that one by one rarely single her out among the candidates
+    import numpy as np
+
+    from antidistill.keys import MasterKey
+    from antidistill.models.fake import _WORDS
+    from antidistill.settings import get_settings
+    from antidistill.watermark.marker import MarkKeys, Watermark
+    from tests.forensics.helpers import green_words, word_tokens
+
+    master = MasterKey.load(get_settings(), create=False)
+    mark = MarkKeys(master.account_key("alice"), master.provider_key())
+    rng = np.random.default_rng(5)
+    vocab = word_tokens(tokenizer, _WORDS)
+    texts = [green_words(tokenizer, Watermark(), mark, vocab, 30, rng, p_green=0.2) for _ in range(12)]
+    corpus = tmp_path / "harvest.jsonl"
+    corpus.write_text("".join(json.dumps({"response": t}) + "\n" for t in texts) + "{broken\n", encoding="utf-8")
+    who = ["--account", "alice", "--account", "bob", "--account", "carol", "--field", "response"]
+    code, out, err = run(capsys, "detect", "--jsonl", str(corpus), *who, "--together")
+    assert code == 0, err
+    recs = [json.loads(x) for x in out.splitlines()]
+    per_text, last = recs[:-1], recs[-1]["together"]
+    assert len(per_text) == 13 and "invalid JSON" in per_text[-1]["error"]
+    assert sum(r.get("account") == "alice" for r in per_text) <= 6  # most are not attributed on their own
+    assert last["texts"] == 12 and last["account"] == "alice" and last["p_value_corrected"] < 1e-6
+    assert last["keys_tested"] == 3 and last["account_pairs"] < last["pairs"]
+    assert "together: 12 texts" in err and "alice, corrected p" in err
+    # the same texts unmarked under another installation's keys: nobody
+    unmarked = tmp_path / "plain.jsonl"
+    plain = [green_words(tokenizer, Watermark(), None, vocab, 40, rng) for _ in range(12)]
+    unmarked.write_text("".join(json.dumps({"response": t}) + "\n" for t in plain), encoding="utf-8")
+    code, out, _ = run(capsys, "detect", "--jsonl", str(unmarked), *who, "--together")
+    assert code == 0 and json.loads(out.splitlines()[-1])["together"]["account"] is None
+    code, _, err = run(capsys, "detect", str(unmarked), "--together")
+    assert_one_line_error(code, err, "--together attributes the texts of a --jsonl corpus")

@@ -398,11 +398,21 @@ def detect(
         typer.Option("--vocab-size", min=1, help="Vocabulary size for hf-lefthash (default: the tokenizer's)."),
     ] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, max=100_000, help="Texts tokenized at once (--jsonl).")] = 256,
+    together: Annotated[
+        bool,
+        typer.Option(
+            "--together",
+            help="--jsonl: also attribute all the texts together (their distinct pairs pooled, each counted once) "
+            "and end with one line for them: whose key marked this corpus as a whole.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Is a text watermarked by us, and by which account? Also scans a JSONL corpus (--jsonl)."""
     if jsonl is not None and source is not None:
         raise InputError("give either a text file or --jsonl, not both")
+    if together and jsonl is None:
+        raise InputError("--together attributes the texts of a --jsonl corpus together: give --jsonl FILE")
     if jsonl is None and source is None:
         raise InputError("give a text file, - for standard input, or --jsonl FILE")
     text = _read_input(source) if source is not None else None
@@ -433,10 +443,60 @@ def detect(
         else:
             _print_report(report, text)
         return
-    _scan_jsonl(td, jsonl, field, output, batch)
+    _scan_jsonl(td, jsonl, field, output, batch, together)
 
 
-def _scan_jsonl(td, path: Path, field: str, output: Path | None, batch: int) -> None:
+def _together_record(td, pooled, texts: int) -> dict[str, Any]:
+    """The last line of ``detect --jsonl --together``: the corpus's texts attributed together."""
+    from antidistill.detection.results import AttributionResult
+
+    if pooled is None or len(pooled) == 0:
+        r = AttributionResult(None, None, None, 1.0, len(td.candidates), [])
+    else:
+        r = td.detector.attribute_pooled(pooled, td.candidates, td.provider_keys, td.alpha)
+    best = r.best
+    return {
+        "together": {
+            "texts": texts,
+            "pairs": len(pooled) if pooled is not None else 0,
+            "account_pairs": best.tokens_scored if best is not None else 0,
+            "account": r.account,
+            "key_id": r.key_id,
+            "p_value": best.p_value if best is not None else 1.0,
+            "p_value_corrected": r.p_value_corrected,
+            "keys_tested": r.keys_tested,
+            "alpha": td.alpha,
+        }
+    }
+
+
+def _jsonl_item(lineno: int, raw: bytes, field: str) -> tuple[int, str | None, str | None] | None:
+    """``(line, text, None)`` or ``(line, None, what is wrong)`` for one line of a corpus; ``None`` for a blank one."""
+    try:
+        line = raw.decode("utf-8")
+        if not line.strip():
+            return None
+        obj = json.loads(line)
+    except UnicodeDecodeError:
+        return lineno, None, "line is not valid UTF-8"
+    except json.JSONDecodeError as exc:
+        return lineno, None, f"invalid JSON: {exc.msg}"
+    value = obj.get(field) if isinstance(obj, dict) else None
+    return (lineno, value, None) if isinstance(value, str) else (lineno, None, f"no string field {field!r}")
+
+
+def _print_together(t: dict[str, Any]) -> None:
+    from antidistill.forensics.report import fmt_p
+
+    err.print(
+        f"together: {t['texts']} texts, {t['pairs']} distinct pairs ({t['account_pairs']} on the account "
+        f"positions): {t['account'] or 'no account'}, corrected p = {fmt_p(t['p_value_corrected'])} over "
+        f"{t['keys_tested']} keys",
+        highlight=False,
+    )
+
+
+def _scan_jsonl(td, path: Path, field: str, output: Path | None, batch: int, together: bool = False) -> None:
     # the parts load when the command runs, not for --help (see antidistill.cli)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -446,10 +506,16 @@ def _scan_jsonl(td, path: Path, field: str, output: Path | None, batch: int) -> 
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
     sink = output.open("w", encoding="utf-8") if output else sys.stdout
     counts = {"records": 0, "watermarked": 0, "errors": 0}
+    pool: dict[str, Any] = {"pairs": None, "texts": 0}
+    summary: dict[str, Any] | None = None
 
     def flush(items: list[tuple[int, str | None, str | None]]) -> None:
         texts = [t if t is not None else "" for _, t, _ in items]
         results = td.detect_many(texts)
+        if together:  # every text that could be tested joins the pool
+            good = [t for t, res in zip(texts, results, strict=True) if not isinstance(res, Exception)]
+            pool["pairs"] = td.pooled_pairs(good, pool["pairs"])
+            pool["texts"] += len(good)
         for (lineno, _, problem), res in zip(items, results, strict=True):
             counts["records"] += 1
             if problem is not None or isinstance(res, Exception):
@@ -476,21 +542,11 @@ def _scan_jsonl(td, path: Path, field: str, output: Path | None, batch: int) -> 
             pending: list[tuple[int, str | None, str | None]] = []
             with path.open("rb") as f:
                 for lineno, raw in enumerate(f, start=1):
-                    try:
-                        line = raw.decode("utf-8")
-                        if not line.strip():
-                            progress.advance(task)
-                            continue
-                        obj = json.loads(line)
-                        value = obj.get(field) if isinstance(obj, dict) else None
-                        if not isinstance(value, str):
-                            pending.append((lineno, None, f"no string field {field!r}"))
-                        else:
-                            pending.append((lineno, value, None))
-                    except UnicodeDecodeError:
-                        pending.append((lineno, None, "line is not valid UTF-8"))
-                    except json.JSONDecodeError as exc:
-                        pending.append((lineno, None, f"invalid JSON: {exc.msg}"))
+                    item = _jsonl_item(lineno, raw, field)
+                    if item is None:  # a blank line
+                        progress.advance(task)
+                        continue
+                    pending.append(item)
                     if len(pending) >= batch:
                         flush(pending)
                         progress.advance(task, len(pending))
@@ -498,12 +554,17 @@ def _scan_jsonl(td, path: Path, field: str, output: Path | None, batch: int) -> 
                 if pending:
                     flush(pending)
                     progress.advance(task, len(pending))
+        summary = _together_record(td, pool["pairs"], pool["texts"]) if together else None
+        if summary is not None:
+            sink.write(json.dumps(summary, default=str) + "\n")
     finally:
         if output:
             sink.close()
     err.print(
         f"{counts['records']} records, {counts['watermarked']} watermarked, {counts['errors']} errors", highlight=False
     )
+    if summary is not None:
+        _print_together(summary["together"])
 
 
 # ---- keys -------------------------------------------------------------------------------------------
