@@ -9,6 +9,7 @@ from rich.console import Console
 
 from antidistill.demo.checks import Check
 from antidistill.demo.render import Renderer, short_id, shorten
+from antidistill.demo.stages.detection import Pooled
 from antidistill.demo.stages.gateway import GatewayAnswer, GatewayResult
 from antidistill.store.api import VerifyResult
 
@@ -31,6 +32,7 @@ def gateway_result(records: int, ok: bool) -> GatewayResult:
         "acct_a",
         "alice-corp",
         1e-6,
+        True,
         Check("gateway answer for alice-corp", True),
     )
     short = GatewayAnswer("bob-labs", "acct_b", "(stream)", 3, "too short")
@@ -42,12 +44,14 @@ def gateway_result(records: int, ok: bool) -> GatewayResult:
         16,
         1,
         1,
+        1,
         0,
         5,
         1,
         VerifyResult(True, records, 0),
+        (Pooled("alice-corp", "acct_a", 1, 45, "acct_a", 1e-6, "alice-corp", Check("alice-corp: pooled", True)),),
         Check("at least three gateway answers tested", False),
-        Check("most gateway answers attributed", True),
+        Check("most gateway answers detected", True),
         Check("audit chain", ok),
     )
 
@@ -64,7 +68,12 @@ def test_the_gateway_stage_shows_each_answer_and_the_audit_check():
         "6. Gateway 2 concurrent openai-SDK clients (one streaming) served in 2.0 s through http://127.0.0.1:1/v1"
     ) in out
     assert "1 answer(s) had too few distinct token pairs" in out and "bob-labs (3 → 3)" in out
-    assert "alice-corp chatcmpl-1             p = 1e-09, attributed to alice-corp (corrected p = 1e-06) ok" in out
+    line = "alice-corp chatcmpl-1             p = 1e-09, marked, attributed to alice-corp (corrected p = 1e-06) ok"
+    assert line in out
+    assert (
+        "alice-corp's 1 answers together (45 distinct pairs on the account's positions): attributed to alice-corp"
+        in out
+    )
     assert "not tested: too short (3 distinct token pairs, at least 16 are needed)" in out
     assert "audit log: 6 records (5 requests + 1 stream openings), 0 signed checkpoints, chain verifies ok" in out
     assert "FAILED" in render(gateway_result(7, False))

@@ -6,7 +6,7 @@ two accounts ask at once (two rows of one batch), and the completions' token ids
 the keys derived here. A request without ``vllm_xargs`` is refused. The plugin is named in ``--logits-processors``
 *and* installed as an entry point, so vLLM builds it twice: exactly one copy may mark (the engine log says so once).
 
-Here (2 shared cores): the server starts in about 100 s; 100 tokens for each of the two rows take about 30 s.
+Here (2 shared cores): the server starts in about 100 s; 160 tokens for each of the two rows take about 45 s.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def engine(vllm_engine):
     return vllm_engine.base, vllm_engine.log_path
 
 
-def _ask(base: str, account: str | None, prompt: str, max_tokens: int = 100) -> tuple[int, dict]:
+def _ask(
+    base: str, account: str | None, prompt: str, max_tokens: int = 100, seed: int | None = None
+) -> tuple[int, dict]:
     body: dict = {
         "model": "smollm2",
         "messages": [{"role": "user", "content": prompt}],
@@ -55,6 +57,8 @@ def _ask(base: str, account: str | None, prompt: str, max_tokens: int = 100) -> 
         "temperature": 0.7,
         "return_token_ids": True,
     }
+    if seed is not None:
+        body["seed"] = seed  # the engine's sampler and the plugin's coins (gumbel-dual) are seeded from it
     if account is not None:
         body["vllm_xargs"] = {
             "antidistill_account": account,
@@ -69,8 +73,11 @@ def test_two_accounts_in_one_batch_are_detected_and_attributed(engine):
     prompts = {"alice": "Write a short story about a lighthouse keeper.", "bob": "Explain how rain forms, in detail."}
     answers: dict[str, tuple[int, dict]] = {}
     t0 = time.monotonic()
+    # the engine marks with the default member (gumbel-dual, h = 3): 160 tokens, seeded, so that the test is the
+    # same every run (at 100 unseeded tokens its per-text power at these thresholds is not certain)
     threads = [
-        threading.Thread(target=lambda a=a, p=p: answers.__setitem__(a, _ask(base, a, p))) for a, p in prompts.items()
+        threading.Thread(target=lambda a=a, p=p: answers.__setitem__(a, _ask(base, a, p, 160, seed=11)))
+        for a, p in prompts.items()
     ]
     for t in threads:
         t.start()
@@ -78,13 +85,13 @@ def test_two_accounts_in_one_batch_are_detected_and_attributed(engine):
         t.join()
     print(f"2 completions in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     master = MasterKey.from_text(MASTER_HEX)
-    detector = Detector(WatermarkConfig(scheme="antidistill-v1"))
+    detector = Detector(WatermarkConfig())  # what the engine was started with
     candidates = [master.account_key(a) for a in ("alice", "bob", "carol", "dave", "erin")]
     for account, (status, body) in answers.items():
         assert status == 200, body
         choice = body["choices"][0]
-        tokens = [*body["prompt_token_ids"][-1:], *choice["token_ids"]]
-        assert len(choice["token_ids"]) >= 40, choice
+        tokens = choice["token_ids"]  # contexts inside the answer: the prompt's tokens are never marked
+        assert len(tokens) >= 100, choice
         score = detector.score(tokens, master.account_key(account), master.provider_key(1))
         result = detector.attribute(tokens, candidates, provider=master.provider_key(1))
         print(account, len(tokens), score.p_value, result.account, result.p_value_corrected, file=sys.stderr)

@@ -4,8 +4,8 @@ The package's engine with the plugin, the gateway as ``antidistill serve --backe
 outsider types them:
 
 1. ``antidistill distill harvest`` through the gateway as one account: every prompt answered, the records audited
-   as marked by the engine, and ``antidistill detect --jsonl`` on the harvested file finds the harvesting
-   account's mark (never another account's).
+   as marked by the engine, and ``antidistill detect --jsonl --together`` on the harvested file finds the
+   harvesting account's mark (never another account's), the harvest as a whole beyond doubt.
 2. ``antidistill scan --suspect-url`` against an endpoint that serves vLLM's completions under another account's
    key (a reseller of our API): the scan finds our mark in what the endpoint writes and names that account, not
    the harvester whose prompts it sent; the never-issued control keys stay quiet.
@@ -72,19 +72,24 @@ def test_harvest_through_vllm_then_scan_a_reseller(gateway, tmp_path, model_cach
     assert all(r["watermark"]["marked_by"] == "engine" for r in records)
 
     candidates = [a for name in (harvester, reseller, *DECOYS) for a in ("--account", name)]
-    res = cli(data, cache, "detect", "--jsonl", str(out), "--field", "response", *candidates)
+    res = cli(data, cache, "detect", "--jsonl", str(out), "--field", "response", *candidates, "--together")
     assert res.returncode == 0, res.stderr
     lines = [json.loads(x) for x in res.stdout.splitlines() if x.strip()]
+    together = lines.pop()["together"]
     assert len(lines) == PROMPTS
     # a short answer is refused as too short to test (a lack of power, reported on its line), never another error
     assert all("too short to test" in x["error"] for x in lines if "error" in x), lines
     tested = [x for x in lines if "error" not in x]
     long = [x for x in tested if x["total_tokens"] >= 64]
     assert len(long) >= PROMPTS // 2, [x.get("total_tokens") for x in lines]
-    assert all(x["watermarked"] for x in long), [x["p_value"] for x in long]
+    # the default member (gumbel-dual) detects most 96-token answers one by one, not every one (TPR at 200 tokens
+    # ~90% at 1e-5, docs/watermark-schemes.md); the harvest as a whole names its account beyond doubt
+    found = sum(x["watermarked"] for x in long)
+    assert found >= 0.75 * len(long), [x["p_value"] for x in long]
     assert {x["account"] for x in tested} <= {harvester, None}  # never another account
     named = sum(x["account"] == harvester for x in long)
-    assert named >= 0.6 * len(long), f"{named} of {len(long)} attributed one by one"
+    assert together["texts"] == len(tested) and together["account"] == harvester, together
+    assert together["p_value_corrected"] < 1e-6, together
 
     # 2. a reseller: an endpoint that answers with our vLLM-served completions under its own account
     res = cli(
@@ -101,7 +106,8 @@ def test_harvest_through_vllm_then_scan_a_reseller(gateway, tmp_path, model_cach
     assert scan["controls_ok"] is True
     print(
         f"\nharvest {summary['written']} answers, {summary['completion_tokens']} tokens in {summary['seconds']} s; "
-        f"detect: {len(long)} long, {named} attributed to the harvester one by one; "
+        f"detect: {len(long)} long, {found} detected and {named} attributed to the harvester one by one, the "
+        f"harvest together at corrected p {together['p_value_corrected']:.1e}; "
         f"closed scan: provider p {scan['provider']['p_value']:.1e}, attributed to the reseller",
         file=sys.stderr,
     )

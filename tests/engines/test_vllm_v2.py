@@ -128,9 +128,12 @@ print(json.dumps(out))
 """
 
 
-#: the default member (h = 1: the input token alone), a wider context (read from the token history) and a sampling
-#: member (one allowed token, fresh-context record)
-WATERMARKS = [{}, {"ANTIDISTILL_WATERMARK_CONTEXT_WIDTH": "3"}, {"ANTIDISTILL_WATERMARK_SCHEME": "gumbel"}]
+#: the green-list member at h = 1 (the input token alone) and at h = 3 (read from the token history), and a sampling
+#: member (one allowed token, fresh-context record). The default, gumbel-dual, draws a fresh coin at every step, so a
+#: second processor cannot replay its row: its engine path is the one gumbel takes (tests/engines/test_vllm_*.py
+#: serve it end to end)
+GREEN = {"ANTIDISTILL_WATERMARK_SCHEME": "antidistill-v1"}
+WATERMARKS = [GREEN, {**GREEN, "ANTIDISTILL_WATERMARK_CONTEXT_WIDTH": "3"}, {"ANTIDISTILL_WATERMARK_SCHEME": "gumbel"}]
 
 
 def test_the_plugin_runs_under_the_v2_model_runner_interface(tmp_path):

@@ -167,6 +167,8 @@ def test_plan_only_prints_the_budget(capsys, tokenizer, tmp_path, shared_cache_e
             "--plan-only",
             "--price-per-1k-tokens",
             "0.5",
+            "--scheme",
+            CONFIG.scheme,
         )
     assert code == 0, err
     assert len(app.state.answered) == 6  # the pilot alone: 3 prompts x 2 samples

@@ -51,10 +51,19 @@ def test_generate_detect_attribute(local_model):
         candidates,
         alpha=1e-3,
     )
+    found = []
     for (acct, _), o in zip(rows, outs[:6], strict=True):
         r = td.detect(o.text)  # from the text: retokenized, as a detector in the wild would see it
-        assert r.watermarked, (acct, r.p_value)
-        assert r.account == acct, (acct, r.attribution.ranking[:2])
+        found.append(r.p_value)
+        assert r.account in (acct, None), (acct, r.attribution.ranking[:2])  # never another account
+    # the default member (gumbel-dual, h = 3) detects most 128-token texts on their own at 1e-3, not every one (94 of
+    # 95 at 160 tokens over 16 master keys, docs/watermark-schemes.md), and an account's texts together single it
+    # out among the 50 where one text's account positions do not every time
+    assert sum(p <= 1e-3 for p in found) >= 5, found
+    for acct in accounts:
+        own = [o.text for (a, _), o in zip(rows, outs[:6], strict=True) if a == acct]
+        r = td.attribute_texts(own)
+        assert r.account == acct and r.p_value_corrected <= 1e-3, (acct, r.ranking[:2])
     for o in outs[6:]:
         r = td.detect(o.text)
         assert not r.watermarked and r.account is None

@@ -13,9 +13,10 @@ from typing import Any, Protocol
 
 from antidistill.settings import Settings
 
-#: tokens of each stage-2 completion: enough distinct pairs for the default mark to be attributed text by text.
-#: (Under gumbel-dual, h = 3, 256-token answers were still not attributed one by one under 3 of 4 master keys:
-#: the distortion-free members need the account's texts pooled, see docs/watermark-schemes.md.)
+#: tokens of each stage-2 completion: enough distinct pairs for the default mark (gumbel-dual, h = 3) to be detected
+#: text by text. Attribution among the ten candidates is checked on each account's texts together: one text's
+#: account half (~70 pairs) does not always single out its account (under 3 of 4 master keys a 256-token text was
+#: not attributed on its own), the account's texts pooled do (docs/watermark-schemes.md).
 SERVE_TOKENS = 160
 
 

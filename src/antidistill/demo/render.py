@@ -20,7 +20,7 @@ from rich.table import Table
 from antidistill.demo.checks import DEMO_ALPHA, DEMO_MIN_PAIRS, Check, failed, verdict
 from antidistill.demo.context import Bar
 from antidistill.demo.stages.controls import REPEATS, HumanControls
-from antidistill.demo.stages.detection import Detection
+from antidistill.demo.stages.detection import Detection, Pooled
 from antidistill.demo.stages.gateway import GatewayAnswer, GatewayResult
 from antidistill.demo.stages.mixed import MixedText
 from antidistill.demo.stages.model import ModelLoaded
@@ -219,15 +219,26 @@ class Renderer:
                 f"{verdict(r.long_enough.ok)}",
                 highlight=False,
             )
-        if r.most_attributed is not None:
+        if r.most_detected is not None:
             self._print(
-                f"   {r.attributed} of {r.powered} marked completions tested attributed to the right "
-                f"account, {r.wrong} to a wrong one {verdict(r.most_attributed.ok)}",
+                f"   text by text: {r.detected} of {r.powered} marked completions tested detected "
+                f"{verdict(r.most_detected.ok)}; {r.attributed} attributed to the right account, {r.wrong} to a "
+                "wrong one",
                 highlight=False,
             )
+        self._pooled(r.pooled, "completions")
         if r.unmarked_tested is not None and not r.unmarked_tested.ok:
             self._print(f"   no unmarked completion long enough to test {verdict(False)}")
         self._print(f"   e.g. {r.sample_label}'s first completion: [italic]{r.sample[:160]}…[/]", highlight=False)
+
+    def _pooled(self, pooled: tuple[Pooled, ...], what: str) -> None:
+        """One line per account: its texts attributed together (stages 3 and 6)."""
+        for p in pooled:
+            self._print(
+                f"   {p.label}'s {p.texts} {what} together ({p.pairs} distinct pairs on the account's positions): "
+                f"attributed to {p.attributed_name}, corrected p = {_p(p.p_corrected)} {verdict(p.check.ok)}",
+                highlight=False,
+            )
 
     @show.register
     def _controls(self, r: HumanControls) -> None:
@@ -276,10 +287,11 @@ class Renderer:
         for a in r.answers:
             self._gateway_answer(a, r.min_pairs)
         self._print(
-            f"   {r.attributed} of {r.tested} answers tested attributed to the right account, {r.wrong} to a "
-            f"wrong one {verdict(r.most_attributed.ok)}",
+            f"   answer by answer: {r.detected} of {r.tested} answers tested detected {verdict(r.most_detected.ok)}; "
+            f"{r.attributed} attributed to the right account, {r.wrong} to a wrong one",
             highlight=False,
         )
+        self._pooled(r.pooled, "answers")
         streams = f" + {r.stream_openings} stream openings" if r.stream_openings else ""
         self._print(
             f"   audit log: {r.audit.records} records ({r.sent} requests{streams}), {r.audit.checkpoints} "
@@ -295,7 +307,10 @@ class Renderer:
                 highlight=False,
             )
             return
-        line = f"{who} p = {_p(a.p_value)}, attributed to {a.attributed_name} (corrected p = {_p(a.p_corrected)})"
+        found = "marked" if a.detected else "not detected"
+        line = (
+            f"{who} p = {_p(a.p_value)}, {found}, attributed to {a.attributed_name} (corrected p = {_p(a.p_corrected)})"
+        )
         if a.check is None:
             self._print(
                 f"{line} [yellow]under-powered ({a.pairs} distinct token pairs): reported, not checked[/]",

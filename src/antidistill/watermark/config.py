@@ -9,9 +9,9 @@ Defaults and why
   0.7, delta = 2 raised the green fraction of 120-token answers only to 0.52 (gamma 0.25) and left several
   undetectable at alpha 1e-3, while delta = 3 raised it to 0.70 with text of the same fluency. A stronger
   mark is also what a distilled student inherits, which forensics needs.
-* ``context_width = 1``: the green list depends on the previous token alone. A small context is what makes
-  the mark survive distillation: a student learns the bias of frequent (context, token) pairs, and with h = 1
-  every occurrence of a token re-teaches the same green list (Sander et al. 2024, https://arxiv.org/abs/2402.14904,
+* ``context_width = 1`` (green-list members): the green list depends on the previous token alone. A small
+  context is what makes the mark survive distillation: a student learns the bias of frequent (context, token)
+  pairs, and with h = 1 every occurrence of a token re-teaches the same green list (Sander et al. 2024, https://arxiv.org/abs/2402.14904,
   and Pan et al. 2025, https://arxiv.org/abs/2502.11598: h = 1-2 strongly radioactive, h = 3 barely). It is also
   the most robust to edits (one substituted token spoils at most two scored pairs). Its known cost is that
   green lists are easier to estimate from many outputs; per-account keys and key rotation bound what such an
@@ -20,8 +20,13 @@ Defaults and why
   account key (see :mod:`antidistill.keys`).
 * The sampling members (``gumbel``, ``gumbel-dual``, ``tournament``) default to ``context_width = 3``: they mask
   repeated contexts, and a wider context leaves more positions fresh (TPR at 200 tokens 88-91% at h = 3 against
-  59-69% at h = 1, same quality). Why the default member is still ``antidistill-v1``, and the table behind it:
-  ``docs/watermark-schemes.md``.
+  59-69% at h = 1, same quality).
+* The default member is ``gumbel-dual`` at h = 3 (the green-list parameters above apply to the green-list members
+  and to the greedy fallback of temperature-0 requests). The rule that chose it: a provider must not degrade
+  answers, so perplexity, diversity, loops and task score come first, then detection, then radioactivity. The
+  green list at delta 3 costs perplexity x1.4-1.75 and the task score; gumbel-dual leaves perplexity, loops and the
+  task score at the unmarked level and binds only on diversity across repeated samples of one prompt and on
+  TPR at 200 tokens. The table behind it: ``docs/watermark-schemes.md``.
 """
 
 from __future__ import annotations
@@ -37,8 +42,9 @@ from antidistill.watermark.vllm_native import DEFAULT_KEY_B_PROBABILITY
 #: the widest context of the native members (read-only interoperability members may accept wider ones:
 #: ``Scheme.max_context_width``)
 MAX_CONTEXT_WIDTH = 4
-#: the member a configuration that names none gets (see "Defaults and why" above)
-DEFAULT_SCHEME = "antidistill-v1"
+#: the member a configuration that names none gets (see "Defaults and why" above; records keep the member that
+#: marked them, so a change of default leaves older completions detectable with their own)
+DEFAULT_SCHEME = "gumbel-dual"
 
 
 @dataclass(frozen=True)

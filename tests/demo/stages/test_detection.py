@@ -64,17 +64,15 @@ def test_a_completion_that_stays_too_short_is_counted_apart_not_an_abort(ring, t
 def test_checks_fail_when_the_watermark_does_not_work(ring, tmp_path):
     _, checks, _ = run_early_stages(FakeModel(marks_work=False), ring, tmp_path)
     bad = failed(checks)
-    assert sum(label.startswith(("alice:", "bob:")) for label in bad) == 4
-    assert "most marked completions attributed" in bad
+    assert {"alice: its 2 texts together attributed to it", "bob: its 2 texts together attributed to it"} <= set(bad)
+    assert "most marked completions detected" in bad
 
 
 def test_checks_fail_when_most_marked_completions_cannot_be_tested(ring, tmp_path):
     rows = demo_rows(2, 2)
     lm = FakeModel(loops={p: -1 for _, a, p in rows if a})
     _, checks, out = run_early_stages(lm, ring, tmp_path)
-    assert {"most marked completions long enough to test", "most marked completions attributed"} <= set(
-        failed(checks)
-    ), out
+    assert "most marked completions long enough to test" in failed(checks), out
 
 
 # ---- stages 1-3 on the real model under several master keys (which completion loops depends on the key) --------
@@ -84,7 +82,7 @@ def test_early_stages_pass_under_several_master_keys(key, local_model, monkeypat
     monkeypatch.setenv("ANTIDISTILL_MASTER_KEY", hashlib.sha256(f"demo-master-key-{key}".encode()).hexdigest())
     get_settings.cache_clear()
     ring = KeyRing.open(get_settings())  # the installation's keys, as `antidistill demo` opens them
-    served, checks, out = run_early_stages(local_model, ring, tmp_path, demo_rows(1, 1))
-    assert len(served.completions) == 3
+    served, checks, out = run_early_stages(local_model, ring, tmp_path, demo_rows(2, 1))  # the quick demo's rows
+    assert len(served.completions) == 5
     assert failed(checks) == [], out
-    assert "2 of 2 marked completions long enough to test" in out
+    assert "4 of 4 marked completions long enough to test" in out

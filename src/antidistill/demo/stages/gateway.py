@@ -1,5 +1,6 @@
 """Stage 6, Gateway: the HTTP gateway with the same model on a free port, two accounts, four concurrent ``openai``
-SDK clients (one streaming), every answer detected and attributed, and the gateway's audit log verified.
+SDK clients (one streaming), every answer detected and attributed (each account's answers also together, as stage
+3 does), and the gateway's audit log verified.
 
 An answer with too few distinct token pairs to test with power is asked again (another seed); what stays short is
 reported and counted apart, like stage 3's completions.
@@ -16,7 +17,7 @@ from openai import OpenAI
 
 from antidistill.demo.checks import DEMO_MIN_PAIRS, Check, demo_detector, pairs_needed, regenerate_short
 from antidistill.demo.context import DemoContext, throwaway_settings
-from antidistill.demo.stages.detection import Status
+from antidistill.demo.stages.detection import Pooled, Status, attribute_pooled
 from antidistill.detection.text import TextDetector
 from antidistill.files import private_dir
 from antidistill.gateway import create_app
@@ -52,7 +53,8 @@ class GatewayAnswer:
         p_value, attributed, attributed_name, p_corrected: the detector's answer (``attributed``: an account id
             or ``None``; ``attributed_name``: its name where it is one of the stage's accounts, else the id or
             ``-``).
-        check: detected and never pinned on a wrong account; only for a checked answer.
+        detected: whether the answer was found marked.
+        check: never pinned on a wrong account (detection is counted in the summary); only for a checked answer.
     """
 
     name: str
@@ -64,6 +66,7 @@ class GatewayAnswer:
     attributed: str | None = None
     attributed_name: str | None = None
     p_corrected: float | None = None
+    detected: bool | None = None
     check: Check | None = None
 
 
@@ -76,10 +79,12 @@ class GatewayResult:
         answers: one per client, in client order (an answer asked again holds its longest try).
         asked_again: ``(account name, pairs of the first try, pairs kept)`` of each answer asked again.
         min_pairs: the fewest distinct pairs the detector tests.
-        tested, attributed, wrong: answers checked; of them attributed to the right account; to a wrong one.
+        tested, detected, attributed, wrong: answers checked; of them detected; attributed to the right account
+            (answer by answer); to a wrong one.
+        pooled: each account's answers attributed together.
         sent: requests sent (retries included); stream_openings: the streams' opening records in the audit log.
         audit: the audit log's verification.
-        enough_tested, most_attributed, audit_chain: the stage's summary checks.
+        enough_tested, most_detected, audit_chain: the stage's summary checks.
     """
 
     url: str
@@ -88,20 +93,23 @@ class GatewayResult:
     asked_again: tuple[tuple[str, int, int], ...]
     min_pairs: int
     tested: int
+    detected: int
     attributed: int
     wrong: int
     sent: int
     stream_openings: int
     audit: VerifyResult
+    pooled: tuple[Pooled, ...]
     enough_tested: Check
-    most_attributed: Check
+    most_detected: Check
     audit_chain: Check
 
     @property
     def checks(self) -> tuple[Check, ...]:
-        """One check per answer tested with power, then the summary checks."""
+        """One check per answer tested with power, one per account's answers together, then the summary checks."""
         per_answer = tuple(a.check for a in self.answers if a.check is not None)
-        return (*per_answer, self.enough_tested, self.most_attributed, self.audit_chain)
+        summary = (self.enough_tested, self.most_detected, self.audit_chain)
+        return (*per_answer, *(p.check for p in self.pooled), *summary)
 
 
 class _Clients:
@@ -141,12 +149,12 @@ def _test_answer(td: TextDetector, names: dict[str, str], answer: Answer, pairs:
     if pairs < td.min_pairs:  # the model chose a very short answer: too few tokens to test is a fact, not a failure
         return GatewayAnswer(who, account, request, pairs, "too short")
     r = td.detect(text)
-    figures = (r.p_value, r.account, names.get(r.account or "", r.account or "-"), r.p_value_corrected)
+    figures = (r.p_value, r.account, names.get(r.account or "", r.account or "-"), r.p_value_corrected, r.watermarked)
     if pairs < DEMO_MIN_PAIRS:
         return GatewayAnswer(who, account, request, pairs, "under-powered", *figures)
-    # detected, and never pinned on a wrong account; too little text to single out the account is a lack of
-    # power, counted in the summary
-    ok = bool(r.watermarked and r.account in (account, None))
+    # never pinned on a wrong account; not detected, or too little text to single out the account, is a lack of
+    # power, counted in the summary (most detected) and made up for by the account's answers together
+    ok = r.account in (account, None)
     return GatewayAnswer(
         who, account, request, pairs, "checked", *figures, check=Check(f"gateway answer for {who}", ok)
     )
@@ -174,8 +182,14 @@ def gateway_stage(ctx: DemoContext, lm: LocalModel, ring: KeyRing) -> GatewayRes
             again = regenerate_short(answers, pairs, need, clients.ask_all, lambda a: td.pair_count(a[2]))
         tested = tuple(_test_answer(td, names, a, n) for a, n in zip(answers, pairs, strict=True))
         checked = [t for t in tested if t.status == "checked"]
+        detected = sum(bool(t.detected) for t in checked)
         attributed = sum(t.attributed == t.account for t in checked)
         wrong = sum(t.attributed not in (t.account, None) for t in checked)
+        own: dict[str, list[str]] = {}
+        for t, (account, _, text) in zip(tested, answers, strict=True):
+            if t.status != "too short":
+                own.setdefault(account, []).append(text)
+        pooled = tuple(attribute_pooled(td, names[a], a, texts, names) for a, texts in own.items())
         v = store.verify_audit()
         # a stream is recorded twice: an opening (pending) record before its first token, then the exchange
         opened = sum(1 for r in store.iter_audit() if is_pending_record(r))
@@ -186,13 +200,15 @@ def gateway_stage(ctx: DemoContext, lm: LocalModel, ring: KeyRing) -> GatewayRes
             tuple((names[answers[i][0]], first[i], pairs[i]) for i in again),
             td.min_pairs,
             len(checked),
+            detected,
             attributed,
             wrong,
             clients.sent,
             opened,
             v,
+            pooled,
             Check("at least three gateway answers tested", len(checked) >= 3),
-            Check("most gateway answers attributed", bool(checked) and 2 * attributed >= len(checked)),
+            Check("most gateway answers detected", bool(checked) and 3 * detected >= 2 * len(checked)),
             Check("audit chain", v.ok and v.records - opened == clients.sent),
         )
     finally:
