@@ -49,12 +49,15 @@ class DemoSizes:
     def for_mode(cls, quick: bool, max_tokens: int = SERVE_TOKENS) -> DemoSizes:
         """The sizes of a quick or a full run; ``max_tokens`` is the length of stage 2's completions."""
         if quick:
-            # 128-token gateway answers: at 96 about one in eight had fewer distinct pairs than a test with power
-            # needs (checks.DEMO_MIN_PAIRS) and was asked again, which costs more than the 32 tokens
+            # 160-token gateway answers: at 96 about one in eight had fewer distinct pairs than a test with power
+            # needs (checks.DEMO_MIN_PAIRS) and was asked again; at 128 an account's two answers of the default
+            # member (gumbel-dual) came to corrected p 3.6e-5 together in one run, close enough to alpha 1e-3 to
+            # fail under some key; at 160 two answers together reached corrected p 1.5e-5 or less under 32 of 32
+            # accounts (docs/watermark-schemes.md)
             return cls(
                 True,
                 max_tokens,
-                128,
+                160,
                 harvest=12,
                 heldout=2,
                 harvest_tokens=80,

@@ -267,7 +267,7 @@ class Renderer:
             else "no span"
         )
         self._print(
-            f"[bold]5. Mixed text[/] {r.who}'s completion inside {r.length} characters of human text: "
+            f"[bold]5. Mixed text[/] {r.who}'s completions inside {r.length} characters of human text: "
             f"{where} {verdict(r.found.ok)}"
         )
 

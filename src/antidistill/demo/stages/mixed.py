@@ -1,5 +1,5 @@
-"""Stage 5, Mixed text: a marked completion hidden between two human-written passages is found by the windowed
-scan, at the right place."""
+"""Stage 5, Mixed text: an account's marked completions, pasted one after the other between two human-written
+passages, are found by the windowed scan, at the right place."""
 
 from __future__ import annotations
 
@@ -40,20 +40,24 @@ class MixedText:
 
 
 def mixed_text(ctx: DemoContext, td: TextDetector, served: Served, humans: Sequence[str]) -> MixedText:
-    """Hide the marked completion with the most distinct pairs (long enough to test with power) between
-    ``humans[1]`` and ``humans[2]`` and look for it. The pick counts pairs only, never a key: the longest passage
-    gives the scan its best power, which the correction for every window and key it tries needs."""
-    marked_rows = [
-        (n, i, label, c.text.strip())
-        for i, ((label, acct, _), c, n) in enumerate(zip(served.rows, served.completions, served.pairs, strict=True))
-        if acct is not None and n >= pairs_needed(acct, td.min_pairs)
-    ]
-    best = max(marked_rows, key=lambda r: (r[0], -r[1]), default=None)  # the first of equals
+    """Hide the marked completions of one account (those long enough to test with power, in serving order, blank
+    lines between them) between ``humans[1]`` and ``humans[2]`` and look for them: the account whose completions hold
+    the most distinct pairs, the first of equals. The pick counts pairs only, never a key. One 160-token completion
+    of the default member (gumbel-dual) is a weak passage for a scan corrected for every window and key it tries
+    (corrected p 1.7e-4 at alpha 1e-3 in one quick demo); an account's answers pasted together, as a user pastes
+    a long generated passage, give it the power it needs."""
+    by_account: dict[str, tuple[str, int, list[str]]] = {}
+    for (label, acct, _), c, n in zip(served.rows, served.completions, served.pairs, strict=True):
+        if acct is not None and n >= pairs_needed(acct, td.min_pairs):
+            _, total, texts = by_account.get(acct, (label, 0, []))
+            by_account[acct] = (label, total + n, [*texts, c.text.strip()])
+    best = max(by_account.values(), key=lambda r: r[1], default=None)  # max keeps the first of equals
     if best is None:
         result = MixedText(None, Check("marked span in human text", False))
         ctx.screen.show(result)
         return result
-    _, _, who, marked = best
+    who, _, texts = best
+    marked = "\n\n".join(texts)
     before, after = humans[1], humans[2]
     mixed = f"{before}\n\n{marked}\n\n{after}"
     start = len(before) + 2
