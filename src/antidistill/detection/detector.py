@@ -278,7 +278,9 @@ class Detector:
         provider_keys: Sequence[WatermarkKey] = (),
         alpha: float = DEFAULT_ALPHA,
     ) -> AttributionResult:
-        """:meth:`attribute_many` on pairs already pooled (:meth:`Pairs.pooled`)."""
+        """The best of ``candidates`` on the account positions of ``pairs`` (one text's, or several pooled by
+        :meth:`Pairs.pooled`). Every provider version splits the positions differently: the candidates are tested
+        under each, and corrected for all of them."""
         if not self.config.provider_fraction > 0.0 or not provider_keys:
             return self.attribute_pairs(pairs, candidates, alpha)
         results = [
@@ -362,17 +364,7 @@ class Detector:
                     provider_res, best_split = res, (prov, acct, flags)
             assert provider_res is not None  # provider_keys is not empty
             p_provider = bonferroni(provider_res.p_value, len(provider_keys))
-        attribution = None
-        if candidates:
-            if use_provider:
-                # Every provider version splits the positions differently: test candidates under each.
-                results = [
-                    self.attribute_pairs(self.split(pairs, pk)[1], candidates, alpha, len(provider_keys))
-                    for pk in provider_keys
-                ]
-                attribution = min(results, key=lambda r: r.p_value_corrected)
-            else:
-                attribution = self.attribute_pairs(pairs, candidates, alpha)
+        attribution = self.attribute_pooled(pairs, candidates, provider_keys, alpha) if candidates else None
 
         if use_provider and attribution is not None:
             p_value = fisher_combine([p_provider, attribution.p_value_corrected])

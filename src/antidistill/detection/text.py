@@ -81,8 +81,7 @@ class TextDetector:
         candidates; empty texts are refused."""
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise InputError("text is empty")
-        ids = [i for i, _ in self.tokenize(texts)]
-        return self.detector.attribute_many(ids, self.candidates, self.provider_keys, self.alpha)
+        return self.detector.attribute_pooled(self.pooled_pairs(texts), self.candidates, self.provider_keys, self.alpha)
 
     def pooled_pairs(self, texts: Sequence[str], pooled: Pairs | None = None) -> Pairs:
         """The distinct pairs of ``texts`` (non-empty strings), pooled with ``pooled`` (:meth:`Pairs.pooled`)."""
