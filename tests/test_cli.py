@@ -349,5 +349,13 @@ def test_jsonl_together_attributes_a_corpus_too_weak_text_by_text(capsys, tmp_pa
     unmarked.write_text("".join(json.dumps({"response": t}) + "\n" for t in plain), encoding="utf-8")
     code, out, _ = run(capsys, "detect", "--jsonl", str(unmarked), *who, "--together")
     assert code == 0 and json.loads(out.splitlines()[-1])["together"]["account"] is None
+    # a corpus with nothing to test: every line reported, nobody together (it raised IndexError before)
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text('{bad\n\n{"response": 5}\n', encoding="utf-8")
+    code, out, err = run(capsys, "detect", "--jsonl", str(garbage), *who, "--together")
+    assert code == 0, err
+    *lines, last = [json.loads(x) for x in out.splitlines()]
+    assert [r["line"] for r in lines] == [1, 3] and last["together"]["texts"] == 0
+    assert last["together"]["account"] is None
     code, _, err = run(capsys, "detect", str(unmarked), "--together")
     assert_one_line_error(code, err, "--together attributes the texts of a --jsonl corpus")

@@ -43,6 +43,8 @@ class TextDetector:
         self.min_pairs = min_pairs
 
     def tokenize(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        if not texts:  # a tokenizer given no texts raises IndexError (a corpus with no text field in a batch)
+            return []
         enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
         return [
             (list(ids), [tuple(o) for o in offs])
@@ -81,11 +83,16 @@ class TextDetector:
         candidates; empty texts are refused."""
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise InputError("text is empty")
-        return self.detector.attribute_pooled(self.pooled_pairs(texts), self.candidates, self.provider_keys, self.alpha)
+        pairs = self.pooled_pairs(texts)
+        assert pairs is not None  # texts is not empty
+        return self.detector.attribute_pooled(pairs, self.candidates, self.provider_keys, self.alpha)
 
-    def pooled_pairs(self, texts: Sequence[str], pooled: Pairs | None = None) -> Pairs:
-        """The distinct pairs of ``texts`` (non-empty strings), pooled with ``pooled`` (:meth:`Pairs.pooled`)."""
-        parts = [self.detector.pairs(ids) for ids, _ in self.tokenize(texts)] if texts else []
+    def pooled_pairs(self, texts: Sequence[str], pooled: Pairs | None = None) -> Pairs | None:
+        """The distinct pairs of ``texts`` (non-empty strings), pooled with ``pooled`` (:meth:`Pairs.pooled`);
+        ``pooled`` itself when there are no texts."""
+        parts = [self.detector.pairs(ids) for ids, _ in self.tokenize(texts)]
+        if not parts:
+            return pooled
         return Pairs.pooled([pooled, *parts] if pooled is not None else parts)
 
     def detect_many(self, texts: Iterable[str]) -> list[DetectionReport | InputError]:
