@@ -136,6 +136,30 @@ def test_load_without_a_model_falls_back_to_rules_and_refuses_embeddings():
         Monitor.load(s, embeddings=True)
 
 
+def test_an_untrained_monitor_holds_for_review_where_a_trained_one_would_block():
+    """The rules-only fallback's thresholds were never calibrated on benign traffic: its severe judgement on two
+    families is held for review (the policy's reason says why), the same judgement from a trained monitor blocks."""
+    from dataclasses import replace
+
+    from antidistill.monitor.actions import _reason
+    from antidistill.monitor.policy import Policy
+
+    mon = Monitor(Scorer.rules_only(), flush_s=60)
+    for i in range(400):
+        prompt = f"Solve problem {i} about topic {i % 17}. Show all your reasoning step by step."
+        mon.observe(ExchangeEvent("bot", T0 + timedelta(seconds=5 * i), model="m", max_tokens=4096, prompt=prompt))
+    mon.flush()
+    a = mon.assess("bot")
+    assert (a.level, a.families, a.calibrated) == ("severe", ("traffic", "content"), False)
+    assert a.to_dict()["calibrated"] is False
+    policy = Policy.default()
+    held = policy.decide(a)
+    assert held is not None and (held.action, held.fell_back) == ("review", True)
+    assert "block needs a trained monitor, held for review" in _reason(a, held)
+    trained = policy.decide(replace(a, calibrated=True))
+    assert trained is not None and (trained.action, trained.fell_back) == ("block", False)
+
+
 def test_observe_many_gives_what_observe_gives():
     from tests.monitor.test_features import mixed_events
 
@@ -198,6 +222,8 @@ def test_a_nightly_batch_job_is_not_raised_for_its_timing_alone():
 
 class ScriptedScorer:
     """Scores every window ``severe`` with the families of the script, one step per batch."""
+
+    trained = True
 
     def __init__(self, script: list[tuple[str, ...]]) -> None:
         self.script = list(script)

@@ -20,7 +20,8 @@ exchanges, so ``audit verify`` covers it and ``audit export`` carries it::
                   "reason": …, "families": ["traffic", "linking"], "fell_back": false}
 
 ``families`` are the independent evidence families the judgement named (``[]`` for an admin's clear);
-``fell_back`` says the rule's own action (a block) needed more of them and this is its ``otherwise`` (a review).
+``fell_back`` says the rule's own action (a block) needed more of them, or a trained monitor, and this is the milder
+action taken instead (a review).
     completion   []
     status       the HTTP status the action implies (flag 200, throttle 429, review/block 403, clear 200)
     watermark    {"status": "not-applicable", "reason": "policy action record"}
@@ -188,7 +189,10 @@ def _reason(a: Assessment, d: Decision | None = None) -> str:
     head = "; ".join(a.reasons[:3]) if a.reasons else "no reason given"
     where = f" (cluster {a.cluster_id} of {a.cluster_size})" if a.cluster_id else ""
     fams = f" [evidence: {', '.join(a.families)}]" if a.families else " [evidence: no family]"
-    held = f"; {d.rule.action} needs {d.rule.min_families} families, held for {d.action}" if d and d.fell_back else ""
+    held = ""
+    if d and d.fell_back:
+        need = f"{d.rule.min_families} families" if len(set(a.families)) < d.rule.min_families else "a trained monitor"
+        held = f"; {d.rule.action} needs {need}, held for {d.action}"
     return f"risk {a.risk:.2f} ({a.level}){where}{fams}{held}: {head}"[:1000]
 
 

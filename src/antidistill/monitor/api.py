@@ -228,6 +228,8 @@ class Assessment:
         event: the monitor's count of exchanges observed when the judgement was formed (its checkpoint; 0:
             unknown): the monitor service keys the judgement's effects on the stream entry of that exchange. Not
             compared: the same judgement formed by two monitors is equal.
+        calibrated: formed by a trained monitor, whose thresholds were calibrated on benign traffic (``False``:
+            the untrained, rules-only fallback). The policy blocks only on a calibrated judgement.
     """
 
     account_id: str
@@ -241,6 +243,7 @@ class Assessment:
     requests: int = 0
     families: tuple[str, ...] = ()
     event: int = field(default=0, compare=False)
+    calibrated: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -254,4 +257,5 @@ class Assessment:
             "families": list(self.families),
             "at": self.at.isoformat(),
             "scores": {k: round(v, 6) for k, v in self.scores.items()},
+            "calibrated": self.calibrated,
         }

@@ -393,6 +393,7 @@ class Monitor:
             requests=n,
             families=tuple(f for f in FAMILIES if f in fams),
             event=self.events,
+            calibrated=self.scorer.trained,
         )
 
     # ---- current judgements ---------------------------------------------------------------------------------

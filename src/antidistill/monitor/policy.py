@@ -31,6 +31,10 @@ otherwise: review``), so one family of evidence, however strong, at most holds a
 other actions demand none. ``min_families: 0`` turns the requirement off. The decision and the audit record of the
 action name the families.
 
+A block also needs a calibrated judgement. The untrained monitor (rules only, before ``antidistill monitor train``)
+has fixed thresholds that were never set on the deployment's benign traffic, so where a rule would block on its
+judgement, the account is held for review instead, whatever ``min_families`` says.
+
 Actions only escalate on their own (:func:`escalates`): the monitor never loosens what it or an admin set, and
 after an admin cleared an account it acts again only when the account's level rises above the level it was
 cleared at. The shipped default is ``default_policy.yaml`` next to this module.
@@ -116,8 +120,13 @@ class Rule:
 
     def action_for(self, a: Assessment) -> str:
         """The action the rule takes on a matching assessment: ``action``, or ``otherwise`` when the assessment
-        names fewer than ``min_families`` families."""
-        return self.action if len(set(a.families)) >= self.min_families else self.otherwise
+        names fewer than ``min_families`` families; a ``block`` on an uncalibrated judgement (the untrained,
+        rules-only monitor) is ``review``."""
+        if len(set(a.families)) < self.min_families:
+            return self.otherwise
+        if self.action == "block" and not a.calibrated:
+            return "review"
+        return self.action
 
     def matches(self, a: Assessment) -> bool:
         if level_rank(a.level) < level_rank(self.level):
@@ -137,7 +146,8 @@ class Decision:
         rpm, tpm: a throttle's limits.
         until: when the action lapses (``None``: until an admin clears it).
         families: the evidence families the assessment named.
-        fell_back: the rule's own action needed more families; ``action`` is its ``otherwise``.
+        fell_back: the rule's own action needed more families (``action`` is its ``otherwise``) or, a block, a
+            calibrated judgement (``action`` is ``review``).
     """
 
     action: str
@@ -192,6 +202,9 @@ class Policy:
         >>> d.action, d.clause.id
         ('block', '4.1')
         >>> p.decide(Assessment("acct_2", None, 0.97, "severe", ("one template",), at, families=("content",))).action
+        'review'
+        >>> untrained = Assessment("acct_3", None, 0.97, "severe", (), at, ("traffic", "content"), calibrated=False)
+        >>> p.decide(untrained).action
         'review'
     """
 
