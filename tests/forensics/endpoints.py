@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from antidistill.models.fake import _WORDS
+from antidistill.watermark.core import U64
 from antidistill.watermark.marker import MarkKeys, Watermark
 from tests.forensics.helpers import green_words, word_tokens
 
@@ -69,3 +70,66 @@ def suspect_app(
         }
 
     return app
+
+
+def logprob_suspect_app(
+    tokenizer, watermark: Watermark, mark: MarkKeys | None, tilt: float = 1.0, k: int = 8
+) -> FastAPI:
+    """A suspect that returns ``top_logprobs`` when asked: at each step ``k`` candidate words with random base
+    probabilities, tilted by ``exp(tilt * score)`` toward the words that score high under ``mark``'s key of the step
+    (a student that learnt the mark; untilted when ``mark`` is None); the word sent is drawn from the tilted
+    probabilities, and the candidates' logprobs are the tilted ones. ``app.state.requests`` lists the bodies."""
+    app = FastAPI()
+    vocab = np.array(word_tokens(tokenizer, _WORDS), dtype=np.int64)
+    h = watermark.config.context_width
+    app.state.requests = []
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        app.state.requests.append(body)
+        prompt = body["messages"][-1]["content"]
+        n_tok = int(body.get("max_tokens") or 32)
+        seed = int.from_bytes(hashlib.sha256(f"{prompt}|{body.get('seed')}".encode()).digest()[:8], "little")
+        rng = np.random.default_rng(seed)
+        ids = [int(t) for t in rng.choice(vocab, h)]
+        content = [_position(tokenizer, i, [(i, 0.0)]) for i in ids]
+        for _ in range(n_tok - h):
+            cands = rng.choice(vocab, k, replace=False)
+            w = rng.dirichlet(np.full(k, 0.5))
+            if mark is not None:
+                ctx = np.array([ids[-h:]], dtype=np.int64)
+                prov = np.array([mark.provider.value], dtype=U64) if mark.provider else None
+                key = watermark.row_keys(ctx, np.array([mark.account.value], dtype=U64), prov)
+                s = watermark.scheme.pair_scores(key[:1], np.repeat(ctx, k, axis=0), cands, None)[0]
+                w = w * np.exp(tilt * s)
+                w /= w.sum()
+            j = int(rng.choice(k, p=w))
+            ids.append(int(cands[j]))
+            content.append(
+                _position(tokenizer, int(cands[j]), list(zip(cands.tolist(), np.log(w).tolist(), strict=True)))
+            )
+        text = tokenizer.decode(ids)
+        lp = {"content": content} if body.get("logprobs") else None
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": 5, "completion_tokens": n_tok, "total_tokens": 5 + n_tok},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": lp,
+                    "finish_reason": "length",
+                }
+            ],
+        }
+
+    return app
+
+
+def _position(tokenizer, tid: int, cands: list[tuple[int, float]]) -> dict:
+    top = [{"token": tokenizer.decode([c]), "logprob": float(lp), "bytes": None} for c, lp in cands]
+    return {"token": tokenizer.decode([tid]), "logprob": 0.0, "bytes": None, "top_logprobs": top}

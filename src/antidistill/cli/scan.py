@@ -90,6 +90,16 @@ def _print_report(r) -> None:
             f"anytime-valid p = {fmt_p(seq['p_value'])} over {seq['tuples']} tuples; fixed-n p = "
             f"{fmt_p(seq['fixed_n_p_value'])} ({'valid' if seq['fixed_n_valid'] else 'NOT valid: stopped early'})",
         )
+    lp = getattr(r, "logprob", None)
+    if lp:
+        prov, best, ctl = lp["provider"], (lp["accounts"] or [None])[0], lp["controls"]["smallest_p"]
+        parts = [f"{lp['positions']} positions ({lp['texts_with_logprobs']} of {lp['texts']} answers had logprobs)"]
+        parts.append(f"provider p = {fmt_p(prov['p_value'])}" if prov else "no provider key")
+        if best:
+            parts.append(f"{best['account']}: corrected p = {fmt_p(best['p_corrected'])}")
+        if ctl is not None:
+            parts.append(f"control keys' smallest p = {fmt_p(ctl)}")
+        t.add_row("top-logprob mass", "; ".join(parts))
     t.add_row("stopping rule", r.stopping_rule)
     out.print(t)
     out.print(r.verdict, markup=False)
@@ -103,14 +113,15 @@ def _check_closed_options(
     plan_only: bool,
     from_cache: bool,
     cache: Path | None,
+    top_logprobs: int = 0,
 ) -> None:
     for name, v in (("--stop-at", stop_at), ("--target-p", target_p)):
         if v is not None and not 0.0 < v < 1.0:
             raise InputError(f"{name} must be in (0, 1), got {v}")
     if plan_only and pilot < 1:
         raise InputError("--plan-only needs --pilot K (K >= 1 prompts)")
-    if url is None and (stop_at is not None or pilot or from_cache):
-        raise InputError("--stop-at, --pilot and --from-cache apply to closed mode (--suspect-url)")
+    if url is None and (stop_at is not None or pilot or from_cache or top_logprobs):
+        raise InputError("--stop-at, --pilot, --from-cache and --top-logprobs apply to closed mode (--suspect-url)")
     if from_cache and cache is not None and not cache.is_dir():
         raise InputError(f"scan cache not found: {cache}")
 
@@ -254,6 +265,15 @@ def scan(
     plan_only: Annotated[
         bool, typer.Option("--plan-only", help="Closed mode: print the pilot's budget plan and exit.")
     ] = False,
+    top_logprobs: Annotated[
+        int,
+        typer.Option(
+            "--top-logprobs",
+            min=0,
+            max=20,
+            help="Closed mode: ask for K candidates' logprobs per token and add the top-logprob mass statistic.",
+        ),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
 ) -> None:
     """Radioactivity scan: was a suspect model trained on our watermarked outputs, and by which account?"""
@@ -273,7 +293,7 @@ def scan(
         raise InputError(f"texts file not found: {texts}")
     if prompts is not None and not prompts.is_file():
         raise InputError(f"prompts file not found: {prompts}")
-    _check_closed_options(suspect_url, stop_at, target_p, pilot, plan_only, from_cache, cache)
+    _check_closed_options(suspect_url, stop_at, target_p, pilot, plan_only, from_cache, cache, top_logprobs)
 
     # the workflow imports SQLAlchemy, numpy and transformers' tokenizers: only when a scan runs, not for --help
     from antidistill.forensics import inputs
@@ -340,6 +360,7 @@ def scan(
             max_prompts=max_prompts,
             seed=seed,
             run=run,
+            top_logprobs=top_logprobs,
             **common,
         )
         err.file.write("\n")

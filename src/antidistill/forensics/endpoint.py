@@ -29,6 +29,7 @@ import openai
 
 from antidistill.errors import InputError, retry_after
 from antidistill.files import private_dir, private_file
+from antidistill.forensics.logprobs import RawPosition, parse_cached, parse_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,14 @@ class Params:
     model: str
     temperature: float
     max_tokens: int
+    #: candidates per position asked for (``logprobs``/``top_logprobs``; 0: none)
+    top_logprobs: int = 0
 
     def key(self, ask: Ask) -> str:
-        body = json.dumps([self.endpoint, self.model, ask.prompt, ask.seed, self.temperature, self.max_tokens])
-        return hashlib.sha256(body.encode("utf-8")).hexdigest()
+        fields: list[Any] = [self.endpoint, self.model, ask.prompt, ask.seed, self.temperature, self.max_tokens]
+        if self.top_logprobs:  # answers without logprobs keep their keys
+            fields.append({"top_logprobs": self.top_logprobs})
+        return hashlib.sha256(json.dumps(fields).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class Answer:
     texts: list[str]
     completion_tokens: int
     cached: bool = False
+    #: per text, its positions' (token, [(candidate, logprob), ...]) when asked for and sent (``None``: not sent)
+    logprobs: list[list[RawPosition] | None] | None = None
 
 
 def plan_asks(prompts: Sequence[str | Messages], samples: int, seed: int) -> list[Ask]:
@@ -122,7 +129,10 @@ class AnswerCache:
     def _add_line(self, path: Path, number: int, line: str) -> None:
         try:
             rec = json.loads(line)
-            self.answers[rec["key"]] = Answer(list(rec["texts"]), int(rec["completion_tokens"]), cached=True)
+            lps = rec.get("logprobs")
+            if lps is not None:
+                lps = [parse_cached(x) for x in lps]
+            self.answers[rec["key"]] = Answer(list(rec["texts"]), int(rec["completion_tokens"]), True, lps)
         except (ValueError, KeyError, TypeError):
             raise InputError(f"{path} line {number} is not a cached answer; is this a scan cache?") from None
 
@@ -136,6 +146,8 @@ class AnswerCache:
             return
         rec = {"key": key, **asdict(params), "prompt": ask.prompt, "seed": ask.seed}
         rec.update(texts=answer.texts, completion_tokens=answer.completion_tokens)
+        if answer.logprobs is not None:
+            rec["logprobs"] = answer.logprobs
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
@@ -195,8 +207,14 @@ class Querier:
         messages = [{"role": "user", "content": ask.prompt}] if isinstance(ask.prompt, str) else ask.prompt
         p = self.params
         try:
+            extra: dict[str, Any] = {"logprobs": True, "top_logprobs": p.top_logprobs} if p.top_logprobs else {}
             r = self.client.chat.completions.create(
-                model=p.model, messages=messages, max_tokens=p.max_tokens, temperature=p.temperature, seed=ask.seed
+                model=p.model,
+                messages=messages,
+                max_tokens=p.max_tokens,
+                temperature=p.temperature,
+                seed=ask.seed,
+                **extra,
             )
         except openai.APIConnectionError as exc:
             raise InputError(f"cannot reach the suspect endpoint {p.endpoint}: {exc}") from None
@@ -205,7 +223,10 @@ class Querier:
         except openai.APIStatusError as exc:
             raise InputError(f"the suspect endpoint answered HTTP {exc.status_code}: {exc.message}") from None
         used = r.usage.completion_tokens if r.usage is not None and r.usage.completion_tokens is not None else 0
-        return Answer([(c.message.content or "") for c in r.choices], int(used))
+        lps = None
+        if p.top_logprobs:
+            lps = [parse_logprobs(c.logprobs.content if c.logprobs is not None else None) for c in r.choices]
+        return Answer([(c.message.content or "") for c in r.choices], int(used), logprobs=lps)
 
 
 def answers(

@@ -77,11 +77,13 @@ from antidistill.forensics.attribution import (
 )
 from antidistill.forensics.closed import ClosedRun, Collected, RunOptions, ScanProgress, StreamScorer
 from antidistill.forensics.endpoint import AnswerCache, Ask, Params, Querier, answers, plan_asks, public_url
+from antidistill.forensics.logprobs import MAX_TOP_LOGPROBS, MassTuples, TokenReader, gather, mass_report
 from antidistill.forensics.sequential import SequentialResult
 from antidistill.keys import KeyRing, MasterKey, WatermarkKey
 from antidistill.models.embedded import load_causal_lm, load_tokenizer, resolve_model
 from antidistill.settings import get_settings
 from antidistill.watermark.config import WatermarkConfig
+from antidistill.watermark.marker import Watermark
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +200,7 @@ class ScanReport:
             p-value); it decides which p-value is valid evidence.
         sequential: the anytime-valid (sequential) p-values (closed mode), valid under any stopping rule.
         plan: the budget plan made from the pilot, if any.
+        logprob: the top-logprob mass statistic (closed mode with ``top_logprobs``), beside the verdict.
     """
 
     mode: str
@@ -224,6 +227,7 @@ class ScanReport:
     stopping_rule: str = "fixed budget (no early stopping)"
     sequential: dict[str, Any] | None = None
     plan: dict[str, Any] | None = None
+    logprob: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -884,6 +888,7 @@ def scan_closed(
     progress: Callable[[ScanProgress], None] | None = None,
     configs: Sequence[WatermarkConfig] = (),
     run: RunOptions | None = None,
+    top_logprobs: int = 0,
 ) -> ScanReport:
     """Closed-model radioactivity scan: query the suspect's endpoint, score its completions.
 
@@ -904,6 +909,9 @@ def scan_closed(
         progress: called with a :class:`~antidistill.forensics.closed.ScanProgress` after every answer scored.
         run: concurrency, answer cache, early stopping, pilot and plan
             (:class:`~antidistill.forensics.closed.RunOptions`).
+        top_logprobs: ask for this many candidates per position (1-20; 0: none) and add the top-logprob mass
+            statistic (:mod:`antidistill.forensics.logprobs`) to the report (``logprob``), beside the sampled-token
+            one, which still decides the verdict.
 
     Example:
         >>> report = scan_closed("http://127.0.0.1:8000/v1", ["Tell me a story."], tok, keys)   # doctest: +SKIP
@@ -916,11 +924,13 @@ def scan_closed(
     opts.check()
     if samples < 1 or max_tokens < 1:
         raise InputError("samples and max_tokens must be >= 1")
+    if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InputError(f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {top_logprobs}")
     prompts = list(prompts)[:max_prompts] if max_prompts is not None else list(prompts)
     if not prompts:
         raise InputError("no prompts to send to the suspect")
     url = client if isinstance(client, str) else str(client.base_url)
-    params = Params(public_url(url), model_name, temperature, max_tokens)
+    params = Params(public_url(url), model_name, temperature, max_tokens, top_logprobs)
     querier = None
     if not opts.from_cache:
         querier = Querier(make_client(client, api_key) if isinstance(client, str) else client, params)
@@ -951,7 +961,59 @@ def scan_closed(
         started=started,
         configs=configs,
     )
+    if top_logprobs:
+        report.logprob = _mass_report(got, prompts, tokenizer, keys, config, controls, control_seed, vocab_size, alpha)
+        report.verdict += " " + _mass_sentence(report.logprob)
     return with_sequential(report, scorer.result(), got, opts)
+
+
+def _mass_report(
+    got: Collected,
+    prompts: Sequence[str | Messages],
+    tokenizer: Any,
+    keys: ScanKeys,
+    config: WatermarkConfig,
+    controls: int | Sequence[WatermarkKey],
+    control_seed: int,
+    vocab_size: int | None,
+    alpha: float,
+) -> dict[str, Any]:
+    """The top-logprob mass statistic over the answers that carried logprobs (every key, the control keys)."""
+    h = config.context_width
+    contexts: dict[int, set[tuple[int, ...]]] = {}
+
+    def prompt_contexts(i: int) -> set[tuple[int, ...]]:
+        if i not in contexts:
+            contexts[i] = {g[:h] for g in prompt_grams(tokenizer, prompts[i], True, h)}
+        return contexts[i]
+
+    tuples = MassTuples(h)
+    reader = TokenReader(tokenizer, vocab_size)
+    texts = sum(len(a.texts) for a in got.answers)
+    with_lp = gather(
+        reader,
+        tuples,
+        (
+            (prompt_contexts(ask.prompt_index), raw)
+            for ask, a in zip(got.asks, got.answers, strict=True)
+            for raw in (a.logprobs or [None] * len(a.texts))
+        ),
+    )
+    ctl = control_keys(controls, control_seed) if isinstance(controls, int) else list(controls)
+    out = mass_report(Watermark(config).scheme, tuples, keys.provider, keys.accounts, ctl, vocab_size, alpha)
+    out.update(texts=texts, texts_with_logprobs=with_lp)
+    return out
+
+
+def _mass_sentence(r: dict[str, Any]) -> str:
+    if not r["texts_with_logprobs"]:
+        return "The suspect sent no logprobs, so the top-logprob statistic was not computed."
+    prov = r["provider"]
+    head = f"Top-logprob mass statistic over {r['positions']} positions: " + (
+        f"provider p = {prov['p_value']:.3g}" if prov else "no provider key"
+    )
+    who = f"; attributed to {r['attributed_account']}" if r["attributed_account"] else "; not attributed"
+    return head + who + " (reported beside the sampled-token verdict)."
 
 
 def _selector(tokenizer: Any, prompts: Sequence[str | Messages]) -> Callable[[Ask, str, WatermarkConfig], Any]:

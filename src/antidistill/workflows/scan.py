@@ -288,11 +288,13 @@ def closed_scan(
     control_keys: int = DEFAULT_CONTROL_KEYS,
     control_seed: int = 0,
     run: RunOptions | None = None,
+    top_logprobs: int = 0,
 ) -> ScanReport:
     """Send ``prompts`` to the endpoint at ``url`` and score its completions (closed mode); control models are
     loaded and sampled the same way. ``run``: concurrency, the answer cache (default: ``scan-cache`` in the data
     directory), early stopping, the pilot and its plan; with ``run.from_cache`` nothing is sent, and the model name
-    defaults to the one the cache holds answers of."""
+    defaults to the one the cache holds answers of. ``top_logprobs``: candidates per position to ask for, and the
+    top-logprob mass statistic beside the sampled-token one (0: neither)."""
     from antidistill.models.local import LocalModel  # torch: only a scan with a local control model needs it
 
     if not prompts:
@@ -333,6 +335,7 @@ def closed_scan(
         control_seed=control_seed,
         configs=scan_inputs.configs,
         run=run,
+        top_logprobs=top_logprobs,
     )
 
 
