@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (batch i uses seed + i)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--model", help="model path (default: the embedded model)")
+    ap.add_argument("--scheme", default=None, help="watermark scheme member (default: the served default)")
     return ap.parse_args(argv)
 
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     out = Path(args.out_dir) if args.out_dir else settings.cache_dir / "distill-data" / args.name
     out.mkdir(parents=True, exist_ok=True)
-    config = WatermarkConfig()
+    config = WatermarkConfig(scheme=args.scheme) if args.scheme else WatermarkConfig()
     master = MasterKey.from_text(TEST_MASTER_KEY)
     account, provider = master.account_key(ATTACKER), master.provider_key()
     mark = MarkKeys(account, provider)
