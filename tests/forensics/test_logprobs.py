@@ -66,15 +66,15 @@ def test_the_bound_is_above_the_exact_tail_for_plain_tuples():
         assert exact <= float(chernoff_p(sch, np.ones(n), np.array([float(green)]), VOCAB)[0]) <= 1.0
 
 
-def test_positions_skip_the_opening_prompt_contexts_repeats_and_unreadable_tokens():
+def test_positions_skip_the_opening_prompt_contexts_and_unreadable_tokens_and_pool_repeats():
     m = MassTuples(2)
     kept = m.add_positions(
         [
             (1, {5: 1.0}),  # opening (t < h)
             (2, {5: 1.0}),  # opening
             (3, {7: 0.2, 8: 0.6}),  # context (1, 2): in the prompt
-            (4, {9: 1.0}),  # context (2, 3): kept, weights renormalised
-            (None, {9: 1.0}),  # context (3, 4): kept
+            (4, {9: 1.0}),  # context (2, 3): kept
+            (None, {9: 0.5, 5: 0.5}),  # context (3, 4): kept
             (6, {9: 1.0}),  # context (4, None): unreadable
             (1, {}),  # context (None, 6): unreadable
             (2, {5: 1.0}),  # context (6, 1)
@@ -82,12 +82,40 @@ def test_positions_skip_the_opening_prompt_contexts_repeats_and_unreadable_token
         ],
         {(1, 2)},
     )
-    assert kept == 3 and m.contexts == [(2, 3), (3, 4), (6, 1)]
-    assert m.skipped == {"prompt_context": 2, "repeated_context": 0, "unreadable": 2, "opening": 2}
-    assert m.add_positions([(2, {5: 1.0}), (3, {5: 1.0}), (4, {5: 1.0})], ()) == 0  # (2, 3) was scored already
-    assert m.skipped["repeated_context"] == 1
+    assert kept == 3 and m.positions == 3 and m.contexts == [(2, 3), (3, 4), (6, 1)]
+    assert m.skipped == {"prompt_context": 2, "unreadable": 2, "opening": 2}
+    # a context seen before adds its (renormalised) weights to the same tuples: each tuple is scored once
+    assert m.add_positions([(2, {5: 1.0}), (3, {5: 1.0}), (4, {9: 0.1, 4: 0.3})], ()) == 1
     ctx, tok, w = m.flat()
-    assert ctx.shape == (3, 2) and tok.tolist() == [9, 9, 5] and np.allclose(w, 1.0)
+    rows = {(tuple(c), int(t)): round(float(x), 6) for c, t, x in zip(ctx.tolist(), tok, w, strict=True)}
+    assert rows == {((2, 3), 9): 1.25, ((2, 3), 4): 0.75, ((3, 4), 9): 0.5, ((3, 4), 5): 0.5, ((6, 1), 5): 1.0}
+    assert m.positions == 4 and math.isclose(w.sum(), m.positions)
+
+
+def test_pooled_weights_keep_the_null():
+    """Contexts that recur many times (weights summed far above 1) keep the bound valid."""
+    sch = Watermark(WatermarkConfig(scheme="antidistill-v1")).scheme
+    rng = np.random.default_rng(3)
+    m = MassTuples(1)
+    for _ in range(40):  # 40 answers over a 30-token vocabulary of contexts: every context recurs
+        toks = rng.integers(0, 30, 60)
+        m.add_positions(
+            [
+                (
+                    int(t),
+                    {
+                        int(c): float(p)
+                        for c, p in zip(rng.choice(40, 5, replace=False), rng.dirichlet(np.ones(5)), strict=True)
+                    },
+                )
+                for t in toks
+            ],
+            (),
+        )
+    assert m.flat()[2].max() > 5
+    p = mass_statistic(sch, rng.integers(0, 2**63, 2000, dtype=np.uint64), m, VOCAB).p_values
+    for alpha in (0.01, 0.05, 0.2):
+        assert (p <= alpha).mean() <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / len(p)), alpha
 
 
 def test_parsing_what_an_endpoint_or_the_cache_sends(tokenizer):

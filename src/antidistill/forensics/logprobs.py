@@ -11,11 +11,12 @@ sampling noise of one draw.
 
 **The null.** A suspect that never learnt the key puts its mass independently of the key. For a fixed key, the
 scores ``s(c, v)`` of distinct tuples are i.i.d. draws of the member's null score (:meth:`Scheme.null_log_mgf`), so
-with each context scored once (its first occurrence, over every answer), the summed statistic ``S = sum_cv w_cv
-s(c, v)`` has ``log E exp(lam S) = sum_cv psi(lam w_cv)``. The p-value is the Chernoff bound ``min over lam of
+with each tuple scored once (a context that recurs adds its weights to the same tuples: ``w_cv`` is summed over
+every position that offered ``v`` after ``c``), the statistic ``S = sum_cv w_cv s(c, v)`` has ``log E exp(lam S) =
+sum_cv psi(lam w_cv)``. The p-value is the Chernoff bound ``min over lam of
 exp(sum psi(lam w) - lam S)``, which is an upper bound on the exact tail, hence valid (conservative) whatever the
-weights, with no normal approximation; the weights are rounded *up* onto a fixed grid for the curvature term, which
-only loosens it. Positions whose context occurs in the prompt (the suspect may copy it) and candidates our
+weights, with no normal approximation; the weights are rounded *up* onto a geometric grid for the curvature term,
+which only loosens it. Positions whose context occurs in the prompt (the suspect may copy it) and candidates our
 tokenizer cannot read as one token are left out, which depends on the texts only, never on a key. The never-issued
 control keys are scored the same way: their p-values are the calibration check.
 
@@ -45,10 +46,10 @@ from antidistill.watermark.core import U64, Scheme
 
 #: the OpenAI API's ceiling on ``top_logprobs``
 MAX_TOP_LOGPROBS = 20
-#: the weight grid of the curvature term: weights are rounded up onto it (conservative)
-_W_EDGES = np.geomspace(1e-6, 1.0, 481)
+#: points per decade of the weight grid of the curvature term (weights are rounded up onto it: conservative)
+_W_PER_DECADE = 80
 #: the Chernoff bound's exponents
-_LAMBDAS = np.geomspace(1e-4, 200.0, 600)
+_LAMBDAS = np.geomspace(1e-6, 1e3, 900)
 
 #: one position of an answer as the API gives it: (chosen token text, [(candidate text, logprob), ...])
 RawPosition = tuple[str, list[tuple[str, float]]]
@@ -128,8 +129,9 @@ class TokenReader:
 
 
 class MassTuples:
-    """The scored positions of a closed scan's answers: each distinct context once (its first occurrence), with its
-    candidates' renormalised weights.
+    """The scored positions of a closed scan's answers, pooled per (context, candidate): a context that recurs (in
+    one answer or across answers) adds its candidates' renormalised weights to the same tuples, so every tuple is
+    scored once, with the summed weight of every position that offered it.
 
     Args:
         context_width: the member's ``h``.
@@ -137,21 +139,20 @@ class MassTuples:
 
     def __init__(self, context_width: int) -> None:
         self.h = context_width
-        self.contexts: list[tuple[int, ...]] = []
-        self.tokens: list[np.ndarray] = []
-        self.weights: list[np.ndarray] = []
-        self._seen: set[tuple[int, ...]] = set()
-        self.skipped = {"prompt_context": 0, "repeated_context": 0, "unreadable": 0, "opening": 0}
+        self._acc: dict[tuple[int, ...], dict[int, float]] = {}
+        self.positions = 0
+        self.skipped = {"prompt_context": 0, "unreadable": 0, "opening": 0}
 
     @property
-    def positions(self) -> int:
-        return len(self.contexts)
+    def contexts(self) -> list[tuple[int, ...]]:
+        """The distinct contexts scored, in the order first seen."""
+        return list(self._acc)
 
     def add_positions(
         self, positions: Sequence[tuple[int | None, Mapping[int, float]]], prompt_contexts: Collection[tuple[int, ...]]
     ) -> int:
         """Add one answer (its positions as :meth:`TokenReader.positions` gives them); returns the positions kept.
-        A position is scored from its ``h``-th token on, when its context is readable, new, and not one of
+        A position counts from its ``h``-th token on, when its context is readable and not one of
         ``prompt_contexts`` (the prompt's ``h``-grams)."""
         h = self.h
         chosen = [tid for tid, _ in positions]
@@ -161,34 +162,29 @@ class MassTuples:
                 self.skipped["opening"] += 1
                 continue
             ctx = chosen[t - h : t]
-            if any(c is None for c in ctx) or not probs:
+            total = sum(probs.values())
+            if any(c is None for c in ctx) or not total > 0.0:
                 self.skipped["unreadable"] += 1
                 continue
             context = tuple(int(c) for c in ctx if c is not None)
             if context in prompt_contexts:
                 self.skipped["prompt_context"] += 1
                 continue
-            if context in self._seen:
-                self.skipped["repeated_context"] += 1
-                continue
-            total = sum(probs.values())
-            if not total > 0.0:
-                self.skipped["unreadable"] += 1
-                continue
-            self._seen.add(context)
-            self.contexts.append(context)
-            self.tokens.append(np.fromiter(probs.keys(), dtype=np.int64, count=len(probs)))
-            self.weights.append(np.fromiter((p / total for p in probs.values()), dtype=np.float64, count=len(probs)))
+            acc = self._acc.setdefault(context, {})
+            for tid, p in probs.items():
+                acc[tid] = acc.get(tid, 0.0) + p / total
             kept += 1
+        self.positions += kept
         return kept
 
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(contexts (N, h) int64, tokens (N,), weights (N,)): one row per (context, candidate)."""
-        if not self.contexts:
+        """(contexts (N, h) int64, tokens (N,), weights (N,)): one row per distinct (context, candidate), its weight
+        summed over the positions that offered it."""
+        rows = [(c, t, w) for c, cands in self._acc.items() for t, w in cands.items()]
+        if not rows:
             return np.zeros((0, self.h), dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
-        sizes = [len(t) for t in self.tokens]
-        ctx = np.repeat(np.array(self.contexts, dtype=np.int64).reshape(len(self.contexts), self.h), sizes, axis=0)
-        return ctx, np.concatenate(self.tokens), np.concatenate(self.weights)
+        ctx = np.array([c for c, _, _ in rows], dtype=np.int64).reshape(len(rows), self.h)
+        return ctx, np.array([t for _, t, _ in rows], dtype=np.int64), np.array([w for _, _, w in rows])
 
 
 @dataclass(frozen=True)
@@ -225,17 +221,21 @@ def chernoff_p(scheme: Scheme, weights: np.ndarray, sums: np.ndarray, vocab_size
     mean, _ = scheme.null_moments(vocab_size)
     # psi(x) = mean x + rest(x), rest >= 0 and increasing for x >= 0: the mean term exactly, the rest on weights
     # rounded up onto the grid (a larger rest only loosens the bound)
-    idx = np.searchsorted(_W_EDGES, np.clip(w, 0.0, 1.0), side="left")
-    counts = np.bincount(np.minimum(idx, len(_W_EDGES) - 1), minlength=len(_W_EDGES)).astype(np.float64)
+    top = max(1.0, float(w.max()))
+    grid = np.geomspace(1e-6, top, int(_W_PER_DECADE * (6 + math.log10(top))) + 1)
+    grid[-1] = top
+    idx = np.searchsorted(grid, np.clip(w, 0.0, top), side="left")
+    counts = np.bincount(np.minimum(idx, len(grid) - 1), minlength=len(grid)).astype(np.float64)
     used = counts > 0
-    edges, counts = _W_EDGES[used], counts[used]
-    lam = _LAMBDAS[:, None] * edges[None, :]
+    edges, counts = grid[used], counts[used]
+    lams = _LAMBDAS / top  # exponents scaled to the largest weight (psi(lam w) must stay finite somewhere)
+    lam = lams[:, None] * edges[None, :]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         rest = (
             np.asarray(scheme.null_log_mgf(lam.ravel(), vocab_size), dtype=np.float64).reshape(lam.shape) - mean * lam
         )
-        phi = _LAMBDAS * mean * float(w.sum()) + (np.maximum(rest, 0.0) * counts[None, :]).sum(axis=1)
-        log_p = phi[None, :] - _LAMBDAS[None, :] * sums[:, None]
+        phi = lams * mean * float(w.sum()) + (np.maximum(rest, 0.0) * counts[None, :]).sum(axis=1)
+        log_p = phi[None, :] - lams[None, :] * sums[:, None]
     log_p = np.where(np.isfinite(log_p), log_p, np.inf)
     return np.exp(np.minimum(log_p.min(axis=1), 0.0))
 
