@@ -131,13 +131,17 @@ def test_parsing_what_an_endpoint_or_the_cache_sends(tokenizer):
         {"token": " dog", "logprob": -0.2, "top_logprobs": []},
     ]
     assert parse_logprobs(raw) == [(" the", [(" the", -0.1)]), (" cat", [])]
+    assert parse_logprobs(5) is None and parse_logprobs("text") is None and parse_logprobs({"a": 1}) is None
     assert parse_cached([[" the", [[" the", -0.1]]]]) == [(" the", [(" the", -0.1)])]
     with pytest.raises(TypeError):
         parse_cached("nope")
+    with pytest.raises(ValueError):
+        parse_cached([[" the", [[" the", 1000.0]]]])  # an edited cache line: refused, not an overflow later
     read = TokenReader(tokenizer, VOCAB)
     the = tokenizer.encode(" the", add_special_tokens=False)
     assert read(" the") == the[0] and read("token_id:17") == 17 and read("token_id:x") is None
     assert read("token_id:999999") is None and read(" antidisestablishmentarianism") is None and read("") is None
+    assert TokenReader(tokenizer)("token_id:99999999999999999999") is None  # bounded by the tokenizer's size
 
 
 def _keys() -> ScanKeys:
@@ -218,3 +222,26 @@ def test_cli_scan_top_logprobs(capsys, tokenizer, tmp_path, shared_cache_env):
     assert lp["attributed_account"] == "acct_x" and lp["provider"]["p_value"] < 1e-6
     code, _, err = run_cli(capsys, "scan", "--suspect-model", "teacher", "--top-logprobs", "4")
     assert_one_line_error(code, err, "--top-logprobs apply to closed mode")
+
+
+def test_early_stopping_makes_the_mass_statistic_not_evidence(tokenizer):
+    """The run stops when the sampled tokens' sequential p under our keys crosses a threshold: a key-dependent
+    stopping time, so the mass statistic's fixed-n p-values are reported as not valid, with no attribution."""
+    wm = Watermark(WatermarkConfig(scheme="gumbel-dual"))
+    bob = MarkKeys(TEST_MASTER.account_key("bob"), TEST_MASTER.provider_key())
+    with BackgroundServer(logprob_suspect_app(tokenizer, wm, bob, tilt=1.0)) as srv:
+        r = _scan(srv.url + "/v1", tokenizer, run=RunOptions(stop_at=1e-3))
+    assert r.sequential is not None and r.logprob is not None and not r.logprob["valid"]
+    assert r.logprob["attributed_account"] is None and "NOT valid" in r.verdict
+
+
+def test_members_seeded_by_part_of_the_context_are_refused(tokenizer):
+    with pytest.raises(InputError, match="seeded by the whole context"):
+        scan_closed(
+            "http://127.0.0.1:9/v1",
+            PROMPTS,
+            tokenizer,
+            _keys(),
+            WatermarkConfig(scheme="hf-lefthash", context_width=2, provider_fraction=0.0),
+            top_logprobs=4,
+        )

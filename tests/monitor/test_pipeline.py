@@ -158,6 +158,11 @@ def test_an_untrained_monitor_holds_for_review_where_a_trained_one_would_block()
     assert "block needs a trained monitor, held for review" in _reason(a, held)
     trained = policy.decide(replace(a, calibrated=True))
     assert trained is not None and (trained.action, trained.fell_back) == ("block", False)
+    # a rule whose own fallback is milder than a review keeps it
+    from antidistill.monitor.policy import Rule
+
+    assert Rule("severe", "block", "4.1", min_families=2, otherwise="throttle").action_for(a) == "throttle"
+    assert Rule("severe", "block", "4.1", min_families=2, otherwise="none").action_for(a) == "none"
 
 
 def test_observe_many_gives_what_observe_gives():

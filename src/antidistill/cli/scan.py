@@ -94,6 +94,8 @@ def _print_report(r) -> None:
     if lp:
         prov, best, ctl = lp["provider"], (lp["accounts"] or [None])[0], lp["controls"]["smallest_p"]
         parts = [f"{lp['positions']} positions ({lp['texts_with_logprobs']} of {lp['texts']} answers had logprobs)"]
+        if not lp.get("valid", True):
+            parts.insert(0, "NOT valid (the scan stopped early)")
         parts.append(f"provider p = {fmt_p(prov['p_value'])}" if prov else "no provider key")
         if best:
             parts.append(f"{best['account']}: corrected p = {fmt_p(best['p_corrected'])}")

@@ -225,7 +225,7 @@ class Querier:
         used = r.usage.completion_tokens if r.usage is not None and r.usage.completion_tokens is not None else 0
         lps = None
         if p.top_logprobs:
-            lps = [parse_logprobs(c.logprobs.content if c.logprobs is not None else None) for c in r.choices]
+            lps = [parse_logprobs(getattr(getattr(c, "logprobs", None), "content", None)) for c in r.choices]
         return Answer([(c.message.content or "") for c in r.choices], int(used), logprobs=lps)
 
 

@@ -46,6 +46,9 @@ from antidistill.watermark.core import U64, Scheme
 
 #: the OpenAI API's ceiling on ``top_logprobs``
 MAX_TOP_LOGPROBS = 20
+#: members whose keyed draw is seeded by less than the whole context (the last token; the context's product): with
+#: ``h > 1`` distinct contexts can share one draw, so the tuples would not be independent under the null
+PARTIAL_SEED_SCHEMES = frozenset({"hf-lefthash", "markllm-exp"})
 #: points per decade of the weight grid of the curvature term (weights are rounded up onto it: conservative)
 _W_PER_DECADE = 80
 #: the Chernoff bound's exponents
@@ -58,7 +61,7 @@ RawPosition = tuple[str, list[tuple[str, float]]]
 def parse_logprobs(content: Any) -> list[RawPosition] | None:
     """The positions of one choice's ``logprobs.content`` (an SDK object or its JSON), or ``None`` when the
     endpoint sent none. Malformed entries end the list there (what came before is kept)."""
-    if content is None:
+    if content is None or isinstance(content, str | bytes | dict) or not hasattr(content, "__iter__"):
         return None
     out: list[RawPosition] = []
     for item in content:
@@ -83,7 +86,10 @@ def parse_cached(item: Any) -> list[RawPosition] | None:
         return None
     if not isinstance(item, list):
         raise TypeError("logprobs must be a list")
-    return [(str(tok), [(str(t), float(lp)) for t, lp in cands]) for tok, cands in item]
+    out = [(str(tok), [(str(t), float(lp)) for t, lp in cands]) for tok, cands in item]
+    if any(not (math.isfinite(lp) and lp <= 0.0) for _, cands in out for _, lp in cands):
+        raise ValueError("a logprob must be finite and at most 0")
+    return out
 
 
 class TokenReader:
@@ -93,6 +99,11 @@ class TokenReader:
 
     def __init__(self, tokenizer: Any, vocab_size: int | None = None) -> None:
         self.tokenizer = tokenizer
+        if vocab_size is None:
+            try:
+                vocab_size = len(tokenizer)
+            except TypeError:
+                vocab_size = None
         self.vocab_size = vocab_size
         self._ids: dict[str, int | None] = {}
 
@@ -109,7 +120,8 @@ class TokenReader:
         else:
             ids = self.tokenizer.encode(text, add_special_tokens=False) if text else []
             tid = int(ids[0]) if len(ids) == 1 else None
-        if tid is not None and (tid < 0 or (self.vocab_size is not None and tid >= self.vocab_size)):
+        limit = self.vocab_size if self.vocab_size is not None else 2**63
+        if tid is not None and not 0 <= tid < limit:
             tid = None
         self._ids[text] = tid
         return tid

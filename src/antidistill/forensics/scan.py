@@ -77,7 +77,14 @@ from antidistill.forensics.attribution import (
 )
 from antidistill.forensics.closed import ClosedRun, Collected, RunOptions, ScanProgress, StreamScorer
 from antidistill.forensics.endpoint import AnswerCache, Ask, Params, Querier, answers, plan_asks, public_url
-from antidistill.forensics.logprobs import MAX_TOP_LOGPROBS, MassTuples, TokenReader, gather, mass_report
+from antidistill.forensics.logprobs import (
+    MAX_TOP_LOGPROBS,
+    PARTIAL_SEED_SCHEMES,
+    MassTuples,
+    TokenReader,
+    gather,
+    mass_report,
+)
 from antidistill.forensics.sequential import SequentialResult
 from antidistill.keys import KeyRing, MasterKey, WatermarkKey
 from antidistill.models.embedded import load_causal_lm, load_tokenizer, resolve_model
@@ -926,6 +933,10 @@ def scan_closed(
         raise InputError("samples and max_tokens must be >= 1")
     if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
         raise InputError(f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {top_logprobs}")
+    if top_logprobs and config.scheme in PARTIAL_SEED_SCHEMES and config.context_width > 1:
+        raise InputError(
+            f"the top-logprob statistic needs a member seeded by the whole context; {config.scheme} with h > 1 is not"
+        )
     prompts = list(prompts)[:max_prompts] if max_prompts is not None else list(prompts)
     if not prompts:
         raise InputError("no prompts to send to the suspect")
@@ -961,10 +972,11 @@ def scan_closed(
         started=started,
         configs=configs,
     )
+    report = with_sequential(report, scorer.result(), got, opts)
     if top_logprobs:
         report.logprob = _mass_report(got, prompts, tokenizer, keys, config, controls, control_seed, vocab_size, alpha)
         report.verdict += " " + _mass_sentence(report.logprob)
-    return with_sequential(report, scorer.result(), got, opts)
+    return report
 
 
 def _mass_report(
@@ -1001,7 +1013,11 @@ def _mass_report(
     )
     ctl = control_keys(controls, control_seed) if isinstance(controls, int) else list(controls)
     out = mass_report(Watermark(config).scheme, tuples, keys.provider, keys.accounts, ctl, vocab_size, alpha)
-    out.update(texts=texts, texts_with_logprobs=with_lp)
+    # the run stopped when the sampled tokens' sequential p under our keys crossed a threshold: a key-dependent
+    # stopping time, and those tokens weigh in the mass statistic too, so its fixed-n p-values are not valid then
+    out.update(texts=texts, texts_with_logprobs=with_lp, valid=not got.stopped_early)
+    if got.stopped_early:
+        out["attributed_account"] = None
     return out
 
 
@@ -1012,6 +1028,8 @@ def _mass_sentence(r: dict[str, Any]) -> str:
     head = f"Top-logprob mass statistic over {r['positions']} positions: " + (
         f"provider p = {prov['p_value']:.3g}" if prov else "no provider key"
     )
+    if not r["valid"]:
+        return head + " (NOT valid: the scan stopped early on the sampled tokens' evidence; not evidence)."
     who = f"; attributed to {r['attributed_account']}" if r["attributed_account"] else "; not attributed"
     return head + who + " (reported beside the sampled-token verdict)."
 

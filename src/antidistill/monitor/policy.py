@@ -33,7 +33,8 @@ action name the families.
 
 A block also needs a calibrated judgement. The untrained monitor (rules only, before ``antidistill monitor train``)
 has fixed thresholds that were never set on the deployment's benign traffic, so where a rule would block on its
-judgement, the account is held for review instead, whatever ``min_families`` says.
+judgement, the account is held for review instead (or the rule's ``otherwise``, where that is milder), whatever
+``min_families`` says.
 
 Actions only escalate on their own (:func:`escalates`): the monitor never loosens what it or an admin set, and
 after an admin cleared an account it acts again only when the account's level rises above the level it was
@@ -121,11 +122,11 @@ class Rule:
     def action_for(self, a: Assessment) -> str:
         """The action the rule takes on a matching assessment: ``action``, or ``otherwise`` when the assessment
         names fewer than ``min_families`` families; a ``block`` on an uncalibrated judgement (the untrained,
-        rules-only monitor) is ``review``."""
+        rules-only monitor) is ``review``, or the rule's ``otherwise`` where that is milder."""
         if len(set(a.families)) < self.min_families:
             return self.otherwise
         if self.action == "block" and not a.calibrated:
-            return "review"
+            return min(self.otherwise, "review", key=action_rank)
         return self.action
 
     def matches(self, a: Assessment) -> bool:
