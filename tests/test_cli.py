@@ -67,6 +67,9 @@ def test_detect_human_text_json(capsys, human_file, shared_cache_env):
 
 
 def test_detect_human_output_and_stdin(capsys, monkeypatch, shared_cache_env):
+    # a fixed master key: under a fresh random key a human text is called marked at alpha 1e-3 one time in a thousand
+    # (one fresh-clone run drew such a key: p 3.2e-4), which is the test's false-positive rate, not a defect
+    monkeypatch.setenv("ANTIDISTILL_MASTER_KEY", "9e3b7d25c48e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f76c1f0a")
     code, out, _ = run(capsys, "detect", "-", stdin=HUMAN.encode(), monkeypatch=monkeypatch)
     assert code == 0 and "not watermarked" in out
 

@@ -4,17 +4,25 @@ Real parts only: the package's vLLM engine with the plugin (tests/engines/confte
 ``antidistill serve --backend vllm --upstream-url http://HOST:PORT/v1`` (same master key, its own SQLite audit log),
 and the official ``openai`` SDK as the client.
 
-1. 4 accounts x 16 requests, 32 at a time, half of them streamed, at the SDK's default temperature (1): every
-   completion of >= 64 tokens is found marked by the forensic reading of its audit record (the record's own
-   configuration); attribution among the 4 accounts and 8 decoys (Bonferroni) never names a wrong account and
-   names the right one for most completions one by one (see below); pooled over each account's completions, the
-   provider test and the attribution are beyond doubt for every account; the gateway's sample check (every long
-   completion here) detects them all and raises no alarm.
+1. 4 accounts x 16 requests, 32 at a time, half of them streamed, at the SDK's default temperature (1): at least
+   90 % of the completions of >= 128 tokens are found marked one by one by the forensic reading of their audit
+   records (each record's own configuration); attribution among the 4 accounts and 8 decoys (Bonferroni) never
+   names a wrong account and names the right one for most completions one by one (see below); pooled over each
+   account's completions, the provider test and the attribution are beyond doubt for every account; the gateway's
+   sample check detects at least 90 % of what it checks and raises no alarm. One run of this version: 50 of 50
+   detected, attributed and passing the provider test alone.
 2. A request sent to the engine directly without antidistill arguments is refused (400); a gateway that records
    another configuration than the engine marks with gets the engine's refusal as an OpenAI 400 (plain and streamed),
    audited.
 3. An engine *without* the plugin (eager: it serves a few requests only) behind a second gateway: its completions
    carry no mark, and the gateway's alarm fires (metric and log line) after 3 of them.
+
+Under the default ``gumbel-dual`` (h = 3, repeated contexts unmarked) one answer carries fewer scored pairs than
+under the green list this test was first written for: one fresh-clone run had a 64-80-token answer at p 2.3e-3. So
+the answers are 128-160 tokens, where 94 of 95 demo answers of 160 tokens were detected one by one at 1e-3 and 76 of
+95 attributed among 10 candidates (stop 23); the floors are 90 % detected, 60 % provider test alone, 60 % attributed,
+never a wrong account, and each account's answers pooled beyond doubt. The figures below were measured under the
+green list.
 
 Why not "every completion attributed" (nor "every completion passes the provider test alone"): 64-80 tokens give
 ~60 distinct pairs, half at provider positions (the provider test), half at account positions (attribution, tested
@@ -53,8 +61,8 @@ pytestmark = [
 ]
 
 ALPHA = 1e-3
-MIN_TOKENS = 64
-MAX_TOKENS = 80
+MIN_TOKENS = 128
+MAX_TOKENS = 160
 DECOYS = [f"decoy-{i}" for i in range(8)]  # accounts that never asked: attribution must never name them
 PROMPTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -138,15 +146,16 @@ def test_every_long_completion_is_marked_attributed_and_checked(gateway, tokeniz
             # a repetition loop: >= 64 tokens but too few distinct pairs to test (the gateway's check skips it too)
             continue
         assert isinstance(report, DetectionReport), (rid, report)
-        assert report.watermarked, (rid, report.p_value, rec["completion"])  # "is it ours", all pairs
         assert report.provider is not None
         assert report.account in (account, None), (rid, report.attribution)  # never a wrong account
         reports[account].append(report)
     long = sum(map(len, reports.values()))
+    detected = sum(r.watermarked for rs in reports.values() for r in rs)
     named = sum(r.account == account for account, rs in reports.items() for r in rs)
     provider_ok = sum(r.provider is not None and r.provider.p_value <= ALPHA for rs in reports.values() for r in rs)
     print(
-        f"{long} completions of >= {MIN_TOKENS} tokens: all detected, {provider_ok} pass the provider test alone, "
+        f"{long} completions of >= {MIN_TOKENS} tokens: {detected} detected, {provider_ok} pass the provider test "
+        "alone, "
         f"{named} attributed one by one (the others: no account named)",
         file=sys.stderr,
     )
@@ -158,8 +167,9 @@ def test_every_long_completion_is_marked_attributed_and_checked(gateway, tokeniz
             file=sys.stderr,
         )
     assert long >= 48, f"only {long} of 64 completions reached {MIN_TOKENS} tokens"
-    assert provider_ok >= 0.9 * long, f"only {provider_ok} of {long} pass the provider test alone"
-    assert named >= 0.75 * long, f"only {named} of {long} attributed to their account"
+    assert detected >= 0.9 * long, f"only {detected} of {long} detected one by one"
+    assert provider_ok >= 0.6 * long, f"only {provider_ok} of {long} pass the provider test alone"
+    assert named >= 0.6 * long, f"only {named} of {long} attributed to their account"
 
     # all of an account's answers together: attributed to it beyond doubt
     for account in accounts:
@@ -179,8 +189,9 @@ def test_every_long_completion_is_marked_attributed_and_checked(gateway, tokeniz
     deadline = time.monotonic() + 60
     while gateway.metric("antidistill_engine_mark_checked_total") < long and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert gateway.metric("antidistill_engine_mark_checked_total") == long
-    assert gateway.metric("antidistill_engine_mark_detected_total") == long
+    checked = gateway.metric("antidistill_engine_mark_checked_total")  # it checks from its own, shorter minimum
+    assert checked >= long
+    assert gateway.metric("antidistill_engine_mark_detected_total") >= 0.9 * checked
     assert gateway.metric("antidistill_engine_mark_alarm") == 0.0
 
 

@@ -4,6 +4,8 @@ with the scheme its own record names."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import pytest
 
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.slow
 PROMPT = "Once upon a time, in a village by a wide river, there lived a fox who carried a lantern. Every night"
 
 
-def _serve_one(gateway_dir, store, model_cache_dir, scheme: str, key: str) -> str:
+def _serve_one(gateway_dir, store, model_cache_dir, scheme: str, key: str, seed: int = 7) -> str:
     """Start a gateway whose settings name ``scheme`` (ANTIDISTILL_WATERMARK_SCHEME), ask it one completion."""
     settings = gateway_settings(gateway_dir, backend="local", cache_dir=model_cache_dir, watermark_scheme=scheme)
     keyring = KeyRing(MasterKey.from_text(MASTER_KEY))
@@ -37,7 +39,7 @@ def _serve_one(gateway_dir, store, model_cache_dir, scheme: str, key: str) -> st
                 # short to attribute under some account keys (the store draws a new account id each run)
                 "max_tokens": 160,
                 "temperature": 1.0,
-                "seed": 7,
+                "seed": seed,
             },
         )
         assert r.status_code == 200, r.text
@@ -50,6 +52,9 @@ def test_records_of_two_schemes_are_each_read_with_their_own(gateway_dir, store,
     ids = {
         scheme: _serve_one(gateway_dir, store, model_cache_dir, scheme, key) for scheme in ("antidistill-v1", "gumbel")
     }
+    # a second answer of each: one 160-token answer is not always attributable alone under a random account id (one
+    # fresh-clone run had the green list's at corrected p 4.3e-3); the account's two answers together are
+    seconds = {s: _serve_one(gateway_dir, store, model_cache_dir, s, key, seed=8) for s in ids}
     ring = KeyRing(MasterKey.from_text(MASTER_KEY))
     records = {r.response_id: r for r in store.iter_records()}
     for scheme, rid in ids.items():
@@ -60,7 +65,10 @@ def test_records_of_two_schemes_are_each_read_with_their_own(gateway_dir, store,
         (report,) = found.reports
         assert not isinstance(report, Exception), report
         assert report.config["scheme"] == scheme
-        assert report.watermarked and report.account == account.id, (scheme, report.p_value, report.p_value_corrected)
+        assert report.watermarked and report.account in (account.id, None), (scheme, report.p_value, report.attribution)
+        pair = replace(rec, completion=["\n\n".join(records[r].completion[0] for r in (rid, seconds[scheme]))])
+        (pooled,) = detect_record(pair, tokenizer, ring, accounts=[account.id, other.id]).reports
+        assert not isinstance(pooled, Exception) and pooled.account == account.id, (scheme, pooled.attribution)
     # every marked record of the log, each with its own configuration
     both = detect_records([records[r] for r in ids.values()], tokenizer, ring)
     assert [d.config.scheme for d in both] == list(ids) and all(d.reports[0].watermarked for d in both)
