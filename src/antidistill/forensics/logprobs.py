@@ -208,9 +208,13 @@ class MassStatistic:
     sums: np.ndarray
     p_values: np.ndarray
     null_mean: float
+    null_var: float
+    weights_sq: float
 
-    def z(self, i: int, null_var: float, weights_sq: float) -> float:
-        return float((self.sums[i] - self.positions * self.null_mean) / math.sqrt(max(null_var * weights_sq, 1e-300)))
+    def z(self, i: int) -> float:
+        """The z-score under key ``i`` (reported; the decision uses the p-value)."""
+        sd = math.sqrt(max(self.null_var * self.weights_sq, 1e-300))
+        return float((self.sums[i] - self.positions * self.null_mean) / sd)
 
 
 def chernoff_p(scheme: Scheme, weights: np.ndarray, sums: np.ndarray, vocab_size: int | None) -> np.ndarray:
@@ -263,8 +267,9 @@ def mass_statistic(
         step = max(1, chunk_elems // len(tok))
         for i in range(0, len(keys), step):
             sums[i : i + step] = scheme.pair_scores(keys[i : i + step], ctx, tok, vocab_size) @ w
-    mean, _ = scheme.null_moments(vocab_size)
-    return MassStatistic(tuples.positions, len(tok), sums, chernoff_p(scheme, w, sums, vocab_size), mean)
+    mean, var = scheme.null_moments(vocab_size)
+    p = chernoff_p(scheme, w, sums, vocab_size)
+    return MassStatistic(tuples.positions, len(tok), sums, p, mean, var, float((w * w).sum()))
 
 
 def mass_report(
@@ -282,9 +287,6 @@ def mass_report(
     names += [(a, k) for a, ks in accounts.items() for k in ks]
     names += [("control", k) for k in controls]
     stat = mass_statistic(scheme, np.array([k.value for _, k in names], dtype=U64), tuples, vocab_size)
-    _, var = scheme.null_moments(vocab_size)
-    _, _, w = tuples.flat()
-    wsq = float((w * w).sum())
     by: dict[str, list[int]] = {}
     for i, (who, _) in enumerate(names):
         by.setdefault(who, []).append(i)
@@ -304,7 +306,7 @@ def mass_report(
     }
     if "provider" in by:
         p, i = best(by["provider"])
-        out["provider"] = {"p_value": p, "z": stat.z(i, var, wsq), "key_id": names[i][1].key_id}
+        out["provider"] = {"p_value": p, "z": stat.z(i), "key_id": names[i][1].key_id}
     accts = [a for a in accounts if a in by]
     rows = []
     for a in accts:
@@ -314,7 +316,7 @@ def mass_report(
                 "account": a,
                 "p_value": p,
                 "p_corrected": min(1.0, p * len(accts)),
-                "z": stat.z(i, var, wsq),
+                "z": stat.z(i),
                 "key_id": names[i][1].key_id,
             }
         )
