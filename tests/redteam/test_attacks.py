@@ -17,6 +17,7 @@ from antidistill.redteam.attacks import (
     ReverseBias,
     ReverseBiasedLM,
     estimate_green,
+    estimate_green_shift,
     filter_pairs,
     loss_mask,
     paraphrase_pairs,
@@ -166,6 +167,65 @@ def test_reverse_bias_processor_and_wrapped_model():
         ReverseBias(est, -1.0)
 
 
+class Bigram:
+    """A model whose next-token logits depend on the last token only: ``table[last token]`` (plus ``noise``, drawn
+    afresh at every position and call)."""
+
+    def __init__(self, table, noise: float = 0.0, seed: int = 0):
+        import torch
+
+        self.table, self.noise = table, noise
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, input_ids, attention_mask=None, **kw):
+        import torch
+
+        logits = self.table[input_ids].clone()
+        if self.noise:
+            logits += self.noise * torch.randn(logits.shape, generator=self.gen)
+        return SimpleNamespace(logits=logits)
+
+
+def _word_pairs(tokenizer, n: int, length: int, seed: int) -> list[Pair]:
+    rng = np.random.default_rng(seed)
+    words = sorted(w for w in tokenizer.get_vocab() if not w.startswith("<") and not w.isdigit())[:30]
+    return [Pair(f"q{i}", " ".join(rng.choice(words, length)), "length") for i in range(n)]
+
+
+def test_shift_estimate_finds_what_the_student_moved_toward(tiny_tokenizer):
+    import torch
+
+    vocab = len(tiny_tokenizer)
+    gen = torch.Generator().manual_seed(1)
+    before = torch.randn(vocab, vocab, generator=gen)
+    green = torch.rand(vocab, vocab, generator=gen) < 0.25  # green[prev, token]: the list the student learnt
+    after = Bigram(before + 1.0 * green, noise=0.3, seed=2)
+    pairs = _word_pairs(tiny_tokenizer, 60, 40, seed=3)
+    est = estimate_green_shift(Bigram(before), after, tiny_tokenizer, pairs, (1, 2), min_count=5, max_prefixes=64)
+    assert est.tested["1"] > 0 and est.reference_tokens == 0 and "before and after" in est.reference
+    truth = [bool(green[p.prefix[-1], p.token]) for p in est.pairs]
+    assert len(truth) > 100 and np.mean(truth) >= 0.95  # what it flags is what the student learnt
+    h1 = {(p.prefix[0], p.token) for p in est.pairs if len(p.prefix) == 1}
+    prefixes = {p for p, _ in h1}
+    # recall over the candidates (tokens of mean probability >= min_prob) after the prefixes it read
+    cand = [
+        (a, t)
+        for a in prefixes
+        for t in range(vocab)
+        if green[a, t] and torch.softmax(before[a] + green[a], 0)[t] >= 1e-3
+    ]
+    assert np.mean([c in h1 for c in cand]) >= 0.8
+    assert all(p.bias >= 0.2 and p.p_value <= 1e-3 for p in est.pairs)
+    # a student that moved nothing beyond noise: at most about alpha of the tested pairs flagged
+    null = estimate_green_shift(Bigram(before), Bigram(before, noise=0.3, seed=5), tiny_tokenizer, pairs, (1,),
+                                min_count=5, min_shift=0.0, alpha=0.01, max_prefixes=64)  # fmt: skip
+    assert len(null.pairs) <= max(3, 3 * 0.01 * null.tested["1"])
+    with pytest.raises(InputError, match="min_count"):
+        estimate_green_shift(Bigram(before), after, tiny_tokenizer, pairs, min_count=1)
+    with pytest.raises(InputError, match="widths"):
+        estimate_green_shift(Bigram(before), after, tiny_tokenizer, pairs, (0,))
+
+
 class FakeLM:
     """Echoes the last line of each request upper-cased (a stand-in for the unmarked model)."""
 
@@ -249,8 +309,64 @@ def test_cli_estimate_then_filter_and_train_with_mask(tiny_tokenizer, tmp_path, 
     assert json.loads(stdout)["params"]["loss_masked_tokens"] >= 40
 
 
+def test_cli_shift_reads_what_a_student_moved_toward(tiny_tokenizer, tmp_path, capsys):
+    base = _tiny_model_dir(tiny_tokenizer, tmp_path)
+    harvest = [Pair(f"q{i}", "the cats are red and the dogs are red", "stop") for i in range(24)]
+    save_pairs(harvest, tmp_path / "h.jsonl")
+    code, _, err = run_cli(
+        capsys, "distill", "train", "--data", str(tmp_path / "h.jsonl"), "--out", str(tmp_path / "s"),
+        "--model", str(base), "--method", "full", "--max-len", "64", "--epochs", "3", "--lr", "1e-2",
+    )  # fmt: skip
+    assert code == 0, err
+    code, stdout, err = run_cli(
+        capsys, "distill", "attack", "--method", "shift", "--data", str(tmp_path / "h.jsonl"), "--model", str(base),
+        "--after", str(tmp_path / "s"), "--out", str(tmp_path / "shift.json"), "--context-widths", "1", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    est = GreenEstimate.load(tmp_path / "shift.json")
+    vocab = tiny_tokenizer.get_vocab()
+    assert ((vocab["are"],), vocab["red"]) in {(p.prefix, p.token) for p in est.pairs}
+    assert json.loads(stdout)["flagged"] == len(est.pairs) and est.reference_tokens == 0
+    # the estimate drives the filter like any other
+    code, _, err = run_cli(
+        capsys, "distill", "attack", "--method", "filter", "--data", str(tmp_path / "h.jsonl"), "--model", str(base),
+        "--greens", str(tmp_path / "shift.json"), "--max-share", "1", "--out", str(tmp_path / "f.jsonl"),
+    )  # fmt: skip
+    assert code == 0, err
+
+
+def test_cli_sample_serves_a_student_with_and_without_the_reverse_bias(tiny_tokenizer, tmp_path, capsys):
+    from collections import Counter
+
+    base = _tiny_model_dir(tiny_tokenizer, tmp_path)
+    (tmp_path / "prompts.txt").write_text("tell me about red cats\n\ntell me about blue dogs\n", encoding="utf-8")
+    common = ("distill", "sample", "--model", str(base), "--prompts", str(tmp_path / "prompts.txt"))
+    common += ("--max-tokens", "16", "--temperature", "0")
+    code, _, err = run_cli(capsys, *common, "--out", str(tmp_path / "plain.jsonl"))
+    assert code == 0, err
+    plain = load_pairs(tmp_path / "plain.jsonl")
+    # the word the student writes most after its first token, estimated green after every token
+    word, seen = Counter(w for p in plain for w in p.response.split()[1:]).most_common(1)[0]
+    tid = tiny_tokenizer.get_vocab()[word]
+    pairs = [GreenPair((t,), tid, 1.0, 0.0, 9, 1) for t in range(len(tiny_tokenizer))]
+    GreenEstimate((1,), 0.01, 1, pairs, {"1": len(pairs)}, 10, 10).save(tmp_path / "g.json")
+    code, stdout, err = run_cli(
+        capsys, *common, "--out", str(tmp_path / "rb.jsonl"), "--greens", str(tmp_path / "g.json"),
+        "--reverse-delta", "100", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["reverse_bias"] is True and json.loads(stdout)["prompts"] == 2
+    rb = load_pairs(tmp_path / "rb.jsonl")
+    assert [p.prompt for p in rb] == ["tell me about red cats", "tell me about blue dogs"] == [p.prompt for p in plain]
+    assert all(p.record["attack"] == "reverse-bias" and p.record["reverse_delta"] == 100 for p in rb)
+    assert seen > 0 and all(word not in p.response.split()[1:] for p in rb)  # decoded away from it
+    code, _, err = run_cli(capsys, *common[:4], "--prompts", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o"))
+    assert code == 2 and "cannot read" in err and len(err.strip().splitlines()) == 1
+
+
 def test_cli_errors_are_one_line(tiny_tokenizer, tmp_path, capsys):
     base = _tiny_model_dir(tiny_tokenizer, tmp_path)
+    capsys.readouterr()  # saving the model may draw a progress bar
     save_pairs(tiny_pairs(4), tmp_path / "h.jsonl")
     cases = [
         (("--method", "magic", "--data", str(tmp_path / "h.jsonl")), "--method must be one of"),
@@ -261,6 +377,11 @@ def test_cli_errors_are_one_line(tiny_tokenizer, tmp_path, capsys):
          "not valid JSON"),
         (("--method", "estimate", "--data", str(tmp_path / "h.jsonl"), "--reference", str(tmp_path / "h.jsonl"),
           "--context-widths", "one"), "--context-widths"),
+        (("--method", "shift", "--data", str(tmp_path / "h.jsonl")), "needs --after"),
+        (("--method", "estimate", "--data", str(tmp_path / "h.jsonl"), "--after", str(base)), "--after needs"),
+        (("--method", "shift", "--data", str(tmp_path / "h.jsonl"), "--after", str(base), "--reference-from-model"),
+         "no --reference"),
+        (("--method", "shift", "--data", str(tmp_path / "h.jsonl"), "--after", str(tmp_path / "nowhere")), "nowhere"),
     ]  # fmt: skip
     for args, msg in cases:
         code, _, err = run_cli(capsys, "distill", "attack", *args, "--out", str(tmp_path / "o"), "--model", str(base))

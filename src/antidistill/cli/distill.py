@@ -281,7 +281,75 @@ def train(
     err.print(msg + f" -> {res.out_dir}", markup=False)
 
 
-ATTACKS = ("paraphrase", "estimate", "filter")
+@distill_app.command()
+def sample(
+    model: Annotated[
+        str, typer.Option("--model", help="The student: a directory (save_pretrained), a GGUF file, or 'teacher'.")
+    ],
+    prompts: Annotated[Path, typer.Option("--prompts", help="Prompts: one a line, or JSONL (strings or 'prompt').")],
+    out: Annotated[Path, typer.Option("--out", help="JSONL prompt/response pairs.")],
+    greens: Annotated[
+        Path | None,
+        typer.Option("--greens", help="Decode against this green-pair estimate (distill attack estimate or shift)."),
+    ] = None,
+    reverse_delta: Annotated[
+        float, typer.Option("--reverse-delta", min=0.0, max=100.0, help="The reverse bias on estimated-green tokens.")
+    ] = 2.5,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=256)] = 16,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=8192)] = 192,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=5.0)] = 0.7,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer prompts with a student, unmarked, optionally decoding against a green-pair estimate (Pan et al.'s
+    neutralisation: -DELTA on the tokens estimated green after each prefix), as a distiller would serve it."""
+    from antidistill.redteam import attacks as atk
+    from antidistill.redteam.data import save_pairs
+    from antidistill.redteam.harvest import load_prompts
+
+    asks = load_prompts(prompts)
+    if not asks:
+        raise InputError(f"{prompts}: no prompts")
+    estimate = atk.GreenEstimate.load(greens) if greens is not None else None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    from antidistill.models.local import LocalModel
+    from antidistill.settings import get_settings
+
+    settings = get_settings()
+    with err.status("Loading the model…"):
+        lm = LocalModel.load(None if model == "teacher" else model, settings.cache_dir)
+    extra = [atk.ReverseBias(estimate, reverse_delta)] if estimate is not None else []
+    record: dict[str, object] = {"model": model}
+    if estimate is not None:
+        record.update(attack="reverse-bias", reverse_delta=reverse_delta, greens=str(greens))
+
+    def run(on_progress: Callable[[int, int], None] | None = None) -> list[Pair]:
+        return atk.answer_pairs(
+            lm, asks, batch_size=batch_size, max_new_tokens=max_tokens, temperature=temperature, seed=seed,
+            extra=extra, record=record, on_progress=on_progress,
+        )  # fmt: skip
+
+    bar = _progress(not as_json)
+    if bar is None:
+        pairs = run()
+    else:
+        with bar:
+            task = bar.add_task("answering", total=len(asks))
+            pairs = run(lambda done, total: bar.update(task, completed=done, total=total))
+    save_pairs(pairs, out)
+    summary = {"model": model, "prompts": len(asks), "out": str(out), "reverse_bias": estimate is not None}
+    if as_json:
+        print_json(summary)
+    else:
+        how = f", reverse bias {reverse_delta} on {len(estimate.pairs)} estimated-green pairs" if estimate else ""
+        err.print(f"{len(pairs)} answers{how} -> {out}", markup=False)
+
+
+ATTACKS = ("paraphrase", "estimate", "shift", "filter")
 
 
 @distill_app.command()
@@ -290,7 +358,8 @@ def attack(  # noqa: C901
         str,
         typer.Option(
             "--method",
-            help="paraphrase (rewrite answers with the unmarked model), estimate (green pairs against a reference) "
+            help="paraphrase (rewrite answers with the unmarked model), estimate (green pairs against a reference), "
+            "shift (green pairs a student learnt: --model before, --after student) "
             "or filter (drop answers rich in estimated-green pairs).",
         ),
     ],
@@ -307,8 +376,15 @@ def attack(  # noqa: C901
         ),
     ] = False,
     greens: Annotated[
-        Path | None, typer.Option("--greens", help="filter: a green-pair estimate (from --method estimate).")
+        Path | None, typer.Option("--greens", help="filter: a green-pair estimate (from --method estimate or shift).")
     ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option("--after", help="shift: the student after distillation (a directory; --model is the before)."),
+    ] = None,
+    min_shift: Annotated[
+        float, typer.Option("--min-shift", min=0.0, help="shift: least centred log-probability shift (nats).")
+    ] = 0.2,
     context_widths: Annotated[
         str, typer.Option("--context-widths", help="estimate: prefix lengths, comma-separated.")
     ] = "1,2",
@@ -329,16 +405,23 @@ def attack(  # noqa: C901
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """An informed distiller's attack on a harvest: paraphrase it, estimate its green pairs, or filter it."""
+    """An informed distiller's attack on a harvest: paraphrase it, estimate its green pairs (against a reference, or
+    from the student before and after distillation), or filter it."""
     # the parts load when the command runs, not for --help (see antidistill.cli)
     from antidistill.redteam import attacks as atk
     from antidistill.redteam.data import load_pairs, save_pairs
 
     if method not in ATTACKS:
         raise InputError(f"--method must be one of {', '.join(ATTACKS)}, got {method!r}")
-    if method == "estimate" and greens is not None:
-        raise InputError("--greens is for --method filter (estimate writes one)")
-    if method != "paraphrase" and greens is None and (reference is None) == (not reference_from_model):
+    if method in ("estimate", "shift") and greens is not None:
+        raise InputError(f"--greens is for --method filter ({method} writes one)")
+    if (method == "shift") != (after is not None):
+        raise InputError(
+            "--method shift needs --after (the student)" if after is None else "--after needs --method shift"
+        )
+    if method == "shift" and (reference is not None or reference_from_model):
+        raise InputError("--method shift compares two models; it takes no --reference")
+    if method not in ("paraphrase", "shift") and greens is None and (reference is None) == (not reference_from_model):
         raise InputError(f"--method {method} needs exactly one of --reference FILE and --reference-from-model")
     try:
         widths = tuple(int(h) for h in context_widths.split(","))
@@ -358,7 +441,7 @@ def attack(  # noqa: C901
 
     settings = get_settings()
     lm = None
-    if method == "paraphrase" or (estimate is None and ref_pairs is None):
+    if method == "paraphrase" or (method != "shift" and estimate is None and ref_pairs is None):
         from antidistill.models.local import LocalModel
 
         with err.status("Loading the model…"):
@@ -370,7 +453,26 @@ def attack(  # noqa: C901
         tokenizer = load_tokenizer(resolve_model(model or settings.model), settings.cache_dir)
 
     summary: dict[str, object] = {"method": method, "in": str(data), "out": str(out), "pairs_in": len(pairs)}
-    if method == "paraphrase":
+    if method == "shift":
+        assert after is not None
+        from antidistill.models.embedded import load_causal_lm
+
+        with err.status("Loading the student before and after distillation…"):
+            before_lm, _ = load_causal_lm(resolve_model(model or settings.model), settings.cache_dir)
+            after_lm, _ = load_causal_lm(resolve_model(after), settings.cache_dir)
+        with err.status("Reading the shift of every answer position…"):
+            estimate = atk.estimate_green_shift(
+                before_lm, after_lm, tokenizer, pairs, widths, alpha=alpha, min_count=max(min_count, 2),
+                min_shift=min_shift,
+            )  # fmt: skip
+        estimate.save(out)
+        tested = sum(estimate.tested.values())
+        summary.update(flagged=len(estimate.pairs), tested=estimate.tested, alpha=estimate.alpha)
+        msg = (
+            f"{len(estimate.pairs)} (prefix, token) pairs the student moved toward, of {tested} tested "
+            f"(about {estimate.alpha * tested:.1f} expected by chance) -> {out}"
+        )
+    elif method == "paraphrase":
         bar = _progress(not as_json)
 
         def rewrite(on_progress: Callable[[int, int], None] | None = None) -> list[Pair]:

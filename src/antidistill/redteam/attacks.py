@@ -119,17 +119,24 @@ def answer_pairs(
     max_new_tokens: int = 128,
     temperature: float = 0.7,
     seed: int = 0,
+    extra: Sequence[Any] = (),
+    record: dict[str, Any] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[Pair]:
-    """The unmarked model's own answers to ``prompts`` (a reference for :func:`estimate_green`)."""
+    """A model's own, unmarked answers to ``prompts``: the reference for :func:`estimate_green`, or a student's
+    answers (``extra`` logits processors, e.g. :class:`ReverseBias`: Pan et al.'s neutralisation decoding).
+    ``record`` is kept with every pair (default ``{"attack": "reference"}``)."""
     out: list[Pair] = []
+    rec = record if record is not None else {"attack": "reference"}
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         chunk = list(prompts[start : start + batch_size])
         got = model.generate(
-            chunk, [None] * len(chunk), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + b
-        )
-        out += [
-            Pair(p, c.text, c.finish_reason, record={"attack": "reference"}) for p, c in zip(chunk, got, strict=True)
-        ]
+            chunk, [None] * len(chunk), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + b,
+            **({"logits_processor_extra": list(extra)} if extra else {}),
+        )  # fmt: skip
+        out += [Pair(p, c.text, c.finish_reason, record=dict(rec)) for p, c in zip(chunk, got, strict=True)]
+        if on_progress is not None:
+            on_progress(len(out), len(prompts))
     return out
 
 
@@ -374,6 +381,159 @@ def estimate_green(
         sum(len(s) for s in harvest),
         sum(len(s) for s in reference),
         reference_name,
+    )
+
+
+#: the before/after estimate: least mean next-token probability under the student for a token to be a candidate
+DEFAULT_MIN_PROB = 1e-3
+#: ... and least centred log-probability shift (nats) for it to be flagged
+DEFAULT_MIN_SHIFT = 0.2
+
+
+def _flag_shifts(
+    a: dict[str, Any] | None,
+    prefixes: dict[int, tuple[int, ...]],
+    min_count: int,
+    min_prob: float,
+    min_shift: float,
+    alpha: float,
+    found: list[GreenPair],
+) -> int:
+    """Append to ``found`` the pairs of one width whose centred mean shift passes; returns the candidates tested."""
+    from scipy.stats import t as student_t
+
+    if a is None:
+        return 0
+    tested = 0
+    for k, n in enumerate(a["n"].tolist()):
+        if n < min_count:
+            continue
+        mean = (a["sum"][k] / n).numpy()
+        prob = (a["prob"][k] / n).numpy()
+        var = np.maximum((a["sq"][k] / n).numpy() - mean * mean, 0.0) * n / (n - 1)
+        cand = np.flatnonzero(prob >= min_prob)
+        tested += len(cand)
+        se = np.sqrt(var[cand] / n)
+        tstat = np.where(se > 0, mean[cand] / np.maximum(se, 1e-12), np.where(mean[cand] > 0, np.inf, 0.0))
+        pv = student_t.sf(tstat, n - 1)
+        for c, p in zip(cand.tolist(), pv.tolist(), strict=True):
+            if mean[c] >= min_shift and p <= alpha:
+                found.append(GreenPair(prefixes[k], int(c), float(mean[c]), float(p), int(n), 0))
+    return tested
+
+
+def estimate_green_shift(
+    before: Callable[..., Any],
+    after: Callable[..., Any],
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    context_widths: Sequence[int] = (1, 2),
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    min_count: int = 5,
+    min_prob: float = DEFAULT_MIN_PROB,
+    min_shift: float = DEFAULT_MIN_SHIFT,
+    max_prefixes: int = 256,
+    max_len: int = 256,
+    batch_size: int = 8,
+) -> GreenEstimate:
+    """Estimate the green (prefix, token) pairs a student learnt, from the student before and after distillation
+    (Pan et al. 2025's estimate for neutralisation decoding): no unmarked reference text is needed.
+
+    At every answer position of ``pairs`` (the harvest the student was trained on, prompts through the chat
+    template) both models give their next-token log-probabilities; the shift ``log p_after - log p_before`` is
+    averaged over the positions that follow each of the ``max_prefixes`` most frequent ``h``-token prefixes (seen at
+    least ``min_count`` times; the first ``h`` answer tokens are never marked, so never counted). A green list
+    raises every green token after its prefix by the same logit, so the shift is centred on its median over the
+    vocabulary (what training moved for every token alike), and a token is flagged when its centred mean shift is at
+    least ``min_shift`` and a one-sided t-test over the positions rejects "no shift" at ``alpha``. Only tokens the
+    student gives a mean probability of at least ``min_prob`` after the prefix are candidates: a reverse bias on the
+    others changes nothing the student samples. Content the student memorised moves the same way as the mark, so
+    some flagged pairs are not green; that costs the distiller quality, not the estimate's use.
+
+    Args:
+        before: the model before distillation (called as ``model(input_ids=, attention_mask=)``, ``.logits``).
+        after: the student.
+        tokenizer: the tokenizer both share.
+        pairs: prompt/answer pairs whose answer positions are read.
+        context_widths: the prefix lengths ``h`` (1-4).
+        alpha: the t-test's per-pair level.
+        min_count: least positions after a prefix.
+        min_prob: least mean student probability of a candidate token.
+        min_shift: least centred mean shift (nats) of a flagged token.
+        max_prefixes: the most frequent prefixes read per width (memory: three vocabulary-sized rows each).
+        max_len: longest prompt + answer read.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        A :class:`GreenEstimate`: ``bias`` is the centred mean shift, ``harvest_count`` the positions read after the
+        prefix, ``reference_count`` 0; ``tested`` counts the candidate pairs per width.
+    """
+    import torch
+
+    from antidistill.redteam.train import collate, encode_pairs, length_batches
+
+    if not 0.0 < alpha < 1.0:
+        raise InputError(f"alpha must be in (0, 1), got {alpha}")
+    if min_count < 2:
+        raise InputError(f"min_count must be >= 2 (a t-test needs two positions), got {min_count}")
+    if not 0.0 <= min_prob < 1.0 or min_shift < 0 or max_prefixes < 1:
+        raise InputError("min_prob must be in [0, 1), min_shift >= 0 and max_prefixes >= 1")
+    widths = tuple(dict.fromkeys(int(h) for h in context_widths))
+    if not widths or any(not 1 <= h <= 4 for h in widths):
+        raise InputError(f"context widths must be in [1, 4], got {list(context_widths)}")
+    examples = encode_pairs(tokenizer, pairs, max_len)
+    # the answer part of each example (labels != -100 from the first answer token on)
+    starts = [next((i for i, t in enumerate(e.labels) if t != -100), len(e.labels)) for e in examples]
+    answers = [e.input_ids[s:] for e, s in zip(examples, starts, strict=True)]
+    chosen: dict[int, dict[tuple[int, ...], int]] = {}
+    for h in widths:
+        _, pre = _counts(answers, h)
+        top = [k for k, c in pre.most_common(max_prefixes) if c >= min_count]
+        chosen[h] = {k: i for i, k in enumerate(top)}
+    acc: dict[int, dict[str, Any]] = {}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.inference_mode():
+        for idx in length_batches(examples, batch_size):
+            ids, mask, _ = collate([examples[i] for i in idx], int(pad))
+            lb = torch.log_softmax(before(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            la = torch.log_softmax(after(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            vocab = la.shape[-1]
+            for row, i in enumerate(idx):
+                s, ans = starts[i], answers[i]
+                for h in widths:
+                    for j in range(h, len(ans)):
+                        k = chosen[h].get(tuple(ans[j - h : j]))
+                        if k is None:
+                            continue
+                        a = acc.setdefault(h, {
+                            "n": np.zeros(len(chosen[h]), dtype=np.int64),
+                            "sum": torch.zeros(len(chosen[h]), vocab, dtype=torch.float64),
+                            "sq": torch.zeros(len(chosen[h]), vocab, dtype=torch.float64),
+                            "prob": torch.zeros(len(chosen[h]), vocab, dtype=torch.float64),
+                        })  # fmt: skip
+                        # the logits at position s + j - 1 predict answer token j
+                        d = (la[row, s + j - 1] - lb[row, s + j - 1]).double()
+                        d = d - d.median()
+                        a["n"][k] += 1
+                        a["sum"][k] += d
+                        a["sq"][k] += d * d
+                        a["prob"][k] += la[row, s + j - 1].double().exp()
+    found: list[GreenPair] = []
+    tested: dict[str, int] = {}
+    for h in widths:
+        inv = {v: k for k, v in chosen[h].items()}
+        tested[str(h)] = _flag_shifts(acc.get(h), inv, min_count, min_prob, min_shift, alpha, found)
+    found.sort(key=lambda p: (-p.bias, p.p_value, p.prefix, p.token))
+    return GreenEstimate(
+        widths,
+        alpha,
+        min_count,
+        found,
+        tested,
+        sum(len(a) for a in answers),
+        0,
+        "the student before and after distillation, on the harvest's answer positions",
     )
 
 
