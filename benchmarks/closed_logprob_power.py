@@ -30,6 +30,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,12 @@ class TopLogprobs:
         return scores
 
 
-def sample_into_cache(lm: Any, prompts: list[str], args: argparse.Namespace, cache_dir: Path, name: str) -> int:
+def sample_into_cache(
+    lm: Any, prompts: list[str], args: Any, cache_dir: Path, name: str, extra: Sequence[Any] = (), quiet: bool = False
+) -> int:
     """Answer every ask of the scan (prompt by prompt, sample by sample) in batches, with top-k logprobs, into the
-    answer cache; returns the completion tokens."""
+    answer cache; returns the completion tokens. ``extra`` logits processors run before the recording (a student
+    served with a reverse bias: the API's logprobs are those of the distribution it samples from)."""
     params = Params(public_url(URL), name, args.temperature, args.max_tokens, args.top_logprobs)
     cache = AnswerCache(cache_dir)
     asks = [a for a in plan_asks(prompts, args.samples, args.seed) if cache.get(params, a) is None]
@@ -82,7 +86,7 @@ def sample_into_cache(lm: Any, prompts: list[str], args: argparse.Namespace, cac
             max_new_tokens=args.max_tokens,
             temperature=args.temperature,
             seed=args.seed * 1_000_003 + b,
-            logits_processor_extra=[rec],
+            logits_processor_extra=[*extra, rec],
         )
         for row, (ask, c) in enumerate(zip(batch, outs, strict=True)):
             positions = []
@@ -94,7 +98,8 @@ def sample_into_cache(lm: Any, prompts: list[str], args: argparse.Namespace, cac
             tokens += len(c.token_ids)
         done = min(b + args.batch_size, len(asks))
         rate = tokens / max(time.perf_counter() - t0, 1e-9)
-        print(f"  {name}: {done}/{len(asks)} answers, {rate:.0f} tok/s", flush=True)
+        if not quiet:
+            print(f"  {name}: {done}/{len(asks)} answers, {rate:.0f} tok/s", flush=True)
     return tokens
 
 
@@ -103,7 +108,7 @@ def scan_prefix(
     tok: Any,
     keys: ScanKeys,
     config: WatermarkConfig,
-    args: argparse.Namespace,
+    args: Any,
     cache: Path,
     name: str,
 ) -> ScanReport:
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--top-logprobs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-teacher", action="store_true", help="skip the untouched-teacher control")
     ap.add_argument("--keep", type=Path, default=None, help="keep the student and the answer caches here")
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from antidistill.models.local import LocalModel
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     settings = get_settings()
     meta = json.loads((args.data / "meta.json").read_text())
     master = MasterKey.from_text(meta["master_key"])  # the data set's public test key, not a secret

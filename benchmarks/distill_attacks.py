@@ -39,8 +39,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,7 +61,17 @@ MASTER = MasterKey(b"antidistill/benchmarks/distill-attacks/public-key")
 ACCOUNT = "harvester-001"
 #: accounts that did not harvest: attribution must pick the harvester among them
 DECOYS = [f"customer-{i:03d}" for i in range(10)]
-ATTACKS = ("none", "paraphrase", "neutralise-mask", "neutralise-filter", "reverse-bias", "mix")
+ATTACKS = (
+    "none",
+    "paraphrase",
+    "neutralise-mask",
+    "neutralise-filter",
+    "reverse-bias",
+    "shift-reverse-bias",
+    "mix",
+    "shorter",
+    "longer",
+)
 
 
 def log(msg: str) -> None:
@@ -117,16 +129,73 @@ def task_score(lm: LocalModel, items: Sequence[Any], extra: Sequence[Any], seed:
     return float(np.mean(correct))
 
 
-def scan(model: Any, tokenizer: Any, harvest: Sequence[Pair], config: WatermarkConfig) -> dict[str, Any]:
+def closed_scan(
+    lm: LocalModel,
+    harvest: Sequence[Pair],
+    config: WatermarkConfig,
+    args: argparse.Namespace,
+    work: Path,
+    name: str,
+    extra: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """The suspect served as a closed endpoint: new answers to the harvest's first ``--closed-prompts`` prompts and
+    ``--closed-pool`` built-in prompts of its domains, with the top ``--top-logprobs`` candidates of every step
+    (``closed_logprob_power.sample_into_cache``), scored by ``scan_closed`` from the answer cache."""
+    from antidistill.forensics.scan import ScanKeys
+    from antidistill.workflows.scan import with_prompt_pool
+    from closed_logprob_power import sample_into_cache, scan_prefix
+
+    cargs = argparse.Namespace(
+        samples=args.closed_samples, temperature=0.7, max_tokens=args.new_tokens, top_logprobs=args.top_logprobs,
+        seed=args.seed, batch_size=args.batch,
+    )  # fmt: skip
+    prompts = with_prompt_pool([p.prompt for p in harvest[: args.closed_prompts]], args.closed_pool, args.seed)
+    cache = work / f"cache-{name}"
+    tokens = sample_into_cache(lm, prompts, cargs, cache, name, extra=extra, quiet=True)
+    harvesters = harvesting_accounts(args.accounts)
+    keys = ScanKeys.from_master(MASTER, [*harvesters, *DECOYS])
+    r = scan_prefix(prompts, lm.tokenizer, keys, config, cargs, cache, name)
+    lp = r.logprob or {}
+    acct = {a.account: a.p_corrected for a in r.accounts}
+    lp_acct = {a["account"]: a["p_corrected"] for a in lp.get("accounts", [])}
+    return {
+        "prompts": len(prompts),
+        "suspect_tokens": tokens,
+        "sampled_tuples": r.tokens_scored,
+        "sampled_p": r.p_value,
+        "sampled_attacker_p_corrected": smallest(acct, harvesters),
+        "mass_positions": lp.get("positions"),
+        "mass_p": (lp.get("provider") or {}).get("p_value"),
+        "mass_attacker_p_corrected": smallest(lp_acct, harvesters),
+        "attributed": r.attributed_account,
+        "mass_attributed": lp.get("attributed_account"),
+        "controls_ok": r.controls_ok,
+    }
+
+
+def harvesting_accounts(k: int) -> list[str]:
+    """The accounts the distiller harvests through (the first is ``ACCOUNT``)."""
+    return [ACCOUNT, *(f"harvester-{i:03d}" for i in range(2, k + 1))]
+
+
+def smallest(p_by_account: dict[str, float], accounts: Sequence[str]) -> float | None:
+    """The smallest corrected p of ``accounts`` (the best-attributed harvesting account), None if none was scored."""
+    ps = [p_by_account[a] for a in accounts if p_by_account.get(a) is not None]
+    return min(ps) if ps else None
+
+
+def scan(
+    model: Any, tokenizer: Any, harvest: Sequence[Pair], config: WatermarkConfig, harvesters: Sequence[str]
+) -> dict[str, Any]:
     from antidistill.forensics.scan import ScanKeys, scan_open
 
-    keys = ScanKeys.from_master(MASTER, [ACCOUNT, *DECOYS])
+    keys = ScanKeys.from_master(MASTER, [*harvesters, *DECOYS])
     r = scan_open(model, tokenizer, [(p.prompt, p.response) for p in harvest], keys, config, suspect="student")
-    acct = {a.account: a for a in r.accounts}
+    acct = {a.account: a.p_corrected for a in r.accounts}
     return {
         "p_value": r.p_value,
         "provider_p": r.provider.p_value if r.provider else None,
-        "attacker_p_corrected": acct[ACCOUNT].p_corrected if ACCOUNT in acct else None,
+        "attacker_p_corrected": smallest(acct, harvesters),
         "attributed_account": r.attributed_account,
         "tuples_scored": r.tokens_scored,
         "controls_ok": r.controls_ok,
@@ -147,6 +216,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-share", type=float, default=0.1, help="neutralise-filter: largest green share kept")
     ap.add_argument("--reverse-delta", type=float, default=atk.DEFAULT_REVERSE_DELTA)
     ap.add_argument("--mix-share", type=float, default=0.5)
+    ap.add_argument("--accounts", type=int, default=1, help="harvesting accounts (each its own key), the harvest split")
+    ap.add_argument("--scheme", default=None, help="watermark scheme member (default: the served default)")
+    ap.add_argument("--context-width", type=int, default=None, help="the mark's context width (default: the member's)")
+    ap.add_argument("--provider-fraction", type=float, default=None, help="provider share (default: the config's)")
+    ap.add_argument("--shift-min", type=float, default=atk.DEFAULT_MIN_SHIFT, help="shift estimate: least shift")
+    ap.add_argument(
+        "--closed-prompts", type=int, default=0, help="closed mode: harvested prompts asked (0: no closed scan)"
+    )
+    ap.add_argument("--closed-pool", type=int, default=0, help="closed mode: built-in prompts of the domains added")
+    ap.add_argument("--closed-samples", type=int, default=1, help="closed mode: samples per prompt")
+    ap.add_argument("--top-logprobs", type=int, default=20, help="closed mode: logprobs recorded per step")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
@@ -157,7 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901
     import torch
 
     from antidistill.redteam.train import load_teacher, train_student
@@ -166,10 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     wanted = args.attacks.split(",")
     t_start = time.perf_counter()
-    config = WatermarkConfig()
+    given = {"scheme": args.scheme, "context_width": args.context_width, "provider_fraction": args.provider_fraction}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    config = WatermarkConfig(**overrides)
+    work = Path(tempfile.mkdtemp(prefix="distill-attacks-"))
     lm = LocalModel.load(config=config)
     tok = lm.tokenizer
-    mark = MarkKeys(MASTER.account_key(ACCOUNT), MASTER.provider_key())
+    harvesters = harvesting_accounts(args.accounts)
+    marks = [MarkKeys(MASTER.account_key(a), MASTER.provider_key()) for a in harvesters]
     n_other = round(args.prompts * (1 - args.mix_share)) if "mix" in wanted else 0
     allp = generate_prompts(args.prompts + args.heldout + n_other, seed=args.seed)
     hp, held_p, other_p = (
@@ -186,7 +270,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: {timings[name]:.0f} s")
         return out
 
-    harvest = phase("harvest", lambda: answers(lm, hp, mark, args, seed=args.seed + 1))
+    def harvest_all() -> list[Pair]:
+        # the harvest split across the accounts in equal slices, each answered under its own key
+        cut = [round(i * len(hp) / len(marks)) for i in range(len(marks) + 1)]
+        out: list[Pair] = []
+        for i, m in enumerate(marks):
+            out += answers(lm, hp[cut[i] : cut[i + 1]], m, args, seed=args.seed + 1 + 7919 * i)
+        return out
+
+    harvest = phase("harvest", harvest_all)
     reference = phase("reference", lambda: answers(lm, hp, None, args, seed=args.seed + 2))
     held = phase("heldout", lambda: answers(lm, held_p, None, args, seed=args.seed + 3))
     other = phase("other", lambda: answers(lm, other_p, None, args, seed=args.seed + 4)) if n_other else []
@@ -202,16 +294,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     # how good is the estimate? the true green lists are ours to check (the distiller cannot)
     wm = lm.watermark
-    keys_arr = np.array([mark.account.value], dtype=np.uint64)
-    prov = np.array([mark.provider.value], dtype=np.uint64) if mark.provider else None
     h = config.context_width
-    own = [p for p in estimate.pairs if len(p.prefix) >= h]
-    truly = [bool(wm.green_mask(np.array([p.prefix[-h:]]), keys_arr, prov, lm.vocab_size)[0, p.token]) for p in own]
+
+    def precision(est: atk.GreenEstimate) -> float | None:
+        """The share of flagged pairs (prefix at least h long) that are truly green where they occur (green lists
+        only: a sampling scheme has no green list to check against)."""
+        if config.kind != "bias":
+            return None
+        own = [p for p in est.pairs if len(p.prefix) >= h]
+
+        def green(p: atk.GreenPair) -> bool:  # green under any harvesting account's mark where it occurs
+            for m in marks:
+                keys_arr = np.array([m.account.value], dtype=np.uint64)
+                prov = np.array([m.provider.value], dtype=np.uint64) if m.provider else None
+                if wm.green_mask(np.array([p.prefix[-h:]]), keys_arr, prov, lm.vocab_size)[0, p.token]:
+                    return True
+            return False
+
+        truly = [green(p) for p in own]
+        return float(np.mean(truly)) if truly else None
+
     est_info = {
         "tested": estimate.tested,
         "flagged": len(estimate.pairs),
         "flagged_by_width": estimate.to_dict()["flagged"],
-        "precision_vs_true_green": float(np.mean(truly)) if truly else None,
+        "precision_vs_true_green": precision(estimate),
         "harvest_green_share_mean": float(np.mean([estimate.share(x) for x in atk.encode_answers(tok, harvest)])),
     }
     log(f"estimate: {est_info}")
@@ -222,17 +329,21 @@ def main(argv: list[str] | None = None) -> int:
         "teacher": {
             "heldout_loss": heldout_nll(lm.model, tok, held, 256),
             "task": teacher_task,
-            "scan": scan(lm.model, tok, harvest, config),
+            "scan": scan(lm.model, tok, harvest, config, harvesters),
             "train_pairs": 0,
         }
     }
+    if args.closed_prompts or args.closed_pool:
+        rows["teacher"]["closed"] = closed_scan(
+            LocalModel(lm.model, tok, name="teacher"), harvest, config, args, work, "teacher"
+        )
     log(f"teacher: {rows['teacher']}")
 
-    def train(pairs: Sequence[Pair], mask: Any = None) -> tuple[Any, dict[str, Any]]:
+    def train(pairs: Sequence[Pair], mask: Any = None, scale: float = 1.0) -> tuple[Any, dict[str, Any]]:
         model, _ = load_teacher()
         res = train_student(
-            pairs, "lora", model=model, tokenizer=tok, epochs=args.epochs, max_seconds=args.budget, seed=args.seed,
-            loss_mask=mask,
+            pairs, "lora", model=model, tokenizer=tok, epochs=args.epochs * scale, max_seconds=args.budget * scale,
+            seed=args.seed, loss_mask=mask,
         )  # fmt: skip
         info = {"steps": res.steps, "epochs_done": res.epochs_done, "seconds": res.seconds, "examples": res.examples}
         if "loss_masked_tokens" in res.params:
@@ -247,15 +358,17 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = {
             "heldout_loss": heldout_nll(scanned or model, tok, held, 256),
             "task": task_score(student, items, extra, args.seed),
-            "scan": scan(scanned or model, tok, harvest, config),
+            "scan": scan(scanned or model, tok, harvest, config, harvesters),
             "train_pairs": pairs_n,
             "training": info,
-            "measure_seconds": time.perf_counter() - t0,
         }
+        if args.closed_prompts or args.closed_pool:
+            rows[name]["closed"] = closed_scan(student, harvest, config, args, work, name, extra)
+        rows[name]["measure_seconds"] = time.perf_counter() - t0
         log(f"{name}: {rows[name]}")
 
     base_student = None
-    if "none" in wanted or "reverse-bias" in wanted:
+    if {"none", "reverse-bias", "shift-reverse-bias"} & set(wanted):
         base_student, info = phase("train none", lambda: train(harvest))
         if "none" in wanted:
             measure("none", base_student, len(harvest), info)
@@ -264,6 +377,26 @@ def main(argv: list[str] | None = None) -> int:
             measure(
                 "reverse-bias", base_student, len(harvest), {**info, "reverse_delta": args.reverse_delta},
                 extra=[atk.ReverseBias(estimate, args.reverse_delta)], scanned=biased,
+            )  # fmt: skip
+        if "shift-reverse-bias" in wanted:
+            # Pan et al.'s own estimate: what the student moved toward, teacher (before) against student (after)
+            shift = phase(
+                "shift estimate",
+                lambda: atk.estimate_green_shift(
+                    lm.model, base_student, tok, harvest, (1, 2), min_shift=args.shift_min
+                ),
+            )
+            est_info["shift"] = {
+                "tested": shift.tested,
+                "flagged": len(shift.pairs),
+                "flagged_by_width": shift.to_dict()["flagged"],
+                "precision_vs_true_green": precision(shift),
+            }
+            log(f"shift estimate: {est_info['shift']}")
+            measure(
+                "shift-reverse-bias", base_student, len(harvest), {**info, "reverse_delta": args.reverse_delta},
+                extra=[atk.ReverseBias(shift, args.reverse_delta)],
+                scanned=atk.ReverseBiasedLM(base_student, shift, args.reverse_delta),
             )  # fmt: skip
         del base_student
     if "paraphrase" in wanted:
@@ -294,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         model, info = phase("train mix", lambda: train(mixed))
         measure("mix", model, len(mixed), {**info, "share": args.mix_share})
         del model
+    for name, scale in (("shorter", 0.25), ("longer", 2.0)):
+        if name in wanted:  # a quarter of the epochs (and budget), or twice them
+            model, info = phase(f"train {name}", lambda s=scale: train(harvest, scale=s))  # type: ignore[misc]
+            measure(name, model, len(harvest), info)
+            del model
 
     headers = [
         "attack",
@@ -306,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         "attributed",
         "tuples",
     ]
+    closed_on = bool(args.closed_prompts or args.closed_pool)
+    if closed_on:
+        headers += ["closed tokens", "closed p (sampled / mass)", "closed account p (sampled / mass)"]
     base_loss = rows["teacher"]["heldout_loss"]
     out_rows = []
     for name, r in rows.items():
@@ -315,8 +456,14 @@ def main(argv: list[str] | None = None) -> int:
         out_rows.append([
             name, r["train_pairs"], r["heldout_loss"], r["heldout_loss"] - base_loss,
             "-" if r["task"] is None else f"{r['task']:.0%}", s["p_value"], s["attacker_p_corrected"],
-            "yes" if s["attributed_account"] == ACCOUNT else "no", s["tuples_scored"],
+            "yes" if s["attributed_account"] in harvesters else "no", s["tuples_scored"],
         ])  # fmt: skip
+        if closed_on:
+            c = r["closed"]
+            out_rows[-1] += [
+                c["suspect_tokens"], f"{c['sampled_p']:.2g} / {c['mass_p']:.2g}",
+                f"{c['sampled_attacker_p_corrected']:.2g} / {c['mass_attacker_p_corrected']:.2g}",
+            ]  # fmt: skip
     print(table(headers, out_rows))
     total = time.perf_counter() - t_start
     print(f"\ngreen estimate: {est_info}\ntotal {total:.0f} s")
@@ -329,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "timings": timings,
             "seconds": total,
-            "note": "open-mode scans only; closed-mode p not measured",
+            "note": "closed-mode scans per row under 'closed'" if closed_on else "open-mode scans only",
         },
         args.out,
     )
