@@ -534,6 +534,9 @@ def test_sampling_scheme_scan_reads_as_mean_scores(inst, tmp_path):
     assert "on average" in found and "secret lists" not in found and "fell on" not in found
     assert "Mean score by chance" in page.visible and "On the secret lists" not in page.visible
     assert "green list" not in page.visible.split("How the method works")[1].split("Why repeated text")[0]
+    tested = page.visible.split("What the method has been tested against")[1].split("The records")[0]
+    assert all(w in tested for w in ("rewording", "steering the copying model away", "mixing our answers"))
+    assert "no proof that a model was not trained" in tested
     # a green-list scan keeps its counts and shares
     green = inst.scan(inst.harvester, "other-student")
     _, ev2 = make_report(
