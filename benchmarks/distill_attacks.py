@@ -1,7 +1,9 @@
 """An informed distiller's attacks on the watermark: what each student keeps of the teacher against radioactivity.
 
-One run, on the embedded model (SmolLM2-135M) marked with the product's default watermark (``antidistill-v1``,
-gamma 0.25, delta 3, h 1) under one harvesting account's key:
+One run, on the embedded model (SmolLM2-135M) marked with the served default watermark (or ``--scheme``,
+``--context-width``, ``--provider-fraction``: the defender's settings, the columns of the robustness table) under
+the keys of ``--accounts`` harvesting accounts (1 by default; with K, the harvest is split in K equal slices, each
+answered under its own account key: per-account keys, which a distiller must estimate one by one):
 
 1. **harvest**: marked answers to ``--prompts`` built-in instruction prompts (the harvester's prompts);
 2. **reference**: the *unmarked* model's answers to the same prompts, the distiller's reference for the
@@ -16,22 +18,29 @@ gamma 0.25, delta 3, h 1) under one harvesting account's key:
    * ``neutralise-mask``: on the harvest with no loss on estimated-green tokens (``distill train --mask-green``);
    * ``neutralise-filter``: on the answers whose estimated-green share is at most ``--max-share`` (``distill
      attack --method filter``);
-   * ``reverse-bias``: the ``none`` student decoded with ``-delta'`` on estimated-green tokens (Pan et al. 2025,
-     ``delta' = 2.5``); scanned through :class:`~antidistill.redteam.attacks.ReverseBiasedLM`, the distribution it
-     samples from;
+   * ``reverse-bias``: the ``none`` student decoded with ``-delta'`` on the tokens estimated green from the
+     harvest against the reference (Pan et al. 2025, ``delta' = 2.5``; ``distill sample --greens``); scanned
+     through :class:`~antidistill.redteam.attacks.ReverseBiasedLM`, the distribution it samples from;
+   * ``shift-reverse-bias``: the same decoding with Pan et al.'s own estimate, what the ``none`` student moved
+     toward against the teacher before training (``distill attack --method shift``);
    * ``mix``: half harvest, half unmarked answers to other prompts (``distill mix --share 0.5``);
+   * ``shorter`` / ``longer``: the harvest with a quarter / twice the epochs and budget;
    * ``teacher``: the untrained model, for the baseline loss and task score (a control: not distilled).
 
 For each: the held-out loss (nats per answer token; lower is closer to the teacher's answers), the capital-city
 task score of ``watermark_compare.py`` (``--task-items`` questions, 16 tokens), and the open-mode scan
 (``scan_open``, prefix-pair exclusion) fed the harvest as the defender's audit log holds it: its overall p, the
-harvesting account's corrected p and the attribution. Closed-mode p is not measured here (it needs each student
-served as an endpoint; see ``antidistill scan --suspect-url``).
+best harvesting account's corrected p and the attribution. With ``--closed-prompts N`` (and ``--closed-pool M``),
+each suspect is also served as a closed endpoint would be: new answers to the harvest's first N prompts (and M
+built-in prompts of its domains), ``--closed-samples`` each, with the top ``--top-logprobs`` candidates of every
+step, scored by ``scan_closed`` from the answer cache (``closed_logprob_power.py``'s path): the sampled-token p
+and the top-logprob mass p, overall and for the best harvesting account.
 
 Run: ``.venv/bin/python benchmarks/distill_attacks.py`` (the default is a smoke scale, 32 answers of 64 tokens,
-451 s on one thread of a shared core here; the unattacked student reaches only p = 3e-3 at that scale). The table in
-``docs/robustness.md``: ``--prompts 64 --new-tokens 96 --epochs 4 --budget 180 --threads 2``. Toward the real
-scale: ``--prompts 400 --new-tokens 200 --epochs 4 --budget 1800 --task-items 120 --threads 16``.
+451 s on one thread of a shared core here; the unattacked student reaches only p = 3e-3 at that scale). The tables
+in ``docs/robustness.md``: ``--prompts 64 --new-tokens 96 --epochs 4 --budget 180 --threads 1 --task-items 32
+--closed-prompts 64`` (plus ``--scheme antidistill-v1`` and ``--accounts 4`` for the other columns). Toward the
+real scale: ``--prompts 400 --new-tokens 200 --epochs 4 --budget 1800 --task-items 120 --threads 16``.
 """
 
 from __future__ import annotations

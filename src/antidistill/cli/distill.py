@@ -389,7 +389,12 @@ def attack(  # noqa: C901
         str, typer.Option("--context-widths", help="estimate: prefix lengths, comma-separated.")
     ] = "1,2",
     alpha: Annotated[float, typer.Option("--alpha", min=1e-12, max=0.5, help="estimate: per-pair test level.")] = 1e-3,
-    min_count: Annotated[int, typer.Option("--min-count", min=1, help="estimate: least harvest count of a pair.")] = 3,
+    min_count: Annotated[
+        int,
+        typer.Option(
+            "--min-count", min=1, help="estimate: least harvest count of a pair (shift: positions after a prefix)."
+        ),
+    ] = 3,
     max_share: Annotated[
         float, typer.Option("--max-share", min=0.0, max=1.0, help="filter: drop answers above this green share.")
     ] = 0.1,
