@@ -33,8 +33,9 @@ task score of ``watermark_compare.py`` (``--task-items`` questions, 16 tokens), 
 best harvesting account's corrected p and the attribution. With ``--closed-prompts N`` (and ``--closed-pool M``),
 each suspect is also served as a closed endpoint would be: new answers to the harvest's first N prompts (and M
 built-in prompts of its domains), ``--closed-samples`` each, with the top ``--top-logprobs`` candidates of every
-step, scored by ``scan_closed`` from the answer cache (``closed_logprob_power.py``'s path): the sampled-token p
-and the top-logprob mass p, overall and for the best harvesting account.
+step, scored by ``scan_closed`` from the answer cache (``closed_logprob_power.py``'s path): the scan's overall p
+(sampled tokens: its best family, corrected for the families tested), the provider key's top-logprob mass p, and
+the best harvesting account's corrected p under each statistic.
 
 Run: ``.venv/bin/python benchmarks/distill_attacks.py`` (the default is a smoke scale, 32 answers of 64 tokens,
 451 s on one thread of a shared core here; the unattacked student reaches only p = 3e-3 at that scale). The tables
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -490,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         args.out,
     )
     print(f"-> {path}")
+    shutil.rmtree(work, ignore_errors=True)  # the closed scans' answer caches
     return 0 if math.isfinite(total) else 1
 
 
