@@ -318,6 +318,37 @@ def _counts(seqs: Iterable[Sequence[int]], h: int) -> tuple[Counter[tuple[int, .
     return pairs, prefixes
 
 
+def _widths(context_widths: Sequence[int]) -> tuple[int, ...]:
+    widths = tuple(dict.fromkeys(int(h) for h in context_widths))
+    if not widths or any(not 1 <= h <= 4 for h in widths):
+        raise InputError(f"context widths must be in [1, 4], got {list(context_widths)}")
+    return widths
+
+
+def _estimate(
+    widths: tuple[int, ...],
+    alpha: float,
+    min_count: int,
+    found: list[GreenPair],
+    tested: dict[str, int],
+    harvest: Sequence[Sequence[int]],
+    reference: Sequence[Sequence[int]],
+    reference_name: str,
+) -> GreenEstimate:
+    """The estimate, strongest bias first."""
+    found.sort(key=lambda p: (-p.bias, p.p_value, p.prefix, p.token))
+    return GreenEstimate(
+        widths,
+        alpha,
+        min_count,
+        found,
+        tested,
+        sum(len(s) for s in harvest),
+        sum(len(s) for s in reference),
+        reference_name,
+    )
+
+
 def estimate_green(
     harvest: Sequence[Sequence[int]],
     reference: Sequence[Sequence[int]],
@@ -349,9 +380,7 @@ def estimate_green(
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
     if min_count < 1:
         raise InputError(f"min_count must be >= 1, got {min_count}")
-    widths = tuple(dict.fromkeys(int(h) for h in context_widths))
-    if not widths or any(not 1 <= h <= 4 for h in widths):
-        raise InputError(f"context widths must be in [1, 4], got {list(context_widths)}")
+    widths = _widths(context_widths)
     found: list[GreenPair] = []
     tested: dict[str, int] = {}
     for h in widths:
@@ -371,17 +400,7 @@ def estimate_green(
         for i in np.flatnonzero((pv <= alpha) & (bias > 0)):
             k = keys[int(i)]
             found.append(GreenPair(k[:-1], k[-1], float(bias[i]), float(pv[i]), int(x[i]), int(y[i])))
-    found.sort(key=lambda p: (-p.bias, p.p_value, p.prefix, p.token))
-    return GreenEstimate(
-        widths,
-        alpha,
-        min_count,
-        found,
-        tested,
-        sum(len(s) for s in harvest),
-        sum(len(s) for s in reference),
-        reference_name,
-    )
+    return _estimate(widths, alpha, min_count, found, tested, harvest, reference, reference_name)
 
 
 #: the before/after estimate: least mean next-token probability under the student for a token to be a candidate
@@ -479,9 +498,7 @@ def estimate_green_shift(
         raise InputError(f"min_count must be >= 2 (a t-test needs two positions), got {min_count}")
     if not 0.0 <= min_prob < 1.0 or min_shift < 0 or max_prefixes < 1:
         raise InputError("min_prob must be in [0, 1), min_shift >= 0 and max_prefixes >= 1")
-    widths = tuple(dict.fromkeys(int(h) for h in context_widths))
-    if not widths or any(not 1 <= h <= 4 for h in widths):
-        raise InputError(f"context widths must be in [1, 4], got {list(context_widths)}")
+    widths = _widths(context_widths)
     examples = encode_pairs(tokenizer, pairs, max_len)
     # the answer part of each example (labels != -100 from the first answer token on)
     starts = [next((i for i, t in enumerate(e.labels) if t != -100), len(e.labels)) for e in examples]
@@ -524,17 +541,8 @@ def estimate_green_shift(
     for h in widths:
         inv = {v: k for k, v in chosen[h].items()}
         tested[str(h)] = _flag_shifts(acc.get(h), inv, min_count, min_prob, min_shift, alpha, found)
-    found.sort(key=lambda p: (-p.bias, p.p_value, p.prefix, p.token))
-    return GreenEstimate(
-        widths,
-        alpha,
-        min_count,
-        found,
-        tested,
-        sum(len(a) for a in answers),
-        0,
-        "the student before and after distillation, on the harvest's answer positions",
-    )
+    where = "the student before and after distillation, on the harvest's answer positions"
+    return _estimate(widths, alpha, min_count, found, tested, answers, [], where)
 
 
 def encode_answers(tokenizer: Any, pairs: Sequence[Pair]) -> list[list[int]]:
