@@ -518,24 +518,27 @@ def estimate_green_shift(
             vocab = la.shape[-1]
             for row, i in enumerate(idx):
                 s, ans = starts[i], answers[i]
+                # the logits at position s + j - 1 predict answer token j: every position of the answer at once
+                lp = la[row, s - 1 : s - 1 + len(ans)].double()
+                d = lp - lb[row, s - 1 : s - 1 + len(ans)].double()
+                d = d - d.median(dim=-1, keepdim=True).values
                 for h in widths:
-                    for j in range(h, len(ans)):
-                        k = chosen[h].get(tuple(ans[j - h : j]))
-                        if k is None:
-                            continue
-                        a = acc.setdefault(h, {
-                            "n": np.zeros(len(chosen[h]), dtype=np.int64),
-                            "sum": torch.zeros(len(chosen[h]), vocab, dtype=torch.float64),
-                            "sq": torch.zeros(len(chosen[h]), vocab, dtype=torch.float64),
-                            "prob": torch.zeros(len(chosen[h]), vocab, dtype=torch.float64),
-                        })  # fmt: skip
-                        # the logits at position s + j - 1 predict answer token j
-                        d = (la[row, s + j - 1] - lb[row, s + j - 1]).double()
-                        d = d - d.median()
-                        a["n"][k] += 1
-                        a["sum"][k] += d
-                        a["sq"][k] += d * d
-                        a["prob"][k] += la[row, s + j - 1].double().exp()
+                    hit = [(j, chosen[h].get(tuple(ans[j - h : j]))) for j in range(h, len(ans))]
+                    hit = [(j, k) for j, k in hit if k is not None]
+                    if not hit:
+                        continue
+                    a = acc.setdefault(h, {
+                        "n": torch.zeros(len(chosen[h]), dtype=torch.int64),
+                        "sum": torch.zeros(len(chosen[h]), vocab, dtype=torch.float64),
+                        "sq": torch.zeros(len(chosen[h]), vocab, dtype=torch.float64),
+                        "prob": torch.zeros(len(chosen[h]), vocab, dtype=torch.float64),
+                    })  # fmt: skip
+                    js = torch.tensor([j for j, _ in hit])
+                    ks = torch.tensor([k for _, k in hit])
+                    a["n"].index_add_(0, ks, torch.ones_like(ks))
+                    a["sum"].index_add_(0, ks, d[js])
+                    a["sq"].index_add_(0, ks, d[js] * d[js])
+                    a["prob"].index_add_(0, ks, lp[js].exp())
     found: list[GreenPair] = []
     tested: dict[str, int] = {}
     for h in widths:
